@@ -1,0 +1,1 @@
+"""Keel control plane: asyncio gRPC server, Postgres store and controllers."""

@@ -1,0 +1,214 @@
+"""FleetService: the operator API (keelctl). Validates, calls the store, presents rows.
+
+Errors become gRPC status codes here and nowhere else: a spec problem is INVALID_ARGUMENT
+naming the field and the rule, an unknown name is NOT_FOUND naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from controlplane.store import HostRow, InstanceRow, Store, WorkloadRow
+from keel import convert, spec
+from keel.model import Kind, Phase
+from keel.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+
+log = structlog.get_logger("keel.fleet")
+
+MAX_MANIFEST_BYTES = 256 * 1024
+T = TypeVar("T")
+
+
+def _status(
+    fn: Callable[..., Awaitable[T]],
+) -> Callable[..., Awaitable[T]]:
+    """Turns Keel's exceptions into gRPC status codes with the message a person reads."""
+
+    @wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await fn(self, request, context)
+        except (InvalidArgument, spec.SpecError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except FailedPrecondition as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper
+
+
+def workload_pb(row: WorkloadRow, instances: list[InstanceRow]) -> types_pb2.Workload:
+    w = row.workload
+    live = [i for i in instances if i.desired.value != "REMOVED"]
+    desired = w.replicas if w.kind is Kind.SERVICE else len({i.host for i in live})
+    msg = types_pb2.Workload(
+        name=w.name,
+        kind=w.kind.value,
+        replicas=w.replicas,
+        max_unavailable=w.max_unavailable,
+        max_surge=w.max_surge,
+        selector=w.selector,
+        deadline_ms=w.deadline_ms,
+        spec=convert.spec_to_pb(w.spec),
+        generation=row.generation,
+        deleting=row.deleting,
+        created_at=convert.ts(row.created_at),
+        updated_at=convert.ts(row.updated_at),
+        status=types_pb2.WorkloadStatus(
+            desired=0 if row.deleting else desired,
+            instances=len(live),
+            running=sum(1 for i in live if i.phase == "RUNNING"),
+            ready=sum(1 for i in live if i.phase == "RUNNING" and i.ready),
+            updated=sum(1 for i in live if i.generation == row.generation),
+        ),
+    )
+    return msg
+
+
+def instance_pb(row: InstanceRow) -> types_pb2.Instance:
+    return types_pb2.Instance(
+        id=row.id,
+        workload=row.workload,
+        generation=row.generation,
+        host=row.host,
+        desired=convert.desired_to_pb(row.desired),
+        desired_changed_at=convert.ts(row.desired_changed_at),
+        created_at=convert.ts(row.created_at),
+        converged=row.converged,
+        status=types_pb2.InstanceStatus(
+            instance_id=row.id,
+            phase=convert.phase_to_pb(Phase(row.phase)),
+            pid=row.pid,
+            restart_count=row.restart_count,
+            last_exit=row.last_exit,
+            reason=row.reason,
+            message=row.message,
+            ports=row.ports,
+            ready=row.ready,
+            started_at=convert.ts(row.started_at),
+            observed_at=convert.ts(row.observed_at),
+        ),
+    )
+
+
+def host_pb(row: HostRow) -> types_pb2.Host:
+    return types_pb2.Host(
+        name=row.name,
+        labels=row.labels,
+        capacity=convert.resources_to_pb(row.capacity),
+        allocated=convert.resources_to_pb(row.allocated),
+        schedulable=row.schedulable,
+        cordon_reason=row.cordon_reason,
+        state=row.state.value,
+        last_heartbeat=convert.ts(row.last_heartbeat),
+        connected=row.connected,
+        agent_version=row.agent_version,
+        instances=row.instances,
+        revision=row.revision,
+    )
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field}: required")
+    return value
+
+
+class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    @_status
+    async def ApplyWorkload(  # noqa: N802
+        self, request: fleet_pb2.ApplyWorkloadRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.ApplyWorkloadResponse:
+        if len(request.manifest_json) > MAX_MANIFEST_BYTES:
+            raise InvalidArgument(
+                f"manifest_json: must be at most {MAX_MANIFEST_BYTES} bytes, "
+                f"got {len(request.manifest_json)}"
+            )
+        try:
+            doc = json.loads(request.manifest_json)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"manifest_json: not valid JSON ({exc})") from exc
+        workload = spec.parse_workload(doc)
+        row, result = await self._store.apply_workload(workload, actor=_peer(context))
+        log.info("workload applied", workload=workload.name, result=result,
+                 generation=row.generation)  # fmt: skip
+        instances = await self._store.list_instances(workload=workload.name)
+        return fleet_pb2.ApplyWorkloadResponse(
+            workload=workload_pb(row, instances), result=result
+        )
+
+    @_status
+    async def GetWorkload(  # noqa: N802
+        self, request: fleet_pb2.GetWorkloadRequest, context: grpc.aio.ServicerContext
+    ) -> types_pb2.Workload:
+        row = await self._store.get_workload(_required(request.name, "name"))
+        return workload_pb(row, await self._store.list_instances(workload=request.name))
+
+    @_status
+    async def ListWorkloads(  # noqa: N802
+        self, request: fleet_pb2.ListWorkloadsRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.ListWorkloadsResponse:
+        rows = await self._store.list_workloads()
+        by_workload: dict[str, list[InstanceRow]] = {}
+        for i in await self._store.list_instances():
+            by_workload.setdefault(i.workload, []).append(i)
+        return fleet_pb2.ListWorkloadsResponse(
+            workloads=[workload_pb(r, by_workload.get(r.workload.name, [])) for r in rows]
+        )
+
+    @_status
+    async def DeleteWorkload(  # noqa: N802
+        self, request: fleet_pb2.DeleteWorkloadRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.DeleteWorkloadResponse:
+        row = await self._store.delete_workload(
+            _required(request.name, "name"), actor=_peer(context)
+        )
+        log.info("workload deleting", workload=request.name)
+        instances = await self._store.list_instances(workload=request.name)
+        return fleet_pb2.DeleteWorkloadResponse(workload=workload_pb(row, instances))
+
+    @_status
+    async def GetHost(  # noqa: N802
+        self, request: fleet_pb2.GetHostRequest, context: grpc.aio.ServicerContext
+    ) -> types_pb2.Host:
+        return host_pb(await self._store.get_host(_required(request.name, "name")))
+
+    @_status
+    async def ListHosts(  # noqa: N802
+        self, request: fleet_pb2.ListHostsRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.ListHostsResponse:
+        return fleet_pb2.ListHostsResponse(
+            hosts=[host_pb(h) for h in await self._store.list_hosts()]
+        )
+
+    @_status
+    async def GetInstance(  # noqa: N802
+        self, request: fleet_pb2.GetInstanceRequest, context: grpc.aio.ServicerContext
+    ) -> types_pb2.Instance:
+        return instance_pb(await self._store.get_instance(_required(request.id, "id")))
+
+    @_status
+    async def ListInstances(  # noqa: N802
+        self, request: fleet_pb2.ListInstancesRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.ListInstancesResponse:
+        rows = await self._store.list_instances(
+            workload=request.workload or None, host=request.host or None
+        )
+        return fleet_pb2.ListInstancesResponse(instances=[instance_pb(r) for r in rows])
+
+
+def _peer(context: grpc.aio.ServicerContext) -> str:
+    peer: str = context.peer() or ""
+    return peer

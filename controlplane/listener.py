@@ -1,0 +1,77 @@
+"""LISTEN for desired-state changes and fan them out inside this replica.
+
+`keel_host` notifications wake the Sync stream of that host; `keel_workload` ones enqueue the
+workload for the controllers. The connection is re-made with back-off if it drops, and
+everything is woken then, since notifications sent meanwhile are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+
+import asyncpg
+import structlog
+
+from controlplane.store import HOST_CHANNEL, WORKLOAD_CHANNEL
+
+log = structlog.get_logger("keel.listener")
+
+
+class Listener:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        on_host: Callable[[str], None],
+        on_workload: Callable[[str], None],
+        on_reconnect: Callable[[], None],
+    ) -> None:
+        self._url = database_url
+        self._on_host = on_host
+        self._on_workload = on_workload
+        self._on_reconnect = on_reconnect
+        self.connected = asyncio.Event()
+
+    def _dispatch(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        if channel == HOST_CHANNEL:
+            self._on_host(payload)
+        elif channel == WORKLOAD_CHANNEL:
+            self._on_workload(payload)
+
+    async def run(self) -> None:
+        delay = 0.2
+        first = True
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._url, timeout=10)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c: lost.set())
+                await conn.add_listener(HOST_CHANNEL, self._dispatch)
+                await conn.add_listener(WORKLOAD_CHANNEL, self._dispatch)
+                self.connected.set()
+                if not first:
+                    log.info("listening again; waking every stream and controller")
+                    self._on_reconnect()
+                first, delay = False, 0.2
+                while not lost.is_set():
+                    # A cheap query now and then notices a half-open connection.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 5.0)
+                    if not lost.is_set():
+                        await conn.fetchval("SELECT 1", timeout=5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("notification listener lost", error=str(exc))
+            finally:
+                self.connected.clear()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)
+            first = False
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,246 @@
+"""keel-controlplane: flags, start-up and graceful stop of one control-plane replica.
+
+Start-up: database (given, or embedded) -> migrations under an advisory lock -> pool ->
+gRPC server (FleetService, AgentService, health, reflection) on uvloop -> addresses.json ->
+leadership campaign. SIGTERM: stop accepting, let in-flight RPCs finish (streams are
+closed), commit the pending report batch, then exit (which also stops an embedded Postgres).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import asyncpg
+import grpc
+import structlog
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controlplane import migrate
+from controlplane.controllers import ALL, Leadership, LivenessController, WorkloadController
+from controlplane.db import redact, resolve_database_url
+from controlplane.errors import KeelError
+from controlplane.fleet import FleetApi
+from controlplane.listener import Listener
+from controlplane.reports import ReportWriter
+from controlplane.settings import Settings
+from controlplane.store import Store, create_pool
+from controlplane.sync import AgentSync, StreamRegistry
+from keel import logs
+from keel.spec import SpecError, parse_duration
+from keel.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
+
+log = structlog.get_logger("keel.controlplane")
+
+FLEET_SERVICE = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+DB_PROBE_INTERVAL_S = 2.0
+
+
+def _seconds(flag: str):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> float:
+        try:
+            return parse_duration(text, flag) / 1000.0
+        except SpecError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="keel-controlplane", description=__doc__.splitlines()[0])
+    d = Settings()
+    p.add_argument("--database-url", default=os.environ.get("KEEL_DATABASE_URL"),
+                   help="Postgres URL (env KEEL_DATABASE_URL); absent: embedded Postgres "
+                   "under --state-dir")  # fmt: skip
+    p.add_argument("--state-dir", type=Path, default=d.state_dir)
+    p.add_argument("--log-format", choices=logs.FORMATS, default=d.log_format)
+    sub = p.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the control plane (the default)")
+    for target in (p, serve):
+        target.add_argument("--listen", default=d.listen, help="HOST:PORT (port 0: pick one)")
+        target.add_argument("--liveness-grace", type=_seconds("--liveness-grace"),
+                            default=d.liveness_grace_s, help="no heartbeat this long: NOT_READY")  # fmt: skip
+        target.add_argument("--unknown-after", type=_seconds("--unknown-after"),
+                            default=d.unknown_after_s, help="NOT_READY this long: UNKNOWN")  # fmt: skip
+        target.add_argument("--reschedule-after", type=_seconds("--reschedule-after"),
+                            default=d.reschedule_after_s,
+                            help="not READY this long: replace its service instances elsewhere")  # fmt: skip
+        target.add_argument("--resync-period", type=_seconds("--resync-period"),
+                            default=d.resync_period_s)  # fmt: skip
+        target.add_argument("--shutdown-grace", type=_seconds("--shutdown-grace"),
+                            default=d.shutdown_grace_s)  # fmt: skip
+    m = sub.add_parser("migrate", help="move the schema up or down explicitly")
+    m.add_argument("--to", type=int, default=None, help="target version (default: newest)")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        listen=args.listen,
+        database_url=args.database_url,
+        state_dir=args.state_dir,
+        log_format=args.log_format,
+        liveness_grace_s=args.liveness_grace,
+        unknown_after_s=args.unknown_after,
+        reschedule_after_s=args.reschedule_after,
+        resync_period_s=args.resync_period,
+        shutdown_grace_s=args.shutdown_grace,
+    )
+
+
+async def run_migrate(args: argparse.Namespace) -> int:
+    url = await resolve_database_url(args.database_url, args.state_dir)
+    conn = await asyncpg.connect(url)
+    try:
+        before, after = await migrate.migrate(conn, to=args.to)
+    finally:
+        await conn.close()
+    print(f"schema at version {after} (was {before})")
+    return 0
+
+
+async def _probe_database(store: Store, health_servicer: health.aio.HealthServicer) -> None:
+    """FleetService is NOT_SERVING while Postgres is unreachable; agent streams stay up."""
+    serving: bool | None = None
+    while True:
+        try:
+            await store.pool.fetchval("SELECT 1", timeout=DB_PROBE_INTERVAL_S)
+            ok = True
+        except Exception:
+            ok = False
+        if ok != serving:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await health_servicer.set(FLEET_SERVICE, status)
+            if serving is not None:
+                log.warning("database reachable" if ok else "database unreachable")
+            serving = ok
+        await asyncio.sleep(DB_PROBE_INTERVAL_S)
+
+
+def _write_addresses(state_dir: Path, addresses: dict[str, str]) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_dir / "addresses.json.tmp"
+    tmp.write_text(json.dumps(addresses, indent=2) + "\n")
+    os.replace(tmp, state_dir / "addresses.json")
+
+
+async def serve(settings: Settings) -> int:
+    url = await resolve_database_url(settings.database_url, settings.state_dir)
+    log.info("starting", database=redact(url), listen=settings.listen)
+    conn = await asyncpg.connect(url)
+    try:
+        before, after = await migrate.migrate(conn)
+        if before != after:
+            log.info("schema migrated", version=after, was=before)
+    finally:
+        await conn.close()
+
+    pool = await create_pool(url)
+    store = Store(pool)
+    registry = StreamRegistry()
+    workloads = WorkloadController(store, settings=settings)
+    liveness = LivenessController(store, settings=settings, workloads=workloads)
+    reports = ReportWriter(store, on_changed=lambda names: [workloads.enqueue(n) for n in names])
+
+    def wake_everything() -> None:
+        registry.wake_all()
+        workloads.enqueue(ALL)
+
+    listener = Listener(
+        url, on_host=registry.wake, on_workload=workloads.enqueue, on_reconnect=wake_everything
+    )
+    leadership = Leadership(
+        store, database_url=url, settings=settings, workloads=workloads, liveness=liveness
+    )
+
+    server = grpc.aio.server()
+    fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetApi(store), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(
+        AgentSync(store, registry=registry, reports=reports,
+                  resync_period_s=settings.resync_period_s),
+        server,
+    )  # fmt: skip
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (FLEET_SERVICE, AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise KeelError(f"cannot listen on {settings.listen}: the address is taken or invalid")
+    host = settings.listen.rsplit(":", 1)[0]
+    address = f"{host}:{port}"
+    await server.start()
+    for name in ("", AGENT_SERVICE, FLEET_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    tasks = [
+        asyncio.create_task(listener.run(), name="listener"),
+        asyncio.create_task(reports.run(), name="report-writer"),
+        asyncio.create_task(leadership.run(), name="leadership"),
+        asyncio.create_task(_probe_database(store, health_servicer), name="db-probe"),
+    ]
+    _write_addresses(settings.state_dir, {"grpc": address})
+    log.info("serving", grpc=address, state_dir=str(settings.state_dir))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    supervisor = asyncio.create_task(stop.wait(), name="stop-signal")
+    done, _ = await asyncio.wait([supervisor, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    failed = [t for t in done if t is not supervisor]
+    for t in failed:
+        # A supervised task must never end on its own: stop the process, loudly.
+        log.error("background task ended unexpectedly", task=t.get_name(),
+                  error=repr(t.exception()) if not t.cancelled() else "cancelled")  # fmt: skip
+
+    log.info("stopping", grace_s=settings.shutdown_grace_s)
+    for name in ("", AGENT_SERVICE, FLEET_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(settings.shutdown_grace_s)
+    if not await reports.flush(settings.shutdown_grace_s):
+        log.warning("stopped with reports unwritten; agents resend them on reconnect")
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    supervisor.cancel()
+    workloads.queue.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(pool.close(), settings.shutdown_grace_s)
+    log.info("stopped")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_format, component="controlplane")
+    try:
+        if args.command == "migrate":
+            code = uvloop.run(run_migrate(args))
+        else:
+            code = uvloop.run(serve(settings_from(args)))
+    except KeelError as exc:
+        log.error(str(exc))
+        print(f"keel-controlplane: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

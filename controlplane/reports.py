@@ -1,0 +1,77 @@
+"""Agent status reports, written to Postgres in batches.
+
+A batch is flushed as soon as the previous one commits (no fixed interval): under light load
+each report is written at once; under heavy load reports pile up while a commit runs and go
+out together in the next one. A failed write keeps its batch and retries with back-off, so a
+report is never dropped while the process lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from controlplane.store import Report, Store
+
+log = structlog.get_logger("keel.reports")
+
+
+class ReportWriter:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        on_changed: Callable[[set[str]], None],
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._on_changed = on_changed
+        self._retry_max_s = retry_max_s
+        self._pending: list[Report] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def submit(self, reports: Sequence[Report]) -> None:
+        if not reports:
+            return
+        self._pending.extend(reports)
+        self._idle.clear()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Writes batches until cancelled."""
+        delay = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            while batch:
+                try:
+                    changed = await self._store.write_reports(batch)
+                except asyncio.CancelledError:
+                    self._pending[:0] = batch
+                    raise
+                except Exception as exc:  # the database may be down: keep the batch, retry
+                    log.warning("report batch failed; retrying", error=str(exc), size=len(batch))
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, self._retry_max_s)
+                    batch = batch + self._pending
+                    self._pending = []
+                    continue
+                delay = 0.05
+                self._on_changed(changed)
+                batch = []
+            if not self._pending:
+                self._idle.set()
+
+    async def flush(self, timeout: float) -> bool:
+        """Waits until everything submitted so far is committed. False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

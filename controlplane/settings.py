@@ -1,0 +1,32 @@
+"""Control-plane settings: every duration the logic waits on is here, with its flag (see main)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "127.0.0.1:7443"
+    database_url: str | None = None
+    state_dir: Path = Path(".keel/controlplane")
+    log_format: str = "auto"
+    # A host without a heartbeat for this long is NOT_READY (kubelet lease: 40 s).
+    liveness_grace_s: float = 40.0
+    # NOT_READY for this long more: UNKNOWN.
+    unknown_after_s: float = 60.0
+    # A host NOT_READY/UNKNOWN this long has its service instances replaced elsewhere.
+    reschedule_after_s: float = 300.0
+    # Every stream resends what changed even without a notification, and every controller
+    # re-examines every workload, this often (lost NOTIFYs are harmless).
+    resync_period_s: float = 30.0
+    # How often liveness judges hosts.
+    liveness_interval_s: float = 1.0
+    # Controller work-queue back-off after an error, per key.
+    retry_base_s: float = 0.1
+    retry_max_s: float = 30.0
+    # Graceful stop: how long in-flight RPCs get before they are cancelled.
+    shutdown_grace_s: float = 5.0
+    # How often a follower replica tries to become the leader.
+    leader_retry_s: float = 2.0

@@ -1,0 +1,1 @@
+"""Keel: a reconciliation-based control plane and host agent (client side: keelctl, wire API)."""

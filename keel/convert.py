@@ -1,0 +1,108 @@
+"""The one place protobuf messages become domain types and back (keel.model <-> keel.v1)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from keel.model import Desired, HealthCheck, Phase, Resources, WorkloadSpec
+from keel.v1 import types_pb2 as pb
+
+_DESIRED_TO_PB = {
+    Desired.RUNNING: pb.DESIRED_RUNNING,
+    Desired.STOPPED: pb.DESIRED_STOPPED,
+    Desired.REMOVED: pb.DESIRED_REMOVED,
+}
+_DESIRED_FROM_PB = {v: k for k, v in _DESIRED_TO_PB.items()}
+_PHASE_TO_PB = {
+    Phase.PENDING: pb.PHASE_PENDING,
+    Phase.STARTING: pb.PHASE_STARTING,
+    Phase.RUNNING: pb.PHASE_RUNNING,
+    Phase.STOPPING: pb.PHASE_STOPPING,
+    Phase.STOPPED: pb.PHASE_STOPPED,
+    Phase.FAILED: pb.PHASE_FAILED,
+}
+_PHASE_FROM_PB = {v: k for k, v in _PHASE_TO_PB.items()}
+
+
+def desired_to_pb(d: Desired) -> pb.DesiredState:
+    return _DESIRED_TO_PB[d]
+
+
+def desired_from_pb(d: pb.DesiredState) -> Desired:
+    try:
+        return _DESIRED_FROM_PB[d]
+    except KeyError:
+        raise ValueError(f"unknown desired state {d}") from None
+
+
+def phase_to_pb(p: Phase) -> pb.Phase:
+    return _PHASE_TO_PB[p]
+
+
+def phase_from_pb(p: pb.Phase) -> Phase:
+    return _PHASE_FROM_PB.get(p, Phase.PENDING)
+
+
+def resources_to_pb(r: Resources) -> pb.Resources:
+    return pb.Resources(cpu_millis=r.cpu_millis, memory_mib=r.memory_mib)
+
+
+def resources_from_pb(r: pb.Resources) -> Resources:
+    return Resources(cpu_millis=r.cpu_millis, memory_mib=r.memory_mib)
+
+
+def spec_to_pb(s: WorkloadSpec) -> pb.WorkloadSpec:
+    msg = pb.WorkloadSpec(
+        command=list(s.command),
+        env=dict(s.env),
+        ports=list(s.ports),
+        resources=resources_to_pb(s.resources),
+        stop_grace_ms=s.stop_grace_ms,
+        min_ready_ms=s.min_ready_ms,
+    )
+    if s.health is not None:
+        if s.health.tcp is not None:
+            msg.health.tcp = s.health.tcp
+        elif s.health.http_port is not None:
+            msg.health.http.port = s.health.http_port
+            msg.health.http.path = s.health.http_path
+        elif s.health.exec is not None:
+            msg.health.exec.command.extend(s.health.exec)
+    return msg
+
+
+def spec_from_pb(m: pb.WorkloadSpec) -> WorkloadSpec:
+    health = None
+    which = m.health.WhichOneof("probe") if m.HasField("health") else None
+    if which == "tcp":
+        health = HealthCheck(tcp=m.health.tcp)
+    elif which == "http":
+        health = HealthCheck(http_port=m.health.http.port, http_path=m.health.http.path or "/")
+    elif which == "exec":
+        health = HealthCheck(exec=tuple(m.health.exec.command))
+    return WorkloadSpec(
+        command=tuple(m.command),
+        env=dict(m.env),
+        ports=tuple(m.ports),
+        resources=resources_from_pb(m.resources),
+        health=health,
+        stop_grace_ms=m.stop_grace_ms,
+        min_ready_ms=m.min_ready_ms,
+    )
+
+
+def ts(dt: datetime | None) -> Timestamp | None:
+    """A protobuf Timestamp for dt, or None (leave the field unset)."""
+    if dt is None:
+        return None
+    out = Timestamp()
+    out.FromDatetime(dt.astimezone(UTC))
+    return out
+
+
+def from_ts(t: Timestamp) -> datetime | None:
+    if t.seconds == 0 and t.nanos == 0:
+        return None
+    return t.ToDatetime(tzinfo=UTC)

@@ -1,0 +1,133 @@
+"""Keel's domain types: workloads and their specs as frozen dataclasses.
+
+Protobuf stays at the edge: `keel.convert` turns these into wire messages and back;
+`keel.spec` parses and validates an operator's document into them; the control plane
+stores them as JSON (`to_json` / `from_json` here) and the agent runs them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Kind(enum.StrEnum):
+    SERVICE = "service"
+    DAEMON = "daemon"
+
+
+class Desired(enum.StrEnum):
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+    REMOVED = "REMOVED"
+
+
+class Phase(enum.StrEnum):
+    PENDING = "PENDING"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+
+class HostState(enum.StrEnum):
+    READY = "READY"
+    NOT_READY = "NOT_READY"
+    UNKNOWN = "UNKNOWN"
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_millis: int = 0
+    memory_mib: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpu_millis + other.cpu_millis, self.memory_mib + other.memory_mib)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(self.cpu_millis - other.cpu_millis, self.memory_mib - other.memory_mib)
+
+    def fits_in(self, free: Resources) -> bool:
+        return self.cpu_millis <= free.cpu_millis and self.memory_mib <= free.memory_mib
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """Exactly one of tcp (a port name), http_port (+ http_path) or exec is set."""
+
+    tcp: str | None = None
+    http_port: str | None = None
+    http_path: str = "/"
+    exec: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    command: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    ports: tuple[str, ...] = ()
+    resources: Resources = Resources()
+    health: HealthCheck | None = None
+    stop_grace_ms: int = 10_000
+    min_ready_ms: int = 10_000
+
+    def to_json(self) -> dict[str, Any]:
+        health: dict[str, Any] | None = None
+        if self.health is not None:
+            health = {
+                "tcp": self.health.tcp,
+                "http_port": self.health.http_port,
+                "http_path": self.health.http_path,
+                "exec": list(self.health.exec) if self.health.exec is not None else None,
+            }
+        return {
+            "command": list(self.command),
+            "env": dict(self.env),
+            "ports": list(self.ports),
+            "resources": {
+                "cpu_millis": self.resources.cpu_millis,
+                "memory_mib": self.resources.memory_mib,
+            },
+            "health": health,
+            "stop_grace_ms": self.stop_grace_ms,
+            "min_ready_ms": self.min_ready_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkloadSpec:
+        """Reads what `to_json` wrote (trusted: it was validated before it was stored)."""
+        h = data.get("health")
+        health = None
+        if h is not None:
+            health = HealthCheck(
+                tcp=h.get("tcp"),
+                http_port=h.get("http_port"),
+                http_path=h.get("http_path") or "/",
+                exec=tuple(h["exec"]) if h.get("exec") is not None else None,
+            )
+        r = data.get("resources") or {}
+        return cls(
+            command=tuple(data["command"]),
+            env=dict(data.get("env") or {}),
+            ports=tuple(data.get("ports") or ()),
+            resources=Resources(int(r.get("cpu_millis", 0)), int(r.get("memory_mib", 0))),
+            health=health,
+            stop_grace_ms=int(data.get("stop_grace_ms", 10_000)),
+            min_ready_ms=int(data.get("min_ready_ms", 10_000)),
+        )
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A workload as the operator asked for it (no generation: the store owns that)."""
+
+    name: str
+    spec: WorkloadSpec
+    kind: Kind = Kind.SERVICE
+    replicas: int = 1
+    max_unavailable: int = 1
+    max_surge: int = 1
+    selector: dict[str, str] = field(default_factory=dict)
+    deadline_ms: int = 120_000

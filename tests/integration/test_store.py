@@ -1,0 +1,182 @@
+"""The store on a real Postgres: revisions in commit order, apply results, reports, liveness."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from controlplane import migrate
+from controlplane.store import Report, Store, create_pool
+from keel.model import Desired, Resources, Workload, WorkloadSpec
+
+
+@pytest.fixture
+async def store(fresh_database: str) -> AsyncIterator[Store]:
+    conn = await asyncpg.connect(fresh_database)
+    await migrate.migrate(conn)
+    await conn.close()
+    pool = await create_pool(fresh_database, min_size=2, max_size=12)
+    try:
+        yield Store(pool)
+    finally:
+        await pool.close()
+
+
+def _workload(name: str = "web", *, replicas: int = 3, env: dict[str, str] | None = None) -> Workload:
+    return Workload(
+        name=name,
+        replicas=replicas,
+        spec=WorkloadSpec(command=("sleep", "1000"), env=env or {}, resources=Resources(100, 64)),
+    )
+
+
+async def _host(store: Store, name: str) -> None:
+    await store.register_host(
+        name, labels={}, capacity=Resources(4000, 8192), agent_version="test"
+    )
+
+
+async def test_apply_reports_created_configured_unchanged(store: Store) -> None:
+    """Apply is idempotent; only a spec change bumps the generation."""
+    row, result = await store.apply_workload(_workload())
+    assert (result, row.generation) == ("created", 1)
+    row, result = await store.apply_workload(_workload())
+    assert (result, row.generation) == ("unchanged", 1)
+    row, result = await store.apply_workload(_workload(replicas=5))
+    assert (result, row.generation) == ("configured", 1)
+    row, result = await store.apply_workload(_workload(replicas=5, env={"A": "b"}))
+    assert (result, row.generation) == ("configured", 2)
+
+
+async def test_watcher_misses_no_change_under_concurrent_writers(store: Store) -> None:
+    """A watcher resuming from its last revision sees every committed change, slow ones too."""
+    await _host(store, "h1")
+    row, _ = await store.apply_workload(_workload())
+    created: set[str] = set()
+    done = asyncio.Event()
+
+    async def fast_writer() -> None:
+        for _ in range(15):
+            created.update(await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None))
+
+    async def slow_writer(n: int) -> None:
+        # The same protocol as apply_plan, but the transaction sleeps before committing: with a
+        # plain sequence its revision would be taken early and skipped by the watcher.
+        for i in range(5):
+            async with store.pool.acquire() as conn, conn.transaction():
+                revision = (await Store._bump(conn, ["h1"]))["h1"]
+                await asyncio.sleep(random.uniform(0.0, 0.03))
+                iid = f"slow-{n}-{i}"
+                await conn.execute(
+                    """INSERT INTO instance (id, workload, generation, host, spec, cpu_millis,
+                                             memory_mib, desired, revision)
+                       VALUES ($1, 'web', 1, 'h1', '{"command": ["x"]}', 0, 0, 'RUNNING', $2)""",
+                    iid,
+                    revision,
+                )
+            created.add(iid)
+
+    seen: set[str] = set()
+    revisions: list[int] = []
+
+    async def watcher() -> None:
+        since = 0
+        while True:
+            finished = done.is_set()
+            revision, rows = await store.host_assignments("h1", since=since)
+            assert revision >= since
+            seen.update(r.id for r in rows)
+            revisions.append(revision)
+            since = revision
+            if finished:
+                return
+            await asyncio.sleep(0)
+
+    watch = asyncio.create_task(watcher())
+    await asyncio.gather(*(fast_writer() for _ in range(4)), *(slow_writer(n) for n in range(4)))
+    done.set()
+    await watch
+    assert len(created) == 4 * 15 + 4 * 5
+    assert seen == created
+    assert revisions == sorted(revisions)
+
+
+async def test_plan_bumps_revision_and_tombstone_confirmed_by_report(store: Store) -> None:
+    """Removal is a tombstone at a new revision; the agent's confirmation deletes the row."""
+    await _host(store, "h1")
+    row, _ = await store.apply_workload(_workload())
+    [iid] = await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)
+    rev1, rows = await store.host_assignments("h1", since=None)
+    assert [r.id for r in rows] == [iid] and rows[0].revision == rev1
+    await store.apply_plan(row, create_on=[], remove=[iid], epoch=None)
+    rev2, rows = await store.host_assignments("h1", since=rev1)
+    assert rev2 == rev1 + 1
+    assert [(r.id, r.desired) for r in rows] == [(iid, Desired.REMOVED)]
+    changed = await store.write_reports(
+        [Report("h1", iid, "STOPPED", 0, 0, "", "", "", {}, False, True, None)]
+    )
+    assert changed == {"web"}
+    assert await store.list_instances() == []
+
+
+async def test_reports_batch_updates_only_the_reporting_hosts_instances(store: Store) -> None:
+    """An agent cannot write status for another host's instance; the last report per id wins."""
+    await _host(store, "h1")
+    await _host(store, "h2")
+    row, _ = await store.apply_workload(_workload())
+    [a] = await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)
+    [b] = await store.apply_plan(row, create_on=["h2"], remove=[], epoch=None)
+    await store.write_reports(
+        [
+            Report("h1", a, "STARTING", 10, 0, "", "", "", {}, False, False, None),
+            Report("h1", a, "RUNNING", 10, 0, "", "", "", {"http": 8080}, True, False, None),
+            Report("h1", b, "FAILED", 99, 3, "exit code 1", "", "", {}, False, False, None),
+        ]
+    )
+    ia = await store.get_instance(a)
+    ib = await store.get_instance(b)
+    assert (ia.phase, ia.ready, ia.ports, ia.converged) == ("RUNNING", True, {"http": 8080}, True)
+    assert (ib.phase, ib.pid) == ("PENDING", 0)
+
+
+async def test_liveness_marks_silent_hosts_not_ready_then_ready_on_heartbeat(store: Store) -> None:
+    """No heartbeat within the grace: NOT_READY; the next heartbeat makes it READY again."""
+    await _host(store, "h1")
+    await store.pool.execute(
+        "UPDATE host SET last_heartbeat = now() - interval '1 minute' WHERE name = 'h1'"
+    )
+    assert await store.judge_liveness(grace_s=40, unknown_after_s=60) == [("h1", "NOT_READY")]
+    assert (await store.get_host("h1")).state.value == "NOT_READY"
+    assert await store.heartbeat("h1") is True
+    assert (await store.get_host("h1")).state.value == "READY"
+
+
+async def test_delete_then_finish_when_no_instances(store: Store) -> None:
+    """A deleting workload goes away only after its last instance row is gone."""
+    await _host(store, "h1")
+    row, _ = await store.apply_workload(_workload())
+    [iid] = await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)
+    await store.delete_workload("web")
+    assert await store.finish_deleted_workload("web", epoch=None) is False
+    await store.apply_plan(row, create_on=[], remove=[iid], epoch=None)
+    await store.write_reports([Report("h1", iid, "STOPPED", 0, 0, "", "", "", {}, False, True, None)])
+    assert await store.finish_deleted_workload("web", epoch=None) is True
+    assert await store.list_workloads() == []
+
+
+async def test_stale_epoch_cannot_write(store: Store) -> None:
+    """A deposed leader's plan is refused once another replica bumped the epoch."""
+    from controlplane.errors import NotLeader
+
+    await _host(store, "h1")
+    row, _ = await store.apply_workload(_workload())
+    async with store.pool.acquire() as conn:
+        first = await store.take_leadership(conn, "a")
+        await store.take_leadership(conn, "b")
+    with pytest.raises(NotLeader):
+        await store.apply_plan(row, create_on=["h1"], remove=[], epoch=first)
+    assert await store.list_instances() == []
