@@ -100,9 +100,12 @@ class WorkloadController:
             except Exception as exc:
                 delay = self.queue.done(key, ok=False)
                 log.warning(
-                    "reconcile failed; will retry", workload=key, error=str(exc),
-                    retry_in_s=round(delay or 0, 3), retries=self.queue.retries(key),
-                )  # fmt: skip
+                    "reconcile failed; will retry",
+                    workload=key,
+                    error=str(exc),
+                    retry_in_s=round(delay or 0, 3),
+                    retries=self.queue.retries(key),
+                )
             else:
                 self.queue.done(key, ok=True)
                 elapsed = time.monotonic() - started
@@ -127,17 +130,20 @@ class WorkloadController:
                 row, create_on=plan.create, remove=plan.remove, epoch=epoch
             )
             bound.info(
-                "workload reconciled", created=created, removed=sorted(plan.remove),
+                "workload reconciled",
+                created=created,
+                removed=sorted(plan.remove),
                 hosts=sorted(set(plan.create)),
-            )  # fmt: skip
+            )
         if plan.unschedulable is not None:
             bound.info(
-                "instances unschedulable", reason=plan.unschedulable.code,
+                "instances unschedulable",
+                reason=plan.unschedulable.code,
                 detail=plan.unschedulable.message,
-            )  # fmt: skip
-        if row.deleting and not any(i.workload == name for i in instances) and not plan.remove:
-            if await self._store.finish_deleted_workload(name, epoch=epoch):
-                bound.info("workload deleted")
+            )
+        gone = not any(i.workload == name for i in instances)
+        if row.deleting and gone and await self._store.finish_deleted_workload(name, epoch=epoch):
+            bound.info("workload deleted")
 
 
 class LivenessController:

@@ -123,12 +123,12 @@ def _required(value: str, field: str) -> str:
     return value
 
 
-class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
+class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # untyped base
     def __init__(self, store: Store) -> None:
         self._store = store
 
     @_status
-    async def ApplyWorkload(  # noqa: N802
+    async def ApplyWorkload(
         self, request: fleet_pb2.ApplyWorkloadRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.ApplyWorkloadResponse:
         if len(request.manifest_json) > MAX_MANIFEST_BYTES:
@@ -142,22 +142,21 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
             raise InvalidArgument(f"manifest_json: not valid JSON ({exc})") from exc
         workload = spec.parse_workload(doc)
         row, result = await self._store.apply_workload(workload, actor=_peer(context))
-        log.info("workload applied", workload=workload.name, result=result,
-                 generation=row.generation)  # fmt: skip
-        instances = await self._store.list_instances(workload=workload.name)
-        return fleet_pb2.ApplyWorkloadResponse(
-            workload=workload_pb(row, instances), result=result
+        log.info(
+            "workload applied", workload=workload.name, result=result, generation=row.generation
         )
+        instances = await self._store.list_instances(workload=workload.name)
+        return fleet_pb2.ApplyWorkloadResponse(workload=workload_pb(row, instances), result=result)
 
     @_status
-    async def GetWorkload(  # noqa: N802
+    async def GetWorkload(
         self, request: fleet_pb2.GetWorkloadRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.Workload:
         row = await self._store.get_workload(_required(request.name, "name"))
         return workload_pb(row, await self._store.list_instances(workload=request.name))
 
     @_status
-    async def ListWorkloads(  # noqa: N802
+    async def ListWorkloads(
         self, request: fleet_pb2.ListWorkloadsRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.ListWorkloadsResponse:
         rows = await self._store.list_workloads()
@@ -169,7 +168,7 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
         )
 
     @_status
-    async def DeleteWorkload(  # noqa: N802
+    async def DeleteWorkload(
         self, request: fleet_pb2.DeleteWorkloadRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.DeleteWorkloadResponse:
         row = await self._store.delete_workload(
@@ -180,13 +179,13 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
         return fleet_pb2.DeleteWorkloadResponse(workload=workload_pb(row, instances))
 
     @_status
-    async def GetHost(  # noqa: N802
+    async def GetHost(
         self, request: fleet_pb2.GetHostRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.Host:
         return host_pb(await self._store.get_host(_required(request.name, "name")))
 
     @_status
-    async def ListHosts(  # noqa: N802
+    async def ListHosts(
         self, request: fleet_pb2.ListHostsRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.ListHostsResponse:
         return fleet_pb2.ListHostsResponse(
@@ -194,13 +193,13 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
         )
 
     @_status
-    async def GetInstance(  # noqa: N802
+    async def GetInstance(
         self, request: fleet_pb2.GetInstanceRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.Instance:
         return instance_pb(await self._store.get_instance(_required(request.id, "id")))
 
     @_status
-    async def ListInstances(  # noqa: N802
+    async def ListInstances(
         self, request: fleet_pb2.ListInstancesRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.ListInstancesResponse:
         rows = await self._store.list_instances(

@@ -35,7 +35,8 @@ class Listener:
         self._on_reconnect = on_reconnect
         self.connected = asyncio.Event()
 
-    def _dispatch(self, conn: object, pid: int, channel: str, payload: str) -> None:
+    def _dispatch(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        assert isinstance(payload, str)
         if channel == HOST_CHANNEL:
             self._on_host(payload)
         elif channel == WORKLOAD_CHANNEL:
@@ -49,7 +50,7 @@ class Listener:
             try:
                 conn = await asyncpg.connect(self._url, timeout=10)
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(HOST_CHANNEL, self._dispatch)
                 await conn.add_listener(WORKLOAD_CHANNEL, self._dispatch)
                 self.connected.set()

@@ -58,26 +58,41 @@ def _seconds(flag: str):  # type: ignore[no-untyped-def]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="keel-controlplane", description=__doc__.splitlines()[0])
     d = Settings()
-    p.add_argument("--database-url", default=os.environ.get("KEEL_DATABASE_URL"),
-                   help="Postgres URL (env KEEL_DATABASE_URL); absent: embedded Postgres "
-                   "under --state-dir")  # fmt: skip
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("KEEL_DATABASE_URL"),
+        help="Postgres URL (env KEEL_DATABASE_URL); absent: embedded Postgres under --state-dir",
+    )
     p.add_argument("--state-dir", type=Path, default=d.state_dir)
     p.add_argument("--log-format", choices=logs.FORMATS, default=d.log_format)
     sub = p.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="run the control plane (the default)")
     for target in (p, serve):
         target.add_argument("--listen", default=d.listen, help="HOST:PORT (port 0: pick one)")
-        target.add_argument("--liveness-grace", type=_seconds("--liveness-grace"),
-                            default=d.liveness_grace_s, help="no heartbeat this long: NOT_READY")  # fmt: skip
-        target.add_argument("--unknown-after", type=_seconds("--unknown-after"),
-                            default=d.unknown_after_s, help="NOT_READY this long: UNKNOWN")  # fmt: skip
-        target.add_argument("--reschedule-after", type=_seconds("--reschedule-after"),
-                            default=d.reschedule_after_s,
-                            help="not READY this long: replace its service instances elsewhere")  # fmt: skip
-        target.add_argument("--resync-period", type=_seconds("--resync-period"),
-                            default=d.resync_period_s)  # fmt: skip
-        target.add_argument("--shutdown-grace", type=_seconds("--shutdown-grace"),
-                            default=d.shutdown_grace_s)  # fmt: skip
+        target.add_argument(
+            "--liveness-grace",
+            type=_seconds("--liveness-grace"),
+            default=d.liveness_grace_s,
+            help="no heartbeat this long: NOT_READY",
+        )
+        target.add_argument(
+            "--unknown-after",
+            type=_seconds("--unknown-after"),
+            default=d.unknown_after_s,
+            help="NOT_READY this long: UNKNOWN",
+        )
+        target.add_argument(
+            "--reschedule-after",
+            type=_seconds("--reschedule-after"),
+            default=d.reschedule_after_s,
+            help="not READY this long: replace its service instances elsewhere",
+        )
+        target.add_argument(
+            "--resync-period", type=_seconds("--resync-period"), default=d.resync_period_s
+        )
+        target.add_argument(
+            "--shutdown-grace", type=_seconds("--shutdown-grace"), default=d.shutdown_grace_s
+        )
     m = sub.add_parser("migrate", help="move the schema up or down explicitly")
     m.add_argument("--to", type=int, default=None, help="target version (default: newest)")
     return p
@@ -153,7 +168,12 @@ async def serve(settings: Settings) -> int:
     registry = StreamRegistry()
     workloads = WorkloadController(store, settings=settings)
     liveness = LivenessController(store, settings=settings, workloads=workloads)
-    reports = ReportWriter(store, on_changed=lambda names: [workloads.enqueue(n) for n in names])
+
+    def enqueue_all(names: set[str]) -> None:
+        for name in names:
+            workloads.enqueue(name)
+
+    reports = ReportWriter(store, on_changed=enqueue_all)
 
     def wake_everything() -> None:
         registry.wake_all()
@@ -169,10 +189,11 @@ async def serve(settings: Settings) -> int:
     server = grpc.aio.server()
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetApi(store), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentSync(store, registry=registry, reports=reports,
-                  resync_period_s=settings.resync_period_s),
+        AgentSync(
+            store, registry=registry, reports=reports, resync_period_s=settings.resync_period_s
+        ),
         server,
-    )  # fmt: skip
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -205,8 +226,11 @@ async def serve(settings: Settings) -> int:
     failed = [t for t in done if t is not supervisor]
     for t in failed:
         # A supervised task must never end on its own: stop the process, loudly.
-        log.error("background task ended unexpectedly", task=t.get_name(),
-                  error=repr(t.exception()) if not t.cancelled() else "cancelled")  # fmt: skip
+        log.error(
+            "background task ended unexpectedly",
+            task=t.get_name(),
+            error=repr(t.exception()) if not t.cancelled() else "cancelled",
+        )
 
     log.info("stopping", grace_s=settings.shutdown_grace_s)
     for name in ("", AGENT_SERVICE, FLEET_SERVICE):

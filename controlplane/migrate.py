@@ -103,7 +103,9 @@ async def migrate(
             if target < m.version <= start:
                 async with conn.transaction():
                     await conn.execute(m.down)
-                    await conn.execute("DELETE FROM schema_migrations WHERE version = $1", m.version)
+                    await conn.execute(
+                        "DELETE FROM schema_migrations WHERE version = $1", m.version
+                    )
                 log.info("migration applied", version=m.version, migration=m.name, step="down")
         return start, target
     finally:

@@ -68,10 +68,10 @@ class ReportWriter:
             if not self._pending:
                 self._idle.set()
 
-    async def flush(self, timeout: float) -> bool:
+    async def flush(self, timeout_s: float) -> bool:
         """Waits until everything submitted so far is committed. False on timeout."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
             return False
         return True

@@ -17,12 +17,16 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from controlplane.errors import FailedPrecondition, NotFound, NotLeader
 from keel.model import Desired, HostState, Kind, Resources, Workload, WorkloadSpec
 
 HOST_CHANNEL = "keel_host"
 WORKLOAD_CHANNEL = "keel_workload"
+
+# A connection, whether held directly or borrowed from the pool.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -209,9 +213,15 @@ class Store:
                     """INSERT INTO workload (name, kind, replicas, max_unavailable, max_surge,
                                              selector, deadline_ms, spec)
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
-                    w.name, w.kind.value, w.replicas, w.max_unavailable, w.max_surge,
-                    w.selector, w.deadline_ms, spec,
-                )  # fmt: skip
+                    w.name,
+                    w.kind.value,
+                    w.replicas,
+                    w.max_unavailable,
+                    w.max_surge,
+                    w.selector,
+                    w.deadline_ms,
+                    spec,
+                )
                 result = "created"
             else:
                 if old["deleting"]:
@@ -220,10 +230,13 @@ class Store:
                         f"workloads` no longer lists it, then apply again"
                     )
                 new_values = {
-                    "kind": w.kind.value, "replicas": w.replicas,
-                    "max_unavailable": w.max_unavailable, "max_surge": w.max_surge,
-                    "selector": w.selector, "deadline_ms": w.deadline_ms,
-                }  # fmt: skip
+                    "kind": w.kind.value,
+                    "replicas": w.replicas,
+                    "max_unavailable": w.max_unavailable,
+                    "max_surge": w.max_surge,
+                    "selector": w.selector,
+                    "deadline_ms": w.deadline_ms,
+                }
                 if old["kind"] != w.kind.value:
                     raise FailedPrecondition(
                         f'workload "{w.name}" is a {old["kind"]}; kind cannot change — delete it '
@@ -237,15 +250,24 @@ class Store:
                               selector = $5, deadline_ms = $6, spec = $7,
                               generation = generation + $8::int, updated_at = now()
                        WHERE name = $1 RETURNING *""",
-                    w.name, w.replicas, w.max_unavailable, w.max_surge, w.selector,
-                    w.deadline_ms, spec, 1 if spec_changed else 0,
-                )  # fmt: skip
+                    w.name,
+                    w.replicas,
+                    w.max_unavailable,
+                    w.max_surge,
+                    w.selector,
+                    w.deadline_ms,
+                    spec,
+                    1 if spec_changed else 0,
+                )
                 result = "configured"
             assert row is not None
             await self._event(
-                conn, f"workload/{w.name}", "WorkloadApplied",
-                f"{result}, generation {row['generation']}, replicas {w.replicas}", actor=actor,
-            )  # fmt: skip
+                conn,
+                f"workload/{w.name}",
+                "WorkloadApplied",
+                f"{result}, generation {row['generation']}, replicas {w.replicas}",
+                actor=actor,
+            )
             await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, w.name)
             return _workload(row), result
 
@@ -299,8 +321,12 @@ class Store:
                        state_since = CASE WHEN h.state = 'READY' THEN h.state_since ELSE now() END,
                        state = 'READY'
                    RETURNING revision, (xmax = 0) AS inserted""",
-                name, labels, capacity.cpu_millis, capacity.memory_mib, agent_version,
-            )  # fmt: skip
+                name,
+                labels,
+                capacity.cpu_millis,
+                capacity.memory_mib,
+                agent_version,
+            )
             assert row is not None
             what = "registered" if row["inserted"] else "connected"
             await self._event(conn, f"host/{name}", "HostConnected", f"agent {what}")
@@ -327,7 +353,9 @@ class Store:
     async def disconnect_host(self, name: str) -> None:
         await self.pool.execute("UPDATE host SET connected = false WHERE name = $1", name)
 
-    async def judge_liveness(self, *, grace_s: float, unknown_after_s: float) -> list[tuple[str, str]]:
+    async def judge_liveness(
+        self, *, grace_s: float, unknown_after_s: float
+    ) -> list[tuple[str, str]]:
         """Moves silent hosts READY -> NOT_READY -> UNKNOWN by database time.
 
         Returns (host, new state) for every host that changed, after recording events.
@@ -342,13 +370,17 @@ class Store:
                       OR (state = 'NOT_READY'
                           AND state_since < now() - make_interval(secs => $2))
                    RETURNING name, state, last_heartbeat""",
-                grace_s, unknown_after_s,
-            )  # fmt: skip
+                grace_s,
+                unknown_after_s,
+            )
             for r in rows:
+                last = r["last_heartbeat"]
                 await self._event(
-                    conn, f"host/{r['name']}", f"Host{r['state'].title().replace('_', '')}",
-                    f"no heartbeat since {r['last_heartbeat'].isoformat() if r['last_heartbeat'] else 'ever'}",
-                )  # fmt: skip
+                    conn,
+                    f"host/{r['name']}",
+                    f"Host{r['state'].title().replace('_', '')}",
+                    f"no heartbeat since {last.isoformat() if last else 'ever'}",
+                )
             if rows:
                 await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
             return [(r["name"], r["state"]) for r in rows]
@@ -436,11 +468,17 @@ class Store:
                     """INSERT INTO instance (id, workload, generation, host, spec, cpu_millis,
                                              memory_mib, desired, revision)
                        SELECT u.id, $1, $2, u.host, $3, $4, $5, 'RUNNING', u.revision
-                       FROM unnest($6::text[], $7::text[], $8::bigint[]) AS u(id, host, revision)""",
-                    w.name, workload.generation, spec, w.spec.resources.cpu_millis,
-                    w.spec.resources.memory_mib, ids, list(create_on),
+                       FROM unnest($6::text[], $7::text[], $8::bigint[])
+                            AS u(id, host, revision)""",
+                    w.name,
+                    workload.generation,
+                    spec,
+                    w.spec.resources.cpu_millis,
+                    w.spec.resources.memory_mib,
+                    ids,
+                    list(create_on),
                     [revisions[h] for h in create_on],
-                )  # fmt: skip
+                )
                 created = ids
             if remove:
                 await conn.execute(
@@ -449,15 +487,19 @@ class Store:
                        FROM unnest($2::text[], $3::bigint[]) AS u(host, revision)
                        WHERE i.id = ANY($1::text[]) AND i.host = u.host
                          AND i.desired <> 'REMOVED'""",
-                    list(remove), list(revisions), list(revisions.values()),
-                )  # fmt: skip
+                    list(remove),
+                    list(revisions),
+                    list(revisions.values()),
+                )
             parts = []
             if created:
                 parts.append(f"placed {len(created)} on {', '.join(sorted(set(create_on)))}")
             if remove:
                 parts.append(f"removing {', '.join(sorted(remove))}")
             if parts:
-                await self._event(conn, f"workload/{w.name}", "WorkloadReconciled", "; ".join(parts))
+                await self._event(
+                    conn, f"workload/{w.name}", "WorkloadReconciled", "; ".join(parts)
+                )
             for h in hosts:
                 await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, h)
         return created
@@ -484,9 +526,11 @@ class Store:
                 revision,
             )
             await self._event(
-                conn, f"host/{host}", "InstancesFenced",
+                conn,
+                f"host/{host}",
+                "InstancesFenced",
                 f"{len(ids)} instance(s) replaced elsewhere after the host stayed unreachable",
-            )  # fmt: skip
+            )
             await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, host)
             await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
             return len(ids)
@@ -501,7 +545,9 @@ class Store:
                 name,
             )
             if status.endswith(" 1"):
-                await self._event(conn, f"workload/{name}", "WorkloadGone", "every instance removed")
+                await self._event(
+                    conn, f"workload/{name}", "WorkloadGone", "every instance removed"
+                )
                 return True
             return False
 
@@ -535,13 +581,18 @@ class Store:
                    WHERE i.id = u.id AND i.host = u.host AND o.id = i.id
                    RETURNING i.workload,
                              (o.phase, o.ready) IS DISTINCT FROM (u.phase, u.ready) AS moved""",
-                [r.instance_id for r in batch], [r.host for r in batch],
-                [r.phase for r in batch], [r.pid for r in batch],
-                [r.restart_count for r in batch], [r.last_exit for r in batch],
-                [r.reason for r in batch], [r.message for r in batch],
-                [json.dumps(r.ports) for r in batch], [r.ready for r in batch],
+                [r.instance_id for r in batch],
+                [r.host for r in batch],
+                [r.phase for r in batch],
+                [r.pid for r in batch],
+                [r.restart_count for r in batch],
+                [r.last_exit for r in batch],
+                [r.reason for r in batch],
+                [r.message for r in batch],
+                [json.dumps(r.ports) for r in batch],
+                [r.ready for r in batch],
                 [r.started_at for r in batch],
-            )  # fmt: skip
+            )
             workloads = {r["workload"] for r in changed if r["moved"]}
             removed = [(r.instance_id, r.host) for r in batch if r.removed]
             if removed:
@@ -559,10 +610,9 @@ class Store:
 
     # -- leadership ---------------------------------------------------------------------
 
-    async def take_leadership(self, conn: asyncpg.Connection, holder: str) -> int:
+    async def take_leadership(self, conn: Conn, holder: str) -> int:
         row = await conn.fetchrow(
-            "UPDATE leader SET epoch = epoch + 1, holder = $1, acquired_at = now() "
-            "RETURNING epoch",
+            "UPDATE leader SET epoch = epoch + 1, holder = $1, acquired_at = now() RETURNING epoch",
             holder,
         )
         assert row is not None
@@ -571,7 +621,7 @@ class Store:
     # -- helpers ------------------------------------------------------------------------
 
     @staticmethod
-    async def _check_epoch(conn: asyncpg.Connection, epoch: int | None) -> None:
+    async def _check_epoch(conn: Conn, epoch: int | None) -> None:
         if epoch is None:
             return
         # FOR SHARE: a new leader's epoch bump waits for this transaction, and this one
@@ -581,7 +631,7 @@ class Store:
             raise NotLeader(f"leadership moved to epoch {current} (this replica held {epoch})")
 
     @staticmethod
-    async def _hosts_of(conn: asyncpg.Connection, ids: Sequence[str]) -> list[str]:
+    async def _hosts_of(conn: Conn, ids: Sequence[str]) -> list[str]:
         if not ids:
             return []
         rows = await conn.fetch(
@@ -590,7 +640,7 @@ class Store:
         return [r["host"] for r in rows]
 
     @staticmethod
-    async def _bump(conn: asyncpg.Connection, hosts: Sequence[str]) -> dict[str, int]:
+    async def _bump(conn: Conn, hosts: Sequence[str]) -> dict[str, int]:
         """Bumps each host's revision (sorted, so concurrent writers lock in one order)."""
         if not hosts:
             return {}
@@ -607,9 +657,7 @@ class Store:
         return {r["name"]: int(r["revision"]) for r in rows}
 
     @staticmethod
-    async def _event(
-        conn: asyncpg.Connection, obj: str, kind: str, message: str, *, actor: str = ""
-    ) -> None:
+    async def _event(conn: Conn, obj: str, kind: str, message: str, *, actor: str = "") -> None:
         await conn.execute(
             "INSERT INTO event (object, kind, actor, message) VALUES ($1, $2, $3, $4)",
             obj,

@@ -109,7 +109,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         self._reports = reports
         self._resync_period_s = resync_period_s
 
-    async def Sync(  # noqa: N802 (gRPC method name)
+    async def Sync(
         self,
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
         context: grpc.aio.ServicerContext,
@@ -145,9 +145,12 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                 sent, rows = await self._store.host_assignments(host, since=None)
                 full = True
             bound.info(
-                "agent connected", agent_revision=hello.revision, revision=sent, full=full,
+                "agent connected",
+                agent_revision=hello.revision,
+                revision=sent,
+                full=full,
                 assignments=len(rows),
-            )  # fmt: skip
+            )
             yield _message(full, sent, rows)
             while True:
                 waits = [
@@ -155,7 +158,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                     asyncio.ensure_future(session.replaced.wait()),
                     reader,
                 ]
-                done, pending = await asyncio.wait(
+                _, pending = await asyncio.wait(
                     waits, timeout=self._resync_period_s, return_when=asyncio.FIRST_COMPLETED
                 )
                 for f in pending:

@@ -6,7 +6,6 @@ is reproducible and a test can demand that the committed modules equal a fresh r
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,11 +16,12 @@ OUT_PACKAGE = Path("keel") / "v1"
 
 def generate(out_root: Path) -> list[Path]:
     """Writes the generated modules under out_root/keel/v1 and returns their paths."""
+    import grpc_tools
     from grpc_tools import protoc  # dev dependency, imported only here
 
-    import grpc_tools
-
-    protos = sorted(str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / "keel" / "v1").glob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / "keel" / "v1").glob("*.proto")
+    )
     include = Path(grpc_tools.__file__).parent / "_proto"
     (out_root / OUT_PACKAGE).mkdir(parents=True, exist_ok=True)
     args = [
@@ -59,4 +59,4 @@ def stale_files() -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -26,7 +26,9 @@ async def store(fresh_database: str) -> AsyncIterator[Store]:
         await pool.close()
 
 
-def _workload(name: str = "web", *, replicas: int = 3, env: dict[str, str] | None = None) -> Workload:
+def _workload(
+    name: str = "web", *, replicas: int = 3, env: dict[str, str] | None = None
+) -> Workload:
     return Workload(
         name=name,
         replicas=replicas,
@@ -35,9 +37,7 @@ def _workload(name: str = "web", *, replicas: int = 3, env: dict[str, str] | Non
 
 
 async def _host(store: Store, name: str) -> None:
-    await store.register_host(
-        name, labels={}, capacity=Resources(4000, 8192), agent_version="test"
-    )
+    await store.register_host(name, labels={}, capacity=Resources(4000, 8192), agent_version="test")
 
 
 async def test_apply_reports_created_configured_unchanged(store: Store) -> None:
@@ -163,7 +163,9 @@ async def test_delete_then_finish_when_no_instances(store: Store) -> None:
     await store.delete_workload("web")
     assert await store.finish_deleted_workload("web", epoch=None) is False
     await store.apply_plan(row, create_on=[], remove=[iid], epoch=None)
-    await store.write_reports([Report("h1", iid, "STOPPED", 0, 0, "", "", "", {}, False, True, None)])
+    await store.write_reports(
+        [Report("h1", iid, "STOPPED", 0, 0, "", "", "", {}, False, True, None)]
+    )
     assert await store.finish_deleted_workload("web", epoch=None) is True
     assert await store.list_workloads() == []
 
