@@ -1,0 +1,295 @@
+"""How keelctl shows things: aligned tables for `get`, key: value blocks for `describe`, JSON.
+
+Pure functions from protobuf messages (keel.v1) to text, with the clock passed in, so the
+formatting is tested without a server. `keel.ctl.main` calls them; `keel.spec` renders a
+workload's spec back into the document an operator wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from keel.convert import from_ts, spec_from_pb
+from keel.model import Kind, Workload
+from keel.spec import format_cpu, format_duration, workload_to_doc
+from keel.v1 import types_pb2 as pb
+
+NONE = "-"
+
+
+def to_json(message: Message) -> str:
+    """The message as JSON with proto field names, zero values included, int64 as numbers."""
+    data = MessageToDict(
+        message,
+        preserving_proto_field_name=True,
+        # A script reading `.status.restart_count` should get 0, not a missing key.
+        always_print_fields_with_no_presence=True,
+        unquote_int64_if_possible=True,
+    )
+    return json.dumps(data, indent=2, sort_keys=False)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Columns aligned with two spaces between them, like kubectl; no trailing spaces."""
+    all_rows = [list(header), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
+    lines = []
+    for r in all_rows:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(r)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def age(then: datetime | None, *, now: datetime) -> str:
+    """A short age like kubectl's: 45s, 5m, 3h, 2d; `-` when unknown."""
+    if then is None:
+        return NONE
+    seconds = max(0, int((now - then).total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60}m"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def when(then: datetime | None, *, now: datetime) -> str:
+    """An absolute time and how long ago it was: `2025-01-02T03:04:05Z (5m ago)`."""
+    if then is None:
+        return NONE
+    stamp = then.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{stamp} ({age(then, now=now)} ago)"
+
+
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def desired_name(d: int) -> str:
+    name = pb.DesiredState.Name(d) if d in pb.DesiredState.values() else str(d)
+    return NONE if d == pb.DESIRED_STATE_UNSPECIFIED else name.removeprefix("DESIRED_")
+
+
+def phase_name(p: int) -> str:
+    """The observed phase; `-` until the agent has reported one."""
+    name = pb.Phase.Name(p) if p in pb.Phase.values() else str(p)
+    return NONE if p == pb.PHASE_UNSPECIFIED else name.removeprefix("PHASE_")
+
+
+def _or_none(text: str) -> str:
+    return text if text else NONE
+
+
+def _mapping_text(m: Any) -> str:
+    """A protobuf map as `k=v, k=v` (sorted), `-` when empty."""
+    return ", ".join(f"{k}={m[k]}" for k in sorted(m)) or NONE
+
+
+# --- get ---------------------------------------------------------------------------------------
+
+
+def workloads_table(workloads: Iterable[pb.Workload], *, now: datetime) -> str:
+    rows = []
+    for w in workloads:
+        name = f"{w.name} (deleting)" if w.deleting else w.name
+        rows.append(
+            [
+                name,
+                w.kind,
+                str(w.generation),
+                str(w.status.desired),
+                str(w.status.ready),
+                str(w.status.updated),
+                age(from_ts(w.created_at), now=now),
+            ]
+        )
+    return table(["NAME", "KIND", "GEN", "DESIRED", "READY", "UPDATED", "AGE"], rows)
+
+
+def hosts_table(hosts: Iterable[pb.Host], *, now: datetime) -> str:
+    rows = []
+    for h in hosts:
+        heartbeat = from_ts(h.last_heartbeat)
+        rows.append(
+            [
+                h.name,
+                h.state or NONE,
+                yes_no(h.schedulable),
+                f"{format_cpu(h.allocated.cpu_millis)}/{format_cpu(h.capacity.cpu_millis)}",
+                f"{h.allocated.memory_mib}Mi/{h.capacity.memory_mib}Mi",
+                str(h.instances),
+                NONE if heartbeat is None else f"{age(heartbeat, now=now)} ago",
+            ]
+        )
+    header = ["NAME", "STATE", "SCHEDULABLE", "CPU(alloc/cap)", "MEMORY", "INSTANCES", "HEARTBEAT"]
+    return table(header, rows)
+
+
+def instances_table(instances: Iterable[pb.Instance], *, now: datetime) -> str:
+    rows = []
+    for i in instances:
+        s = i.status
+        rows.append(
+            [
+                i.id,
+                i.workload,
+                str(i.generation),
+                i.host or NONE,
+                desired_name(i.desired),
+                phase_name(s.phase),
+                yes_no(s.ready),
+                str(s.restart_count),
+                str(s.pid) if s.pid else NONE,
+                age(from_ts(i.created_at), now=now),
+                _or_none(s.reason),
+            ]
+        )
+    header = [
+        "ID",
+        "WORKLOAD",
+        "GEN",
+        "HOST",
+        "DESIRED",
+        "PHASE",
+        "READY",
+        "RESTARTS",
+        "PID",
+        "AGE",
+        "REASON",
+    ]
+    return table(header, rows)
+
+
+# --- describe ----------------------------------------------------------------------------------
+
+
+def block(pairs: Sequence[tuple[str, str]]) -> str:
+    """`Key:  value` lines with the values aligned."""
+    width = max(len(k) for k, _ in pairs) + 1
+    return "\n".join(f"{(k + ':').ljust(width)}  {v}".rstrip() for k, v in pairs)
+
+
+def _indent(text: str, prefix: str = "  ") -> str:
+    return "\n".join(prefix + line if line else line for line in text.splitlines())
+
+
+def describe_instance(i: pb.Instance, *, now: datetime) -> str:
+    s = i.status
+    pairs = [
+        ("ID", i.id),
+        ("Workload", i.workload),
+        ("Generation", str(i.generation)),
+        ("Host", _or_none(i.host)),
+        ("Desired", desired_name(i.desired)),
+        ("Desired changed", when(from_ts(i.desired_changed_at), now=now)),
+        ("Converged", yes_no(i.converged)),
+        ("Created", when(from_ts(i.created_at), now=now)),
+        ("Phase", phase_name(s.phase)),
+        ("Ready", yes_no(s.ready)),
+        ("PID", str(s.pid) if s.pid else NONE),
+        ("Started", when(from_ts(s.started_at), now=now)),
+        ("Restart count", str(s.restart_count)),
+        ("Last exit", _or_none(s.last_exit)),
+        ("Reason", _or_none(s.reason)),
+        ("Message", _or_none(s.message)),
+        ("Ports", _mapping_text(s.ports)),
+        ("Observed", when(from_ts(s.observed_at), now=now)),
+    ]
+    if s.removed:
+        pairs.append(("Removed", "yes (the agent confirmed the tombstone)"))
+    return block(pairs)
+
+
+def describe_host(h: pb.Host, instances: Iterable[pb.Instance], *, now: datetime) -> str:
+    schedulable = "yes"
+    if not h.schedulable:
+        schedulable = f"no (cordoned: {h.cordon_reason})" if h.cordon_reason else "no (cordoned)"
+    pairs = [
+        ("Name", h.name),
+        ("State", _or_none(h.state)),
+        ("Schedulable", schedulable),
+        ("Connected", yes_no(h.connected)),
+        ("Last heartbeat", when(from_ts(h.last_heartbeat), now=now)),
+        ("Agent version", _or_none(h.agent_version)),
+        ("Labels", _mapping_text(h.labels)),
+        (
+            "Capacity",
+            f"cpu {format_cpu(h.capacity.cpu_millis)}, memory {h.capacity.memory_mib}Mi",
+        ),
+        (
+            "Allocated",
+            f"cpu {format_cpu(h.allocated.cpu_millis)}, memory {h.allocated.memory_mib}Mi",
+        ),
+        ("Instances", str(h.instances)),
+        ("Revision", str(h.revision)),
+    ]
+    title = f"Instances on {h.name}"
+    return block(pairs) + "\n" + _instances_section(instances, now=now, title=title)
+
+
+def _instances_section(
+    instances: Iterable[pb.Instance], *, now: datetime, title: str = "Instances"
+) -> str:
+    listed = list(instances)
+    if not listed:
+        return f"{title}:\n  (none)"
+    return f"{title}:\n" + _indent(instances_table(listed, now=now))
+
+
+def spec_document(w: pb.Workload) -> dict[str, Any]:
+    """The workload's operator-facing document (keel.spec form), as `keelctl apply` takes it."""
+    try:
+        kind = Kind(w.kind)
+    except ValueError:
+        kind = Kind.SERVICE  # only for rendering; the raw kind is shown on its own line
+    model = Workload(
+        name=w.name,
+        spec=spec_from_pb(w.spec),
+        kind=kind,
+        replicas=w.replicas,
+        max_unavailable=w.max_unavailable,
+        max_surge=w.max_surge,
+        selector=dict(w.selector),
+        deadline_ms=w.deadline_ms,
+    )
+    return workload_to_doc(model)
+
+
+def describe_workload(w: pb.Workload, instances: Iterable[pb.Instance], *, now: datetime) -> str:
+    st = w.status
+    pairs = [
+        ("Name", w.name),
+        ("Kind", _or_none(w.kind)),
+        ("Generation", str(w.generation)),
+        ("Deleting", yes_no(w.deleting)),
+        ("Replicas", str(w.replicas)),
+        ("Max unavailable", str(w.max_unavailable)),
+        ("Max surge", str(w.max_surge)),
+        ("Selector", _mapping_text(w.selector)),
+        ("Deadline", format_duration(w.deadline_ms)),
+        ("Created", when(from_ts(w.created_at), now=now)),
+        ("Updated", when(from_ts(w.updated_at), now=now)),
+        (
+            "Status",
+            f"desired {st.desired}, instances {st.instances}, running {st.running}, "
+            f"ready {st.ready}, updated {st.updated}",
+        ),
+    ]
+    spec_yaml = yaml.safe_dump(
+        spec_document(w)["spec"], sort_keys=False, default_flow_style=None, width=1000
+    )
+    return (
+        block(pairs)
+        + "\nSpec:\n"
+        + _indent(spec_yaml.rstrip("\n"))
+        + "\n"
+        + _instances_section(instances, now=now)
+    )
