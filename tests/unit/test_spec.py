@@ -219,10 +219,10 @@ def test_parse_workload_fills_defaults() -> None:
     )
 
 
-def test_example_file_is_the_design_workload_with_an_empty_selector() -> None:
-    """examples/web.yaml is the DESIGN.md workload, selecting any host."""
+def test_example_file_is_the_design_workload() -> None:
+    """examples/web.yaml is the DESIGN.md workload, selector role=web included."""
     doc = yaml.safe_load((ROOT / "examples" / "web.yaml").read_text())
-    expected = parse_workload(with_("selector", {}))
+    expected = parse_workload(with_("selector", {"role": "web"}))
     assert parse_workload(doc) == expected
 
 

@@ -1,0 +1,73 @@
+"""Read-only views of the fleet that the control plane's planners decide from.
+
+The store (`controlplane.store`) loads hosts, workloads and instances into these frozen
+dataclasses; `controlplane.scheduler` (placement) and `controlplane.rollout` (what to create
+and remove) read them and return plans. Nothing here does I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from keel.model import Desired, HostState, Kind, Phase, Resources
+
+
+@dataclass(frozen=True)
+class HostView:
+    """A host as the planners see it: `schedulable` is false while it is cordoned."""
+
+    name: str
+    labels: Mapping[str, str]
+    capacity: Resources
+    state: HostState
+    schedulable: bool
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """One placement of one workload generation on one host.
+
+    `ready` is the agent's word: observed RUNNING, health check passing and past `min_ready`.
+    The planners further treat an instance as unavailable when its host is not READY or its
+    desired state is not RUNNING (see `controlplane.rollout`).
+    """
+
+    id: str
+    workload: str
+    generation: int
+    host: str
+    desired: Desired
+    resources: Resources
+    phase: Phase
+    ready: bool
+
+    @property
+    def live(self) -> bool:
+        """Still wanted on its host (desired RUNNING or STOPPED, not a removal tombstone)."""
+        return self.desired is not Desired.REMOVED
+
+    @property
+    def holds_resources(self) -> bool:
+        """Counts against its host's capacity.
+
+        A live instance always does. A removed one keeps doing so until the agent reports it
+        STOPPED: its process may still be running (graceful stop can take `stop_grace`), and
+        placing a new instance into resources that are not free yet would overcommit the host.
+        """
+        return self.live or self.phase is not Phase.STOPPED
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    """A workload's current generation and the knobs placement and rollout read."""
+
+    name: str
+    kind: Kind
+    generation: int
+    replicas: int
+    max_unavailable: int
+    max_surge: int
+    selector: Mapping[str, str]
+    resources: Resources
+    deleting: bool

@@ -1,0 +1,241 @@
+"""The agent's executor with the fake driver and an injected clock: back-off, readiness,
+tombstones, orphans and local state, without real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from agent.health import always_healthy
+from agent.planner import CRASH_BACKOFF, START_FAILED, InstanceReport
+from agent.reconciler import Reconciler
+from agent.runtime.base import ExitInfo
+from agent.runtime.fake import FakeDriver
+from agent.settings import Settings
+from agent.state import Assignment, StateStore
+from keel.model import Desired, Phase, WorkloadSpec
+
+SPEC = WorkloadSpec(command=("sleep", "1000"), ports=("http",), min_ready_ms=5_000)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Sink:
+    def __init__(self, connected: bool = True) -> None:
+        self.connected = connected
+        self.reports: list[InstanceReport] = []
+
+    def report(self, reports: Sequence[InstanceReport]) -> None:
+        self.reports.extend(reports)
+
+    def last(self, iid: str) -> InstanceReport:
+        return [r for r in self.reports if r.instance_id == iid][-1]
+
+
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        host="h1",
+        state_dir=tmp_path,
+        backoff_base_s=10,
+        backoff_max_s=40,
+        backoff_reset_s=100,
+        probe_interval_s=0.05,
+    )
+
+
+def assignment(iid: str = "web-1", desired: Desired = Desired.RUNNING) -> Assignment:
+    return Assignment(iid, "web", 1, desired, SPEC)
+
+
+async def until(rec: Reconciler, cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Reconcile until `cond` holds, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        await rec.reconcile_once()
+        if cond():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        await asyncio.sleep(0.005)
+
+
+async def make(tmp_path: Path, clock: Clock, sink: Sink) -> tuple[Reconciler, FakeDriver]:
+    driver = FakeDriver()
+    rec = Reconciler(
+        StateStore(tmp_path / "state.json"),
+        driver=driver,
+        settings=settings(tmp_path),
+        clock=clock,
+        prober=always_healthy,
+        sink=sink,
+    )
+    await rec.open()
+    return rec, driver
+
+
+async def test_crash_restarts_after_doubling_backoff(tmp_path: Path) -> None:
+    """A crashed instance restarts only after the back-off, which doubles on the next crash."""
+    clock, sink = Clock(), Sink()
+    rec, driver = await make(tmp_path, clock, sink)
+    rec.apply_assignments(full=True, revision=3, assignments=[assignment()])
+    await until(rec, lambda: "web-1" in driver.running())
+    first_pid = driver.running()["web-1"].pid
+
+    driver.crash("web-1", ExitInfo(code=2))
+    await until(rec, lambda: sink.last("web-1").reason == CRASH_BACKOFF)
+    assert sink.last("web-1").last_exit == "exit code 2"
+    clock.now += 9.9
+    await rec.reconcile_once()
+    assert "web-1" not in driver.running()
+
+    clock.now += 0.1
+    await until(rec, lambda: "web-1" in driver.running())
+    assert driver.running()["web-1"].pid != first_pid
+    await until(rec, lambda: sink.last("web-1").phase is Phase.RUNNING)
+    assert rec.state.instances["web-1"].restart_count == 1
+
+    driver.crash("web-1")
+    await until(rec, lambda: sink.last("web-1").reason == CRASH_BACKOFF)
+    assert rec.state.instances["web-1"].backoff_s == 20
+    clock.now += 19.9
+    await rec.reconcile_once()
+    assert "web-1" not in driver.running()
+    clock.now += 0.1
+    await until(rec, lambda: "web-1" in driver.running())
+    await until(rec, lambda: rec.state.instances["web-1"].restart_count == 2)
+    await rec.close()
+
+
+async def test_backoff_resets_after_a_long_healthy_run(tmp_path: Path) -> None:
+    """After running at least backoff-reset, the next crash waits the base again."""
+    clock, sink = Clock(), Sink()
+    rec, driver = await make(tmp_path, clock, sink)
+    rec.apply_assignments(full=True, revision=1, assignments=[assignment()])
+    await until(rec, lambda: "web-1" in driver.running())
+    for _ in range(3):  # grow the back-off to its cap
+        driver.crash("web-1")
+        await until(rec, lambda: sink.last("web-1").reason == CRASH_BACKOFF)
+        clock.now += 60
+        await until(rec, lambda: "web-1" in driver.running())
+    assert rec.state.instances["web-1"].backoff_s == 40
+    clock.now += 100
+    driver.crash("web-1")
+    await until(rec, lambda: sink.last("web-1").reason == CRASH_BACKOFF)
+    assert rec.state.instances["web-1"].backoff_s == 10
+    await rec.close()
+
+
+async def test_restart_is_ready_only_after_min_ready(tmp_path: Path) -> None:
+    """The first start is ready at once; after a restart only once up for min_ready."""
+    clock, sink = Clock(), Sink()
+    rec, driver = await make(tmp_path, clock, sink)
+    rec.apply_assignments(full=True, revision=1, assignments=[assignment()])
+    await until(rec, lambda: sink.reports != [] and sink.last("web-1").ready)
+    driver.crash("web-1")
+    await until(rec, lambda: sink.last("web-1").reason == CRASH_BACKOFF)
+    clock.now += 10
+    await until(rec, lambda: sink.last("web-1").phase is Phase.RUNNING)
+    assert sink.last("web-1").restart_count == 1
+    assert not sink.last("web-1").ready
+    clock.now += 4.9
+    await rec.reconcile_once()
+    assert not sink.last("web-1").ready
+    clock.now += 0.1
+    await rec.reconcile_once()
+    assert sink.last("web-1").ready
+    await rec.close()
+
+
+async def test_tombstone_is_stopped_confirmed_and_forgotten(tmp_path: Path) -> None:
+    """A REMOVED instance is stopped, reported removed=true, and dropped from local state."""
+    clock, sink = Clock(), Sink()
+    rec, driver = await make(tmp_path, clock, sink)
+    rec.apply_assignments(full=True, revision=1, assignments=[assignment()])
+    await until(rec, lambda: "web-1" in driver.running())
+    rec.apply_assignments(full=False, revision=2, assignments=[assignment(desired=Desired.REMOVED)])
+    await until(rec, lambda: any(r.removed for r in sink.reports))
+    assert "web-1" not in driver.running()
+    assert "web-1" not in rec.state.instances and "web-1" not in rec.state.desired
+    await rec.close()
+
+
+async def test_tombstone_confirmation_waits_for_a_connection(tmp_path: Path) -> None:
+    """While disconnected the tombstone is kept, so the removal is confirmed on reconnect."""
+    clock, sink = Clock(), Sink(connected=False)
+    rec, _ = await make(tmp_path, clock, sink)
+    rec.apply_assignments(full=True, revision=1, assignments=[assignment(desired=Desired.REMOVED)])
+    await rec.reconcile_once()
+    assert "web-1" in rec.state.desired
+    sink.connected = True
+    await rec.reconcile_once()
+    assert sink.reports[-1].removed and "web-1" not in rec.state.desired
+    await rec.close()
+
+
+async def test_orphan_absent_from_full_set_is_stopped_and_forgotten(tmp_path: Path) -> None:
+    """A full set without a running instance stops it and forgets it, without a report."""
+    clock, sink = Clock(), Sink()
+    rec, driver = await make(tmp_path, clock, sink)
+    rec.apply_assignments(full=True, revision=1, assignments=[assignment("a"), assignment("b")])
+    await until(rec, lambda: set(driver.running()) == {"a", "b"})
+    rec.apply_assignments(full=True, revision=2, assignments=[assignment("b")])
+    await until(rec, lambda: "a" not in rec.state.instances)
+    assert set(driver.running()) == {"b"}
+    assert not any(r.instance_id == "a" and r.removed for r in sink.reports)
+    await rec.close()
+
+
+async def test_start_failure_is_reported_and_retried(tmp_path: Path) -> None:
+    """A start failure is FAILED/START_FAILED with the error, then retried after back-off."""
+    clock, sink = Clock(), Sink()
+    rec, driver = await make(tmp_path, clock, sink)
+    driver.fail_next_start("web-1", "exec nope: executable file not found in PATH")
+    rec.apply_assignments(full=True, revision=1, assignments=[assignment()])
+    await until(rec, lambda: sink.reports != [] and sink.last("web-1").reason == START_FAILED)
+    assert sink.last("web-1").phase is Phase.FAILED
+    assert "executable file not found" in sink.last("web-1").message
+    clock.now += 10
+    await until(rec, lambda: "web-1" in driver.running())
+    assert rec.state.instances["web-1"].restart_count == 0
+    await rec.close()
+
+
+async def test_local_state_keeps_revision_desired_and_process(tmp_path: Path) -> None:
+    """state.json holds the revision, the desired set with its spec, pid and ports."""
+    clock, sink = Clock(), Sink()
+    rec, driver = await make(tmp_path, clock, sink)
+    rec.apply_assignments(full=True, revision=7, assignments=[assignment()])
+    state_file = tmp_path / "state.json"
+    await until(rec, lambda: '"pid": 1000000' in state_file.read_text())
+    data = json.loads(state_file.read_text())
+    assert data["revision"] == 7
+    assert data["desired"]["web-1"]["spec"] == SPEC.to_json()
+    inst = data["instances"]["web-1"]
+    assert inst["pid"] == driver.running()["web-1"].pid
+    assert set(inst["ports"]) == {"http"}
+    env = driver.env_of("web-1")
+    assert env["KEEL_PORT_HTTP"] == str(inst["ports"]["http"])
+    assert env["KEEL_INSTANCE"] == "web-1" and env["KEEL_HOST"] == "h1"
+    await rec.close()
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"version": 99}'])
+async def test_corrupt_state_file_is_an_error_naming_the_file(tmp_path: Path, text: str) -> None:
+    """An unreadable state file is refused with a message naming it, not silently emptied."""
+    (tmp_path / "state.json").write_text(text)
+    rec = Reconciler(
+        StateStore(tmp_path / "state.json"), driver=FakeDriver(), settings=settings(tmp_path)
+    )
+    with pytest.raises(Exception, match="state"):
+        await rec.open()

@@ -1,0 +1,435 @@
+"""Table tests for controlplane.scheduler: eligibility, spread, capacity and the reasons."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from controlplane.scheduler import (
+    Placement,
+    UnschedulableCode,
+    daemon_hosts,
+    eligible,
+    free_resources,
+    place,
+    place_on,
+)
+from controlplane.view import HostView, InstanceView, WorkloadView
+from keel.model import Desired, HostState, Kind, Phase, Resources
+
+WEB = {"role": "web"}
+
+
+def host(
+    name: str,
+    *,
+    labels: Mapping[str, str] = WEB,
+    cpu: int = 4000,
+    memory: int = 4096,
+    state: HostState = HostState.READY,
+    schedulable: bool = True,
+) -> HostView:
+    return HostView(name, dict(labels), Resources(cpu, memory), state, schedulable)
+
+
+def web(
+    *,
+    kind: Kind = Kind.SERVICE,
+    selector: Mapping[str, str] = WEB,
+    cpu: int = 100,
+    memory: int = 64,
+) -> WorkloadView:
+    return WorkloadView(
+        name="web",
+        kind=kind,
+        generation=1,
+        replicas=3,
+        max_unavailable=1,
+        max_surge=1,
+        selector=dict(selector),
+        resources=Resources(cpu, memory),
+        deleting=False,
+    )
+
+
+def inst(
+    id: str,
+    on: str,
+    *,
+    workload: str = "web",
+    desired: Desired = Desired.RUNNING,
+    phase: Phase = Phase.RUNNING,
+    cpu: int = 100,
+    memory: int = 64,
+) -> InstanceView:
+    return InstanceView(
+        id=id,
+        workload=workload,
+        generation=1,
+        host=on,
+        desired=desired,
+        resources=Resources(cpu, memory),
+        phase=phase,
+        ready=phase is Phase.RUNNING,
+    )
+
+
+THREE = [host("host-1"), host("host-2"), host("host-3")]
+
+
+@pytest.mark.parametrize(
+    ("h", "selector", "expected"),
+    [
+        (host("a"), WEB, True),
+        (host("a"), {}, True),
+        (host("a", labels={"role": "web", "zone": "x"}), WEB, True),
+        (host("a", labels={"role": "db"}), WEB, False),
+        (host("a", labels={}), WEB, False),
+        (host("a"), {"role": "web", "zone": "x"}, False),
+        (host("a", schedulable=False), WEB, False),
+        (host("a", state=HostState.NOT_READY), WEB, False),
+        (host("a", state=HostState.UNKNOWN), {}, False),
+    ],
+    ids=[
+        "ready-matching",
+        "empty-selector-matches-any",
+        "extra-labels-ok",
+        "label-value-differs",
+        "label-missing",
+        "selector-key-missing-on-host",
+        "cordoned",
+        "not-ready",
+        "unknown",
+    ],
+)
+def test_eligible_requires_ready_schedulable_and_matching_labels(
+    h: HostView, selector: dict[str, str], expected: bool
+) -> None:
+    """A host is eligible only when READY, not cordoned and every selector label matches."""
+    assert eligible(h, selector) is expected
+
+
+@pytest.mark.parametrize(
+    ("workload", "count", "hosts", "instances", "expected"),
+    [
+        (web(), 3, THREE, [], ("host-1", "host-2", "host-3")),
+        (web(), 4, THREE, [], ("host-1", "host-2", "host-3", "host-1")),
+        (web(), 0, THREE, [], ()),
+        (
+            web(),
+            1,
+            THREE,
+            [inst("a", "host-1"), inst("b", "host-2")],
+            ("host-3",),
+        ),
+        (
+            web(),
+            2,
+            THREE,
+            [
+                inst("a", "host-1", desired=Desired.REMOVED, phase=Phase.STOPPED),
+                inst("b", "host-2"),
+            ],
+            ("host-1", "host-3"),
+        ),
+        (
+            web(),
+            1,
+            [host("host-1"), host("host-2", cpu=8000), host("host-3")],
+            [],
+            ("host-2",),
+        ),
+        (
+            web(),
+            2,
+            THREE,
+            [inst("d", "host-1", workload="db", cpu=3000)],
+            ("host-2", "host-3"),
+        ),
+        (
+            web(),
+            3,
+            [host("host-1"), host("host-2", labels={"role": "db"}), host("host-3")],
+            [],
+            ("host-1", "host-3", "host-1"),
+        ),
+        (
+            web(),
+            3,
+            [
+                host("host-1", schedulable=False),
+                host("host-2", state=HostState.NOT_READY),
+                host("host-3"),
+            ],
+            [],
+            ("host-3", "host-3", "host-3"),
+        ),
+        (
+            web(cpu=1000),
+            2,
+            [host("host-1"), host("host-2", cpu=500)],
+            [],
+            ("host-1", "host-1"),
+        ),
+        (
+            web(selector={}),
+            2,
+            [host("host-1", labels={}), host("host-2", labels={"x": "y"})],
+            [],
+            ("host-1", "host-2"),
+        ),
+    ],
+    ids=[
+        "3-replicas-spread-over-3-hosts",
+        "4-replicas-on-3-hosts-one-shares",
+        "count-zero-places-nothing",
+        "existing-replicas-count-toward-spread",
+        "removed-instances-do-not-count-toward-spread",
+        "tie-break-most-free-cpu",
+        "other-workloads-use-capacity",
+        "selector-filters-hosts",
+        "cordoned-and-not-ready-get-nothing",
+        "soft-spread-shares-when-nothing-else-fits",
+        "empty-selector-any-host",
+    ],
+)
+def test_place_spreads_over_eligible_hosts_with_room(
+    workload: WorkloadView,
+    count: int,
+    hosts: list[HostView],
+    instances: list[InstanceView],
+    expected: tuple[str, ...],
+) -> None:
+    """Each pick is the eligible host with room and the fewest replicas, then most free cpu."""
+    assert place(workload, count, hosts, instances) == Placement(expected, 0, None)
+
+
+@pytest.mark.parametrize(
+    ("workload", "count", "hosts", "instances", "placed", "code", "message"),
+    [
+        (
+            web(),
+            1,
+            [],
+            [],
+            (),
+            UnschedulableCode.NO_MATCHING_HOST,
+            "no hosts are registered",
+        ),
+        (
+            web(selector={"role": "db", "zone": "a"}),
+            2,
+            THREE,
+            [],
+            (),
+            UnschedulableCode.NO_MATCHING_HOST,
+            "no host has labels role=db,zone=a (3 hosts known)",
+        ),
+        (
+            web(),
+            1,
+            [
+                host("host-1", schedulable=False),
+                host("host-2", state=HostState.NOT_READY),
+                host("host-3", state=HostState.UNKNOWN, schedulable=False),
+                host("host-4", labels={"role": "db"}),
+            ],
+            [],
+            (),
+            UnschedulableCode.ALL_HOSTS_CORDONED_OR_NOT_READY,
+            "3 hosts match role=web but none is READY and schedulable: host-1 cordoned, "
+            "host-2 NOT_READY, host-3 UNKNOWN and cordoned",
+        ),
+        (
+            web(),
+            1,
+            [host("host-1", schedulable=False)],
+            [],
+            (),
+            UnschedulableCode.ALL_HOSTS_CORDONED_OR_NOT_READY,
+            "1 host matches role=web but none is READY and schedulable: host-1 cordoned",
+        ),
+        (
+            web(cpu=4000),
+            1,
+            [host("host-1", cpu=1000), host("host-2"), host("host-3", cpu=500)],
+            [inst("d", "host-2", workload="db", cpu=2100, memory=196)],
+            (),
+            UnschedulableCode.INSUFFICIENT_RESOURCES,
+            "needs cpu 4000m, memory 64Mi; closest fit host-2 has cpu 1900m free "
+            "(short 2100m), memory 3900Mi free",
+        ),
+        (
+            web(cpu=1000, memory=1024),
+            3,
+            [host("host-1", cpu=2000, memory=1500), host("host-2", cpu=300, memory=8000)],
+            [],
+            ("host-1",),
+            UnschedulableCode.INSUFFICIENT_RESOURCES,
+            "needs cpu 1000m, memory 1024Mi; closest fit host-1 has cpu 1000m free, "
+            "memory 476Mi free (short 548Mi)",
+        ),
+        (
+            web(cpu=100),
+            1,
+            [host("host-1", cpu=100), host("host-2", schedulable=False)],
+            [
+                inst(
+                    "old",
+                    "host-1",
+                    desired=Desired.REMOVED,
+                    phase=Phase.STOPPING,
+                )
+            ],
+            (),
+            UnschedulableCode.INSUFFICIENT_RESOURCES,
+            "needs cpu 100m, memory 64Mi; closest fit host-1 has cpu 0m free (short 100m), "
+            "memory 4032Mi free; 1 more matching host cordoned or not ready",
+        ),
+    ],
+    ids=[
+        "no-hosts-at-all",
+        "selector-matches-nothing",
+        "all-matching-cordoned-or-not-ready",
+        "single-cordoned-host",
+        "capacity-exhausted-names-closest-fit",
+        "partial-placement-then-memory-short",
+        "removed-but-stopping-instance-still-holds-resources",
+    ],
+)
+def test_place_explains_what_it_cannot_place(
+    workload: WorkloadView,
+    count: int,
+    hosts: list[HostView],
+    instances: list[InstanceView],
+    placed: tuple[str, ...],
+    code: UnschedulableCode,
+    message: str,
+) -> None:
+    """Unplaced instances come with a stable code and a message naming the specifics."""
+    result = place(workload, count, hosts, instances)
+    assert result.hosts == placed
+    assert result.unplaced == count - len(placed)
+    assert result.reason is not None
+    assert (result.reason.code, result.reason.message) == (code, message)
+
+
+@pytest.mark.parametrize(
+    ("instances", "expected"),
+    [
+        ([], Resources(4000, 4096)),
+        ([inst("a", "host-1")], Resources(3900, 4032)),
+        (
+            [inst("a", "host-1", desired=Desired.STOPPED, phase=Phase.STOPPED)],
+            Resources(3900, 4032),
+        ),
+        (
+            [inst("a", "host-1", desired=Desired.REMOVED, phase=Phase.RUNNING)],
+            Resources(3900, 4032),
+        ),
+        (
+            [inst("a", "host-1", desired=Desired.REMOVED, phase=Phase.STOPPED)],
+            Resources(4000, 4096),
+        ),
+        ([inst("a", "host-9")], Resources(4000, 4096)),
+    ],
+    ids=[
+        "empty-host",
+        "live-instance-holds",
+        "desired-stopped-still-holds-its-reservation",
+        "removed-until-stopped-holds",
+        "removed-and-stopped-frees",
+        "instance-on-unknown-host-ignored",
+    ],
+)
+def test_free_resources_counts_what_holds_capacity(
+    instances: list[InstanceView], expected: Resources
+) -> None:
+    """Free = capacity minus live instances and removed ones not yet reported STOPPED."""
+    assert free_resources([host("host-1")], instances)["host-1"] == expected
+
+
+@pytest.mark.parametrize(
+    ("hosts", "expected"),
+    [
+        (THREE, ["host-1", "host-2", "host-3"]),
+        (
+            [
+                host("host-3"),
+                host("host-1", schedulable=False),
+                host("host-2", labels={"role": "db"}),
+            ],
+            ["host-1", "host-3"],
+        ),
+        (
+            [host("host-1", state=HostState.NOT_READY), host("host-2", state=HostState.UNKNOWN)],
+            [],
+        ),
+    ],
+    ids=["all-ready-matching", "cordoned-kept-non-matching-dropped", "not-ready-dropped"],
+)
+def test_daemon_hosts_ignore_cordon_but_need_ready_and_labels(
+    hosts: list[HostView], expected: list[str]
+) -> None:
+    """Daemons go on every READY matching host, cordoned or not (like a DaemonSet)."""
+    assert daemon_hosts(web(kind=Kind.DAEMON), hosts) == expected
+
+
+@pytest.mark.parametrize(
+    ("targets", "cpu", "limit", "placed", "message"),
+    [
+        (THREE, 100, None, ("host-1", "host-2", "host-3"), None),
+        (THREE, 100, 2, ("host-1", "host-2"), None),
+        (THREE, 100, 0, (), None),
+        (
+            [host("host-1"), host("host-2", cpu=1900), host("host-3")],
+            2000,
+            None,
+            ("host-1", "host-3"),
+            "needs cpu 2000m, memory 64Mi; host-2 has cpu 1900m free (short 100m), "
+            "memory 4096Mi free",
+        ),
+        (
+            [host("host-1", cpu=100), host("host-2"), host("host-3")],
+            2000,
+            2,
+            ("host-2", "host-3"),
+            None,
+        ),
+        (
+            [host("host-1", cpu=100), host("host-2", cpu=100)],
+            2000,
+            1,
+            (),
+            "needs cpu 2000m, memory 64Mi; host-1 has cpu 100m free (short 1900m), "
+            "memory 4096Mi free; host-2 has cpu 100m free (short 1900m), memory 4096Mi free",
+        ),
+    ],
+    ids=[
+        "one-per-target",
+        "limit-stops-early",
+        "limit-zero",
+        "full-host-named",
+        "full-host-skipped-without-using-the-limit",
+        "nothing-fits-within-limit",
+    ],
+)
+def test_place_on_puts_one_instance_per_target_with_room(
+    targets: list[HostView],
+    cpu: int,
+    limit: int | None,
+    placed: tuple[str, ...],
+    message: str | None,
+) -> None:
+    """place_on fills the given hosts in order, skipping and naming those without room."""
+    result = place_on(web(kind=Kind.DAEMON, cpu=cpu), targets, [], limit=limit)
+    assert result.hosts == placed
+    if message is None:
+        assert (result.unplaced, result.reason) == (0, None)
+    else:
+        assert result.reason is not None
+        assert result.reason.code is UnschedulableCode.INSUFFICIENT_RESOURCES
+        assert result.reason.message == message
+        wanted = len(targets) if limit is None else limit
+        assert result.unplaced == wanted - len(placed)
