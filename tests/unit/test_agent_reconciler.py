@@ -7,18 +7,19 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from agent.health import always_healthy
-from agent.planner import CRASH_BACKOFF, START_FAILED, InstanceReport
+from agent.health import ProbeResult, always_healthy
+from agent.planner import CRASH_BACKOFF, START_FAILED, UNHEALTHY, InstanceReport
 from agent.reconciler import Reconciler
 from agent.runtime.base import ExitInfo
 from agent.runtime.fake import FakeDriver
 from agent.settings import Settings
 from agent.state import Assignment, StateStore
-from keel.model import Desired, Phase, WorkloadSpec
+from keel.model import Desired, HealthCheck, Phase, WorkloadSpec
 
 SPEC = WorkloadSpec(command=("sleep", "1000"), ports=("http",), min_ready_ms=5_000)
 
@@ -58,9 +59,9 @@ def assignment(iid: str = "web-1", desired: Desired = Desired.RUNNING) -> Assign
     return Assignment(iid, "web", 1, desired, SPEC)
 
 
-async def until(rec: Reconciler, cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Reconcile until `cond` holds, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+async def until(rec: Reconciler, cond: Callable[[], bool], within: float = 5.0) -> None:
+    """Reconcile until `cond` holds, or fail after `within` seconds."""
+    deadline = time.monotonic() + within
     while True:
         await rec.reconcile_once()
         if cond():
@@ -239,3 +240,62 @@ async def test_corrupt_state_file_is_an_error_naming_the_file(tmp_path: Path, te
     )
     with pytest.raises(Exception, match="state"):
         await rec.open()
+
+
+async def test_ready_follows_the_health_probe(tmp_path: Path) -> None:
+    """With a health check, an instance is ready only while its probe passes."""
+    verdict = {"ok": False}
+
+    async def prober(check: HealthCheck, **_: object) -> ProbeResult:
+        return ProbeResult(verdict["ok"], "" if verdict["ok"] else "tcp probe: refused")
+
+    clock, sink = Clock(), Sink()
+    driver = FakeDriver()
+    rec = Reconciler(
+        StateStore(tmp_path / "state.json"),
+        driver=driver,
+        settings=settings(tmp_path),
+        clock=clock,
+        prober=prober,
+        sink=sink,
+    )
+    await rec.open()
+    checked = Assignment(
+        "web-1", "web", 1, Desired.RUNNING, replace(SPEC, health=HealthCheck(tcp="http"))
+    )
+    rec.apply_assignments(full=True, revision=1, assignments=[checked])
+    loop = asyncio.create_task(rec.run())
+    try:
+        await until(
+            rec, lambda: sink.reports != [] and sink.last("web-1").message == "tcp probe: refused"
+        )
+        assert not sink.last("web-1").ready
+        assert sink.last("web-1").reason == UNHEALTHY
+        verdict["ok"] = True
+        await until(rec, lambda: sink.last("web-1").ready)
+        verdict["ok"] = False
+        await until(rec, lambda: not sink.last("web-1").ready)
+    finally:
+        loop.cancel()
+        await rec.close()
+
+
+async def test_slow_start_is_started_once(tmp_path: Path) -> None:
+    """Passes that run while a slow start is under way do not start the instance again."""
+    clock, sink = Clock(), Sink()
+    driver = FakeDriver(start_delay_s=0.3)
+    rec = Reconciler(
+        StateStore(tmp_path / "state.json"),
+        driver=driver,
+        settings=settings(tmp_path),
+        clock=clock,
+        prober=always_healthy,
+        sink=sink,
+    )
+    await rec.open()
+    rec.apply_assignments(full=True, revision=1, assignments=[assignment()])
+    await until(rec, lambda: sink.reports != [] and sink.last("web-1").phase is Phase.STARTING)
+    await until(rec, lambda: sink.last("web-1").phase is Phase.RUNNING)
+    assert rec.state.instances["web-1"].starts == 1
+    assert driver.running()["web-1"].pid == 1_000_000
+    await rec.close()

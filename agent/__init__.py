@@ -1,0 +1,1 @@
+"""Keel host agent: sync client, reconciler and runtime drivers."""

@@ -1,0 +1,458 @@
+"""The executor: one loop that plans (`agent.planner`) and acts through a driver.
+
+It wakes when the desired set changes (`apply_assignments`, called by `agent.sync`), when a
+process exits (a watcher per process), when a health result changes, and on a periodic tick
+(--probe-interval). Every pass reads desired and actual afresh (level-triggered), performs the
+planned actions (starts and stops run as per-instance tasks, so one slow stop holds nothing
+else up), persists local state (`agent.state`) and sends the status reports that changed to
+the sink (the sync client). On open it adopts the processes a previous agent left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import structlog
+
+from agent.backoff import next_crash_delay
+from agent.errors import StartFailed, StateError
+from agent.health import HealthMonitor, Prober, Target, probe
+from agent.planner import (
+    Action,
+    Actual,
+    ConfirmRemoved,
+    Forget,
+    InstanceReport,
+    RecordExit,
+    Start,
+    Stop,
+    Transition,
+    plan,
+    status_of,
+)
+from agent.runtime.base import Driver, ExitInfo, Handle, instance_env
+from agent.settings import Settings
+from agent.state import Assignment, InstanceRecord, LocalState, StateStore
+from agent.tasks import TaskGroup
+from keel.model import Phase
+
+log = structlog.get_logger("agent.reconciler")
+
+# On shutdown, a start or stop under way gets this long to finish before it is cancelled.
+_SHUTDOWN_WAIT_S = 5.0
+# A probe gets at least this long even when tests shorten --probe-interval below it.
+_PROBE_TIMEOUT_MIN_S = 1.0
+
+
+class StatusSink(Protocol):
+    """Where status reports go (the sync client); reports are dropped while disconnected."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def report(self, reports: Sequence[InstanceReport]) -> None: ...
+
+
+class _Disconnected:
+    connected = False
+
+    def report(self, reports: Sequence[InstanceReport]) -> None:
+        return None
+
+
+@dataclass
+class _Live:
+    """In-memory facts about one instance that local state does not need to keep."""
+
+    handle: Handle | None = None
+    exited: ExitInfo | None = None
+    exited_at: float | None = None
+    transition: Transition | None = None
+    task: asyncio.Task[Any] | None = None
+    watcher: asyncio.Task[Any] | None = None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        driver: Driver,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        prober: Prober = probe,
+        sink: StatusSink | None = None,
+    ) -> None:
+        self._store = store
+        self._driver = driver
+        self._settings = settings
+        self._clock = clock
+        self.sink: StatusSink = sink or _Disconnected()
+        self.state = LocalState()
+        self._saved: LocalState | None = None
+        self._live: dict[str, _Live] = {}
+        self._reported: dict[str, InstanceReport] = {}
+        self._wake = asyncio.Event()
+        self._tasks = TaskGroup()
+        self._save_lock = asyncio.Lock()
+        self._health_task: asyncio.Task[Any] | None = None
+        self._log = log.bind(host=settings.host)
+        self._health = HealthMonitor(
+            targets=self._probe_targets,
+            on_change=self.wake,
+            prober=prober,
+            interval_s=settings.probe_interval_s,
+            timeout_s=max(settings.probe_interval_s, _PROBE_TIMEOUT_MIN_S),
+        )
+
+    # Inputs --------------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        return self.state.revision
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def apply_assignments(
+        self, *, full: bool, revision: int, assignments: Sequence[Assignment]
+    ) -> None:
+        """Take a desired set from the control plane: a full set replaces, changes merge."""
+        desired = {} if full else dict(self.state.desired)
+        for a in assignments:
+            desired[a.instance_id] = a
+        self.state = replace(self.state, revision=revision, desired=desired)
+        self._log.info(
+            "desired state received", full=full, revision=revision, count=len(assignments)
+        )
+        self.wake()
+
+    def full_report(self) -> list[InstanceReport]:
+        """Every desired instance's status (sent after Hello); marks them all as reported."""
+        now = self._clock()
+        reports = [
+            status_of(a, self._actual_of(iid), now=now)
+            for iid, a in sorted(self.state.desired.items())
+        ]
+        self._reported = {r.instance_id: r for r in reports}
+        return reports
+
+    # Lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Load local state and adopt the processes a previous agent started."""
+        self.state = await asyncio.to_thread(self._store.load)
+        self._saved = self.state
+        now = self._clock()
+        for iid, record in self.state.instances.items():
+            if record.pid is None:
+                continue
+            live = self._live.setdefault(iid, _Live())
+            handle = self._driver.adopt(iid, record.pid, record.start_time or 0.0)
+            ilog = self._log.bind(instance=iid, workload=record.workload, pid=record.pid)
+            if handle is None:
+                # Gone, or the pid now belongs to another process: not ours to touch.
+                live.exited, live.exited_at = ExitInfo(), now
+                ilog.info("process exited while the agent was away")
+            else:
+                live.handle = handle
+                live.watcher = self._tasks.spawn(f"watch {iid}", self._watch(iid, handle))
+                ilog.info("adopted running process", restart_count=record.restart_count)
+
+    async def run(self) -> None:
+        """Reconcile until cancelled; supervise with `TaskGroup.loop`."""
+        if self._health_task is None or self._health_task.done():
+            self._health_task = self._tasks.loop("health", self._health.run)
+        while True:
+            self._wake.clear()
+            await self.reconcile_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._settings.probe_interval_s)
+
+    async def stop_all(self) -> None:
+        """Stop every running instance (each bounded by its grace); used on agent exit."""
+        jobs = []
+        for iid, live in list(self._live.items()):
+            if live.task is not None:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(live.task), timeout=_SHUTDOWN_WAIT_S)
+            if live.handle is not None and live.exited is None:
+                record = self.state.instances[iid]
+                jobs.append(self._stop(iid, live.handle, record.stop_grace_s, "agent exiting"))
+        await asyncio.gather(*jobs, return_exceptions=True)
+        await self._persist()
+
+    async def close(self) -> None:
+        """Let starts and stops under way finish (bounded), cancel the rest, persist."""
+        pending = [live.task for live in self._live.values() if live.task is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=_SHUTDOWN_WAIT_S)
+        await self._tasks.close()
+        await self._persist()
+
+    # One pass --------------------------------------------------------------------------------
+
+    async def reconcile_once(self) -> None:
+        now = self._clock()
+        actual = {iid: self._actual_of(iid) for iid in self.state.instances}
+        actions = plan(
+            self.state.desired,
+            {k: v for k, v in actual.items() if v is not None},
+            now=now,
+            settings=self._settings,
+        )
+        for action in actions:
+            await self._execute(action, now)
+        await self._driver.maintain()
+        await self._persist()
+        self._report_changes()
+
+    def _actual_of(self, iid: str) -> Actual | None:
+        record = self.state.instances.get(iid)
+        if record is None:
+            return None
+        live = self._live.get(iid) or _Live()
+        assignment = self.state.desired.get(iid)
+        checked = assignment is not None and assignment.spec.health is not None
+        probed = self._health.result(iid)
+        return Actual(
+            record=record,
+            running=live.handle is not None and live.exited is None,
+            exited=live.exited,
+            exited_at=live.exited_at,
+            healthy=probed.ok if checked and probed is not None else not checked,
+            health_message=(probed.message if probed else "no health result yet")
+            if checked
+            else "",
+            transition=live.transition,
+        )
+
+    async def _execute(self, action: Action, now: float) -> None:
+        iid = action.instance_id
+        live = self._live.setdefault(iid, _Live())
+        record = self.state.instances.get(iid)
+        ilog = self._log.bind(instance=iid, workload=record.workload if record else None)
+        if isinstance(action, RecordExit):
+            assert record is not None
+            ilog.warning(
+                "process exited",
+                last_exit=action.last_exit,
+                restart_in_s=action.backoff_s if action.next_start_at else None,
+            )
+            self._put(
+                replace(
+                    record,
+                    pid=None,
+                    start_time=None,
+                    last_exit=action.last_exit,
+                    last_exit_at=action.at,
+                    backoff_s=action.backoff_s,
+                    next_start_at=action.next_start_at,
+                )
+            )
+            live.handle, live.exited, live.exited_at = None, None, None
+        elif isinstance(action, Start):
+            if record is None:
+                # The record must exist while starting: the planner sees the transition
+                # through it and so does not start the instance a second time.
+                self._put(InstanceRecord(iid, action.assignment.workload))
+            live.transition = Transition.STARTING
+            live.task = self._tasks.spawn(f"start {iid}", self._start(action))
+        elif isinstance(action, Stop):
+            assert live.handle is not None
+            live.transition = Transition.STOPPING
+            live.task = self._tasks.spawn(
+                f"stop {iid}", self._stop(iid, live.handle, action.grace_s, action.why)
+            )
+        elif isinstance(action, ConfirmRemoved):
+            if not self.sink.connected:
+                return  # confirm once the control plane can hear it; the tombstone stays
+            report = InstanceReport(
+                iid,
+                Phase.STOPPED,
+                removed=True,
+                restart_count=record.restart_count if record else 0,
+                last_exit=record.last_exit if record else "",
+            )
+            self.sink.report([report])
+            ilog.info("removal confirmed")
+            await self._forget(iid, drop_desired=True)
+        elif isinstance(action, Forget):
+            ilog.info("orphan stopped and forgotten")
+            await self._forget(iid, drop_desired=False)
+
+    def _put(self, record: InstanceRecord) -> None:
+        self.state = replace(
+            self.state, instances={**self.state.instances, record.instance_id: record}
+        )
+
+    async def _forget(self, iid: str, *, drop_desired: bool) -> None:
+        instances = {k: v for k, v in self.state.instances.items() if k != iid}
+        desired = self.state.desired
+        if drop_desired:
+            desired = {k: v for k, v in desired.items() if k != iid}
+        self.state = replace(self.state, instances=instances, desired=desired)
+        live = self._live.pop(iid, None)
+        if live is not None and live.watcher is not None:
+            live.watcher.cancel()
+        self._reported.pop(iid, None)
+        self._health.forget(iid)
+        await self._driver.forget(iid)
+
+    # Per-instance tasks --------------------------------------------------------------------
+
+    async def _start(self, action: Start) -> None:
+        a = action.assignment
+        iid = a.instance_id
+        ilog = self._log.bind(instance=iid, workload=a.workload)
+        live = self._live.setdefault(iid, _Live())
+        record = self.state.instances.get(iid) or InstanceRecord(iid, a.workload)
+        try:
+            ports = dict(record.ports)
+            if set(ports) != set(a.spec.ports):
+                ports = self._driver.allocate_ports(a.spec.ports)
+            env = instance_env(
+                a.spec, host=self._settings.host, workload=a.workload, instance_id=iid, ports=ports
+            )
+            try:
+                handle = await self._driver.start(iid, a.spec, env=env, ports=ports)
+            except StartFailed as e:
+                error = str(e)
+            except Exception as e:  # one handler for every failure: reported, retried
+                ilog.exception("start failed unexpectedly")
+                error = f"{type(e).__name__}: {e}"
+            else:
+                error = ""
+            now = self._clock()
+            current = self.state.instances.get(iid, record)
+            if error:
+                delay = next_crash_delay(
+                    current.backoff_s,
+                    0.0,
+                    base_s=self._settings.backoff_base_s,
+                    max_s=self._settings.backoff_max_s,
+                    reset_s=self._settings.backoff_reset_s,
+                )
+                ilog.warning("start failed", error=error, retry_in_s=delay)
+                self._put(
+                    replace(
+                        current,
+                        ports=ports,
+                        start_error=error,
+                        backoff_s=delay,
+                        next_start_at=now + delay,
+                    )
+                )
+            else:
+                self._put(
+                    replace(
+                        current,
+                        pid=handle.pid,
+                        start_time=handle.start_time,
+                        ports=ports,
+                        starts=current.starts + 1,
+                        restart_count=current.restart_count + (1 if action.restart else 0),
+                        started_at=now,
+                        start_error="",
+                        next_start_at=None,
+                        stop_grace_s=a.spec.stop_grace_ms / 1000.0,
+                    )
+                )
+                live.handle, live.exited, live.exited_at = handle, None, None
+                self._health.forget(iid)  # a new process: its health is not known yet
+                live.watcher = self._tasks.spawn(f"watch {iid}", self._watch(iid, handle))
+                ilog.info("started", pid=handle.pid, ports=ports, restart=action.restart)
+            # Persist before anything else: a pid not on disk is a process a restarted
+            # agent could not adopt.
+            await self._persist()
+        finally:
+            live.transition, live.task = None, None
+            self.wake()
+
+    async def _stop(self, iid: str, handle: Handle, grace_s: float, why: str) -> None:
+        live = self._live.setdefault(iid, _Live())
+        live.transition = Transition.STOPPING
+        ilog = self._log.bind(instance=iid, pid=handle.pid)
+        ilog.info("stopping", why=why, grace_s=grace_s)
+        try:
+            result = await self._driver.stop(handle, grace_s=grace_s)
+            ilog.info("stopped", exit=result.describe())
+            record = self.state.instances.get(iid)
+            if record is not None:
+                self._put(
+                    replace(
+                        record,
+                        pid=None,
+                        start_time=None,
+                        last_exit=result.describe(),
+                        last_exit_at=self._clock(),
+                        next_start_at=None,
+                    )
+                )
+            live.handle, live.exited, live.exited_at = None, None, None
+            if live.watcher is not None:
+                live.watcher.cancel()
+            await self._persist()
+        finally:
+            live.transition, live.task = None, None
+            self.wake()
+
+    async def _watch(self, iid: str, handle: Handle) -> None:
+        result = await self._driver.wait(handle)
+        live = self._live.get(iid)
+        if live is None or live.handle != handle or live.transition is Transition.STOPPING:
+            return  # a stop we asked for: `_stop` records it
+        live.exited, live.exited_at = result, self._clock()
+        self.wake()
+
+    def _probe_targets(self) -> list[Target]:
+        """Running instances with a health check, for the health monitor."""
+        targets = []
+        for iid, live in self._live.items():
+            a = self.state.desired.get(iid)
+            record = self.state.instances.get(iid)
+            if a is None or a.spec.health is None or record is None:
+                continue
+            if live.handle is None or live.exited is not None or live.transition is not None:
+                continue
+            env = instance_env(
+                a.spec,
+                host=self._settings.host,
+                workload=a.workload,
+                instance_id=iid,
+                ports=record.ports,
+            )
+            targets.append(Target(iid, a.spec.health, dict(record.ports), env))
+        return targets
+
+    # Outputs ----------------------------------------------------------------------------------
+
+    async def _persist(self) -> None:
+        async with self._save_lock:
+            snapshot = self.state
+            if snapshot == self._saved:
+                return
+            try:
+                await self._store.save(snapshot)
+            except StateError as e:
+                self._log.error("cannot persist local state; will retry", error=str(e))
+                return
+            self._saved = snapshot
+
+    def _report_changes(self) -> None:
+        if not self.sink.connected:
+            return  # the full report after the next Hello covers everything
+        now = self._clock()
+        changed = []
+        for iid, a in sorted(self.state.desired.items()):
+            report = status_of(a, self._actual_of(iid), now=now)
+            if self._reported.get(iid) != report:
+                changed.append(report)
+                self._reported[iid] = report
+        if changed:
+            self.sink.report(changed)

@@ -1,0 +1,1 @@
+"""Runtime drivers: how the agent runs an instance (`process`: real; `fake`: simulated)."""

@@ -1,0 +1,182 @@
+"""The agent's durable local state: `<state-dir>/state.json`, written atomically.
+
+It holds what the agent must remember across its own restarts: the last desired set with its
+revision (so it keeps running workloads while the control plane is away, and resumes the watch
+from that revision), and per instance what it started (pid plus process start time, to tell a
+reused pid apart at adoption), its ports, restart count, last exit and back-off. The reconciler
+is the only writer; `StateStore.save` runs the blocking write-fsync-rename in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import StateError
+from keel.model import Desired, WorkloadSpec
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One instance the control plane placed on this host, with its generation's spec."""
+
+    instance_id: str
+    workload: str
+    generation: int
+    desired: Desired
+    spec: WorkloadSpec
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the agent started for one instance, and its crash history. Times are epoch seconds."""
+
+    instance_id: str
+    workload: str
+    pid: int | None = None
+    start_time: float | None = None  # psutil create_time of pid: tells a reused pid apart
+    ports: dict[str, int] = field(default_factory=dict)
+    restart_count: int = 0
+    starts: int = 0  # successful starts; the first start is ready without min_ready
+    started_at: float | None = None
+    last_exit: str = ""
+    last_exit_at: float | None = None
+    backoff_s: float = 0.0  # the wait used before the last restart (0 = none yet)
+    next_start_at: float | None = None  # no start before this (crash back-off)
+    start_error: str = ""  # the last start failure, until a start succeeds
+    stop_grace_s: float = 10.0  # from the spec it was started with: orphans have no spec
+
+    @property
+    def first_start(self) -> bool:
+        return self.starts <= 1
+
+
+@dataclass(frozen=True)
+class LocalState:
+    revision: int = 0
+    desired: dict[str, Assignment] = field(default_factory=dict)
+    instances: dict[str, InstanceRecord] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": FORMAT_VERSION,
+            "revision": self.revision,
+            "desired": {
+                k: {
+                    "workload": a.workload,
+                    "generation": a.generation,
+                    "desired": a.desired.value,
+                    "spec": a.spec.to_json(),
+                }
+                for k, a in sorted(self.desired.items())
+            },
+            "instances": {
+                k: {
+                    "workload": r.workload,
+                    "pid": r.pid,
+                    "start_time": r.start_time,
+                    "ports": dict(r.ports),
+                    "restart_count": r.restart_count,
+                    "starts": r.starts,
+                    "started_at": r.started_at,
+                    "last_exit": r.last_exit,
+                    "last_exit_at": r.last_exit_at,
+                    "backoff_s": r.backoff_s,
+                    "next_start_at": r.next_start_at,
+                    "start_error": r.start_error,
+                    "stop_grace_s": r.stop_grace_s,
+                }
+                for k, r in sorted(self.instances.items())
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LocalState:
+        if data.get("version") != FORMAT_VERSION:
+            raise StateError(f"unsupported state format version {data.get('version')!r}")
+        desired = {
+            k: Assignment(
+                instance_id=k,
+                workload=v["workload"],
+                generation=int(v["generation"]),
+                desired=Desired(v["desired"]),
+                spec=WorkloadSpec.from_json(v["spec"]),
+            )
+            for k, v in data.get("desired", {}).items()
+        }
+        instances = {
+            k: InstanceRecord(
+                instance_id=k,
+                workload=v["workload"],
+                pid=v.get("pid"),
+                start_time=v.get("start_time"),
+                ports={str(n): int(p) for n, p in (v.get("ports") or {}).items()},
+                restart_count=int(v.get("restart_count", 0)),
+                starts=int(v.get("starts", 0)),
+                started_at=v.get("started_at"),
+                last_exit=v.get("last_exit", ""),
+                last_exit_at=v.get("last_exit_at"),
+                backoff_s=float(v.get("backoff_s", 0.0)),
+                next_start_at=v.get("next_start_at"),
+                start_error=v.get("start_error", ""),
+                stop_grace_s=float(v.get("stop_grace_s", 10.0)),
+            )
+            for k, v in data.get("instances", {}).items()
+        }
+        return cls(revision=int(data.get("revision", 0)), desired=desired, instances=instances)
+
+
+class StateStore:
+    """Reads and atomically replaces `<state-dir>/state.json`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> LocalState:
+        """The saved state, or an empty one on first start. Blocking: call before serving."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return LocalState()
+        except OSError as e:
+            raise StateError(f"cannot read {self.path}: {e}") from e
+        try:
+            return LocalState.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateError(f"{self.path} is corrupt ({e}); move it aside to start empty") from e
+
+    async def save(self, state: LocalState) -> None:
+        """Write in a thread: fsync is a blocking call that must not stall the event loop."""
+        await asyncio.to_thread(self.save_blocking, state)
+
+    def save_blocking(self, state: LocalState) -> None:
+        # write temp + fsync + rename + fsync(dir): after a crash the file is either the old
+        # state or the new one, never a torn mix.
+        data = json.dumps(state.to_json(), indent=1).encode()
+        directory = self.path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=directory)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as e:
+            raise StateError(f"cannot write {self.path}: {e}") from e

@@ -1,0 +1,184 @@
+"""The real `keel-agent` binary against an in-test AgentService: flags, SIGTERM, adoption."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import pytest
+
+from agent.main import main
+from keel.convert import spec_to_pb
+from keel.model import WorkloadSpec
+from keel.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+
+AGENT = str(Path(sys.executable).with_name("keel-agent"))
+SPEC = WorkloadSpec(command=(sys.executable, "-c", "import time; time.sleep(120)"))
+
+
+class Servicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
+    """Answers every Hello with one full set and records the statuses."""
+
+    def __init__(self) -> None:
+        self.hellos: list[agent_pb2.Hello] = []
+        self.statuses: list[types_pb2.InstanceStatus] = []
+
+    async def Sync(self, request_iterator: Any, context: Any) -> None:
+        first = await context.read()
+        self.hellos.append(first.hello)
+        await context.write(
+            agent_pb2.ControlMessage(
+                assignments=agent_pb2.Assignments(
+                    full=True,
+                    revision=5,
+                    assignments=[
+                        agent_pb2.Assignment(
+                            instance_id="web-1",
+                            workload="web",
+                            generation=1,
+                            desired=types_pb2.DESIRED_RUNNING,
+                            spec=spec_to_pb(SPEC),
+                        )
+                    ],
+                )
+            )
+        )
+        while True:
+            msg = await context.read()
+            if msg is grpc.aio.EOF:
+                return
+            if msg.HasField("report"):
+                self.statuses.extend(msg.report.instances)
+
+    def running_pid(self) -> int:
+        running = [s for s in self.statuses if s.phase == types_pb2.PHASE_RUNNING]
+        return running[-1].pid if running else 0
+
+
+async def eventually(cond: Callable[[], bool], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        await asyncio.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def reap(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Agents the test starts, and every workload under tmp_path, are killed at the end."""
+    agents: list[subprocess.Popen[bytes]] = []
+    yield agents
+    for a in agents:
+        if a.poll() is None:
+            a.kill()
+            a.wait(10)
+    for p in psutil.process_iter():
+        try:
+            if p.cwd().startswith(str(tmp_path)):
+                os.killpg(p.pid, signal.SIGKILL)
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            pass
+
+
+@pytest.fixture
+async def controlplane() -> AsyncIterator[tuple[Servicer, str]]:
+    servicer = Servicer()
+    server = grpc.aio.server()
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    await server.stop(None)
+
+
+def start_agent(
+    address: str, state_dir: Path, agents: list[subprocess.Popen[bytes]], *extra: str
+) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            AGENT,
+            "--controlplane",
+            address,
+            "--host",
+            "h1",
+            "--state-dir",
+            str(state_dir),
+            "--driver",
+            "process",
+            "--probe-interval",
+            "100ms",
+            "--heartbeat-interval",
+            "200ms",
+            "--reconnect-max",
+            "500ms",
+            "--log-format",
+            "json",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    agents.append(proc)
+    return proc
+
+
+async def stop_agent(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    await eventually(lambda: proc.poll() is not None)
+    return proc.returncode
+
+
+async def test_sigterm_leaves_workload_running_and_restart_adopts_it(
+    tmp_path: Path, controlplane: tuple[Servicer, str], reap: list[subprocess.Popen[bytes]]
+) -> None:
+    """SIGTERM stops only the agent; the next agent adopts the same pid without a restart."""
+    servicer, address = controlplane
+    first = start_agent(address, tmp_path, reap)
+    await eventually(lambda: servicer.running_pid() != 0)
+    pid = servicer.running_pid()
+    assert await stop_agent(first) == 0
+    assert alive(pid)
+
+    servicer.statuses.clear()
+    second = start_agent(address, tmp_path, reap, "--stop-workloads-on-exit")
+    await eventually(lambda: servicer.running_pid() != 0)
+    assert servicer.hellos[-1].revision == 5
+    last = [s for s in servicer.statuses if s.phase == types_pb2.PHASE_RUNNING][-1]
+    assert (last.pid, last.restart_count) == (pid, 0)
+
+    # --stop-workloads-on-exit: this time the workload goes with the agent.
+    assert await stop_agent(second) == 0
+    await eventually(lambda: not alive(pid))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--heartbeat-interval", "5"], "--heartbeat-interval: duration needs a unit"),
+        (["--capacity", "gpu=1"], "--capacity: unknown resource 'gpu'"),
+        (["--label", "novalue"], "--label: expected key=value"),
+    ],
+)
+def test_bad_flag_is_a_usage_error_naming_it(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An invalid flag exits 2 with one line naming the flag and the rule."""
+    argv = ["--controlplane", "127.0.0.1:1", "--host", "h1", "--state-dir", str(tmp_path)]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

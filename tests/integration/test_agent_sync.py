@@ -1,0 +1,226 @@
+"""The sync client against a tiny in-test AgentService: Hello, full set, reports, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from agent.health import always_healthy
+from agent.reconciler import Reconciler
+from agent.runtime.fake import FakeDriver
+from agent.settings import Settings
+from agent.state import Assignment, StateStore
+from agent.sync import SyncClient
+from agent.tasks import TaskGroup
+from keel.convert import spec_to_pb
+from keel.model import Desired, Resources, WorkloadSpec
+from keel.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+
+SPEC = WorkloadSpec(command=("sleep", "1000"), ports=("http",))
+
+
+def full_set(revision: int, *ids: str) -> agent_pb2.ControlMessage:
+    return agent_pb2.ControlMessage(
+        assignments=agent_pb2.Assignments(
+            full=True,
+            revision=revision,
+            assignments=[
+                agent_pb2.Assignment(
+                    instance_id=i,
+                    workload="web",
+                    generation=1,
+                    desired=types_pb2.DESIRED_RUNNING,
+                    spec=spec_to_pb(SPEC),
+                    revision=revision,
+                )
+                for i in ids
+            ],
+        )
+    )
+
+
+class Servicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
+    """Answers Hello with a full set, records what the agent sends, optionally hangs up."""
+
+    def __init__(self, answer: agent_pb2.ControlMessage, *, hang_up_after: int = 0) -> None:
+        self.answer = answer
+        self.hang_up_after = hang_up_after  # messages after Hello; 0 = never
+        self.hellos: list[agent_pb2.Hello] = []
+        self.messages: list[agent_pb2.AgentMessage] = []
+
+    async def Sync(self, request_iterator: Any, context: Any) -> None:
+        first = await context.read()
+        self.hellos.append(first.hello)
+        await context.write(self.answer)
+        seen = 0
+        while True:
+            msg = await context.read()
+            if msg is grpc.aio.EOF:
+                return
+            self.messages.append(msg)
+            seen += 1
+            if self.hang_up_after and seen >= self.hang_up_after:
+                return
+
+    def statuses(self) -> list[types_pb2.InstanceStatus]:
+        return [s for m in self.messages if m.HasField("report") for s in m.report.instances]
+
+
+async def serve(servicer: Servicer) -> tuple[Any, str]:
+    server = grpc.aio.server()
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+async def eventually(cond: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        await asyncio.sleep(0.02)
+
+
+class Agent:
+    def __init__(self, tmp_path: Path, addresses: tuple[str, ...]) -> None:
+        self.settings = Settings(
+            host="h1",
+            state_dir=tmp_path,
+            controlplanes=addresses,
+            labels={"role": "web"},
+            capacity=Resources(2000, 4096),
+            heartbeat_interval_s=0.1,
+            probe_interval_s=0.05,
+            reconnect_base_s=0.05,
+            reconnect_max_s=0.2,
+            connect_timeout_s=0.5,
+        )
+        self.driver = FakeDriver()
+        self.reconciler = Reconciler(
+            StateStore(self.settings.state_file),
+            driver=self.driver,
+            settings=self.settings,
+            prober=always_healthy,
+        )
+        self.client = SyncClient(self.settings, target=self.reconciler, agent_version="9.9")
+        self.reconciler.sink = self.client
+        self.tasks = TaskGroup()
+
+    async def __aenter__(self) -> Agent:
+        await self.reconciler.open()
+        self.tasks.loop("reconciler", self.reconciler.run)
+        self.tasks.loop("sync", self.client.run)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.tasks.close()
+        await self.reconciler.close()
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[Any]]:
+    started: list[Any] = []
+    yield started
+    for s in started:
+        await s.stop(None)
+
+
+async def test_agent_says_hello_runs_full_set_and_reports_running(
+    tmp_path: Path, servers: list[Any]
+) -> None:
+    """Hello carries host, labels, capacity and version; the full set runs and is reported."""
+    servicer = Servicer(full_set(5, "web-1"))
+    server, address = await serve(servicer)
+    servers.append(server)
+    async with Agent(tmp_path, (address,)) as agent:
+        await eventually(
+            lambda: any(
+                s.instance_id == "web-1" and s.phase == types_pb2.PHASE_RUNNING and s.ready
+                for s in servicer.statuses()
+            )
+        )
+        hello = servicer.hellos[0]
+        assert (hello.host, dict(hello.labels), hello.agent_version) == (
+            "h1",
+            {"role": "web"},
+            "9.9",
+        )
+        assert (hello.capacity.cpu_millis, hello.capacity.memory_mib) == (2000, 4096)
+        assert hello.revision == 0
+        running = [s for s in servicer.statuses() if s.phase == types_pb2.PHASE_RUNNING][-1]
+        assert running.pid == agent.driver.running()["web-1"].pid
+        assert set(running.ports) == {"http"}
+        assert running.observed_at.seconds > 0 and running.started_at.seconds > 0
+        await eventually(
+            lambda: any(
+                m.HasField("heartbeat") and m.heartbeat.revision == 5 for m in servicer.messages
+            )
+        )
+
+
+async def test_reconnects_round_robin_keeping_workloads_and_revision(
+    tmp_path: Path, servers: list[Any]
+) -> None:
+    """After the stream drops the agent reconnects to the next address with its revision."""
+    first = Servicer(full_set(5, "web-1"), hang_up_after=3)
+    second = Servicer(full_set(6, "web-1"))
+    s1, a1 = await serve(first)
+    s2, a2 = await serve(second)
+    servers.extend([s1, s2])
+    async with Agent(tmp_path, (a1, a2)) as agent:
+        await eventually(lambda: len(second.hellos) >= 1)
+        assert second.hellos[0].revision == 5
+        await eventually(lambda: any(s.phase == types_pb2.PHASE_RUNNING for s in second.statuses()))
+        # The workload kept running across the reconnect: one start, no restart.
+        assert agent.reconciler.state.instances["web-1"].starts == 1
+        assert agent.reconciler.revision == 6
+
+
+async def test_unreachable_address_is_skipped(tmp_path: Path, servers: list[Any]) -> None:
+    """A dead first address times out and the agent moves on to the next one."""
+    servicer = Servicer(full_set(1, "web-1"))
+    server, address = await serve(servicer)
+    servers.append(server)
+    dead = f"127.0.0.1:{_free_port()}"
+    async with Agent(tmp_path, (dead, address)):
+        await eventually(lambda: len(servicer.hellos) >= 1)
+
+
+async def test_full_report_after_hello_covers_changes_made_while_away(
+    tmp_path: Path, servers: list[Any]
+) -> None:
+    """Workloads run from local state with no control plane; Hello is followed by their status."""
+    async with Agent(tmp_path, (f"127.0.0.1:{_free_port()}",)) as agent:
+        agent.reconciler.apply_assignments(
+            full=True,
+            revision=3,
+            assignments=[_assignment("web-1")],
+        )
+        await eventually(lambda: "web-1" in agent.driver.running())
+    servicer = Servicer(full_set(3, "web-1"))
+    server, address = await serve(servicer)
+    servers.append(server)
+    async with Agent(tmp_path, (address,)):
+        await eventually(lambda: bool(servicer.messages))
+        first = servicer.messages[0]
+        assert first.HasField("report")
+        assert [s.instance_id for s in first.report.instances] == ["web-1"]
+        assert servicer.hellos[0].revision == 3
+
+
+def _assignment(iid: str) -> Assignment:
+    return Assignment(iid, "web", 1, Desired.RUNNING, SPEC)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
