@@ -1,0 +1,516 @@
+"""End-to-end harness: the real `keel-controlplane`, `keel-agent` and `keelctl`, as processes.
+
+`Fleet` starts one control plane (port 0, its own database) and N agents (process driver,
+short timings) on loopback, each in its own process group with its output in a log file under
+the test's directory, and offers the verbs the tests need: keelctl, listings parsed from
+`keelctl -o json`, killing and restarting any process, waiting for a condition with a deadline.
+
+Teardown never trusts the processes to behave: every process group gets SIGTERM then SIGKILL,
+and every process whose command line names the test directory (the agents and control plane by
+their state dirs, the workloads by the test's own server script) is killed, so nothing outlives
+a failed test. `tests/e2e/conftest.py` wraps this into fixtures and prints the log tails of a
+failed test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from procs import Proc, kill_processes_mentioning
+from views import HostView, InstanceView, WorkloadView, list_items
+
+BIN = Path(sys.executable).parent
+KEEL_CONTROLPLANE = BIN / "keel-controlplane"
+KEEL_AGENT = BIN / "keel-agent"
+KEELCTL = BIN / "keelctl"
+
+# Set on every agent's environment and never in a workload's: proves the process driver gives a
+# workload the spec's env plus KEEL_* variables, not the agent's own environment.
+AGENT_ONLY_ENV = "KEEL_E2E_AGENT_ONLY"
+
+T = TypeVar("T")
+
+# A workload that serves HTTP on its allocated port and exits 0 on SIGTERM. Its path lies in the
+# test directory, which is how teardown recognises workloads that outlived their agent.
+SERVER_SCRIPT = '''\
+"""A tiny HTTP server workload for Keel's end-to-end tests."""
+import http.server
+import signal
+import sys
+import threading
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok\\n")
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+'''
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def wait_for(
+    predicate: Callable[[], T | None],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.2,
+    message: str = "condition",
+) -> T:
+    """Polls predicate until it returns something truthy, and returns that; fails at the deadline.
+
+    An exception from predicate counts as "not yet" (the control plane may be restarting) and
+    is quoted in the failure, with the last value seen.
+    """
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    error: BaseException | None = None
+    while True:
+        try:
+            last = predicate()
+            error = None
+            if last is not None and last:
+                return last
+        except Exception as exc:
+            error = exc
+        if time.monotonic() >= deadline:
+            detail = f"last error: {error!r}" if error is not None else f"last value: {last!r}"
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}; {detail}")
+        time.sleep(interval)
+
+
+def hold_for(
+    predicate: Callable[[], object],
+    *,
+    duration: float,
+    interval: float = 0.2,
+    message: str = "condition",
+) -> None:
+    """Asserts predicate stays truthy for the whole duration (sampled every interval)."""
+    deadline = time.monotonic() + duration
+    while True:
+        value = predicate()
+        assert value, f"{message} stopped holding: {value!r}"
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+def workload_manifest(
+    name: str,
+    *,
+    command: Sequence[str],
+    replicas: int = 3,
+    env: Mapping[str, str] | None = None,
+    max_unavailable: int = 1,
+    max_surge: int = 1,
+    health: bool = True,
+    min_ready: str = "1s",
+    stop_grace: str = "2s",
+    **top_level: Any,
+) -> dict[str, Any]:
+    """A workload document as an operator writes it (DESIGN.md), with test-sized timings."""
+    spec: dict[str, Any] = {
+        "command": list(command),
+        "env": dict(env or {}),
+        "ports": ["http"],
+        "resources": {"cpu": "10m", "memory": "16Mi"},
+        "stop_grace": stop_grace,
+        "min_ready": min_ready,
+    }
+    if health:
+        spec["health"] = {"tcp": "http"}
+    doc: dict[str, Any] = {
+        "name": name,
+        "kind": "service",
+        "replicas": replicas,
+        "max_unavailable": max_unavailable,
+        "max_surge": max_surge,
+        "deadline": "60s",
+        "spec": spec,
+    }
+    doc.update(top_level)
+    return doc
+
+
+class Fleet:
+    """A control plane and N agents as real processes; a context manager that always cleans up.
+
+    Agents are numbered like their hosts: agent 1 is host-1. `agent_args` maps a host number
+    to extra flags for that agent.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        database_url: str,
+        agents: int = 3,
+        agent_args: Mapping[int, Sequence[str]] | None = None,
+        controlplane_args: Sequence[str] = (),
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.root = root.resolve()
+        self.database_url = database_url
+        self.start_timeout = start_timeout
+        self.logs = self.root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.cp_state = self.root / "controlplane"
+        self.cp_state.mkdir(exist_ok=True)
+        self.server_script = self.root / "serve.py"
+        self.server_script.write_text(SERVER_SCRIPT)
+        self.agent_only_value = f"agent-only-{uuid.uuid4().hex[:8]}"
+        self.address = ""
+        self._manifests = 0
+        self._controlplane_args = list(controlplane_args)
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+        self._cp = Proc("controlplane", [], self.logs / "controlplane.log", dict(base_env))
+        self._agents: dict[int, Proc] = {}
+        for i in range(1, agents + 1):
+            env = dict(base_env)
+            env[AGENT_ONLY_ENV] = self.agent_only_value
+            (self.root / f"host-{i}").mkdir(exist_ok=True)
+            argv = [
+                str(KEEL_AGENT),
+                "--controlplane",
+                "",  # filled in once the control plane has bound its port
+                "--host",
+                f"host-{i}",
+                "--state-dir",
+                str(self.root / f"host-{i}"),
+                "--driver",
+                "process",
+                "--heartbeat-interval",
+                "500ms",
+                "--backoff-base",
+                "500ms",
+                "--backoff-max",
+                "4s",
+                "--backoff-reset",
+                "10s",
+                "--probe-interval",
+                "200ms",
+                "--reconnect-max",
+                "1s",
+                *(agent_args or {}).get(i, ()),
+            ]
+            self._agents[i] = Proc(f"host-{i}", argv, self.logs / f"host-{i}.log", env)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def hosts(self) -> list[str]:
+        return [f"host-{i}" for i in self._agents]
+
+    def __enter__(self) -> Fleet:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Starts the control plane, then every agent, and waits until every host is READY."""
+        self._start_cp(listen="127.0.0.1:0")
+        for i in self._agents:
+            self.start_agent(i)
+        self.wait_hosts_ready()
+
+    def close(self) -> None:
+        """Stops everything: agents, control plane, then any process naming the test dir."""
+        for proc in [*self._agents.values(), self._cp]:
+            with contextlib.suppress(Exception):
+                proc.stop()
+        kill_processes_mentioning(str(self.root) + os.sep)
+
+    def _start_cp(self, *, listen: str) -> None:
+        addresses = self.cp_state / "addresses.json"
+        addresses.unlink(missing_ok=True)
+        self._cp.argv = [
+            str(KEEL_CONTROLPLANE),
+            "--listen",
+            listen,
+            "--state-dir",
+            str(self.cp_state),
+            "--database-url",
+            self.database_url,
+            "--liveness-grace",
+            "3s",
+            "--resync-period",
+            "2s",
+            *self._controlplane_args,
+        ]
+        self._cp.start()
+
+        def bound() -> str:
+            if not self._cp.running():
+                raise AssertionError(f"keel-controlplane exited:\n{self._cp.tail(30)}")
+            if not addresses.exists():
+                return ""
+            try:
+                return str(json.loads(addresses.read_text())["grpc"])
+            except (ValueError, KeyError):
+                return ""  # caught mid-write
+
+        deadline = time.monotonic() + self.start_timeout
+        while not (address := bound()):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"keel-controlplane wrote no {addresses} within {self.start_timeout}s:\n"
+                    f"{self._cp.tail(30)}"
+                )
+            time.sleep(0.05)
+        self.address = address
+        for agent in self._agents.values():
+            agent.argv[agent.argv.index("--controlplane") + 1] = address
+
+    def kill_cp(self, sig: int = signal.SIGKILL) -> None:
+        """Sends sig to the control plane's process group and waits for it to exit."""
+        self._cp.signal_group(sig)
+        assert self._cp.wait(15), f"keel-controlplane still running 15s after signal {sig}"
+
+    def restart_cp(self) -> None:
+        """Starts the control plane again on the same port (agents know only that address)."""
+        if self._cp.running():
+            self.kill_cp(signal.SIGTERM)
+        self._start_cp(listen=self.address)
+
+    def start_agent(self, i: int) -> None:
+        self._agents[i].start()
+
+    def kill_agent(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Sends sig to agent i's process group (not its workloads' groups) and waits for it."""
+        self._agents[i].signal_group(sig)
+        assert self._agents[i].wait(15), f"host-{i} agent still running 15s after signal {sig}"
+
+    def restart_agent(self, i: int) -> None:
+        if self._agents[i].running():
+            self.kill_agent(i, signal.SIGTERM)
+        self.start_agent(i)
+
+    def agent_pid(self, i: int) -> int:
+        return self._agents[i].pid
+
+    def log_tails(self, lines: int = 60) -> list[tuple[str, str]]:
+        """(name, last lines of its log) for every process, for a failed test's report."""
+        procs = [self._cp, *self._agents.values()]
+        return [(f"{p.name} ({p.log})", p.tail(lines)) for p in procs]
+
+    # ----------------------------------------------------------------- keelctl
+
+    def keelctl(
+        self, *args: str, json_output: bool = False, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs the real keelctl against this fleet; never raises on a non-zero exit."""
+        argv = [str(KEELCTL), "--controlplane", self.address]
+        if json_output:
+            argv += ["-o", "json"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+        return subprocess.run(
+            [*argv, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+
+    def keelctl_ok(self, *args: str, json_output: bool = False) -> subprocess.CompletedProcess[str]:
+        result = self.keelctl(*args, json_output=json_output)
+        assert result.returncode == 0, (
+            f"keelctl {' '.join(args)} exited {result.returncode}:\n"
+            f"stdout: {result.stdout}\nstderr: {result.stderr}"
+        )
+        return result
+
+    def keelctl_json(self, *args: str) -> Any:
+        return json.loads(self.keelctl_ok(*args, json_output=True).stdout)
+
+    def instances(self, workload: str | None = None) -> list[InstanceView]:
+        """`keelctl -o json get instances`, parsed; optionally only one workload's."""
+        found = list_items(self.keelctl_json("get", "instances"), "instances")
+        views = [InstanceView.parse(item) for item in found]
+        return [v for v in views if workload is None or v.workload == workload]
+
+    def hosts_status(self) -> list[HostView]:
+        return [HostView.parse(h) for h in list_items(self.keelctl_json("get", "hosts"), "hosts")]
+
+    def workloads(self) -> list[WorkloadView]:
+        found = list_items(self.keelctl_json("get", "workloads"), "workloads")
+        return [WorkloadView.parse(w) for w in found]
+
+    def workload(self, name: str) -> WorkloadView:
+        return WorkloadView.parse(self.keelctl_json("describe", "workload", name))
+
+    def instances_rpc(self, workload: str | None = None) -> list[InstanceView]:
+        """ListInstances over gRPC: the view `instances` gives, in milliseconds, not a process."""
+        with InstanceSampler(self.address, workload) as sampler:
+            return sampler.sample()
+
+    # ----------------------------------------------------------------- workloads
+
+    def server_command(self) -> list[str]:
+        """A workload command that serves HTTP on its `http` port (a script in the test dir)."""
+        return [sys.executable, str(self.server_script), "${KEEL_PORT_HTTP}"]
+
+    def manifest(self, name: str = "web", **kwargs: Any) -> dict[str, Any]:
+        kwargs.setdefault("command", self.server_command())
+        return workload_manifest(name, **kwargs)
+
+    def write_manifest(self, doc: Mapping[str, Any] | str) -> Path:
+        """Writes a manifest (a dict as YAML, or raw text as given) into the test dir."""
+        self._manifests += 1
+        path = self.root / "manifests" / f"{self._manifests:03d}.yaml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(dict(doc)))
+        return path
+
+    def apply(self, doc: Mapping[str, Any] | str) -> subprocess.CompletedProcess[str]:
+        return self.keelctl("apply", "-f", str(self.write_manifest(doc)))
+
+    def apply_ok(self, doc: Mapping[str, Any] | str) -> subprocess.CompletedProcess[str]:
+        return self.keelctl_ok("apply", "-f", str(self.write_manifest(doc)))
+
+    # ----------------------------------------------------------------- conditions
+
+    def wait_hosts_ready(
+        self, *, since: datetime | None = None, timeout: float = 30.0
+    ) -> list[HostView]:
+        """Waits until every agent's host is READY (and, with since, heartbeated after it)."""
+
+        def ready() -> list[HostView] | None:
+            hosts = {h.name: h for h in self.hosts_status()}
+            for name in self.hosts:
+                h = hosts.get(name)
+                if h is None or h.state != "READY":
+                    return None
+                if since is not None and (h.last_heartbeat is None or h.last_heartbeat < since):
+                    return None
+            return list(hosts.values())
+
+        if not self._agents:
+            return self.hosts_status()
+        return wait_for(ready, timeout=timeout, interval=0.3, message=f"hosts {self.hosts} READY")
+
+    def wait_running(
+        self, workload: str, count: int, *, generation: int | None = None, timeout: float = 45.0
+    ) -> list[InstanceView]:
+        """Waits until exactly `count` instances of workload exist, all desired and observed
+        RUNNING and ready (of `generation`, if given), and returns them."""
+
+        def converged() -> list[InstanceView] | None:
+            insts = self.instances(workload)
+            if len(insts) != count:
+                return None
+            for i in insts:
+                if i.desired != "RUNNING" or not i.serving or i.pid <= 0:
+                    return None
+                if generation is not None and i.generation != generation:
+                    return None
+            return insts
+
+        return wait_for(
+            converged,
+            timeout=timeout,
+            interval=0.3,
+            message=f"{count} ready instances of {workload}"
+            + (f" at generation {generation}" if generation is not None else ""),
+        )
+
+
+class InstanceSampler:
+    """Lists instances over gRPC, on demand or every `interval` in a background thread.
+
+    Used as a context manager around a change (a rollout): `samples` then holds every listing
+    taken while it ran, so a test can assert on what was true at every moment it saw.
+    """
+
+    def __init__(self, address: str, workload: str | None = None, interval: float = 0.02):
+        import grpc
+
+        from keel.v1 import fleet_pb2_grpc
+
+        self._channel = grpc.insecure_channel(address)
+        self._stub = fleet_pb2_grpc.FleetServiceStub(self._channel)
+        self._workload = workload or ""
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.samples: list[list[InstanceView]] = []
+        self.errors: list[BaseException] = []
+
+    def sample(self) -> list[InstanceView]:
+        from google.protobuf.json_format import MessageToDict
+
+        from keel.v1 import fleet_pb2
+
+        reply = self._stub.ListInstances(
+            fleet_pb2.ListInstancesRequest(workload=self._workload), timeout=5
+        )
+        return [
+            InstanceView.parse(MessageToDict(i, preserving_proto_field_name=True))
+            for i in reply.instances
+        ]
+
+    def start(self) -> None:
+        """Samples in the background until close()."""
+        self._thread = threading.Thread(target=self._run, name="instance-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(self.sample())
+            except Exception as exc:
+                self.errors.append(exc)
+            self._stop.wait(self._interval)
+
+    def latest(self) -> list[InstanceView] | None:
+        return self.samples[-1] if self.samples else None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._channel.close()
+
+    def __enter__(self) -> InstanceSampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def pids_of(instances: Iterable[InstanceView]) -> dict[str, int]:
+    """instance id -> pid."""
+    return {i.id: i.pid for i in instances}

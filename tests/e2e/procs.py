@@ -1,0 +1,131 @@
+"""Processes for the end-to-end tests: start one in its own group, stop it for sure, look inside.
+
+`Proc` is one keel binary run by the harness (its own session and process group, output to a
+log file); `kill_processes_mentioning` is teardown's safety net; `process_alive` and
+`process_environ` are how tests check what really runs. Used by `harness.Fleet`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+
+def process_alive(pid: int) -> bool:
+    """True while pid names a live (not zombie) process."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
+def process_environ(pid: int) -> dict[str, str]:
+    """The environment a process was started with, from /proc/PID/environ."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str]
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+            out.write(f"\n===== {stamp} start: {' '.join(self.argv)}\n".encode())
+            out.flush()
+            # Own session and process group: signals aimed at it reach nothing else, and a
+            # Ctrl-C on the pytest terminal does not reach it.
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None, f"{self.name} was never started"
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        if self.popen is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, sig)
+
+    def wait(self, timeout: float) -> bool:
+        if self.popen is None:
+            return True
+        try:
+            self.popen.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM the group, SIGKILL it after grace; reaps the child."""
+        if self.popen is None:
+            return
+        if self.running():
+            self.signal_group(signal.SIGTERM)
+            if not self.wait(grace):
+                self.signal_group(signal.SIGKILL)
+                self.wait(10)
+        # The leader may be gone while others in its group live on.
+        self.signal_group(signal.SIGKILL)
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def kill_processes_mentioning(marker: str, *, grace: float = 3.0) -> list[int]:
+    """Kills (group and all) every process whose command line contains marker; returns pids.
+
+    The safety net of teardown: workloads live in their own sessions and survive their agent by
+    design, so they are found by the test-dir path their command line carries.
+    """
+    me = os.getpid()
+    spared = {me, *(p.pid for p in psutil.Process(me).parents())}
+    victims: list[psutil.Process] = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if proc.pid not in spared and any(marker in arg for arg in cmdline):
+            victims.append(proc)
+    own_group = os.getpgid(0)
+
+    def signal_all(sig: int) -> None:
+        for proc in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
+                pgid = os.getpgid(proc.pid)
+                if pgid != own_group:
+                    os.killpg(pgid, sig)
+                proc.send_signal(sig)
+
+    signal_all(signal.SIGTERM)
+    _, alive = psutil.wait_procs(victims, timeout=grace)
+    if alive:
+        signal_all(signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
+    return [p.pid for p in victims]
