@@ -41,30 +41,34 @@ class Heartbeat(_message.Message):
     def __init__(self, revision: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "report", "heartbeat")
+    __slots__ = ("hello", "report", "heartbeat", "log_chunk")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    LOG_CHUNK_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     report: StatusReport
     heartbeat: Heartbeat
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., report: _Optional[_Union[StatusReport, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    log_chunk: _types_pb2.LogChunk
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., report: _Optional[_Union[StatusReport, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., log_chunk: _Optional[_Union[_types_pb2.LogChunk, _Mapping]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("instance_id", "workload", "generation", "desired", "spec", "revision")
+    __slots__ = ("instance_id", "workload", "generation", "desired", "spec", "revision", "trace_context")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     workload: str
     generation: int
     desired: _types_pb2.DesiredState
     spec: _types_pb2.WorkloadSpec
     revision: int
-    def __init__(self, instance_id: _Optional[str] = ..., workload: _Optional[str] = ..., generation: _Optional[int] = ..., desired: _Optional[_Union[_types_pb2.DesiredState, str]] = ..., spec: _Optional[_Union[_types_pb2.WorkloadSpec, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+    trace_context: str
+    def __init__(self, instance_id: _Optional[str] = ..., workload: _Optional[str] = ..., generation: _Optional[int] = ..., desired: _Optional[_Union[_types_pb2.DesiredState, str]] = ..., spec: _Optional[_Union[_types_pb2.WorkloadSpec, _Mapping]] = ..., revision: _Optional[int] = ..., trace_context: _Optional[str] = ...) -> None: ...
 
 class Assignments(_message.Message):
     __slots__ = ("full", "revision", "assignments")
@@ -76,8 +80,24 @@ class Assignments(_message.Message):
     assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
     def __init__(self, full: _Optional[bool] = ..., revision: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
+class LogRequest(_message.Message):
+    __slots__ = ("request_id", "instance_id", "tail_lines", "follow", "cancel")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    TAIL_LINES_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    instance_id: str
+    tail_lines: int
+    follow: bool
+    cancel: bool
+    def __init__(self, request_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., tail_lines: _Optional[int] = ..., follow: _Optional[bool] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
 class ControlMessage(_message.Message):
-    __slots__ = ("assignments",)
+    __slots__ = ("assignments", "log_request")
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    LOG_REQUEST_FIELD_NUMBER: _ClassVar[int]
     assignments: Assignments
-    def __init__(self, assignments: _Optional[_Union[Assignments, _Mapping]] = ...) -> None: ...
+    log_request: LogRequest
+    def __init__(self, assignments: _Optional[_Union[Assignments, _Mapping]] = ..., log_request: _Optional[_Union[LogRequest, _Mapping]] = ...) -> None: ...

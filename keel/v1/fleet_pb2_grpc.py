@@ -75,6 +75,21 @@ class FleetServiceStub:
                 request_serializer=keel_dot_v1_dot_fleet__pb2.ListInstancesRequest.SerializeToString,
                 response_deserializer=keel_dot_v1_dot_fleet__pb2.ListInstancesResponse.FromString,
                 _registered_method=True)
+        self.ListStuck = channel.unary_unary(
+                '/keel.v1.FleetService/ListStuck',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.ListStuckRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.ListStuckResponse.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/keel.v1.FleetService/ListEvents',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
+        self.GetLogs = channel.unary_stream(
+                '/keel.v1.FleetService/GetLogs',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.GetLogsRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_types__pb2.LogChunk.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -128,6 +143,25 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListStuck(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLogs(self, request, context):
+        """A workload's stdout/stderr, fetched from its agent over the agent's stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +204,21 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.ListInstances,
                     request_deserializer=keel_dot_v1_dot_fleet__pb2.ListInstancesRequest.FromString,
                     response_serializer=keel_dot_v1_dot_fleet__pb2.ListInstancesResponse.SerializeToString,
+            ),
+            'ListStuck': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStuck,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.ListStuckRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.ListStuckResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.ListEventsRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'GetLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetLogs,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.GetLogsRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_types__pb2.LogChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +437,87 @@ class FleetService:
             '/keel.v1.FleetService/ListInstances',
             keel_dot_v1_dot_fleet__pb2.ListInstancesRequest.SerializeToString,
             keel_dot_v1_dot_fleet__pb2.ListInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStuck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/ListStuck',
+            keel_dot_v1_dot_fleet__pb2.ListStuckRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.ListStuckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/ListEvents',
+            keel_dot_v1_dot_fleet__pb2.ListEventsRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/keel.v1.FleetService/GetLogs',
+            keel_dot_v1_dot_fleet__pb2.GetLogsRequest.SerializeToString,
+            keel_dot_v1_dot_types__pb2.LogChunk.FromString,
             options,
             channel_credentials,
             insecure,

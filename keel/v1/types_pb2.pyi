@@ -95,6 +95,20 @@ class WorkloadSpec(_message.Message):
     min_ready_ms: int
     def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., health: _Optional[_Union[HealthCheck, _Mapping]] = ..., stop_grace_ms: _Optional[int] = ..., min_ready_ms: _Optional[int] = ...) -> None: ...
 
+class Stuck(_message.Message):
+    __slots__ = ("reason", "since", "message", "runbook", "next_command")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RUNBOOK_FIELD_NUMBER: _ClassVar[int]
+    NEXT_COMMAND_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    since: _timestamp_pb2.Timestamp
+    message: str
+    runbook: str
+    next_command: str
+    def __init__(self, reason: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., runbook: _Optional[str] = ..., next_command: _Optional[str] = ...) -> None: ...
+
 class WorkloadStatus(_message.Message):
     __slots__ = ("desired", "instances", "running", "ready", "updated")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
@@ -110,7 +124,7 @@ class WorkloadStatus(_message.Message):
     def __init__(self, desired: _Optional[int] = ..., instances: _Optional[int] = ..., running: _Optional[int] = ..., ready: _Optional[int] = ..., updated: _Optional[int] = ...) -> None: ...
 
 class Workload(_message.Message):
-    __slots__ = ("name", "kind", "replicas", "max_unavailable", "max_surge", "selector", "deadline_ms", "spec", "generation", "deleting", "created_at", "updated_at", "status")
+    __slots__ = ("name", "kind", "replicas", "max_unavailable", "max_surge", "selector", "deadline_ms", "spec", "generation", "deleting", "created_at", "updated_at", "status", "stuck")
     class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +145,7 @@ class Workload(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    STUCK_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     replicas: int
@@ -144,10 +159,11 @@ class Workload(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     status: WorkloadStatus
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., replicas: _Optional[int] = ..., max_unavailable: _Optional[int] = ..., max_surge: _Optional[int] = ..., selector: _Optional[_Mapping[str, str]] = ..., deadline_ms: _Optional[int] = ..., spec: _Optional[_Union[WorkloadSpec, _Mapping]] = ..., generation: _Optional[int] = ..., deleting: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[WorkloadStatus, _Mapping]] = ...) -> None: ...
+    stuck: Stuck
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., replicas: _Optional[int] = ..., max_unavailable: _Optional[int] = ..., max_surge: _Optional[int] = ..., selector: _Optional[_Mapping[str, str]] = ..., deadline_ms: _Optional[int] = ..., spec: _Optional[_Union[WorkloadSpec, _Mapping]] = ..., generation: _Optional[int] = ..., deleting: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[WorkloadStatus, _Mapping]] = ..., stuck: _Optional[_Union[Stuck, _Mapping]] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
-    __slots__ = ("instance_id", "phase", "pid", "restart_count", "last_exit", "reason", "message", "ports", "ready", "removed", "started_at", "observed_at")
+    __slots__ = ("instance_id", "phase", "pid", "restart_count", "last_exit", "reason", "message", "ports", "ready", "removed", "started_at", "observed_at", "stuck")
     class PortsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +183,7 @@ class InstanceStatus(_message.Message):
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    STUCK_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     phase: Phase
     pid: int
@@ -179,10 +196,11 @@ class InstanceStatus(_message.Message):
     removed: bool
     started_at: _timestamp_pb2.Timestamp
     observed_at: _timestamp_pb2.Timestamp
-    def __init__(self, instance_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., pid: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_exit: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., ports: _Optional[_Mapping[str, int]] = ..., ready: _Optional[bool] = ..., removed: _Optional[bool] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    stuck: Stuck
+    def __init__(self, instance_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., pid: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_exit: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., ports: _Optional[_Mapping[str, int]] = ..., ready: _Optional[bool] = ..., removed: _Optional[bool] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stuck: _Optional[_Union[Stuck, _Mapping]] = ...) -> None: ...
 
 class Instance(_message.Message):
-    __slots__ = ("id", "workload", "generation", "host", "desired", "desired_changed_at", "status", "created_at", "converged")
+    __slots__ = ("id", "workload", "generation", "host", "desired", "desired_changed_at", "status", "created_at", "converged", "stuck")
     ID_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +210,7 @@ class Instance(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    STUCK_FIELD_NUMBER: _ClassVar[int]
     id: str
     workload: str
     generation: int
@@ -201,7 +220,8 @@ class Instance(_message.Message):
     status: InstanceStatus
     created_at: _timestamp_pb2.Timestamp
     converged: bool
-    def __init__(self, id: _Optional[str] = ..., workload: _Optional[str] = ..., generation: _Optional[int] = ..., host: _Optional[str] = ..., desired: _Optional[_Union[DesiredState, str]] = ..., desired_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[InstanceStatus, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., converged: _Optional[bool] = ...) -> None: ...
+    stuck: Stuck
+    def __init__(self, id: _Optional[str] = ..., workload: _Optional[str] = ..., generation: _Optional[int] = ..., host: _Optional[str] = ..., desired: _Optional[_Union[DesiredState, str]] = ..., desired_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[InstanceStatus, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., converged: _Optional[bool] = ..., stuck: _Optional[_Union[Stuck, _Mapping]] = ...) -> None: ...
 
 class Host(_message.Message):
     __slots__ = ("name", "labels", "capacity", "allocated", "schedulable", "cordon_reason", "state", "last_heartbeat", "connected", "agent_version", "instances", "revision")
@@ -237,3 +257,17 @@ class Host(_message.Message):
     instances: int
     revision: int
     def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., schedulable: _Optional[bool] = ..., cordon_reason: _Optional[str] = ..., state: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected: _Optional[bool] = ..., agent_version: _Optional[str] = ..., instances: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class LogChunk(_message.Message):
+    __slots__ = ("request_id", "stream", "data", "eof", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    EOF_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    stream: str
+    data: bytes
+    eof: bool
+    error: str
+    def __init__(self, request_id: _Optional[str] = ..., stream: _Optional[str] = ..., data: _Optional[bytes] = ..., eof: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
