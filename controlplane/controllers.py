@@ -22,95 +22,78 @@ import time
 
 import asyncpg
 import structlog
+from opentelemetry.trace import Status, StatusCode
 
 from controlplane.errors import NotFound, NotLeader
+from controlplane.metrics import Metrics
 from controlplane.rollout import plan_workload
 from controlplane.settings import Settings
-from controlplane.store import HostRow, InstanceRow, Store, WorkloadRow
-from controlplane.view import HostView, InstanceView, WorkloadView
+from controlplane.store import Store
+from controlplane.stuck import StuckDetector
+from controlplane.view import host_view, instance_view, workload_view
 from controlplane.workqueue import WorkQueue
-from keel.model import Kind, Phase
+from keel import tracing
+from keel.model import Kind
 
 log = structlog.get_logger("keel.controllers")
+_tracer = tracing.tracer("keel.controllers")
 
 _LEADER_LOCK_KEY = 0x6B65656C_6C656164  # "keellead"
 ALL = "*"
 
 
-def workload_view(row: WorkloadRow) -> WorkloadView:
-    w = row.workload
-    return WorkloadView(
-        name=w.name,
-        kind=w.kind,
-        generation=row.generation,
-        replicas=w.replicas,
-        max_unavailable=w.max_unavailable,
-        max_surge=w.max_surge,
-        selector=w.selector,
-        resources=w.spec.resources,
-        deleting=row.deleting,
-    )
-
-
-def host_view(row: HostRow) -> HostView:
-    return HostView(
-        name=row.name,
-        labels=row.labels,
-        capacity=row.capacity,
-        state=row.state,
-        schedulable=row.schedulable,
-    )
-
-
-def instance_view(row: InstanceRow) -> InstanceView:
-    return InstanceView(
-        id=row.id,
-        workload=row.workload,
-        generation=row.generation,
-        host=row.host,
-        desired=row.desired,
-        resources=row.spec.resources,
-        phase=Phase(row.phase),
-        ready=row.ready,
-    )
-
-
 class WorkloadController:
-    def __init__(self, store: Store, *, settings: Settings) -> None:
+    def __init__(self, store: Store, *, settings: Settings, metrics: Metrics) -> None:
         self._store = store
         self._settings = settings
+        self._metrics = metrics
         self.queue = WorkQueue(base_s=settings.retry_base_s, max_s=settings.retry_max_s)
+        metrics.track_queue_depth("workload", lambda: len(self.queue))
 
     def enqueue(self, name: str) -> None:
         self.queue.add(name)
 
     async def run(self, epoch: int) -> None:
-        """Processes keys until cancelled; one worker, so placements never race each other."""
+        """Processes keys until cancelled; one worker, so placements never race each other.
+
+        The one outcome handler: each pass (the ALL fan-out included) is a span, and its
+        result becomes the retry with back-off, the reconcile metrics and the log line here.
+        """
         while True:
             key = await self.queue.get()
             started = time.monotonic()
-            try:
-                if key == ALL:
-                    for name in await self._store.workload_names():
-                        self.queue.add(name)
+            with _tracer.start_as_current_span(
+                "reconcile workload", attributes={"keel.workload": key}
+            ) as span:
+                try:
+                    if key == ALL:
+                        for name in await self._store.workload_names():
+                            self.queue.add(name)
+                    else:
+                        await self.reconcile(key, epoch=epoch)
+                except NotLeader:
+                    raise
+                except Exception as exc:
+                    elapsed = time.monotonic() - started
+                    self._metrics.observe_reconcile("workload", ok=False, seconds=elapsed)
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, str(exc)))
+                    delay = self.queue.done(key, ok=False)
+                    if delay is not None:
+                        self._metrics.count_retry("workload")
+                    log.warning(
+                        "reconcile failed; will retry",
+                        workload=key,
+                        error=str(exc),
+                        retry_in_s=round(delay or 0, 3),
+                        retries=self.queue.retries(key),
+                    )
                 else:
-                    await self.reconcile(key, epoch=epoch)
-            except NotLeader:
-                raise
-            except Exception as exc:
-                delay = self.queue.done(key, ok=False)
-                log.warning(
-                    "reconcile failed; will retry",
-                    workload=key,
-                    error=str(exc),
-                    retry_in_s=round(delay or 0, 3),
-                    retries=self.queue.retries(key),
-                )
-            else:
-                self.queue.done(key, ok=True)
-                elapsed = time.monotonic() - started
-                if elapsed > 1.0:
-                    log.info("slow reconcile", workload=key, seconds=round(elapsed, 3))
+                    elapsed = time.monotonic() - started
+                    self._metrics.observe_reconcile("workload", ok=True, seconds=elapsed)
+                    self.queue.done(key, ok=True)
+                    if elapsed > 1.0:
+                        log.info("slow reconcile", workload=key, seconds=round(elapsed, 3))
 
     async def reconcile(self, name: str, *, epoch: int | None) -> None:
         try:
@@ -126,12 +109,15 @@ class WorkloadController:
         )
         bound = log.bind(workload=name, generation=row.generation)
         if plan.create or plan.remove:
-            created = await self._store.apply_plan(
+            result = await self._store.apply_plan(
                 row, create_on=plan.create, remove=plan.remove, epoch=epoch
             )
+            # Counted at commit: the SLO's denominator.
+            self._metrics.count_changes("create", len(result.created))
+            self._metrics.count_changes("remove", result.removed)
             bound.info(
                 "workload reconciled",
-                created=created,
+                created=result.created,
                 removed=sorted(plan.remove),
                 hosts=sorted(set(plan.create)),
             )
@@ -147,16 +133,44 @@ class WorkloadController:
 
 
 class LivenessController:
-    def __init__(self, store: Store, *, settings: Settings, workloads: WorkloadController) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        settings: Settings,
+        workloads: WorkloadController,
+        metrics: Metrics,
+    ) -> None:
+        self._metrics = metrics
         self._store = store
         self._settings = settings
         self._workloads = workloads
 
     async def run(self, epoch: int) -> None:
+        """Judges every interval; a failed pass is logged, counted and retried at the next."""
         # A new leader gives agents one grace period to reconnect before judging them.
         await asyncio.sleep(self._settings.liveness_grace_s)
         while True:
-            await self.judge(epoch=epoch)
+            started = time.monotonic()
+            with _tracer.start_as_current_span("reconcile liveness") as span:
+                try:
+                    await self.judge(epoch=epoch)
+                except NotLeader:
+                    raise
+                except Exception as exc:
+                    elapsed = time.monotonic() - started
+                    self._metrics.observe_reconcile("liveness", ok=False, seconds=elapsed)
+                    self._metrics.count_retry("liveness")
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, str(exc)))
+                    log.warning(
+                        "liveness pass failed; will retry",
+                        error=str(exc),
+                        retry_in_s=self._settings.liveness_interval_s,
+                    )
+                else:
+                    elapsed = time.monotonic() - started
+                    self._metrics.observe_reconcile("liveness", ok=True, seconds=elapsed)
             await asyncio.sleep(self._settings.liveness_interval_s)
 
     async def judge(self, *, epoch: int | None) -> None:
@@ -167,6 +181,7 @@ class LivenessController:
             log.warning("host stopped heartbeating", host=host, state=state)
         for host in await self._store.hosts_to_fence(after_s=s.reschedule_after_s):
             n = await self._store.fence_host(host, [Kind.SERVICE], epoch=epoch)
+            self._metrics.count_changes("remove", n)
             if n:
                 log.warning("fenced instances of an unreachable host", host=host, instances=n)
                 self._workloads.enqueue(ALL)
@@ -183,7 +198,9 @@ class Leadership:
         settings: Settings,
         workloads: WorkloadController,
         liveness: LivenessController,
+        stuck: StuckDetector,
     ) -> None:
+        self._stuck = stuck
         self._store = store
         self._url = database_url
         self._settings = settings
@@ -217,6 +234,7 @@ class Leadership:
         tasks = [
             asyncio.create_task(self._workloads.run(epoch), name="controller-workload"),
             asyncio.create_task(self._liveness.run(epoch), name="controller-liveness"),
+            asyncio.create_task(self._stuck.run(), name="controller-stuck"),
             asyncio.create_task(self._resync(), name="controller-resync"),
             asyncio.create_task(self._watch(conn), name="leader-watch"),
         ]

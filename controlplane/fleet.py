@@ -7,7 +7,7 @@ naming the field and the rule, an unknown name is NOT_FOUND naming it.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -15,14 +15,20 @@ import grpc
 import structlog
 
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
-from controlplane.store import HostRow, InstanceRow, Store, WorkloadRow
+from controlplane.logrelay import LogRelay
+from controlplane.status import StatusStore
+from controlplane.store import HostRow, InstanceRow, Store, StuckState, WorkloadRow
 from keel import convert, spec
 from keel.model import Kind, Phase
+from keel.stuck import GUIDES, Reason, next_command
+from keel.tracing import inject_traceparent
 from keel.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 log = structlog.get_logger("keel.fleet")
 
 MAX_MANIFEST_BYTES = 256 * 1024
+DEFAULT_EVENTS = 100
+MAX_EVENTS = 10_000
 T = TypeVar("T")
 
 
@@ -44,6 +50,27 @@ def _status(
         raise AssertionError("unreachable: abort raises")
 
     return wrapper
+
+
+def stuck_pb(
+    state: StuckState | None, *, instance: str = "", workload: str = "", host: str = ""
+) -> types_pb2.Stuck | None:
+    """The stuck state as an operator reads it: with its runbook and the next command."""
+    if state is None:
+        return None
+    try:
+        reason = Reason(state.reason)
+    except ValueError:
+        return types_pb2.Stuck(
+            reason=state.reason, since=convert.ts(state.since), message=state.message
+        )
+    return types_pb2.Stuck(
+        reason=reason.value,
+        since=convert.ts(state.since),
+        message=state.message,
+        runbook=GUIDES[reason].runbook,
+        next_command=next_command(reason, instance=instance, workload=workload, host=host),
+    )
 
 
 def workload_pb(row: WorkloadRow, instances: list[InstanceRow]) -> types_pb2.Workload:
@@ -70,6 +97,7 @@ def workload_pb(row: WorkloadRow, instances: list[InstanceRow]) -> types_pb2.Wor
             ready=sum(1 for i in live if i.phase == "RUNNING" and i.ready),
             updated=sum(1 for i in live if i.generation == row.generation),
         ),
+        stuck=stuck_pb(row.stuck, workload=w.name),
     )
     return msg
 
@@ -84,6 +112,7 @@ def instance_pb(row: InstanceRow) -> types_pb2.Instance:
         desired_changed_at=convert.ts(row.desired_changed_at),
         created_at=convert.ts(row.created_at),
         converged=row.converged,
+        stuck=stuck_pb(row.stuck, instance=row.id, workload=row.workload, host=row.host),
         status=types_pb2.InstanceStatus(
             instance_id=row.id,
             phase=convert.phase_to_pb(Phase(row.phase)),
@@ -124,8 +153,10 @@ def _required(value: str, field: str) -> str:
 
 
 class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # untyped base
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, status: StatusStore, logs: LogRelay) -> None:
         self._store = store
+        self._status = status
+        self._logs = logs
 
     @_status
     async def ApplyWorkload(
@@ -141,7 +172,11 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
         except json.JSONDecodeError as exc:
             raise InvalidArgument(f"manifest_json: not valid JSON ({exc})") from exc
         workload = spec.parse_workload(doc)
-        row, result = await self._store.apply_workload(workload, actor=_peer(context))
+        # The RPC's span is current (controlplane.interceptors): its traceparent travels with
+        # the desired change to the agent, so one trace runs from keelctl to the process start.
+        row, result = await self._store.apply_workload(
+            workload, actor=_peer(context), trace_context=inject_traceparent()
+        )
         log.info(
             "workload applied", workload=workload.name, result=result, generation=row.generation
         )
@@ -206,6 +241,73 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
             workload=request.workload or None, host=request.host or None
         )
         return fleet_pb2.ListInstancesResponse(instances=[instance_pb(r) for r in rows])
+
+    @_status
+    async def ListStuck(
+        self, request: fleet_pb2.ListStuckRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.ListStuckResponse:
+        objects = []
+        for w in await self._store.list_workloads():
+            pb = stuck_pb(w.stuck, workload=w.workload.name)
+            if pb is not None:
+                objects.append(
+                    fleet_pb2.StuckObject(object=f"workload/{w.workload.name}", stuck=pb)
+                )
+        for i in await self._store.list_instances():
+            pb = stuck_pb(i.stuck, instance=i.id, workload=i.workload, host=i.host)
+            if pb is not None:
+                objects.append(fleet_pb2.StuckObject(object=f"instance/{i.id}", stuck=pb))
+        objects.sort(key=lambda o: (o.stuck.since.ToNanoseconds(), o.object))
+        return fleet_pb2.ListStuckResponse(objects=objects)
+
+    @_status
+    async def ListEvents(
+        self, request: fleet_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.ListEventsResponse:
+        if request.limit < 0 or request.limit > MAX_EVENTS:
+            raise InvalidArgument(f"limit: must be between 0 and {MAX_EVENTS}, got {request.limit}")
+        if request.object and "/" not in request.object:
+            raise InvalidArgument(
+                f"object: must be KIND/NAME (workload/web, host/host-1, instance/ID), "
+                f"got {request.object!r}"
+            )
+        events = await self._status.list_events(
+            obj=request.object or None, limit=request.limit or DEFAULT_EVENTS
+        )
+        return fleet_pb2.ListEventsResponse(
+            events=[
+                fleet_pb2.Event(
+                    id=e.id,
+                    at=convert.ts(e.at),
+                    object=e.object,
+                    kind=e.kind,
+                    actor=e.actor,
+                    message=e.message,
+                )
+                for e in events
+            ]
+        )
+
+    async def GetLogs(
+        self, request: fleet_pb2.GetLogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[types_pb2.LogChunk]:
+        try:
+            if request.tail_lines < 0:
+                raise InvalidArgument(f"tail_lines: must be >= 0, got {request.tail_lines}")
+            inst = await self._store.get_instance(_required(request.instance_id, "instance_id"))
+            chunks = self._logs.fetch(
+                inst.host, inst.id, tail_lines=request.tail_lines, follow=request.follow
+            )
+            async for chunk in chunks:
+                if chunk.error:
+                    raise FailedPrecondition(chunk.error)
+                yield chunk
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except FailedPrecondition as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
 
 def _peer(context: grpc.aio.ServicerContext) -> str:

@@ -29,12 +29,18 @@ from controlplane.controllers import ALL, Leadership, LivenessController, Worklo
 from controlplane.db import redact, resolve_database_url
 from controlplane.errors import KeelError
 from controlplane.fleet import FleetApi
+from controlplane.interceptors import ObservabilityInterceptor
 from controlplane.listener import Listener
+from controlplane.logrelay import LogRelay
+from controlplane.metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
+from controlplane.metrics import Metrics, serve_metrics
 from controlplane.reports import ReportWriter
 from controlplane.settings import Settings
+from controlplane.status import ReportOutcome, StatusStore
 from controlplane.store import Store, create_pool
+from controlplane.stuck import StuckDetector
 from controlplane.sync import AgentSync, StreamRegistry
-from keel import logs
+from keel import logs, tracing
 from keel.spec import SpecError, parse_duration
 from keel.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
@@ -91,7 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
             "--resync-period", type=_seconds("--resync-period"), default=d.resync_period_s
         )
         target.add_argument(
+            "--stuck-interval",
+            type=_seconds("--stuck-interval"),
+            default=d.stuck_interval_s,
+            help="how often stuck objects, backlog and slow changes are judged",
+        )
+        target.add_argument(
             "--shutdown-grace", type=_seconds("--shutdown-grace"), default=d.shutdown_grace_s
+        )
+        target.add_argument(
+            "--metrics",
+            default=DEFAULT_METRICS,
+            metavar="HOST:PORT|off",
+            help="serve Prometheus /metrics here (port 0: pick one; off: do not serve)",
+        )
+        target.add_argument(
+            "--trace-file",
+            default=os.environ.get(tracing.TRACE_FILE_ENV),
+            metavar="PATH",
+            help="append finished spans as JSON lines (env KEEL_TRACE_FILE)",
         )
     m = sub.add_parser("migrate", help="move the schema up or down explicitly")
     m.add_argument("--to", type=int, default=None, help="target version (default: newest)")
@@ -108,6 +132,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         unknown_after_s=args.unknown_after,
         reschedule_after_s=args.reschedule_after,
         resync_period_s=args.resync_period,
+        stuck_interval_s=args.stuck_interval,
         shutdown_grace_s=args.shutdown_grace,
     )
 
@@ -152,7 +177,7 @@ def _write_addresses(state_dir: Path, addresses: dict[str, str]) -> None:
     os.replace(tmp, state_dir / "addresses.json")
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     url = await resolve_database_url(settings.database_url, settings.state_dir)
     log.info("starting", database=redact(url), listen=settings.listen)
     conn = await asyncpg.connect(url)
@@ -165,15 +190,20 @@ async def serve(settings: Settings) -> int:
 
     pool = await create_pool(url)
     store = Store(pool)
+    status = StatusStore(pool)
+    metrics = Metrics()
     registry = StreamRegistry()
-    workloads = WorkloadController(store, settings=settings)
-    liveness = LivenessController(store, settings=settings, workloads=workloads)
+    workloads = WorkloadController(store, settings=settings, metrics=metrics)
+    liveness = LivenessController(store, settings=settings, workloads=workloads, metrics=metrics)
+    stuck = StuckDetector(store, status, metrics=metrics, interval_s=settings.stuck_interval_s)
 
-    def enqueue_all(names: set[str]) -> None:
-        for name in names:
+    def reports_written(outcome: ReportOutcome) -> None:
+        for name in outcome.workloads:
             workloads.enqueue(name)
+        for change, seconds in outcome.converged:
+            metrics.observe_convergence(change, seconds)
 
-    reports = ReportWriter(store, on_changed=enqueue_all)
+    reports = ReportWriter(status, on_written=reports_written)
 
     def wake_everything() -> None:
         registry.wake_all()
@@ -183,14 +213,28 @@ async def serve(settings: Settings) -> int:
         url, on_host=registry.wake, on_workload=workloads.enqueue, on_reconnect=wake_everything
     )
     leadership = Leadership(
-        store, database_url=url, settings=settings, workloads=workloads, liveness=liveness
+        store,
+        database_url=url,
+        settings=settings,
+        workloads=workloads,
+        liveness=liveness,
+        stuck=stuck,
     )
 
-    server = grpc.aio.server()
-    fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetApi(store), server)
+    metrics.track_sync_streams(lambda: len(registry))
+    server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics=metrics)])
+    logs = LogRelay()
+    logs.attach(registry)
+    fleet_pb2_grpc.add_FleetServiceServicer_to_server(
+        FleetApi(store, status=status, logs=logs), server
+    )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
         AgentSync(
-            store, registry=registry, reports=reports, resync_period_s=settings.resync_period_s
+            store,
+            registry=registry,
+            reports=reports,
+            logs=logs,
+            resync_period_s=settings.resync_period_s,
         ),
         server,
     )
@@ -204,6 +248,7 @@ async def serve(settings: Settings) -> int:
         raise KeelError(f"cannot listen on {settings.listen}: the address is taken or invalid")
     host = settings.listen.rsplit(":", 1)[0]
     address = f"{host}:{port}"
+    metrics_server = serve_metrics(metrics, metrics_address)
     await server.start()
     for name in ("", AGENT_SERVICE, FLEET_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -214,8 +259,11 @@ async def serve(settings: Settings) -> int:
         asyncio.create_task(leadership.run(), name="leadership"),
         asyncio.create_task(_probe_database(store, health_servicer), name="db-probe"),
     ]
-    _write_addresses(settings.state_dir, {"grpc": address})
-    log.info("serving", grpc=address, state_dir=str(settings.state_dir))
+    addresses = {"grpc": address}
+    if metrics_server is not None:
+        addresses["metrics"] = metrics_server.address
+    _write_addresses(settings.state_dir, addresses)
+    log.info("serving", **addresses, state_dir=str(settings.state_dir))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -245,6 +293,9 @@ async def serve(settings: Settings) -> int:
     workloads.queue.close()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(pool.close(), settings.shutdown_grace_s)
+    if metrics_server is not None:
+        # shutdown() waits for the server thread's poll loop: not on the event loop.
+        await asyncio.to_thread(metrics_server.close)
     log.info("stopped")
     return 1 if failed else 0
 
@@ -256,13 +307,16 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "migrate":
             code = uvloop.run(run_migrate(args))
         else:
-            code = uvloop.run(serve(settings_from(args)))
+            tracing.configure_tracing("keel-controlplane", trace_file=args.trace_file)
+            code = uvloop.run(serve(settings_from(args), metrics_address=args.metrics))
     except KeelError as exc:
         log.error(str(exc))
         print(f"keel-controlplane: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         code = 130
+    finally:
+        tracing.shutdown_tracing()
     sys.exit(code)
 
 

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from controlplane.store import Report, Store
+from controlplane.status import ReportOutcome, StatusStore
+from controlplane.store import Report
 
 log = structlog.get_logger("keel.reports")
 
@@ -22,13 +23,13 @@ log = structlog.get_logger("keel.reports")
 class ReportWriter:
     def __init__(
         self,
-        store: Store,
+        store: StatusStore,
         *,
-        on_changed: Callable[[set[str]], None],
+        on_written: Callable[[ReportOutcome], None],
         retry_max_s: float = 5.0,
     ) -> None:
         self._store = store
-        self._on_changed = on_changed
+        self._on_written = on_written
         self._retry_max_s = retry_max_s
         self._pending: list[Report] = []
         self._wake = asyncio.Event()
@@ -51,7 +52,7 @@ class ReportWriter:
             batch, self._pending = self._pending, []
             while batch:
                 try:
-                    changed = await self._store.write_reports(batch)
+                    outcome = await self._store.write_reports(batch)
                 except asyncio.CancelledError:
                     self._pending[:0] = batch
                     raise
@@ -63,7 +64,7 @@ class ReportWriter:
                     self._pending = []
                     continue
                 delay = 0.05
-                self._on_changed(changed)
+                self._on_written(outcome)
                 batch = []
             if not self._pending:
                 self._idle.set()

@@ -21,6 +21,8 @@ class Settings:
     # Every stream resends what changed even without a notification, and every controller
     # re-examines every workload, this often (lost NOTIFYs are harmless).
     resync_period_s: float = 30.0
+    # How often the stuck detector judges every object and refreshes the backlog gauges.
+    stuck_interval_s: float = 2.0
     # How often liveness judges hosts.
     liveness_interval_s: float = 1.0
     # Controller work-queue back-off after an error, per key.

@@ -42,12 +42,22 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
 
 
 @dataclass(frozen=True)
+class StuckState:
+    reason: str
+    since: datetime
+    message: str
+
+
+@dataclass(frozen=True)
 class WorkloadRow:
     workload: Workload
     generation: int
     deleting: bool
     created_at: datetime
     updated_at: datetime
+    stuck: StuckState | None = None
+    unconverged_since: datetime | None = None
+    trace_context: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,11 @@ class InstanceRow:
     ready: bool
     started_at: datetime | None
     observed_at: datetime | None
+    stuck: StuckState | None = None
+    agent_stuck: bool = False
+    unconverged_since: datetime | None = None
+    converged_at: datetime | None = None
+    trace_context: str = ""
 
     @property
     def converged(self) -> bool:
@@ -96,6 +111,12 @@ class InstanceRow:
         if self.desired is Desired.STOPPED:
             return self.phase == "STOPPED"
         return False  # a tombstone converges by going away
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    created: list[str]
+    removed: int  # instances newly tombstoned
 
 
 @dataclass(frozen=True)
@@ -114,6 +135,13 @@ class Report:
     ready: bool
     removed: bool
     started_at: datetime | None
+    agent_stuck: bool = False  # the agent's own verdict (CRASH_LOOP, START_FAILED, ...)
+
+
+def _stuck(r: asyncpg.Record) -> StuckState | None:
+    if not r["stuck_reason"]:
+        return None
+    return StuckState(r["stuck_reason"], r["stuck_since"], r["stuck_message"])
 
 
 def _workload(r: asyncpg.Record) -> WorkloadRow:
@@ -132,6 +160,9 @@ def _workload(r: asyncpg.Record) -> WorkloadRow:
         deleting=r["deleting"],
         created_at=r["created_at"],
         updated_at=r["updated_at"],
+        stuck=_stuck(r),
+        unconverged_since=r["unconverged_since"],
+        trace_context=r["trace_context"],
     )
 
 
@@ -174,6 +205,11 @@ def _instance(r: asyncpg.Record) -> InstanceRow:
         ready=r["ready"],
         started_at=r["started_at"],
         observed_at=r["observed_at"],
+        stuck=_stuck(r),
+        agent_stuck=r["agent_stuck"],
+        unconverged_since=r["unconverged_since"],
+        converged_at=r["converged_at"],
+        trace_context=r["trace_context"],
     )
 
 
@@ -197,9 +233,16 @@ class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    async def now(self) -> datetime:
+        """Database time: the one clock every replica and report is judged by."""
+        value: datetime = await self.pool.fetchval("SELECT now()")
+        return value
+
     # -- workloads ----------------------------------------------------------------------
 
-    async def apply_workload(self, w: Workload, *, actor: str = "") -> tuple[WorkloadRow, str]:
+    async def apply_workload(
+        self, w: Workload, *, actor: str = "", trace_context: str = ""
+    ) -> tuple[WorkloadRow, str]:
         """Creates or updates a workload. Returns it and `created`, `configured` or `unchanged`.
 
         The generation moves only when the spec (what runs) changes; replicas, budgets,
@@ -211,8 +254,8 @@ class Store:
             if old is None:
                 row = await conn.fetchrow(
                     """INSERT INTO workload (name, kind, replicas, max_unavailable, max_surge,
-                                             selector, deadline_ms, spec)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
+                                             selector, deadline_ms, spec, trace_context)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *""",
                     w.name,
                     w.kind.value,
                     w.replicas,
@@ -221,6 +264,7 @@ class Store:
                     w.selector,
                     w.deadline_ms,
                     spec,
+                    trace_context,
                 )
                 result = "created"
             else:
@@ -248,7 +292,8 @@ class Store:
                 row = await conn.fetchrow(
                     """UPDATE workload SET replicas = $2, max_unavailable = $3, max_surge = $4,
                               selector = $5, deadline_ms = $6, spec = $7,
-                              generation = generation + $8::int, updated_at = now()
+                              generation = generation + $8::int, updated_at = now(),
+                              trace_context = $9
                        WHERE name = $1 RETURNING *""",
                     w.name,
                     w.replicas,
@@ -258,6 +303,7 @@ class Store:
                     w.deadline_ms,
                     spec,
                     1 if spec_changed else 0,
+                    trace_context,
                 )
                 result = "configured"
             assert row is not None
@@ -449,15 +495,18 @@ class Store:
         create_on: Sequence[str],
         remove: Sequence[str],
         epoch: int | None,
-    ) -> list[str]:
+    ) -> PlanResult:
         """Writes one workload's plan in one transaction: new instances and tombstones.
 
         `epoch` fences a deposed leader: the transaction fails with NotLeader if another
-        replica has taken over since. Returns the ids created.
+        replica has taken over since. Each desired change is stamped with clock_timestamp()
+        (database time, as close to the commit as a statement gets) and the trace context of
+        the operator request behind the workload's latest change.
         """
         w = workload.workload
         spec = w.spec.to_json()
         created: list[str] = []
+        removed = 0
         async with self.pool.acquire() as conn, conn.transaction():
             await self._check_epoch(conn, epoch)
             hosts = sorted(set(create_on) | set(await self._hosts_of(conn, remove)))
@@ -466,8 +515,10 @@ class Store:
                 ids = [f"{w.name}-{workload.generation}-{secrets.token_hex(3)}" for _ in create_on]
                 await conn.execute(
                     """INSERT INTO instance (id, workload, generation, host, spec, cpu_millis,
-                                             memory_mib, desired, revision)
-                       SELECT u.id, $1, $2, u.host, $3, $4, $5, 'RUNNING', u.revision
+                                             memory_mib, desired, revision, trace_context,
+                                             desired_changed_at, unconverged_since)
+                       SELECT u.id, $1, $2, u.host, $3, $4, $5, 'RUNNING', u.revision, $9,
+                              clock_timestamp(), clock_timestamp()
                        FROM unnest($6::text[], $7::text[], $8::bigint[])
                             AS u(id, host, revision)""",
                     w.name,
@@ -478,19 +529,24 @@ class Store:
                     ids,
                     list(create_on),
                     [revisions[h] for h in create_on],
+                    workload.trace_context,
                 )
                 created = ids
             if remove:
-                await conn.execute(
-                    """UPDATE instance i SET desired = 'REMOVED', desired_changed_at = now(),
-                              revision = u.revision
+                status = await conn.execute(
+                    """UPDATE instance i SET desired = 'REMOVED', revision = u.revision,
+                              desired_changed_at = clock_timestamp(), converged_at = NULL,
+                              unconverged_since = clock_timestamp(), slow_counted = false,
+                              trace_context = $4
                        FROM unnest($2::text[], $3::bigint[]) AS u(host, revision)
                        WHERE i.id = ANY($1::text[]) AND i.host = u.host
                          AND i.desired <> 'REMOVED'""",
                     list(remove),
                     list(revisions),
                     list(revisions.values()),
+                    workload.trace_context,
                 )
+                removed = int(status.split()[-1])
             parts = []
             if created:
                 parts.append(f"placed {len(created)} on {', '.join(sorted(set(create_on)))}")
@@ -502,7 +558,7 @@ class Store:
                 )
             for h in hosts:
                 await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, h)
-        return created
+        return PlanResult(created=created, removed=removed)
 
     async def fence_host(self, host: str, kinds: Iterable[Kind], *, epoch: int | None) -> int:
         """Tombstones the given kinds' instances on a lost host so they are replaced elsewhere."""
@@ -519,8 +575,9 @@ class Store:
                 return 0
             revision = (await self._bump(conn, [host]))[host]
             await conn.execute(
-                """UPDATE instance SET desired = 'REMOVED', desired_changed_at = now(),
-                          revision = $2, ready = false
+                """UPDATE instance SET desired = 'REMOVED', revision = $2, ready = false,
+                          desired_changed_at = clock_timestamp(), converged_at = NULL,
+                          unconverged_since = clock_timestamp(), slow_counted = false
                    WHERE id = ANY($1::text[])""",
                 [r["id"] for r in ids],
                 revision,
@@ -550,63 +607,6 @@ class Store:
                 )
                 return True
             return False
-
-    async def write_reports(self, reports: Sequence[Report]) -> set[str]:
-        """Writes a batch of agent reports in one transaction (one statement per kind of write).
-
-        An agent can only report on its own host's instances. A report confirming a tombstone
-        deletes the row. Returns the workloads whose instances changed phase, readiness or
-        existence (their controllers should look again).
-        """
-        if not reports:
-            return set()
-        # The last report per instance wins within a batch.
-        latest: dict[str, Report] = {}
-        for r in reports:
-            latest[r.instance_id] = r
-        batch = list(latest.values())
-        async with self.pool.acquire() as conn, conn.transaction():
-            # `o` is the same table joined again: it reads the row as it was before the update.
-            changed = await conn.fetch(
-                """UPDATE instance i SET phase = u.phase, pid = u.pid,
-                          restart_count = u.restart_count, last_exit = u.last_exit,
-                          reason = u.reason, message = u.message, ports = u.ports::jsonb,
-                          ready = u.ready, started_at = u.started_at, observed_at = now()
-                   FROM instance o,
-                        unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[],
-                               $6::text[], $7::text[], $8::text[], $9::text[], $10::bool[],
-                               $11::timestamptz[])
-                        AS u(id, host, phase, pid, restart_count, last_exit, reason, message,
-                             ports, ready, started_at)
-                   WHERE i.id = u.id AND i.host = u.host AND o.id = i.id
-                   RETURNING i.workload,
-                             (o.phase, o.ready) IS DISTINCT FROM (u.phase, u.ready) AS moved""",
-                [r.instance_id for r in batch],
-                [r.host for r in batch],
-                [r.phase for r in batch],
-                [r.pid for r in batch],
-                [r.restart_count for r in batch],
-                [r.last_exit for r in batch],
-                [r.reason for r in batch],
-                [r.message for r in batch],
-                [json.dumps(r.ports) for r in batch],
-                [r.ready for r in batch],
-                [r.started_at for r in batch],
-            )
-            workloads = {r["workload"] for r in changed if r["moved"]}
-            removed = [(r.instance_id, r.host) for r in batch if r.removed]
-            if removed:
-                gone = await conn.fetch(
-                    """DELETE FROM instance i USING unnest($1::text[], $2::text[]) AS u(id, host)
-                       WHERE i.id = u.id AND i.host = u.host AND i.desired = 'REMOVED'
-                       RETURNING i.workload""",
-                    [i for i, _ in removed],
-                    [h for _, h in removed],
-                )
-                workloads |= {r["workload"] for r in gone}
-            for name in sorted(workloads):
-                await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, name)
-            return workloads
 
     # -- leadership ---------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import grpc
 import structlog
 
+from controlplane.logrelay import LogRelay
 from controlplane.reports import ReportWriter
 from controlplane.store import InstanceRow, Report, Store
 from keel import convert
@@ -31,6 +32,11 @@ class _Session:
         self.host = host
         self.wake = asyncio.Event()
         self.replaced = asyncio.Event()
+        # Messages other than assignments (log requests) waiting to go out on this stream.
+        self.outbox: asyncio.Queue[agent_pb2.ControlMessage] = asyncio.Queue()
+
+    def send(self, msg: agent_pb2.ControlMessage) -> None:
+        self.outbox.put_nowait(msg)
 
 
 class StreamRegistry:
@@ -54,6 +60,9 @@ class StreamRegistry:
             return True
         return False
 
+    def get(self, host: str) -> _Session | None:
+        return self._sessions.get(host)
+
     def wake(self, host: str) -> None:
         session = self._sessions.get(host)
         if session is not None:
@@ -75,10 +84,12 @@ def assignment(row: InstanceRow) -> agent_pb2.Assignment:
         desired=convert.desired_to_pb(row.desired),
         spec=convert.spec_to_pb(row.spec),
         revision=row.revision,
+        trace_context=row.trace_context,
     )
 
 
 def report_from_pb(host: str, s: types_pb2.InstanceStatus) -> Report:
+    stuck = s.stuck if s.HasField("stuck") else None
     return Report(
         host=host,
         instance_id=s.instance_id,
@@ -86,12 +97,14 @@ def report_from_pb(host: str, s: types_pb2.InstanceStatus) -> Report:
         pid=s.pid,
         restart_count=s.restart_count,
         last_exit=s.last_exit[:500],
-        reason=s.reason[:100],
-        message=s.message[:4096],
+        reason=(stuck.reason if stuck else s.reason)[:100],
+        # A CRASH_LOOP message carries up to 4 KiB of stderr besides its summary.
+        message=(stuck.message if stuck else s.message)[:6144],
         ports=dict(s.ports),
         ready=s.ready,
         removed=s.removed,
         started_at=convert.from_ts(s.started_at) if s.HasField("started_at") else None,
+        agent_stuck=stuck is not None,
     )
 
 
@@ -102,9 +115,11 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         *,
         registry: StreamRegistry,
         reports: ReportWriter,
+        logs: LogRelay,
         resync_period_s: float,
     ) -> None:
         self._store = store
+        self._logs = logs
         self._registry = registry
         self._reports = reports
         self._resync_period_s = resync_period_s
@@ -134,6 +149,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             agent_version=hello.agent_version,
         )
         session = self._registry.open(host)
+        outgoing: asyncio.Future[agent_pb2.ControlMessage] | None = None
         reader = asyncio.create_task(
             self._read(host, request_iterator, bound), name=f"sync-read-{host}"
         )
@@ -152,18 +168,24 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                 assignments=len(rows),
             )
             yield _message(full, sent, rows)
+            outgoing = asyncio.ensure_future(session.outbox.get())
             while True:
                 waits = [
                     asyncio.ensure_future(session.wake.wait()),
                     asyncio.ensure_future(session.replaced.wait()),
                     reader,
+                    outgoing,
                 ]
                 _, pending = await asyncio.wait(
                     waits, timeout=self._resync_period_s, return_when=asyncio.FIRST_COMPLETED
                 )
                 for f in pending:
-                    if f is not reader:
+                    if f is not reader and f is not outgoing:
                         f.cancel()
+                if outgoing.done():
+                    yield outgoing.result()
+                    outgoing = asyncio.ensure_future(session.outbox.get())
+                    continue
                 if session.replaced.is_set():
                     bound.info("stream replaced by a newer one")
                     await context.abort(grpc.StatusCode.ABORTED, "replaced by a newer stream")
@@ -177,8 +199,11 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                     yield _message(False, sent, rows)
         finally:
             reader.cancel()
+            if outgoing is not None:
+                outgoing.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            self._logs.session_closed(host)
             if self._registry.close(session):
                 with contextlib.suppress(Exception):
                     await self._store.disconnect_host(host)
@@ -197,6 +222,8 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             elif which == "heartbeat":
                 if await self._store.heartbeat(host):
                     bound.info("host ready again")
+            elif which == "log_chunk":
+                self._logs.deliver(msg.log_chunk)
             elif which == "hello":
                 bound.warning("ignoring a second Hello on an open stream")
 

@@ -6,11 +6,14 @@ line on stderr: its message and status code), 2 a usage error (bad arguments, an
 file or a manifest that is not valid YAML/JSON). The control plane validates manifests
 (`keel.spec.parse_workload`), so keelctl sends the document as it was written. Formatting
 lives in `keel.ctl.output`. keelctl is short-lived, so it uses the synchronous gRPC API.
+Each command is one span, `keelctl <command>` (`--trace-file` / KEEL_TRACE_FILE, see
+`keel.tracing`), whose traceparent goes with every call so the control plane continues it.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -20,8 +23,10 @@ from typing import Any
 
 import grpc
 import yaml
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from keel.ctl import output
+from keel import tracing
+from keel.ctl import observe, output
 from keel.spec import SpecError, format_duration, parse_duration
 from keel.v1 import fleet_pb2, fleet_pb2_grpc
 
@@ -88,10 +93,26 @@ def _add_globals(p: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
         default=default(_timeout_arg(DEFAULT_TIMEOUT)),
         help=f"how long to wait for the control plane (default: {DEFAULT_TIMEOUT})",
     )
+    p.add_argument(
+        "--trace-file",
+        metavar="PATH",
+        default=default(None),
+        help="append this command's spans as JSON lines (default: $KEEL_TRACE_FILE)",
+    )
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The keelctl command line: global options, then apply | get | describe | delete."""
+    """The keelctl command line: global options, then a command (apply, get, describe, ...)."""
     parser = argparse.ArgumentParser(
         prog="keelctl", description="Operate a Keel fleet: workloads, hosts and instances."
     )
@@ -118,6 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
         "resource", choices=WORKLOAD_NAMES + HOST_NAMES + INSTANCE_NAMES, metavar="RESOURCE"
     )
     describe.add_argument("name", metavar="NAME")
+
+    stuck = sub.add_parser(
+        "stuck", help="list stuck objects: reason, since, message, runbook, next command"
+    )
+    _add_globals(stuck, on_subcommand=True)
+
+    events = sub.add_parser("events", help="the history of the fleet or of one object")
+    _add_globals(events, on_subcommand=True)
+    events.add_argument(
+        "--for",
+        dest="for_object",
+        metavar="OBJECT",
+        help="KIND/NAME, e.g. workload/web (its instances too), host/host-1, instance/ID",
+    )
+    events.add_argument(
+        "--limit", type=_non_negative, default=100, metavar="N", help="newest N events (100)"
+    )
+
+    logs = sub.add_parser("logs", help="a workload instance's stdout and stderr, from its agent")
+    _add_globals(logs, on_subcommand=True)
+    logs.add_argument("instance", metavar="INSTANCE")
+    logs.add_argument(
+        "--tail", type=_non_negative, default=0, metavar="N", help="last N lines of each stream"
+    )
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new output until Ctrl-C"
+    )
 
     delete = sub.add_parser("delete", help="delete a workload (its instances are stopped)")
     _add_globals(delete, on_subcommand=True)
@@ -288,6 +336,44 @@ def rpc_error_line(err: grpc.RpcError, *, address: str, timeout: float) -> str:
 # --- entry point -------------------------------------------------------------------------------
 
 
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,  # type: ignore[misc]
+):
+    """grpc.ClientCallDetails with the metadata replaced (grpc offers no constructor)."""
+
+
+class TraceparentInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Sends the current span's W3C traceparent with every call, so the control plane's RPC
+    span (and the desired change it stores) continues this command's trace."""
+
+    def _details(self, details: Any) -> Any:
+        traceparent = tracing.inject_traceparent()
+        if not traceparent:
+            return details
+        metadata = [*(details.metadata or ()), ("traceparent", traceparent)]
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one keelctl command; returns the exit status (the console script exits with it)."""
     parser = build_parser()
@@ -295,6 +381,21 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
         return e.code if isinstance(e.code, int) else EXIT_USAGE
+    tracing.configure_tracing("keelctl", trace_file=args.trace_file)
+    try:
+        with tracing.tracer("keelctl").start_as_current_span(
+            f"keelctl {args.command}", kind=SpanKind.CLIENT
+        ) as span:
+            code = _run(args)
+            span.set_attribute("keel.exit_code", code)
+            if code != EXIT_OK:
+                span.set_status(Status(StatusCode.ERROR, f"exit status {code}"))
+            return code
+    finally:
+        tracing.shutdown_tracing()
+
+
+def _run(args: argparse.Namespace) -> int:
     address = args.controlplane or os.environ.get("KEEL_CONTROLPLANE") or DEFAULT_CONTROLPLANE
     try:
         manifest = load_manifest(args.filename) if args.command == "apply" else None
@@ -302,13 +403,17 @@ def main(argv: list[str] | None = None) -> int:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
-        with grpc.insecure_channel(address, options=options) as channel:
+        with grpc.insecure_channel(address, options=options) as raw_channel:
+            channel = grpc.intercept_channel(raw_channel, TraceparentInterceptor())
             ctx = Context(_STUB(channel), args, now=datetime.now(UTC))
             commands: dict[str, Callable[[], str]] = {
                 "apply": lambda: cmd_apply(ctx, manifest),
                 "get": lambda: cmd_get(ctx),
                 "describe": lambda: cmd_describe(ctx),
                 "delete": lambda: cmd_delete(ctx),
+                "stuck": lambda: observe.cmd_stuck(ctx),
+                "events": lambda: observe.cmd_events(ctx),
+                "logs": lambda: observe.cmd_logs(ctx),
             }
             text = commands[args.command]()
     except CtlError as e:

@@ -181,6 +181,24 @@ def _indent(text: str, prefix: str = "  ") -> str:
     return "\n".join(prefix + line if line else line for line in text.splitlines())
 
 
+def first_line(text: str, width: int) -> str:
+    """The first line of a message, cut to width (tables stay one row per object)."""
+    line = text.strip().splitlines()[0] if text.strip() else NONE
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def stuck_section(s: pb.Stuck, *, now: datetime) -> str:
+    """What is stuck, why, since when, the runbook and the next command."""
+    pairs = [
+        ("Reason", s.reason),
+        ("Since", when(from_ts(s.since), now=now)),
+        ("Runbook", _or_none(s.runbook)),
+        ("Next", _or_none(s.next_command)),
+    ]
+    message = s.message.strip() or NONE
+    return "Stuck:\n" + _indent(block(pairs) + "\nMessage:\n" + _indent(message))
+
+
 def describe_instance(i: pb.Instance, *, now: datetime) -> str:
     s = i.status
     pairs = [
@@ -205,7 +223,10 @@ def describe_instance(i: pb.Instance, *, now: datetime) -> str:
     ]
     if s.removed:
         pairs.append(("Removed", "yes (the agent confirmed the tombstone)"))
-    return block(pairs)
+    text = block(pairs)
+    if i.HasField("stuck"):
+        text += "\n" + stuck_section(i.stuck, now=now)
+    return text
 
 
 def describe_host(h: pb.Host, instances: Iterable[pb.Instance], *, now: datetime) -> str:
@@ -286,8 +307,10 @@ def describe_workload(w: pb.Workload, instances: Iterable[pb.Instance], *, now: 
     spec_yaml = yaml.safe_dump(
         spec_document(w)["spec"], sort_keys=False, default_flow_style=None, width=1000
     )
+    stuck = "\n" + stuck_section(w.stuck, now=now) if w.HasField("stuck") else ""
     return (
         block(pairs)
+        + stuck
         + "\nSpec:\n"
         + _indent(spec_yaml.rstrip("\n"))
         + "\n"

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from controlplane import migrate
+from controlplane.status import StatusStore
 from controlplane.store import Report, Store, create_pool
 from keel.model import Desired, Resources, Workload, WorkloadSpec
 
@@ -61,7 +62,7 @@ async def test_watcher_misses_no_change_under_concurrent_writers(store: Store) -
 
     async def fast_writer() -> None:
         for _ in range(15):
-            created.update(await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None))
+            created.update((await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)).created)
 
     async def slow_writer(n: int) -> None:
         # The same protocol as apply_plan, but the transaction sleeps before committing: with a
@@ -109,17 +110,18 @@ async def test_plan_bumps_revision_and_tombstone_confirmed_by_report(store: Stor
     """Removal is a tombstone at a new revision; the agent's confirmation deletes the row."""
     await _host(store, "h1")
     row, _ = await store.apply_workload(_workload())
-    [iid] = await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)
+    [iid] = (await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)).created
     rev1, rows = await store.host_assignments("h1", since=None)
     assert [r.id for r in rows] == [iid] and rows[0].revision == rev1
     await store.apply_plan(row, create_on=[], remove=[iid], epoch=None)
     rev2, rows = await store.host_assignments("h1", since=rev1)
     assert rev2 == rev1 + 1
     assert [(r.id, r.desired) for r in rows] == [(iid, Desired.REMOVED)]
-    changed = await store.write_reports(
+    changed = await StatusStore(store.pool).write_reports(
         [Report("h1", iid, "STOPPED", 0, 0, "", "", "", {}, False, True, None)]
     )
-    assert changed == {"web"}
+    assert changed.workloads == {"web"}
+    assert [c for c, _ in changed.converged] == ["remove"]
     assert await store.list_instances() == []
 
 
@@ -128,9 +130,9 @@ async def test_reports_batch_updates_only_the_reporting_hosts_instances(store: S
     await _host(store, "h1")
     await _host(store, "h2")
     row, _ = await store.apply_workload(_workload())
-    [a] = await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)
-    [b] = await store.apply_plan(row, create_on=["h2"], remove=[], epoch=None)
-    await store.write_reports(
+    [a] = (await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)).created
+    [b] = (await store.apply_plan(row, create_on=["h2"], remove=[], epoch=None)).created
+    await StatusStore(store.pool).write_reports(
         [
             Report("h1", a, "STARTING", 10, 0, "", "", "", {}, False, False, None),
             Report("h1", a, "RUNNING", 10, 0, "", "", "", {"http": 8080}, True, False, None),
@@ -159,11 +161,11 @@ async def test_delete_then_finish_when_no_instances(store: Store) -> None:
     """A deleting workload goes away only after its last instance row is gone."""
     await _host(store, "h1")
     row, _ = await store.apply_workload(_workload())
-    [iid] = await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)
+    [iid] = (await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)).created
     await store.delete_workload("web")
     assert await store.finish_deleted_workload("web", epoch=None) is False
     await store.apply_plan(row, create_on=[], remove=[iid], epoch=None)
-    await store.write_reports(
+    await StatusStore(store.pool).write_reports(
         [Report("h1", iid, "STOPPED", 0, 0, "", "", "", {}, False, True, None)]
     )
     assert await store.finish_deleted_workload("web", epoch=None) is True

@@ -1,0 +1,348 @@
+"""The control plane's Prometheus metrics and the HTTP endpoint that serves them.
+
+`Metrics` holds every control-plane metric of issue 3 on a registry of its own (so tests can
+build as many as they like, and nothing else in the process leaks into the endpoint). Who feeds
+what:
+- the gRPC interceptor (`controlplane.interceptors`): `observe_rpc`;
+- the controllers' outcome handlers (`controlplane.controllers`): `observe_reconcile`,
+  `count_retry`, and `track_queue_depth` for their work queues;
+- the store's convergence tracking: `count_changes` at commit, `observe_convergence` when a
+  report shows a change converged, `count_slow` once per change that passes 60 s;
+- the periodic database scan: `set_hosts`, `set_backlog`, `set_stuck`;
+- main.py: `track_sync_streams` with the agent stream registry.
+
+No metric carries a host, instance or workload name: the label sets stay small however large
+the fleet. Label values that are known in advance are created at start-up so every series is
+exported (at 0) from the first scrape; `rate()` and absent-series alerts need that.
+
+`serve_metrics` starts prometheus-client's threaded HTTP server for `--metrics HOST:PORT`
+(port 0 picks a free port; the bound address is returned for addresses.json).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from controlplane.errors import KeelError
+from keel.model import HostState
+from keel.stuck import Reason
+
+# Fixed by issue 3: the SLO threshold (60 s) is a bucket boundary, so the SLI is exact.
+CONVERGENCE_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+# One reconcile pass is a few queries; 10 s would already be an outage.
+RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Unary calls are milliseconds; streams (agent Sync, logs -f) live for minutes to days.
+RPC_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    60.0,
+    600.0,
+    3600.0,
+)
+
+CHANGES = ("create", "stop", "remove")
+KINDS = ("instance", "workload")
+CONTROLLERS = ("workload", "liveness", "stuck")
+RESULTS = ("success", "error")
+HOST_STATES = tuple(s.value for s in HostState)
+DEFAULT_ADDRESS = "127.0.0.1:9464"
+
+
+class MetricsError(KeelError):
+    """The --metrics address is not HOST:PORT or off."""
+
+
+def _bool_label(value: bool) -> str:
+    return "true" if value else "false"
+
+
+class Metrics:
+    """Every control-plane metric, on `self.registry`; see the module docstring for who sets what.
+
+    The attributes are the prometheus-client objects themselves (for tests and for anything the
+    methods do not cover); callers should prefer the methods, which keep label values in the
+    documented sets.
+    """
+
+    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
+        # The `_created` companion series double the exposition and no rule or panel uses them.
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+
+        self.convergence = Histogram(
+            "keel_convergence_seconds",
+            "Time from the commit of a desired change (database time) to the report that shows "
+            "it converged, by change (create, stop, remove).",
+            ["change"],
+            buckets=CONVERGENCE_BUCKETS,
+            registry=r,
+        )
+        self.changes = Counter(
+            "keel_changes_total",
+            "Desired changes committed, by change (create, stop, remove).",
+            ["change"],
+            registry=r,
+        )
+        self.changes_slow = Counter(
+            "keel_changes_slow_total",
+            "Desired changes still unconverged 60 s after their commit, counted once each "
+            "whether they converge later or never.",
+            ["change"],
+            registry=r,
+        )
+        self.unconverged = Gauge(
+            "keel_unconverged_objects",
+            "Objects whose observed state does not yet match their desired state, by kind "
+            "(instance, workload).",
+            ["kind"],
+            registry=r,
+        )
+        self.oldest_unconverged = Gauge(
+            "keel_oldest_unconverged_seconds",
+            "Age of the oldest unconverged desired change (0 when everything has converged).",
+            registry=r,
+        )
+        self.reconcile_total = Counter(
+            "keel_reconcile_total",
+            "Controller reconcile passes, by controller and result (success, error).",
+            ["controller", "result"],
+            registry=r,
+        )
+        self.reconcile_duration = Histogram(
+            "keel_reconcile_duration_seconds",
+            "Duration of one controller reconcile pass, by controller.",
+            ["controller"],
+            buckets=RECONCILE_BUCKETS,
+            registry=r,
+        )
+        self.reconcile_retries = Counter(
+            "keel_reconcile_retries_total",
+            "Reconcile passes that failed and were scheduled again with back-off, by controller.",
+            ["controller"],
+            registry=r,
+        )
+        self.workqueue_depth = Gauge(
+            "keel_workqueue_depth",
+            "Keys waiting in a controller's work queue (not counting those being processed).",
+            ["controller"],
+            registry=r,
+        )
+        self.stuck = Gauge(
+            "keel_stuck_objects",
+            "Instances and workloads currently stuck, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.hosts = Gauge(
+            "keel_hosts",
+            "Hosts by liveness state (READY, NOT_READY, UNKNOWN) and whether they accept new "
+            "instances (schedulable: true, false).",
+            ["state", "schedulable"],
+            registry=r,
+        )
+        self.sync_streams = Gauge(
+            "keel_sync_streams",
+            "Agent Sync streams open on this control-plane replica.",
+            registry=r,
+        )
+        self.grpc_requests = Counter(
+            "keel_grpc_requests_total",
+            "gRPC calls served, by service, method and status code.",
+            ["service", "method", "code"],
+            registry=r,
+        )
+        self.grpc_duration = Histogram(
+            "keel_grpc_request_duration_seconds",
+            "Duration of served gRPC calls (streams: until they end), by service and method.",
+            ["service", "method"],
+            buckets=RPC_BUCKETS,
+            registry=r,
+        )
+        # Standard process_* and python_info series: memory, CPU, open fds of this replica.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+
+        self._stuck_reasons: set[str] = {str(reason) for reason in Reason}
+        for change in CHANGES:
+            self.convergence.labels(change)
+            self.changes.labels(change)
+            self.changes_slow.labels(change)
+        for kind in KINDS:
+            self.unconverged.labels(kind)
+        for controller in CONTROLLERS:
+            for result in RESULTS:
+                self.reconcile_total.labels(controller, result)
+            self.reconcile_duration.labels(controller)
+            self.reconcile_retries.labels(controller)
+            self.workqueue_depth.labels(controller)
+        for reason in self._stuck_reasons:
+            self.stuck.labels(reason)
+        for state in HOST_STATES:
+            for schedulable in (True, False):
+                self.hosts.labels(state, _bool_label(schedulable))
+
+    # --- convergence (called by the store's convergence tracking) -----------------------------
+
+    def count_changes(self, change: str, n: int = 1) -> None:
+        """n desired changes of this kind (create|stop|remove) were committed."""
+        if n:
+            self.changes.labels(change).inc(n)
+
+    def observe_convergence(self, change: str, seconds: float) -> None:
+        """One change converged `seconds` after its commit (both database time)."""
+        self.convergence.labels(change).observe(max(0.0, seconds))
+
+    def count_slow(self, change: str, n: int = 1) -> None:
+        """n changes passed 60 s unconverged (call once per change)."""
+        if n:
+            self.changes_slow.labels(change).inc(n)
+
+    # --- gauges computed from the database (set by the periodic scan) -------------------------
+
+    def set_backlog(self, instances: int, workloads: int, oldest_s: float) -> None:
+        """The unconverged backlog: counts by kind and the age of its oldest change (0 if none)."""
+        self.unconverged.labels("instance").set(instances)
+        self.unconverged.labels("workload").set(workloads)
+        self.oldest_unconverged.set(max(0.0, oldest_s))
+
+    def set_hosts(self, counts: Mapping[tuple[str, bool], int]) -> None:
+        """Hosts by (state, schedulable); every combination not in counts is set to 0."""
+        seen: set[tuple[str, str]] = set()
+        for (state, schedulable), n in counts.items():
+            key = (str(state), _bool_label(schedulable))
+            seen.add(key)
+            self.hosts.labels(*key).set(n)
+        for state in HOST_STATES:
+            for schedulable in (True, False):
+                key = (state, _bool_label(schedulable))
+                if key not in seen:
+                    self.hosts.labels(*key).set(0)
+
+    def set_stuck(self, counts: Mapping[str, int]) -> None:
+        """Stuck objects by reason; every reason ever seen but not in counts is set to 0."""
+        self._stuck_reasons.update(str(r) for r in counts)
+        for reason in self._stuck_reasons:
+            self.stuck.labels(reason).set(counts.get(reason, 0))
+
+    # --- callbacks read at scrape time ---------------------------------------------------------
+
+    def track_sync_streams(self, count: Callable[[], int]) -> None:
+        """keel_sync_streams reads count() at each scrape (from the HTTP server's thread)."""
+        self.sync_streams.set_function(lambda: float(count()))
+
+    def track_queue_depth(self, controller: str, depth: Callable[[], int]) -> None:
+        """keel_workqueue_depth{controller} reads depth() at each scrape."""
+        self.workqueue_depth.labels(controller).set_function(lambda: float(depth()))
+
+    # --- controllers (called by their single outcome handler) ---------------------------------
+
+    def observe_reconcile(self, controller: str, *, ok: bool, seconds: float) -> None:
+        """One reconcile pass of controller ended, successfully or not, after seconds."""
+        self.reconcile_total.labels(controller, "success" if ok else "error").inc()
+        self.reconcile_duration.labels(controller).observe(seconds)
+
+    def count_retry(self, controller: str) -> None:
+        """A failed pass was scheduled again (with back-off)."""
+        self.reconcile_retries.labels(controller).inc()
+
+    # --- gRPC (called by the server interceptor) ------------------------------------------------
+
+    def observe_rpc(self, service: str, method: str, code: str, seconds: float) -> None:
+        """One call ended with status `code` (a grpc.StatusCode name, e.g. "OK", "NOT_FOUND")."""
+        self.grpc_requests.labels(service, method, code).inc()
+        self.grpc_duration.labels(service, method).observe(seconds)
+
+
+# --- the HTTP endpoint ---------------------------------------------------------------------------
+
+
+def parse_address(text: str) -> tuple[str, int] | None:
+    """`HOST:PORT` (IPv6 as `[::1]:PORT`) as (host, port); `off` as None."""
+    text = text.strip()
+    if text.lower() == "off":
+        return None
+    host, sep, port_text = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise MetricsError(f"--metrics: expected HOST:PORT or off, got '{text}'")
+    return host, int(port_text)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class MetricsServer:
+    """A running /metrics endpoint (prometheus-client's WSGI server on a daemon thread)."""
+
+    address: str
+    _httpd: WSGIServer
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        """Stops serving; blocks up to ~0.5 s (the server's poll interval): call it in a thread."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve_metrics(metrics: Metrics, address: str) -> MetricsServer | None:
+    """Serves metrics.registry on address (`HOST:PORT`, port 0 = any free port, or `off`).
+
+    The server answers scrapes on its own thread, so a busy event loop never delays a scrape
+    (and the scrape reads gauges and callbacks that are safe to read from another thread).
+    Raises MetricsError if the address is malformed or cannot be bound.
+    """
+    parsed = parse_address(address)
+    if parsed is None:
+        return None
+    host, port = parsed
+    try:
+        httpd, thread = prometheus_client.start_http_server(
+            port, addr=host, registry=metrics.registry
+        )
+    except OSError as exc:
+        raise MetricsError(f"--metrics: cannot listen on {address}: {exc.strerror or exc}") from exc
+    bound_port = int(httpd.server_address[1])
+    return MetricsServer(format_address(host, bound_port), httpd, thread)

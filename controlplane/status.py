@@ -1,0 +1,256 @@
+"""Observed state in Postgres: agent reports, convergence, stuck marks, backlog and events.
+
+Neighbours: `store` owns desired state (workloads, plans, hosts) and the row types this module
+reads; `reports` batches agent reports into `write_reports`; the stuck controller
+(`controlplane.stuck`) decides and calls `mark_stuck` / `record_unconverged`; the metrics it
+exports come from `backlog`, `count_slow` and the convergence list `write_reports` returns.
+
+Convergence is timed in database time: from the desired change's `desired_changed_at`
+(stamped when the change was written) to the report that shows it converged (`now()` of the
+report's transaction), so clocks of control-plane replicas and agents do not enter into it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import asyncpg
+
+from controlplane.store import WORKLOAD_CHANNEL, Report, Store
+
+# desired state -> the kind of change whose convergence is timed
+CHANGE_OF_DESIRED = {"RUNNING": "create", "STOPPED": "stop", "REMOVED": "remove"}
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """What a report batch changed: workloads to look at again, and changes that converged."""
+
+    workloads: set[str] = field(default_factory=set)
+    converged: list[tuple[str, float]] = field(default_factory=list)  # (change, seconds)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    instances: int  # instances not converged now
+    oldest_change_s: float  # age of the oldest desired change not yet converged (0: none)
+
+
+@dataclass(frozen=True)
+class StuckMark:
+    """A stuck verdict to record: reason '' clears it."""
+
+    kind: str  # instance | workload
+    name: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    at: datetime
+    object: str
+    kind: str
+    actor: str
+    message: str
+
+
+class StatusStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def write_reports(self, reports: Sequence[Report]) -> ReportOutcome:
+        """Writes a batch of agent reports in one transaction (one statement per kind of write).
+
+        An agent can only report on its own host's instances. A report confirming a tombstone
+        deletes the row. Returns the workloads whose instances changed phase, readiness or
+        existence (their controllers should look again) and the desired changes that this
+        batch saw converge, with how long each took.
+        """
+        if not reports:
+            return ReportOutcome()
+        # The last report per instance wins within a batch.
+        latest: dict[str, Report] = {}
+        for r in reports:
+            latest[r.instance_id] = r
+        batch = list(latest.values())
+        async with self.pool.acquire() as conn, conn.transaction():
+            # `o` is the same table joined again: it reads the row as it was before the update.
+            rows = await conn.fetch(
+                """WITH u AS (
+                       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[],
+                                            $5::int[], $6::text[], $7::text[], $8::text[],
+                                            $9::text[], $10::bool[], $11::timestamptz[],
+                                            $12::bool[])
+                           AS u(id, host, phase, pid, restart_count, last_exit, reason,
+                                message, ports, ready, started_at, agent_stuck)
+                   )
+                   UPDATE instance i SET phase = u.phase, pid = u.pid,
+                          restart_count = u.restart_count, last_exit = u.last_exit,
+                          reason = u.reason, message = u.message, ports = u.ports::jsonb,
+                          ready = u.ready, started_at = u.started_at, observed_at = now(),
+                          agent_stuck = u.agent_stuck,
+                          converged_at = CASE
+                              WHEN i.converged_at IS NULL AND c.now_converged THEN now()
+                              ELSE i.converged_at END,
+                          unconverged_since = CASE
+                              WHEN c.now_converged THEN NULL
+                              ELSE coalesce(i.unconverged_since, now()) END
+                   FROM instance o, u,
+                        LATERAL (SELECT (o.desired = 'RUNNING' AND u.phase = 'RUNNING'
+                                         AND u.ready)
+                                     OR (o.desired = 'STOPPED' AND u.phase = 'STOPPED')
+                                 AS now_converged) AS c
+                   WHERE i.id = u.id AND i.host = u.host AND o.id = i.id
+                   RETURNING i.workload, i.desired,
+                             (o.phase, o.ready) IS DISTINCT FROM (u.phase, u.ready) AS moved,
+                             o.converged_at IS NULL AND c.now_converged AS converged,
+                             extract(epoch FROM now() - o.desired_changed_at)::float8
+                                 AS seconds""",
+                [r.instance_id for r in batch],
+                [r.host for r in batch],
+                [r.phase for r in batch],
+                [r.pid for r in batch],
+                [r.restart_count for r in batch],
+                [r.last_exit for r in batch],
+                [r.reason for r in batch],
+                [r.message for r in batch],
+                [json.dumps(r.ports) for r in batch],
+                [r.ready for r in batch],
+                [r.started_at for r in batch],
+                [r.agent_stuck for r in batch],
+            )
+            workloads = {r["workload"] for r in rows if r["moved"]}
+            converged = [
+                (CHANGE_OF_DESIRED[r["desired"]], max(0.0, r["seconds"]))
+                for r in rows
+                if r["converged"]
+            ]
+            removed = [(r.instance_id, r.host) for r in batch if r.removed]
+            if removed:
+                gone = await conn.fetch(
+                    """DELETE FROM instance i USING unnest($1::text[], $2::text[]) AS u(id, host)
+                       WHERE i.id = u.id AND i.host = u.host AND i.desired = 'REMOVED'
+                       RETURNING i.workload,
+                                 extract(epoch FROM now() - i.desired_changed_at)::float8
+                                     AS seconds""",
+                    [i for i, _ in removed],
+                    [h for _, h in removed],
+                )
+                workloads |= {r["workload"] for r in gone}
+                converged += [("remove", max(0.0, r["seconds"])) for r in gone]
+            for name in sorted(workloads):
+                await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, name)
+            return ReportOutcome(workloads=workloads, converged=converged)
+
+    async def count_slow(self, *, threshold_s: float) -> dict[str, int]:
+        """Marks desired changes unconverged for longer than the threshold, once each.
+
+        Returns how many of each change kind passed the threshold since the last call, so
+        keel_changes_slow_total counts changes that never converge too.
+        """
+        rows = await self.pool.fetch(
+            """UPDATE instance SET slow_counted = true
+               WHERE converged_at IS NULL AND NOT slow_counted
+                 AND desired_changed_at < now() - make_interval(secs => $1)
+               RETURNING desired""",
+            threshold_s,
+        )
+        counts: dict[str, int] = {}
+        for r in rows:
+            change = CHANGE_OF_DESIRED[r["desired"]]
+            counts[change] = counts.get(change, 0) + 1
+        return counts
+
+    async def backlog(self) -> Backlog:
+        row = await self.pool.fetchrow(
+            """SELECT count(*) FILTER (WHERE NOT (
+                          (desired = 'RUNNING' AND phase = 'RUNNING' AND ready)
+                       OR (desired = 'STOPPED' AND phase = 'STOPPED')))::int AS instances,
+                      coalesce(extract(epoch FROM now() - min(desired_changed_at)
+                                       FILTER (WHERE converged_at IS NULL)), 0)::float8 AS oldest
+               FROM instance"""
+        )
+        assert row is not None
+        return Backlog(instances=row["instances"], oldest_change_s=max(0.0, row["oldest"]))
+
+    async def record_unconverged(self, since: dict[str, bool]) -> None:
+        """Stamps (True) or clears (False) workloads' unconverged_since, where it changes."""
+        if not since:
+            return
+        await self.pool.execute(
+            """UPDATE workload w SET unconverged_since = CASE
+                   WHEN u.unconverged THEN coalesce(w.unconverged_since, now()) ELSE NULL END
+               FROM unnest($1::text[], $2::bool[]) AS u(name, unconverged)
+               WHERE w.name = u.name
+                 AND (w.unconverged_since IS NULL) = u.unconverged""",
+            list(since),
+            list(since.values()),
+        )
+
+    async def mark_stuck(self, marks: Sequence[StuckMark]) -> None:
+        """Records stuck verdicts (reason '' clears), each with a StuckDetected/Cleared event.
+
+        A verdict whose reason is unchanged only refreshes the message; `since` stays.
+        """
+        if not marks:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            for table in ("instance", "workload"):
+                key = "id" if table == "instance" else "name"
+                subset = [m for m in marks if m.kind == table]
+                if not subset:
+                    continue
+                # table and key are fixed names above, never input.
+                rows = await conn.fetch(
+                    f"""UPDATE {table} t SET
+                           stuck_since = CASE WHEN u.reason = '' THEN NULL
+                                              WHEN t.stuck_reason = u.reason THEN t.stuck_since
+                                              ELSE now() END,
+                           stuck_reason = u.reason, stuck_message = u.message
+                       FROM {table} o,
+                            unnest($1::text[], $2::text[], $3::text[]) AS u(name, reason, message)
+                       WHERE t.{key} = u.name AND o.{key} = t.{key}
+                         AND (o.stuck_reason, o.stuck_message)
+                             IS DISTINCT FROM (u.reason, u.message)
+                       RETURNING t.{key} AS name, o.stuck_reason AS was, u.reason, u.message""",
+                    [m.name for m in subset],
+                    [m.reason for m in subset],
+                    [m.message for m in subset],
+                )
+                for r in rows:
+                    if r["reason"] == r["was"]:
+                        continue  # only the message moved
+                    obj = f"{table}/{r['name']}"
+                    if r["reason"]:
+                        await Store._event(
+                            conn, obj, "StuckDetected", f"{r['reason']}: {r['message']}"
+                        )
+                    else:
+                        await Store._event(conn, obj, "StuckCleared", f"was {r['was']}")
+
+    async def list_events(self, *, obj: str | None, limit: int) -> list[Event]:
+        """The newest `limit` events, oldest first; a workload also matches its instances."""
+        # Instance ids are WORKLOAD-GENERATION-HEX; workload names are DNS labels, so this
+        # pattern needs no escaping and does not match workload "web-1"'s instances for "web".
+        pattern = None
+        if obj and obj.startswith("workload/"):
+            pattern = "^instance/" + obj.removeprefix("workload/") + "-[0-9]+-[0-9a-f]+$"
+        rows = await self.pool.fetch(
+            """SELECT * FROM (
+                   SELECT * FROM event
+                   WHERE $1::text IS NULL OR object = $1
+                      OR ($2::text IS NOT NULL AND object ~ $2)
+                   ORDER BY id DESC LIMIT $3) AS newest
+               ORDER BY id""",
+            obj or None,
+            pattern,
+            limit,
+        )
+        return [
+            Event(r["id"], r["at"], r["object"], r["kind"], r["actor"], r["message"]) for r in rows
+        ]

@@ -1,0 +1,243 @@
+"""The stuck detector: which objects are not converging, why, and what to do about it.
+
+`judge_instance` and `judge_workload` are pure: from an object's desired and observed state,
+its host and its deadline, they return a verdict from the closed set in `keel.stuck` (or
+None). `StuckDetector` is the leader's periodic pass: it reads the fleet, judges every object,
+records the verdicts that changed (with StuckDetected / StuckCleared events) and refreshes the
+backlog, slow-change and stuck gauges.
+
+An object is stuck once it has been unconverged past its workload's deadline; terminal states
+the agent sees for itself (START_FAILED, CRASH_LOOP) are stuck at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from controlplane.metrics import Metrics
+from controlplane.rollout import WorkloadPlan, plan_workload
+from controlplane.status import StatusStore, StuckMark
+from controlplane.store import HostRow, InstanceRow, Store, StuckState, WorkloadRow
+from controlplane.view import host_view, instance_view, workload_view
+from keel.model import Desired, HostState
+from keel.stuck import IMMEDIATE, Reason
+
+log = structlog.get_logger("keel.stuck")
+
+# A desired change not converged after this long counts in keel_changes_slow_total (the SLO's
+# threshold: 99% of changes converge within 60 s).
+SLOW_AFTER_S = 60.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reason: Reason
+    message: str
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def judge_instance(
+    inst: InstanceRow, host: HostRow | None, *, deadline_s: float, now: datetime
+) -> Verdict | None:
+    """Why this instance is stuck, or None."""
+    if host is not None and host.state is not HostState.READY:
+        down_s = (now - host.state_since).total_seconds()
+        if down_s > deadline_s and inst.desired is not Desired.REMOVED:
+            heartbeat = (
+                f"last heartbeat {_ago((now - host.last_heartbeat).total_seconds())} ago"
+                if host.last_heartbeat
+                else "no heartbeat ever"
+            )
+            return Verdict(
+                Reason.HOST_UNREACHABLE,
+                f"host {host.name} is {host.state.value} for {_ago(down_s)} ({heartbeat}); "
+                f"its state is unknown. Service instances are replaced elsewhere after "
+                f"--reschedule-after",
+            )
+    if inst.converged:
+        return None
+    agent_reason = inst.reason if inst.reason in Reason.__members__ else ""
+    if inst.agent_stuck and agent_reason and Reason(agent_reason) in IMMEDIATE:
+        return Verdict(Reason(agent_reason), inst.message)
+    since = inst.unconverged_since or inst.desired_changed_at
+    age_s = (now - since).total_seconds()
+    if age_s <= deadline_s:
+        return None
+    if host is not None and not host.connected:
+        return Verdict(
+            Reason.AGENT_DISCONNECTED,
+            f"the agent of host {host.name} has no stream open to the control plane; "
+            f"{inst.id} was last observed {inst.phase} and wants {inst.desired.value} "
+            f"for {_ago(age_s)}",
+        )
+    if agent_reason:
+        return Verdict(Reason(agent_reason), inst.message or f"reported {agent_reason}")
+    if inst.desired is not Desired.RUNNING:
+        return Verdict(
+            Reason.STOP_TIMEOUT,
+            f"asked to stop {_ago(age_s)} ago (stop grace {inst.spec.stop_grace_ms} ms) "
+            f"but still {inst.phase}",
+        )
+    if inst.phase == "RUNNING":
+        return Verdict(
+            Reason.HEALTH_CHECK_FAILING,
+            f"running but not ready for {_ago(age_s)}"
+            + (f": {inst.message}" if inst.message else ""),
+        )
+    return Verdict(
+        Reason.START_FAILED,
+        f"not running {_ago(age_s)} after it was placed (phase {inst.phase})"
+        + (f": {inst.message}" if inst.message else ""),
+    )
+
+
+def workload_converged(row: WorkloadRow, plan: WorkloadPlan, own: Sequence[InstanceRow]) -> bool:
+    """Nothing left to do: no placement, removal or wait pending, every instance converged."""
+    if plan.create or plan.remove or plan.unschedulable or plan.blocked:
+        return False
+    live = [i for i in own if i.desired is not Desired.REMOVED]
+    return all(i.converged and i.generation == row.generation for i in live)
+
+
+def judge_workload(
+    row: WorkloadRow,
+    plan: WorkloadPlan,
+    own: Sequence[InstanceRow],
+    stuck_instances: set[str],
+    *,
+    now: datetime,
+) -> Verdict | None:
+    """Why this workload is stuck (placement or rollout), or None.
+
+    Instance-level trouble is reported on the instances; the workload is stuck itself only
+    when it cannot place instances, or a rollout cannot progress.
+    """
+    if row.unconverged_since is None:
+        return None
+    age_s = (now - row.unconverged_since).total_seconds()
+    if age_s <= row.workload.deadline_ms / 1000:
+        return None
+    if plan.unschedulable is not None:
+        return Verdict(
+            Reason.UNSCHEDULABLE,
+            f"{plan.unschedulable.code.value}: {plan.unschedulable.message}",
+        )
+    live = [i for i in own if i.desired is not Desired.REMOVED]
+    old = [i for i in live if i.generation != row.generation]
+    if old or plan.blocked:
+        waiting = sorted(i.id for i in live if i.id in stuck_instances)
+        detail = plan.blocked or f"{len(old)} instance(s) of older generations remain"
+        if waiting:
+            detail += f"; waiting on stuck {', '.join(waiting)}"
+        return Verdict(
+            Reason.ROLLOUT_BLOCKED,
+            f"generation {row.generation} not rolled out after {_ago(age_s)} "
+            f"(max_unavailable {row.workload.max_unavailable}, "
+            f"max_surge {row.workload.max_surge}): {detail}",
+        )
+    return None
+
+
+class StuckDetector:
+    """The leader's periodic pass over the fleet: stuck verdicts, backlog and slow changes."""
+
+    def __init__(
+        self,
+        store: Store,
+        status: StatusStore,
+        *,
+        metrics: Metrics,
+        interval_s: float,
+        slow_after_s: float = SLOW_AFTER_S,
+    ) -> None:
+        self._store = store
+        self._status = status
+        self._metrics = metrics
+        self._interval_s = interval_s
+        self._slow_after_s = slow_after_s
+
+    async def run(self) -> None:
+        while True:
+            await self.detect()
+            await asyncio.sleep(self._interval_s)
+
+    async def detect(self) -> None:
+        now = await self._store.now()
+        workloads = await self._store.list_workloads()
+        instances = await self._store.list_instances()
+        hosts = await self._store.list_hosts()
+        by_host = {h.name: h for h in hosts}
+        by_workload: dict[str, list[InstanceRow]] = {}
+        for i in instances:
+            by_workload.setdefault(i.workload, []).append(i)
+        deadlines = {w.workload.name: w.workload.deadline_ms / 1000 for w in workloads}
+
+        marks: list[StuckMark] = []
+        stuck_now: Counter[str] = Counter()
+        stuck_ids: set[str] = set()
+        for i in instances:
+            verdict = judge_instance(
+                i, by_host.get(i.host), deadline_s=deadlines.get(i.workload, 120.0), now=now
+            )
+            marks += _mark("instance", i.id, i.stuck, verdict)
+            if verdict is not None:
+                stuck_now[verdict.reason.value] += 1
+                stuck_ids.add(i.id)
+
+        host_views = [host_view(h) for h in hosts]
+        instance_views = [instance_view(i) for i in instances]
+        unconverged: dict[str, bool] = {}
+        workloads_unconverged = 0
+        for w in workloads:
+            own = by_workload.get(w.workload.name, [])
+            plan = plan_workload(workload_view(w), instance_views, host_views)
+            converged = workload_converged(w, plan, own)
+            workloads_unconverged += not converged
+            if converged == (w.unconverged_since is not None):
+                unconverged[w.workload.name] = not converged
+            verdict = None if converged else judge_workload(w, plan, own, stuck_ids, now=now)
+            marks += _mark("workload", w.workload.name, w.stuck, verdict)
+            if verdict is not None:
+                stuck_now[verdict.reason.value] += 1
+
+        await self._status.record_unconverged(unconverged)
+        await self._status.mark_stuck(marks)
+        for m in marks:
+            log.bind(**{m.kind: m.name}).info(
+                "stuck detected" if m.reason else "stuck cleared",
+                reason=m.reason,
+                detail=m.message,
+            )
+        for change, n in (await self._status.count_slow(threshold_s=self._slow_after_s)).items():
+            self._metrics.count_slow(change, n)
+        backlog = await self._status.backlog()
+        self._metrics.set_backlog(backlog.instances, workloads_unconverged, backlog.oldest_change_s)
+        self._metrics.set_stuck(dict(stuck_now))
+        self._metrics.set_hosts(Counter((h.state.value, h.schedulable) for h in hosts))
+
+
+def _mark(
+    kind: str, name: str, current: StuckState | None, verdict: Verdict | None
+) -> list[StuckMark]:
+    """The change to record, if the verdict differs from what is recorded."""
+    if verdict is None:
+        return [] if current is None else [StuckMark(kind, name, "", "")]
+    if current is not None and (current.reason, current.message) == (
+        verdict.reason.value,
+        verdict.message,
+    ):
+        return []
+    return [StuckMark(kind, name, verdict.reason.value, verdict.message)]

@@ -1,0 +1,251 @@
+"""The stuck detector's verdicts: which reason, when, and when not (pure, table-driven)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from controlplane.rollout import WorkloadPlan
+from controlplane.scheduler import Unschedulable, UnschedulableCode
+from controlplane.store import HostRow, InstanceRow, WorkloadRow
+from controlplane.stuck import judge_instance, judge_workload, workload_converged
+from keel.model import Desired, HostState, Resources, Workload, WorkloadSpec
+from keel.stuck import GUIDES, Reason
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+DEADLINE_S = 120.0
+
+
+def ago(seconds: float) -> datetime:
+    return NOW - timedelta(seconds=seconds)
+
+
+HOST = HostRow(
+    name="host-1",
+    labels={},
+    capacity=Resources(2000, 4096),
+    allocated=Resources(0, 0),
+    schedulable=True,
+    cordon_reason="",
+    state=HostState.READY,
+    state_since=ago(3600),
+    last_heartbeat=ago(1),
+    connected=True,
+    agent_version="test",
+    revision=1,
+    instances=1,
+)
+
+INSTANCE = InstanceRow(
+    id="web-1-abc123",
+    workload="web",
+    generation=1,
+    host="host-1",
+    spec=WorkloadSpec(command=("sleep", "1000")),
+    desired=Desired.RUNNING,
+    desired_changed_at=ago(10),
+    revision=1,
+    created_at=ago(10),
+    phase="RUNNING",
+    pid=42,
+    restart_count=0,
+    last_exit="",
+    reason="",
+    message="",
+    ports={},
+    ready=True,
+    started_at=ago(9),
+    observed_at=ago(1),
+    unconverged_since=None,
+)
+
+
+@pytest.mark.parametrize(
+    ("instance", "host", "expected"),
+    [
+        pytest.param(INSTANCE, HOST, None, id="converged"),
+        pytest.param(
+            replace(INSTANCE, phase="STARTING", ready=False, unconverged_since=ago(30)),
+            HOST,
+            None,
+            id="starting-within-deadline",
+        ),
+        pytest.param(
+            replace(
+                INSTANCE,
+                phase="FAILED",
+                ready=False,
+                reason="START_FAILED",
+                message="exec /x: No such file or directory",
+                agent_stuck=True,
+                unconverged_since=ago(1),
+            ),
+            HOST,
+            Reason.START_FAILED,
+            id="start-failed-at-once",
+        ),
+        pytest.param(
+            replace(
+                INSTANCE,
+                phase="FAILED",
+                ready=False,
+                reason="CRASH_LOOP",
+                message="last exit: exit code 1",
+                agent_stuck=True,
+                unconverged_since=ago(1),
+            ),
+            HOST,
+            Reason.CRASH_LOOP,
+            id="crash-loop-at-once",
+        ),
+        pytest.param(
+            replace(
+                INSTANCE,
+                ready=False,
+                reason="HEALTH_CHECK_FAILING",
+                message="tcp http: connection refused",
+                unconverged_since=ago(30),
+            ),
+            HOST,
+            None,
+            id="health-failing-waits-for-the-deadline",
+        ),
+        pytest.param(
+            replace(
+                INSTANCE,
+                ready=False,
+                reason="HEALTH_CHECK_FAILING",
+                message="tcp http: connection refused",
+                unconverged_since=ago(300),
+            ),
+            HOST,
+            Reason.HEALTH_CHECK_FAILING,
+            id="health-failing-past-deadline",
+        ),
+        pytest.param(
+            replace(INSTANCE, ready=False, unconverged_since=ago(300)),
+            HOST,
+            Reason.HEALTH_CHECK_FAILING,
+            id="running-not-ready-past-deadline",
+        ),
+        pytest.param(
+            replace(INSTANCE, phase="PENDING", ready=False, unconverged_since=ago(300)),
+            HOST,
+            Reason.START_FAILED,
+            id="never-started-past-deadline",
+        ),
+        pytest.param(
+            replace(
+                INSTANCE,
+                desired=Desired.REMOVED,
+                phase="STOPPING",
+                ready=False,
+                unconverged_since=ago(300),
+            ),
+            HOST,
+            Reason.STOP_TIMEOUT,
+            id="stop-past-deadline",
+        ),
+        pytest.param(
+            replace(INSTANCE, phase="STARTING", ready=False, unconverged_since=ago(300)),
+            replace(HOST, connected=False),
+            Reason.AGENT_DISCONNECTED,
+            id="agent-disconnected-past-deadline",
+        ),
+        pytest.param(
+            INSTANCE,
+            replace(HOST, state=HostState.NOT_READY, state_since=ago(300), connected=False),
+            Reason.HOST_UNREACHABLE,
+            id="host-not-ready-past-deadline",
+        ),
+        pytest.param(
+            INSTANCE,
+            replace(HOST, state=HostState.NOT_READY, state_since=ago(30), connected=False),
+            None,
+            id="host-not-ready-within-deadline",
+        ),
+    ],
+)
+def test_instance_verdicts(instance: InstanceRow, host: HostRow, expected: Reason | None) -> None:
+    """Each situation yields its reason from the closed set, and only past the deadline
+    unless the agent itself named a terminal state."""
+    verdict = judge_instance(instance, host, deadline_s=DEADLINE_S, now=NOW)
+    assert (verdict.reason if verdict else None) == expected
+    if verdict is not None:
+        assert verdict.message
+
+
+WORKLOAD = WorkloadRow(
+    workload=Workload(name="web", spec=INSTANCE.spec, replicas=1),
+    generation=1,
+    deleting=False,
+    created_at=ago(600),
+    updated_at=ago(600),
+)
+NO_HOST = Unschedulable(UnschedulableCode.NO_MATCHING_HOST, "no host has labels role=gpu")
+
+
+@pytest.mark.parametrize(
+    ("row", "plan", "own", "expected"),
+    [
+        pytest.param(WORKLOAD, WorkloadPlan((), (), None, None), [INSTANCE], None, id="converged"),
+        pytest.param(
+            replace(WORKLOAD, unconverged_since=ago(300)),
+            WorkloadPlan((), (), NO_HOST, None),
+            [],
+            Reason.UNSCHEDULABLE,
+            id="unschedulable-past-deadline",
+        ),
+        pytest.param(
+            replace(WORKLOAD, unconverged_since=ago(10)),
+            WorkloadPlan((), (), NO_HOST, None),
+            [],
+            None,
+            id="unschedulable-within-deadline",
+        ),
+        pytest.param(
+            replace(WORKLOAD, generation=2, unconverged_since=ago(300)),
+            WorkloadPlan((), (), None, "budget: 0 of 1 may be unavailable"),
+            [INSTANCE],
+            Reason.ROLLOUT_BLOCKED,
+            id="rollout-blocked",
+        ),
+        pytest.param(
+            replace(WORKLOAD, unconverged_since=ago(300)),
+            WorkloadPlan((), (), None, None),
+            [replace(INSTANCE, ready=False)],
+            None,
+            id="instance-trouble-is-reported-on-the-instance",
+        ),
+    ],
+)
+def test_workload_verdicts(
+    row: WorkloadRow, plan: WorkloadPlan, own: list[InstanceRow], expected: Reason | None
+) -> None:
+    """A workload is stuck itself only for placement or a blocked rollout."""
+    verdict = judge_workload(row, plan, own, set(), now=NOW)
+    assert (verdict.reason if verdict else None) == expected
+
+
+def test_unschedulable_message_names_the_scheduler_reason() -> None:
+    """The operator sees which of the unschedulable causes it is, with its specifics."""
+    row = replace(WORKLOAD, unconverged_since=ago(300))
+    verdict = judge_workload(row, WorkloadPlan((), (), NO_HOST, None), [], set(), now=NOW)
+    assert verdict is not None
+    assert verdict.message == "NO_MATCHING_HOST: no host has labels role=gpu"
+
+
+def test_workload_converged_needs_every_instance_current_and_converged() -> None:
+    """Old generations or unconverged instances keep the workload unconverged."""
+    empty = WorkloadPlan((), (), None, None)
+    assert workload_converged(WORKLOAD, empty, [INSTANCE])
+    assert not workload_converged(WORKLOAD, empty, [replace(INSTANCE, ready=False)])
+    assert not workload_converged(replace(WORKLOAD, generation=2), empty, [INSTANCE])
+    assert not workload_converged(WORKLOAD, WorkloadPlan(("host-1",), (), None, None), [])
+
+
+def test_every_reason_has_a_guide() -> None:
+    """The closed set and its runbooks and next commands stay in step."""
+    assert set(GUIDES) == set(Reason)
