@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -50,6 +51,7 @@ class Target:
     check: HealthCheck
     ports: Mapping[str, int]
     env: Mapping[str, str]
+    workload: str = ""
 
 
 class HealthMonitor:
@@ -67,7 +69,10 @@ class HealthMonitor:
         prober: Prober,
         interval_s: float,
         timeout_s: float,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._clock = clock
+        self._failing_since: dict[str, float] = {}
         self._targets = targets
         self._on_change = on_change
         self._prober = prober
@@ -79,8 +84,13 @@ class HealthMonitor:
         """The last result, or None before the first probe of the current process."""
         return self._results.get(instance_id)
 
+    def failing_since(self, instance_id: str) -> float | None:
+        """When the probes of the current process started failing; None while they pass."""
+        return self._failing_since.get(instance_id)
+
     def forget(self, instance_id: str) -> None:
         self._results.pop(instance_id, None)
+        self._failing_since.pop(instance_id, None)
 
     async def run(self) -> None:
         while True:
@@ -96,11 +106,22 @@ class HealthMonitor:
             )
         )
         changed = False
+        now = self._clock()
         for t, r in zip(targets, results, strict=True):
             before = self._results.get(t.instance_id)
             if before is None or before.ok != r.ok:
                 changed = True
-                log.info("health changed", instance=t.instance_id, healthy=r.ok, message=r.message)
+                log.info(
+                    "health changed",
+                    instance=t.instance_id,
+                    workload=t.workload,
+                    healthy=r.ok,
+                    message=r.message,
+                )
+            if r.ok:
+                self._failing_since.pop(t.instance_id, None)
+            else:
+                self._failing_since.setdefault(t.instance_id, now)
             self._results[t.instance_id] = r
         if changed:
             self._on_change()
@@ -182,6 +203,8 @@ async def _http(port_name: str, path: str, ports: Mapping[str, int]) -> ProbeRes
 
 
 async def _exec(command: tuple[str, ...], env: Mapping[str, str]) -> ProbeResult:
+    # Messages name the command as written in the spec: expanded, it may carry env values.
+    shown = " ".join(command)
     argv = expand(command, env)
     if not argv:
         return ProbeResult(False, "exec probe: the command is empty")
@@ -197,7 +220,7 @@ async def _exec(command: tuple[str, ...], env: Mapping[str, str]) -> ProbeResult
             start_new_session=True,
         )
     except OSError as e:
-        return ProbeResult(False, f"exec probe: {argv[0]}: {e.strerror or e}")
+        return ProbeResult(False, f"exec probe: {command[0]}: {e.strerror or e}")
     try:
         rc = await proc.wait()
     except asyncio.CancelledError:
@@ -207,4 +230,4 @@ async def _exec(command: tuple[str, ...], env: Mapping[str, str]) -> ProbeResult
         raise
     if rc == 0:
         return ProbeResult(True)
-    return ProbeResult(False, f"exec probe: {' '.join(argv)} exited with {rc}")
+    return ProbeResult(False, f"exec probe: {shown} exited with {rc}")

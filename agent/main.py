@@ -23,15 +23,17 @@ import uvloop
 
 from agent.errors import AgentError, ConfigError
 from agent.health import always_healthy, probe
+from agent.metrics import AgentMetrics, MetricsServer, write_addresses
 from agent.reconciler import Reconciler
 from agent.runtime.base import Driver
 from agent.runtime.fake import FakeDriver
 from agent.runtime.process import ProcessDriver
-from agent.settings import Settings, duration_s, parse_capacity, parse_labels
+from agent.settings import Settings, duration_s, parse_capacity, parse_labels, parse_listen
 from agent.state import StateStore
 from agent.sync import SyncClient
 from agent.tasks import TaskGroup
 from keel.model import Resources
+from keel.tracing import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger("agent.main")
 
@@ -51,24 +53,132 @@ def default_capacity() -> Resources:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="keel-agent", description="Keel host agent")
-    p.add_argument("--controlplane", required=True, help="ADDR[,ADDR...] of the control plane")
-    p.add_argument("--host", required=True, help="this host's name (its identity)")
-    p.add_argument("--state-dir", required=True, type=Path)
-    p.add_argument("--driver", choices=("process", "fake"), default="process")
-    p.add_argument("--label", action="append", default=[], metavar="K=V")
-    p.add_argument("--capacity", default="", metavar="cpu=MILLIS,memory=MIB")
-    p.add_argument("--heartbeat-interval", default="5s")
-    p.add_argument("--backoff-base", default="10s")
-    p.add_argument("--backoff-max", default="5m")
-    p.add_argument("--backoff-reset", default="10m")
-    p.add_argument("--reconnect-max", default="10s")
-    p.add_argument("--probe-interval", default="1s")
-    p.add_argument("--fake-start-delay", default="0s")
-    p.add_argument("--log-max-bytes", type=int, default=10 * 1024 * 1024)
-    p.add_argument("--log-backups", type=int, default=3)
-    p.add_argument("--stop-workloads-on-exit", action="store_true")
-    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    p = argparse.ArgumentParser(
+        prog="keel-agent",
+        description="Keel host agent: runs the instances the control plane places on this host.",
+        epilog="Durations take a unit: 500ms, 10s, 5m, 1h. SIGTERM/SIGINT stop the agent and "
+        "leave workloads running for the next agent to adopt (see --stop-workloads-on-exit).",
+    )
+    p.add_argument(
+        "--controlplane",
+        required=True,
+        metavar="ADDR[,ADDR...]",
+        help="control-plane replicas (host:port), tried in turn",
+    )
+    p.add_argument("--host", required=True, metavar="NAME", help="this host's name (its identity)")
+    p.add_argument(
+        "--state-dir",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="local state (state.json), workload logs and working dirs, addresses.json",
+    )
+    p.add_argument(
+        "--driver",
+        choices=("process", "fake"),
+        default="process",
+        help="run real processes, or simulated ones for benchmarks and tests (default: process)",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a host label matched by workload selectors (repeatable)",
+    )
+    p.add_argument(
+        "--capacity",
+        default="",
+        metavar="cpu=MILLIS,memory=MIB",
+        help="what the scheduler may place here (default: the machine's cpus and memory)",
+    )
+    p.add_argument(
+        "--heartbeat-interval", default="5s", metavar="D", help="heartbeat period (default: 5s)"
+    )
+    p.add_argument(
+        "--backoff-base", default="10s", metavar="D", help="first crash-restart wait (default: 10s)"
+    )
+    p.add_argument(
+        "--backoff-max", default="5m", metavar="D", help="longest crash-restart wait (default: 5m)"
+    )
+    p.add_argument(
+        "--backoff-reset",
+        default="10m",
+        metavar="D",
+        help="a process up this long restarts its back-off from the base (default: 10m)",
+    )
+    p.add_argument(
+        "--reconnect-max",
+        default="10s",
+        metavar="D",
+        help="cap of the jittered reconnect back-off to the control plane (default: 10s)",
+    )
+    p.add_argument(
+        "--probe-interval",
+        default="1s",
+        metavar="D",
+        help="process, health-check and followed-log polling period (default: 1s)",
+    )
+    p.add_argument(
+        "--health-stuck-after",
+        default="30s",
+        metavar="D",
+        help="a health check failing this long is reported stuck, HEALTH_CHECK_FAILING "
+        "(default: 30s)",
+    )
+    p.add_argument(
+        "--fake-start-delay",
+        default="0s",
+        metavar="D",
+        help="fake driver: how long a simulated start takes (default: 0s)",
+    )
+    p.add_argument(
+        "--fake-start-gate",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="fake driver, for tests: while PATH exists, simulated starts wait (polled every "
+        "50ms) before completing; delete it to let them finish",
+    )
+    p.add_argument(
+        "--log-max-bytes",
+        type=int,
+        default=10 * 1024 * 1024,
+        metavar="N",
+        help="rotate a workload's stdout/stderr log beyond this size (default: 10485760)",
+    )
+    p.add_argument(
+        "--log-backups",
+        type=int,
+        default=3,
+        metavar="N",
+        help="rotated copies kept per log (default: 3)",
+    )
+    p.add_argument(
+        "--stop-workloads-on-exit",
+        action="store_true",
+        help="stop every workload (each within its stop grace) when the agent exits",
+    )
+    p.add_argument(
+        "--metrics",
+        default="127.0.0.1:9465",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics here; port 0 picks a free port (recorded in "
+        "<state-dir>/addresses.json); 'off' disables (default: 127.0.0.1:9465)",
+    )
+    p.add_argument(
+        "--trace-file",
+        default=None,
+        metavar="PATH",
+        help="append finished trace spans to PATH as JSON lines (default: env KEEL_TRACE_FILE); "
+        "OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="auto: JSON lines unless stdout is a terminal (default: auto)",
+    )
     return p
 
 
@@ -97,7 +207,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         backoff_reset_s=duration_s(args.backoff_reset, "--backoff-reset"),
         reconnect_max_s=duration_s(args.reconnect_max, "--reconnect-max"),
         probe_interval_s=probe_interval,
+        health_stuck_after_s=duration_s(args.health_stuck_after, "--health-stuck-after"),
         fake_start_delay_s=duration_s(args.fake_start_delay, "--fake-start-delay"),
+        fake_start_gate=args.fake_start_gate,
+        metrics_address=parse_listen(args.metrics, "--metrics"),
+        trace_file=args.trace_file,
         log_max_bytes=args.log_max_bytes,
         log_backups=args.log_backups,
         stop_workloads_on_exit=args.stop_workloads_on_exit,
@@ -128,7 +242,9 @@ def configure_logging(fmt: str) -> None:
 
 def build_driver(settings: Settings) -> Driver:
     if settings.driver == "fake":
-        return FakeDriver(start_delay_s=settings.fake_start_delay_s)
+        return FakeDriver(
+            start_delay_s=settings.fake_start_delay_s, start_gate=settings.fake_start_gate
+        )
     return ProcessDriver(
         state_dir=settings.state_dir,
         log_max_bytes=settings.log_max_bytes,
@@ -139,14 +255,17 @@ def build_driver(settings: Settings) -> Driver:
 async def serve(settings: Settings, *, stop: asyncio.Event) -> None:
     """Run the agent until `stop` is set; then shut down as the module docstring says."""
     structlog.contextvars.bind_contextvars(host=settings.host)
+    metrics = AgentMetrics()
     reconciler = Reconciler(
         StateStore(settings.state_file),
         driver=build_driver(settings),
         settings=settings,
         prober=always_healthy if settings.driver == "fake" else probe,
+        metrics=metrics,
     )
     await reconciler.open()
-    client = SyncClient(settings, target=reconciler, agent_version=agent_version())
+    server = await asyncio.to_thread(start_metrics, settings, metrics)
+    client = SyncClient(settings, target=reconciler, agent_version=agent_version(), metrics=metrics)
     reconciler.sink = client
     tasks = TaskGroup()
     loop_task = tasks.loop("reconciler", reconciler.run)
@@ -166,7 +285,28 @@ async def serve(settings: Settings, *, stop: asyncio.Event) -> None:
         await reconciler.stop_all()
     await tasks.close()  # the sync task leaves its `async with` channel: the channel closes
     await reconciler.close()
+    if server is not None:
+        await asyncio.to_thread(server.close)
     log.info("agent stopped")
+
+
+def start_metrics(settings: Settings, metrics: AgentMetrics) -> MetricsServer | None:
+    """Serve /metrics and record its address; a port that cannot be bound is logged, not fatal.
+
+    Not fatal because an agent that cannot export metrics should still run its workloads;
+    the missing scrape target is what alerts (the control plane's view shows the host fine).
+    """
+    if settings.metrics_address is None:
+        return None
+    host, port = settings.metrics_address
+    try:
+        server = MetricsServer(metrics, host, port)
+    except OSError as e:
+        log.error("cannot serve metrics", address=f"{host}:{port}", error=str(e))
+        return None
+    write_addresses(settings.addresses_file, {"metrics": server.address})
+    log.info("serving metrics", address=server.address)
+    return server
 
 
 async def _amain(settings: Settings) -> None:
@@ -185,11 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keel-agent: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format)
+    configure_tracing("keel-agent", trace_file=settings.trace_file)
     try:
         uvloop.run(_amain(settings))
     except AgentError as e:
         log.error("agent failed", error=str(e))
         return 1
+    finally:
+        shutdown_tracing()
     return 0
 
 

@@ -39,6 +39,16 @@ class Settings:
     log_backups: int = 3
     stop_workloads_on_exit: bool = False
     log_format: str = "auto"
+    # A failing health check is reported at once (HEALTH_CHECK_FAILING) but only marked stuck
+    # after this long; the control plane applies the workload's deadline on top.
+    health_stuck_after_s: float = 30.0
+    # /metrics: (host, port); None = off. Port 0 picks a free port (see addresses.json).
+    metrics_address: tuple[str, int] | None = None
+    trace_file: str | None = None
+    # Fake driver only: while this file exists, simulated starts wait (tests hold convergence).
+    fake_start_gate: Path | None = None
+    # While cut off from the control plane, a warning says so this often.
+    degraded_log_interval_s: float = 30.0
 
     @property
     def state_file(self) -> Path:
@@ -47,6 +57,10 @@ class Settings:
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def addresses_file(self) -> Path:
+        return self.state_dir / "addresses.json"
 
 
 def duration_s(text: str, flag: str) -> float:
@@ -83,3 +97,13 @@ def parse_labels(items: list[str]) -> dict[str, str]:
                 raise ConfigError(f"--label: expected key=value, got '{part}'")
             labels[key.strip()] = value.strip()
     return labels
+
+
+def parse_listen(text: str, flag: str) -> tuple[str, int] | None:
+    """`HOST:PORT` (port 0 = any free port), or `off` for None."""
+    if text.strip().lower() == "off":
+        return None
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{flag}: expected HOST:PORT or off, got '{text}'")
+    return host.strip("[]"), int(port)

@@ -32,6 +32,9 @@ class Assignment:
     generation: int
     desired: Desired
     spec: WorkloadSpec
+    # W3C traceparent of the operator request behind this desired change ("" = none); kept
+    # in local state so a start after an agent restart still joins the operator's trace.
+    trace_context: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,12 @@ class InstanceRecord:
     backoff_s: float = 0.0  # the wait used before the last restart (0 = none yet)
     next_start_at: float | None = None  # no start before this (crash back-off)
     start_error: str = ""  # the last start failure, until a start succeeds
+    start_failed_since: float | None = None  # first failure of the current run of failures
     stop_grace_s: float = 10.0  # from the spec it was started with: orphans have no spec
+    # Unexpected exits in a row, none after staying up min_ready (2+ = CRASH_LOOP), and when
+    # the streak reached 2.
+    crash_streak: int = 0
+    crash_loop_since: float | None = None
 
     @property
     def first_start(self) -> bool:
@@ -74,6 +82,7 @@ class LocalState:
                     "generation": a.generation,
                     "desired": a.desired.value,
                     "spec": a.spec.to_json(),
+                    "trace_context": a.trace_context,
                 }
                 for k, a in sorted(self.desired.items())
             },
@@ -91,7 +100,10 @@ class LocalState:
                     "backoff_s": r.backoff_s,
                     "next_start_at": r.next_start_at,
                     "start_error": r.start_error,
+                    "start_failed_since": r.start_failed_since,
                     "stop_grace_s": r.stop_grace_s,
+                    "crash_streak": r.crash_streak,
+                    "crash_loop_since": r.crash_loop_since,
                 }
                 for k, r in sorted(self.instances.items())
             },
@@ -108,6 +120,7 @@ class LocalState:
                 generation=int(v["generation"]),
                 desired=Desired(v["desired"]),
                 spec=WorkloadSpec.from_json(v["spec"]),
+                trace_context=str(v.get("trace_context", "")),
             )
             for k, v in data.get("desired", {}).items()
         }
@@ -126,7 +139,10 @@ class LocalState:
                 backoff_s=float(v.get("backoff_s", 0.0)),
                 next_start_at=v.get("next_start_at"),
                 start_error=v.get("start_error", ""),
+                start_failed_since=v.get("start_failed_since"),
                 stop_grace_s=float(v.get("stop_grace_s", 10.0)),
+                crash_streak=int(v.get("crash_streak", 0)),
+                crash_loop_since=v.get("crash_loop_since"),
             )
             for k, v in data.get("instances", {}).items()
         }

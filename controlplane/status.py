@@ -135,7 +135,7 @@ class StatusStore:
                 gone = await conn.fetch(
                     """DELETE FROM instance i USING unnest($1::text[], $2::text[]) AS u(id, host)
                        WHERE i.id = u.id AND i.host = u.host AND i.desired = 'REMOVED'
-                       RETURNING i.workload,
+                       RETURNING i.id, i.workload, i.stuck_reason,
                                  extract(epoch FROM now() - i.desired_changed_at)::float8
                                      AS seconds""",
                     [i for i, _ in removed],
@@ -143,6 +143,13 @@ class StatusStore:
                 )
                 workloads |= {r["workload"] for r in gone}
                 converged += [("remove", max(0.0, r["seconds"])) for r in gone]
+                for r in gone:
+                    if r["stuck_reason"]:
+                        # The history shows every detection ends, removal included.
+                        await Store._event(
+                            conn, f"instance/{r['id']}", "StuckCleared",
+                            f"was {r['stuck_reason']}; the instance was removed",
+                        )  # fmt: skip
             for name in sorted(workloads):
                 await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, name)
             return ReportOutcome(workloads=workloads, converged=converged)

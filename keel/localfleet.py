@@ -33,6 +33,8 @@ from typing import Any
 import psutil
 
 BIN = Path(sys.executable).parent
+CONTROLPLANE_METRICS = "127.0.0.1:9464"
+AGENT_METRICS_BASE_PORT = 9465
 HOSTS = ("host-1", "host-2", "host-3")
 START_TIMEOUT_S = 120.0  # the first start runs initdb for the embedded Postgres
 AGENT_STOP_S = 30.0  # agents stop their workloads first: each gets its stop_grace
@@ -217,6 +219,7 @@ def _workload_name(path: Path) -> str:
 def _banner(address: str, state_dir: Path, logs: Path, workload: str) -> str:
     keelctl = BIN / "keelctl"
     rel = os.path.relpath(keelctl) if keelctl.is_relative_to(Path.cwd()) else str(keelctl)
+    agent_ports = f"{AGENT_METRICS_BASE_PORT}-{AGENT_METRICS_BASE_PORT + len(HOSTS) - 1}"
     return f"""
 The local Keel fleet is up: a control plane on {address} and agents {", ".join(HOSTS)}.
 
@@ -226,7 +229,11 @@ The local Keel fleet is up: a control plane on {address} and agents {", ".join(H
   {rel} get instances
   {rel} describe workload {workload}
   {rel} apply -f examples/web.yaml
+  {rel} stuck
+  {rel} events --for workload/{workload}
 
+Metrics: http://{CONTROLPLANE_METRICS}/metrics (control plane), \
+http://127.0.0.1:{agent_ports}/metrics (agents)
 State: {state_dir}    Logs: {logs}/{{controlplane,{",".join(HOSTS)}}}.log
 Ctrl-C stops the fleet and its workloads; `make run` again picks up the same state.
 """
@@ -307,6 +314,8 @@ def run(*, state_dir: Path, workload: Path, listen: str, agent_args: Sequence[st
             str(state_dir / "controlplane"),
             "--listen",
             listen,
+            "--metrics",
+            CONTROLPLANE_METRICS,
         ],
         logs / "controlplane.log",
     )
@@ -327,11 +336,14 @@ def run(*, state_dir: Path, workload: Path, listen: str, agent_args: Sequence[st
                 # examples/web.yaml selects role=web hosts.
                 "--label",
                 "role=web",
+                # Each agent scrapes on a port of its own: 9465, 9466, 9467.
+                "--metrics",
+                f"127.0.0.1:{AGENT_METRICS_BASE_PORT + n}",
                 *agent_args,
             ],
             logs / f"{h}.log",
         )
-        for h in HOSTS
+        for n, h in enumerate(HOSTS)
     ]
     for d in [logs, state_dir / "controlplane", *(state_dir / h for h in HOSTS)]:
         d.mkdir(parents=True, exist_ok=True)

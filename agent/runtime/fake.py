@@ -4,6 +4,10 @@ Starts take `start_delay_s`; pids are made up (from 1_000_000 up, beyond any rea
 default); processes live until stopped or until a test or benchmark injects a crash
 (`crash`) or a start failure (`fail_next_start`). Simulated processes do not outlive the
 driver, so a restarted hollow agent adopts nothing and starts its instances again.
+
+`start_gate` is a latch for tests (--fake-start-gate): while that file exists, every start
+waits (polling every 50 ms) before it completes, so a test can hold convergence back, watch
+the backlog grow, then delete the file and watch it drain.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import itertools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from agent.errors import StartFailed
 from agent.runtime.base import ExitInfo, Handle
 from keel.model import WorkloadSpec
+
+_GATE_POLL_S = 0.05
 
 
 @dataclass
@@ -31,8 +38,9 @@ class _Sim:
 class FakeDriver:
     """Simulated processes; see the module docstring."""
 
-    def __init__(self, *, start_delay_s: float = 0.0) -> None:
+    def __init__(self, *, start_delay_s: float = 0.0, start_gate: Path | None = None) -> None:
         self._start_delay_s = start_delay_s
+        self._start_gate = start_gate
         self._pids = itertools.count(1_000_000)
         self._ports = itertools.count(20_000)
         self._sims: dict[int, _Sim] = {}
@@ -73,6 +81,8 @@ class FakeDriver:
     ) -> Handle:
         if self._start_delay_s > 0:
             await asyncio.sleep(self._start_delay_s)
+        if self._start_gate is not None:
+            await self._gate_open(self._start_gate)
         message = self._fail_next.pop(instance_id, None)
         if message is not None:
             raise StartFailed(message)
@@ -80,6 +90,12 @@ class FakeDriver:
         handle = Handle(instance_id=instance_id, pid=next(self._pids), start_time=time.time())
         self._sims[handle.pid] = _Sim(handle=handle, env=dict(env))
         return handle
+
+    @staticmethod
+    async def _gate_open(gate: Path) -> None:
+        # A file another process removes: there is nothing to await but its absence.
+        while await asyncio.to_thread(gate.exists):  # noqa: ASYNC110
+            await asyncio.sleep(_GATE_POLL_S)
 
     async def stop(self, handle: Handle, *, grace_s: float) -> ExitInfo:
         sim = self._sims.get(handle.pid)

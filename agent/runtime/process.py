@@ -24,7 +24,7 @@ import structlog
 
 from agent.errors import StartFailed
 from agent.runtime import logs
-from agent.runtime.base import ExitInfo, Handle, expand
+from agent.runtime.base import FIXED_PATH, ExitInfo, Handle, expand
 from keel.model import WorkloadSpec
 
 log = structlog.get_logger("agent.runtime.process")
@@ -87,13 +87,18 @@ class ProcessDriver:
         if not argv or not argv[0]:
             raise StartFailed("the command is empty")
         program = argv[0]
+        # Errors name the program as the spec wrote it: expanded, it may carry env values.
+        named = spec.command[0]
         if "/" not in program:
             # Resolve against the instance's PATH ourselves: the stdlib and uvloop differ on
             # whether the child's or the agent's PATH is searched.
             search = env.get("PATH", "")
             found = shutil.which(program, path=search)
             if found is None:
-                raise StartFailed(f"exec {program}: executable file not found in PATH ({search})")
+                # The default PATH is shown; one set by the workload's env is not (env values
+                # stay out of messages and logs).
+                where = search if search == FIXED_PATH else "the PATH set in the workload's env"
+                raise StartFailed(f"exec {named}: executable file not found in PATH ({where})")
             program = found
         workdir = self._work_dir / instance_id
         out, err = await asyncio.to_thread(self._prepare, instance_id, workdir)
@@ -111,7 +116,7 @@ class ProcessDriver:
                 start_new_session=True,
             )
         except OSError as e:
-            raise StartFailed(f"exec {argv[0]}: {e.strerror or e}") from e
+            raise StartFailed(f"exec {named}: {e.strerror or e}") from e
         finally:
             os.close(out)
             os.close(err)
@@ -156,7 +161,7 @@ class ProcessDriver:
         try:
             result = await asyncio.wait_for(self.wait(handle), timeout=grace_s)
         except TimeoutError:
-            log.info(
+            log.warning(
                 "stop grace over, killing process group",
                 pid=handle.pid,
                 grace_s=grace_s,

@@ -217,6 +217,8 @@ class Fleet:
                 "200ms",
                 "--reconnect-max",
                 "1s",
+                "--metrics",
+                "127.0.0.1:0",
                 *(agent_args or {}).get(i, ()),
             ]
             self._agents[i] = Proc(f"host-{i}", argv, self.logs / f"host-{i}.log", env)
@@ -267,6 +269,10 @@ class Fleet:
             "3s",
             "--resync-period",
             "2s",
+            "--stuck-interval",
+            "300ms",
+            "--metrics",
+            "127.0.0.1:0",
             *self._controlplane_args,
         ]
         self._cp.start()
@@ -316,6 +322,33 @@ class Fleet:
         if self._agents[i].running():
             self.kill_agent(i, signal.SIGTERM)
         self.start_agent(i)
+
+    def metrics_address(self, agent: int | None = None) -> str:
+        """HOST:PORT of the control plane's (or agent i's) /metrics, from addresses.json."""
+        state = self.cp_state if agent is None else self.root / f"host-{agent}"
+        addresses = state / "addresses.json"
+
+        def bound() -> str | None:
+            try:
+                return str(json.loads(addresses.read_text())["metrics"])
+            except (OSError, ValueError, KeyError):
+                return None
+
+        return wait_for(bound, timeout=15, interval=0.1, message=f"metrics address in {addresses}")
+
+    def metrics(self, agent: int | None = None) -> dict[str, float]:
+        """One scrape of /metrics: {'name{labels}': value} with labels sorted as exposed."""
+        import urllib.request
+
+        url = f"http://{self.metrics_address(agent)}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                samples[key] = float(value)
+        return samples
 
     def agent_pid(self, i: int) -> int:
         return self._agents[i].pid

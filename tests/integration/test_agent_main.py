@@ -129,6 +129,8 @@ def start_agent(
             "500ms",
             "--log-format",
             "json",
+            "--metrics",
+            "127.0.0.1:0",
             *extra,
         ],
         stdout=subprocess.DEVNULL,

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog
 
 from agent.health import always_healthy
 from agent.reconciler import Reconciler
@@ -92,6 +93,7 @@ async def eventually(cond: Callable[[], bool], within: float = 10.0) -> None:
 class Agent:
     def __init__(self, tmp_path: Path, addresses: tuple[str, ...]) -> None:
         self.settings = Settings(
+            degraded_log_interval_s=0.3,
             host="h1",
             state_dir=tmp_path,
             controlplanes=addresses,
@@ -110,7 +112,12 @@ class Agent:
             settings=self.settings,
             prober=always_healthy,
         )
-        self.client = SyncClient(self.settings, target=self.reconciler, agent_version="9.9")
+        self.client = SyncClient(
+            self.settings,
+            target=self.reconciler,
+            agent_version="9.9",
+            metrics=self.reconciler.metrics,
+        )
         self.reconciler.sink = self.client
         self.tasks = TaskGroup()
 
@@ -224,3 +231,23 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def test_cut_off_agent_says_how_long_it_runs_the_last_desired_state(
+    tmp_path: Path, servers: list[Any]
+) -> None:
+    """Disconnected, the agent warns periodically with degraded_for_s and exports connected 0."""
+    servicer = Servicer(full_set(2, "web-1"), hang_up_after=2)
+    server, address = await serve(servicer)
+    servers.append(server)
+    with structlog.testing.capture_logs() as logs:
+        async with Agent(tmp_path, (address,)) as agent:
+            metrics = agent.reconciler.metrics.registry
+            await eventually(lambda: metrics.get_sample_value("keel_agent_connected") == 1)
+            assert (metrics.get_sample_value("keel_agent_last_sync_timestamp_seconds") or 0) > 0
+            await server.stop(None)
+            await eventually(lambda: metrics.get_sample_value("keel_agent_connected") == 0)
+            await eventually(lambda: any("degraded_for_s" in e for e in logs))
+            assert "web-1" in agent.driver.running()
+    [line] = [e for e in logs if "degraded_for_s" in e][:1]
+    assert line["log_level"] == "warning" and line["revision"] == 2

@@ -62,7 +62,9 @@ async def test_watcher_misses_no_change_under_concurrent_writers(store: Store) -
 
     async def fast_writer() -> None:
         for _ in range(15):
-            created.update((await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)).created)
+            created.update(
+                (await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)).created
+            )
 
     async def slow_writer(n: int) -> None:
         # The same protocol as apply_plan, but the transaction sleeps before committing: with a

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.health import ProbeResult, always_healthy
-from agent.planner import CRASH_BACKOFF, START_FAILED, UNHEALTHY, InstanceReport
+from agent.planner import CRASH_LOOP, HEALTH_CHECK_FAILING, START_FAILED, InstanceReport
 from agent.reconciler import Reconciler
 from agent.runtime.base import ExitInfo
 from agent.runtime.fake import FakeDriver
@@ -71,6 +71,16 @@ async def until(rec: Reconciler, cond: Callable[[], bool], within: float = 5.0) 
         await asyncio.sleep(0.005)
 
 
+def sample(rec: Reconciler, name: str, **labels: str) -> float | None:
+    return rec.metrics.registry.get_sample_value(name, labels)
+
+
+def backing_off(sink: Sink, iid: str = "web-1") -> bool:
+    """The exit is recorded and the restart waits its back-off."""
+    last = sink.last(iid)
+    return last.phase is Phase.FAILED and last.reason == CRASH_LOOP
+
+
 async def make(tmp_path: Path, clock: Clock, sink: Sink) -> tuple[Reconciler, FakeDriver]:
     driver = FakeDriver()
     rec = Reconciler(
@@ -94,7 +104,7 @@ async def test_crash_restarts_after_doubling_backoff(tmp_path: Path) -> None:
     first_pid = driver.running()["web-1"].pid
 
     driver.crash("web-1", ExitInfo(code=2))
-    await until(rec, lambda: sink.last("web-1").reason == CRASH_BACKOFF)
+    await until(rec, lambda: backing_off(sink))
     assert sink.last("web-1").last_exit == "exit code 2"
     clock.now += 9.9
     await rec.reconcile_once()
@@ -107,7 +117,7 @@ async def test_crash_restarts_after_doubling_backoff(tmp_path: Path) -> None:
     assert rec.state.instances["web-1"].restart_count == 1
 
     driver.crash("web-1")
-    await until(rec, lambda: sink.last("web-1").reason == CRASH_BACKOFF)
+    await until(rec, lambda: backing_off(sink))
     assert rec.state.instances["web-1"].backoff_s == 20
     clock.now += 19.9
     await rec.reconcile_once()
@@ -126,13 +136,13 @@ async def test_backoff_resets_after_a_long_healthy_run(tmp_path: Path) -> None:
     await until(rec, lambda: "web-1" in driver.running())
     for _ in range(3):  # grow the back-off to its cap
         driver.crash("web-1")
-        await until(rec, lambda: sink.last("web-1").reason == CRASH_BACKOFF)
+        await until(rec, lambda: backing_off(sink))
         clock.now += 60
         await until(rec, lambda: "web-1" in driver.running())
     assert rec.state.instances["web-1"].backoff_s == 40
     clock.now += 100
     driver.crash("web-1")
-    await until(rec, lambda: sink.last("web-1").reason == CRASH_BACKOFF)
+    await until(rec, lambda: backing_off(sink))
     assert rec.state.instances["web-1"].backoff_s == 10
     await rec.close()
 
@@ -144,7 +154,7 @@ async def test_restart_is_ready_only_after_min_ready(tmp_path: Path) -> None:
     rec.apply_assignments(full=True, revision=1, assignments=[assignment()])
     await until(rec, lambda: sink.reports != [] and sink.last("web-1").ready)
     driver.crash("web-1")
-    await until(rec, lambda: sink.last("web-1").reason == CRASH_BACKOFF)
+    await until(rec, lambda: backing_off(sink))
     clock.now += 10
     await until(rec, lambda: sink.last("web-1").phase is Phase.RUNNING)
     assert sink.last("web-1").restart_count == 1
@@ -203,12 +213,21 @@ async def test_start_failure_is_reported_and_retried(tmp_path: Path) -> None:
     rec, driver = await make(tmp_path, clock, sink)
     driver.fail_next_start("web-1", "exec nope: executable file not found in PATH")
     rec.apply_assignments(full=True, revision=1, assignments=[assignment()])
-    await until(rec, lambda: sink.reports != [] and sink.last("web-1").reason == START_FAILED)
+    await until(
+        rec,
+        lambda: (
+            sink.reports != []
+            and (sink.last("web-1").phase, sink.last("web-1").reason)
+            == (Phase.FAILED, START_FAILED)
+        ),
+    )
     assert sink.last("web-1").phase is Phase.FAILED
     assert "executable file not found" in sink.last("web-1").message
     clock.now += 10
     await until(rec, lambda: "web-1" in driver.running())
     assert rec.state.instances["web-1"].restart_count == 0
+    assert sample(rec, "keel_agent_reconcile_retries_total") == 1
+    assert sample(rec, "keel_agent_reconcile_total", result="success") > 0
     await rec.close()
 
 
@@ -270,7 +289,7 @@ async def test_ready_follows_the_health_probe(tmp_path: Path) -> None:
             rec, lambda: sink.reports != [] and sink.last("web-1").message == "tcp probe: refused"
         )
         assert not sink.last("web-1").ready
-        assert sink.last("web-1").reason == UNHEALTHY
+        assert sink.last("web-1").reason == HEALTH_CHECK_FAILING
         verdict["ok"] = True
         await until(rec, lambda: sink.last("web-1").ready)
         verdict["ok"] = False
@@ -298,4 +317,62 @@ async def test_slow_start_is_started_once(tmp_path: Path) -> None:
     await until(rec, lambda: sink.last("web-1").phase is Phase.RUNNING)
     assert rec.state.instances["web-1"].starts == 1
     assert driver.running()["web-1"].pid == 1_000_000
+    await rec.close()
+
+
+async def test_two_quick_crashes_are_a_crash_loop_that_clears_after_min_ready(
+    tmp_path: Path,
+) -> None:
+    """The second quick exit reports CRASH_LOOP stuck; staying up min_ready clears it."""
+    clock, sink = Clock(), Sink()
+    rec, driver = await make(tmp_path, clock, sink)
+    rec.apply_assignments(full=True, revision=1, assignments=[assignment()])
+    await until(rec, lambda: "web-1" in driver.running())
+    driver.crash("web-1")
+    await until(rec, lambda: backing_off(sink))
+    assert sink.last("web-1").stuck is None  # one crash: back-off, not yet a loop
+    clock.now += 10
+    await until(rec, lambda: "web-1" in driver.running())
+    driver.crash("web-1")
+    await until(rec, lambda: backing_off(sink) and sink.last("web-1").stuck is not None)
+    stuck = sink.last("web-1").stuck
+    assert stuck is not None and stuck.reason == CRASH_LOOP and stuck.since == clock.now
+    assert sample(rec, "keel_agent_stuck_instances", reason=CRASH_LOOP) == 1
+    clock.now += 20
+    await until(rec, lambda: sink.last("web-1").phase is Phase.RUNNING)
+    assert sink.last("web-1").stuck is not None  # restarted, not yet up min_ready
+    clock.now += 5
+    await until(rec, lambda: sink.last("web-1").stuck is None and sink.last("web-1").ready)
+    assert sample(rec, "keel_agent_workload_restarts_total") == 2
+    await rec.close()
+
+
+async def test_start_gate_holds_convergence_and_the_backlog_shows_it(tmp_path: Path) -> None:
+    """While the fake start gate exists the create is unconverged; once open it is measured."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    clock, sink = Clock(), Sink()
+    driver = FakeDriver(start_gate=gate)
+    rec = Reconciler(
+        StateStore(tmp_path / "state.json"),
+        driver=driver,
+        settings=settings(tmp_path),
+        clock=clock,
+        prober=always_healthy,
+        sink=sink,
+    )
+    await rec.open()
+    rec.apply_assignments(full=True, revision=4, assignments=[assignment()])
+    await until(rec, lambda: sink.reports != [] and sink.last("web-1").phase is Phase.STARTING)
+    clock.now += 3
+    await rec.reconcile_once()
+    assert sample(rec, "keel_agent_unconverged_instances") == 1
+    assert sample(rec, "keel_agent_oldest_unconverged_seconds") == 3
+    gate.unlink()
+    await until(rec, lambda: sink.last("web-1").ready)
+    assert sample(rec, "keel_agent_unconverged_instances") == 0
+    assert sample(rec, "keel_agent_oldest_unconverged_seconds") == 0
+    assert sample(rec, "keel_agent_convergence_seconds_count", change="create") == 1
+    assert sample(rec, "keel_agent_convergence_seconds_bucket", change="create", le="5.0") == 1
+    assert sample(rec, "keel_agent_desired_revision") == 4
     await rec.close()

@@ -1,0 +1,201 @@
+"""The agent's Prometheus metrics and its `/metrics` endpoint (--metrics HOST:PORT).
+
+Every metric lives in a registry of its own (not prometheus_client's global one), so a test can
+run several agents in one process. They are updated in two places only: the reconciler's
+outcome handler after every pass (`pass_done`, with a `PassOutcome`) and after every start
+(`started`), and the sync client's connection handler (`connection` / `heard_from_controlplane`).
+The README's metrics table explains each and names the alert that uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from agent.convergence import CHANGES, Converged
+from keel.model import Phase
+from keel.stuck import Reason
+
+# The same buckets as the control plane's keel_convergence_seconds.
+CONVERGENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# The reasons an agent reports for itself.
+AGENT_REASONS = (
+    Reason.START_FAILED,
+    Reason.CRASH_LOOP,
+    Reason.HEALTH_CHECK_FAILING,
+    Reason.STOP_TIMEOUT,
+)
+
+NAMES = (
+    "keel_agent_convergence_seconds",
+    "keel_agent_unconverged_instances",
+    "keel_agent_oldest_unconverged_seconds",
+    "keel_agent_reconcile_total",
+    "keel_agent_reconcile_retries_total",
+    "keel_agent_workload_restarts_total",
+    "keel_agent_instances",
+    "keel_agent_stuck_instances",
+    "keel_agent_connected",
+    "keel_agent_last_sync_timestamp_seconds",
+    "keel_agent_desired_revision",
+)
+
+
+@dataclass(frozen=True)
+class PassOutcome:
+    """What one reconcile pass found and did, for the metrics."""
+
+    ok: bool
+    retries: int  # actions that retry something that failed before
+    converged: list[Converged] = field(default_factory=list)
+    unconverged: int = 0
+    oldest_unconverged_s: float = 0.0
+    phases: Mapping[Phase, int] = field(default_factory=dict)
+    stuck: Mapping[str, int] = field(default_factory=dict)  # reason -> instances
+    revision: int = 0
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.convergence = Histogram(
+            "keel_agent_convergence_seconds",
+            "Seconds from the agent receiving a desired change to its instance matching it "
+            "(create: running and ready; stop: stopped; remove: stopped and confirmed).",
+            ["change"],
+            buckets=CONVERGENCE_BUCKETS,
+            registry=r,
+        )
+        self.unconverged = Gauge(
+            "keel_agent_unconverged_instances",
+            "Desired instances on this host whose actual state does not match yet.",
+            registry=r,
+        )
+        self.oldest_unconverged = Gauge(
+            "keel_agent_oldest_unconverged_seconds",
+            "Age in seconds of the oldest unconverged desired instance on this host (0: none).",
+            registry=r,
+        )
+        self.reconcile = Counter(
+            "keel_agent_reconcile_total",
+            "Reconcile passes of the agent, by result (success or error).",
+            ["result"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "keel_agent_reconcile_retries_total",
+            "Actions the agent retried after a failure (a start after a start failure).",
+            registry=r,
+        )
+        self.restarts = Counter(
+            "keel_agent_workload_restarts_total",
+            "Workload processes the agent restarted after they exited.",
+            registry=r,
+        )
+        self.instances = Gauge(
+            "keel_agent_instances",
+            "Desired instances on this host by observed phase.",
+            ["phase"],
+            registry=r,
+        )
+        self.stuck = Gauge(
+            "keel_agent_stuck_instances",
+            "Instances this agent itself reports stuck, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.connected = Gauge(
+            "keel_agent_connected",
+            "1 while the agent has its stream to the control plane open, else 0.",
+            registry=r,
+        )
+        self.last_sync = Gauge(
+            "keel_agent_last_sync_timestamp_seconds",
+            "Unix time of the last message received from the control plane (0: never).",
+            registry=r,
+        )
+        self.revision = Gauge(
+            "keel_agent_desired_revision",
+            "The desired-state revision the agent holds and runs.",
+            registry=r,
+        )
+        # Every label value exists from the start, so rates and alerts see zeros, not gaps.
+        for change in CHANGES:
+            self.convergence.labels(change)
+        for result in ("success", "error"):
+            self.reconcile.labels(result)
+        for phase in Phase:
+            self.instances.labels(phase.value)
+        for reason in AGENT_REASONS:
+            self.stuck.labels(reason.value)
+
+    # Outcome handlers ------------------------------------------------------------------------
+
+    def pass_done(self, o: PassOutcome) -> None:
+        self.reconcile.labels("success" if o.ok else "error").inc()
+        if o.retries:
+            self.retries.inc(o.retries)
+        for c in o.converged:
+            self.convergence.labels(c.change).observe(c.seconds)
+        self.unconverged.set(o.unconverged)
+        self.oldest_unconverged.set(o.oldest_unconverged_s)
+        for phase in Phase:
+            self.instances.labels(phase.value).set(o.phases.get(phase, 0))
+        for reason in {*(r.value for r in AGENT_REASONS), *o.stuck}:
+            self.stuck.labels(reason).set(o.stuck.get(reason, 0))
+        self.revision.set(o.revision)
+
+    def started(self, *, restart: bool) -> None:
+        if restart:
+            self.restarts.inc()
+
+    def connection(self, up: bool, *, at: float) -> None:
+        self.connected.set(1 if up else 0)
+        if up:
+            self.last_sync.set(at)
+
+    def heard_from_controlplane(self, at: float) -> None:
+        self.last_sync.set(at)
+
+
+class MetricsServer:
+    """The /metrics HTTP endpoint, served from a daemon thread."""
+
+    def __init__(self, metrics: AgentMetrics, host: str, port: int) -> None:
+        self._server: Any
+        self._server, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
+        bound = self._server.server_address
+        self.address = f"{host}:{bound[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def write_addresses(path: Path, entries: Mapping[str, str]) -> None:
+    """Merge `entries` into `<state-dir>/addresses.json`, atomically."""
+    try:
+        current: dict[str, Any] = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        current = {}
+    current.update(entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".addresses.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(current, f)
+    os.replace(tmp, path)
+
+
+def count(values: Iterable[Any]) -> dict[Any, int]:
+    out: dict[Any, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
