@@ -143,13 +143,15 @@ class StatusStore:
                 )
                 workloads |= {r["workload"] for r in gone}
                 converged += [("remove", max(0.0, r["seconds"])) for r in gone]
-                for r in gone:
-                    if r["stuck_reason"]:
+                for g in gone:
+                    if g["stuck_reason"]:
                         # The history shows every detection ends, removal included.
                         await Store._event(
-                            conn, f"instance/{r['id']}", "StuckCleared",
-                            f"was {r['stuck_reason']}; the instance was removed",
-                        )  # fmt: skip
+                            conn,
+                            f"instance/{g['id']}",
+                            "StuckCleared",
+                            f"was {g['stuck_reason']}; the instance was removed",
+                        )
             for name in sorted(workloads):
                 await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, name)
             return ReportOutcome(workloads=workloads, converged=converged)
