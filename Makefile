@@ -15,10 +15,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m keel.localfleet --state-dir .keel --workload examples/web.yaml
 
+# The suite runs promtool on deploy/prometheus/ (tests/unit/test_prometheus_rules.py);
+# ensure-promtool installs it from Debian's prometheus package where it can, else says how.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	sh deploy/prometheus/ensure-promtool
 	$(PY) -m pytest -q -p no:cacheprovider
 
 proto: $(STAMP)
