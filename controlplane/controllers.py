@@ -109,9 +109,15 @@ class WorkloadController:
         )
         bound = log.bind(workload=name, generation=row.generation)
         if plan.create or plan.remove:
-            result = await self._store.apply_plan(
-                row, create_on=plan.create, remove=plan.remove, epoch=epoch
-            )
+            # The writes carry out the operator's change: their span joins its trace.
+            with tracing.tracer("keel.controllers").start_as_current_span(
+                "workload.apply_plan",
+                context=tracing.context_from_traceparent(row.trace_context),
+                attributes={"keel.workload": name, "keel.generation": row.generation},
+            ):
+                result = await self._store.apply_plan(
+                    row, create_on=plan.create, remove=plan.remove, epoch=epoch
+                )
             # Counted at commit: the SLO's denominator.
             self._metrics.count_changes("create", len(result.created))
             self._metrics.count_changes("remove", result.removed)

@@ -1,9 +1,11 @@
 """keel-controlplane: flags, start-up and graceful stop of one control-plane replica.
 
 Start-up: database (given, or embedded) -> migrations under an advisory lock -> pool ->
-gRPC server (FleetService, AgentService, health, reflection) on uvloop -> addresses.json ->
-leadership campaign. SIGTERM: stop accepting, let in-flight RPCs finish (streams are
-closed), commit the pending report batch, then exit (which also stops an embedded Postgres).
+gRPC server (FleetService, AgentService, health, reflection; every call through
+`controlplane.interceptors`) on uvloop -> /metrics (`--metrics`) -> addresses.json ->
+leadership campaign. Tracing (`--trace-file`, OTLP) is configured before the loop starts.
+SIGTERM: stop accepting, let in-flight RPCs finish (streams are closed), commit the pending
+report batch, then exit (which also stops an embedded Postgres).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from controlplane.interceptors import ObservabilityInterceptor
 from controlplane.listener import Listener
 from controlplane.logrelay import LogRelay
 from controlplane.metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
-from controlplane.metrics import Metrics, serve_metrics
+from controlplane.metrics import Metrics, MetricsError, parse_address, serve_metrics
 from controlplane.reports import ReportWriter
 from controlplane.settings import Settings
 from controlplane.status import ReportOutcome, StatusStore
@@ -59,6 +61,14 @@ def _seconds(flag: str):  # type: ignore[no-untyped-def]
             raise argparse.ArgumentTypeError(str(exc)) from exc
 
     return parse
+
+
+def _metrics_address(text: str) -> str:
+    try:
+        parse_address(text)
+    except MetricsError as exc:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT or off, got '{text}'") from exc
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         target.add_argument(
             "--metrics",
+            type=_metrics_address,
             default=DEFAULT_METRICS,
             metavar="HOST:PORT|off",
             help="serve Prometheus /metrics here (port 0: pick one; off: do not serve)",
