@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
-import logging
 import os
 import signal
 import sys
@@ -32,6 +31,7 @@ from agent.settings import Settings, duration_s, parse_capacity, parse_labels, p
 from agent.state import StateStore
 from agent.sync import SyncClient
 from agent.tasks import TaskGroup
+from keel import logs
 from keel.model import Resources
 from keel.tracing import configure_tracing, shutdown_tracing
 
@@ -219,27 +219,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
-def configure_logging(fmt: str) -> None:
-    """JSON lines when not on a terminal (or asked), readable lines on one."""
-    json_output = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
-        cache_logger_on_first_use=True,
-    )
-
-
 def build_driver(settings: Settings) -> Driver:
     if settings.driver == "fake":
         return FakeDriver(
@@ -324,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"keel-agent: {e}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format)
+    logs.configure(settings.log_format, component="agent")
     configure_tracing("keel-agent", trace_file=settings.trace_file)
     try:
         uvloop.run(_amain(settings))
