@@ -114,3 +114,19 @@ def test_too_large_for_any_host_names_the_closest_fit(fleet: Fleet) -> None:
     fleet.apply_ok(fleet.manifest("huge", replicas=1, deadline="1s"))
     fleet.wait_running("huge", 1)
     _cleared(fleet, "huge")
+
+
+def test_logs_of_an_instance_whose_agent_is_down_is_a_clear_error(fleet: Fleet) -> None:
+    """keelctl logs fetches through the agent's stream; with the agent gone it says so."""
+    fleet.apply_ok(fleet.manifest("quiet", replicas=1))
+    [inst] = fleet.wait_running("quiet", 1)
+    assert fleet.keelctl("logs", inst.id, "--tail", "5").returncode == 0
+    fleet.kill_agent(int(inst.host.removeprefix("host-")))
+
+    def refused() -> str | None:
+        result = fleet.keelctl("logs", inst.id)
+        return result.stderr if result.returncode == 1 else None
+
+    stderr = wait_for(refused, timeout=15, message="keelctl logs refused")
+    assert f'the agent of host "{inst.host}" is disconnected' in stderr
+    assert stderr.count("\n") == 1  # one line
