@@ -114,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap of the jittered reconnect back-off to the control plane (default: 10s)",
     )
     p.add_argument(
+        "--connect-timeout",
+        default="5s",
+        metavar="D",
+        help="how long a connect or a stream write may take before the agent reconnects "
+        "(default: 5s)",
+    )
+    p.add_argument(
+        "--degraded-log-interval",
+        default="30s",
+        metavar="D",
+        help="while cut off from the control plane, warn this often how long it has been "
+        "(default: 30s)",
+    )
+    p.add_argument(
         "--probe-interval",
         default="1s",
         metavar="D",
@@ -206,6 +220,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         backoff_max_s=duration_s(args.backoff_max, "--backoff-max"),
         backoff_reset_s=duration_s(args.backoff_reset, "--backoff-reset"),
         reconnect_max_s=duration_s(args.reconnect_max, "--reconnect-max"),
+        connect_timeout_s=duration_s(args.connect_timeout, "--connect-timeout"),
+        degraded_log_interval_s=duration_s(args.degraded_log_interval, "--degraded-log-interval"),
         probe_interval_s=probe_interval,
         health_stuck_after_s=duration_s(args.health_stuck_after, "--health-stuck-after"),
         fake_start_delay_s=duration_s(args.fake_start_delay, "--fake-start-delay"),

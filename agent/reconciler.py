@@ -150,6 +150,11 @@ class Reconciler:
         self, *, full: bool, revision: int, assignments: Sequence[Assignment]
     ) -> None:
         """Take a desired set from the control plane: a full set replaces, changes merge."""
+        if not full and not assignments:
+            # The control plane's periodic "nothing changed": only the revision may move.
+            if revision != self.state.revision:
+                self.state = replace(self.state, revision=revision)
+            return
         now = self._clock()
         before = self.state.desired
         desired = {} if full else dict(before)

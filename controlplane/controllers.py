@@ -71,9 +71,13 @@ class WorkloadController:
                             self.queue.add(name)
                     else:
                         await self.reconcile(key, epoch=epoch)
-                except NotLeader:
-                    raise
-                except Exception as exc:
+                except BaseException as exc:
+                    if not isinstance(exc, Exception) or isinstance(exc, NotLeader):
+                        # Cancelled or deposed mid-pass: hand the key back, so the next
+                        # term (the queue outlives it) processes it again.
+                        self.queue.done(key, ok=True)
+                        self.queue.add(key)
+                        raise
                     elapsed = time.monotonic() - started
                     self._metrics.observe_reconcile("workload", ok=False, seconds=elapsed)
                     span.record_exception(exc)

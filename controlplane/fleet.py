@@ -7,6 +7,7 @@ naming the field and the rule, an unknown name is NOT_FOUND naming it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -28,6 +29,9 @@ log = structlog.get_logger("keel.fleet")
 
 MAX_MANIFEST_BYTES = 256 * 1024
 DEFAULT_EVENTS = 100
+# What `keelctl events --for` may name; the store turns a workload into a pattern, so the name
+# must not carry regular-expression syntax.
+_OBJECT = re.compile(r"^(workload|host|instance)/[a-z0-9][-a-z0-9_.]{0,252}$")
 MAX_EVENTS = 10_000
 T = TypeVar("T")
 
@@ -266,10 +270,10 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
     ) -> fleet_pb2.ListEventsResponse:
         if request.limit < 0 or request.limit > MAX_EVENTS:
             raise InvalidArgument(f"limit: must be between 0 and {MAX_EVENTS}, got {request.limit}")
-        if request.object and "/" not in request.object:
+        if request.object and not _OBJECT.match(request.object):
             raise InvalidArgument(
-                f"object: must be KIND/NAME (workload/web, host/host-1, instance/ID), "
-                f"got {request.object!r}"
+                f"object: must be KIND/NAME with KIND workload, host or instance and NAME made "
+                f"of a-z, 0-9, '-', '_' and '.' (e.g. workload/web), got {request.object!r}"
             )
         events = await self._status.list_events(
             obj=request.object or None, limit=request.limit or DEFAULT_EVENTS

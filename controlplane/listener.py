@@ -33,7 +33,6 @@ class Listener:
         self._on_host = on_host
         self._on_workload = on_workload
         self._on_reconnect = on_reconnect
-        self.connected = asyncio.Event()
 
     def _dispatch(self, conn: object, pid: int, channel: str, payload: object) -> None:
         assert isinstance(payload, str)
@@ -53,7 +52,6 @@ class Listener:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(HOST_CHANNEL, self._dispatch)
                 await conn.add_listener(WORKLOAD_CHANNEL, self._dispatch)
-                self.connected.set()
                 if not first:
                     log.info("listening again; waking every stream and controller")
                     self._on_reconnect()
@@ -69,7 +67,6 @@ class Listener:
             except Exception as exc:
                 log.warning("notification listener lost", error=str(exc))
             finally:
-                self.connected.clear()
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close(timeout=2)

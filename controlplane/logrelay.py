@@ -22,8 +22,8 @@ class LogRelay:
     def __init__(self, *, first_chunk_timeout_s: float = 30.0) -> None:
         self._registry: StreamRegistry | None = None
         self._timeout_s = first_chunk_timeout_s
-        # request id -> (host, queue of chunks; None = the stream to the agent closed)
-        self._pending: dict[str, tuple[str, asyncio.Queue[types_pb2.LogChunk | None]]] = {}
+        # request id -> (the stream it went out on, queue of chunks; None = that stream closed)
+        self._pending: dict[str, tuple[object, asyncio.Queue[types_pb2.LogChunk | None]]] = {}
 
     def attach(self, registry: StreamRegistry) -> None:
         self._registry = registry
@@ -42,7 +42,7 @@ class LogRelay:
             return
         rid = uuid.uuid4().hex
         queue: asyncio.Queue[types_pb2.LogChunk | None] = asyncio.Queue()
-        self._pending[rid] = (host, queue)
+        self._pending[rid] = (session, queue)
         request = agent_pb2.LogRequest(
             request_id=rid, instance_id=instance_id, tail_lines=tail_lines, follow=follow
         )
@@ -92,7 +92,8 @@ class LogRelay:
         if entry is not None:
             entry[1].put_nowait(chunk)
 
-    def session_closed(self, host: str) -> None:
-        for h, queue in list(self._pending.values()):
-            if h == host:
+    def session_closed(self, session: object) -> None:
+        """Ends the requests that went out on this stream (not a newer one of the host)."""
+        for s, queue in list(self._pending.values()):
+            if s is session:
                 queue.put_nowait(None)

@@ -107,6 +107,30 @@ def build_parser() -> argparse.ArgumentParser:
             "--resync-period", type=_seconds("--resync-period"), default=d.resync_period_s
         )
         target.add_argument(
+            "--liveness-interval",
+            type=_seconds("--liveness-interval"),
+            default=d.liveness_interval_s,
+            help="how often hosts' heartbeats are judged",
+        )
+        target.add_argument(
+            "--retry-base",
+            type=_seconds("--retry-base"),
+            default=d.retry_base_s,
+            help="first back-off of a workload whose reconcile failed",
+        )
+        target.add_argument(
+            "--retry-max",
+            type=_seconds("--retry-max"),
+            default=d.retry_max_s,
+            help="longest back-off of a workload whose reconcile keeps failing",
+        )
+        target.add_argument(
+            "--leader-retry",
+            type=_seconds("--leader-retry"),
+            default=d.leader_retry_s,
+            help="how often a replica that is not the leader tries to become it",
+        )
+        target.add_argument(
             "--stuck-interval",
             type=_seconds("--stuck-interval"),
             default=d.stuck_interval_s,
@@ -144,6 +168,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         reschedule_after_s=args.reschedule_after,
         resync_period_s=args.resync_period,
         stuck_interval_s=args.stuck_interval,
+        liveness_interval_s=args.liveness_interval,
+        retry_base_s=args.retry_base,
+        retry_max_s=args.retry_max,
+        leader_retry_s=args.leader_retry,
         shutdown_grace_s=args.shutdown_grace,
     )
 
@@ -294,6 +322,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     log.info("stopping", grace_s=settings.shutdown_grace_s)
     for name in ("", AGENT_SERVICE, FLEET_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    registry.stopping.set()  # agent streams end now; unary calls get the grace
     await server.stop(settings.shutdown_grace_s)
     if not await reports.flush(settings.shutdown_grace_s):
         log.warning("stopped with reports unwritten; agents resend them on reconnect")

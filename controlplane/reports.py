@@ -60,7 +60,9 @@ class ReportWriter:
                     log.warning("report batch failed; retrying", error=str(exc), size=len(batch))
                     await asyncio.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, self._retry_max_s)
-                    batch = batch + self._pending
+                    # Newer reports of the same instance replace the failed ones, so an outage
+                    # grows the batch by instances, not by reports.
+                    batch = list({r.instance_id: r for r in batch + self._pending}.values())
                     self._pending = []
                     continue
                 delay = 0.05

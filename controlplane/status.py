@@ -59,6 +59,15 @@ class Event:
     message: str
 
 
+def _converged(desired: str, r: Report) -> bool:
+    """Whether the report shows the instance as its desired state asks (DESIGN.md)."""
+    if desired == "RUNNING":
+        return r.phase == "RUNNING" and r.ready
+    if desired == "STOPPED":
+        return r.phase == "STOPPED"
+    return False  # a tombstone converges by going away
+
+
 class StatusStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -79,40 +88,37 @@ class StatusStore:
             latest[r.instance_id] = r
         batch = list(latest.values())
         async with self.pool.acquire() as conn, conn.transaction():
-            # `o` is the same table joined again: it reads the row as it was before the update.
-            rows = await conn.fetch(
-                """WITH u AS (
-                       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[],
-                                            $5::int[], $6::text[], $7::text[], $8::text[],
-                                            $9::text[], $10::bool[], $11::timestamptz[],
-                                            $12::bool[])
-                           AS u(id, host, phase, pid, restart_count, last_exit, reason,
-                                message, ports, ready, started_at, agent_stuck)
-                   )
-                   UPDATE instance i SET phase = u.phase, pid = u.pid,
+            # Lock the rows first (in id order) and read them as they are now: a plan that
+            # tombstones one of them either committed before (we see REMOVED) or waits for us.
+            before = {
+                r["id"]: r
+                for r in await conn.fetch(
+                    """SELECT id, host, workload, desired, phase, ready, converged_at,
+                              extract(epoch FROM now() - desired_changed_at)::float8 AS age
+                       FROM instance WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE""",
+                    [r.instance_id for r in batch],
+                )
+            }
+            # An agent can only report on its own host's instances.
+            batch = [r for r in batch if (b := before.get(r.instance_id)) and b["host"] == r.host]
+            now_converged = [_converged(before[r.instance_id]["desired"], r) for r in batch]
+            await conn.execute(
+                """UPDATE instance i SET phase = u.phase, pid = u.pid,
                           restart_count = u.restart_count, last_exit = u.last_exit,
                           reason = u.reason, message = u.message, ports = u.ports::jsonb,
                           ready = u.ready, started_at = u.started_at, observed_at = now(),
                           agent_stuck = u.agent_stuck,
-                          converged_at = CASE
-                              WHEN i.converged_at IS NULL AND c.now_converged THEN now()
-                              ELSE i.converged_at END,
-                          unconverged_since = CASE
-                              WHEN c.now_converged THEN NULL
-                              ELSE coalesce(i.unconverged_since, now()) END
-                   FROM instance o, u,
-                        LATERAL (SELECT (o.desired = 'RUNNING' AND u.phase = 'RUNNING'
-                                         AND u.ready)
-                                     OR (o.desired = 'STOPPED' AND u.phase = 'STOPPED')
-                                 AS now_converged) AS c
-                   WHERE i.id = u.id AND i.host = u.host AND o.id = i.id
-                   RETURNING i.workload, i.desired,
-                             (o.phase, o.ready) IS DISTINCT FROM (u.phase, u.ready) AS moved,
-                             o.converged_at IS NULL AND c.now_converged AS converged,
-                             extract(epoch FROM now() - o.desired_changed_at)::float8
-                                 AS seconds""",
+                          converged_at = CASE WHEN i.converged_at IS NULL AND u.converged
+                                              THEN now() ELSE i.converged_at END,
+                          unconverged_since = CASE WHEN u.converged THEN NULL
+                                                   ELSE coalesce(i.unconverged_since, now()) END
+                   FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[],
+                               $6::text[], $7::text[], $8::text[], $9::bool[],
+                               $10::timestamptz[], $11::bool[], $12::bool[])
+                        AS u(id, phase, pid, restart_count, last_exit, reason, message, ports,
+                             ready, started_at, agent_stuck, converged)
+                   WHERE i.id = u.id""",
                 [r.instance_id for r in batch],
-                [r.host for r in batch],
                 [r.phase for r in batch],
                 [r.pid for r in batch],
                 [r.restart_count for r in batch],
@@ -123,13 +129,16 @@ class StatusStore:
                 [r.ready for r in batch],
                 [r.started_at for r in batch],
                 [r.agent_stuck for r in batch],
+                now_converged,
             )
-            workloads = {r["workload"] for r in rows if r["moved"]}
-            converged = [
-                (CHANGE_OF_DESIRED[r["desired"]], max(0.0, r["seconds"]))
-                for r in rows
-                if r["converged"]
-            ]
+            workloads: set[str] = set()
+            converged: list[tuple[str, float]] = []
+            for r, ok in zip(batch, now_converged, strict=True):
+                b = before[r.instance_id]
+                if (b["phase"], b["ready"]) != (r.phase, r.ready):
+                    workloads.add(b["workload"])
+                if ok and b["converged_at"] is None:
+                    converged.append((CHANGE_OF_DESIRED[b["desired"]], max(0.0, b["age"])))
             removed = [(r.instance_id, r.host) for r in batch if r.removed]
             if removed:
                 gone = await conn.fetch(
@@ -236,9 +245,9 @@ class StatusStore:
                         continue  # only the message moved
                     obj = f"{table}/{r['name']}"
                     if r["reason"]:
-                        await Store._event(
-                            conn, obj, "StuckDetected", f"{r['reason']}: {r['message']}"
-                        )
+                        # The summary line: a CRASH_LOOP message goes on with stderr.
+                        summary = r["message"].strip().split("\n", 1)[0][:300]
+                        await Store._event(conn, obj, "StuckDetected", f"{r['reason']}: {summary}")
                     else:
                         await Store._event(conn, obj, "StuckCleared", f"was {r['was']}")
 

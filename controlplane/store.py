@@ -14,7 +14,6 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -213,7 +212,8 @@ def _instance(r: asyncpg.Record) -> InstanceRow:
     )
 
 
-# A host's resources are held by every instance that is not a tombstone already stopped.
+# A host's resources are held by every instance that is not a tombstone already stopped
+# (the same rule as controlplane.view.InstanceView.holds_resources, which the scheduler uses).
 _HOST_SELECT = """
 SELECT h.*,
        coalesce(sum(i.cpu_millis) FILTER (WHERE i.id IS NOT NULL), 0)::bigint AS alloc_cpu,
@@ -221,7 +221,7 @@ SELECT h.*,
        count(i.id)::int AS n_instances
 FROM host h
 LEFT JOIN instance i
-       ON i.host = h.name AND NOT (i.desired = 'REMOVED' AND i.phase IN ('STOPPED', 'PENDING'))
+       ON i.host = h.name AND NOT (i.desired = 'REMOVED' AND i.phase = 'STOPPED')
 """
 
 _SPEC_FIELDS = ("kind", "replicas", "max_unavailable", "max_surge", "selector", "deadline_ms")
@@ -408,9 +408,11 @@ class Store:
         """
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
+                # state_since keeps when the host stopped being READY: UNKNOWN does not move
+                # it, so fencing and HOST_UNREACHABLE count from the first missed deadline.
                 """UPDATE host SET
                        state = CASE WHEN state = 'READY' THEN 'NOT_READY' ELSE 'UNKNOWN' END,
-                       state_since = now()
+                       state_since = CASE WHEN state = 'READY' THEN now() ELSE state_since END
                    WHERE (state = 'READY'
                           AND last_heartbeat < now() - make_interval(secs => $1))
                       OR (state = 'NOT_READY'
@@ -488,6 +490,13 @@ class Store:
             )
             return int(revision), [_instance(r) for r in rows]
 
+    async def host_tombstones(self, host: str) -> list[InstanceRow]:
+        """The host's instances waiting for the agent to confirm their removal."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM instance WHERE host = $1 AND desired = 'REMOVED' ORDER BY id", host
+        )
+        return [_instance(r) for r in rows]
+
     async def apply_plan(
         self,
         workload: WorkloadRow,
@@ -509,6 +518,16 @@ class Store:
         removed = 0
         async with self.pool.acquire() as conn, conn.transaction():
             await self._check_epoch(conn, epoch)
+            # The plan was made from this generation: if an apply or delete committed since,
+            # write nothing (its NOTIFY has queued the workload for a fresh plan).
+            current = await conn.fetchrow(
+                "SELECT generation, deleting FROM workload WHERE name = $1 FOR SHARE", w.name
+            )
+            if current is None or (current["generation"], current["deleting"]) != (
+                workload.generation,
+                workload.deleting,
+            ):
+                return PlanResult(created=[], removed=0)
             hosts = sorted(set(create_on) | set(await self._hosts_of(conn, remove)))
             revisions = await self._bump(conn, hosts)
             if create_on:
@@ -565,6 +584,9 @@ class Store:
         kind_values = [k.value for k in kinds]
         async with self.pool.acquire() as conn, conn.transaction():
             await self._check_epoch(conn, epoch)
+            # The host lock first: a plan writing to this host (which takes it too) cannot
+            # tombstone these rows between the SELECT and the UPDATE.
+            await conn.execute("SELECT 1 FROM host WHERE name = $1 FOR UPDATE", host)
             ids = await conn.fetch(
                 """SELECT i.id FROM instance i JOIN workload w ON w.name = i.workload
                    WHERE i.host = $1 AND i.desired <> 'REMOVED' AND w.kind = ANY($2::text[])""",
@@ -578,7 +600,7 @@ class Store:
                 """UPDATE instance SET desired = 'REMOVED', revision = $2, ready = false,
                           desired_changed_at = clock_timestamp(), converged_at = NULL,
                           unconverged_since = clock_timestamp(), slow_counted = false
-                   WHERE id = ANY($1::text[])""",
+                   WHERE id = ANY($1::text[]) AND desired <> 'REMOVED'""",
                 [r["id"] for r in ids],
                 revision,
             )
@@ -665,7 +687,3 @@ class Store:
             actor,
             message,
         )
-
-
-def as_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)

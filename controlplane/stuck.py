@@ -13,6 +13,7 @@ the agent sees for itself (START_FAILED, CRASH_LOOP) are stuck at once.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -170,8 +171,22 @@ class StuckDetector:
         self._slow_after_s = slow_after_s
 
     async def run(self) -> None:
+        """Judges every interval; a failed pass is logged, counted and retried at the next."""
         while True:
-            await self.detect()
+            started = time.monotonic()
+            try:
+                await self.detect()
+            except Exception as exc:
+                self._metrics.observe_reconcile(
+                    "stuck", ok=False, seconds=time.monotonic() - started
+                )
+                self._metrics.count_retry("stuck")
+                log.warning("stuck pass failed; will retry", error=str(exc),
+                            retry_in_s=self._interval_s)  # fmt: skip
+            else:
+                self._metrics.observe_reconcile(
+                    "stuck", ok=True, seconds=time.monotonic() - started
+                )
             await asyncio.sleep(self._interval_s)
 
     async def detect(self) -> None:
@@ -216,10 +231,12 @@ class StuckDetector:
         await self._status.record_unconverged(unconverged)
         await self._status.mark_stuck(marks)
         for m in marks:
+            # Only the first line: a CRASH_LOOP message carries the workload's stderr, which
+            # belongs in the instance's record, not in the control plane's log.
             log.bind(**{m.kind: m.name}).info(
                 "stuck detected" if m.reason else "stuck cleared",
                 reason=m.reason,
-                detail=m.message,
+                detail=m.message.strip().split("\n", 1)[0][:200],
             )
         for change, n in (await self._status.count_slow(threshold_s=self._slow_after_s)).items():
             self._metrics.count_slow(change, n)

@@ -44,6 +44,9 @@ class StreamRegistry:
 
     def __init__(self) -> None:
         self._sessions: dict[str, _Session] = {}
+        # Set when the control plane stops: every stream ends at once instead of holding the
+        # graceful stop for its whole grace (agents reconnect to another replica).
+        self.stopping = asyncio.Event()
 
     def open(self, host: str) -> _Session:
         old = self._sessions.get(host)
@@ -156,6 +159,10 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         try:
             if 0 < hello.revision <= revision:
                 sent, rows = await self._store.host_assignments(host, since=hello.revision)
+                # Tombstones again, whatever their revision: a removal confirmation lost with
+                # the last stream (or with a stopped control plane) is then sent once more.
+                seen = {r.id for r in rows}
+                rows += [r for r in await self._store.host_tombstones(host) if r.id not in seen]
                 full = False
             else:
                 sent, rows = await self._store.host_assignments(host, since=None)
@@ -173,6 +180,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                 waits = [
                     asyncio.ensure_future(session.wake.wait()),
                     asyncio.ensure_future(session.replaced.wait()),
+                    asyncio.ensure_future(self._registry.stopping.wait()),
                     reader,
                     outgoing,
                 ]
@@ -190,20 +198,28 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                     bound.info("stream replaced by a newer one")
                     await context.abort(grpc.StatusCode.ABORTED, "replaced by a newer stream")
                     return
+                if self._registry.stopping.is_set():
+                    return
                 if reader.done():
-                    return  # the agent closed its side or the stream broke
+                    error = None if reader.cancelled() else reader.exception()
+                    if error is None:
+                        return  # the agent closed its side
+                    bound.warning("agent stream failed", error=str(error))
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"stream failed: {error}")
+                    return
                 session.wake.clear()
                 revision, rows = await self._store.host_assignments(host, since=sent)
-                if rows:
-                    sent = revision
-                    yield _message(False, sent, rows)
+                sent = max(sent, revision)
+                # Sent even when empty (each resync period at least): the agent then knows
+                # its desired state is current (keel_agent_last_sync_timestamp_seconds).
+                yield _message(False, sent, rows)
         finally:
             reader.cancel()
             if outgoing is not None:
                 outgoing.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            self._logs.session_closed(host)
+            self._logs.session_closed(session)
             if self._registry.close(session):
                 with contextlib.suppress(Exception):
                     await self._store.disconnect_host(host)

@@ -166,6 +166,10 @@ async def test_delete_then_finish_when_no_instances(store: Store) -> None:
     [iid] = (await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)).created
     await store.delete_workload("web")
     assert await store.finish_deleted_workload("web", epoch=None) is False
+    # A plan made before the delete committed is stale: it writes nothing.
+    stale = await store.apply_plan(row, create_on=[], remove=[iid], epoch=None)
+    assert (stale.created, stale.removed) == ([], 0)
+    row = await store.get_workload("web")
     await store.apply_plan(row, create_on=[], remove=[iid], epoch=None)
     await StatusStore(store.pool).write_reports(
         [Report("h1", iid, "STOPPED", 0, 0, "", "", "", {}, False, True, None)]
