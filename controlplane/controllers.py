@@ -75,8 +75,7 @@ class WorkloadController:
                     if not isinstance(exc, Exception) or isinstance(exc, NotLeader):
                         # Cancelled or deposed mid-pass: hand the key back, so the next
                         # term (the queue outlives it) processes it again.
-                        self.queue.done(key, ok=True)
-                        self.queue.add(key)
+                        self.queue.release(key)
                         raise
                     elapsed = time.monotonic() - started
                     self._metrics.observe_reconcile("workload", ok=False, seconds=elapsed)

@@ -62,6 +62,13 @@ class WorkQueue:
             self.add(key)
         return delay
 
+    def release(self, key: str) -> None:
+        """The key's pass ended without an outcome (cancelled, leadership lost): queue it
+        again as it was, so whoever processes the queue next picks it up."""
+        self._processing.discard(key)
+        self._dirty.discard(key)
+        self.add(key)
+
     def retries(self, key: str) -> int:
         return self._failures.get(key, 0)
 

@@ -45,3 +45,15 @@ async def test_failures_back_off_exponentially_and_success_resets() -> None:
     assert q.done(key, ok=True) is None
     assert q.retries("a") == 0
     q.close()
+
+
+async def test_a_released_key_is_handed_out_again() -> None:
+    """A pass cut short (cancelled, leadership lost) does not strand its key."""
+    q = WorkQueue(base_s=0.01, max_s=1)
+    q.add("a")
+    key = await q.get()
+    q.add("a")  # a change arrives mid-pass
+    q.release(key)
+    assert await asyncio.wait_for(q.get(), 1) == "a"
+    q.done("a", ok=True)
+    assert len(q) == 0
