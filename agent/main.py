@@ -22,7 +22,7 @@ import uvloop
 
 from agent.errors import AgentError, ConfigError
 from agent.health import always_healthy, probe
-from agent.metrics import AgentMetrics, MetricsServer, write_addresses
+from agent.metrics import AgentMetrics
 from agent.reconciler import Reconciler
 from agent.runtime.base import Driver
 from agent.runtime.fake import FakeDriver
@@ -32,6 +32,7 @@ from agent.state import StateStore
 from agent.sync import SyncClient
 from agent.tasks import TaskGroup
 from keel import logs
+from keel.endpoint import EndpointError, MetricsServer, serve_metrics, write_addresses
 from keel.model import Resources
 from keel.tracing import configure_tracing, shutdown_tracing
 
@@ -295,9 +296,9 @@ def start_metrics(settings: Settings, metrics: AgentMetrics) -> MetricsServer | 
         return None
     host, port = settings.metrics_address
     try:
-        server = MetricsServer(metrics, host, port)
-    except OSError as e:
-        log.error("cannot serve metrics", address=f"{host}:{port}", error=str(e))
+        server = serve_metrics(metrics.registry, host, port)
+    except EndpointError as e:
+        log.error("cannot serve metrics", error=str(e))
         return None
     write_addresses(settings.addresses_file, {"metrics": server.address})
     log.info("serving metrics", address=server.address)

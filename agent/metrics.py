@@ -9,15 +9,11 @@ The README's metrics table explains each and names the alert that uses it.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agent.convergence import CHANGES, Converged
 from keel.model import Phase
@@ -163,35 +159,6 @@ class AgentMetrics:
 
     def heard_from_controlplane(self, at: float) -> None:
         self.last_sync.set(at)
-
-
-class MetricsServer:
-    """The /metrics HTTP endpoint, served from a daemon thread."""
-
-    def __init__(self, metrics: AgentMetrics, host: str, port: int) -> None:
-        self._server: Any
-        self._server, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
-        bound = self._server.server_address
-        self.address = f"{host}:{bound[1]}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
-def write_addresses(path: Path, entries: Mapping[str, str]) -> None:
-    """Merge `entries` into `<state-dir>/addresses.json`, atomically."""
-    try:
-        current: dict[str, Any] = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        current = {}
-    current.update(entries)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".addresses.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(current, f)
-    os.replace(tmp, path)
 
 
 def count(values: Iterable[Any]) -> dict[Any, int]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import ConfigError
+from keel.endpoint import EndpointError, parse_address
 from keel.model import Resources
 from keel.spec import SpecError, parse_duration
 
@@ -101,9 +102,7 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 
 def parse_listen(text: str, flag: str) -> tuple[str, int] | None:
     """`HOST:PORT` (port 0 = any free port), or `off` for None."""
-    if text.strip().lower() == "off":
-        return None
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{flag}: expected HOST:PORT or off, got '{text}'")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_address(text, flag)
+    except EndpointError as exc:
+        raise ConfigError(str(exc)) from exc

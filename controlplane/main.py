@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -43,6 +42,7 @@ from controlplane.store import Store, create_pool
 from controlplane.stuck import StuckDetector
 from controlplane.sync import AgentSync, StreamRegistry
 from keel import logs, tracing
+from keel.endpoint import write_addresses
 from keel.spec import SpecError, parse_duration
 from keel.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
@@ -209,13 +209,6 @@ async def _probe_database(store: Store, health_servicer: health.aio.HealthServic
         await asyncio.sleep(DB_PROBE_INTERVAL_S)
 
 
-def _write_addresses(state_dir: Path, addresses: dict[str, str]) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / "addresses.json.tmp"
-    tmp.write_text(json.dumps(addresses, indent=2) + "\n")
-    os.replace(tmp, state_dir / "addresses.json")
-
-
 async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     url = await resolve_database_url(settings.database_url, settings.state_dir)
     log.info("starting", database=redact(url), listen=settings.listen)
@@ -301,7 +294,8 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     addresses = {"grpc": address}
     if metrics_server is not None:
         addresses["metrics"] = metrics_server.address
-    _write_addresses(settings.state_dir, addresses)
+    # Written whole (not merged): a key from an earlier run, say metrics now off, must go.
+    write_addresses(settings.state_dir / "addresses.json", addresses, merge=False)
     log.info("serving", **addresses, state_dir=str(settings.state_dir))
 
     stop = asyncio.Event()

@@ -21,10 +21,7 @@ exported (at 0) from the first scrape; `rate()` and absent-series alerts need th
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
 from prometheus_client import (
@@ -37,6 +34,7 @@ from prometheus_client import (
 )
 
 from controlplane.errors import KeelError
+from keel import endpoint
 from keel.model import HostState
 from keel.stuck import Reason
 
@@ -298,33 +296,14 @@ class Metrics:
 
 def parse_address(text: str) -> tuple[str, int] | None:
     """`HOST:PORT` (IPv6 as `[::1]:PORT`) as (host, port); `off` as None."""
-    text = text.strip()
-    if text.lower() == "off":
-        return None
-    host, sep, port_text = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise MetricsError(f"--metrics: expected HOST:PORT or off, got '{text}'")
-    return host, int(port_text)
+    try:
+        return endpoint.parse_address(text, "--metrics")
+    except endpoint.EndpointError as exc:
+        raise MetricsError(str(exc)) from exc
 
 
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-@dataclass
-class MetricsServer:
-    """A running /metrics endpoint (prometheus-client's WSGI server on a daemon thread)."""
-
-    address: str
-    _httpd: WSGIServer
-    _thread: threading.Thread
-
-    def close(self) -> None:
-        """Stops serving; blocks up to ~0.5 s (the server's poll interval): call it in a thread."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+format_address = endpoint.format_address
+MetricsServer = endpoint.MetricsServer
 
 
 def serve_metrics(metrics: Metrics, address: str) -> MetricsServer | None:
@@ -337,12 +316,7 @@ def serve_metrics(metrics: Metrics, address: str) -> MetricsServer | None:
     parsed = parse_address(address)
     if parsed is None:
         return None
-    host, port = parsed
     try:
-        httpd, thread = prometheus_client.start_http_server(
-            port, addr=host, registry=metrics.registry
-        )
-    except OSError as exc:
-        raise MetricsError(f"--metrics: cannot listen on {address}: {exc.strerror or exc}") from exc
-    bound_port = int(httpd.server_address[1])
-    return MetricsServer(format_address(host, bound_port), httpd, thread)
+        return endpoint.serve_metrics(metrics.registry, *parsed)
+    except endpoint.EndpointError as exc:
+        raise MetricsError(str(exc)) from exc

@@ -1,0 +1,84 @@
+"""What the control plane and the agent share about their listening endpoints.
+
+`--metrics HOST:PORT|off` parsing (port 0 = any free port; IPv6 as `[::1]:PORT`), the
+/metrics HTTP server (prometheus-client's, on a daemon thread, so a busy event loop never
+delays a scrape) and `<state-dir>/addresses.json`, where a process records what it bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry
+
+
+class EndpointError(ValueError):
+    """An address that is malformed or cannot be bound; the message names the flag."""
+
+
+def parse_address(text: str, flag: str) -> tuple[str, int] | None:
+    """`HOST:PORT` as (host, port); `off` as None."""
+    text = text.strip()
+    if text.lower() == "off":
+        return None
+    host, sep, port_text = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise EndpointError(f"{flag}: expected HOST:PORT or off, got '{text}'")
+    return host, int(port_text)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class MetricsServer:
+    """A running /metrics endpoint."""
+
+    address: str
+    _httpd: Any
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        """Stops serving; blocks up to ~0.5 s (the server's poll interval): call it in a thread."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve_metrics(
+    registry: CollectorRegistry, host: str, port: int, *, flag: str = "--metrics"
+) -> MetricsServer:
+    """Serves the registry on host:port; EndpointError if it cannot be bound."""
+    try:
+        httpd, thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        where = format_address(host, port)
+        raise EndpointError(f"{flag}: cannot listen on {where}: {exc.strerror or exc}") from exc
+    return MetricsServer(format_address(host, int(httpd.server_address[1])), httpd, thread)
+
+
+def write_addresses(path: Path, entries: Mapping[str, str], *, merge: bool = True) -> None:
+    """Records bound addresses in addresses.json atomically (merged with what is there)."""
+    current: dict[str, Any] = {}
+    if merge:
+        try:
+            current = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            current = {}
+    current.update(entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".addresses.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(current, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
