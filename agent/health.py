@@ -73,6 +73,7 @@ class HealthMonitor:
     ) -> None:
         self._clock = clock
         self._failing_since: dict[str, float] = {}
+        self._forgotten: dict[str, int] = {}  # instance -> times forgotten (restarts)
         self._targets = targets
         self._on_change = on_change
         self._prober = prober
@@ -91,6 +92,8 @@ class HealthMonitor:
     def forget(self, instance_id: str) -> None:
         self._results.pop(instance_id, None)
         self._failing_since.pop(instance_id, None)
+        # A probe of the old process still in flight must not land on the next one.
+        self._forgotten[instance_id] = self._forgotten.get(instance_id, 0) + 1
 
     async def run(self) -> None:
         while True:
@@ -99,6 +102,7 @@ class HealthMonitor:
 
     async def probe_all(self) -> None:
         targets = self._targets()
+        epochs = {t.instance_id: self._forgotten.get(t.instance_id, 0) for t in targets}
         results = await asyncio.gather(
             *(
                 self._prober(t.check, ports=t.ports, env=t.env, timeout_s=self._timeout_s)
@@ -108,6 +112,8 @@ class HealthMonitor:
         changed = False
         now = self._clock()
         for t, r in zip(targets, results, strict=True):
+            if self._forgotten.get(t.instance_id, 0) != epochs[t.instance_id]:
+                continue  # probed a process that has been replaced meanwhile
             before = self._results.get(t.instance_id)
             if before is None or before.ok != r.ok:
                 changed = True
