@@ -12,6 +12,7 @@ import asyncio
 import random
 from collections.abc import Callable, Sequence
 
+import asyncpg
 import structlog
 
 from controlplane.status import ReportOutcome, StatusStore
@@ -56,6 +57,11 @@ class ReportWriter:
                 except asyncio.CancelledError:
                     self._pending[:0] = batch
                     raise
+                except asyncpg.DataError as exc:
+                    # Not the database being down: a report it refuses. Retrying would block
+                    # every later report; write the others one by one and drop the bad one.
+                    batch = await self._isolate(batch, exc)
+                    continue
                 except Exception as exc:  # the database may be down: keep the batch, retry
                     log.warning("report batch failed; retrying", error=str(exc), size=len(batch))
                     await asyncio.sleep(delay * (0.5 + random.random()))
@@ -70,6 +76,25 @@ class ReportWriter:
                 batch = []
             if not self._pending:
                 self._idle.set()
+
+    async def _isolate(self, batch: list[Report], exc: Exception) -> list[Report]:
+        """Writes a refused batch report by report; returns what is left to retry (reports
+        that failed for another reason than their data)."""
+        if len(batch) == 1:
+            r = batch[0]
+            log.error("report refused by the database; dropped", instance=r.instance_id,
+                      host=r.host, error=str(exc))  # fmt: skip
+            return []
+        retry: list[Report] = []
+        for r in batch:
+            try:
+                self._on_written(await self._store.write_reports([r]))
+            except asyncpg.DataError as one:
+                log.error("report refused by the database; dropped", instance=r.instance_id,
+                          host=r.host, error=str(one))  # fmt: skip
+            except Exception:
+                retry.append(r)
+        return retry
 
     async def flush(self, timeout_s: float) -> bool:
         """Waits until everything submitted so far is committed. False on timeout."""

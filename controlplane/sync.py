@@ -91,6 +91,12 @@ def assignment(row: InstanceRow) -> agent_pb2.Assignment:
     )
 
 
+def _text(value: str, limit: int) -> str:
+    """Agent text fit for a Postgres text column: bounded, and without NUL (which Postgres
+    refuses, so one NUL in a workload's stderr would poison the whole report batch)."""
+    return value[:limit].replace("\x00", "\N{REPLACEMENT CHARACTER}")
+
+
 def report_from_pb(host: str, s: types_pb2.InstanceStatus) -> Report:
     stuck = s.stuck if s.HasField("stuck") else None
     return Report(
@@ -99,10 +105,10 @@ def report_from_pb(host: str, s: types_pb2.InstanceStatus) -> Report:
         phase=convert.phase_from_pb(s.phase).value,
         pid=s.pid,
         restart_count=s.restart_count,
-        last_exit=s.last_exit[:500],
-        reason=(stuck.reason if stuck else s.reason)[:100],
+        last_exit=_text(s.last_exit, 500),
+        reason=_text(stuck.reason if stuck else s.reason, 100),
         # A CRASH_LOOP message carries up to 4 KiB of stderr besides its summary.
-        message=(stuck.message if stuck else s.message)[:6144],
+        message=_text(stuck.message if stuck else s.message, 6144),
         ports=dict(s.ports),
         ready=s.ready,
         removed=s.removed,

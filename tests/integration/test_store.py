@@ -190,3 +190,36 @@ async def test_stale_epoch_cannot_write(store: Store) -> None:
     with pytest.raises(NotLeader):
         await store.apply_plan(row, create_on=["h1"], remove=[], epoch=first)
     assert await store.list_instances() == []
+
+
+async def test_a_report_the_database_refuses_does_not_block_the_others(store: Store) -> None:
+    """A report Postgres refuses (a NUL in its text) is dropped; its batch-mates are written."""
+    import asyncio
+
+    from controlplane.reports import ReportWriter
+    from controlplane.status import ReportOutcome
+    from controlplane.sync import report_from_pb
+    from keel.v1 import types_pb2
+
+    await _host(store, "h1")
+    row, _ = await store.apply_workload(_workload())
+    a, b = (await store.apply_plan(row, create_on=["h1", "h1"], remove=[], epoch=None)).created
+    written: list[ReportOutcome] = []
+    writer = ReportWriter(StatusStore(store.pool), on_written=written.append)
+    task = asyncio.create_task(writer.run())
+    try:
+        bad = Report("h1", a, "FAILED", 0, 1, "", "CRASH_LOOP", "boom\x00", {}, False, False, None)
+        good = Report("h1", b, "RUNNING", 7, 0, "", "", "", {}, True, False, None)
+        writer.submit([bad, good])
+        assert await writer.flush(10)
+        assert (await store.get_instance(b)).phase == "RUNNING"
+        assert (await store.get_instance(a)).phase == "PENDING"
+        # At the edge, agent text is cleaned of NUL, so such a report is written after all.
+        status = types_pb2.InstanceStatus(
+            instance_id=a, phase=types_pb2.PHASE_FAILED, message="boom\x00tail"
+        )
+        writer.submit([report_from_pb("h1", status)])
+        assert await writer.flush(10)
+        assert (await store.get_instance(a)).message == "boom\N{REPLACEMENT CHARACTER}tail"
+    finally:
+        task.cancel()
