@@ -43,7 +43,7 @@ from controlplane.stuck import StuckDetector
 from controlplane.sync import AgentSync, StreamRegistry
 from keel import logs, tracing
 from keel.endpoint import write_addresses
-from keel.spec import SpecError, parse_duration
+from keel.spec import SpecError, format_duration, parse_duration
 from keel.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 log = structlog.get_logger("keel.controlplane")
@@ -71,6 +71,25 @@ def _metrics_address(text: str) -> str:
     return text
 
 
+# Every duration the control plane waits on: (flag, Settings field, what it means).
+DURATION_FLAGS = (
+    ("--liveness-grace", "liveness_grace_s", "no heartbeat this long: the host is NOT_READY"),
+    ("--unknown-after", "unknown_after_s", "NOT_READY this long: UNKNOWN"),
+    (
+        "--reschedule-after",
+        "reschedule_after_s",
+        "not READY this long: its service instances are replaced elsewhere",
+    ),
+    ("--resync-period", "resync_period_s", "every stream and workload is looked at again"),
+    ("--liveness-interval", "liveness_interval_s", "how often hosts' heartbeats are judged"),
+    ("--stuck-interval", "stuck_interval_s", "how often stuck objects and the backlog are judged"),
+    ("--retry-base", "retry_base_s", "first back-off of a workload whose reconcile failed"),
+    ("--retry-max", "retry_max_s", "longest back-off of a reconcile that keeps failing"),
+    ("--leader-retry", "leader_retry_s", "how often a follower tries to become the leader"),
+    ("--shutdown-grace", "shutdown_grace_s", "SIGTERM: how long in-flight calls get"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="keel-controlplane", description=__doc__.splitlines()[0])
     d = Settings()
@@ -85,60 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the control plane (the default)")
     for target in (p, serve):
         target.add_argument("--listen", default=d.listen, help="HOST:PORT (port 0: pick one)")
-        target.add_argument(
-            "--liveness-grace",
-            type=_seconds("--liveness-grace"),
-            default=d.liveness_grace_s,
-            help="no heartbeat this long: NOT_READY",
-        )
-        target.add_argument(
-            "--unknown-after",
-            type=_seconds("--unknown-after"),
-            default=d.unknown_after_s,
-            help="NOT_READY this long: UNKNOWN",
-        )
-        target.add_argument(
-            "--reschedule-after",
-            type=_seconds("--reschedule-after"),
-            default=d.reschedule_after_s,
-            help="not READY this long: replace its service instances elsewhere",
-        )
-        target.add_argument(
-            "--resync-period", type=_seconds("--resync-period"), default=d.resync_period_s
-        )
-        target.add_argument(
-            "--liveness-interval",
-            type=_seconds("--liveness-interval"),
-            default=d.liveness_interval_s,
-            help="how often hosts' heartbeats are judged",
-        )
-        target.add_argument(
-            "--retry-base",
-            type=_seconds("--retry-base"),
-            default=d.retry_base_s,
-            help="first back-off of a workload whose reconcile failed",
-        )
-        target.add_argument(
-            "--retry-max",
-            type=_seconds("--retry-max"),
-            default=d.retry_max_s,
-            help="longest back-off of a workload whose reconcile keeps failing",
-        )
-        target.add_argument(
-            "--leader-retry",
-            type=_seconds("--leader-retry"),
-            default=d.leader_retry_s,
-            help="how often a replica that is not the leader tries to become it",
-        )
-        target.add_argument(
-            "--stuck-interval",
-            type=_seconds("--stuck-interval"),
-            default=d.stuck_interval_s,
-            help="how often stuck objects, backlog and slow changes are judged",
-        )
-        target.add_argument(
-            "--shutdown-grace", type=_seconds("--shutdown-grace"), default=d.shutdown_grace_s
-        )
+        for flag, field, help_text in DURATION_FLAGS:
+            target.add_argument(
+                flag,
+                dest=field,
+                type=_seconds(flag),
+                default=getattr(d, field),
+                metavar="D",
+                help=f"{help_text} (default: {format_duration(round(getattr(d, field) * 1000))})",
+            )
         target.add_argument(
             "--metrics",
             type=_metrics_address,
@@ -163,16 +137,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         database_url=args.database_url,
         state_dir=args.state_dir,
         log_format=args.log_format,
-        liveness_grace_s=args.liveness_grace,
-        unknown_after_s=args.unknown_after,
-        reschedule_after_s=args.reschedule_after,
-        resync_period_s=args.resync_period,
-        stuck_interval_s=args.stuck_interval,
-        liveness_interval_s=args.liveness_interval,
-        retry_base_s=args.retry_base,
-        retry_max_s=args.retry_max,
-        leader_retry_s=args.leader_retry,
-        shutdown_grace_s=args.shutdown_grace,
+        **{field: getattr(args, field) for _, field, _ in DURATION_FLAGS},
     )
 
 
