@@ -8,7 +8,7 @@
   hosts that stay unreachable past --reschedule-after, so they are replaced elsewhere.
 
 Leadership is a Postgres advisory lock held on a dedicated connection plus an epoch in the
-`leader` row that every controller transaction checks (`Store._check_epoch`). Losing the
+`leader` row that every controller transaction checks (`sql.check_epoch`). Losing the
 connection stops the controllers at once.
 """
 

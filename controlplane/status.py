@@ -19,7 +19,8 @@ from datetime import datetime
 
 import asyncpg
 
-from controlplane.store import WORKLOAD_CHANNEL, Report, Store
+from controlplane.sql import WORKLOAD_CHANNEL, record_event
+from controlplane.store import Report
 
 # desired state -> the kind of change whose convergence is timed
 CHANGE_OF_DESIRED = {"RUNNING": "create", "STOPPED": "stop", "REMOVED": "remove"}
@@ -155,7 +156,7 @@ class StatusStore:
                 for g in gone:
                     if g["stuck_reason"]:
                         # The history shows every detection ends, removal included.
-                        await Store._event(
+                        await record_event(
                             conn,
                             f"instance/{g['id']}",
                             "StuckCleared",
@@ -247,9 +248,9 @@ class StatusStore:
                     if r["reason"]:
                         # The summary line: a CRASH_LOOP message goes on with stderr.
                         summary = r["message"].strip().split("\n", 1)[0][:300]
-                        await Store._event(conn, obj, "StuckDetected", f"{r['reason']}: {summary}")
+                        await record_event(conn, obj, "StuckDetected", f"{r['reason']}: {summary}")
                     else:
-                        await Store._event(conn, obj, "StuckCleared", f"was {r['was']}")
+                        await record_event(conn, obj, "StuckCleared", f"was {r['was']}")
 
     async def list_events(self, *, obj: str | None, limit: int) -> list[Event]:
         """The newest `limit` events, oldest first; a workload also matches its instances."""

@@ -1,43 +1,46 @@
-"""The store: every read and write of Keel's Postgres state, as named, parameterized queries.
+"""The store: desired state in Postgres (workloads, instances, plans), as named queries.
 
 Neighbours: `fleet` (operator RPCs) and `sync` (agent streams) call it; `controllers` plan
-with its snapshots and write back through it. Ordering rule: every transaction that changes a
-host's instances bumps that host's `revision` in the same transaction (the row lock orders
-them), so a watcher asking "what changed on host H since revision N" never skips a slow
-transaction's change. Each desired change ends with NOTIFY, delivered at commit.
+with its snapshots and write back through it; host queries come from `hosts.HostStore` and
+observed state (reports, stuck marks, events) lives in `status`. Every transaction that changes
+a host's instances bumps that host's revision in the same transaction (`sql.bump_revisions`),
+and each desired change ends with NOTIFY, delivered at commit.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
-from controlplane.errors import FailedPrecondition, NotFound, NotLeader
-from keel.model import Desired, HostState, Kind, Resources, Workload, WorkloadSpec
+from controlplane.errors import FailedPrecondition, NotFound
+from controlplane.hosts import HostRow, HostStore
+from controlplane.sql import (
+    HOST_CHANNEL,
+    WORKLOAD_CHANNEL,
+    Conn,
+    bump_revisions,
+    check_epoch,
+    create_pool,
+    record_event,
+)
+from keel.model import Desired, Kind, Workload, WorkloadSpec
 
-HOST_CHANNEL = "keel_host"
-WORKLOAD_CHANNEL = "keel_workload"
-
-# A connection, whether held directly or borrowed from the pool.
-Conn = asyncpg.Connection | PoolConnectionProxy
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
-    )
-    assert pool is not None
-    return pool
+__all__ = [
+    "HOST_CHANNEL",
+    "WORKLOAD_CHANNEL",
+    "HostRow",
+    "InstanceRow",
+    "PlanResult",
+    "Report",
+    "Store",
+    "StuckState",
+    "WorkloadRow",
+    "create_pool",
+]
 
 
 @dataclass(frozen=True)
@@ -57,23 +60,6 @@ class WorkloadRow:
     stuck: StuckState | None = None
     unconverged_since: datetime | None = None
     trace_context: str = ""
-
-
-@dataclass(frozen=True)
-class HostRow:
-    name: str
-    labels: dict[str, str]
-    capacity: Resources
-    allocated: Resources
-    schedulable: bool
-    cordon_reason: str
-    state: HostState
-    state_since: datetime
-    last_heartbeat: datetime | None
-    connected: bool
-    agent_version: str
-    revision: int
-    instances: int
 
 
 @dataclass(frozen=True)
@@ -165,24 +151,6 @@ def _workload(r: asyncpg.Record) -> WorkloadRow:
     )
 
 
-def _host(r: asyncpg.Record) -> HostRow:
-    return HostRow(
-        name=r["name"],
-        labels=dict(r["labels"]),
-        capacity=Resources(r["cpu_millis"], r["memory_mib"]),
-        allocated=Resources(r["alloc_cpu"], r["alloc_memory"]),
-        schedulable=r["schedulable"],
-        cordon_reason=r["cordon_reason"],
-        state=HostState(r["state"]),
-        state_since=r["state_since"],
-        last_heartbeat=r["last_heartbeat"],
-        connected=r["connected"],
-        agent_version=r["agent_version"],
-        revision=r["revision"],
-        instances=r["n_instances"],
-    )
-
-
 def _instance(r: asyncpg.Record) -> InstanceRow:
     return InstanceRow(
         id=r["id"],
@@ -212,22 +180,10 @@ def _instance(r: asyncpg.Record) -> InstanceRow:
     )
 
 
-# A host's resources are held by every instance that is not a tombstone already stopped
-# (the same rule as controlplane.view.InstanceView.holds_resources, which the scheduler uses).
-_HOST_SELECT = """
-SELECT h.*,
-       coalesce(sum(i.cpu_millis) FILTER (WHERE i.id IS NOT NULL), 0)::bigint AS alloc_cpu,
-       coalesce(sum(i.memory_mib) FILTER (WHERE i.id IS NOT NULL), 0)::bigint AS alloc_memory,
-       count(i.id)::int AS n_instances
-FROM host h
-LEFT JOIN instance i
-       ON i.host = h.name AND NOT (i.desired = 'REMOVED' AND i.phase = 'STOPPED')
-"""
-
 _SPEC_FIELDS = ("kind", "replicas", "max_unavailable", "max_surge", "selector", "deadline_ms")
 
 
-class Store:
+class Store(HostStore):
     """Postgres-backed desired and observed state. One instance per process, sharing a pool."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -307,7 +263,7 @@ class Store:
                 )
                 result = "configured"
             assert row is not None
-            await self._event(
+            await record_event(
                 conn,
                 f"workload/{w.name}",
                 "WorkloadApplied",
@@ -340,117 +296,9 @@ class Store:
             )
             if row is None:
                 raise NotFound(f'workload "{name}" not found')
-            await self._event(conn, f"workload/{name}", "WorkloadDeleted", "deleting", actor=actor)
+            await record_event(conn, f"workload/{name}", "WorkloadDeleted", "deleting", actor=actor)
             await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, name)
             return _workload(row)
-
-    # -- hosts --------------------------------------------------------------------------
-
-    async def register_host(
-        self,
-        name: str,
-        *,
-        labels: dict[str, str],
-        capacity: Resources,
-        agent_version: str,
-    ) -> int:
-        """Records an agent's Hello (a heartbeat too); returns the host's current revision."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                """INSERT INTO host AS h (name, labels, cpu_millis, memory_mib, agent_version,
-                                          connected, last_heartbeat, state, state_since)
-                   VALUES ($1, $2, $3, $4, $5, true, now(), 'READY', now())
-                   ON CONFLICT (name) DO UPDATE SET
-                       labels = EXCLUDED.labels, cpu_millis = EXCLUDED.cpu_millis,
-                       memory_mib = EXCLUDED.memory_mib, agent_version = EXCLUDED.agent_version,
-                       connected = true, last_heartbeat = now(),
-                       state_since = CASE WHEN h.state = 'READY' THEN h.state_since ELSE now() END,
-                       state = 'READY'
-                   RETURNING revision, (xmax = 0) AS inserted""",
-                name,
-                labels,
-                capacity.cpu_millis,
-                capacity.memory_mib,
-                agent_version,
-            )
-            assert row is not None
-            what = "registered" if row["inserted"] else "connected"
-            await self._event(conn, f"host/{name}", "HostConnected", f"agent {what}")
-            await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
-            return int(row["revision"])
-
-    async def heartbeat(self, name: str) -> bool:
-        """Records a heartbeat. Returns True when it made the host READY again."""
-        row = await self.pool.fetchrow(
-            """UPDATE host AS h SET last_heartbeat = now(), connected = true,
-                      state_since = CASE WHEN h.state = 'READY' THEN h.state_since ELSE now() END,
-                      state = 'READY'
-               FROM (SELECT state FROM host WHERE name = $1 FOR UPDATE) AS before
-               WHERE h.name = $1 RETURNING before.state AS was""",
-            name,
-        )
-        if row is None or row["was"] == "READY":
-            return False
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self._event(conn, f"host/{name}", "HostReady", f"heartbeat after {row['was']}")
-            await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
-        return True
-
-    async def disconnect_host(self, name: str) -> None:
-        await self.pool.execute("UPDATE host SET connected = false WHERE name = $1", name)
-
-    async def judge_liveness(
-        self, *, grace_s: float, unknown_after_s: float
-    ) -> list[tuple[str, str]]:
-        """Moves silent hosts READY -> NOT_READY -> UNKNOWN by database time.
-
-        Returns (host, new state) for every host that changed, after recording events.
-        """
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                # state_since keeps when the host stopped being READY: UNKNOWN does not move
-                # it, so fencing and HOST_UNREACHABLE count from the first missed deadline.
-                """UPDATE host SET
-                       state = CASE WHEN state = 'READY' THEN 'NOT_READY' ELSE 'UNKNOWN' END,
-                       state_since = CASE WHEN state = 'READY' THEN now() ELSE state_since END
-                   WHERE (state = 'READY'
-                          AND last_heartbeat < now() - make_interval(secs => $1))
-                      OR (state = 'NOT_READY'
-                          AND state_since < now() - make_interval(secs => $2))
-                   RETURNING name, state, last_heartbeat""",
-                grace_s,
-                unknown_after_s,
-            )
-            for r in rows:
-                last = r["last_heartbeat"]
-                await self._event(
-                    conn,
-                    f"host/{r['name']}",
-                    f"Host{r['state'].title().replace('_', '')}",
-                    f"no heartbeat since {last.isoformat() if last else 'ever'}",
-                )
-            if rows:
-                await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
-            return [(r["name"], r["state"]) for r in rows]
-
-    async def hosts_to_fence(self, *, after_s: float) -> list[str]:
-        """Hosts not READY for longer than `after_s` (their service instances get replaced)."""
-        rows = await self.pool.fetch(
-            """SELECT name FROM host WHERE state <> 'READY'
-               AND state_since < now() - make_interval(secs => $1)""",
-            after_s,
-        )
-        return [r["name"] for r in rows]
-
-    async def get_host(self, name: str) -> HostRow:
-        row = await self.pool.fetchrow(_HOST_SELECT + " WHERE h.name = $1 GROUP BY h.name", name)
-        if row is None:
-            raise NotFound(f'host "{name}" not found')
-        return _host(row)
-
-    async def list_hosts(self) -> list[HostRow]:
-        rows = await self.pool.fetch(_HOST_SELECT + " GROUP BY h.name ORDER BY h.name")
-        return [_host(r) for r in rows]
 
     # -- instances ----------------------------------------------------------------------
 
@@ -517,7 +365,7 @@ class Store:
         created: list[str] = []
         removed = 0
         async with self.pool.acquire() as conn, conn.transaction():
-            await self._check_epoch(conn, epoch)
+            await check_epoch(conn, epoch)
             # The plan was made from this generation: if an apply or delete committed since,
             # write nothing (its NOTIFY has queued the workload for a fresh plan).
             current = await conn.fetchrow(
@@ -529,7 +377,7 @@ class Store:
             ):
                 return PlanResult(created=[], removed=0)
             hosts = sorted(set(create_on) | set(await self._hosts_of(conn, remove)))
-            revisions = await self._bump(conn, hosts)
+            revisions = await bump_revisions(conn, hosts)
             if create_on:
                 ids = [f"{w.name}-{workload.generation}-{secrets.token_hex(3)}" for _ in create_on]
                 await conn.execute(
@@ -572,59 +420,24 @@ class Store:
             if remove:
                 parts.append(f"removing {', '.join(sorted(remove))}")
             if parts:
-                await self._event(
+                await record_event(
                     conn, f"workload/{w.name}", "WorkloadReconciled", "; ".join(parts)
                 )
             for h in hosts:
                 await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, h)
         return PlanResult(created=created, removed=removed)
 
-    async def fence_host(self, host: str, kinds: Iterable[Kind], *, epoch: int | None) -> int:
-        """Tombstones the given kinds' instances on a lost host so they are replaced elsewhere."""
-        kind_values = [k.value for k in kinds]
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self._check_epoch(conn, epoch)
-            # The host lock first: a plan writing to this host (which takes it too) cannot
-            # tombstone these rows between the SELECT and the UPDATE.
-            await conn.execute("SELECT 1 FROM host WHERE name = $1 FOR UPDATE", host)
-            ids = await conn.fetch(
-                """SELECT i.id FROM instance i JOIN workload w ON w.name = i.workload
-                   WHERE i.host = $1 AND i.desired <> 'REMOVED' AND w.kind = ANY($2::text[])""",
-                host,
-                kind_values,
-            )
-            if not ids:
-                return 0
-            revision = (await self._bump(conn, [host]))[host]
-            await conn.execute(
-                """UPDATE instance SET desired = 'REMOVED', revision = $2, ready = false,
-                          desired_changed_at = clock_timestamp(), converged_at = NULL,
-                          unconverged_since = clock_timestamp(), slow_counted = false
-                   WHERE id = ANY($1::text[]) AND desired <> 'REMOVED'""",
-                [r["id"] for r in ids],
-                revision,
-            )
-            await self._event(
-                conn,
-                f"host/{host}",
-                "InstancesFenced",
-                f"{len(ids)} instance(s) replaced elsewhere after the host stayed unreachable",
-            )
-            await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, host)
-            await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
-            return len(ids)
-
     async def finish_deleted_workload(self, name: str, *, epoch: int | None) -> bool:
         """Drops a deleting workload whose instances are all gone. True when it did."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await self._check_epoch(conn, epoch)
+            await check_epoch(conn, epoch)
             status = await conn.execute(
                 """DELETE FROM workload w WHERE name = $1 AND deleting
                    AND NOT EXISTS (SELECT 1 FROM instance WHERE workload = w.name)""",
                 name,
             )
             if status.endswith(" 1"):
-                await self._event(
+                await record_event(
                     conn, f"workload/{name}", "WorkloadGone", "every instance removed"
                 )
                 return True
@@ -643,16 +456,6 @@ class Store:
     # -- helpers ------------------------------------------------------------------------
 
     @staticmethod
-    async def _check_epoch(conn: Conn, epoch: int | None) -> None:
-        if epoch is None:
-            return
-        # FOR SHARE: a new leader's epoch bump waits for this transaction, and this one
-        # sees the bump if it came first.
-        current = await conn.fetchval("SELECT epoch FROM leader FOR SHARE")
-        if current != epoch:
-            raise NotLeader(f"leadership moved to epoch {current} (this replica held {epoch})")
-
-    @staticmethod
     async def _hosts_of(conn: Conn, ids: Sequence[str]) -> list[str]:
         if not ids:
             return []
@@ -660,30 +463,3 @@ class Store:
             "SELECT DISTINCT host FROM instance WHERE id = ANY($1::text[])", list(ids)
         )
         return [r["host"] for r in rows]
-
-    @staticmethod
-    async def _bump(conn: Conn, hosts: Sequence[str]) -> dict[str, int]:
-        """Bumps each host's revision (sorted, so concurrent writers lock in one order)."""
-        if not hosts:
-            return {}
-        # Lock in name order first, so two writers touching the same hosts cannot deadlock.
-        await conn.execute(
-            "SELECT 1 FROM host WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE",
-            sorted(hosts),
-        )
-        rows = await conn.fetch(
-            """UPDATE host SET revision = revision + 1
-               WHERE name = ANY($1::text[]) RETURNING name, revision""",
-            sorted(hosts),
-        )
-        return {r["name"]: int(r["revision"]) for r in rows}
-
-    @staticmethod
-    async def _event(conn: Conn, obj: str, kind: str, message: str, *, actor: str = "") -> None:
-        await conn.execute(
-            "INSERT INTO event (object, kind, actor, message) VALUES ($1, $2, $3, $4)",
-            obj,
-            kind,
-            actor,
-            message,
-        )

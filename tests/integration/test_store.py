@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from controlplane import migrate
+from controlplane.sql import bump_revisions
 from controlplane.status import StatusStore
 from controlplane.store import Report, Store, create_pool
 from keel.model import Desired, Resources, Workload, WorkloadSpec
@@ -71,7 +72,7 @@ async def test_watcher_misses_no_change_under_concurrent_writers(store: Store) -
         # plain sequence its revision would be taken early and skipped by the watcher.
         for i in range(5):
             async with store.pool.acquire() as conn, conn.transaction():
-                revision = (await Store._bump(conn, ["h1"]))["h1"]
+                revision = (await bump_revisions(conn, ["h1"]))["h1"]
                 await asyncio.sleep(random.uniform(0.0, 0.03))
                 iid = f"slow-{n}-{i}"
                 await conn.execute(

@@ -1,0 +1,219 @@
+"""Hosts in Postgres: registration, heartbeats, liveness and fencing.
+
+Neighbours: `sync` registers hosts and records heartbeats; the liveness controller
+(`controllers`) judges silent hosts by database time and fences the instances of hosts that
+stay unreachable; `store.Store` inherits these queries, so callers hold one store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from controlplane.errors import NotFound
+from controlplane.sql import (
+    HOST_CHANNEL,
+    WORKLOAD_CHANNEL,
+    bump_revisions,
+    check_epoch,
+    record_event,
+)
+from keel.model import HostState, Kind, Resources
+
+
+@dataclass(frozen=True)
+class HostRow:
+    name: str
+    labels: dict[str, str]
+    capacity: Resources
+    allocated: Resources
+    schedulable: bool
+    cordon_reason: str
+    state: HostState
+    state_since: datetime
+    last_heartbeat: datetime | None
+    connected: bool
+    agent_version: str
+    revision: int
+    instances: int
+
+
+def _host(r: asyncpg.Record) -> HostRow:
+    return HostRow(
+        name=r["name"],
+        labels=dict(r["labels"]),
+        capacity=Resources(r["cpu_millis"], r["memory_mib"]),
+        allocated=Resources(r["alloc_cpu"], r["alloc_memory"]),
+        schedulable=r["schedulable"],
+        cordon_reason=r["cordon_reason"],
+        state=HostState(r["state"]),
+        state_since=r["state_since"],
+        last_heartbeat=r["last_heartbeat"],
+        connected=r["connected"],
+        agent_version=r["agent_version"],
+        revision=r["revision"],
+        instances=r["n_instances"],
+    )
+
+
+# A host's resources are held by every instance that is not a tombstone already stopped
+# (the same rule as controlplane.view.InstanceView.holds_resources, which the scheduler uses).
+_HOST_SELECT = """
+SELECT h.*,
+       coalesce(sum(i.cpu_millis) FILTER (WHERE i.id IS NOT NULL), 0)::bigint AS alloc_cpu,
+       coalesce(sum(i.memory_mib) FILTER (WHERE i.id IS NOT NULL), 0)::bigint AS alloc_memory,
+       count(i.id)::int AS n_instances
+FROM host h
+LEFT JOIN instance i
+       ON i.host = h.name AND NOT (i.desired = 'REMOVED' AND i.phase = 'STOPPED')
+"""
+
+
+class HostStore:
+    """Host queries over the shared pool (a base of `store.Store`)."""
+
+    pool: asyncpg.Pool
+
+    async def register_host(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str],
+        capacity: Resources,
+        agent_version: str,
+    ) -> int:
+        """Records an agent's Hello (a heartbeat too); returns the host's current revision."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """INSERT INTO host AS h (name, labels, cpu_millis, memory_mib, agent_version,
+                                          connected, last_heartbeat, state, state_since)
+                   VALUES ($1, $2, $3, $4, $5, true, now(), 'READY', now())
+                   ON CONFLICT (name) DO UPDATE SET
+                       labels = EXCLUDED.labels, cpu_millis = EXCLUDED.cpu_millis,
+                       memory_mib = EXCLUDED.memory_mib, agent_version = EXCLUDED.agent_version,
+                       connected = true, last_heartbeat = now(),
+                       state_since = CASE WHEN h.state = 'READY' THEN h.state_since ELSE now() END,
+                       state = 'READY'
+                   RETURNING revision, (xmax = 0) AS inserted""",
+                name,
+                labels,
+                capacity.cpu_millis,
+                capacity.memory_mib,
+                agent_version,
+            )
+            assert row is not None
+            what = "registered" if row["inserted"] else "connected"
+            await record_event(conn, f"host/{name}", "HostConnected", f"agent {what}")
+            await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
+            return int(row["revision"])
+
+    async def heartbeat(self, name: str) -> bool:
+        """Records a heartbeat. Returns True when it made the host READY again."""
+        row = await self.pool.fetchrow(
+            """UPDATE host AS h SET last_heartbeat = now(), connected = true,
+                      state_since = CASE WHEN h.state = 'READY' THEN h.state_since ELSE now() END,
+                      state = 'READY'
+               FROM (SELECT state FROM host WHERE name = $1 FOR UPDATE) AS before
+               WHERE h.name = $1 RETURNING before.state AS was""",
+            name,
+        )
+        if row is None or row["was"] == "READY":
+            return False
+        async with self.pool.acquire() as conn, conn.transaction():
+            await record_event(conn, f"host/{name}", "HostReady", f"heartbeat after {row['was']}")
+            await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
+        return True
+
+    async def disconnect_host(self, name: str) -> None:
+        await self.pool.execute("UPDATE host SET connected = false WHERE name = $1", name)
+
+    async def judge_liveness(
+        self, *, grace_s: float, unknown_after_s: float
+    ) -> list[tuple[str, str]]:
+        """Moves silent hosts READY -> NOT_READY -> UNKNOWN by database time.
+
+        Returns (host, new state) for every host that changed, after recording events.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                # state_since keeps when the host stopped being READY: UNKNOWN does not move
+                # it, so fencing and HOST_UNREACHABLE count from the first missed deadline.
+                """UPDATE host SET
+                       state = CASE WHEN state = 'READY' THEN 'NOT_READY' ELSE 'UNKNOWN' END,
+                       state_since = CASE WHEN state = 'READY' THEN now() ELSE state_since END
+                   WHERE (state = 'READY'
+                          AND last_heartbeat < now() - make_interval(secs => $1))
+                      OR (state = 'NOT_READY'
+                          AND state_since < now() - make_interval(secs => $2))
+                   RETURNING name, state, last_heartbeat""",
+                grace_s,
+                unknown_after_s,
+            )
+            for r in rows:
+                last = r["last_heartbeat"]
+                await record_event(
+                    conn,
+                    f"host/{r['name']}",
+                    f"Host{r['state'].title().replace('_', '')}",
+                    f"no heartbeat since {last.isoformat() if last else 'ever'}",
+                )
+            if rows:
+                await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
+            return [(r["name"], r["state"]) for r in rows]
+
+    async def hosts_to_fence(self, *, after_s: float) -> list[str]:
+        """Hosts not READY for longer than `after_s` (their service instances get replaced)."""
+        rows = await self.pool.fetch(
+            """SELECT name FROM host WHERE state <> 'READY'
+               AND state_since < now() - make_interval(secs => $1)""",
+            after_s,
+        )
+        return [r["name"] for r in rows]
+
+    async def get_host(self, name: str) -> HostRow:
+        row = await self.pool.fetchrow(_HOST_SELECT + " WHERE h.name = $1 GROUP BY h.name", name)
+        if row is None:
+            raise NotFound(f'host "{name}" not found')
+        return _host(row)
+
+    async def list_hosts(self) -> list[HostRow]:
+        rows = await self.pool.fetch(_HOST_SELECT + " GROUP BY h.name ORDER BY h.name")
+        return [_host(r) for r in rows]
+
+    async def fence_host(self, host: str, kinds: Iterable[Kind], *, epoch: int | None) -> int:
+        """Tombstones the given kinds' instances on a lost host so they are replaced elsewhere."""
+        kind_values = [k.value for k in kinds]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await check_epoch(conn, epoch)
+            # The host lock first: a plan writing to this host (which takes it too) cannot
+            # tombstone these rows between the SELECT and the UPDATE.
+            await conn.execute("SELECT 1 FROM host WHERE name = $1 FOR UPDATE", host)
+            ids = await conn.fetch(
+                """SELECT i.id FROM instance i JOIN workload w ON w.name = i.workload
+                   WHERE i.host = $1 AND i.desired <> 'REMOVED' AND w.kind = ANY($2::text[])""",
+                host,
+                kind_values,
+            )
+            if not ids:
+                return 0
+            revision = (await bump_revisions(conn, [host]))[host]
+            await conn.execute(
+                """UPDATE instance SET desired = 'REMOVED', revision = $2, ready = false,
+                          desired_changed_at = clock_timestamp(), converged_at = NULL,
+                          unconverged_since = clock_timestamp(), slow_counted = false
+                   WHERE id = ANY($1::text[]) AND desired <> 'REMOVED'""",
+                [r["id"] for r in ids],
+                revision,
+            )
+            await record_event(
+                conn,
+                f"host/{host}",
+                "InstancesFenced",
+                f"{len(ids)} instance(s) replaced elsewhere after the host stayed unreachable",
+            )
+            await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, host)
+            await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
+            return len(ids)
