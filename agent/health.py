@@ -138,7 +138,8 @@ async def probe(
 ) -> ProbeResult:
     """Run one probe; never raises, a failure is a result with a message for a person."""
     try:
-        return await asyncio.wait_for(_probe(check, ports, env), timeout=timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await _probe(check, ports, env)
     except TimeoutError:
         return ProbeResult(False, f"health check timed out after {timeout_s:g}s")
 

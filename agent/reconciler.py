@@ -204,8 +204,11 @@ class Reconciler:
         while True:
             self._wake.clear()
             await self.reconcile_once()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel
+            # that races the wake-up, and the reconciler would then never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._settings.probe_interval_s)
+                async with asyncio.timeout(self._settings.probe_interval_s):
+                    await self._wake.wait()
 
     async def stop_all(self) -> None:
         """Stop every running instance (each bounded by its grace); used on agent exit."""
@@ -213,7 +216,8 @@ class Reconciler:
         for iid, live in list(self._live.items()):
             if live.task is not None:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(live.task), timeout=_SHUTDOWN_WAIT_S)
+                    async with asyncio.timeout(_SHUTDOWN_WAIT_S):
+                        await asyncio.shield(live.task)
             if live.handle is not None and live.exited is None:
                 record = self.state.instances[iid]
                 jobs.append(self._stop(iid, live.handle, record.stop_grace_s, "agent exiting"))

@@ -207,7 +207,8 @@ class SyncClient:
         """One stream; returns (or raises) when it ends."""
         s = self._settings
         async with grpc.aio.insecure_channel(address) as channel:
-            await asyncio.wait_for(_connect(channel), timeout=s.connect_timeout_s)
+            async with asyncio.timeout(s.connect_timeout_s):
+                await _connect(channel)
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Sync()
             try:
@@ -218,9 +219,8 @@ class SyncClient:
                     agent_version=self._agent_version,
                     revision=self._target.revision,
                 )
-                await asyncio.wait_for(
-                    call.write(agent_pb2.AgentMessage(hello=hello)), timeout=s.connect_timeout_s
-                )
+                async with asyncio.timeout(s.connect_timeout_s):
+                    await call.write(agent_pb2.AgentMessage(hello=hello))
                 self._queue = asyncio.Queue()
                 self._established = True
                 self._connection(up=True)
@@ -283,7 +283,8 @@ class SyncClient:
         while True:
             msg = await queue.get()
             # A write that cannot complete means a dead peer: end the stream and reconnect.
-            await asyncio.wait_for(call.write(msg), timeout=self._settings.connect_timeout_s)
+            async with asyncio.timeout(self._settings.connect_timeout_s):
+                await call.write(msg)
 
     async def _heartbeat(self, queue: asyncio.Queue[agent_pb2.AgentMessage]) -> None:
         while True:

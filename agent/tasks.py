@@ -17,6 +17,7 @@ import structlog
 log = structlog.get_logger("agent.tasks")
 
 RESTART_PAUSE_S = 1.0
+CLOSE_TIMEOUT_S = 10.0
 
 
 class TaskGroup:
@@ -55,10 +56,18 @@ class TaskGroup:
         if self._on_done is not None:
             self._on_done()
 
-    async def close(self) -> None:
+    async def close(self, *, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Cancels every task and waits for them, bounded: a task that ignores its cancel is
+        named in an error line rather than holding the agent's exit forever."""
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
+        if not tasks:
+            return
+        _, stuck = await asyncio.wait(tasks, timeout=timeout_s)
+        for t in stuck:
+            log.error("task did not stop when cancelled", task=t.get_name())
         for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            if t.done() and not t.cancelled():
+                with contextlib.suppress(Exception):
+                    t.result()

@@ -59,7 +59,8 @@ class Listener:
                 while not lost.is_set():
                     # A cheap query now and then notices a half-open connection.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), 5.0)
+                        async with asyncio.timeout(5.0):
+                            await lost.wait()
                     if not lost.is_set():
                         await conn.fetchval("SELECT 1", timeout=5)
             except asyncio.CancelledError:

@@ -54,7 +54,8 @@ class LogRelay:
                 try:
                     # A following request may stay quiet for as long as the workload does.
                     wait = self._timeout_s if first or not follow else None
-                    chunk = await asyncio.wait_for(queue.get(), wait)
+                    async with asyncio.timeout(wait):
+                        chunk = await queue.get()
                 except TimeoutError:
                     yield types_pb2.LogChunk(
                         eof=True,

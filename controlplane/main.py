@@ -291,7 +291,8 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     supervisor.cancel()
     workloads.queue.close()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(pool.close(), settings.shutdown_grace_s)
+        async with asyncio.timeout(settings.shutdown_grace_s):
+            await pool.close()
     if metrics_server is not None:
         # shutdown() waits for the server thread's poll loop: not on the event loop.
         await asyncio.to_thread(metrics_server.close)

@@ -99,7 +99,8 @@ class ReportWriter:
     async def flush(self, timeout_s: float) -> bool:
         """Waits until everything submitted so far is committed. False on timeout."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True

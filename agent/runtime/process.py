@@ -159,7 +159,8 @@ class ProcessDriver:
         pgid = handle.pid  # start_new_session made the command its group's leader
         _signal_group(pgid, signal.SIGTERM)
         try:
-            result = await asyncio.wait_for(self.wait(handle), timeout=grace_s)
+            async with asyncio.timeout(grace_s):
+                result = await self.wait(handle)
         except TimeoutError:
             log.warning(
                 "stop grace over, killing process group",
@@ -168,7 +169,8 @@ class ProcessDriver:
                 instance=handle.instance_id,
             )
             _signal_group(pgid, signal.SIGKILL)
-            result = await asyncio.wait_for(self.wait(handle), timeout=_KILL_WAIT_S)
+            async with asyncio.timeout(_KILL_WAIT_S):
+                result = await self.wait(handle)
         # The leader is gone; anything it forked that lingers in its group goes too.
         _signal_group(pgid, signal.SIGKILL)
         return result
