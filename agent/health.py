@@ -231,7 +231,7 @@ async def _exec(command: tuple[str, ...], env: Mapping[str, str]) -> ProbeResult
     try:
         rc = await proc.wait()
     except asyncio.CancelledError:
-        # Timed out (wait_for cancels us): the probe must not outlive its timeout.
+        # Timed out (asyncio.timeout cancels us): the probe must not outlive its timeout.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         raise
