@@ -9,18 +9,17 @@ The README's metrics table explains each and names the alert that uses it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agent.convergence import CHANGES, Converged
+from keel.endpoint import CONVERGENCE_BUCKETS
 from keel.model import Phase
 from keel.stuck import Reason
 
 # The same buckets as the control plane's keel_convergence_seconds.
-CONVERGENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # The reasons an agent reports for itself.
 AGENT_REASONS = (
     Reason.START_FAILED,
@@ -159,10 +158,3 @@ class AgentMetrics:
 
     def heard_from_controlplane(self, at: float) -> None:
         self.last_sync.set(at)
-
-
-def count(values: Iterable[Any]) -> dict[Any, int]:
-    out: dict[Any, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import shlex
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -35,7 +36,7 @@ from agent.backoff import next_crash_delay
 from agent.convergence import ConvergenceTracker
 from agent.errors import StartFailed, StateError
 from agent.health import HealthMonitor, Prober, Target, probe
-from agent.metrics import AgentMetrics, PassOutcome, count
+from agent.metrics import AgentMetrics, PassOutcome
 from agent.planner import (
     Action,
     Actual,
@@ -282,8 +283,8 @@ class Reconciler:
                 converged=converged,
                 unconverged=self._convergence.unconverged,
                 oldest_unconverged_s=self._convergence.oldest_age(now),
-                phases=count(r.phase for r in reports.values()),
-                stuck=count(r.stuck.reason for r in reports.values() if r.stuck is not None),
+                phases=Counter(r.phase for r in reports.values()),
+                stuck=Counter(r.stuck.reason for r in reports.values() if r.stuck is not None),
                 revision=self.state.revision,
             )
         )

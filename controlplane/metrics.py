@@ -35,27 +35,10 @@ from prometheus_client import (
 
 from controlplane.errors import KeelError
 from keel import endpoint
+from keel.endpoint import CONVERGENCE_BUCKETS
 from keel.model import HostState
 from keel.stuck import Reason
 
-# Fixed by issue 3: the SLO threshold (60 s) is a bucket boundary, so the SLI is exact.
-CONVERGENCE_BUCKETS = (
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-)
 # One reconcile pass is a few queries; 10 s would already be an outage.
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Unary calls are milliseconds; streams (agent Sync, logs -f) live for minutes to days.

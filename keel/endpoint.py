@@ -1,4 +1,4 @@
-"""What the control plane and the agent share about their listening endpoints.
+"""What the control plane and the agent share about their metrics and listening endpoints.
 
 `--metrics HOST:PORT|off` parsing (port 0 = any free port; IPv6 as `[::1]:PORT`), the
 /metrics HTTP server (prometheus-client's, on a daemon thread, so a busy event loop never
@@ -18,6 +18,11 @@ from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry
+
+# keel_convergence_seconds and keel_agent_convergence_seconds (fixed by issue 3): the SLO
+# threshold (60 s) is a bucket boundary, so the SLI is exact.
+CONVERGENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                       300.0, 600.0)  # fmt: skip
 
 
 class EndpointError(ValueError):
