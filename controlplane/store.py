@@ -180,7 +180,8 @@ def _instance(r: asyncpg.Record) -> InstanceRow:
     )
 
 
-_SPEC_FIELDS = ("kind", "replicas", "max_unavailable", "max_surge", "selector", "deadline_ms")
+# Fields an apply changes in place (no new generation); kind is checked apart.
+_IN_PLACE_FIELDS = ("kind", "replicas", "max_unavailable", "max_surge", "selector", "deadline_ms")
 
 
 class Store(HostStore):
@@ -243,7 +244,7 @@ class Store(HostStore):
                         f"and apply it again as a {w.kind.value}"
                     )
                 spec_changed = old["spec"] != spec
-                if not spec_changed and all(old[k] == new_values[k] for k in _SPEC_FIELDS):
+                if not spec_changed and all(old[k] == new_values[k] for k in _IN_PLACE_FIELDS):
                     return _workload(old), "unchanged"
                 row = await conn.fetchrow(
                     """UPDATE workload SET replicas = $2, max_unavailable = $3, max_surge = $4,
