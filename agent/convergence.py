@@ -18,17 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from keel.model import Desired
+from keel.model import Change, Desired, change_of
 
-CHANGES = ("create", "stop", "remove")
-
-
-def change_of(desired: Desired) -> str:
-    if desired is Desired.RUNNING:
-        return "create"
-    if desired is Desired.STOPPED:
-        return "stop"
-    return "remove"
+CHANGES = tuple(Change)
 
 
 @dataclass(frozen=True)

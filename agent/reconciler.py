@@ -55,7 +55,7 @@ from agent.settings import Settings
 from agent.state import Assignment, InstanceRecord, LocalState, StateStore
 from agent.tasks import TaskGroup
 from keel import tracing
-from keel.model import Desired, Phase
+from keel.model import Desired, Phase, converged
 from keel.stuck import STDERR_TAIL_BYTES
 
 log = structlog.get_logger("agent.reconciler")
@@ -624,9 +624,6 @@ class Reconciler:
 
 
 def _matches(desired: Desired, report: InstanceReport) -> bool:
-    """Does the instance match its desired state (see `agent.convergence`)?"""
-    if desired is Desired.RUNNING:
-        return report.phase is Phase.RUNNING and report.ready
-    if desired is Desired.STOPPED:
-        return report.phase is Phase.STOPPED
-    return False  # a tombstone matches once confirmed, i.e. gone from the desired set
+    """Does the instance match its desired state (`keel.model.converged`; a tombstone
+    matches once confirmed, i.e. gone from the desired set: see `agent.convergence`)?"""
+    return converged(desired, report.phase, report.ready)

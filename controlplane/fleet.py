@@ -20,7 +20,7 @@ from controlplane.logrelay import LogRelay
 from controlplane.status import StatusStore
 from controlplane.store import HostRow, InstanceRow, Store, StuckState, WorkloadRow
 from keel import convert, spec
-from keel.model import Kind, Phase
+from keel.model import Desired, Kind, Phase, converged
 from keel.stuck import GUIDES, Reason, next_command
 from keel.tracing import inject_traceparent
 from keel.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
@@ -97,8 +97,8 @@ def workload_pb(row: WorkloadRow, instances: list[InstanceRow]) -> types_pb2.Wor
         status=types_pb2.WorkloadStatus(
             desired=0 if row.deleting else desired,
             instances=len(live),
-            running=sum(1 for i in live if i.phase == "RUNNING"),
-            ready=sum(1 for i in live if i.phase == "RUNNING" and i.ready),
+            running=sum(1 for i in live if i.phase is Phase.RUNNING),
+            ready=sum(1 for i in live if converged(Desired.RUNNING, i.phase, i.ready)),
             updated=sum(1 for i in live if i.generation == row.generation),
         ),
         stuck=stuck_pb(row.stuck, workload=w.name),
@@ -119,7 +119,7 @@ def instance_pb(row: InstanceRow) -> types_pb2.Instance:
         stuck=stuck_pb(row.stuck, instance=row.id, workload=row.workload, host=row.host),
         status=types_pb2.InstanceStatus(
             instance_id=row.id,
-            phase=convert.phase_to_pb(Phase(row.phase)),
+            phase=convert.phase_to_pb(row.phase),
             pid=row.pid,
             restart_count=row.restart_count,
             last_exit=row.last_exit,

@@ -7,7 +7,7 @@ stay unreachable; `store.Store` inherits these queries, so callers hold one stor
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,7 +21,7 @@ from controlplane.sql import (
     check_epoch,
     record_event,
 )
-from keel.model import HostState, Kind, Resources
+from keel.model import Desired, HostState, Kind, Phase, Resources, holds_resources
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,16 @@ class HostRow:
     instances: int
 
 
-def _host(r: asyncpg.Record) -> HostRow:
+def _host(r: asyncpg.Record, usage: Sequence[asyncpg.Record]) -> HostRow:
+    """A host row with what its instances hold; `usage` is the host's rows of _USAGE."""
+    holding = [u for u in usage if holds_resources(Desired(u["desired"]), Phase(u["phase"]))]
     return HostRow(
         name=r["name"],
         labels=dict(r["labels"]),
         capacity=Resources(r["cpu_millis"], r["memory_mib"]),
-        allocated=Resources(r["alloc_cpu"], r["alloc_memory"]),
+        allocated=Resources(
+            sum(int(u["cpu"]) for u in holding), sum(int(u["memory"]) for u in holding)
+        ),
         schedulable=r["schedulable"],
         cordon_reason=r["cordon_reason"],
         state=HostState(r["state"]),
@@ -55,20 +59,17 @@ def _host(r: asyncpg.Record) -> HostRow:
         connected=r["connected"],
         agent_version=r["agent_version"],
         revision=r["revision"],
-        instances=r["n_instances"],
+        instances=sum(int(u["n"]) for u in holding),
     )
 
 
-# A host's resources are held by every instance that is not a tombstone already stopped
-# (the same rule as controlplane.view.InstanceView.holds_resources, which the scheduler uses).
-_HOST_SELECT = """
-SELECT h.*,
-       coalesce(sum(i.cpu_millis) FILTER (WHERE i.id IS NOT NULL), 0)::bigint AS alloc_cpu,
-       coalesce(sum(i.memory_mib) FILTER (WHERE i.id IS NOT NULL), 0)::bigint AS alloc_memory,
-       count(i.id)::int AS n_instances
-FROM host h
-LEFT JOIN instance i
-       ON i.host = h.name AND NOT (i.desired = 'REMOVED' AND i.phase = 'STOPPED')
+# What a host's instances hold, by desired state and phase: which of them count against its
+# capacity is `keel.model.holds_resources`, applied in Python so the rule lives once.
+_USAGE = """
+SELECT host, desired, phase, sum(cpu_millis)::bigint AS cpu, sum(memory_mib)::bigint AS memory,
+       count(*)::int AS n
+FROM instance WHERE $1::text IS NULL OR host = $1
+GROUP BY host, desired, phase
 """
 
 
@@ -174,14 +175,21 @@ class HostStore:
         return [r["name"] for r in rows]
 
     async def get_host(self, name: str) -> HostRow:
-        row = await self.pool.fetchrow(_HOST_SELECT + " WHERE h.name = $1 GROUP BY h.name", name)
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            row = await conn.fetchrow("SELECT * FROM host WHERE name = $1", name)
+            usage = await conn.fetch(_USAGE, name)
         if row is None:
             raise NotFound(f'host "{name}" not found')
-        return _host(row)
+        return _host(row, usage)
 
     async def list_hosts(self) -> list[HostRow]:
-        rows = await self.pool.fetch(_HOST_SELECT + " GROUP BY h.name ORDER BY h.name")
-        return [_host(r) for r in rows]
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            rows = await conn.fetch("SELECT * FROM host ORDER BY name")
+            usage = await conn.fetch(_USAGE, None)
+        by_host: dict[str, list[asyncpg.Record]] = {}
+        for u in usage:
+            by_host.setdefault(u["host"], []).append(u)
+        return [_host(r, by_host.get(r["name"], [])) for r in rows]
 
     async def fence_host(self, host: str, kinds: Iterable[Kind], *, epoch: int | None) -> int:
         """Tombstones the given kinds' instances on a lost host so they are replaced elsewhere."""

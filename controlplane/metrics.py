@@ -36,7 +36,7 @@ from prometheus_client import (
 from controlplane.errors import KeelError
 from keel import endpoint
 from keel.endpoint import CONVERGENCE_BUCKETS
-from keel.model import HostState
+from keel.model import Change, HostState
 from keel.stuck import Reason
 
 # One reconcile pass is a few queries; 10 s would already be an outage.
@@ -61,7 +61,7 @@ RPC_BUCKETS = (
     3600.0,
 )
 
-CHANGES = ("create", "stop", "remove")
+CHANGES = tuple(Change)
 KINDS = ("instance", "workload")
 CONTROLLERS = ("workload", "liveness", "stuck")
 RESULTS = ("success", "error")

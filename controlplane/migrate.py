@@ -1,4 +1,7 @@
-"""Schema migrations: numbered SQL files in migrations/, each with its down step.
+"""Schema migrations: numbered SQL files in `controlplane/migrations/`, each with its down step.
+
+They are package data, so an installed wheel carries them and can run `keel-controlplane
+migrate` without the source tree.
 
 `NNNN_name.up.sql` and `NNNN_name.down.sql`. Applied versions are recorded in
 `schema_migrations`; every run holds a Postgres advisory lock, so replicas starting together
@@ -18,7 +21,7 @@ from controlplane.errors import KeelError, SchemaTooNew
 
 log = structlog.get_logger("keel.migrate")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # An arbitrary constant shared by every replica: "keel migrations".
 _LOCK_KEY = 0x6B65656C_6D696772
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$")

@@ -21,9 +21,7 @@ import asyncpg
 
 from controlplane.sql import WORKLOAD_CHANNEL, record_event
 from controlplane.store import Report
-
-# desired state -> the kind of change whose convergence is timed
-CHANGE_OF_DESIRED = {"RUNNING": "create", "STOPPED": "stop", "REMOVED": "remove"}
+from keel.model import Change, Desired, change_of, converged
 
 
 @dataclass(frozen=True)
@@ -60,15 +58,6 @@ class Event:
     message: str
 
 
-def _converged(desired: str, r: Report) -> bool:
-    """Whether the report shows the instance as its desired state asks (DESIGN.md)."""
-    if desired == "RUNNING":
-        return r.phase == "RUNNING" and r.ready
-    if desired == "STOPPED":
-        return r.phase == "STOPPED"
-    return False  # a tombstone converges by going away
-
-
 class StatusStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -102,7 +91,10 @@ class StatusStore:
             }
             # An agent can only report on its own host's instances.
             batch = [r for r in batch if (b := before.get(r.instance_id)) and b["host"] == r.host]
-            now_converged = [_converged(before[r.instance_id]["desired"], r) for r in batch]
+            now_converged = [
+                converged(Desired(before[r.instance_id]["desired"]), r.phase, r.ready)
+                for r in batch
+            ]
             await conn.execute(
                 """UPDATE instance i SET phase = u.phase, pid = u.pid,
                           restart_count = u.restart_count, last_exit = u.last_exit,
@@ -133,13 +125,13 @@ class StatusStore:
                 now_converged,
             )
             workloads: set[str] = set()
-            converged: list[tuple[str, float]] = []
+            done: list[tuple[str, float]] = []
             for r, ok in zip(batch, now_converged, strict=True):
                 b = before[r.instance_id]
                 if (b["phase"], b["ready"]) != (r.phase, r.ready):
                     workloads.add(b["workload"])
                 if ok and b["converged_at"] is None:
-                    converged.append((CHANGE_OF_DESIRED[b["desired"]], max(0.0, b["age"])))
+                    done.append((change_of(Desired(b["desired"])), max(0.0, b["age"])))
             removed = [(r.instance_id, r.host) for r in batch if r.removed]
             if removed:
                 gone = await conn.fetch(
@@ -152,7 +144,7 @@ class StatusStore:
                     [h for _, h in removed],
                 )
                 workloads |= {r["workload"] for r in gone}
-                converged += [("remove", max(0.0, r["seconds"])) for r in gone]
+                done += [(Change.REMOVE, max(0.0, r["seconds"])) for r in gone]
                 for g in gone:
                     if g["stuck_reason"]:
                         # The history shows every detection ends, removal included.
@@ -164,7 +156,7 @@ class StatusStore:
                         )
             for name in sorted(workloads):
                 await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, name)
-            return ReportOutcome(workloads=workloads, converged=converged)
+            return ReportOutcome(workloads=workloads, converged=done)
 
     async def count_slow(self, *, threshold_s: float) -> dict[str, int]:
         """Marks desired changes unconverged for longer than the threshold, once each.
@@ -181,15 +173,16 @@ class StatusStore:
         )
         counts: dict[str, int] = {}
         for r in rows:
-            change = CHANGE_OF_DESIRED[r["desired"]]
+            change = change_of(Desired(r["desired"]))
             counts[change] = counts.get(change, 0) + 1
         return counts
 
     async def backlog(self) -> Backlog:
         row = await self.pool.fetchrow(
-            """SELECT count(*) FILTER (WHERE NOT (
-                          (desired = 'RUNNING' AND phase = 'RUNNING' AND ready)
-                       OR (desired = 'STOPPED' AND phase = 'STOPPED')))::int AS instances,
+            # unconverged_since is set by every desired change and by every report that
+            # `keel.model.converged` judges unconverged, and cleared by one it judges
+            # converged: counting it restates no rule.
+            """SELECT count(*) FILTER (WHERE unconverged_since IS NOT NULL)::int AS instances,
                       coalesce(extract(epoch FROM now() - min(desired_changed_at)
                                        FILTER (WHERE converged_at IS NULL)), 0)::float8 AS oldest
                FROM instance"""

@@ -27,7 +27,7 @@ from controlplane.sql import (
     create_pool,
     record_event,
 )
-from keel.model import Desired, Kind, Workload, WorkloadSpec
+from keel.model import Desired, Kind, Phase, Workload, WorkloadSpec, converged
 
 __all__ = [
     "HOST_CHANNEL",
@@ -73,7 +73,7 @@ class InstanceRow:
     desired_changed_at: datetime
     revision: int
     created_at: datetime
-    phase: str
+    phase: Phase
     pid: int
     restart_count: int
     last_exit: str
@@ -91,11 +91,7 @@ class InstanceRow:
 
     @property
     def converged(self) -> bool:
-        if self.desired is Desired.RUNNING:
-            return self.phase == "RUNNING" and self.ready
-        if self.desired is Desired.STOPPED:
-            return self.phase == "STOPPED"
-        return False  # a tombstone converges by going away
+        return converged(self.desired, self.phase, self.ready)
 
 
 @dataclass(frozen=True)
@@ -110,7 +106,7 @@ class Report:
 
     host: str
     instance_id: str
-    phase: str
+    phase: Phase
     pid: int
     restart_count: int
     last_exit: str
@@ -162,7 +158,7 @@ def _instance(r: asyncpg.Record) -> InstanceRow:
         desired_changed_at=r["desired_changed_at"],
         revision=r["revision"],
         created_at=r["created_at"],
-        phase=r["phase"],
+        phase=Phase(r["phase"]),
         pid=r["pid"],
         restart_count=r["restart_count"],
         last_exit=r["last_exit"],

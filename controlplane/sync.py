@@ -102,7 +102,7 @@ def report_from_pb(host: str, s: types_pb2.InstanceStatus) -> Report:
     return Report(
         host=host,
         instance_id=s.instance_id,
-        phase=convert.phase_from_pb(s.phase).value,
+        phase=convert.phase_from_pb(s.phase),
         pid=s.pid,
         restart_count=s.restart_count,
         last_exit=_text(s.last_exit, 500),

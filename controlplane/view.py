@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from controlplane.store import HostRow, InstanceRow, WorkloadRow
-from keel.model import Desired, HostState, Kind, Phase, Resources
+from keel.model import Desired, HostState, Kind, Phase, Resources, holds_resources
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,8 @@ class InstanceView:
 
     @property
     def holds_resources(self) -> bool:
-        """Counts against its host's capacity.
-
-        A live instance always does. A removed one keeps doing so until the agent reports it
-        STOPPED: its process may still be running (graceful stop can take `stop_grace`), and
-        placing a new instance into resources that are not free yet would overcommit the host.
-        """
-        return self.live or self.phase is not Phase.STOPPED
+        """Counts against its host's capacity (`keel.model.holds_resources`)."""
+        return holds_resources(self.desired, self.phase)
 
 
 @dataclass(frozen=True)
@@ -111,6 +106,6 @@ def instance_view(row: InstanceRow) -> InstanceView:
         host=row.host,
         desired=row.desired,
         resources=row.spec.resources,
-        phase=Phase(row.phase),
+        phase=row.phase,
         ready=row.ready,
     )

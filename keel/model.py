@@ -1,8 +1,11 @@
-"""Keel's domain types: workloads and their specs as frozen dataclasses.
+"""Keel's domain model: workloads and their specs as frozen dataclasses, and the rules
+every side shares (what "converged" means, which kind of change a desired state is, which
+instances hold a host's resources).
 
 Protobuf stays at the edge: `keel.convert` turns these into wire messages and back;
 `keel.spec` parses and validates an operator's document into them; the control plane
-stores them as JSON (`to_json` / `from_json` here) and the agent runs them.
+stores them as JSON (`to_json` / `from_json` here) and the agent runs them. The store, the
+status views, the planners and the agent call the rules here instead of restating them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,46 @@ class Phase(enum.StrEnum):
     STOPPING = "STOPPING"
     STOPPED = "STOPPED"
     FAILED = "FAILED"
+
+
+class Change(enum.StrEnum):
+    """The kind of a desired change, as the convergence SLI labels it."""
+
+    CREATE = "create"
+    STOP = "stop"
+    REMOVE = "remove"
+
+
+def change_of(desired: Desired) -> Change:
+    """The change a desired state asks for: RUNNING is a create, STOPPED a stop, REMOVED a
+    removal (a tombstone)."""
+    if desired is Desired.RUNNING:
+        return Change.CREATE
+    if desired is Desired.STOPPED:
+        return Change.STOP
+    return Change.REMOVE
+
+
+def converged(desired: Desired, phase: Phase, ready: bool) -> bool:
+    """Whether an instance is as its desired state asks: RUNNING wants it running and ready
+    (health check passed, and after a restart up for `min_ready`: the agent only reports ready
+    then), STOPPED wants it stopped. A tombstone converges by going away (the agent confirms
+    the removal and the row is deleted), never by a phase."""
+    if desired is Desired.RUNNING:
+        return phase is Phase.RUNNING and ready
+    if desired is Desired.STOPPED:
+        return phase is Phase.STOPPED
+    return False
+
+
+def holds_resources(desired: Desired, phase: Phase) -> bool:
+    """Whether an instance counts against its host's capacity.
+
+    A live instance always does. A removed one keeps doing so until the agent reports it
+    STOPPED: its process may still be running (graceful stop can take `stop_grace`), and
+    placing a new instance into resources that are not free yet would overcommit the host.
+    """
+    return desired is not Desired.REMOVED or phase is not Phase.STOPPED
 
 
 class HostState(enum.StrEnum):

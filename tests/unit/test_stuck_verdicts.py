@@ -11,7 +11,7 @@ from controlplane.rollout import WorkloadPlan
 from controlplane.scheduler import Unschedulable, UnschedulableCode
 from controlplane.store import HostRow, InstanceRow, WorkloadRow
 from controlplane.stuck import judge_instance, judge_workload, workload_converged
-from keel.model import Desired, HostState, Resources, Workload, WorkloadSpec
+from keel.model import Desired, HostState, Phase, Resources, Workload, WorkloadSpec
 from keel.stuck import GUIDES, Reason
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -48,7 +48,7 @@ INSTANCE = InstanceRow(
     desired_changed_at=ago(10),
     revision=1,
     created_at=ago(10),
-    phase="RUNNING",
+    phase=Phase.RUNNING,
     pid=42,
     restart_count=0,
     last_exit="",
@@ -67,7 +67,7 @@ INSTANCE = InstanceRow(
     [
         pytest.param(INSTANCE, HOST, None, id="converged"),
         pytest.param(
-            replace(INSTANCE, phase="STARTING", ready=False, unconverged_since=ago(30)),
+            replace(INSTANCE, phase=Phase.STARTING, ready=False, unconverged_since=ago(30)),
             HOST,
             None,
             id="starting-within-deadline",
@@ -75,7 +75,7 @@ INSTANCE = InstanceRow(
         pytest.param(
             replace(
                 INSTANCE,
-                phase="FAILED",
+                phase=Phase.FAILED,
                 ready=False,
                 reason="START_FAILED",
                 message="exec /x: No such file or directory",
@@ -89,7 +89,7 @@ INSTANCE = InstanceRow(
         pytest.param(
             replace(
                 INSTANCE,
-                phase="FAILED",
+                phase=Phase.FAILED,
                 ready=False,
                 reason="CRASH_LOOP",
                 message="last exit: exit code 1",
@@ -131,7 +131,7 @@ INSTANCE = InstanceRow(
             id="running-not-ready-past-deadline",
         ),
         pytest.param(
-            replace(INSTANCE, phase="PENDING", ready=False, unconverged_since=ago(300)),
+            replace(INSTANCE, phase=Phase.PENDING, ready=False, unconverged_since=ago(300)),
             HOST,
             Reason.START_FAILED,
             id="never-started-past-deadline",
@@ -140,7 +140,7 @@ INSTANCE = InstanceRow(
             replace(
                 INSTANCE,
                 desired=Desired.REMOVED,
-                phase="STOPPING",
+                phase=Phase.STOPPING,
                 ready=False,
                 unconverged_since=ago(300),
             ),
@@ -149,7 +149,7 @@ INSTANCE = InstanceRow(
             id="stop-past-deadline",
         ),
         pytest.param(
-            replace(INSTANCE, phase="STARTING", ready=False, unconverged_since=ago(300)),
+            replace(INSTANCE, phase=Phase.STARTING, ready=False, unconverged_since=ago(300)),
             replace(HOST, connected=False),
             Reason.AGENT_DISCONNECTED,
             id="agent-disconnected-past-deadline",
