@@ -1,11 +1,11 @@
 """Convergence bookkeeping on the agent: which desired changes are not yet matched, since when.
 
 A desired change is an assignment whose desired state differs from what the agent held for
-that instance (a new instance is a `create`, DESIRED_STOPPED a `stop`, a tombstone a
-`remove`); a full set that repeats what the agent already has is no change. The reconciler
-tells the tracker about changes (`changed`) and, after every pass, which desired instances
-match (`observe`: create = running and ready, stop = stopped, remove = stopped and the removal
-confirmed, i.e. gone from the desired set). `observe` returns the changes that converged, with
+that instance; its kind is `keel.model.change_of` (create, stop, remove). A full set that
+repeats what the agent already has is no change. The outcome handler (`agent.outcome`) tells
+the tracker about changes (`changed`) and, after every pass, which desired instances match
+(`observe`, with `keel.model.converged`; a tombstone matches once its removal is confirmed,
+i.e. it is gone from the desired set). `observe` returns the changes that converged, with
 their latency, for `keel_agent_convergence_seconds`. Pure: the clock is passed in.
 
 The backlog is level-based: a desired instance that stops matching without a new change (a
@@ -26,13 +26,13 @@ CHANGES = tuple(Change)
 @dataclass(frozen=True)
 class Converged:
     instance_id: str
-    change: str
+    change: Change
     seconds: float
 
 
 class ConvergenceTracker:
     def __init__(self) -> None:
-        self._pending: dict[str, tuple[str, float]] = {}  # instance -> (change, received at)
+        self._pending: dict[str, tuple[Change, float]] = {}  # instance -> (change, received at)
         self._since: dict[str, float] = {}  # unconverged instance -> since when
 
     def changed(self, instance_id: str, desired: Desired, *, at: float) -> None:
@@ -46,7 +46,9 @@ class ConvergenceTracker:
         for iid in list(self._pending):
             change, at = self._pending[iid]
             gone = iid not in matching
-            if matching.get(iid, False) or (gone and change == "remove"):
+            # A tombstone converges by going away (`keel.model.converged`): once confirmed, it
+            # has left the desired set.
+            if matching.get(iid, False) or (gone and change is Change.REMOVE):
                 done.append(Converged(iid, change, max(0.0, now - at)))
                 del self._pending[iid]
             elif gone:

@@ -121,6 +121,11 @@ def read_segments(segments: Sequence[Segment], *, chunk: int = CHUNK_BYTES) -> I
             continue
 
 
+def stderr_tail(log_dir: Path, instance_id: str, max_bytes: int) -> str:
+    """The end of the instance's stderr, across rotated files (blocking: run in a thread)."""
+    return tail_text(stream_files(log_dir, instance_id, "stderr"), max_bytes)
+
+
 def tail_text(paths: Sequence[Path], max_bytes: int) -> str:
     """The last whole lines of `paths` (one stream) in at most `max_bytes`, as text."""
     files = [(p, _size(p)) for p in paths]

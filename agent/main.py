@@ -23,6 +23,7 @@ import uvloop
 from agent.errors import AgentError, ConfigError
 from agent.health import always_healthy, probe
 from agent.metrics import AgentMetrics
+from agent.outcome import Outbox
 from agent.reconciler import Reconciler
 from agent.runtime.base import Driver
 from agent.runtime.fake import FakeDriver
@@ -113,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="10s",
         metavar="D",
         help="cap of the jittered reconnect back-off to the control plane (default: 10s)",
+    )
+    p.add_argument(
+        "--reconnect-reset-after",
+        default="30s",
+        metavar="D",
+        help="the reconnect back-off starts over only after a stream stayed up this long, so "
+        "a control plane that drops streams at once is not stormed (default: 30s)",
     )
     p.add_argument(
         "--connect-timeout",
@@ -221,6 +229,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         backoff_max_s=duration_s(args.backoff_max, "--backoff-max"),
         backoff_reset_s=duration_s(args.backoff_reset, "--backoff-reset"),
         reconnect_max_s=duration_s(args.reconnect_max, "--reconnect-max"),
+        reconnect_reset_s=duration_s(args.reconnect_reset_after, "--reconnect-reset-after"),
         connect_timeout_s=duration_s(args.connect_timeout, "--connect-timeout"),
         degraded_log_interval_s=duration_s(args.degraded_log_interval, "--degraded-log-interval"),
         probe_interval_s=probe_interval,
@@ -252,17 +261,24 @@ async def serve(settings: Settings, *, stop: asyncio.Event) -> None:
     """Run the agent until `stop` is set; then shut down as the module docstring says."""
     structlog.contextvars.bind_contextvars(host=settings.host)
     metrics = AgentMetrics()
+    outbox = Outbox()  # the reconciler reports into it; the sync client opens it per stream
     reconciler = Reconciler(
         StateStore(settings.state_file),
         driver=build_driver(settings),
         settings=settings,
         prober=always_healthy if settings.driver == "fake" else probe,
+        sink=outbox,
         metrics=metrics,
     )
     await reconciler.open()
     server = await asyncio.to_thread(start_metrics, settings, metrics)
-    client = SyncClient(settings, target=reconciler, agent_version=agent_version(), metrics=metrics)
-    reconciler.sink = client
+    client = SyncClient(
+        settings,
+        target=reconciler,
+        outbox=outbox,
+        agent_version=agent_version(),
+        metrics=metrics,
+    )
     tasks = TaskGroup()
     loop_task = tasks.loop("reconciler", reconciler.run)
     tasks.loop("sync", client.run)

@@ -15,18 +15,9 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agent.convergence import CHANGES, Converged
+from agent.stuck import AGENT_REASONS
 from keel.endpoint import CONVERGENCE_BUCKETS
 from keel.model import Phase
-from keel.stuck import Reason
-
-# The same buckets as the control plane's keel_convergence_seconds.
-# The reasons an agent reports for itself.
-AGENT_REASONS = (
-    Reason.START_FAILED,
-    Reason.CRASH_LOOP,
-    Reason.HEALTH_CHECK_FAILING,
-    Reason.STOP_TIMEOUT,
-)
 
 NAMES = (
     "keel_agent_convergence_seconds",

@@ -1,100 +1,61 @@
 """The executor: one loop that plans (`agent.planner`) and acts through a driver.
 
 It wakes when the desired set changes (`apply_assignments`, called by `agent.sync`), when a
-process exits (a watcher per process), when a health result changes, and on a periodic tick
-(--probe-interval). Every pass reads desired and actual afresh (level-triggered), performs the
-planned actions (starts and stops run as per-instance tasks, so one slow stop holds nothing
-else up), persists local state (`agent.state`) and sends the status reports that changed to
-the sink (the sync client). On open it adopts the processes a previous agent left running.
+process exits (a watcher per process), when a health result changes, and every
+--probe-interval. Each pass reads desired and actual afresh (level-triggered), performs the
+planned actions (starts and stops are per-instance tasks, so one slow stop holds nothing else
+up), persists local state (`agent.state`), and hands every desired instance's status to the
+one outcome handler (`agent.outcome`: convergence, metrics, reports, span). On open it adopts
+the processes a previous agent left running.
 
-After every pass one outcome handler (`_pass_done`) computes every desired instance's status,
-feeds the convergence tracker (`agent.convergence`) and the metrics (`agent.metrics`), and
-sends the changed reports. Stuck verdicts are the planner's (`status_of`); the reconciler
-supplies the live facts they need (how long probes have failed, the stderr tail at an exit,
-since when a stop is under way). A pass that acted is a root span "agent.reconcile"; a start
-whose assignment carries the operator's trace context is a span "agent.start_instance" in
-that trace.
+The decisions are pure, elsewhere: what to do (`agent.planner`), when to restart
+(`agent.restart`), what to report and whether it is stuck (`agent.status`, `agent.stuck`).
+The reconciler keeps the live facts they need (`agent.live`) and starts and stops processes
+through `agent.startstop`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shlex
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
 import structlog
-from opentelemetry import context as otel_context
-from opentelemetry.trace import Status, StatusCode
 
-from agent import logread
-from agent.backoff import next_crash_delay
-from agent.convergence import ConvergenceTracker
-from agent.errors import StartFailed, StateError
-from agent.health import HealthMonitor, Prober, Target, probe
-from agent.metrics import AgentMetrics, PassOutcome
+from agent import logread, restart
+from agent.errors import StateError
+from agent.health import HealthMonitor, Prober, probe
+from agent.live import Live, actual_of, probe_targets
+from agent.metrics import AgentMetrics
+from agent.outcome import Outbox, Outcomes, StatusSink
 from agent.planner import (
     Action,
     Actual,
     ConfirmRemoved,
     Forget,
-    InstanceReport,
     RecordExit,
     Start,
     Stop,
     Transition,
     plan,
-    status_of,
 )
-from agent.runtime.base import Driver, ExitInfo, Handle, instance_env
+from agent.runtime.base import Driver, Handle
 from agent.settings import Settings
+from agent.startstop import halt, launch
 from agent.state import Assignment, InstanceRecord, LocalState, StateStore
+from agent.status import InstanceReport, removal_confirmed, status_of
 from agent.tasks import TaskGroup
-from keel import tracing
-from keel.model import Desired, Phase, converged
 from keel.stuck import STDERR_TAIL_BYTES
 
 log = structlog.get_logger("agent.reconciler")
-_tracer = tracing.tracer("keel.agent")
 
 # On shutdown, a start or stop under way gets this long to finish before it is cancelled.
 _SHUTDOWN_WAIT_S = 5.0
 # A probe gets at least this long even when tests shorten --probe-interval below it.
 _PROBE_TIMEOUT_MIN_S = 1.0
-
-
-class StatusSink(Protocol):
-    """Where status reports go (the sync client); reports are dropped while disconnected."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    def report(self, reports: Sequence[InstanceReport]) -> None: ...
-
-
-class _Disconnected:
-    connected = False
-
-    def report(self, reports: Sequence[InstanceReport]) -> None:
-        return None
-
-
-@dataclass
-class _Live:
-    """In-memory facts about one instance that local state does not need to keep."""
-
-    handle: Handle | None = None
-    exited: ExitInfo | None = None
-    exited_at: float | None = None
-    transition: Transition | None = None
-    task: asyncio.Task[Any] | None = None
-    watcher: asyncio.Task[Any] | None = None
-    stopping_since: float | None = None  # the first stop of the current process began
-    stderr_tail: str = ""  # the end of stderr at the last exit (CRASH_LOOP's message)
 
 
 class Reconciler:
@@ -111,22 +72,19 @@ class Reconciler:
     ) -> None:
         self._store = store
         self.metrics = metrics or AgentMetrics()
-        self._convergence = ConvergenceTracker()
+        self._outcomes = Outcomes(host=settings.host, metrics=self.metrics, sink=sink or Outbox())
         self._driver = driver
         self._settings = settings
+        self._policy = restart.Policy.of(settings)
         self._clock = clock
-        self.sink: StatusSink = sink or _Disconnected()
         self.state = LocalState()
-        self._saved: LocalState | None = None
-        self._live: dict[str, _Live] = {}
-        self._reported: dict[str, InstanceReport] = {}
+        self._live: dict[str, Live] = {}
         self._wake = asyncio.Event()
         self._tasks = TaskGroup()
-        self._save_lock = asyncio.Lock()
         self._health_task: asyncio.Task[Any] | None = None
         self._log = log.bind(host=settings.host)
         self._health = HealthMonitor(
-            targets=self._probe_targets,
+            targets=lambda: probe_targets(self._live, self.state, host=settings.host),
             on_change=self.wake,
             prober=prober,
             interval_s=settings.probe_interval_s,
@@ -157,14 +115,11 @@ class Reconciler:
                 self.state = replace(self.state, revision=revision)
             return
         now = self._clock()
-        before = self.state.desired
-        desired = {} if full else dict(before)
-        for a in assignments:
-            old = before.get(a.instance_id)
-            if old is None or old.desired is not a.desired:
-                self._convergence.changed(a.instance_id, a.desired, at=now)
-            desired[a.instance_id] = a
-        self.state = replace(self.state, revision=revision, desired=desired)
+        self.state, changed = self.state.with_desired(
+            full=full, revision=revision, assignments=assignments
+        )
+        for a in changed:
+            self._outcomes.desired_changed(a.instance_id, a.desired, at=now)
         self._log.info(
             "desired state received", full=full, revision=revision, count=len(assignments)
         )
@@ -172,29 +127,23 @@ class Reconciler:
 
     def full_report(self) -> list[InstanceReport]:
         """Every desired instance's status (sent after Hello); marks them all as reported."""
-        reports = list(self._statuses(self._clock()).values())
-        self._reported = {r.instance_id: r for r in reports}
-        return reports
+        return self._outcomes.full_report(self._statuses(self._clock()))
 
     # Lifecycle -----------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Load local state and adopt the processes a previous agent started."""
         self.state = await asyncio.to_thread(self._store.load)
-        self._saved = self.state
         now = self._clock()
         for iid, record in self.state.instances.items():
             if record.pid is None:
                 continue
-            live = self._live.setdefault(iid, _Live())
             handle = self._driver.adopt(iid, record.pid, record.start_time or 0.0)
+            live = self._live[iid] = Live.adopted(handle, now=now)
             ilog = self._log.bind(instance=iid, workload=record.workload, pid=record.pid)
             if handle is None:
-                # Gone, or the pid now belongs to another process: not ours to touch.
-                live.exited, live.exited_at = ExitInfo(), now
                 ilog.info("process exited while the agent was away")
             else:
-                live.handle = handle
                 live.watcher = self._tasks.spawn(f"watch {iid}", self._watch(iid, handle))
                 ilog.info("adopted running process", restart_count=record.restart_count)
 
@@ -249,61 +198,23 @@ class Reconciler:
                 now=now,
                 settings=self._settings,
             )
-            # Counted before acting: a retried start may succeed before the pass ends.
-            retries = sum(
-                1
-                for a in actions
-                if isinstance(a, Start)
-                and (r := self.state.instances.get(a.instance_id)) is not None
-                and r.start_error
-            )
+            retries = sum(1 for a in actions if isinstance(a, Start) and a.retry)
             for action in actions:
                 await self._execute(action, now)
             await self._driver.maintain()
             ok = await self._persist()
         finally:
-            self._pass_done(actions, ok=ok, retries=retries, started_ns=started_ns)
-
-    def _pass_done(
-        self, actions: Sequence[Action], *, ok: bool, retries: int, started_ns: int
-    ) -> None:
-        """The one place a pass's outcome goes: metrics, convergence, reports, its span."""
-        now = self._clock()
-        reports = self._statuses(now)
-        matching = {iid: _matches(self.state.desired[iid].desired, r) for iid, r in reports.items()}
-        converged = self._convergence.observe(matching, now=now)
-        for c in converged:
-            self._log.debug(
-                "converged", instance=c.instance_id, change=c.change, seconds=round(c.seconds, 3)
-            )
-        self.metrics.pass_done(
-            PassOutcome(
+            # The one place a pass's outcome goes: metrics, convergence, reports, its span.
+            self._outcomes.pass_done(
+                self._statuses(self._clock()),
+                {iid: a.desired for iid, a in self.state.desired.items()},
+                actions=len(actions),
                 ok=ok,
                 retries=retries,
-                converged=converged,
-                unconverged=self._convergence.unconverged,
-                oldest_unconverged_s=self._convergence.oldest_age(now),
-                phases=Counter(r.phase for r in reports.values()),
-                stuck=Counter(r.stuck.reason for r in reports.values() if r.stuck is not None),
                 revision=self.state.revision,
+                started_ns=started_ns,
+                now=self._clock(),
             )
-        )
-        self._report_changes(reports)
-        if actions:
-            # Only passes that did something: an idle agent ticks every probe interval.
-            span = _tracer.start_span(
-                "agent.reconcile",
-                context=otel_context.Context(),
-                start_time=started_ns,
-                attributes={
-                    "keel.host": self._settings.host,
-                    "keel.actions": len(actions),
-                    "keel.converged": len(converged),
-                },
-            )
-            if not ok:
-                span.set_status(Status(StatusCode.ERROR, "reconcile pass failed"))
-            span.end()
 
     def _statuses(self, now: float) -> dict[str, InstanceReport]:
         return {
@@ -321,28 +232,17 @@ class Reconciler:
         record = self.state.instances.get(iid)
         if record is None:
             return None
-        live = self._live.get(iid) or _Live()
-        assignment = self.state.desired.get(iid)
-        checked = assignment is not None and assignment.spec.health is not None
-        probed = self._health.result(iid)
-        return Actual(
-            record=record,
-            running=live.handle is not None and live.exited is None,
-            exited=live.exited,
-            exited_at=live.exited_at,
-            healthy=probed.ok if checked and probed is not None else not checked,
-            health_message=(probed.message if probed else "no health result yet")
-            if checked
-            else "",
-            unhealthy_since=self._health.failing_since(iid) if checked else None,
-            transition=live.transition,
-            stopping_since=live.stopping_since,
-            stderr_tail=live.stderr_tail,
+        return actual_of(
+            record,
+            self._live.get(iid) or Live(),
+            self.state.desired.get(iid),
+            probed=self._health.result(iid),
+            failing_since=self._health.failing_since(iid),
         )
 
     async def _execute(self, action: Action, now: float) -> None:
         iid = action.instance_id
-        live = self._live.setdefault(iid, _Live())
+        live = self._live.setdefault(iid, Live())
         record = self.state.instances.get(iid)
         ilog = self._log.bind(instance=iid, workload=record.workload if record else None)
         if isinstance(action, RecordExit):
@@ -356,25 +256,19 @@ class Reconciler:
             if action.crash_loop_since is not None and record.crash_loop_since is None:
                 ilog.warning("crash loop", restart_count=record.restart_count)
             self._put(
-                replace(
-                    record,
-                    pid=None,
-                    start_time=None,
-                    last_exit=action.last_exit,
-                    last_exit_at=action.at,
+                record.exited(
+                    action.last_exit,
+                    at=action.at,
                     backoff_s=action.backoff_s,
                     next_start_at=action.next_start_at,
                     crash_streak=action.crash_streak,
                     crash_loop_since=action.crash_loop_since,
                 )
             )
-            live.handle, live.exited, live.exited_at = None, None, None
-            live.stopping_since = None
+            live.process_gone()
             if action.next_start_at is not None:
                 live.stderr_tail = await asyncio.to_thread(
-                    logread.tail_text,
-                    logread.stream_files(self._settings.log_dir, iid, "stderr"),
-                    STDERR_TAIL_BYTES,
+                    logread.stderr_tail, self._settings.log_dir, iid, STDERR_TAIL_BYTES
                 )
         elif isinstance(action, Start):
             if record is None:
@@ -385,23 +279,13 @@ class Reconciler:
             live.task = self._tasks.spawn(f"start {iid}", self._start(action))
         elif isinstance(action, Stop):
             assert live.handle is not None
-            live.transition = Transition.STOPPING
-            if live.stopping_since is None:
-                live.stopping_since = now
+            live.stopping(now)
             live.task = self._tasks.spawn(
                 f"stop {iid}", self._stop(iid, live.handle, action.grace_s, action.why)
             )
         elif isinstance(action, ConfirmRemoved):
-            if not self.sink.connected:
+            if not self._outcomes.confirm_removed(removal_confirmed(iid, record)):
                 return  # confirm once the control plane can hear it; the tombstone stays
-            report = InstanceReport(
-                iid,
-                Phase.STOPPED,
-                removed=True,
-                restart_count=record.restart_count if record else 0,
-                last_exit=record.last_exit if record else "",
-            )
-            self.sink.report([report])
             ilog.info("removal confirmed")
             await self._forget(iid, drop_desired=True)
         elif isinstance(action, Forget):
@@ -409,20 +293,14 @@ class Reconciler:
             await self._forget(iid, drop_desired=False)
 
     def _put(self, record: InstanceRecord) -> None:
-        self.state = replace(
-            self.state, instances={**self.state.instances, record.instance_id: record}
-        )
+        self.state = self.state.with_record(record)
 
     async def _forget(self, iid: str, *, drop_desired: bool) -> None:
-        instances = {k: v for k, v in self.state.instances.items() if k != iid}
-        desired = self.state.desired
-        if drop_desired:
-            desired = {k: v for k, v in desired.items() if k != iid}
-        self.state = replace(self.state, instances=instances, desired=desired)
+        self.state = self.state.without(iid, drop_desired=drop_desired)
         live = self._live.pop(iid, None)
         if live is not None and live.watcher is not None:
             live.watcher.cancel()
-        self._reported.pop(iid, None)
+        self._outcomes.forget(iid)
         self._health.forget(iid)
         await self._driver.forget(iid)
 
@@ -432,85 +310,44 @@ class Reconciler:
         a = action.assignment
         iid = a.instance_id
         ilog = self._log.bind(instance=iid, workload=a.workload)
-        live = self._live.setdefault(iid, _Live())
-        record = self.state.instances.get(iid) or InstanceRecord(iid, a.workload)
+        live = self._live.setdefault(iid, Live())
         try:
-            ports = dict(record.ports)
-            if set(ports) != set(a.spec.ports):
-                ports = self._driver.allocate_ports(a.spec.ports)
-            env = instance_env(
-                a.spec, host=self._settings.host, workload=a.workload, instance_id=iid, ports=ports
+            record = self.state.instances.get(iid) or InstanceRecord(iid, a.workload)
+            result = await launch(
+                action, record, driver=self._driver, host=self._settings.host, log=ilog
             )
-            span = None
-            if a.trace_context and not action.restart:
-                # The first start of an operator's change joins that operator's trace.
-                span = _tracer.start_span(
-                    "agent.start_instance",
-                    context=tracing.context_from_traceparent(a.trace_context),
-                    attributes={
-                        "keel.instance": iid,
-                        "keel.workload": a.workload,
-                        "keel.host": self._settings.host,
-                    },
-                )
-            try:
-                handle = await self._driver.start(iid, a.spec, env=env, ports=ports)
-            except StartFailed as e:
-                error = f"{e} (command: {shlex.join(a.spec.command)})"
-            except Exception as e:  # one handler for every failure: reported, retried
-                ilog.exception("start failed unexpectedly")
-                error = f"{type(e).__name__}: {e}"
-            else:
-                error = ""
-            if span is not None:
-                if error:
-                    span.set_status(Status(StatusCode.ERROR, error))
-                else:
-                    span.set_attribute("keel.pid", handle.pid)
-                span.end()
             now = self._clock()
             current = self.state.instances.get(iid, record)
-            if error:
-                delay = next_crash_delay(
-                    current.backoff_s,
-                    0.0,
-                    base_s=self._settings.backoff_base_s,
-                    max_s=self._settings.backoff_max_s,
-                    reset_s=self._settings.backoff_reset_s,
-                )
-                ilog.warning("start failed", error=error, retry_in_s=delay)
+            handle = result.handle
+            if handle is None:
+                retry = restart.after_start_failure(current, at=now, policy=self._policy)
+                ilog.warning("start failed", error=result.error, retry_in_s=retry.backoff_s)
                 self._put(
-                    replace(
-                        current,
-                        ports=ports,
-                        start_error=error,
-                        start_failed_since=current.start_failed_since or now,
-                        backoff_s=delay,
-                        next_start_at=now + delay,
+                    current.start_failed(
+                        result.error,
+                        ports=result.ports,
+                        since=retry.failing_since,
+                        backoff_s=retry.backoff_s,
+                        next_start_at=retry.next_start_at,
                     )
                 )
             else:
                 self._put(
-                    replace(
-                        current,
-                        pid=handle.pid,
-                        start_time=handle.start_time,
-                        ports=ports,
-                        starts=current.starts + 1,
-                        restart_count=current.restart_count + (1 if action.restart else 0),
-                        started_at=now,
-                        start_error="",
-                        start_failed_since=None,
-                        next_start_at=None,
+                    current.started(
+                        handle.pid,
+                        handle.start_time,
+                        ports=result.ports,
+                        at=now,
+                        restart=action.restart,
                         stop_grace_s=a.spec.stop_grace_ms / 1000.0,
                     )
                 )
-                live.handle, live.exited, live.exited_at = handle, None, None
-                live.stopping_since = None
+                live.process_gone()
+                live.handle = handle
                 self.metrics.started(restart=action.restart)
                 self._health.forget(iid)  # a new process: its health is not known yet
                 live.watcher = self._tasks.spawn(f"watch {iid}", self._watch(iid, handle))
-                ilog.info("started", pid=handle.pid, ports=ports, restart=action.restart)
+                ilog.info("started", pid=handle.pid, ports=result.ports, restart=action.restart)
             # Persist before anything else: a pid not on disk is a process a restarted
             # agent could not adopt.
             await self._persist()
@@ -519,53 +356,31 @@ class Reconciler:
             self.wake()
 
     async def _stop(self, iid: str, handle: Handle, grace_s: float, why: str) -> None:
-        live = self._live.setdefault(iid, _Live())
-        live.transition = Transition.STOPPING
-        if live.stopping_since is None:
-            live.stopping_since = self._clock()
+        live = self._live.setdefault(iid, Live())
+        live.stopping(self._clock())
         record = self.state.instances.get(iid)
         ilog = self._log.bind(
             instance=iid, workload=record.workload if record else None, pid=handle.pid
         )
-        ilog.info("stopping", why=why, grace_s=grace_s)
         try:
-            try:
-                result = await self._driver.stop(handle, grace_s=grace_s)
-            except TimeoutError:
-                # Survived SIGKILL: reported STOP_TIMEOUT (stuck) while it lasts; the next
-                # pass stops it again.
-                ilog.error("process survives SIGKILL", stopping_for_s=self._stopping_for(live))
-                raise
-            if self._stopping_for(live) > grace_s:
-                ilog.warning(
-                    "process outlived its stop grace and was killed",
-                    exit=result.describe(),
-                    grace_s=grace_s,
-                )
-            ilog.info("stopped", exit=result.describe())
+            result = await halt(
+                self._driver,
+                handle,
+                grace_s=grace_s,
+                why=why,
+                log=ilog,
+                stopping_for=lambda: live.stopping_for(self._clock()),
+            )
             record = self.state.instances.get(iid)
             if record is not None:
-                self._put(
-                    replace(
-                        record,
-                        pid=None,
-                        start_time=None,
-                        last_exit=result.describe(),
-                        last_exit_at=self._clock(),
-                        next_start_at=None,
-                    )
-                )
-            live.handle, live.exited, live.exited_at = None, None, None
-            live.stopping_since = None
+                self._put(record.stopped(result.describe(), at=self._clock()))
+            live.process_gone()
             if live.watcher is not None:
                 live.watcher.cancel()
             await self._persist()
         finally:
             live.transition, live.task = None, None
             self.wake()
-
-    def _stopping_for(self, live: _Live) -> float:
-        return self._clock() - live.stopping_since if live.stopping_since is not None else 0.0
 
     async def _watch(self, iid: str, handle: Handle) -> None:
         result = await self._driver.wait(handle)
@@ -575,55 +390,13 @@ class Reconciler:
         live.exited, live.exited_at = result, self._clock()
         self.wake()
 
-    def _probe_targets(self) -> list[Target]:
-        """Running instances with a health check, for the health monitor."""
-        targets = []
-        for iid, live in self._live.items():
-            a = self.state.desired.get(iid)
-            record = self.state.instances.get(iid)
-            if a is None or a.spec.health is None or record is None:
-                continue
-            if live.handle is None or live.exited is not None or live.transition is not None:
-                continue
-            env = instance_env(
-                a.spec,
-                host=self._settings.host,
-                workload=a.workload,
-                instance_id=iid,
-                ports=record.ports,
-            )
-            targets.append(Target(iid, a.spec.health, dict(record.ports), env, a.workload))
-        return targets
-
     # Outputs ----------------------------------------------------------------------------------
 
     async def _persist(self) -> bool:
         """Save local state if it changed; False if it could not be saved (retried later)."""
-        async with self._save_lock:
-            snapshot = self.state
-            if snapshot == self._saved:
-                return True
-            try:
-                await self._store.save(snapshot)
-            except StateError as e:
-                self._log.error("cannot persist local state; will retry", error=str(e))
-                return False
-            self._saved = snapshot
-            return True
-
-    def _report_changes(self, reports: dict[str, InstanceReport]) -> None:
-        if not self.sink.connected:
-            return  # the full report after the next Hello covers everything
-        changed = []
-        for iid, report in reports.items():
-            if self._reported.get(iid) != report:
-                changed.append(report)
-                self._reported[iid] = report
-        if changed:
-            self.sink.report(changed)
-
-
-def _matches(desired: Desired, report: InstanceReport) -> bool:
-    """Does the instance match its desired state (`keel.model.converged`; a tombstone
-    matches once confirmed, i.e. gone from the desired set: see `agent.convergence`)?"""
-    return converged(desired, report.phase, report.ready)
+        try:
+            await self._store.save_if_changed(self.state)
+        except StateError as e:
+            self._log.error("cannot persist local state; will retry", error=str(e))
+            return False
+        return True

@@ -32,6 +32,9 @@ class Settings:
     # Reconnect back-off to the control plane: jittered, from reconnect_base_s up to this.
     reconnect_base_s: float = 0.2
     reconnect_max_s: float = 10.0
+    # The back-off starts over only after a stream stayed up this long: a control plane that
+    # accepts streams and drops them at once gets ever slower retries, not a storm.
+    reconnect_reset_s: float = 30.0
     connect_timeout_s: float = 5.0
     # Health probes and the reconciler's periodic look run this often; a probe gets as long.
     probe_interval_s: float = 1.0

@@ -13,7 +13,8 @@ import asyncio
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +66,114 @@ class InstanceRecord:
     def first_start(self) -> bool:
         return self.starts <= 1
 
+    # What each event does to the record; when to start next is `agent.restart`'s to say.
+
+    def started(
+        self,
+        pid: int,
+        start_time: float,
+        *,
+        ports: dict[str, int],
+        at: float,
+        restart: bool,
+        stop_grace_s: float,
+    ) -> InstanceRecord:
+        return replace(
+            self,
+            pid=pid,
+            start_time=start_time,
+            ports=ports,
+            starts=self.starts + 1,
+            restart_count=self.restart_count + (1 if restart else 0),
+            started_at=at,
+            start_error="",
+            start_failed_since=None,
+            next_start_at=None,
+            stop_grace_s=stop_grace_s,
+        )
+
+    def start_failed(
+        self,
+        error: str,
+        *,
+        ports: dict[str, int],
+        since: float,
+        backoff_s: float,
+        next_start_at: float,
+    ) -> InstanceRecord:
+        return replace(
+            self,
+            ports=ports,
+            start_error=error,
+            start_failed_since=since,
+            backoff_s=backoff_s,
+            next_start_at=next_start_at,
+        )
+
+    def exited(
+        self,
+        last_exit: str,
+        *,
+        at: float,
+        backoff_s: float,
+        next_start_at: float | None,
+        crash_streak: int,
+        crash_loop_since: float | None,
+    ) -> InstanceRecord:
+        return replace(
+            self,
+            pid=None,
+            start_time=None,
+            last_exit=last_exit,
+            last_exit_at=at,
+            backoff_s=backoff_s,
+            next_start_at=next_start_at,
+            crash_streak=crash_streak,
+            crash_loop_since=crash_loop_since,
+        )
+
+    def stopped(self, last_exit: str, *, at: float) -> InstanceRecord:
+        """Stopped on purpose: no restart is pending."""
+        return replace(
+            self,
+            pid=None,
+            start_time=None,
+            last_exit=last_exit,
+            last_exit_at=at,
+            next_start_at=None,
+        )
+
 
 @dataclass(frozen=True)
 class LocalState:
     revision: int = 0
     desired: dict[str, Assignment] = field(default_factory=dict)
     instances: dict[str, InstanceRecord] = field(default_factory=dict)
+
+    def with_desired(
+        self, *, full: bool, revision: int, assignments: Sequence[Assignment]
+    ) -> tuple[LocalState, list[Assignment]]:
+        """A desired set from the control plane taken in (a full set replaces, changes
+        merge), and the assignments whose desired state is new to this agent."""
+        desired = {} if full else dict(self.desired)
+        changed = []
+        for a in assignments:
+            old = self.desired.get(a.instance_id)
+            if old is None or old.desired is not a.desired:
+                changed.append(a)
+            desired[a.instance_id] = a
+        return replace(self, revision=revision, desired=desired), changed
+
+    def with_record(self, record: InstanceRecord) -> LocalState:
+        return replace(self, instances={**self.instances, record.instance_id: record})
+
+    def without(self, instance_id: str, *, drop_desired: bool) -> LocalState:
+        """The instance forgotten here; with `drop_desired`, gone from the desired set too."""
+        instances = {k: v for k, v in self.instances.items() if k != instance_id}
+        desired = self.desired
+        if drop_desired:
+            desired = {k: v for k, v in desired.items() if k != instance_id}
+        return replace(self, instances=instances, desired=desired)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -154,19 +257,30 @@ class StateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._saved: LocalState | None = None  # what the file holds, once loaded or saved
+        self._lock = asyncio.Lock()  # one save at a time, so an older one never lands last
 
     def load(self) -> LocalState:
         """The saved state, or an empty one on first start. Blocking: call before serving."""
         try:
             text = self.path.read_text()
         except FileNotFoundError:
-            return LocalState()
+            self._saved = LocalState()
+            return self._saved
         except OSError as e:
             raise StateError(f"cannot read {self.path}: {e}") from e
         try:
-            return LocalState.from_json(json.loads(text))
+            self._saved = LocalState.from_json(json.loads(text))
         except (ValueError, KeyError, TypeError) as e:
             raise StateError(f"{self.path} is corrupt ({e}); move it aside to start empty") from e
+        return self._saved
+
+    async def save_if_changed(self, state: LocalState) -> None:
+        """Save `state` unless the file already holds it; StateError if it cannot."""
+        async with self._lock:
+            if state != self._saved:
+                await self.save(state)
+                self._saved = state
 
     async def save(self, state: LocalState) -> None:
         """Write in a thread: fsync is a blocking call that must not stall the event loop."""

@@ -2,12 +2,17 @@
 
 It opens with Hello (host, labels, capacity, version, the revision in local state), sends a
 full status report, then streams heartbeats (--heartbeat-interval) and the reports the
-reconciler emits, while it feeds every `Assignments` it receives to the reconciler. When the
-stream breaks it reconnects with jittered exponential back-off (`agent.backoff`), round-robin
-over the --controlplane addresses; meanwhile the reconciler keeps running the last desired
-state, and a warning every --degraded-log-interval says for how long (`degraded_for_s`;
-keel_agent_connected and keel_agent_last_sync_timestamp_seconds show it too). Protobuf stays
-here: assignments and reports are converted at this edge.
+reconciler puts in the outbox (`agent.outcome.Outbox`, opened with each stream), while it
+feeds every desired-set update it receives to the reconciler. Messages are converted to and
+from domain types by `agent.convert` only.
+
+When the stream breaks it reconnects round-robin over the --controlplane addresses, after a
+jittered exponential back-off (`agent.backoff.Reconnects`) that starts over only after a
+stream that stayed up --reconnect-reset-after: a replica that accepts streams and drops them
+at once (its database down, say) is retried ever more slowly, not stormed. Meanwhile the
+reconciler keeps running the last desired state, and a warning every --degraded-log-interval
+says for how long (`degraded_for_s`); keel_agent_connected and
+keel_agent_last_sync_timestamp_seconds show it too.
 
 It also answers the control plane's LogRequests on the same stream (no extra port on hosts):
 the last lines of the instance's stdout then stderr, across rotated files (`agent.logread`),
@@ -21,20 +26,20 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import grpc
 import structlog
 
-from agent import logread
-from agent.backoff import reconnect_delay
+from agent import convert, logread
+from agent.backoff import Reconnects
+from agent.convert import DesiredUpdate, LogRequest, Outgoing
 from agent.metrics import AgentMetrics
-from agent.planner import InstanceReport
+from agent.outcome import Outbox
 from agent.settings import Settings
 from agent.state import Assignment
-from keel.convert import desired_from_pb, phase_to_pb, resources_to_pb, spec_from_pb, ts
-from keel.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from agent.status import InstanceReport
+from keel.v1 import agent_pb2_grpc
 
 log = structlog.get_logger("agent.sync")
 
@@ -60,58 +65,13 @@ class SyncTarget(Protocol):
     def knows(self, instance_id: str) -> bool: ...
 
 
-def assignment_from_pb(m: agent_pb2.Assignment) -> Assignment:
-    return Assignment(
-        instance_id=m.instance_id,
-        workload=m.workload,
-        generation=m.generation,
-        desired=desired_from_pb(m.desired),
-        spec=spec_from_pb(m.spec),
-        trace_context=m.trace_context,
-    )
-
-
-def report_to_pb(r: InstanceReport, *, observed_at: datetime) -> types_pb2.InstanceStatus:
-    msg = types_pb2.InstanceStatus(
-        instance_id=r.instance_id,
-        phase=phase_to_pb(r.phase),
-        pid=r.pid,
-        restart_count=r.restart_count,
-        last_exit=r.last_exit,
-        reason=r.reason,
-        message=r.message,
-        ports=dict(r.ports),
-        ready=r.ready,
-        removed=r.removed,
-    )
-    if r.started_at is not None:
-        started = ts(datetime.fromtimestamp(r.started_at, UTC))
-        assert started is not None
-        msg.started_at.CopyFrom(started)
-    if r.stuck is not None:
-        since = ts(datetime.fromtimestamp(r.stuck.since, UTC))
-        assert since is not None
-        msg.stuck.CopyFrom(
-            types_pb2.Stuck(
-                reason=r.stuck.reason,
-                since=since,
-                message=r.stuck.message,
-                runbook=r.stuck.runbook,
-                next_command=r.stuck.next_command,
-            )
-        )
-    observed = ts(observed_at)
-    assert observed is not None
-    msg.observed_at.CopyFrom(observed)
-    return msg
-
-
 class SyncClient:
     def __init__(
         self,
         settings: Settings,
         *,
         target: SyncTarget,
+        outbox: Outbox,
         agent_version: str,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
@@ -121,30 +81,28 @@ class SyncClient:
         self._metrics = metrics or AgentMetrics()
         self._log_tasks: dict[str, asyncio.Task[None]] = {}
         self._target = target
+        self._outbox = outbox
         self._agent_version = agent_version
-        self._rng = rng
         self._clock = clock
-        self._queue: asyncio.Queue[agent_pb2.AgentMessage] | None = None
-        self._established = False  # the current attempt got as far as Hello
+        self._backoff = Reconnects(
+            base_s=settings.reconnect_base_s,
+            max_s=settings.reconnect_max_s,
+            reset_after_s=settings.reconnect_reset_s,
+            rng=rng,
+        )
+        self._queue: asyncio.Queue[Outgoing] | None = None
+        self._opened_at: float | None = None  # when the current attempt's stream opened
         self._log = log.bind(host=settings.host)
-
-    # StatusSink ------------------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
         return self._queue is not None
 
-    def report(self, reports: Sequence[InstanceReport]) -> None:
-        if self._queue is None or not reports:
-            return  # dropped: the full report after the next Hello covers it
-        now = datetime.fromtimestamp(self._clock(), UTC)
-        self._queue.put_nowait(
-            agent_pb2.AgentMessage(
-                report=agent_pb2.StatusReport(
-                    instances=[report_to_pb(r, observed_at=now) for r in reports]
-                )
-            )
-        )
+    def _send_reports(self, reports: Sequence[InstanceReport]) -> None:
+        """The outbox's sink while a stream is open (reports are dropped otherwise: the full
+        report after the next Hello covers them)."""
+        if self._queue is not None and reports:
+            self._queue.put_nowait(convert.reports_to_pb(reports, observed_at=self._clock()))
 
     # The connection loop ---------------------------------------------------------------------
 
@@ -155,7 +113,6 @@ class SyncClient:
         from the control plane for an hour logs that once, not on every attempt.
         """
         addresses = self._settings.controlplanes
-        attempt = 0
         index = 0
         down_since: float | None = None
         warned_at = 0.0
@@ -163,19 +120,24 @@ class SyncClient:
             address = addresses[index % len(addresses)]
             index += 1
             alog = self._log.bind(controlplane=address)
-            self._established = False
+            self._opened_at = None
             error = "stream closed by the control plane"
             try:
-                alog.debug("connecting", attempt=attempt)
+                alog.debug("connecting")
                 await self._session(address, alog)
             except _ESTABLISHED_EXCEPTIONS as e:
                 error = _describe(e)
             except grpc.aio.UsageError as e:
                 error = str(e)
-            if self._established:
-                attempt = 0
-                down_since = None
+            except Exception as e:
+                # Not a connection failure we know: still one failed attempt that backs off
+                # (a crash of this loop would restart it from the base rate), logged whole.
+                error = _describe(e)
+                alog.error("sync stream failed unexpectedly", exc_info=True)
             now = self._clock()
+            stream_up_s = None if self._opened_at is None else now - self._opened_at
+            if stream_up_s is not None:
+                down_since = None
             if down_since is None:
                 down_since = warned_at = now
                 alog.warning(
@@ -193,14 +155,8 @@ class SyncClient:
                 )
             else:
                 alog.debug("connect attempt failed", error=error)
-            delay = reconnect_delay(
-                attempt,
-                base_s=self._settings.reconnect_base_s,
-                max_s=self._settings.reconnect_max_s,
-                rng=self._rng,
-            )
-            attempt += 1
-            alog.debug("reconnecting", delay_s=round(delay, 3), attempt=attempt)
+            delay = self._backoff.delay_after(stream_up_s)
+            alog.debug("reconnecting", delay_s=round(delay, 3))
             await asyncio.sleep(delay)
 
     async def _session(self, address: str, alog: Any) -> None:
@@ -212,22 +168,24 @@ class SyncClient:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Sync()
             try:
-                hello = agent_pb2.Hello(
+                hello = convert.Hello(
                     host=s.host,
-                    labels=dict(s.labels),
-                    capacity=resources_to_pb(s.capacity),
                     agent_version=self._agent_version,
                     revision=self._target.revision,
+                    labels=dict(s.labels),
+                    capacity=s.capacity,
                 )
                 async with asyncio.timeout(s.connect_timeout_s):
-                    await call.write(agent_pb2.AgentMessage(hello=hello))
+                    await call.write(convert.hello_to_pb(hello))
                 self._queue = asyncio.Queue()
-                self._established = True
+                self._opened_at = self._clock()
                 self._connection(up=True)
                 alog.info("connected", revision=hello.revision)
-                self.report(self._target.full_report())
+                self._send_reports(self._target.full_report())
+                self._outbox.open(self._send_reports)
                 await self._pump(call, self._queue)
             finally:
+                self._outbox.close()
                 if self._queue is not None:
                     self._connection(up=False)
                 self._queue = None
@@ -240,7 +198,7 @@ class SyncClient:
         """The one place the connection state goes to the metrics."""
         self._metrics.connection(up, at=self._clock())
 
-    async def _pump(self, call: Any, queue: asyncio.Queue[agent_pb2.AgentMessage]) -> None:
+    async def _pump(self, call: Any, queue: asyncio.Queue[Outgoing]) -> None:
         """Run reader, writer and heartbeat until one of them ends; re-raise its error."""
         tasks = [
             asyncio.create_task(self._read(call), name="sync read"),
@@ -264,40 +222,35 @@ class SyncClient:
             if msg is grpc.aio.EOF:
                 return
             self._metrics.heard_from_controlplane(self._clock())
-            if msg.HasField("assignments"):
-                self._apply(msg.assignments)
-            elif msg.HasField("log_request"):
-                self._on_log_request(msg.log_request)
+            asked = convert.control_from_pb(msg)
+            if isinstance(asked, DesiredUpdate):
+                self._apply(asked)
+            elif isinstance(asked, LogRequest):
+                self._on_log_request(asked)
 
-    def _apply(self, m: agent_pb2.Assignments) -> None:
-        assignments = []
-        for a in m.assignments:
-            try:
-                assignments.append(assignment_from_pb(a))
-            except (ValueError, KeyError) as e:
-                # One bad assignment must not cost the host all the others.
-                self._log.error("assignment ignored", instance=a.instance_id, error=str(e))
-        self._target.apply_assignments(full=m.full, revision=m.revision, assignments=assignments)
+    def _apply(self, update: DesiredUpdate) -> None:
+        for instance, error in update.rejected:
+            # One bad assignment must not cost the host all the others.
+            self._log.error("assignment ignored", instance=instance, error=error)
+        self._target.apply_assignments(
+            full=update.full, revision=update.revision, assignments=update.assignments
+        )
 
-    async def _write(self, call: Any, queue: asyncio.Queue[agent_pb2.AgentMessage]) -> None:
+    async def _write(self, call: Any, queue: asyncio.Queue[Outgoing]) -> None:
         while True:
             msg = await queue.get()
             # A write that cannot complete means a dead peer: end the stream and reconnect.
             async with asyncio.timeout(self._settings.connect_timeout_s):
                 await call.write(msg)
 
-    async def _heartbeat(self, queue: asyncio.Queue[agent_pb2.AgentMessage]) -> None:
+    async def _heartbeat(self, queue: asyncio.Queue[Outgoing]) -> None:
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_s)
-            queue.put_nowait(
-                agent_pb2.AgentMessage(
-                    heartbeat=agent_pb2.Heartbeat(revision=self._target.revision)
-                )
-            )
+            queue.put_nowait(convert.heartbeat_to_pb(self._target.revision))
 
     # Logs --------------------------------------------------------------------------------
 
-    def _on_log_request(self, req: agent_pb2.LogRequest) -> None:
+    def _on_log_request(self, req: LogRequest) -> None:
         queue = self._queue
         if queue is None:
             return
@@ -306,7 +259,7 @@ class SyncClient:
             task = self._log_tasks.pop(rid, None)
             if task is not None:
                 task.cancel()
-                queue.put_nowait(_chunk(rid, eof=True))
+                queue.put_nowait(convert.log_chunk_to_pb(rid, eof=True))
             return
         if rid in self._log_tasks:
             return  # a duplicate of a request being served
@@ -321,14 +274,12 @@ class SyncClient:
 
         task.add_done_callback(done)
 
-    async def _serve_logs(
-        self, req: agent_pb2.LogRequest, queue: asyncio.Queue[agent_pb2.AgentMessage]
-    ) -> None:
+    async def _serve_logs(self, req: LogRequest, queue: asyncio.Queue[Outgoing]) -> None:
         rid, iid = req.request_id, req.instance_id
         llog = self._log.bind(instance=iid, request_id=rid)
         if not iid or not self._target.knows(iid):
             error = f'instance "{iid}" is not on host "{self._settings.host}"'
-            queue.put_nowait(_chunk(rid, eof=True, error=error))
+            queue.put_nowait(convert.log_chunk_to_pb(rid, eof=True, error=error))
             return
         llog.info("sending logs", tail_lines=req.tail_lines, follow=req.follow)
         log_dir = self._settings.log_dir
@@ -342,30 +293,20 @@ class SyncClient:
                 followers[stream] = logread.Follower(live, offset)
                 chunks = logread.read_segments(segments)
                 while (data := await asyncio.to_thread(next, chunks, None)) is not None:
-                    await _send(queue, _chunk(rid, stream=stream, data=data))
+                    await _send(queue, convert.log_chunk_to_pb(rid, stream=stream, data=data))
             while req.follow:
                 await asyncio.sleep(self._settings.probe_interval_s)
                 for stream, follower in followers.items():
                     for data in await asyncio.to_thread(follower.read_new):
-                        await _send(queue, _chunk(rid, stream=stream, data=data))
+                        await _send(queue, convert.log_chunk_to_pb(rid, stream=stream, data=data))
         except OSError as e:
             llog.warning("cannot read logs", error=str(e))
-            queue.put_nowait(_chunk(rid, eof=True, error=f"cannot read logs: {e}"))
+            queue.put_nowait(convert.log_chunk_to_pb(rid, eof=True, error=f"cannot read logs: {e}"))
             return
-        queue.put_nowait(_chunk(rid, eof=True))
+        queue.put_nowait(convert.log_chunk_to_pb(rid, eof=True))
 
 
-def _chunk(
-    request_id: str, *, stream: str = "", data: bytes = b"", eof: bool = False, error: str = ""
-) -> agent_pb2.AgentMessage:
-    return agent_pb2.AgentMessage(
-        log_chunk=types_pb2.LogChunk(
-            request_id=request_id, stream=stream, data=data, eof=eof, error=error
-        )
-    )
-
-
-async def _send(queue: asyncio.Queue[agent_pb2.AgentMessage], msg: agent_pb2.AgentMessage) -> None:
+async def _send(queue: asyncio.Queue[Outgoing], msg: Outgoing) -> None:
     # The writer drains the queue as the stream accepts messages: waiting for it to get short
     # keeps a large log from being read into memory all at once.
     while queue.qsize() >= _LOG_QUEUE_HIGH:  # noqa: ASYNC110

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from agent.health import always_healthy
+from agent.outcome import Outbox
 from agent.reconciler import Reconciler
 from agent.runtime.fake import FakeDriver
 from agent.runtime.logs import rotate_if_needed
@@ -101,11 +102,13 @@ async def agent(tmp_path: Path) -> AsyncIterator[tuple[Servicer, Path]]:
         reconnect_base_s=0.05,
         reconnect_max_s=0.2,
     )
+    outbox = Outbox()
     reconciler = Reconciler(
         StateStore(settings.state_file),
         driver=FakeDriver(),
         settings=settings,
         prober=always_healthy,
+        sink=outbox,
     )
     await reconciler.open()
     reconciler.apply_assignments(
@@ -113,8 +116,7 @@ async def agent(tmp_path: Path) -> AsyncIterator[tuple[Servicer, Path]]:
         revision=1,
         assignments=[Assignment("web-1", "web", 1, Desired.RUNNING, SPEC)],
     )
-    client = SyncClient(settings, target=reconciler, agent_version="t")
-    reconciler.sink = client
+    client = SyncClient(settings, target=reconciler, outbox=outbox, agent_version="t")
     tasks = TaskGroup()
     tasks.loop("reconciler", reconciler.run)
     tasks.loop("sync", client.run)

@@ -14,6 +14,7 @@ import pytest
 import structlog
 
 from agent.health import always_healthy
+from agent.outcome import Outbox
 from agent.reconciler import Reconciler
 from agent.runtime.fake import FakeDriver
 from agent.settings import Settings
@@ -106,19 +107,21 @@ class Agent:
             connect_timeout_s=0.5,
         )
         self.driver = FakeDriver()
+        outbox = Outbox()
         self.reconciler = Reconciler(
             StateStore(self.settings.state_file),
             driver=self.driver,
             settings=self.settings,
             prober=always_healthy,
+            sink=outbox,
         )
         self.client = SyncClient(
             self.settings,
             target=self.reconciler,
+            outbox=outbox,
             agent_version="9.9",
             metrics=self.reconciler.metrics,
         )
-        self.reconciler.sink = self.client
         self.tasks = TaskGroup()
 
     async def __aenter__(self) -> Agent:

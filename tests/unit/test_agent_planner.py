@@ -1,4 +1,4 @@
-"""Table tests for the agent's pure planner: desired vs actual -> actions, and status."""
+"""Table tests for the agent's pure planner: desired vs actual -> actions."""
 
 from __future__ import annotations
 
@@ -6,11 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.backoff import next_crash_delay, reconnect_delay
 from agent.planner import (
-    CRASH_LOOP,
-    HEALTH_CHECK_FAILING,
-    START_FAILED,
     Action,
     Actual,
     ConfirmRemoved,
@@ -20,12 +16,11 @@ from agent.planner import (
     Stop,
     Transition,
     plan,
-    status_of,
 )
 from agent.runtime.base import ExitInfo
 from agent.settings import Settings
 from agent.state import Assignment, InstanceRecord
-from keel.model import Desired, Phase, WorkloadSpec
+from keel.model import Desired, WorkloadSpec
 
 S = Settings(
     host="h1",
@@ -149,7 +144,7 @@ PLAN_CASES: list[tuple[str, Assignment | None, Actual | None, float, list[Action
         want(),
         Actual(record=rec(start_error="exec x: not found", next_start_at=110.0)),
         110.0,
-        [Start(ID, want(), restart=False)],
+        [Start(ID, want(), restart=False, retry=True)],
     ),
     (
         "a deliberately stopped instance starts again at once",
@@ -253,168 +248,3 @@ def test_plan_orders_instances_and_keeps_each_independent() -> None:
     other = Assignment("a-other", "web", 1, Desired.RUNNING, SPEC)
     actions = plan({ID: want(), "a-other": other}, {ID: running()}, now=200.0, settings=S)
     assert actions == [Start("a-other", other, restart=False)]
-
-
-R = Desired.RUNNING
-STATUS_CASES: list[tuple[str, Assignment, Actual | None, float, dict[str, object]]] = [
-    ("not started yet is PENDING", want(), None, 1.0, {"phase": Phase.PENDING}),
-    (
-        "stopped and not started is STOPPED",
-        want(Desired.STOPPED),
-        None,
-        1.0,
-        {"phase": Phase.STOPPED},
-    ),
-    (
-        "starting",
-        want(),
-        Actual(record=rec(), transition=Transition.STARTING),
-        1.0,
-        {"phase": Phase.STARTING, "ready": False},
-    ),
-    (
-        "stopping",
-        want(Desired.STOPPED),
-        Actual(record=rec(pid=42), running=True, transition=Transition.STOPPING),
-        1.0,
-        {"phase": Phase.STOPPING, "pid": 42},
-    ),
-    (
-        "first start is ready at once",
-        want(),
-        running(),
-        100.5,
-        {"phase": Phase.RUNNING, "ready": True, "pid": 42, "started_at": 100.0},
-    ),
-    (
-        "restarted and younger than min_ready is not ready",
-        want(),
-        Actual(record=rec(pid=42, starts=2, started_at=100.0, restart_count=1), running=True),
-        109.9,
-        {"phase": Phase.RUNNING, "ready": False, "restart_count": 1},
-    ),
-    (
-        "restarted and up for min_ready is ready",
-        want(),
-        Actual(record=rec(pid=42, starts=2, started_at=100.0), running=True),
-        110.0,
-        {"phase": Phase.RUNNING, "ready": True},
-    ),
-    (
-        "failing health check is not ready",
-        want(),
-        Actual(
-            record=rec(pid=42, starts=1, started_at=100.0),
-            running=True,
-            healthy=False,
-            health_message="tcp probe: refused",
-        ),
-        500.0,
-        {
-            "phase": Phase.RUNNING,
-            "ready": False,
-            "reason": HEALTH_CHECK_FAILING,
-            "message": "tcp probe: refused",
-        },
-    ),
-    ("an exit not yet recorded is not ready", want(), exited(105.0), 105.0, {"ready": False}),
-    (
-        "crash back-off is FAILED with the last exit",
-        want(),
-        Actual(
-            record=rec(
-                starts=1,
-                last_exit="exit code 3",
-                backoff_s=20.0,
-                next_start_at=130.0,
-                restart_count=2,
-            )
-        ),
-        120.0,
-        {
-            "phase": Phase.FAILED,
-            "reason": CRASH_LOOP,
-            "restart_count": 2,
-            "last_exit": "exit code 3",
-        },
-    ),
-    (
-        "start failure is FAILED with the exec error",
-        want(),
-        Actual(record=rec(start_error="exec nope: not found", next_start_at=130.0)),
-        120.0,
-        {"phase": Phase.FAILED, "reason": START_FAILED},
-    ),
-    (
-        "desired STOPPED and stopped is STOPPED",
-        want(Desired.STOPPED),
-        Actual(record=rec(starts=1, last_exit="signal 15 (SIGTERM)")),
-        1.0,
-        {"phase": Phase.STOPPED, "last_exit": "signal 15 (SIGTERM)"},
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    ("assignment", "actual", "now", "fields"),
-    [c[1:] for c in STATUS_CASES],
-    ids=[c[0] for c in STATUS_CASES],
-)
-def test_status_of(
-    assignment: Assignment, actual: Actual | None, now: float, fields: dict[str, object]
-) -> None:
-    """The reported status has the expected phase, readiness, reason and counters."""
-    report = status_of(assignment, actual, now=now)
-    for name, value in fields.items():
-        assert getattr(report, name) == value, name
-
-
-def test_crash_backoff_message_names_last_exit_and_next_try() -> None:
-    """A crash-looping instance says how it last exited and when it is tried next."""
-    x = Actual(record=rec(starts=1, last_exit="exit code 3", backoff_s=20.0, next_start_at=130.0))
-    report = status_of(want(), x, now=120.0)
-    assert "exit code 3" in report.message
-    assert "1970-01-01T00:02:10Z" in report.message
-
-
-def test_start_failure_message_carries_exec_error() -> None:
-    """A start failure reports the exec error as its message."""
-    x = Actual(record=rec(start_error="exec nope: executable file not found in PATH"))
-    assert status_of(want(), x, now=1.0).message.startswith("exec nope: executable file")
-
-
-@pytest.mark.parametrize(
-    ("previous", "uptime", "expected"),
-    [
-        (0.0, 0.0, 10.0),
-        (10.0, 1.0, 20.0),
-        (20.0, 1.0, 40.0),
-        (160.0, 1.0, 300.0),
-        (300.0, 599.9, 300.0),
-        (300.0, 600.0, 10.0),
-        (40.0, 10_000.0, 10.0),
-    ],
-)
-def test_next_crash_delay(previous: float, uptime: float, expected: float) -> None:
-    """Crash back-off: base, doubling, capped, reset after a long enough run."""
-    assert next_crash_delay(previous, uptime, base_s=10, max_s=300, reset_s=600) == expected
-
-
-@pytest.mark.parametrize(
-    ("attempt", "rng", "expected"),
-    [
-        (0, 0.0, 0.1),
-        (0, 1.0, 0.2),
-        (1, 0.0, 0.2),
-        (3, 1.0, 1.6),
-        (10, 0.0, 5.0),
-        (10, 1.0, 10.0),
-        (1000, 0.5, 7.5),
-    ],
-)
-def test_reconnect_delay_is_jittered_exponential_and_capped(
-    attempt: int, rng: float, expected: float
-) -> None:
-    """Reconnect waits grow from the base, stay under the cap, and carry jitter."""
-    got = reconnect_delay(attempt, base_s=0.2, max_s=10.0, rng=lambda: rng)
-    assert got == pytest.approx(expected)

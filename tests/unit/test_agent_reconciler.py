@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from agent.health import ProbeResult, always_healthy
-from agent.planner import CRASH_LOOP, HEALTH_CHECK_FAILING, START_FAILED, InstanceReport
 from agent.reconciler import Reconciler
 from agent.runtime.base import ExitInfo
 from agent.runtime.fake import FakeDriver
 from agent.settings import Settings
 from agent.state import Assignment, StateStore
+from agent.status import InstanceReport
+from agent.stuck import CRASH_LOOP, HEALTH_CHECK_FAILING, START_FAILED
 from keel.model import Desired, HealthCheck, Phase, WorkloadSpec
 
 SPEC = WorkloadSpec(command=("sleep", "1000"), ports=("http",), min_ready_ms=5_000)

@@ -1,13 +1,14 @@
-"""Table tests for the agent's own stuck verdicts (status_of) and its convergence tracker."""
+"""Table tests for the agent's own stuck verdicts (`agent.stuck`), alone and on the report."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.convergence import Converged, ConvergenceTracker
-from agent.planner import Actual, Transition, min_up_s, status_of
+from agent.planner import Actual, Transition
 from agent.runtime.base import ExitInfo
 from agent.state import Assignment, InstanceRecord
+from agent.status import status_of
+from agent.stuck import verdict
 from keel.model import Desired, WorkloadSpec
 from keel.stuck import GUIDES, Reason
 
@@ -92,6 +93,27 @@ STUCK_CASES: list[tuple[str, Assignment, Actual, float, str | None, str]] = [
         "",
     ),
     (
+        "a crash loop being stopped is not stuck (only a stop past its grace is)",
+        want(Desired.STOPPED),
+        Actual(
+            record=looping(pid=7, stop_grace_s=3.0),
+            running=True,
+            transition=Transition.STOPPING,
+            stopping_since=120.0,
+        ),
+        121.0,
+        None,
+        "",
+    ),
+    (
+        "a start failure of an instance now desired STOPPED is not stuck",
+        want(Desired.STOPPED),
+        Actual(record=rec(start_error="exec nope: not found", start_failed_since=100.0)),
+        100.0,
+        None,
+        "",
+    ),
+    (
         "a start failure is stuck at once",
         want(),
         Actual(record=rec(start_error="exec nope: not found", start_failed_since=100.0)),
@@ -164,8 +186,10 @@ STUCK_CASES: list[tuple[str, Assignment, Actual, float, str | None, str]] = [
 def test_stuck_verdict(
     assignment: Assignment, actual: Actual, now: float, stuck: str | None, reason: str
 ) -> None:
-    """status_of names the stuck reason (or none) and the reported reason for each case."""
+    """The verdict names the stuck reason (or none); the report carries it and its reason."""
+    found = verdict(assignment, actual, now=now, host="h1", health_stuck_after_s=30.0)
     report = status_of(assignment, actual, now=now, host="h1", health_stuck_after_s=30.0)
+    assert report.stuck == found
     assert (report.stuck.reason if report.stuck else None) == stuck
     assert report.reason == reason
     if report.stuck is not None:
@@ -197,57 +221,8 @@ def test_start_failure_since_is_the_first_failure() -> None:
     assert report.stuck.message.startswith("exec nope: not found")
 
 
-@pytest.mark.parametrize(("min_ready_ms", "expected"), [(10_000, 10.0), (0, 1.0), (500, 1.0)])
-def test_min_up_has_a_floor(min_ready_ms: int, expected: float) -> None:
-    """A process must stay up min_ready, and at least a second, to end a crash streak."""
-    assert min_up_s(WorkloadSpec(command=("x",), min_ready_ms=min_ready_ms)) == expected
-
-
 def test_exit_record_is_still_an_exit() -> None:
     """An unrecorded exit of a crash-looping instance is reported with the loop verdict."""
     x = Actual(record=looping(), exited=ExitInfo(code=1), exited_at=120.0)
     report = status_of(want(), x, now=120.0)
     assert report.stuck is not None and report.stuck.reason == "CRASH_LOOP"
-
-
-# Convergence tracker -------------------------------------------------------------------------
-
-
-def test_create_converges_when_matching_with_its_latency() -> None:
-    """A create is measured from receipt to the pass that finds it matching."""
-    t = ConvergenceTracker()
-    t.changed("a", Desired.RUNNING, at=10.0)
-    assert t.observe({"a": False}, now=11.0) == []
-    assert (t.unconverged, t.oldest_age(12.0)) == (1, 2.0)
-    assert t.observe({"a": True}, now=12.5) == [Converged("a", "create", 2.5)]
-    assert (t.unconverged, t.oldest_age(13.0)) == (0, 0.0)
-
-
-def test_remove_converges_once_gone_from_the_desired_set() -> None:
-    """A remove is converged when the instance has left the desired set (confirmed)."""
-    t = ConvergenceTracker()
-    t.changed("a", Desired.REMOVED, at=10.0)
-    assert t.observe({"a": False}, now=11.0) == []
-    assert t.observe({}, now=12.0) == [Converged("a", "remove", 2.0)]
-    assert t.unconverged == 0
-
-
-@pytest.mark.parametrize(
-    ("desired", "change"),
-    [(Desired.RUNNING, "create"), (Desired.STOPPED, "stop"), (Desired.REMOVED, "remove")],
-)
-def test_change_kind_follows_the_desired_state(desired: Desired, change: str) -> None:
-    """create, stop and remove are named after the desired state received."""
-    t = ConvergenceTracker()
-    t.changed("a", desired, at=0.0)
-    assert t.observe({"a": True}, now=1.0) == [Converged("a", change, 1.0)]
-
-
-def test_a_crash_counts_in_the_backlog_but_not_the_histogram() -> None:
-    """An instance that stops matching without a change is unconverged, with no latency."""
-    t = ConvergenceTracker()
-    assert t.observe({"a": True}, now=1.0) == []
-    assert t.observe({"a": False}, now=2.0) == []
-    assert (t.unconverged, t.oldest_age(5.0)) == (1, 3.0)
-    assert t.observe({"a": True}, now=6.0) == []
-    assert t.unconverged == 0
