@@ -20,7 +20,8 @@ import psutil
 import structlog
 import uvloop
 
-from agent.errors import AgentError, ConfigError
+from agent import lock
+from agent.errors import AgentError, ConfigError, StateDirLocked
 from agent.health import always_healthy, probe
 from agent.metrics import AgentMetrics
 from agent.outcome import Outbox
@@ -337,6 +338,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keel-agent: {e}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, component="agent")
+    try:
+        # Before anything touches the state dir: one agent per state dir.
+        held = lock.acquire(settings.state_dir)
+    except StateDirLocked as e:
+        log.error(
+            "cannot start: the state dir is in use",
+            error=str(e),
+            holder_pid=e.pid,
+            lock_file=str(e.path),
+        )
+        return 1
+    except ConfigError as e:
+        print(f"keel-agent: {e}", file=sys.stderr)
+        return 2
     configure_tracing("keel-agent", trace_file=settings.trace_file)
     try:
         uvloop.run(_amain(settings))
@@ -345,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         shutdown_tracing()
+        held.release()
     return 0
 
 

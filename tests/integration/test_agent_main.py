@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -108,7 +109,11 @@ async def controlplane() -> AsyncIterator[tuple[Servicer, str]]:
 
 
 def start_agent(
-    address: str, state_dir: Path, agents: list[subprocess.Popen[bytes]], *extra: str
+    address: str,
+    state_dir: Path,
+    agents: list[subprocess.Popen[bytes]],
+    *extra: str,
+    stderr: int | None = None,
 ) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
@@ -134,6 +139,7 @@ def start_agent(
             *extra,
         ],
         stdout=subprocess.DEVNULL,
+        stderr=stderr,
     )
     agents.append(proc)
     return proc
@@ -184,3 +190,34 @@ def test_bad_flag_is_a_usage_error_naming_it(
     assert main([*argv, *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+async def test_second_agent_on_a_state_dir_refuses_naming_the_holder(
+    tmp_path: Path, controlplane: tuple[Servicer, str], reap: list[subprocess.Popen[bytes]]
+) -> None:
+    """A second agent on a state dir exits 1 with one JSON line naming the holder's pid and
+    never connects; after a kill -9 of the holder the lock is free, even though the holder's
+    workload still runs, and the next agent adopts that workload."""
+    servicer, address = controlplane
+    first = start_agent(address, tmp_path, reap)
+    await eventually(lambda: servicer.running_pid() != 0)
+    workload = servicer.running_pid()
+
+    second = start_agent(address, tmp_path, reap, stderr=subprocess.PIPE)
+    _, err = await asyncio.to_thread(second.communicate, timeout=30)
+    assert second.returncode == 1
+    [line] = err.decode().splitlines()
+    entry = json.loads(line)
+    assert entry["level"] == "error" and entry["holder_pid"] == first.pid
+    assert f"pid {first.pid}" in entry["error"] and str(tmp_path) in entry["error"]
+    assert len(servicer.hellos) == 1  # the second agent never claimed the host
+    assert first.poll() is None
+
+    first.kill()  # SIGKILL: no cleanup of any kind; the kernel drops the lock
+    await asyncio.to_thread(first.wait, 10)
+    assert alive(workload)  # and the workload it started keeps running, holding no lock
+    servicer.statuses.clear()
+    third = start_agent(address, tmp_path, reap)
+    await eventually(lambda: len(servicer.hellos) == 2 and servicer.running_pid() != 0)
+    assert servicer.running_pid() == workload  # adopted, not restarted
+    assert await stop_agent(third) == 0
