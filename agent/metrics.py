@@ -3,13 +3,15 @@
 Every metric lives in a registry of its own (not prometheus_client's global one), so a test can
 run several agents in one process. They are updated in two places only: the reconciler's
 outcome handler after every pass (`pass_done`, with a `PassOutcome`) and after every start
-(`started`), and the sync client's connection handler (`connection` / `heard_from_controlplane`).
+(`started`), and the sync client's connection handler (`connection` / `heard_from_controlplane`);
+keel_agent_disconnected_seconds is computed from the latter when scraped.
 The README's metrics table explains each and names the alert that uses it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -30,6 +32,7 @@ NAMES = (
     "keel_agent_stuck_instances",
     "keel_agent_connected",
     "keel_agent_last_sync_timestamp_seconds",
+    "keel_agent_disconnected_seconds",
     "keel_agent_desired_revision",
 )
 
@@ -49,7 +52,11 @@ class PassOutcome:
 
 
 class AgentMetrics:
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        # Until the first stream opens the agent runs on what local state holds: it counts as
+        # disconnected since it started.
+        self._down_since: float | None = clock()
         r = self.registry = CollectorRegistry()
         self.convergence = Histogram(
             "keel_agent_convergence_seconds",
@@ -107,6 +114,15 @@ class AgentMetrics:
             "Unix time of the last message received from the control plane (0: never).",
             registry=r,
         )
+        self.disconnected = Gauge(
+            "keel_agent_disconnected_seconds",
+            "Seconds since the stream to the control plane was lost (since the agent started, "
+            "before its first stream); 0 while connected. How long this host has been running "
+            "its last known desired state.",
+            registry=r,
+        )
+        # Computed at scrape time, so it grows between the agent's own updates.
+        self.disconnected.set_function(self._disconnected_s)
         self.revision = Gauge(
             "keel_agent_desired_revision",
             "The desired-state revision the agent holds and runs.",
@@ -144,8 +160,13 @@ class AgentMetrics:
 
     def connection(self, up: bool, *, at: float) -> None:
         self.connected.set(1 if up else 0)
+        self._down_since = None if up else at
         if up:
             self.last_sync.set(at)
+
+    def _disconnected_s(self) -> float:
+        down_since = self._down_since
+        return 0.0 if down_since is None else max(0.0, self._clock() - down_since)
 
     def heard_from_controlplane(self, at: float) -> None:
         self.last_sync.set(at)

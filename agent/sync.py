@@ -11,8 +11,8 @@ jittered exponential back-off (`agent.backoff.Reconnects`) that starts over only
 stream that stayed up --reconnect-reset-after: a replica that accepts streams and drops them
 at once (its database down, say) is retried ever more slowly, not stormed. Meanwhile the
 reconciler keeps running the last desired state, and a warning every --degraded-log-interval
-says for how long (`degraded_for_s`); keel_agent_connected and
-keel_agent_last_sync_timestamp_seconds show it too.
+says for how long (`degraded_for_s`); keel_agent_connected and keel_agent_disconnected_seconds
+show it too.
 
 It also answers the control plane's LogRequests on the same stream (no extra port on hosts):
 the last lines of the instance's stdout then stderr, across rotated files (`agent.logread`),

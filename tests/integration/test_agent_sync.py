@@ -254,3 +254,27 @@ async def test_cut_off_agent_says_how_long_it_runs_the_last_desired_state(
             assert "web-1" in agent.driver.running()
     [line] = [e for e in logs if "degraded_for_s" in e][:1]
     assert line["log_level"] == "warning" and line["revision"] == 2
+
+
+async def test_disconnected_seconds_is_zero_while_connected_and_grows_when_cut_off(
+    tmp_path: Path, servers: list[Any]
+) -> None:
+    """keel_agent_disconnected_seconds: 0 on a live stream (however long since the last
+    message), then the time since the stream was lost, growing while the control plane is gone."""
+    servicer = Servicer(full_set(2, "web-1"))
+    server, address = await serve(servicer)
+    servers.append(server)
+    async with Agent(tmp_path, (address,)) as agent:
+        metrics = agent.reconciler.metrics.registry
+
+        def disconnected() -> float:
+            return metrics.get_sample_value("keel_agent_disconnected_seconds") or 0.0
+
+        await eventually(lambda: metrics.get_sample_value("keel_agent_connected") == 1)
+        assert disconnected() == 0.0
+        await server.stop(None)
+        await eventually(lambda: disconnected() > 0.0)
+        first = disconnected()
+        await eventually(lambda: disconnected() >= first + 0.2)
+        assert metrics.get_sample_value("keel_agent_connected") == 0
+        assert "web-1" in agent.driver.running()  # still on its last known desired state

@@ -60,6 +60,7 @@ AGENT_METRICS = frozenset(
         "keel_agent_stuck_instances",
         "keel_agent_connected",
         "keel_agent_last_sync_timestamp_seconds",
+        "keel_agent_disconnected_seconds",
         "keel_agent_desired_revision",
     }
 )
