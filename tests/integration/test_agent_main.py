@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 import psutil
@@ -113,7 +113,7 @@ def start_agent(
     state_dir: Path,
     agents: list[subprocess.Popen[bytes]],
     *extra: str,
-    stderr: int | None = None,
+    stderr: int | IO[bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
@@ -221,3 +221,64 @@ async def test_second_agent_on_a_state_dir_refuses_naming_the_holder(
     await eventually(lambda: len(servicer.hellos) == 2 and servicer.running_pid() != 0)
     assert servicer.running_pid() == workload  # adopted, not restarted
     assert await stop_agent(third) == 0
+
+
+class DatabaseDown(Servicer):
+    """Answers the first Hello with one full set; once `down` is set, ends that stream and
+    every later one right after Hello with UNAVAILABLE, as a control plane whose database
+    is unreachable would if it could not keep streams open."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = asyncio.Event()
+        self.hello_times: list[float] = []
+
+    async def Sync(self, request_iterator: Any, context: Any) -> None:
+        if not self.down.is_set():
+            reading = asyncio.ensure_future(super().Sync(request_iterator, context))
+            stop = asyncio.ensure_future(self.down.wait())
+            await asyncio.wait([reading, stop], return_when=asyncio.FIRST_COMPLETED)
+            reading.cancel()
+            stop.cancel()
+        else:
+            await context.read()
+        self.hello_times.append(time.monotonic())
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "database unavailable")
+
+
+async def test_database_down_keeps_desired_state_without_a_reconnect_storm(
+    tmp_path: Path, reap: list[subprocess.Popen[bytes]]
+) -> None:
+    """With streams dropped right after Hello, the agent keeps running its last desired state,
+    reconnects ever more slowly (the back-off does not start over on each short stream), and
+    every line it logs is JSON."""
+    servicer = DatabaseDown()
+    server = grpc.aio.server()
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    try:
+        log_file = tmp_path / "agent.log"
+        with log_file.open("wb") as err:
+            agent = start_agent(
+                address, tmp_path / "state", reap, "--reconnect-max", "2s", stderr=err
+            )
+        await eventually(lambda: servicer.running_pid() != 0)
+        workload = servicer.running_pid()
+
+        servicer.down.set()
+        started = time.monotonic()
+        await eventually(lambda: time.monotonic() - started >= 3.0, within=10)
+        streams = [t for t in servicer.hello_times if started <= t < started + 3.0]
+        # Waits of at least 0.1, 0.2, 0.4, 0.8, 1.0 s (half of each doubling ceiling, capped
+        # at 2 s): at most 6 streams in 3 s. Starting over after every stream would give 15+.
+        assert 2 <= len(streams) <= 6, servicer.hello_times
+        assert alive(workload)
+        assert agent.poll() is None
+        assert await stop_agent(agent) == 0
+    finally:
+        await server.stop(None)
+    state = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert list(state["desired"]) == ["web-1"] and state["revision"] == 5
+    entries = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any(e.get("error") == "UNAVAILABLE: database unavailable" for e in entries)
