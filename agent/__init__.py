@@ -1,4 +1,9 @@
-"""Keel host agent: sync client, reconciler and runtime drivers."""
+"""Keel host agent: sync client, reconciler and runtime drivers.
+
+Where to look: what to do next (`planner`), when a process is restarted (`restart`), what is
+reported and why it is stuck (`status`, `stuck`), the executor loop (`reconciler`), the
+stream to the control plane (`sync`, converting through `convert`).
+"""
 
 import os
 

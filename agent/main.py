@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a process up this long restarts its back-off from the base (default: 10m)",
     )
     p.add_argument(
+        "--reconnect-base",
+        default="200ms",
+        metavar="D",
+        help="first ceiling of the jittered reconnect back-off, doubling per failed attempt "
+        "(default: 200ms)",
+    )
+    p.add_argument(
         "--reconnect-max",
         default="10s",
         metavar="D",
@@ -229,6 +236,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         backoff_base_s=duration_s(args.backoff_base, "--backoff-base"),
         backoff_max_s=duration_s(args.backoff_max, "--backoff-max"),
         backoff_reset_s=duration_s(args.backoff_reset, "--backoff-reset"),
+        reconnect_base_s=duration_s(args.reconnect_base, "--reconnect-base"),
         reconnect_max_s=duration_s(args.reconnect_max, "--reconnect-max"),
         reconnect_reset_s=duration_s(args.reconnect_reset_after, "--reconnect-reset-after"),
         connect_timeout_s=duration_s(args.connect_timeout, "--connect-timeout"),
