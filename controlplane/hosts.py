@@ -1,8 +1,8 @@
 """Hosts in Postgres: registration, heartbeats, liveness and fencing.
 
-Neighbours: `sync` registers hosts and records heartbeats; the liveness controller
-(`controllers`) judges silent hosts by database time and fences the instances of hosts that
-stay unreachable; `store.Store` inherits these queries, so callers hold one store.
+Neighbours: `sync` registers hosts and records heartbeats; `liveness` decides which silent hosts
+change state and which are fenced (here: load its facts, write its decisions, fence);
+`store.Store` inherits these queries, so callers hold one store.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from controlplane.errors import NotFound
+from controlplane.liveness import HostFacts, Transition
 from controlplane.sql import (
     HOST_CHANNEL,
     WORKLOAD_CHANNEL,
@@ -131,48 +132,64 @@ class HostStore:
     async def disconnect_host(self, name: str) -> None:
         await self.pool.execute("UPDATE host SET connected = false WHERE name = $1", name)
 
-    async def judge_liveness(
-        self, *, grace_s: float, unknown_after_s: float
-    ) -> list[tuple[str, str]]:
-        """Moves silent hosts READY -> NOT_READY -> UNKNOWN by database time.
-
-        Returns (host, new state) for every host that changed, after recording events.
-        """
-        async with self.pool.acquire() as conn, conn.transaction():
+    async def liveness_facts(self) -> tuple[datetime, list[HostFacts]]:
+        """Database time now and every host's heartbeat facts (`liveness.judge` decides)."""
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            now = await conn.fetchval("SELECT now()")
             rows = await conn.fetch(
-                # state_since keeps when the host stopped being READY: UNKNOWN does not move
-                # it, so fencing and HOST_UNREACHABLE count from the first missed deadline.
-                """UPDATE host SET
-                       state = CASE WHEN state = 'READY' THEN 'NOT_READY' ELSE 'UNKNOWN' END,
-                       state_since = CASE WHEN state = 'READY' THEN now() ELSE state_since END
-                   WHERE (state = 'READY'
-                          AND last_heartbeat < now() - make_interval(secs => $1))
-                      OR (state = 'NOT_READY'
-                          AND state_since < now() - make_interval(secs => $2))
-                   RETURNING name, state, last_heartbeat""",
-                grace_s,
-                unknown_after_s,
+                """SELECT h.name, h.state, h.state_since, h.last_heartbeat,
+                          EXISTS (SELECT 1 FROM instance i JOIN workload w ON w.name = i.workload
+                                  WHERE i.host = h.name AND i.desired <> 'REMOVED'
+                                    AND w.kind = 'service') AS has_services
+                   FROM host h ORDER BY h.name"""
             )
-            for r in rows:
-                last = r["last_heartbeat"]
+        return now, [
+            HostFacts(
+                name=r["name"],
+                state=HostState(r["state"]),
+                state_since=r["state_since"],
+                last_heartbeat=r["last_heartbeat"],
+                has_service_instances=r["has_services"],
+            )
+            for r in rows
+        ]
+
+    async def record_liveness(
+        self, transitions: Sequence[Transition], *, epoch: int | None
+    ) -> list[Transition]:
+        """Writes `liveness.judge`'s transitions, each only if the host is still as judged
+        (same state, no heartbeat since): a heartbeat racing the pass wins. Records an event
+        per host that changed; returns the transitions written."""
+        if not transitions:
+            return []
+        async with self.pool.acquire() as conn, conn.transaction():
+            await check_epoch(conn, epoch)
+            rows = await conn.fetch(
+                """UPDATE host h SET state = u.state, state_since = u.since
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
+                               $5::timestamptz[]) AS u(name, was, state, since, heartbeat)
+                   WHERE h.name = u.name AND h.state = u.was
+                     AND h.last_heartbeat IS NOT DISTINCT FROM u.heartbeat
+                   RETURNING h.name""",
+                [t.host for t in transitions],
+                [t.was.value for t in transitions],
+                [t.to.value for t in transitions],
+                [t.since for t in transitions],
+                [t.last_heartbeat for t in transitions],
+            )
+            written = {r["name"] for r in rows}
+            done = [t for t in transitions if t.host in written]
+            for t in done:
+                last = t.last_heartbeat
                 await record_event(
                     conn,
-                    f"host/{r['name']}",
-                    f"Host{r['state'].title().replace('_', '')}",
+                    f"host/{t.host}",
+                    f"Host{t.to.value.title().replace('_', '')}",
                     f"no heartbeat since {last.isoformat() if last else 'ever'}",
                 )
-            if rows:
+            if done:
                 await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
-            return [(r["name"], r["state"]) for r in rows]
-
-    async def hosts_to_fence(self, *, after_s: float) -> list[str]:
-        """Hosts not READY for longer than `after_s` (their service instances get replaced)."""
-        rows = await self.pool.fetch(
-            """SELECT name FROM host WHERE state <> 'READY'
-               AND state_since < now() - make_interval(secs => $1)""",
-            after_s,
-        )
-        return [r["name"] for r in rows]
+            return done
 
     async def get_host(self, name: str) -> HostRow:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
@@ -200,7 +217,7 @@ class HostStore:
             # tombstone these rows between the SELECT and the UPDATE.
             await conn.execute("SELECT 1 FROM host WHERE name = $1 FOR UPDATE", host)
             ids = await conn.fetch(
-                """SELECT i.id FROM instance i JOIN workload w ON w.name = i.workload
+                """SELECT i.id, i.workload FROM instance i JOIN workload w ON w.name = i.workload
                    WHERE i.host = $1 AND i.desired <> 'REMOVED' AND w.kind = ANY($2::text[])""",
                 host,
                 kind_values,
@@ -223,5 +240,7 @@ class HostStore:
                 f"{len(ids)} instance(s) replaced elsewhere after the host stayed unreachable",
             )
             await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, host)
-            await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
+            # By name: each replacement is a fresh change for its workload, not a resync.
+            for workload in sorted({r["workload"] for r in ids}):
+                await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, workload)
             return len(ids)

@@ -26,24 +26,27 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane import migrate
-from controlplane.controllers import ALL, Leadership, LivenessController, WorkloadController
 from controlplane.db import redact, resolve_database_url
 from controlplane.errors import KeelError
 from controlplane.fleet import FleetApi
 from controlplane.interceptors import ObservabilityInterceptor
+from controlplane.leader import Leadership
 from controlplane.listener import Listener
+from controlplane.liveness import LivenessController, Timings
 from controlplane.logrelay import LogRelay
 from controlplane.metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
 from controlplane.metrics import Metrics, MetricsError, parse_address, serve_metrics
+from controlplane.reconcile import Controller, Runner
 from controlplane.reports import ReportWriter
 from controlplane.settings import Settings
 from controlplane.status import ReportOutcome, StatusStore
 from controlplane.store import Store, create_pool
 from controlplane.stuck import StuckDetector
 from controlplane.sync import AgentSync, StreamRegistry
+from controlplane.workload import ALL, WorkloadController, enqueue
 from keel import logs, tracing
 from keel.endpoint import write_addresses
-from keel.spec import SpecError, format_duration, parse_duration
+from keel.spec import SpecError, format_duration, format_memory, parse_duration, parse_memory
 from keel.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 log = structlog.get_logger("keel.controlplane")
@@ -57,6 +60,16 @@ def _seconds(flag: str):  # type: ignore[no-untyped-def]
     def parse(text: str) -> float:
         try:
             return parse_duration(text, flag) / 1000.0
+        except SpecError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+def _mib(flag: str):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int:
+        try:
+            return parse_memory(text, flag)
         except SpecError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -83,7 +96,7 @@ DURATION_FLAGS = (
     ("--resync-period", "resync_period_s", "every stream and workload is looked at again"),
     ("--liveness-interval", "liveness_interval_s", "how often hosts' heartbeats are judged"),
     ("--stuck-interval", "stuck_interval_s", "how often stuck objects and the backlog are judged"),
-    ("--retry-base", "retry_base_s", "first back-off of a workload whose reconcile failed"),
+    ("--retry-base", "retry_base_s", "first back-off of a key whose reconcile failed"),
     ("--retry-max", "retry_max_s", "longest back-off of a reconcile that keeps failing"),
     ("--leader-retry", "leader_retry_s", "how often a follower tries to become the leader"),
     ("--shutdown-grace", "shutdown_grace_s", "SIGTERM: how long in-flight calls get"),
@@ -126,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PATH",
             help="append finished spans as JSON lines (env KEEL_TRACE_FILE)",
         )
+        target.add_argument(
+            "--trace-file-max-size",
+            dest="trace_file_max_mib",
+            type=_mib("--trace-file-max-size"),
+            default=d.trace_file_max_mib,
+            metavar="SIZE",
+            help="past this size the trace file is renamed to PATH.1 and a new one begun "
+            f"(default: {format_memory(d.trace_file_max_mib)})",
+        )
     m = sub.add_parser("migrate", help="move the schema up or down explicitly")
     m.add_argument("--to", type=int, default=None, help="target version (default: newest)")
     return p
@@ -137,6 +159,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         database_url=args.database_url,
         state_dir=args.state_dir,
         log_format=args.log_format,
+        trace_file_max_mib=args.trace_file_max_mib,
         **{field: getattr(args, field) for _, field, _ in DURATION_FLAGS},
     )
 
@@ -190,13 +213,41 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     status = StatusStore(pool)
     metrics = Metrics()
     registry = StreamRegistry()
-    workloads = WorkloadController(store, settings=settings, metrics=metrics)
-    liveness = LivenessController(store, settings=settings, workloads=workloads, metrics=metrics)
-    stuck = StuckDetector(store, status, metrics=metrics, interval_s=settings.stuck_interval_s)
+
+    def runner(controller: Controller) -> Runner:
+        return Runner(
+            controller,
+            metrics=metrics,
+            retry_base_s=settings.retry_base_s,
+            retry_max_s=settings.retry_max_s,
+            resync_period_s=settings.resync_period_s,
+        )
+
+    workloads = runner(WorkloadController(store, metrics=metrics))
+    timings = Timings(
+        grace_s=settings.liveness_grace_s,
+        unknown_after_s=settings.unknown_after_s,
+        reschedule_after_s=settings.reschedule_after_s,
+    )
+    liveness = runner(
+        LivenessController(
+            store, timings=timings, interval_s=settings.liveness_interval_s, metrics=metrics
+        )
+    )
+    stuck = runner(
+        StuckDetector(
+            store,
+            status,
+            metrics=metrics,
+            interval_s=settings.stuck_interval_s,
+            reconcile_failures=workloads.failures,
+        )
+    )
+    runners = (workloads, liveness, stuck)
 
     def reports_written(outcome: ReportOutcome) -> None:
         for name in outcome.workloads:
-            workloads.enqueue(name)
+            workloads.add(name)
         for change, seconds in outcome.converged:
             metrics.observe_convergence(change, seconds)
 
@@ -204,19 +255,15 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
 
     def wake_everything() -> None:
         registry.wake_all()
-        workloads.enqueue(ALL)
+        enqueue(workloads, ALL)
 
     listener = Listener(
-        url, on_host=registry.wake, on_workload=workloads.enqueue, on_reconnect=wake_everything
+        url,
+        on_host=registry.wake,
+        on_workload=lambda name: enqueue(workloads, name),
+        on_reconnect=wake_everything,
     )
-    leadership = Leadership(
-        store,
-        database_url=url,
-        settings=settings,
-        workloads=workloads,
-        liveness=liveness,
-        stuck=stuck,
-    )
+    leadership = Leadership(store, database_url=url, settings=settings, runners=runners)
 
     metrics.track_sync_streams(lambda: len(registry))
     server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics=metrics)])
@@ -289,7 +336,8 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     supervisor.cancel()
-    workloads.queue.close()
+    for r in runners:
+        r.close()
     with contextlib.suppress(Exception):
         async with asyncio.timeout(settings.shutdown_grace_s):
             await pool.close()
@@ -307,7 +355,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "migrate":
             code = uvloop.run(run_migrate(args))
         else:
-            tracing.configure_tracing("keel-controlplane", trace_file=args.trace_file)
+            tracing.configure_tracing(
+                "keel-controlplane",
+                trace_file=args.trace_file,
+                trace_file_max_bytes=args.trace_file_max_mib * 1024 * 1024,
+            )
             code = uvloop.run(serve(settings_from(args), metrics_address=args.metrics))
     except KeelError as exc:
         log.error(str(exc))

@@ -4,8 +4,8 @@
 build as many as they like, and nothing else in the process leaks into the endpoint). Who feeds
 what:
 - the gRPC interceptor (`controlplane.interceptors`): `observe_rpc`;
-- the controllers' outcome handlers (`controlplane.controllers`): `observe_reconcile`,
-  `count_retry`, and `track_queue_depth` for their work queues;
+- the reconcile runner's outcome handler (`controlplane.reconcile`): `observe_reconcile`,
+  `count_retry`, and `track_queue_depth` / `track_queue_oldest` for its work queues;
 - the store's convergence tracking: `count_changes` at commit, `observe_convergence` when a
   report shows a change converged, `count_slow` once per change that passes 60 s;
 - the periodic database scan: `set_hosts`, `set_backlog`, `set_stuck`;
@@ -148,6 +148,13 @@ class Metrics:
             ["controller"],
             registry=r,
         )
+        self.workqueue_oldest = Gauge(
+            "keel_workqueue_oldest_seconds",
+            "How long the longest-waiting key in a controller's work queue has waited (0 when "
+            "the queue is empty).",
+            ["controller"],
+            registry=r,
+        )
         self.stuck = Gauge(
             "keel_stuck_objects",
             "Instances and workloads currently stuck, by reason.",
@@ -196,6 +203,7 @@ class Metrics:
             self.reconcile_duration.labels(controller)
             self.reconcile_retries.labels(controller)
             self.workqueue_depth.labels(controller)
+            self.workqueue_oldest.labels(controller)
         for reason in self._stuck_reasons:
             self.stuck.labels(reason)
         for state in HOST_STATES:
@@ -254,6 +262,10 @@ class Metrics:
     def track_queue_depth(self, controller: str, depth: Callable[[], int]) -> None:
         """keel_workqueue_depth{controller} reads depth() at each scrape."""
         self.workqueue_depth.labels(controller).set_function(lambda: float(depth()))
+
+    def track_queue_oldest(self, controller: str, oldest_s: Callable[[], float]) -> None:
+        """keel_workqueue_oldest_seconds{controller} reads oldest_s() at each scrape."""
+        self.workqueue_oldest.labels(controller).set_function(lambda: float(oldest_s()))
 
     # --- controllers (called by their single outcome handler) ---------------------------------
 

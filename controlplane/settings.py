@@ -32,3 +32,5 @@ class Settings:
     shutdown_grace_s: float = 5.0
     # How often a follower replica tries to become the leader.
     leader_retry_s: float = 2.0
+    # The --trace-file is rotated past this size (one older file is kept), so it is bounded.
+    trace_file_max_mib: int = 32

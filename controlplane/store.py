@@ -1,6 +1,6 @@
 """The store: desired state in Postgres (workloads, instances, plans), as named queries.
 
-Neighbours: `fleet` (operator RPCs) and `sync` (agent streams) call it; `controllers` plan
+Neighbours: `fleet` (operator RPCs) and `sync` (agent streams) call it; `workload` plans
 with its snapshots and write back through it; host queries come from `hosts.HostStore` and
 observed state (reports, stuck marks, events) lives in `status`. Every transaction that changes
 a host's instances bumps that host's revision in the same transaction (`sql.bump_revisions`),

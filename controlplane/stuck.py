@@ -2,26 +2,28 @@
 
 `judge_instance` and `judge_workload` are pure: from an object's desired and observed state,
 its host and its deadline, they return a verdict from the closed set in `keel.stuck` (or
-None). `StuckDetector` is the leader's periodic pass: it reads the fleet, judges every object,
-records the verdicts that changed (with StuckDetected / StuckCleared events) and refreshes the
-backlog, slow-change and stuck gauges.
+None). `StuckDetector` is the leader's periodic pass (a keyed reconcile run by
+`reconcile.Runner`, requeued every interval): it reads the fleet, judges every object, records
+the verdicts that changed (with StuckDetected / StuckCleared events) and refreshes the backlog,
+slow-change and stuck gauges.
 
 An object is stuck once it has been unconverged past its workload's deadline; terminal states
-the agent sees for itself (START_FAILED, CRASH_LOOP) are stuck at once.
+the agent sees for itself (START_FAILED, CRASH_LOOP) are stuck at once. A workload whose
+reconcile keeps failing (the workload runner's `failures`) is RECONCILE_FAILING past its
+deadline, or at once for a permanent error; this is the one place that verdict is recorded.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
 
 from controlplane.metrics import Metrics
+from controlplane.reconcile import ReconcileFailure, Result, Term, requeue_after
 from controlplane.rollout import WorkloadPlan, plan_workload
 from controlplane.status import StatusStore, StuckMark
 from controlplane.store import HostRow, InstanceRow, Store, StuckState, WorkloadRow
@@ -30,6 +32,9 @@ from keel.model import Desired, HostState
 from keel.stuck import IMMEDIATE, Reason
 
 log = structlog.get_logger("keel.stuck")
+
+# The one key of the stuck detector: every pass judges the whole fleet.
+KEY = "fleet"
 
 # A desired change not converged after this long counts in keel_changes_slow_total (the SLO's
 # threshold: 99% of changes converge within 60 s).
@@ -120,16 +125,31 @@ def judge_workload(
     stuck_instances: set[str],
     *,
     now: datetime,
+    failure: ReconcileFailure | None = None,
 ) -> Verdict | None:
-    """Why this workload is stuck (placement or rollout), or None.
+    """Why this workload is stuck (its reconcile, placement or rollout), or None.
 
     Instance-level trouble is reported on the instances; the workload is stuck itself only
-    when it cannot place instances, or a rollout cannot progress.
+    when the control plane cannot reconcile it, cannot place instances, or a rollout cannot
+    progress.
     """
+    deadline_s = row.workload.deadline_ms / 1000
+    if failure is not None and failure.permanent:
+        return Verdict(
+            Reason.RECONCILE_FAILING,
+            f"the control plane cannot carry out this workload's changes, and retrying will "
+            f"not help until the workload or its surroundings change: {failure.error}",
+        )
+    if failure is not None and failure.failing_for_s > deadline_s:
+        return Verdict(
+            Reason.RECONCILE_FAILING,
+            f"the control plane has failed to reconcile this workload for longer than its "
+            f"deadline ({_ago(deadline_s)}) and keeps retrying with back-off: {failure.error}",
+        )
     if row.unconverged_since is None:
         return None
     age_s = (now - row.unconverged_since).total_seconds()
-    if age_s <= row.workload.deadline_ms / 1000:
+    if age_s <= deadline_s:
         return None
     if plan.unschedulable is not None:
         return Verdict(
@@ -155,6 +175,9 @@ def judge_workload(
 class StuckDetector:
     """The leader's periodic pass over the fleet: stuck verdicts, backlog and slow changes."""
 
+    name = "stuck"
+    key_label = "pass"
+
     def __init__(
         self,
         store: Store,
@@ -162,34 +185,27 @@ class StuckDetector:
         *,
         metrics: Metrics,
         interval_s: float,
+        reconcile_failures: Callable[[], Mapping[str, ReconcileFailure]] = dict,
         slow_after_s: float = SLOW_AFTER_S,
     ) -> None:
         self._store = store
         self._status = status
         self._metrics = metrics
         self._interval_s = interval_s
+        self._failures = reconcile_failures
         self._slow_after_s = slow_after_s
 
-    async def run(self) -> None:
-        """Judges every interval; a failed pass is logged, counted and retried at the next."""
-        while True:
-            started = time.monotonic()
-            try:
-                await self.detect()
-            except Exception as exc:
-                self._metrics.observe_reconcile(
-                    "stuck", ok=False, seconds=time.monotonic() - started
-                )
-                self._metrics.count_retry("stuck")
-                log.warning("stuck pass failed; will retry", error=str(exc),
-                            retry_in_s=self._interval_s)  # fmt: skip
-            else:
-                self._metrics.observe_reconcile(
-                    "stuck", ok=True, seconds=time.monotonic() - started
-                )
-            await asyncio.sleep(self._interval_s)
+    async def keys(self) -> list[str]:
+        return [KEY]
 
-    async def detect(self) -> None:
+    async def reconcile(self, key: str, *, term: Term) -> Result:
+        """Judges the fleet; idle (no span) when it recorded nothing."""
+        wrote = await self.detect()
+        return requeue_after(self._interval_s, idle=not wrote)
+
+    async def detect(self) -> bool:
+        """One pass; True when it recorded something (a verdict, a backlog stamp, a slow change)."""
+        failures = self._failures()
         now = await self._store.now()
         workloads = await self._store.list_workloads()
         instances = await self._store.list_instances()
@@ -223,7 +239,9 @@ class StuckDetector:
             workloads_unconverged += not converged
             if converged == (w.unconverged_since is not None):
                 unconverged[w.workload.name] = not converged
-            verdict = None if converged else judge_workload(w, plan, own, stuck_ids, now=now)
+            verdict = judge_workload(
+                w, plan, own, stuck_ids, now=now, failure=failures.get(w.workload.name)
+            )
             marks += _mark("workload", w.workload.name, w.stuck, verdict)
             if verdict is not None:
                 stuck_now[verdict.reason.value] += 1
@@ -238,12 +256,14 @@ class StuckDetector:
                 reason=m.reason,
                 detail=m.message.strip().split("\n", 1)[0][:200],
             )
-        for change, n in (await self._status.count_slow(threshold_s=self._slow_after_s)).items():
+        slow = await self._status.count_slow(threshold_s=self._slow_after_s)
+        for change, n in slow.items():
             self._metrics.count_slow(change, n)
         backlog = await self._status.backlog()
         self._metrics.set_backlog(backlog.instances, workloads_unconverged, backlog.oldest_change_s)
         self._metrics.set_stuck(dict(stuck_now))
         self._metrics.set_hosts(Counter((h.state.value, h.schedulable) for h in hosts))
+        return bool(marks or unconverged or any(slow.values()))
 
 
 def _mark(

@@ -19,6 +19,7 @@ class Reason(enum.StrEnum):
     HOST_UNREACHABLE = "HOST_UNREACHABLE"
     AGENT_DISCONNECTED = "AGENT_DISCONNECTED"
     ROLLOUT_BLOCKED = "ROLLOUT_BLOCKED"
+    RECONCILE_FAILING = "RECONCILE_FAILING"
 
 
 # Reasons the agent sees for itself and that are stuck at once, without waiting for the deadline.
@@ -76,6 +77,11 @@ GUIDES: dict[Reason, Guide] = {
         "the rollout cannot progress without breaking the disruption budget",
         "runbooks/stuck/rollout-blocked.md",
         "keelctl describe workload {workload}",
+    ),
+    Reason.RECONCILE_FAILING: Guide(
+        "the control plane keeps failing to reconcile the workload (the message has the error)",
+        "runbooks/stuck/reconcile-failing.md",
+        "keelctl events --for workload/{workload}",
     ),
 }
 

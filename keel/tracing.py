@@ -2,10 +2,14 @@
 
 Each process calls `configure_tracing` once at start-up. Finished spans go to a JSON-lines file
 (`--trace-file PATH` or env KEEL_TRACE_FILE; one object per span, flushed at once so a test can
-join the files of several processes by trace id) and/or to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT
+join the files of several processes by trace id; rotated to PATH.1 past `max_bytes`, so the
+files never hold more than twice that) and/or to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT
 is set and the exporter package is installed. With neither, the API's no-op tracer stays in
 place: spans cost nothing, yet a child of a remote context still carries that context on, so a
 process that does not export does not break the trace between two that do.
+
+A span marked with `discard` (a periodic pass that found nothing to do) is exported nowhere:
+an idle fleet writes no traces.
 
 Trace context crosses process boundaries as a W3C traceparent string: keelctl sends its own in
 gRPC metadata, the control plane stores it with the desired change, the agent receives it in
@@ -37,6 +41,7 @@ __all__ = [
     "JsonLinesSpanExporter",
     "configure_tracing",
     "context_from_traceparent",
+    "discard",
     "inject_traceparent",
     "shutdown_tracing",
     "tracer",
@@ -44,19 +49,52 @@ __all__ = [
 
 TRACE_FILE_ENV = "KEEL_TRACE_FILE"
 OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+# The trace file is rotated past this size (one older file is kept: PATH.1).
+DEFAULT_TRACE_FILE_MAX_BYTES = 32 * 1024 * 1024
+# The attribute `discard` sets; no exporter sees a span that carries it.
+DISCARD_ATTRIBUTE = "keel.discard"
 
 _propagator = TraceContextTextMapPropagator()
 _log = structlog.get_logger("keel.tracing")
 
 
 class JsonLinesSpanExporter(SpanExporter):
-    """Writes one JSON object per finished span and flushes it, so nothing is lost on a kill."""
+    """Writes one JSON object per finished span and flushes it, so nothing is lost on a kill.
 
-    def __init__(self, path: str, *, service_name: str) -> None:
+    Past `max_bytes` the file is renamed to PATH.1 (replacing the older one) and a new one is
+    started, so the spans of a long-running process take at most twice `max_bytes` on disk.
+    """
+
+    def __init__(
+        self, path: str, *, service_name: str, max_bytes: int = DEFAULT_TRACE_FILE_MAX_BYTES
+    ) -> None:
+        self._path = path
         self._service = service_name
+        self._max_bytes = max(1, max_bytes)
         self._lock = threading.Lock()
+        self._file: IO[str] | None = self._open()
+
+    def _open(self) -> IO[str]:
         # Line-buffered append: several processes (or a restarted one) may share one file.
-        self._file: IO[str] | None = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        return open(self._path, "a", buffering=1, encoding="utf-8")
+
+    def _current(self, file: IO[str], adding: int) -> IO[str]:
+        """The file to append `adding` bytes to: reopened if another process sharing the path
+        rotated it, rotated here if the line would take it past max_bytes."""
+        try:
+            on_path = os.stat(self._path).st_ino
+        except FileNotFoundError:
+            on_path = None
+        size = os.fstat(file.fileno()).st_size
+        if on_path != os.fstat(file.fileno()).st_ino:
+            file.close()
+            file = self._open()
+            size = os.fstat(file.fileno()).st_size
+        if size and size + adding > self._max_bytes:
+            file.close()
+            os.replace(self._path, self._path + ".1")
+            file = self._open()
+        return file
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         lines = [json.dumps(span_record(s, self._service), sort_keys=True) for s in spans]
@@ -64,6 +102,7 @@ class JsonLinesSpanExporter(SpanExporter):
             if self._file is None:
                 return SpanExportResult.FAILURE
             for line in lines:
+                self._file = self._current(self._file, len(line.encode()) + 1)
                 self._file.write(line + "\n")
             self._file.flush()
         return SpanExportResult.SUCCESS
@@ -118,6 +157,8 @@ class _Switch(SpanProcessor):
             p.on_start(span, parent_context=parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
+        if (span.attributes or {}).get(DISCARD_ATTRIBUTE):
+            return
         for p in self.delegates:
             p.on_end(span)
 
@@ -149,14 +190,23 @@ def _otlp_exporter() -> SpanExporter | None:
     return exporter
 
 
-def configure_tracing(service_name: str, *, trace_file: str | None) -> None:
+def configure_tracing(
+    service_name: str,
+    *,
+    trace_file: str | None,
+    trace_file_max_bytes: int = DEFAULT_TRACE_FILE_MAX_BYTES,
+) -> None:
     """Install the exporters for this process: a span file and/or OTLP, else nothing."""
     global _switch
     path = trace_file or os.environ.get(TRACE_FILE_ENV) or None
     processors: list[SpanProcessor] = []
     if path:
         processors.append(
-            SimpleSpanProcessor(JsonLinesSpanExporter(path, service_name=service_name))
+            SimpleSpanProcessor(
+                JsonLinesSpanExporter(
+                    path, service_name=service_name, max_bytes=trace_file_max_bytes
+                )
+            )
         )
     if os.environ.get(OTLP_ENDPOINT_ENV):
         otlp = _otlp_exporter()
@@ -190,6 +240,12 @@ def shutdown_tracing() -> None:
     for p in old:
         p.force_flush()
         p.shutdown()
+
+
+def discard(span: trace.Span) -> None:
+    """No exporter will see this span (it is still current until it ends): for passes that
+    found nothing to do, which would otherwise fill the trace file of an idle fleet."""
+    span.set_attribute(DISCARD_ATTRIBUTE, True)
 
 
 def tracer(name: str) -> trace.Tracer:

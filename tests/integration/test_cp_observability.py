@@ -390,6 +390,13 @@ def controlplane(
                 url,
                 "--log-format",
                 "json",
+                # Many idle periodic passes in little time (no agent: nothing to do).
+                "--liveness-grace",
+                "200ms",
+                "--liveness-interval",
+                "50ms",
+                "--stuck-interval",
+                "50ms",
             ],
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -499,3 +506,19 @@ def test_keelctl_reads_the_trace_file_from_the_environment(
     ctl_spans = tmp_path / "env-spans.jsonl"
     controlplane.keelctl("get", "hosts", env=clean_env(KEEL_TRACE_FILE=str(ctl_spans)))
     assert [s["name"] for s in read_spans(ctl_spans)] == ["keelctl get"]
+
+
+def test_an_idle_control_plane_writes_no_reconcile_spans(controlplane: ControlPlane) -> None:
+    """Liveness and stuck passes that find nothing to do leave the trace file alone, so an
+    idle fleet's trace file does not grow."""
+
+    def passes(controller: str) -> float:
+        labels = {"controller": controller, "result": "success"}
+        return sample(controlplane.scrape(), "keel_reconcile_total", **labels) or 0
+
+    poll(
+        lambda: passes("liveness") >= 20 and passes("stuck") >= 20,
+        message="20 idle liveness and stuck passes",
+    )
+    names = {s["name"] for s in read_spans(controlplane.spans)}
+    assert not [n for n in names if n.startswith("reconcile ")], names

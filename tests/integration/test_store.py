@@ -10,10 +10,11 @@ import asyncpg
 import pytest
 
 from controlplane import migrate
+from controlplane.liveness import Decision, Timings, judge
 from controlplane.sql import bump_revisions
 from controlplane.status import StatusStore
 from controlplane.store import Report, Store, create_pool
-from keel.model import Desired, Resources, Workload, WorkloadSpec
+from keel.model import Desired, HostState, Kind, Resources, Workload, WorkloadSpec
 
 
 @pytest.fixture
@@ -148,16 +149,56 @@ async def test_reports_batch_updates_only_the_reporting_hosts_instances(store: S
     assert (ib.phase, ib.pid) == ("PENDING", 0)
 
 
+async def _judge(store: Store) -> Decision:
+    now, facts = await store.liveness_facts()
+    return judge(facts, now=now, term_age_s=3600, timings=Timings(40, 60, 300))
+
+
 async def test_liveness_marks_silent_hosts_not_ready_then_ready_on_heartbeat(store: Store) -> None:
     """No heartbeat within the grace: NOT_READY; the next heartbeat makes it READY again."""
+    await _host(store, "h1")
+    await _host(store, "h2")
+    await store.pool.execute(
+        "UPDATE host SET last_heartbeat = now() - interval '1 minute' WHERE name = 'h1'"
+    )
+    decision = await _judge(store)
+    assert [(t.host, t.to) for t in decision.transitions] == [("h1", HostState.NOT_READY)]
+    assert await store.record_liveness(decision.transitions, epoch=None) == list(
+        decision.transitions
+    )
+    assert (await store.get_host("h1")).state is HostState.NOT_READY
+    events = await StatusStore(store.pool).list_events(obj="host/h1", limit=10)
+    assert events[-1].kind == "HostNotReady"
+    assert await store.heartbeat("h1") is True
+    assert (await store.get_host("h1")).state is HostState.READY
+
+
+async def test_a_heartbeat_racing_the_liveness_pass_wins(store: Store) -> None:
+    """A heartbeat that lands between the facts and the write keeps the host READY."""
     await _host(store, "h1")
     await store.pool.execute(
         "UPDATE host SET last_heartbeat = now() - interval '1 minute' WHERE name = 'h1'"
     )
-    assert await store.judge_liveness(grace_s=40, unknown_after_s=60) == [("h1", "NOT_READY")]
-    assert (await store.get_host("h1")).state.value == "NOT_READY"
-    assert await store.heartbeat("h1") is True
-    assert (await store.get_host("h1")).state.value == "READY"
+    decision = await _judge(store)
+    assert decision.transitions
+    await store.heartbeat("h1")
+    assert await store.record_liveness(decision.transitions, epoch=None) == []
+    assert (await store.get_host("h1")).state is HostState.READY
+
+
+async def test_liveness_facts_say_which_hosts_have_service_instances_to_fence(
+    store: Store,
+) -> None:
+    """Only live service instances count: a host whose instances are all fenced has none."""
+    await _host(store, "h1")
+    await _host(store, "h2")
+    row, _ = await store.apply_workload(_workload())
+    await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)
+    _, facts = await store.liveness_facts()
+    assert {f.name: f.has_service_instances for f in facts} == {"h1": True, "h2": False}
+    assert await store.fence_host("h1", [Kind.SERVICE], epoch=None) == 1
+    _, facts = await store.liveness_facts()
+    assert {f.name: f.has_service_instances for f in facts} == {"h1": False, "h2": False}
 
 
 async def test_delete_then_finish_when_no_instances(store: Store) -> None:

@@ -28,6 +28,7 @@ EXPECTED = [
     ("keel_reconcile_duration_seconds", "histogram", {"controller"}),
     ("keel_reconcile_retries_total", "counter", {"controller"}),
     ("keel_workqueue_depth", "gauge", {"controller"}),
+    ("keel_workqueue_oldest_seconds", "gauge", {"controller"}),
     ("keel_stuck_objects", "gauge", {"reason"}),
     ("keel_hosts", "gauge", {"state", "schedulable"}),
     ("keel_sync_streams", "gauge", set()),
@@ -104,6 +105,10 @@ def test_convergence_histogram_has_exactly_the_issue_buckets() -> None:
             for c in ("workload", "liveness", "stuck")
         ],
         *[("keel_workqueue_depth", {"controller": c}) for c in ("workload", "liveness", "stuck")],
+        *[
+            ("keel_workqueue_oldest_seconds", {"controller": c})
+            for c in ("workload", "liveness", "stuck")
+        ],
         *[("keel_stuck_objects", {"reason": str(r)}) for r in Reason],
         *[
             ("keel_hosts", {"state": s, "schedulable": b})
@@ -165,12 +170,14 @@ def test_database_gauges_reset_what_is_no_longer_counted() -> None:
 
 
 def test_callback_gauges_read_their_source_at_scrape_time() -> None:
-    """keel_sync_streams and keel_workqueue_depth follow their callbacks."""
+    """keel_sync_streams, keel_workqueue_depth and _oldest_seconds follow their callbacks."""
     m = Metrics()
     streams = [1, 2]
     queue = ["a"]
     m.track_sync_streams(lambda: len(streams))
     m.track_queue_depth("workload", lambda: len(queue))
+    m.track_queue_oldest("workload", lambda: 2.5 * len(queue))
+    assert value(m, "keel_workqueue_oldest_seconds", controller="workload") == 2.5
     assert value(m, "keel_sync_streams") == 2
     assert value(m, "keel_workqueue_depth", controller="workload") == 1
     streams.append(3)

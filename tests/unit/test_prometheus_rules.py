@@ -41,6 +41,7 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_reconcile_duration_seconds",
         "keel_reconcile_retries_total",
         "keel_workqueue_depth",
+        "keel_workqueue_oldest_seconds",
         "keel_stuck_objects",
         "keel_hosts",
         "keel_sync_streams",

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from controlplane.reconcile import ReconcileFailure
 from controlplane.rollout import WorkloadPlan
 from controlplane.scheduler import Unschedulable, UnschedulableCode
 from controlplane.store import HostRow, InstanceRow, WorkloadRow
@@ -249,3 +250,58 @@ def test_workload_converged_needs_every_instance_current_and_converged() -> None
 def test_every_reason_has_a_guide() -> None:
     """The closed set and its runbooks and next commands stay in step."""
     assert set(GUIDES) == set(Reason)
+
+
+FAILING = ReconcileFailure("could not write: disk full", attempts=5, failing_for_s=130.0,
+                           permanent=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("row", "plan", "failure", "expected"),
+    [
+        pytest.param(
+            replace(WORKLOAD, unconverged_since=ago(300)),
+            WorkloadPlan(("host-1",), (), None, None),
+            FAILING,
+            Reason.RECONCILE_FAILING,
+            id="failing-past-the-deadline",
+        ),
+        pytest.param(
+            replace(WORKLOAD, unconverged_since=ago(300)),
+            WorkloadPlan(("host-1",), (), None, None),
+            replace(FAILING, failing_for_s=119.0),
+            None,
+            id="failing-within-the-deadline",
+        ),
+        pytest.param(
+            WORKLOAD,
+            WorkloadPlan((), (), None, None),
+            replace(FAILING, failing_for_s=0.0, permanent=True),
+            Reason.RECONCILE_FAILING,
+            id="permanent-at-once",
+        ),
+        pytest.param(
+            replace(WORKLOAD, unconverged_since=ago(300)),
+            WorkloadPlan((), (), NO_HOST, None),
+            FAILING,
+            Reason.RECONCILE_FAILING,
+            id="the-failure-comes-before-what-the-plan-would-say",
+        ),
+        pytest.param(
+            replace(WORKLOAD, unconverged_since=ago(300)),
+            WorkloadPlan((), (), NO_HOST, None),
+            None,
+            Reason.UNSCHEDULABLE,
+            id="a-reconcile-that-succeeds-again-clears-it",
+        ),
+    ],
+)
+def test_reconcile_failing_verdicts(
+    row: WorkloadRow, plan: WorkloadPlan, failure: ReconcileFailure | None, expected: Reason | None
+) -> None:
+    """A workload whose reconcile keeps failing past its deadline (or fails permanently) is
+    RECONCILE_FAILING, carrying the last error; without a failure the usual verdicts apply."""
+    verdict = judge_workload(row, plan, [], set(), now=NOW, failure=failure)
+    assert (verdict.reason if verdict else None) == expected
+    if verdict is not None and expected is Reason.RECONCILE_FAILING:
+        assert failure is not None and verdict.message.endswith(failure.error)

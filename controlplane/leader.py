@@ -1,0 +1,92 @@
+"""Who leads: exactly one replica runs the controllers, and stops them the moment it may not.
+
+Leadership is a Postgres advisory lock held on a dedicated connection plus an epoch in the
+`leader` row (`store.take_leadership`) that every controller transaction checks
+(`sql.check_epoch`), so a deposed leader cannot write. While it holds the lock, the replica
+runs one `reconcile.Runner` per controller (workload, liveness, stuck); losing the lock's
+connection, or a write refused with NotLeader, stops them all at once and the replica
+campaigns again every `leader_retry_s`. Neighbours: main.py builds the runners; the runners'
+queues outlive a term, so a key cut short is looked at again by the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Sequence
+
+import asyncpg
+import structlog
+
+from controlplane.reconcile import Runner
+from controlplane.settings import Settings
+from controlplane.store import Store
+
+log = structlog.get_logger("keel.leader")
+
+_LEADER_LOCK_KEY = 0x6B65656C_6C656164  # "keellead"
+# How often the lock's connection is checked; a dead one ends the term.
+_WATCH_INTERVAL_S = 1.0
+
+
+class Leadership:
+    """Campaigns for leadership and runs the controllers while it holds it."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        database_url: str,
+        settings: Settings,
+        runners: Sequence[Runner],
+    ) -> None:
+        self._store = store
+        self._url = database_url
+        self._settings = settings
+        self._runners = list(runners)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.epoch: int | None = None
+
+    async def run(self) -> None:
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._url, timeout=10)
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK_KEY):
+                    self.epoch = await self._store.take_leadership(conn, self.holder)
+                    log.info("leadership acquired", epoch=self.epoch, holder=self.holder)
+                    await self._lead(conn, self.epoch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("leadership lost or unavailable", error=str(exc))
+            finally:
+                self.epoch = None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)
+            await asyncio.sleep(self._settings.leader_retry_s)
+
+    async def _lead(self, conn: asyncpg.Connection, epoch: int) -> None:
+        tasks = [
+            *(asyncio.create_task(r.run(epoch), name=f"runner-{r.name}") for r in self._runners),
+            asyncio.create_task(self._watch(conn), name="leader-watch"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                exc = t.exception()
+                if exc is not None:
+                    raise exc
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch(self, conn: asyncpg.Connection) -> None:
+        """Ends (and so stops the controllers) when the lock's connection is gone."""
+        while True:
+            await asyncio.sleep(_WATCH_INTERVAL_S)
+            await conn.fetchval("SELECT 1", timeout=5)

@@ -1,0 +1,156 @@
+"""Liveness: when a host becomes NOT_READY, then UNKNOWN, and when its instances are fenced.
+
+`judge` is the rule, pure and table-tested (tests/unit/test_liveness.py): from each host's
+heartbeat facts in database time it decides which hosts change state and which are fenced.
+- A new leader judges nobody for one liveness grace, so agents have time to reconnect to it.
+- READY with no heartbeat for longer than the grace: NOT_READY, from now.
+- NOT_READY for longer than `unknown_after`: UNKNOWN. `state_since` keeps when the host stopped
+  being READY, so fencing and HOST_UNREACHABLE count from the first missed deadline.
+- Not READY for longer than `reschedule_after`, with service instances still placed on it: its
+  service instances are fenced (tombstoned) so they are replaced elsewhere; the agent stops
+  them if it comes back, before it reports READY.
+
+`LivenessController` is the leader's periodic pass, run by `reconcile.Runner`: it loads the
+facts and writes the decision through `LivenessStore` (`hosts.HostStore` implements it: the SQL
+loads facts and writes decisions, it decides nothing). A heartbeat makes a host READY again
+(`hosts.HostStore.heartbeat`, called by `sync`); the stuck detector (`stuck`) names instances
+of hosts that stay unreachable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import structlog
+
+from controlplane.metrics import Metrics
+from controlplane.reconcile import Result, Term, requeue_after
+from keel.model import HostState, Kind
+
+log = structlog.get_logger("keel.liveness")
+
+# The one key of the liveness controller: every pass judges every host.
+KEY = "hosts"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What liveness knows of a host, in database time."""
+
+    name: str
+    state: HostState
+    state_since: datetime
+    last_heartbeat: datetime | None
+    has_service_instances: bool  # service instances placed on it and not yet REMOVED
+
+
+@dataclass(frozen=True)
+class Timings:
+    grace_s: float  # no heartbeat this long: NOT_READY (and a new leader's wait)
+    unknown_after_s: float  # NOT_READY this long more: UNKNOWN
+    reschedule_after_s: float  # not READY this long: service instances fenced
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A host's new state. Written only if the host is still as judged (`was`, and no
+    heartbeat after `last_heartbeat`), so a heartbeat that races the pass wins."""
+
+    host: str
+    was: HostState
+    to: HostState
+    since: datetime
+    last_heartbeat: datetime | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    transitions: tuple[Transition, ...] = ()
+    fence: tuple[str, ...] = ()  # hosts whose service instances are to be replaced elsewhere
+    wait_s: float | None = None  # a new leader: judge nothing for this long yet
+
+
+def judge(
+    hosts: Iterable[HostFacts], *, now: datetime, term_age_s: float, timings: Timings
+) -> Decision:
+    """Which hosts change state and which are fenced now."""
+    if term_age_s < timings.grace_s:
+        return Decision(wait_s=timings.grace_s - term_age_s)
+    transitions: list[Transition] = []
+    fence: list[str] = []
+    for h in hosts:
+        state, since = h.state, h.state_since
+        if state is HostState.READY:
+            # A READY host always has a heartbeat; without one it is silent since it became so.
+            silent_s = (now - (h.last_heartbeat or h.state_since)).total_seconds()
+            if silent_s > timings.grace_s:
+                state, since = HostState.NOT_READY, now
+        elif (
+            state is HostState.NOT_READY
+            and (now - h.state_since).total_seconds() > timings.unknown_after_s
+        ):
+            state = HostState.UNKNOWN
+        if state is not h.state:
+            transitions.append(Transition(h.name, h.state, state, since, h.last_heartbeat))
+        down_s = (now - since).total_seconds()
+        if (
+            state is not HostState.READY
+            and down_s > timings.reschedule_after_s
+            and h.has_service_instances
+        ):
+            fence.append(h.name)
+    return Decision(transitions=tuple(transitions), fence=tuple(fence))
+
+
+class LivenessStore(Protocol):
+    async def liveness_facts(self) -> tuple[datetime, list[HostFacts]]:
+        """Database time now, and every host's facts."""
+        ...
+
+    async def record_liveness(
+        self, transitions: Sequence[Transition], *, epoch: int | None
+    ) -> list[Transition]:
+        """Writes the transitions still valid (with their events); returns those written."""
+        ...
+
+    async def fence_host(self, host: str, kinds: Iterable[Kind], *, epoch: int | None) -> int: ...
+
+
+class LivenessController:
+    """Judges every host each `interval_s` (a keyed periodic reconcile)."""
+
+    name = "liveness"
+    key_label = "pass"
+
+    def __init__(
+        self, store: LivenessStore, *, timings: Timings, interval_s: float, metrics: Metrics
+    ) -> None:
+        self._store = store
+        self._timings = timings
+        self._interval_s = interval_s
+        self._metrics = metrics
+
+    async def keys(self) -> list[str]:
+        return [KEY]
+
+    async def reconcile(self, key: str, *, term: Term) -> Result:
+        now, hosts = await self._store.liveness_facts()
+        decision = judge(hosts, now=now, term_age_s=term.age_s(), timings=self._timings)
+        if decision.wait_s is not None:
+            return requeue_after(decision.wait_s, idle=True)
+        written = await self._store.record_liveness(decision.transitions, epoch=term.epoch)
+        for t in written:
+            log.warning("host stopped heartbeating", host=t.host, state=t.to.value)
+        fenced = 0
+        for host in decision.fence:
+            n = await self._store.fence_host(host, [Kind.SERVICE], epoch=term.epoch)
+            self._metrics.count_changes("remove", n)
+            if n:
+                # Their workloads are woken by the fence's NOTIFY: the replacements are
+                # fresh changes, clocked from this decision.
+                log.warning("fenced instances of an unreachable host", host=host, instances=n)
+            fenced += n
+        return requeue_after(self._interval_s, idle=not written and not fenced)
