@@ -27,10 +27,10 @@ from opentelemetry.trace import Status, StatusCode
 from controlplane.errors import NotFound, NotLeader
 from controlplane.metrics import Metrics
 from controlplane.rollout import plan_workload
+from controlplane.rowviews import host_view, instance_view, workload_view
 from controlplane.settings import Settings
 from controlplane.store import Store
 from controlplane.stuck import StuckDetector
-from controlplane.view import host_view, instance_view, workload_view
 from controlplane.workqueue import WorkQueue
 from keel import tracing
 from keel.model import Kind
