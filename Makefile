@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: run test lint typecheck unit proto bench clean
+.PHONY: run test lint typecheck layers promtool unit proto bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,14 +16,28 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m keel.localfleet --state-dir .keel --workload examples/web.yaml
 
-# The suite runs promtool on deploy/prometheus/ (tests/unit/test_prometheus_rules.py);
-# ensure-promtool installs it from Debian's prometheus package where it can, else says how.
-test: $(STAMP)
+# The whole suite: the static checks first (quick, and they name the line), then every test.
+test: lint typecheck layers promtool
+	$(PYTEST)
+
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+
+# The import-layering contracts in pyproject.toml ([tool.importlinter]).
+layers: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+# tests/unit/test_prometheus_rules.py runs promtool on deploy/prometheus/; ensure-promtool
+# installs it from Debian's prometheus package where it can, else says how.
+promtool:
 	sh deploy/prometheus/ensure-promtool
-	$(PY) -m pytest -q -p no:cacheprovider
+
+unit: $(STAMP) promtool
+	$(PYTEST) tests/unit
 
 proto: $(STAMP)
 	$(PY) -m keel.protogen
@@ -31,4 +46,4 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .keel
+	rm -rf $(VENV) .keel .import_linter_cache

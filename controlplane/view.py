@@ -1,9 +1,9 @@
 """Read-only views of the fleet that the control plane's planners decide from.
 
-The store (`controlplane.store`) loads hosts, workloads and instances as rows, which the
-functions at the end turn into these frozen dataclasses; `controlplane.scheduler` (placement)
+The store (`controlplane.store`) loads hosts, workloads and instances as rows, which
+`controlplane.rowviews` turns into these frozen dataclasses; `controlplane.scheduler` (placement)
 and `controlplane.rollout` (what to create and remove) read them and return plans. Nothing
-here does I/O or reads a clock.
+here does I/O or reads a clock, and nothing here imports the store (`make test` checks it).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from controlplane.store import HostRow, InstanceRow, WorkloadRow
 from keel.model import Desired, HostState, Kind, Phase, Resources, holds_resources
 
 
@@ -68,44 +67,3 @@ class WorkloadView:
     selector: Mapping[str, str]
     resources: Resources
     deleting: bool
-
-
-# -- from store rows (the controllers' and the stuck detector's input) ----------------
-
-
-def workload_view(row: WorkloadRow) -> WorkloadView:
-    w = row.workload
-    return WorkloadView(
-        name=w.name,
-        kind=w.kind,
-        generation=row.generation,
-        replicas=w.replicas,
-        max_unavailable=w.max_unavailable,
-        max_surge=w.max_surge,
-        selector=w.selector,
-        resources=w.spec.resources,
-        deleting=row.deleting,
-    )
-
-
-def host_view(row: HostRow) -> HostView:
-    return HostView(
-        name=row.name,
-        labels=row.labels,
-        capacity=row.capacity,
-        state=row.state,
-        schedulable=row.schedulable,
-    )
-
-
-def instance_view(row: InstanceRow) -> InstanceView:
-    return InstanceView(
-        id=row.id,
-        workload=row.workload,
-        generation=row.generation,
-        host=row.host,
-        desired=row.desired,
-        resources=row.spec.resources,
-        phase=row.phase,
-        ready=row.ready,
-    )

@@ -18,8 +18,8 @@ from controlplane.errors import NotFound
 from controlplane.metrics import Metrics
 from controlplane.reconcile import DONE, IDLE, PermanentError, Result, Runner, Term
 from controlplane.rollout import plan_workload
+from controlplane.rowviews import host_view, instance_view, workload_view
 from controlplane.store import Store
-from controlplane.view import host_view, instance_view, workload_view
 from keel import tracing
 
 log = structlog.get_logger("keel.workload")

@@ -1,7 +1,7 @@
 """keelctl's incident commands: `stuck`, `events` and `logs`.
 
 What is stuck, why, the runbook and the next command; the history of an object; a workload's
-stdout/stderr relayed from its agent. Argument parsing lives in `keel.ctl.main`.
+stdout/stderr relayed from its agent. Argument parsing lives in `keel.ctl.args`.
 """
 
 from __future__ import annotations

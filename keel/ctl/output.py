@@ -1,8 +1,9 @@
 """How keelctl shows things: aligned tables for `get`, key: value blocks for `describe`, JSON.
 
 Pure functions from protobuf messages (keel.v1) to text, with the clock passed in, so the
-formatting is tested without a server. `keel.ctl.main` calls them; `keel.spec` renders a
-workload's spec back into the document an operator wrote.
+formatting is tested without a server. The commands call them (`keel.ctl.commands`,
+`keel.ctl.observe`); `keel.spec` renders a workload's spec back into the document an operator
+wrote.
 """
 
 from __future__ import annotations

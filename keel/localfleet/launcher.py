@@ -1,36 +1,37 @@
-"""`make run`: a whole Keel fleet on this machine, in the foreground, until Ctrl-C.
+"""The local fleet's start-up sequence and command line (`python -m keel.localfleet`).
 
-Starts one `keel-controlplane` (its own embedded Postgres under the state dir) and three
-`keel-agent`s with the process driver (host-1..host-3, each with its own state dir), waits until
-the control plane answers and every host is READY, applies the example workload with `keelctl`,
-and prints how to reach the fleet. Ctrl-C or SIGTERM stops it in order: the agents first (run
-with --stop-workloads-on-exit, so they stop their workloads), then the control plane (which
-stops its Postgres), escalating to SIGKILL at a deadline; nothing is left running. Running it
-again reuses the same state dir. Everything talks to the fleet through `keelctl`, as an
-operator would; the launcher itself never loads gRPC, so forking the children stays safe.
+Checks the port, starts the control plane and waits until it answers, starts the agents and
+waits until every host is READY, applies the example workload and waits until it runs, prints
+how to reach the fleet, then watches it until Ctrl-C and stops it in order. It learns
+everything through `keelctl`, as an operator would; the processes themselves are handled by
+`keel.localfleet.processes`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import errno
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psutil
+
+from keel.localfleet import LocalFleetError
+from keel.localfleet.processes import (
+    Child,
+    StopRequest,
+    check_port_free,
+    kill_processes,
+    leftovers_under,
+    stop_children,
+)
 
 BIN = Path(sys.executable).parent
 CONTROLPLANE_METRICS = "127.0.0.1:9464"
@@ -39,111 +40,6 @@ HOSTS = ("host-1", "host-2", "host-3")
 START_TIMEOUT_S = 120.0  # the first start runs initdb for the embedded Postgres
 AGENT_STOP_S = 30.0  # agents stop their workloads first: each gets its stop_grace
 CONTROLPLANE_STOP_S = 30.0
-_PR_SET_PDEATHSIG = 1
-
-
-class LocalFleetError(Exception):
-    """The local fleet could not start; the message says why and what to do."""
-
-
-@dataclass
-class _Child:
-    name: str
-    argv: list[str]
-    log: Path
-    popen: subprocess.Popen[bytes] | None = None
-    workloads: list[psutil.Process] = field(default_factory=list)
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            stamp = datetime.now(UTC).isoformat(timespec="seconds")
-            out.write(f"\n===== {stamp} {' '.join(self.argv)}\n".encode())
-            out.flush()
-            # Own session: the terminal's Ctrl-C reaches only this launcher, which then stops
-            # the fleet in order (agents before the control plane and its database).
-            self.popen = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                # preexec_fn is unsafe only with threads, and the launcher has none.
-                preexec_fn=_die_with_parent,
-            )
-
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.popen is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, sig)
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it if the launcher dies (say, kill -9), so a crashed
-    launcher still stops the fleet the graceful way."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class _Stop:
-    """Counts SIGINT/SIGTERM: the first asks for a graceful stop, a second for a quick one."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.count += 1
-        if self.count == 1:
-            print("\nstopping the local fleet (Ctrl-C again to kill it at once) ...", flush=True)
-        else:
-            print("\nkilling the local fleet ...", flush=True)
-
-    @property
-    def requested(self) -> bool:
-        return self.count > 0
-
-    @property
-    def hurried(self) -> bool:
-        return self.count > 1
-
-
-def _port_owner(port: int) -> str:
-    """Who listens on port, as 'pid N (cmdline)', when the OS lets us see it."""
-    with contextlib.suppress(psutil.Error, OSError):
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
-                if conn.pid is None:
-                    return "another process"
-                with contextlib.suppress(psutil.Error):
-                    cmd = " ".join(psutil.Process(conn.pid).cmdline())
-                    return f"pid {conn.pid} ({cmd})"
-                return f"pid {conn.pid}"
-    return "another process"
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Raises LocalFleetError naming the owner if host:port is already taken."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise LocalFleetError(f"cannot listen on {host}:{port}: {exc}") from exc
-            raise LocalFleetError(
-                f"{host}:{port} is already in use by {_port_owner(port)}. Is another local "
-                f"fleet (`make run`) still running? Stop it, or pass --listen with another port."
-            ) from exc
 
 
 def _wait(
@@ -151,8 +47,8 @@ def _wait(
     *,
     timeout: float,
     what: str,
-    stop: _Stop,
-    children: Sequence[_Child],
+    stop: StopRequest,
+    children: Sequence[Child],
 ) -> bool:
     """Polls check until true; False if a stop was requested; raises on a dead child or timeout."""
     deadline = time.monotonic() + timeout
@@ -239,60 +135,6 @@ Ctrl-C stops the fleet and its workloads; `make run` again picks up the same sta
 """
 
 
-def _stop(children: Sequence[_Child], *, deadline_s: float, stop: _Stop) -> None:
-    """SIGTERM each child's group, wait until deadline (shorter once hurried), then SIGKILL."""
-    for child in children:
-        if child.running():
-            child.signal(signal.SIGTERM)
-    deadline = time.monotonic() + deadline_s
-    while any(c.running() for c in children):
-        if stop.hurried or time.monotonic() > deadline:
-            for child in children:
-                if child.running():
-                    print(f"{child.name} did not stop in time; killing it", flush=True)
-                    child.signal(signal.SIGKILL)
-            break
-        time.sleep(0.1)
-    for child in children:
-        if child.popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.popen.wait(10)
-            child.signal(signal.SIGKILL)  # anything left in its process group
-
-
-def _kill_processes(procs: Sequence[psutil.Process], *, grace: float, what: str) -> None:
-    """Stops processes that outlived their owner: SIGTERM their groups, SIGKILL after grace."""
-    alive = [p for p in procs if p.is_running()]
-    if not alive:
-        return
-    print(f"stopping {len(alive)} leftover {what} process(es)", flush=True)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
-            os.killpg(os.getpgid(proc.pid), signal.SIGTERM)
-    _, still = psutil.wait_procs(alive, timeout=grace)
-    for proc in still:
-        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
-            os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
-            proc.kill()
-    psutil.wait_procs(still, timeout=5)
-
-
-def _leftovers_under(state_dir: Path) -> list[psutil.Process]:
-    """Keel and Postgres processes whose command line names the state dir: a control plane
-    killed at the deadline leaves its embedded Postgres behind. (Only those: an operator's
-    `tail -f .keel/logs/...` is none of our business.)"""
-    marker = str(state_dir) + os.sep
-    found = []
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        ours = proc.info.get("name") == "postgres" or any(
-            Path(arg).name in ("keel-agent", "keel-controlplane") for arg in cmdline[:2]
-        )
-        if ours and proc.pid != os.getpid() and any(marker in arg for arg in cmdline):
-            found.append(proc)
-    return found
-
-
 def run(*, state_dir: Path, workload: Path, listen: str, agent_args: Sequence[str] = ()) -> int:
     state_dir = state_dir.resolve()
     logs = state_dir / "logs"
@@ -302,11 +144,11 @@ def run(*, state_dir: Path, workload: Path, listen: str, agent_args: Sequence[st
         raise LocalFleetError(f"no workload file at {workload}")
     name = _workload_name(workload)
 
-    stop = _Stop()
+    stop = StopRequest()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
 
-    controlplane = _Child(
+    controlplane = Child(
         "controlplane",
         [
             str(BIN / "keel-controlplane"),
@@ -320,7 +162,7 @@ def run(*, state_dir: Path, workload: Path, listen: str, agent_args: Sequence[st
         logs / "controlplane.log",
     )
     agents = [
-        _Child(
+        Child(
             h,
             [
                 str(BIN / "keel-agent"),
@@ -413,10 +255,10 @@ def run(*, state_dir: Path, workload: Path, listen: str, agent_args: Sequence[st
         print(f"error: {exc}", file=sys.stderr, flush=True)
         status = 1
     finally:
-        _stop(agents, deadline_s=AGENT_STOP_S, stop=stop)
-        _kill_processes([p for a in agents for p in a.workloads], grace=10, what="workload")
-        _stop([controlplane], deadline_s=CONTROLPLANE_STOP_S, stop=stop)
-        _kill_processes(_leftovers_under(state_dir), grace=10, what="local fleet")
+        stop_children(agents, deadline_s=AGENT_STOP_S, stop=stop)
+        kill_processes([p for a in agents for p in a.workloads], grace=10, what="workload")
+        stop_children([controlplane], deadline_s=CONTROLPLANE_STOP_S, stop=stop)
+        kill_processes(leftovers_under(state_dir), grace=10, what="local fleet")
         print("the local fleet has stopped", flush=True)
     return status
 
@@ -435,7 +277,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LocalFleetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The store's rows as the planners' views: the one step from what Postgres holds to what
+`controlplane.scheduler` and `controlplane.rollout` decide from.
+
+The rows come from `controlplane.store` and `controlplane.hosts`; the views are
+`controlplane.view`'s frozen dataclasses. The controllers and the stuck detector call these
+after each load. It lives on the store's side so that the views and the planners never import
+the store (the import-layering contract in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+from controlplane.hosts import HostRow
+from controlplane.store import InstanceRow, WorkloadRow
+from controlplane.view import HostView, InstanceView, WorkloadView
+
+
+def workload_view(row: WorkloadRow) -> WorkloadView:
+    w = row.workload
+    return WorkloadView(
+        name=w.name,
+        kind=w.kind,
+        generation=row.generation,
+        replicas=w.replicas,
+        max_unavailable=w.max_unavailable,
+        max_surge=w.max_surge,
+        selector=w.selector,
+        resources=w.spec.resources,
+        deleting=row.deleting,
+    )
+
+
+def host_view(row: HostRow) -> HostView:
+    return HostView(
+        name=row.name,
+        labels=row.labels,
+        capacity=row.capacity,
+        state=row.state,
+        schedulable=row.schedulable,
+    )
+
+
+def instance_view(row: InstanceRow) -> InstanceView:
+    return InstanceView(
+        id=row.id,
+        workload=row.workload,
+        generation=row.generation,
+        host=row.host,
+        desired=row.desired,
+        resources=row.spec.resources,
+        phase=row.phase,
+        ready=row.ready,
+    )

@@ -1,0 +1,146 @@
+"""keelctl's command line: every command, its arguments and options, and their checks.
+
+`build_parser` is the whole command line (the runbook tests parse their commands with it);
+`keel.ctl.main` runs what it parses, `keel.ctl.commands` and `keel.ctl.observe` carry the
+commands out. A command given wrongly is a `CtlError` (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from keel.spec import SpecError, parse_duration
+
+DEFAULT_CONTROLPLANE = "127.0.0.1:7443"
+DEFAULT_TIMEOUT = "10s"
+
+# Resource names and their aliases, as `get`, `describe` and `delete` accept them.
+WORKLOAD_NAMES = ("workloads", "workload", "wl")
+HOST_NAMES = ("hosts", "host")
+INSTANCE_NAMES = ("instances", "instance", "inst")
+CANONICAL = {
+    **dict.fromkeys(WORKLOAD_NAMES, "workload"),
+    **dict.fromkeys(HOST_NAMES, "host"),
+    **dict.fromkeys(INSTANCE_NAMES, "instance"),
+}
+
+
+class CtlError(Exception):
+    """keelctl cannot run the command as given (a usage error, exit status 2)."""
+
+
+def _timeout_arg(text: str) -> float:
+    try:
+        ms = parse_duration(text, "--timeout")
+    except SpecError as e:
+        raise argparse.ArgumentTypeError(e.rule) from None
+    if ms <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got '{text}'")
+    return ms / 1000
+
+
+def _add_globals(p: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
+    # The same options are accepted after the subcommand (`keelctl get hosts -o json`); there
+    # their default is SUPPRESS so that an option given before the subcommand is not reset.
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if on_subcommand else value
+
+    p.add_argument(
+        "--controlplane",
+        metavar="ADDR",
+        default=default(None),
+        help=f"control plane address (default: $KEEL_CONTROLPLANE, else {DEFAULT_CONTROLPLANE})",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default=default("table"),
+        help="output format (default: table)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_timeout_arg,
+        metavar="DURATION",
+        default=default(_timeout_arg(DEFAULT_TIMEOUT)),
+        help=f"how long to wait for the control plane (default: {DEFAULT_TIMEOUT})",
+    )
+    p.add_argument(
+        "--trace-file",
+        metavar="PATH",
+        default=default(None),
+        help="append this command's spans as JSON lines (default: $KEEL_TRACE_FILE)",
+    )
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The keelctl command line: global options, then a command (apply, get, describe, ...)."""
+    parser = argparse.ArgumentParser(
+        prog="keelctl", description="Operate a Keel fleet: workloads, hosts and instances."
+    )
+    _add_globals(parser, on_subcommand=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    apply = sub.add_parser("apply", help="create or update a workload from a YAML or JSON file")
+    _add_globals(apply, on_subcommand=True)
+    apply.add_argument(
+        "-f", "--filename", required=True, metavar="FILE", help="the manifest; '-' reads stdin"
+    )
+
+    get = sub.add_parser("get", help="list workloads, hosts or instances")
+    _add_globals(get, on_subcommand=True)
+    get.add_argument(
+        "resource", choices=WORKLOAD_NAMES + HOST_NAMES + INSTANCE_NAMES, metavar="RESOURCE"
+    )
+    get.add_argument("--workload", metavar="NAME", help="instances of this workload only")
+    get.add_argument("--host", metavar="NAME", help="instances on this host only")
+
+    describe = sub.add_parser("describe", help="show everything about one object")
+    _add_globals(describe, on_subcommand=True)
+    describe.add_argument(
+        "resource", choices=WORKLOAD_NAMES + HOST_NAMES + INSTANCE_NAMES, metavar="RESOURCE"
+    )
+    describe.add_argument("name", metavar="NAME")
+
+    stuck = sub.add_parser(
+        "stuck", help="list stuck objects: reason, since, message, runbook, next command"
+    )
+    _add_globals(stuck, on_subcommand=True)
+
+    events = sub.add_parser("events", help="the history of the fleet or of one object")
+    _add_globals(events, on_subcommand=True)
+    events.add_argument(
+        "--for",
+        dest="for_object",
+        metavar="OBJECT",
+        help="KIND/NAME, e.g. workload/web (its instances too), host/host-1, instance/ID",
+    )
+    events.add_argument(
+        "--limit", type=_non_negative, default=100, metavar="N", help="newest N events (100)"
+    )
+
+    logs = sub.add_parser("logs", help="a workload instance's stdout and stderr, from its agent")
+    _add_globals(logs, on_subcommand=True)
+    logs.add_argument("instance", metavar="INSTANCE")
+    logs.add_argument(
+        "--tail", type=_non_negative, default=0, metavar="N", help="last N lines of each stream"
+    )
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new output until Ctrl-C"
+    )
+
+    delete = sub.add_parser("delete", help="delete a workload (its instances are stopped)")
+    _add_globals(delete, on_subcommand=True)
+    delete.add_argument("resource", choices=WORKLOAD_NAMES, metavar="RESOURCE")
+    delete.add_argument("name", metavar="NAME")
+    return parser
