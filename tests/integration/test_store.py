@@ -199,7 +199,7 @@ async def test_a_report_the_database_refuses_does_not_block_the_others(store: St
 
     from controlplane.reports import ReportWriter
     from controlplane.status import ReportOutcome
-    from controlplane.sync import report_from_pb
+    from controlplane.convert import report_from_pb
     from keel.v1 import types_pb2
 
     await _host(store, "h1")
