@@ -19,6 +19,7 @@ class Reason(enum.StrEnum):
     HOST_UNREACHABLE = "HOST_UNREACHABLE"
     AGENT_DISCONNECTED = "AGENT_DISCONNECTED"
     ROLLOUT_BLOCKED = "ROLLOUT_BLOCKED"
+    NOT_STARTED = "NOT_STARTED"
 
 
 # Reasons the agent sees for itself and that are stuck at once, without waiting for the deadline.
@@ -76,6 +77,11 @@ GUIDES: dict[Reason, Guide] = {
         "the rollout cannot progress without breaking the disruption budget",
         "runbooks/stuck/rollout-blocked.md",
         "keelctl describe workload {workload}",
+    ),
+    Reason.NOT_STARTED: Guide(
+        "the agent has never reported the instance since it was placed",
+        "runbooks/stuck/not-started.md",
+        "keelctl describe host {host}",
     ),
 }
 
