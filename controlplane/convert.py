@@ -33,7 +33,8 @@ log = structlog.get_logger("keel.convert")
 T = TypeVar("T")
 R = TypeVar("R")
 
-# A host's capacity: what a workload may ask for, times the most replicas one host may hold.
+# A host's capacity: a thousand of the largest instances a workload may ask for, which keeps
+# every sum of capacities and allocations far inside int64.
 MAX_HOST_CPU_MILLIS = MAX_CPU_MILLIS * 1000
 MAX_HOST_MEMORY_MIB = MAX_MEMORY_MIB * 1000
 MAX_AGENT_VERSION = 128
