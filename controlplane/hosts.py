@@ -18,6 +18,7 @@ from controlplane.liveness import HostFacts, Transition
 from controlplane.sql import (
     HOST_CHANNEL,
     WORKLOAD_CHANNEL,
+    Database,
     bump_revisions,
     check_epoch,
     record_event,
@@ -77,7 +78,7 @@ GROUP BY host, desired, phase
 class HostStore:
     """Host queries over the shared pool (a base of `store.Store`)."""
 
-    pool: asyncpg.Pool
+    pool: Database
 
     async def register_host(
         self,

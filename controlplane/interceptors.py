@@ -9,7 +9,12 @@ carry no observability code of their own:
   `traceparent` the caller sent in its metadata (keelctl does), so an operator's trace
   continues here. The span is the current span while the handler runs, so
   `keel.tracing.inject_traceparent()` inside a handler names it (stored with desired changes);
-- structlog context (`rpc`, `peer`) bound for the handler, and for tasks it starts.
+- structlog context (`rpc`, `peer`) bound for the handler, and for tasks it starts;
+- errors: what a handler raises becomes a status code here, by the one table in
+  `controlplane.errors`; anything that table does not know is logged (JSON, with an error id)
+  and answered UNAVAILABLE naming that id, never UNKNOWN, a class name, a stack or SQL;
+- requests: grpc decodes a request before any handler runs, so the request deserializers are
+  wrapped too: bytes that are not a valid message become INVALID_ARGUMENT, not UNKNOWN.
 
 grpc.aio picks how to drive a handler from the type of its behaviour (coroutine function,
 async generator function, or plain function run in an executor), so each wrapper keeps the
@@ -23,8 +28,9 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from typing import Any
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -32,8 +38,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from controlplane.errors import InvalidArgument, status_of
 from controlplane.metrics import Metrics
 from keel import tracing
+
+log = structlog.get_logger("keel.grpc")
 
 TRACEPARENT_KEY = "traceparent"
 
@@ -152,6 +161,56 @@ class _Call:
 Behaviour = Callable[..., Any]
 
 
+class _Undecodable:
+    """What a wrapped deserializer returns for bytes that are not a valid message."""
+
+    def __init__(self, method: str) -> None:
+        self.error = InvalidArgument(
+            f"request: the bytes sent are not a valid {method} request message "
+            "(protobuf could not decode them)"
+        )
+
+
+def _decoding(deserializer: Callable[[bytes], Any] | None, method: str) -> Any:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, or a string field that is not UTF-8
+            return _Undecodable(method)
+
+    return deserialize
+
+
+def _checked(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise request.error
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _checked(request)
+
+
+async def _abort(error: Exception, context: grpc.aio.ServicerContext, rpc: str) -> NoReturn:
+    """Ends the call with the code the error table gives error (see controlplane.errors)."""
+    mapped = status_of(error)
+    if mapped is None:
+        error_id = uuid.uuid4().hex[:12]
+        log.error("call failed", error_id=error_id, error=repr(error), exc_info=error)
+        trace.get_current_span().record_exception(error)
+        mapped = (
+            "UNAVAILABLE",
+            f"the control plane failed to answer {rpc}; try again (error id {error_id} in its log)",
+        )
+    code, message = mapped
+    await context.abort(grpc.StatusCode[code], message)
+    raise AssertionError("unreachable: abort raises")
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Metrics, a span and log context for every RPC: `grpc.aio.server(interceptors=[...])`."""
 
@@ -167,45 +226,68 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         if handler is None:
             return None  # unknown method: grpc answers UNIMPLEMENTED itself
         details = handler_call_details
+        _, method = split_method(details.method)
+        deserializer = handler.request_deserializer
+        behaviours = (
+            handler.unary_unary,
+            handler.unary_stream,
+            handler.stream_unary,
+            handler.stream_stream,
+        )
+        if any(inspect.iscoroutinefunction(b) or inspect.isasyncgenfunction(b) for b in behaviours):
+            deserializer = _decoding(deserializer, method)
         codec = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap(handler.unary_unary, details), **codec
+                self._wrap(handler.unary_unary, details, streaming_request=False), **codec
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap(handler.unary_stream, details), **codec
+                self._wrap(handler.unary_stream, details, streaming_request=False), **codec
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap(handler.stream_unary, details), **codec
+                self._wrap(handler.stream_unary, details, streaming_request=True), **codec
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._wrap(handler.stream_stream, details), **codec
+                self._wrap(handler.stream_stream, details, streaming_request=True), **codec
             )
         return handler
 
-    def _wrap(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
+    def _wrap(
+        self, behaviour: Behaviour, details: grpc.HandlerCallDetails, *, streaming_request: bool
+    ) -> Behaviour:
         metrics = self._metrics
+        rpc = details.method.lstrip("/")
+
+        def requests(request: Any) -> Any:
+            return _checked_stream(request) if streaming_request else _checked(request)
+
         if inspect.isasyncgenfunction(behaviour):
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 call = _Call(metrics, details, context)
                 error: BaseException | None = None
-                responses: AsyncGenerator[Any, None] = behaviour(request, context)
+                responses: AsyncGenerator[Any, None] | None = None
                 try:
                     while True:
                         # Current only while the handler runs, never across our own yield:
                         # whoever resumes this generator must not inherit the span.
                         with call.active():
                             try:
+                                if responses is None:
+                                    responses = behaviour(requests(request), context)
                                 response = await anext(responses)
                             except StopAsyncIteration:
                                 break
+                            except (grpc.aio.AbortError, asyncio.CancelledError):
+                                raise
+                            except Exception as exc:
+                                await _abort(exc, context, rpc)
                         yield response
                 except BaseException as exc:
                     error = exc
@@ -213,8 +295,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 finally:
                     try:
                         # Closed early (the call was cancelled): let the handler clean up.
-                        with call.active():
-                            await responses.aclose()
+                        if responses is not None:
+                            with call.active():
+                                await responses.aclose()
                     finally:
                         call.end(error)
 
@@ -227,7 +310,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 error: BaseException | None = None
                 try:
                     with call.active():
-                        return await behaviour(request, context)
+                        try:
+                            return await behaviour(requests(request), context)
+                        except (grpc.aio.AbortError, asyncio.CancelledError):
+                            raise
+                        except Exception as exc:
+                            await _abort(exc, context, rpc)
                 except BaseException as exc:
                     error = exc
                     raise

@@ -1,8 +1,11 @@
 """Workload logs, fetched from the agent over its Sync stream (no extra port on hosts).
 
 `FleetService.GetLogs` asks `LogRelay.fetch`, which sends a LogRequest on the host's stream
-(`controlplane.sync`) and yields the LogChunks the agent sends back, routed here by request id.
-Only the replica holding the host's stream can relay; a disconnected agent is a clear error.
+and yields the LogChunks the agent sends back, routed here by request id (`deliver`, called by
+`controlplane.sync`). The streams are reached through `Streams`, a two-method view of
+`sync.StreamRegistry` passed at construction, so this module imports nothing of sync. Only the
+replica holding the host's stream can relay; a disconnected or silent agent is named in a
+clear error, never blamed on the control plane.
 """
 
 from __future__ import annotations
@@ -10,28 +13,53 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import Protocol
 
 from keel.v1 import agent_pb2, types_pb2
 
-if TYPE_CHECKING:
-    from controlplane.sync import StreamRegistry
+
+class Outbox(Protocol):
+    """One agent's stream, as far as logs need it: a way to send it a message."""
+
+    def send(self, msg: agent_pb2.ControlMessage) -> None: ...
+
+
+class Streams(Protocol):
+    """The streams open on this replica, by host."""
+
+    def get(self, host: str) -> Outbox | None: ...
+
+
+def _ago(at: datetime | None) -> str:
+    if at is None:
+        return "it has never sent a heartbeat"
+    seconds = (datetime.now(UTC) - at).total_seconds()
+    return f"its last heartbeat was {seconds:.0f}s ago"
 
 
 class LogRelay:
-    def __init__(self, *, first_chunk_timeout_s: float = 30.0) -> None:
-        self._registry: StreamRegistry | None = None
-        self._timeout_s = first_chunk_timeout_s
+    def __init__(self, streams: Streams) -> None:
+        self._streams = streams
         # request id -> (the stream it went out on, queue of chunks; None = that stream closed)
-        self._pending: dict[str, tuple[object, asyncio.Queue[types_pb2.LogChunk | None]]] = {}
-
-    def attach(self, registry: StreamRegistry) -> None:
-        self._registry = registry
+        self._pending: dict[str, tuple[Outbox, asyncio.Queue[types_pb2.LogChunk | None]]] = {}
 
     async def fetch(
-        self, host: str, instance_id: str, *, tail_lines: int, follow: bool
+        self,
+        host: str,
+        instance_id: str,
+        *,
+        tail_lines: int,
+        follow: bool,
+        wait_s: float,
+        last_heartbeat: datetime | None = None,
     ) -> AsyncIterator[types_pb2.LogChunk]:
-        session = self._registry.get(host) if self._registry is not None else None
+        """The instance's log chunks; an error chunk names the agent when it cannot answer.
+
+        wait_s bounds the wait for the agent's first chunk (and every chunk unless following:
+        a following request may stay quiet for as long as the workload does).
+        """
+        session = self._streams.get(host)
         if session is None:
             yield types_pb2.LogChunk(
                 eof=True,
@@ -52,15 +80,14 @@ class LogRelay:
             first = True
             while True:
                 try:
-                    # A following request may stay quiet for as long as the workload does.
-                    wait = self._timeout_s if first or not follow else None
-                    async with asyncio.timeout(wait):
+                    async with asyncio.timeout(wait_s if first or not follow else None):
                         chunk = await queue.get()
                 except TimeoutError:
                     yield types_pb2.LogChunk(
                         eof=True,
-                        error=f'the agent of host "{host}" did not answer the log request '
-                        f"within {self._timeout_s:.0f}s",
+                        error=f'the agent of host "{host}" did not answer the log request for '
+                        f"{instance_id} within {wait_s:.1f}s ({_ago(last_heartbeat)}); the agent "
+                        f"may be frozen or overloaded (keelctl describe host {host})",
                     )
                     return
                 first = False
@@ -80,7 +107,7 @@ class LogRelay:
             self._pending.pop(rid, None)
             if follow and not done:
                 # The client went away: tell the agent to stop following.
-                live = self._registry.get(host) if self._registry is not None else None
+                live = self._streams.get(host)
                 if live is not None:
                     live.send(
                         agent_pb2.ControlMessage(
@@ -93,7 +120,7 @@ class LogRelay:
         if entry is not None:
             entry[1].put_nowait(chunk)
 
-    def session_closed(self, session: object) -> None:
+    def session_closed(self, session: Outbox) -> None:
         """Ends the requests that went out on this stream (not a newer one of the host)."""
         for s, queue in list(self._pending.values()):
             if s is session:

@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -39,6 +40,7 @@ from controlplane.metrics import Metrics, MetricsError, parse_address, serve_met
 from controlplane.reconcile import Controller, Runner
 from controlplane.reports import ReportWriter
 from controlplane.settings import Settings
+from controlplane.sql import Database
 from controlplane.status import ReportOutcome, StatusStore
 from controlplane.store import Store, create_pool
 from controlplane.stuck import StuckDetector
@@ -53,7 +55,6 @@ log = structlog.get_logger("keel.controlplane")
 
 FLEET_SERVICE = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
-DB_PROBE_INTERVAL_S = 2.0
 
 
 def _seconds(flag: str):  # type: ignore[no-untyped-def]
@@ -100,6 +101,10 @@ DURATION_FLAGS = (
     ("--retry-max", "retry_max_s", "longest back-off of a reconcile that keeps failing"),
     ("--leader-retry", "leader_retry_s", "how often a follower tries to become the leader"),
     ("--shutdown-grace", "shutdown_grace_s", "SIGTERM: how long in-flight calls get"),
+    ("--db-timeout", "db_timeout_s", "a statement or a wait for a connection: then UNAVAILABLE"),
+    ("--db-probe-interval", "db_probe_interval_s", "how often health probes Postgres"),
+    ("--db-probe-timeout", "db_probe_timeout_s", "a probe slower than this: FleetService down"),
+    ("--log-wait", "log_wait_s", "keelctl logs: how long the agent gets to answer"),
 )
 
 
@@ -126,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="D",
                 help=f"{help_text} (default: {format_duration(round(getattr(d, field) * 1000))})",
             )
+        target.add_argument(
+            "--max-message-bytes",
+            type=int,
+            default=d.max_message_bytes,
+            metavar="N",
+            help="the largest request accepted (default: %(default)s)",
+        )
         target.add_argument(
             "--metrics",
             type=_metrics_address,
@@ -160,6 +172,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         state_dir=args.state_dir,
         log_format=args.log_format,
         trace_file_max_mib=args.trace_file_max_mib,
+        max_message_bytes=args.max_message_bytes,
         **{field: getattr(args, field) for _, field, _ in DURATION_FLAGS},
     )
 
@@ -175,15 +188,28 @@ async def run_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _probe_database(store: Store, health_servicer: health.aio.HealthServicer) -> None:
-    """FleetService is NOT_SERVING while Postgres is unreachable; agent streams stay up."""
+async def _probe_database(
+    store: Store,
+    health_servicer: health.aio.HealthServicer,
+    *,
+    settings: Settings,
+    metrics: Metrics,
+    on_recovered: Callable[[], None],
+) -> None:
+    """FleetService is NOT_SERVING while Postgres does not answer in time; agent streams
+    (AgentService) and the overall service stay SERVING, and are woken when it is back."""
     serving: bool | None = None
     while True:
+        error = ""
         try:
-            await store.pool.fetchval("SELECT 1", timeout=DB_PROBE_INTERVAL_S)
+            # The whole probe is bounded, the wait for a pooled connection included: with
+            # Postgres frozen, every connection may be held by a call that waits too.
+            async with asyncio.timeout(settings.db_probe_timeout_s):
+                await store.pool.fetchval("SELECT 1")
             ok = True
-        except Exception:
+        except Exception as exc:
             ok = False
+            error = "timed out" if isinstance(exc, TimeoutError) else str(exc)
         if ok != serving:
             status = (
                 health_pb2.HealthCheckResponse.SERVING
@@ -191,10 +217,15 @@ async def _probe_database(store: Store, health_servicer: health.aio.HealthServic
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
             await health_servicer.set(FLEET_SERVICE, status)
-            if serving is not None:
-                log.warning("database reachable" if ok else "database unreachable")
+            metrics.set_database_up(ok)
+            if ok and serving is False:
+                log.warning("database reachable again")
+                on_recovered()
+            elif not ok:
+                log.warning("database unreachable", error=error,
+                            timeout_s=settings.db_probe_timeout_s)  # fmt: skip
             serving = ok
-        await asyncio.sleep(DB_PROBE_INTERVAL_S)
+        await asyncio.sleep(settings.db_probe_interval_s)
 
 
 async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
@@ -208,7 +239,9 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     finally:
         await conn.close()
 
-    pool = await create_pool(url)
+    pool = Database(
+        await create_pool(url, timeout_s=settings.db_timeout_s), timeout_s=settings.db_timeout_s
+    )
     store = Store(pool)
     status = StatusStore(pool)
     metrics = Metrics()
@@ -266,11 +299,13 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     leadership = Leadership(store, database_url=url, settings=settings, runners=runners)
 
     metrics.track_sync_streams(lambda: len(registry))
-    server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics=metrics)])
-    logs = LogRelay()
-    logs.attach(registry)
+    server = grpc.aio.server(
+        interceptors=[ObservabilityInterceptor(metrics=metrics)],
+        options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
+    )
+    logs = LogRelay(registry)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(
-        FleetApi(store, status=status, logs=logs), server
+        FleetApi(store, status=status, logs=logs, log_wait_s=settings.log_wait_s), server
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
         AgentSync(
@@ -278,6 +313,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             registry=registry,
             reports=reports,
             logs=logs,
+            metrics=metrics,
             resync_period_s=settings.resync_period_s,
         ),
         server,
@@ -301,7 +337,16 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         asyncio.create_task(listener.run(), name="listener"),
         asyncio.create_task(reports.run(), name="report-writer"),
         asyncio.create_task(leadership.run(), name="leadership"),
-        asyncio.create_task(_probe_database(store, health_servicer), name="db-probe"),
+        asyncio.create_task(
+            _probe_database(
+                store,
+                health_servicer,
+                settings=settings,
+                metrics=metrics,
+                on_recovered=registry.wake_all,
+            ),
+            name="db-probe",
+        ),
     ]
     addresses = {"grpc": address}
     if metrics_server is not None:

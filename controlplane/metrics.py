@@ -9,7 +9,9 @@ what:
 - the store's convergence tracking: `count_changes` at commit, `observe_convergence` when a
   report shows a change converged, `count_slow` once per change that passes 60 s;
 - the periodic database scan: `set_hosts`, `set_backlog`, `set_stuck`;
-- main.py: `track_sync_streams` with the agent stream registry.
+- main.py: `track_sync_streams` with the agent stream registry, `set_database_up` from the
+  database probe;
+- the agent streams (`controlplane.sync`): `drop_heartbeat` while the database is away.
 
 No metric carries a host, instance or workload name: the label sets stay small however large
 the fleet. Label values that are known in advance are created at start-up so every series is
@@ -173,6 +175,18 @@ class Metrics:
             "Agent Sync streams open on this control-plane replica.",
             registry=r,
         )
+        self.heartbeats_dropped = Counter(
+            "keel_heartbeats_dropped_total",
+            "Agent heartbeats that could not be recorded because the database was unavailable "
+            "(the stream stays open; the next heartbeat that lands counts).",
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "keel_database_up",
+            "1 while this replica's probe of Postgres answers within --db-probe-timeout, else 0 "
+            "(FleetService health is NOT_SERVING meanwhile).",
+            registry=r,
+        )
         self.grpc_requests = Counter(
             "keel_grpc_requests_total",
             "gRPC calls served, by service, method and status code.",
@@ -277,6 +291,15 @@ class Metrics:
     def count_retry(self, controller: str) -> None:
         """A failed pass was scheduled again (with back-off)."""
         self.reconcile_retries.labels(controller).inc()
+
+    # --- the database edge (agent streams and the health probe) -------------------------------
+
+    def drop_heartbeat(self) -> None:
+        """A heartbeat could not be written (the database is unavailable)."""
+        self.heartbeats_dropped.inc()
+
+    def set_database_up(self, up: bool) -> None:
+        self.database_up.set(1 if up else 0)
 
     # --- gRPC (called by the server interceptor) ------------------------------------------------
 

@@ -12,9 +12,9 @@ import asyncio
 import random
 from collections.abc import Callable, Sequence
 
-import asyncpg
 import structlog
 
+from controlplane.errors import InvalidArgument
 from controlplane.status import ReportOutcome, StatusStore
 from controlplane.store import Report
 
@@ -57,7 +57,7 @@ class ReportWriter:
                 except asyncio.CancelledError:
                     self._pending[:0] = batch
                     raise
-                except asyncpg.DataError as exc:
+                except InvalidArgument as exc:
                     # Not the database being down: a report it refuses. Retrying would block
                     # every later report; write the others one by one and drop the bad one.
                     batch = await self._isolate(batch, exc)
@@ -89,7 +89,7 @@ class ReportWriter:
         for r in batch:
             try:
                 self._on_written(await self._store.write_reports([r]))
-            except asyncpg.DataError as one:
+            except InvalidArgument as one:
                 log.error("report refused by the database; dropped", instance=r.instance_id,
                           host=r.host, error=str(one))  # fmt: skip
             except Exception:

@@ -34,3 +34,16 @@ class Settings:
     leader_retry_s: float = 2.0
     # The --trace-file is rotated past this size (one older file is kept), so it is bounded.
     trace_file_max_mib: int = 32
+    # Every statement, and every wait for a pooled connection, gets this long before the
+    # database counts as unavailable (the call answers UNAVAILABLE; agent streams stay open).
+    db_timeout_s: float = 10.0
+    # Health: how often Postgres is probed, and how long a probe may take before
+    # keel.v1.FleetService is NOT_SERVING.
+    db_probe_interval_s: float = 2.0
+    db_probe_timeout_s: float = 2.0
+    # keelctl logs: how long the agent gets to send the first chunk (bounded by the caller's
+    # deadline too, so a silent agent is named before the caller gives up).
+    log_wait_s: float = 30.0
+    # The largest request the gRPC server accepts (an ApplyWorkload manifest is far smaller:
+    # keel.spec.MAX_MANIFEST_BYTES; an agent's full status report of a large host is not).
+    max_message_bytes: int = 4 * 1024 * 1024

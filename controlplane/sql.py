@@ -2,6 +2,11 @@
 revisions and the leadership fence. `store` (desired state), `hosts` (liveness) and `status`
 (observed state) build their queries on these.
 
+Translation rule: the stores reach Postgres only through `Database`, which turns asyncpg's
+failures into Keel's errors in this one place: the database unreachable, restarting or not
+answering in time is `Unavailable`; a value it refuses (out of range, a character it cannot
+store) is `InvalidArgument`. No driver class name travels further.
+
 Ordering rule: every transaction that changes a host's instances bumps that host's `revision`
 in the same transaction (`bump_revisions`; the row lock orders them), so a watcher asking
 "what changed on host H since revision N" never skips a slow transaction's change.
@@ -9,13 +14,20 @@ in the same transaction (`bump_revisions`; the row lock orders them), so a watch
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
+import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from controlplane.errors import NotLeader
+from controlplane.errors import InvalidArgument, NotLeader, Unavailable
+
+log = structlog.get_logger("keel.sql")
+
+T = TypeVar("T")
 
 HOST_CHANNEL = "keel_host"
 WORKLOAD_CHANNEL = "keel_workload"
@@ -28,12 +40,91 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+# How long a statement or a wait for a pooled connection may take by default (--db-timeout).
+DEFAULT_TIMEOUT_S = 30.0
+
+
+async def create_pool(
+    url: str, *, min_size: int = 2, max_size: int = 10, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=timeout_s,
+        timeout=timeout_s,
     )
     assert pool is not None
     return pool
+
+
+# The database is away (down, restarting, overloaded, cut off) or did not answer in time.
+_AWAY = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, statement cancelled
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.exceptions.TransactionRollbackError,  # serialization failure, deadlock: retry
+)
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Runs a block of database calls, raising asyncpg's failures as Keel's errors."""
+    try:
+        yield
+    except asyncpg.DataError as exc:
+        # Validation comes first, so this is a gap in it; the detail goes to the log only.
+        log.warning("the database refused a value", error=str(exc), sqlstate=exc.sqlstate)
+        raise InvalidArgument(
+            "request: a value is outside what the control plane can store "
+            f"({exc.args[0] if exc.args else 'refused'})"
+        ) from exc
+    except _AWAY as exc:
+        raise Unavailable(
+            "the database is unreachable or did not answer in time; try again shortly"
+        ) from exc
+
+
+class Database:
+    """The pool as the stores use it (`acquire`, `fetch`, `fetchrow`, `fetchval`, `execute`),
+    with every failure translated (`translated`) and every wait for a connection bounded."""
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.raw = pool
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def of(cls, pool: asyncpg.Pool | Database) -> Database:
+        return pool if isinstance(pool, Database) else cls(pool)
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[PoolConnectionProxy]:
+        with translated():
+            async with self.raw.acquire(timeout=self.timeout_s) as conn:
+                yield conn
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.acquire() as conn:
+            return await conn.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self.acquire() as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.acquire() as conn:
+            return await conn.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        async with self.acquire() as conn:
+            return await conn.execute(query, *args)
+
+    async def close(self) -> None:
+        await self.raw.close()
 
 
 async def check_epoch(conn: Conn, epoch: int | None) -> None:
@@ -73,3 +164,18 @@ async def record_event(conn: Conn, obj: str, kind: str, message: str, *, actor: 
         actor,
         message,
     )
+
+
+def decode_each(
+    rows: Iterable[asyncpg.Record], decode: Callable[[asyncpg.Record], T], *, what: str
+) -> list[T]:
+    """decode(row) for every row. A row this code cannot read (written before a rule existed,
+    or by a bug) is logged and skipped: one bad row must not break a list for every reader."""
+    out = []
+    for r in rows:
+        try:
+            out.append(decode(r))
+        except (ValueError, TypeError, KeyError) as exc:
+            name = r.get("name") or r.get("id") or "?"
+            log.error(f"stored {what} cannot be read; skipped", **{what: name}, error=str(exc))
+    return out

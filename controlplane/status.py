@@ -19,7 +19,7 @@ from datetime import datetime
 
 import asyncpg
 
-from controlplane.sql import WORKLOAD_CHANNEL, record_event
+from controlplane.sql import WORKLOAD_CHANNEL, Database, record_event
 from controlplane.store import Report
 from keel.model import Change, Desired, change_of, converged
 
@@ -59,8 +59,8 @@ class Event:
 
 
 class StatusStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+    def __init__(self, pool: asyncpg.Pool | Database) -> None:
+        self.pool = Database.of(pool)  # asyncpg's errors become Keel's there
 
     async def write_reports(self, reports: Sequence[Report]) -> ReportOutcome:
         """Writes a batch of agent reports in one transaction (one statement per kind of write).

@@ -22,9 +22,11 @@ from controlplane.sql import (
     HOST_CHANNEL,
     WORKLOAD_CHANNEL,
     Conn,
+    Database,
     bump_revisions,
     check_epoch,
     create_pool,
+    decode_each,
     record_event,
 )
 from keel.model import Desired, Kind, Phase, Workload, WorkloadSpec, converged
@@ -183,8 +185,8 @@ _IN_PLACE_FIELDS = ("kind", "replicas", "max_unavailable", "max_surge", "selecto
 class Store(HostStore):
     """Postgres-backed desired and observed state. One instance per process, sharing a pool."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+    def __init__(self, pool: asyncpg.Pool | Database) -> None:
+        self.pool = Database.of(pool)  # asyncpg's errors become Keel's there
 
     async def now(self) -> datetime:
         """Database time: the one clock every replica and report is judged by."""
@@ -278,7 +280,7 @@ class Store(HostStore):
 
     async def list_workloads(self) -> list[WorkloadRow]:
         rows = await self.pool.fetch("SELECT * FROM workload ORDER BY name")
-        return [_workload(r) for r in rows]
+        return decode_each(rows, _workload, what="workload")
 
     async def workload_names(self) -> list[str]:
         return [r["name"] for r in await self.pool.fetch("SELECT name FROM workload")]
@@ -315,7 +317,7 @@ class Store(HostStore):
             workload,
             host,
         )
-        return [_instance(r) for r in rows]
+        return decode_each(rows, _instance, what="instance")
 
     async def host_assignments(
         self, host: str, *, since: int | None
@@ -333,14 +335,14 @@ class Store(HostStore):
                 host,
                 -1 if since is None else since,
             )
-            return int(revision), [_instance(r) for r in rows]
+            return int(revision), decode_each(rows, _instance, what="instance")
 
     async def host_tombstones(self, host: str) -> list[InstanceRow]:
         """The host's instances waiting for the agent to confirm their removal."""
         rows = await self.pool.fetch(
             "SELECT * FROM instance WHERE host = $1 AND desired = 'REMOVED' ORDER BY id", host
         )
-        return [_instance(r) for r in rows]
+        return decode_each(rows, _instance, what="instance")
 
     async def apply_plan(
         self,

@@ -55,6 +55,12 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _heartbeat(host: HostRow, now: datetime) -> str:
+    if host.last_heartbeat is None:
+        return "no heartbeat ever"
+    return f"last heartbeat {_ago((now - host.last_heartbeat).total_seconds())} ago"
+
+
 def judge_instance(
     inst: InstanceRow, host: HostRow | None, *, deadline_s: float, now: datetime
 ) -> Verdict | None:
@@ -62,14 +68,10 @@ def judge_instance(
     if host is not None and host.state is not HostState.READY:
         down_s = (now - host.state_since).total_seconds()
         if down_s > deadline_s and inst.desired is not Desired.REMOVED:
-            heartbeat = (
-                f"last heartbeat {_ago((now - host.last_heartbeat).total_seconds())} ago"
-                if host.last_heartbeat
-                else "no heartbeat ever"
-            )
             return Verdict(
                 Reason.HOST_UNREACHABLE,
-                f"host {host.name} is {host.state.value} for {_ago(down_s)} ({heartbeat}); "
+                f"host {host.name} is {host.state.value} for {_ago(down_s)} "
+                f"({_heartbeat(host, now)}); "
                 f"its state is unknown. Service instances are replaced elsewhere after "
                 f"--reschedule-after",
             )
@@ -82,6 +84,16 @@ def judge_instance(
     age_s = (now - since).total_seconds()
     if age_s <= deadline_s:
         return None
+    if host is not None and host.state is not HostState.READY:
+        # Its agent stopped heartbeating (frozen, or cut off with its stream still open):
+        # that, not the instance, is why nothing was reported.
+        down_s = (now - host.state_since).total_seconds()
+        return Verdict(
+            Reason.HOST_UNREACHABLE,
+            f"host {host.name} is {host.state.value} for {_ago(down_s)} ({_heartbeat(host, now)}); "
+            f"{inst.id} wants {inst.desired.value} for {_ago(age_s)} and was last observed "
+            f"{inst.phase if inst.observed_at else 'never'}",
+        )
     if host is not None and not host.connected:
         return Verdict(
             Reason.AGENT_DISCONNECTED,
@@ -96,6 +108,13 @@ def judge_instance(
             Reason.STOP_TIMEOUT,
             f"asked to stop {_ago(age_s)} ago (stop grace {inst.spec.stop_grace_ms} ms) "
             f"but still {inst.phase}",
+        )
+    if inst.observed_at is None and inst.desired is Desired.RUNNING:
+        where = f"host {host.name}" if host is not None else f"host {inst.host}"
+        return Verdict(
+            Reason.NOT_STARTED,
+            f"placed on {where} {_ago(age_s)} ago and never reported by its agent, which is "
+            f"connected; the agent may be overloaded or its reconcile loop stuck",
         )
     if inst.phase == "RUNNING":
         return Verdict(

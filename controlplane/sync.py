@@ -1,26 +1,38 @@
 """AgentService.Sync: one long-lived bidirectional stream per host.
 
-The agent opens with Hello; we answer with its assignments (the changes since the revision it
-holds, or the full set), then push what changes: a NOTIFY on `keel_host` wakes the stream of
-that host, and every stream also looks again each resync period, so a lost notification only
-delays a change. Status reports go to the batching `ReportWriter`; heartbeats to the store.
-A second stream for the same host replaces the first.
+The agent opens with Hello (checked by `controlplane.convert`); we answer with its assignments
+(the changes since the revision it holds, or the full set), then push what changes: a NOTIFY
+on `keel_host` wakes the stream of that host, and every stream also looks again each resync
+period, so a lost notification only delays a change. Status reports go to the batching
+`ReportWriter`; heartbeats to the store; log chunks to `controlplane.logrelay`. A second
+stream for the same host replaces the first.
+
+While the database is away a stream stays open: the agent keeps running its last desired
+state, heartbeats are dropped and counted (`keel_heartbeats_dropped_total`), the opening
+registration and each look are tried again at the next wake (the database probe wakes every
+stream when Postgres answers again) or resync. One warning per stream says when it started
+and one when it is over, so an outage is not a storm of reconnects or log lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import structlog
 
+from controlplane import convert
+from controlplane.errors import InvalidArgument, KeelError, Unavailable
 from controlplane.logrelay import LogRelay
+from controlplane.metrics import Metrics
 from controlplane.reports import ReportWriter
-from controlplane.store import InstanceRow, Report, Store
-from keel import convert
-from keel.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from controlplane.store import Store
+from keel.fields import SpecError
+from keel.v1 import agent_pb2, agent_pb2_grpc
 
 log = structlog.get_logger("keel.sync")
 
@@ -79,42 +91,34 @@ class StreamRegistry:
         return len(self._sessions)
 
 
-def assignment(row: InstanceRow) -> agent_pb2.Assignment:
-    return agent_pb2.Assignment(
-        instance_id=row.id,
-        workload=row.workload,
-        generation=row.generation,
-        desired=convert.desired_to_pb(row.desired),
-        spec=convert.spec_to_pb(row.spec),
-        revision=row.revision,
-        trace_context=row.trace_context,
-    )
+class _Event(enum.Enum):
+    OUTBOX = "outbox"
+    REPLACED = "replaced"
+    STOPPING = "stopping"
+    AGENT_DONE = "agent done"
+    LOOK = "look"  # woken, or the resync period passed
 
 
-def _text(value: str, limit: int) -> str:
-    """Agent text fit for a Postgres text column: bounded, and without NUL (which Postgres
-    refuses, so one NUL in a workload's stderr would poison the whole report batch)."""
-    return value[:limit].replace("\x00", "\N{REPLACEMENT CHARACTER}")
+class _Outage:
+    """Logs a stream's database outage once when it starts and once when it is over."""
 
+    def __init__(self, bound: structlog.typing.FilteringBoundLogger) -> None:
+        self._log = bound
+        self.away = False
 
-def report_from_pb(host: str, s: types_pb2.InstanceStatus) -> Report:
-    stuck = s.stuck if s.HasField("stuck") else None
-    return Report(
-        host=host,
-        instance_id=s.instance_id,
-        phase=convert.phase_from_pb(s.phase),
-        pid=s.pid,
-        restart_count=s.restart_count,
-        last_exit=_text(s.last_exit, 500),
-        reason=_text(stuck.reason if stuck else s.reason, 100),
-        # A CRASH_LOOP message carries up to 4 KiB of stderr besides its summary.
-        message=_text(stuck.message if stuck else s.message, 6144),
-        ports=dict(s.ports),
-        ready=s.ready,
-        removed=s.removed,
-        started_at=convert.from_ts(s.started_at) if s.HasField("started_at") else None,
-        agent_stuck=stuck is not None,
-    )
+    def failed(self, what: str) -> None:
+        if not self.away:
+            self.away = True
+            self._log.warning(
+                "database unavailable; the stream stays open and the agent keeps its last "
+                "desired state",
+                during=what,
+            )
+
+    def over(self) -> None:
+        if self.away:
+            self.away = False
+            self._log.info("database available again; stream resumed")
 
 
 class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
@@ -125,12 +129,14 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         registry: StreamRegistry,
         reports: ReportWriter,
         logs: LogRelay,
+        metrics: Metrics,
         resync_period_s: float,
     ) -> None:
         self._store = store
         self._logs = logs
         self._registry = registry
         self._reports = reports
+        self._metrics = metrics
         self._resync_period_s = resync_period_s
 
     async def Sync(
@@ -138,92 +144,59 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[agent_pb2.ControlMessage]:
-        try:
-            async with asyncio.timeout(HELLO_TIMEOUT_S):
-                first = await anext(request_iterator)
-        except (TimeoutError, StopAsyncIteration):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream must open with Hello")
-            return
-        if first.WhichOneof("msg") != "hello" or not first.hello.host:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello with a host name"
-            )
-            return
-        hello = first.hello
+        hello = await _hello(request_iterator)
         host = hello.host
         bound = log.bind(host=host)
-        revision = await self._store.register_host(
-            host,
-            labels=dict(hello.labels),
-            capacity=convert.resources_from_pb(hello.capacity),
-            agent_version=hello.agent_version,
-        )
+        outage = _Outage(bound)
         session = self._registry.open(host)
-        outgoing: asyncio.Future[agent_pb2.ControlMessage] | None = None
         reader = asyncio.create_task(
-            self._read(host, request_iterator, bound), name=f"sync-read-{host}"
+            self._read(host, request_iterator, bound, outage), name=f"sync-read-{host}"
         )
+        outgoing: asyncio.Future[agent_pb2.ControlMessage] = asyncio.ensure_future(
+            session.outbox.get()
+        )
+        sent: int | None = None  # the revision the agent has been sent; None: nothing yet
         try:
-            if 0 < hello.revision <= revision:
-                sent, rows = await self._store.host_assignments(host, since=hello.revision)
-                # Tombstones again, whatever their revision: a removal confirmation lost with
-                # the last stream (or with a stopped control plane) is then sent once more.
-                seen = {r.id for r in rows}
-                rows += [r for r in await self._store.host_tombstones(host) if r.id not in seen]
-                full = False
-            else:
-                sent, rows = await self._store.host_assignments(host, since=None)
-                full = True
-            bound.info(
-                "agent connected",
-                agent_revision=hello.revision,
-                revision=sent,
-                full=full,
-                assignments=len(rows),
-            )
-            yield _message(full, sent, rows)
-            outgoing = asyncio.ensure_future(session.outbox.get())
+            event = _Event.LOOK
             while True:
-                waits = [
-                    asyncio.ensure_future(session.wake.wait()),
-                    asyncio.ensure_future(session.replaced.wait()),
-                    asyncio.ensure_future(self._registry.stopping.wait()),
-                    reader,
-                    outgoing,
-                ]
-                _, pending = await asyncio.wait(
-                    waits, timeout=self._resync_period_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                for f in pending:
-                    if f is not reader and f is not outgoing:
-                        f.cancel()
-                if outgoing.done():
+                if event is _Event.OUTBOX:
                     yield outgoing.result()
                     outgoing = asyncio.ensure_future(session.outbox.get())
-                    continue
-                if session.replaced.is_set():
+                elif event is _Event.REPLACED:
                     bound.info("stream replaced by a newer one")
                     await context.abort(grpc.StatusCode.ABORTED, "replaced by a newer stream")
+                elif event is _Event.STOPPING:
                     return
-                if self._registry.stopping.is_set():
-                    return
-                if reader.done():
+                elif event is _Event.AGENT_DONE:
                     error = None if reader.cancelled() else reader.exception()
                     if error is None:
                         return  # the agent closed its side
-                    bound.warning("agent stream failed", error=str(error))
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"stream failed: {error}")
-                    return
-                session.wake.clear()
-                revision, rows = await self._store.host_assignments(host, since=sent)
-                sent = max(sent, revision)
-                # Sent even when empty (each resync period at least): the agent then knows
-                # its desired state is current (keel_agent_last_sync_timestamp_seconds).
-                yield _message(False, sent, rows)
+                    if isinstance(error, KeelError | SpecError):
+                        raise error  # the error table gives it its code
+                    bound.warning("agent stream failed", error=repr(error))
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE, "the stream from the agent failed; reconnect"
+                    )
+                else:
+                    session.wake.clear()
+                    try:
+                        if sent is None:
+                            message = await self._opening(hello, bound)
+                        else:
+                            revision, rows = await self._store.host_assignments(host, since=sent)
+                            # Sent even when empty (each resync period at least): the agent then
+                            # knows its desired state is current.
+                            message = convert.assignments_pb(False, max(sent, revision), rows)
+                    except Unavailable:
+                        outage.failed("the assignments" if sent else "the agent's registration")
+                    else:
+                        outage.over()
+                        sent = message.assignments.revision
+                        yield message
+                event = await self._next(session, reader, outgoing)
         finally:
             reader.cancel()
-            if outgoing is not None:
-                outgoing.cancel()
+            outgoing.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             self._logs.session_closed(session)
@@ -232,28 +205,106 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                     await self._store.disconnect_host(host)
                 bound.info("agent disconnected")
 
+    async def _opening(
+        self, hello: convert.Hello, bound: structlog.typing.FilteringBoundLogger
+    ) -> agent_pb2.ControlMessage:
+        """Registers the host and returns its first assignments message."""
+        host = hello.host
+        revision = await self._store.register_host(
+            host,
+            labels=hello.labels,
+            capacity=hello.capacity,
+            agent_version=hello.agent_version,
+        )
+        if 0 < hello.revision <= revision:
+            sent, rows = await self._store.host_assignments(host, since=hello.revision)
+            # Tombstones again, whatever their revision: a removal confirmation lost with
+            # the last stream (or with a stopped control plane) is then sent once more.
+            seen = {r.id for r in rows}
+            rows += [r for r in await self._store.host_tombstones(host) if r.id not in seen]
+            full = False
+        else:
+            sent, rows = await self._store.host_assignments(host, since=None)
+            full = True
+        bound.info(
+            "agent connected",
+            agent_revision=hello.revision,
+            revision=sent,
+            full=full,
+            assignments=len(rows),
+        )
+        return convert.assignments_pb(full, sent, rows)
+
+    async def _next(
+        self,
+        session: _Session,
+        reader: asyncio.Task[None],
+        outgoing: asyncio.Future[agent_pb2.ControlMessage],
+    ) -> _Event:
+        """Waits for what the stream must do next (at most one resync period)."""
+        waits = {
+            asyncio.ensure_future(session.wake.wait()): _Event.LOOK,
+            asyncio.ensure_future(session.replaced.wait()): _Event.REPLACED,
+            asyncio.ensure_future(self._registry.stopping.wait()): _Event.STOPPING,
+        }
+        futures: list[asyncio.Future[Any]] = [*waits, reader, outgoing]
+        try:
+            await asyncio.wait(
+                futures,
+                timeout=self._resync_period_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for f in waits:
+                f.cancel()
+        # In order of precedence: messages already queued go out before anything else.
+        if outgoing.done():
+            return _Event.OUTBOX
+        if session.replaced.is_set():
+            return _Event.REPLACED
+        if self._registry.stopping.is_set():
+            return _Event.STOPPING
+        if reader.done():
+            return _Event.AGENT_DONE
+        return _Event.LOOK
+
     async def _read(
         self,
         host: str,
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
         bound: structlog.typing.FilteringBoundLogger,
+        outage: _Outage,
     ) -> None:
         async for msg in request_iterator:
             which = msg.WhichOneof("msg")
             if which == "report":
-                self._reports.submit([report_from_pb(host, s) for s in msg.report.instances])
+                self._reports.submit(
+                    [convert.report_from_pb(host, s) for s in msg.report.instances]
+                )
             elif which == "heartbeat":
-                if await self._store.heartbeat(host):
-                    bound.info("host ready again")
+                try:
+                    if await self._store.heartbeat(host):
+                        bound.info("host ready again")
+                except Unavailable:
+                    # Buffering would only delay the truth: the next heartbeat that lands
+                    # says the host is alive, and liveness judges by database time.
+                    self._metrics.drop_heartbeat()
+                    outage.failed("a heartbeat")
             elif which == "log_chunk":
                 self._logs.deliver(msg.log_chunk)
             elif which == "hello":
                 bound.warning("ignoring a second Hello on an open stream")
 
 
-def _message(full: bool, revision: int, rows: list[InstanceRow]) -> agent_pb2.ControlMessage:
-    return agent_pb2.ControlMessage(
-        assignments=agent_pb2.Assignments(
-            full=full, revision=revision, assignments=[assignment(r) for r in rows]
-        )
-    )
+async def _hello(requests: AsyncIterator[agent_pb2.AgentMessage]) -> convert.Hello:
+    """The stream's opening Hello, checked; InvalidArgument when there is none."""
+    try:
+        async with asyncio.timeout(HELLO_TIMEOUT_S):
+            first = await anext(requests)
+    except (TimeoutError, StopAsyncIteration):
+        raise InvalidArgument(
+            f"hello: the stream must open with Hello within {HELLO_TIMEOUT_S:.0f}s"
+        ) from None
+    if first.WhichOneof("msg") != "hello":
+        raise InvalidArgument("hello: the first message must be Hello with a host name")
+    return convert.hello_from_pb(first.hello)

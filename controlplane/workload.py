@@ -11,10 +11,9 @@ once; any other failure is retried with back-off and reported once it outlasts t
 
 from __future__ import annotations
 
-import asyncpg
 import structlog
 
-from controlplane.errors import NotFound
+from controlplane.errors import InvalidArgument, NotFound
 from controlplane.metrics import Metrics
 from controlplane.reconcile import DONE, IDLE, PermanentError, Result, Runner, Term
 from controlplane.rollout import plan_workload
@@ -74,10 +73,12 @@ class WorkloadController:
                     result = await self._store.apply_plan(
                         row, create_on=plan.create, remove=plan.remove, epoch=epoch
                     )
-                except asyncpg.DataError as exc:
-                    # Postgres refuses this plan's data: the same plan fails every time.
+                except InvalidArgument as exc:
+                    # Postgres refuses this plan's data (`sql` translated its DataError): the
+                    # same plan fails every time.
+                    detail = str(exc).removeprefix("request: ")
                     raise PermanentError(
-                        f"the database refuses this workload's instances: {exc}"
+                        f"the database refuses this workload's instances: {detail}"
                     ) from exc
             # Counted at commit: the SLO's denominator.
             self._metrics.count_changes("create", len(result.created))

@@ -20,6 +20,7 @@ class Reason(enum.StrEnum):
     AGENT_DISCONNECTED = "AGENT_DISCONNECTED"
     ROLLOUT_BLOCKED = "ROLLOUT_BLOCKED"
     RECONCILE_FAILING = "RECONCILE_FAILING"
+    NOT_STARTED = "NOT_STARTED"
 
 
 # Reasons the agent sees for itself and that are stuck at once, without waiting for the deadline.
@@ -82,6 +83,11 @@ GUIDES: dict[Reason, Guide] = {
         "the control plane keeps failing to reconcile the workload (the message has the error)",
         "runbooks/stuck/reconcile-failing.md",
         "keelctl events --for workload/{workload}",
+    ),
+    Reason.NOT_STARTED: Guide(
+        "the agent has never reported the instance since it was placed",
+        "runbooks/stuck/not-started.md",
+        "keelctl describe host {host}",
     ),
 }
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from keel.ctl import output
+from keel.ctl import documents, output
 from keel.ctl.args import CANONICAL, CtlError
+from keel.spec import MAX_MANIFEST_BYTES
 from keel.v1 import fleet_pb2
 
 
@@ -32,16 +33,30 @@ def load_manifest(filename: str, *, stdin: Any = None) -> object:
                 text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise CtlError(f"cannot read {label}: {getattr(e, 'strerror', None) or e}") from e
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_MANIFEST_BYTES:
+        raise CtlError(
+            f"{label}: the manifest is {size} bytes; the control plane accepts at most "
+            f"{MAX_MANIFEST_BYTES} bytes"
+        )
     stripped = text.lstrip()
     if filename.endswith(".json") or stripped.startswith(("{", "[")):
         # Real JSON first: YAML refuses tab indentation, which JSON allows.
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=documents.unique_pairs)
+        except documents.DuplicateKey as e:
+            raise CtlError(f"{label}: {e}") from e
+        except RecursionError as e:
+            raise CtlError(f"{label}: not valid JSON: nested too deeply") from e
         except json.JSONDecodeError as e:
             if filename.endswith(".json"):
                 raise CtlError(f"{label}:{e.lineno}: not valid JSON: {e.msg}") from e
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=documents.UniqueKeyLoader)  # a SafeLoader
+    except documents.DuplicateKey as e:
+        raise CtlError(f"{label}: {e}") from e
+    except RecursionError as e:
+        raise CtlError(f"{label}: not valid YAML: nested too deeply") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

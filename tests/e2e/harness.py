@@ -1,6 +1,8 @@
 """End-to-end harness: the real `keel-controlplane`, `keel-agent` and `keelctl`, as processes.
 
-`Fleet` starts one control plane (port 0, its own database) and N agents (process driver,
+`Fleet` starts one control plane (port 0, its own database: a fresh one on the session's
+Postgres, or with `database_url=None` its own embedded Postgres, which a test may freeze) and N
+agents (process driver,
 short timings) on loopback, each in its own process group with its output in a log file under
 the test's directory, and offers the verbs the tests need: keelctl, listings parsed from
 `keelctl -o json`, killing and restarting any process, waiting for a condition with a deadline.
@@ -28,8 +30,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import yaml
-from procs import Proc, kill_processes_mentioning
+from procs import Proc, frozen, kill_processes_mentioning
 from views import HostView, InstanceView, WorkloadView, list_items
 
 BIN = Path(sys.executable).parent
@@ -169,7 +172,7 @@ class Fleet:
         self,
         root: Path,
         *,
-        database_url: str,
+        database_url: str | None,
         agents: int = 3,
         agent_args: Mapping[int, Sequence[str]] | None = None,
         controlplane_args: Sequence[str] = (),
@@ -263,8 +266,8 @@ class Fleet:
             listen,
             "--state-dir",
             str(self.cp_state),
-            "--database-url",
-            self.database_url,
+            # None: the control plane's own embedded Postgres, under its state dir.
+            *(["--database-url", self.database_url] if self.database_url else []),
             "--liveness-grace",
             "3s",
             "--resync-period",
@@ -322,6 +325,15 @@ class Fleet:
         if self._agents[i].running():
             self.kill_agent(i, signal.SIGTERM)
         self.start_agent(i)
+
+    @property
+    def embedded_pgdata(self) -> Path:
+        """Where the control plane keeps its embedded Postgres (when database_url is None)."""
+        return self.cp_state / "postgres"
+
+    def freeze_agent(self, i: int) -> contextlib.AbstractContextManager[None]:
+        """SIGSTOP agent i's process group for the block, SIGCONT after however it ends."""
+        return frozen([psutil.Process(self._agents[i].pid)])
 
     def metrics_address(self, agent: int | None = None) -> str:
         """HOST:PORT of the control plane's (or agent i's) /metrics, from addresses.json."""

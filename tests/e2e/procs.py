@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,3 +130,31 @@ def kill_processes_mentioning(marker: str, *, grace: float = 3.0) -> list[int]:
         signal_all(signal.SIGKILL)
         psutil.wait_procs(alive, timeout=5)
     return [p.pid for p in victims]
+
+
+def postgres_processes(pgdata: Path) -> list[psutil.Process]:
+    """The postmaster serving pgdata and every process it started (backends, checkpointer,
+    WAL writer, ...): only a server this test started itself, found by its data directory."""
+    target = str(pgdata.resolve())
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if cmdline and os.path.basename(cmdline[0]) == "postgres" and target in cmdline:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                return [proc, *proc.children(recursive=True)]
+    return []
+
+
+@contextlib.contextmanager
+def frozen(processes: list[psutil.Process]) -> Iterator[None]:
+    """SIGSTOP every process for the block; SIGCONT however the block ends."""
+    stopped: list[psutil.Process] = []
+    try:
+        for proc in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGSTOP)
+                stopped.append(proc)
+        yield
+    finally:
+        for proc in stopped:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGCONT)

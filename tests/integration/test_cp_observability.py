@@ -200,7 +200,7 @@ async def probe(tmp_path: Path) -> AsyncIterator[Probe]:
     [
         ("Ok", "OK"),
         ("Abort", "NOT_FOUND"),
-        ("Boom", "UNKNOWN"),
+        ("Boom", "UNAVAILABLE"),
         ("SetCode", "FAILED_PRECONDITION"),
     ],
 )
@@ -217,6 +217,20 @@ async def test_unary_calls_are_counted_with_the_code_the_caller_gets(
     assert received == code
     assert probe.requests(method, code) == 1
     assert probe.durations(method) == 1
+
+
+async def test_a_handler_bug_answers_unavailable_with_an_error_id_and_no_internals(
+    probe: Probe,
+) -> None:
+    """An exception no table entry knows: UNAVAILABLE naming an error id, never the class name,
+    its message or a stack."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await probe.channel.unary_unary(f"/{SERVICE}/Boom")(b"x", timeout=5)
+    details = caught.value.details() or ""
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "error id" in details
+    assert "RuntimeError" not in details and "a bug in a handler" not in details
+    assert "Traceback" not in details
 
 
 async def test_server_streams_are_counted_when_they_end(probe: Probe) -> None:
@@ -284,7 +298,8 @@ async def test_a_call_without_traceparent_starts_a_new_trace(probe: Probe) -> No
 
 
 async def test_server_faults_mark_the_span_as_an_error(probe: Probe) -> None:
-    """UNKNOWN (a handler bug) is an error span; NOT_FOUND (the caller's mistake) is not."""
+    """A handler bug (answered UNAVAILABLE) is an error span; NOT_FOUND (the caller's mistake)
+    is not."""
     for method in ("Boom", "Abort"):
         with contextlib.suppress(grpc.aio.AioRpcError):
             await probe.channel.unary_unary(f"/{SERVICE}/{method}")(b"", timeout=5)

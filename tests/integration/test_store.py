@@ -238,9 +238,9 @@ async def test_a_report_the_database_refuses_does_not_block_the_others(store: St
     """A report Postgres refuses (a NUL in its text) is dropped; its batch-mates are written."""
     import asyncio
 
+    from controlplane.convert import report_from_pb
     from controlplane.reports import ReportWriter
     from controlplane.status import ReportOutcome
-    from controlplane.sync import report_from_pb
     from keel.v1 import types_pb2
 
     await _host(store, "h1")

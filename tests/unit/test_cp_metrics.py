@@ -34,6 +34,9 @@ EXPECTED = [
     ("keel_sync_streams", "gauge", set()),
     ("keel_grpc_requests_total", "counter", {"service", "method", "code"}),
     ("keel_grpc_request_duration_seconds", "histogram", {"service", "method"}),
+    # The database edge: the health probe's verdict and heartbeats dropped while it is away.
+    ("keel_database_up", "gauge", set()),
+    ("keel_heartbeats_dropped_total", "counter", set()),
 ]
 CONVERGENCE_BUCKETS = "0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 10 30 60 120 300 600"
 
@@ -167,6 +170,18 @@ def test_database_gauges_reset_what_is_no_longer_counted() -> None:
     assert value(m, "keel_stuck_objects", reason="CRASH_LOOP") == 0
     assert value(m, "keel_stuck_objects", reason="DRAIN_BLOCKED") == 0
     assert value(m, "keel_oldest_unconverged_seconds") == 0
+
+
+def test_the_database_edge_metrics_follow_their_calls() -> None:
+    """set_database_up flips keel_database_up; drop_heartbeat counts."""
+    m = Metrics()
+    m.set_database_up(True)
+    assert value(m, "keel_database_up") == 1
+    m.set_database_up(False)
+    m.drop_heartbeat()
+    m.drop_heartbeat()
+    assert value(m, "keel_database_up") == 0
+    assert value(m, "keel_heartbeats_dropped_total") == 2
 
 
 def test_callback_gauges_read_their_source_at_scrape_time() -> None:

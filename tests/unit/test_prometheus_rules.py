@@ -47,6 +47,8 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_sync_streams",
         "keel_grpc_requests_total",
         "keel_grpc_request_duration_seconds",
+        "keel_database_up",
+        "keel_heartbeats_dropped_total",
     }
 )
 AGENT_METRICS = frozenset(

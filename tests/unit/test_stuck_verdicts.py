@@ -63,6 +63,18 @@ INSTANCE = InstanceRow(
 )
 
 
+# Placed, and never reported by its agent: no phase but PENDING, no pid, no observed time.
+NEVER_REPORTED = replace(
+    INSTANCE,
+    phase=Phase.PENDING,
+    pid=0,
+    ready=False,
+    started_at=None,
+    observed_at=None,
+    unconverged_since=ago(300),
+)
+
+
 @pytest.mark.parametrize(
     ("instance", "host", "expected"),
     [
@@ -167,6 +179,25 @@ INSTANCE = InstanceRow(
             None,
             id="host-not-ready-within-deadline",
         ),
+        pytest.param(
+            NEVER_REPORTED,
+            HOST,
+            Reason.NOT_STARTED,
+            id="never-reported-by-a-heartbeating-agent",
+        ),
+        pytest.param(
+            NEVER_REPORTED,
+            # A frozen agent: its stream stays open (connected) but heartbeats stopped.
+            replace(HOST, state=HostState.NOT_READY, state_since=ago(30), last_heartbeat=ago(33)),
+            Reason.HOST_UNREACHABLE,
+            id="never-reported-on-a-frozen-agent-is-not-start-failed",
+        ),
+        pytest.param(
+            replace(NEVER_REPORTED, unconverged_since=ago(30)),
+            HOST,
+            None,
+            id="never-reported-within-deadline",
+        ),
     ],
 )
 def test_instance_verdicts(instance: InstanceRow, host: HostRow, expected: Reason | None) -> None:
@@ -176,6 +207,28 @@ def test_instance_verdicts(instance: InstanceRow, host: HostRow, expected: Reaso
     assert (verdict.reason if verdict else None) == expected
     if verdict is not None:
         assert verdict.message
+
+
+def test_an_instance_on_a_frozen_agent_names_the_host_and_its_last_heartbeat() -> None:
+    """The verdict says where to look: the host, since when, and that nothing was observed."""
+    frozen = replace(HOST, state=HostState.NOT_READY, state_since=ago(30), last_heartbeat=ago(33))
+    verdict = judge_instance(NEVER_REPORTED, frozen, deadline_s=DEADLINE_S, now=NOW)
+    assert verdict is not None
+    assert verdict.reason is Reason.HOST_UNREACHABLE
+    assert "host-1 is NOT_READY" in verdict.message
+    assert "last heartbeat 33s ago" in verdict.message
+    assert "last observed never" in verdict.message
+    assert GUIDES[verdict.reason].runbook == "runbooks/stuck/host-unreachable.md"
+
+
+def test_an_instance_never_reported_by_a_live_agent_is_not_started() -> None:
+    """A heartbeating agent that never reports the instance: NOT_STARTED, not START_FAILED
+    (whose runbook is about exec errors)."""
+    verdict = judge_instance(NEVER_REPORTED, HOST, deadline_s=DEADLINE_S, now=NOW)
+    assert verdict is not None
+    assert verdict.reason is Reason.NOT_STARTED
+    assert "never reported by its agent" in verdict.message
+    assert GUIDES[verdict.reason].runbook == "runbooks/stuck/not-started.md"
 
 
 WORKLOAD = WorkloadRow(

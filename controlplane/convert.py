@@ -1,0 +1,300 @@
+"""The control plane's one protobuf edge: requests and agent messages in, rows out.
+
+Inbound, every field an operator or an agent sends is checked here with the rules of
+`keel.fields` (a `SpecError` names the field and the rule; the error table in
+`controlplane.errors` makes it INVALID_ARGUMENT) before a handler passes it on: an agent's
+Hello becomes a `Hello`, a status report a `store.Report`, a request's name a checked string.
+Outbound, store rows become `keel.v1` messages, and a row that cannot be presented (stored
+before a rule existed, or by a bug) is logged and left out instead of failing a whole list.
+The handlers (`controlplane.fleet`, `controlplane.sync`) hold no protobuf building of their
+own; shared pieces (specs, phases, timestamps) come from `keel.convert`, which the agent uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+
+from controlplane.status import Event
+from controlplane.store import HostRow, InstanceRow, Report, StuckState, WorkloadRow
+from keel import convert, fields
+from keel.fields import SpecError
+from keel.model import Desired, Kind, Phase, Resources, converged
+from keel.quantities import MAX_CPU_MILLIS, MAX_MEMORY_MIB
+from keel.spec import NAME_RE
+from keel.stuck import GUIDES, Reason, next_command
+from keel.v1 import agent_pb2, fleet_pb2, types_pb2
+
+log = structlog.get_logger("keel.convert")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# A host's capacity: a thousand of the largest instances a workload may ask for, which keeps
+# every sum of capacities and allocations far inside int64.
+MAX_HOST_CPU_MILLIS = MAX_CPU_MILLIS * 1000
+MAX_HOST_MEMORY_MIB = MAX_MEMORY_MIB * 1000
+MAX_AGENT_VERSION = 128
+MAX_TAIL_LINES = 1_000_000
+
+# ------------------------------------------------------------------------------ inbound
+
+
+@dataclass(frozen=True)
+class Hello:
+    """An agent's opening message, checked: who it is and what its host offers."""
+
+    host: str
+    labels: dict[str, str]
+    capacity: Resources
+    agent_version: str
+    revision: int
+
+
+def hello_from_pb(m: agent_pb2.Hello) -> Hello:
+    """The Hello an agent sent, or SpecError naming the first field that breaks a rule."""
+    host = fields.host_name(m.host, "hello.host")
+    labels = fields.labels(dict(m.labels), "hello.labels")
+    cpu = fields.integer(
+        m.capacity.cpu_millis, "hello.capacity.cpu_millis", minimum=0, maximum=MAX_HOST_CPU_MILLIS
+    )
+    memory = fields.integer(
+        m.capacity.memory_mib, "hello.capacity.memory_mib", minimum=0, maximum=MAX_HOST_MEMORY_MIB
+    )
+    version = fields.check_text(
+        m.agent_version, "hello.agent_version", limit=MAX_AGENT_VERSION, single_line=True
+    )
+    revision = fields.integer(m.revision, "hello.revision", minimum=0, maximum=2**63 - 1)
+    return Hello(host, labels, Resources(cpu, memory), version, revision)
+
+
+def _text(value: str, limit: int) -> str:
+    """Agent text fit for a Postgres text column: bounded, and without NUL (which Postgres
+    refuses, so one NUL in a workload's stderr would poison the whole report batch)."""
+    return value[:limit].replace("\x00", "\N{REPLACEMENT CHARACTER}")
+
+
+def report_from_pb(host: str, s: types_pb2.InstanceStatus) -> Report:
+    stuck = s.stuck if s.HasField("stuck") else None
+    return Report(
+        host=host,
+        instance_id=_text(s.instance_id, fields.MAX_NAME),
+        phase=convert.phase_from_pb(s.phase),
+        pid=s.pid,
+        restart_count=s.restart_count,
+        last_exit=_text(s.last_exit, 500),
+        reason=_text(stuck.reason if stuck else s.reason, 100),
+        # A CRASH_LOOP message carries up to 4 KiB of stderr besides its summary.
+        message=_text(stuck.message if stuck else s.message, 6144),
+        ports={_text(k, 64): v for k, v in s.ports.items()},
+        ready=s.ready,
+        removed=s.removed,
+        started_at=convert.from_ts(s.started_at) if s.HasField("started_at") else None,
+        agent_stuck=stuck is not None,
+    )
+
+
+def workload_name(value: str, field: str = "name") -> str:
+    """A workload name as a request gives it (the rule `keel.spec` applies to manifests)."""
+    if not value:
+        raise SpecError(field, "required")
+    if len(value) > 63 or not NAME_RE.match(value):
+        raise SpecError(
+            field,
+            "not a workload name (lowercase letters, digits and '-', at most 63 characters), "
+            f"got {fields.shown(value)}",
+        )
+    return value
+
+
+def optional(value: str, check: Callable[[str, str], str], field: str) -> str | None:
+    """A filter field: None when empty, else checked."""
+    return check(value, field) if value else None
+
+
+def tail_lines(value: int) -> int:
+    return fields.integer(value, "tail_lines", minimum=0, maximum=MAX_TAIL_LINES)
+
+
+# ------------------------------------------------------------------------------ outbound
+
+
+def stuck_pb(
+    state: StuckState | None, *, instance: str = "", workload: str = "", host: str = ""
+) -> types_pb2.Stuck | None:
+    """The stuck state as an operator reads it: with its runbook and the next command."""
+    if state is None:
+        return None
+    try:
+        reason = Reason(state.reason)
+    except ValueError:
+        return types_pb2.Stuck(
+            reason=state.reason, since=convert.ts(state.since), message=state.message
+        )
+    return types_pb2.Stuck(
+        reason=reason.value,
+        since=convert.ts(state.since),
+        message=state.message,
+        runbook=GUIDES[reason].runbook,
+        next_command=next_command(reason, instance=instance, workload=workload, host=host),
+    )
+
+
+def workload_status(row: WorkloadRow, instances: Sequence[InstanceRow]) -> types_pb2.WorkloadStatus:
+    """How far a workload is: its live instances counted by what `keel.model` says of them."""
+    w = row.workload
+    live = [i for i in instances if i.desired is not Desired.REMOVED]
+    desired = w.replicas if w.kind is Kind.SERVICE else len({i.host for i in live})
+    return types_pb2.WorkloadStatus(
+        desired=0 if row.deleting else desired,
+        instances=len(live),
+        running=sum(1 for i in live if i.phase is Phase.RUNNING),
+        ready=sum(1 for i in live if converged(Desired.RUNNING, i.phase, i.ready)),
+        updated=sum(1 for i in live if i.generation == row.generation),
+    )
+
+
+def workload_pb(row: WorkloadRow, instances: Sequence[InstanceRow]) -> types_pb2.Workload:
+    w = row.workload
+    return types_pb2.Workload(
+        name=w.name,
+        kind=w.kind.value,
+        replicas=w.replicas,
+        max_unavailable=w.max_unavailable,
+        max_surge=w.max_surge,
+        selector=w.selector,
+        deadline_ms=w.deadline_ms,
+        spec=convert.spec_to_pb(w.spec),
+        generation=row.generation,
+        deleting=row.deleting,
+        created_at=convert.ts(row.created_at),
+        updated_at=convert.ts(row.updated_at),
+        status=workload_status(row, instances),
+        stuck=stuck_pb(row.stuck, workload=w.name),
+    )
+
+
+def workloads_pb(
+    rows: Iterable[WorkloadRow], instances: Iterable[InstanceRow]
+) -> list[types_pb2.Workload]:
+    by_workload: dict[str, list[InstanceRow]] = {}
+    for i in instances:
+        by_workload.setdefault(i.workload, []).append(i)
+    return each(
+        rows,
+        lambda r: workload_pb(r, by_workload.get(r.workload.name, [])),
+        what="workload",
+        name=lambda r: r.workload.name,
+    )
+
+
+def instance_pb(row: InstanceRow) -> types_pb2.Instance:
+    return types_pb2.Instance(
+        id=row.id,
+        workload=row.workload,
+        generation=row.generation,
+        host=row.host,
+        desired=convert.desired_to_pb(row.desired),
+        desired_changed_at=convert.ts(row.desired_changed_at),
+        created_at=convert.ts(row.created_at),
+        converged=row.converged,
+        stuck=stuck_pb(row.stuck, instance=row.id, workload=row.workload, host=row.host),
+        status=types_pb2.InstanceStatus(
+            instance_id=row.id,
+            phase=convert.phase_to_pb(row.phase),
+            pid=row.pid,
+            restart_count=row.restart_count,
+            last_exit=row.last_exit,
+            reason=row.reason,
+            message=row.message,
+            ports=row.ports,
+            ready=row.ready,
+            started_at=convert.ts(row.started_at),
+            observed_at=convert.ts(row.observed_at),
+        ),
+    )
+
+
+def instances_pb(rows: Iterable[InstanceRow]) -> list[types_pb2.Instance]:
+    return each(rows, instance_pb, what="instance", name=lambda r: r.id)
+
+
+def host_pb(row: HostRow) -> types_pb2.Host:
+    return types_pb2.Host(
+        name=row.name,
+        labels=row.labels,
+        capacity=convert.resources_to_pb(row.capacity),
+        allocated=convert.resources_to_pb(row.allocated),
+        schedulable=row.schedulable,
+        cordon_reason=row.cordon_reason,
+        state=row.state.value,
+        last_heartbeat=convert.ts(row.last_heartbeat),
+        connected=row.connected,
+        agent_version=row.agent_version,
+        instances=row.instances,
+        revision=row.revision,
+    )
+
+
+def hosts_pb(rows: Iterable[HostRow]) -> list[types_pb2.Host]:
+    return each(rows, host_pb, what="host", name=lambda r: r.name)
+
+
+def stuck_objects_pb(
+    workloads: Iterable[WorkloadRow], instances: Iterable[InstanceRow]
+) -> list[fleet_pb2.StuckObject]:
+    """Every stuck object, the longest stuck first."""
+    objects = []
+    for w in workloads:
+        pb = stuck_pb(w.stuck, workload=w.workload.name)
+        if pb is not None:
+            objects.append(fleet_pb2.StuckObject(object=f"workload/{w.workload.name}", stuck=pb))
+    for i in instances:
+        pb = stuck_pb(i.stuck, instance=i.id, workload=i.workload, host=i.host)
+        if pb is not None:
+            objects.append(fleet_pb2.StuckObject(object=f"instance/{i.id}", stuck=pb))
+    objects.sort(key=lambda o: (o.stuck.since.ToNanoseconds(), o.object))
+    return objects
+
+
+def event_pb(e: Event) -> fleet_pb2.Event:
+    return fleet_pb2.Event(
+        id=e.id, at=convert.ts(e.at), object=e.object, kind=e.kind, actor=e.actor, message=e.message
+    )
+
+
+def assignment_pb(row: InstanceRow) -> agent_pb2.Assignment:
+    return agent_pb2.Assignment(
+        instance_id=row.id,
+        workload=row.workload,
+        generation=row.generation,
+        desired=convert.desired_to_pb(row.desired),
+        spec=convert.spec_to_pb(row.spec),
+        revision=row.revision,
+        trace_context=row.trace_context,
+    )
+
+
+def assignments_pb(
+    full: bool, revision: int, rows: Iterable[InstanceRow]
+) -> agent_pb2.ControlMessage:
+    assignments = each(rows, assignment_pb, what="instance", name=lambda r: r.id)
+    return agent_pb2.ControlMessage(
+        assignments=agent_pb2.Assignments(full=full, revision=revision, assignments=assignments)
+    )
+
+
+def each(
+    rows: Iterable[T], present: Callable[[T], R], *, what: str, name: Callable[[T], str]
+) -> list[R]:
+    """present(row) for every row; one that cannot be presented is logged and left out."""
+    out = []
+    for row in rows:
+        try:
+            out.append(present(row))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error(f"{what} cannot be presented; left out", **{what: name(row)}, error=str(exc))
+    return out
