@@ -1,6 +1,6 @@
 """Shared SQL plumbing of the control plane's stores: the pool, NOTIFY channels, events,
-revisions and the leadership fence. `store` (desired state), `hosts` (liveness) and `status`
-(observed state) build their queries on these.
+revisions and the leadership fence. `workload_store` and `instance_store` (desired state),
+`hosts` (liveness) and `status` (observed state) build their queries on these.
 
 Ordering rule: every transaction that changes a host's instances bumps that host's `revision`
 in the same transaction (`bump_revisions`; the row lock orders them), so a watcher asking
