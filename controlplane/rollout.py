@@ -8,15 +8,13 @@ level-triggered, calls it again when anything changes. Placement itself is
 
 - live = desired is not REMOVED; `target` = replicas (service) or the number of READY hosts
   matching the selector (daemon).
-- available = ready by the agent's word, desired RUNNING, on a READY host. Removals keep
-  available >= target - max_unavailable, except removals that cost no availability
-  (not-ready instances that are old or surplus) which are always made.
+- removals that cost no availability (not-ready instances that are old or surplus) are
+  always made; the others only while the disruption budget (`controlplane.disruption`) says
+  an instance may go down, so available >= target - max_unavailable.
 - created instances are of the current generation, while current-generation live < target
-  and live + stopping < target + max_surge. "Stopping" means removed, not yet reported
-  STOPPED, on a READY host: max_surge bounds the processes that may run at once, so with
-  max_surge 0 a replacement starts only after the instance it replaces has stopped. A
-  removed instance on a host that is not READY does not count: its agent is gone, and the
-  liveness controller already chose (reschedule-after) to replace it.
+  and the budget says an instance may start (target + max_surge bounds the processes that
+  may run at once, removed ones still stopping included: with max_surge 0 a replacement
+  starts only after the instance it replaces has stopped).
 
 `blocked` says what remaining work is waiting for (the budget, instances still stopping);
 it is not an error by itself: the stuck detector judges it against the workload deadline.
@@ -26,9 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from controlplane.disruption import (
+    Budget,
+    daemon_budget,
+    is_available,
+    service_budget,
+)
 from controlplane.scheduler import (
     Unschedulable,
     daemon_hosts,
@@ -79,7 +83,8 @@ def plan_workload(
     live = [i for i in mine if i.live]
     if workload.deleting:
         return WorkloadPlan(remove=tuple(i.id for i in live))
-    state = _State(workload, instances, mine, {h.name: h for h in hosts})
+    ready = {h.name for h in hosts if h.state is HostState.READY}
+    state = _State(workload, instances, mine, ready)
     if workload.kind is Kind.DAEMON:
         return _plan_daemon(state, hosts)
     return _plan_service(state, hosts)
@@ -93,25 +98,20 @@ class _State:
         workload: WorkloadView,
         fleet: Sequence[InstanceView],
         mine: Sequence[InstanceView],
-        hosts: Mapping[str, HostView],
+        ready: set[str],
     ) -> None:
         self.workload = workload
         self.fleet = fleet
-        self.hosts = hosts
+        self.ready = ready  # names of READY hosts
         self.remaining = [i for i in mine if i.live]
         self.removed: list[InstanceView] = []  # by this plan
         self.tombstones = [i for i in mine if not i.live]  # removed by an earlier plan
 
     def host_ready(self, name: str) -> bool:
-        host = self.hosts.get(name)
-        return host is not None and host.state is HostState.READY
+        return name in self.ready
 
     def available(self, inst: InstanceView) -> bool:
-        return inst.ready and inst.desired is Desired.RUNNING and self.host_ready(inst.host)
-
-    def is_stopping(self, inst: InstanceView) -> bool:
-        """Removed (or about to be) but its process may still run on a reachable host."""
-        return inst.phase is not Phase.STOPPED and self.host_ready(inst.host)
+        return is_available(inst, self.ready)
 
     def current(self, inst: InstanceView) -> bool:
         return inst.generation == self.workload.generation
@@ -120,11 +120,10 @@ class _State:
         self.remaining.remove(inst)
         self.removed.append(inst)
 
-    def stopping(self, on: Callable[[str], bool] = lambda _host: True) -> int:
-        """Removed instances (earlier or now) whose processes may still run, on some hosts."""
-        return sum(
-            1 for i in (*self.tombstones, *self.removed) if on(i.host) and self.is_stopping(i)
-        )
+    def after(self) -> list[InstanceView]:
+        """The workload's instances as the next pass will see them, removals written."""
+        gone = [dataclasses.replace(i, desired=Desired.REMOVED) for i in self.removed]
+        return [*self.remaining, *gone, *self.tombstones]
 
     def per_host(self) -> Counter[str]:
         return Counter(i.host for i in self.remaining)
@@ -153,8 +152,8 @@ class _State:
 
 def _plan_service(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
     w = s.workload
-    target, floor = w.replicas, w.replicas - w.max_unavailable
-    ready = sum(1 for i in s.remaining if s.available(i))
+    target = w.replicas
+    budget = service_budget(w, s.remaining, s.ready)
 
     def pick(candidates: Callable[[], list[InstanceView]]) -> InstanceView | None:
         # Recomputed after every removal: the host counts that rank candidates change.
@@ -183,38 +182,38 @@ def _plan_service(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
             break
         s.remove(choice)
         surplus -= 1
-    # 3. Available old instances, within the disruption budget.
-    while ready - 1 >= floor:
+    # 3. Available old instances, within the disruption budget (the old ones left are all
+    # available: step 1 took the others).
+    while budget.may_go_down:
         choice = pick(lambda: [i for i in s.remaining if not s.current(i)])
         if choice is None:
             break
         s.remove(choice)
-        ready -= 1
+        budget = budget.took_down()
     # 4. Available surplus current instances, within the budget.
-    while surplus > 0 and ready - 1 >= floor:
+    while surplus > 0 and budget.may_go_down:
         choice = pick(lambda: [i for i in s.remaining if s.current(i)])
         if choice is None:
             break
         s.remove(choice)
-        ready -= 1
+        budget = budget.took_down()
         surplus -= 1
 
     current = sum(1 for i in s.remaining if s.current(i))
     missing = target - current
-    stopping = s.stopping()
-    room = target + w.max_surge - (len(s.remaining) + stopping)
-    want = max(0, min(missing, room))
+    after = service_budget(w, s.after(), s.ready)
+    want = max(0, min(missing, after.may_start))
     placement = place(w, want, hosts, s.fleet_after())
 
     blocked: list[str] = []
     old_left = sum(1 for i in s.remaining if not s.current(i))
     if old_left or surplus > 0:
-        blocked.append(_budget_text(w, old_left, max(surplus, 0), ready, floor, "ready"))
+        blocked.append(_budget_text(budget, old_left, max(surplus, 0), "ready"))
         not_ready = sum(1 for i in s.remaining if s.current(i) and not s.available(i))
         if not_ready:
             blocked.append(f"{not_ready} new {_plural(not_ready, 'instance')} not ready yet")
-    if missing > want and stopping:
-        blocked.append(_stopping_text(w, stopping))
+    if missing > want and after.stopping:
+        blocked.append(after.why_no_start())
     return s.plan(placement.hosts, placement.reason, blocked)
 
 
@@ -223,7 +222,6 @@ def _plan_daemon(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
     targets = daemon_hosts(w, hosts)
     target_set = set(targets)
     matching = {h.name for h in hosts if matches(h.labels, w.selector)}
-    floor = len(targets) - w.max_unavailable
 
     # Not on a target host: gone from the selector (remove all), or a matching host that is
     # not READY (remove old ones, which cost nothing; keep the current one for its return).
@@ -243,37 +241,34 @@ def _plan_daemon(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
             elif any(s.available(o) for o in s.remaining if o.host == name and o is not inst):
                 s.remove(inst)  # 2. its host stays available (a new one is ready): free
 
-    def hosts_available() -> int:
-        return len({i.host for i in s.remaining if i.host in target_set and s.available(i)})
-
-    # 3. Old instances that are their host's only available one, within the budget.
-    available = hosts_available()
+    # 3. Old instances that are their host's only available one, within the budget (steps 1
+    # and 2 took the others): each removal takes one host down.
+    budget = daemon_budget(w, s.remaining, target_set, s.ready)
     for inst in [i for i in s.remaining if i.host in target_set and not s.current(i)]:
-        if available - 1 < floor:
+        if not budget.may_go_down:
             break
         s.remove(inst)
-        available = hosts_available()
+        budget = budget.took_down()
 
     on_targets = [i for i in s.remaining if i.host in target_set]
     has_current = {i.host for i in on_targets if s.current(i)}
     occupied = {i.host for i in on_targets}
     # Hosts with nothing running first: a replacement there needs no surge room.
     lacking = sorted((n for n in targets if n not in has_current), key=lambda n: (n in occupied, n))
-    stopping = s.stopping(lambda host: host in target_set)
-    room = len(targets) + w.max_surge - (len(on_targets) + stopping)
-    want = max(0, min(len(lacking), room))
+    after = daemon_budget(w, s.after(), target_set, s.ready)
+    want = max(0, min(len(lacking), after.may_start))
     by_name = {h.name: h for h in hosts}
     placement = place_on(w, [by_name[n] for n in lacking], s.fleet_after(), limit=want)
 
     blocked: list[str] = []
     old_left = sum(1 for i in on_targets if not s.current(i))
     if old_left:
-        blocked.append(_budget_text(w, old_left, 0, available, floor, "hosts available"))
+        blocked.append(_budget_text(budget, old_left, 0, "hosts available"))
         not_ready = sum(1 for i in on_targets if s.current(i) and not s.available(i))
         if not_ready:
             blocked.append(f"{not_ready} new {_plural(not_ready, 'instance')} not ready yet")
-    if len(lacking) > want and stopping:
-        blocked.append(_stopping_text(w, stopping))
+    if len(lacking) > want and after.stopping:
+        blocked.append(after.why_no_start())
     return s.plan(placement.hosts, placement.reason, blocked)
 
 
@@ -285,25 +280,16 @@ def _remove_duplicates(s: _State, host: str) -> None:
         s.remove(extra)
 
 
-def _budget_text(w: WorkloadView, old: int, surplus: int, ready: int, floor: int, unit: str) -> str:
-    if w.max_unavailable == 0 and w.max_surge == 0 and old:
-        return "max_unavailable and max_surge are both 0: no instance can be replaced"
+def _budget_text(budget: Budget, old: int, surplus: int, unit: str) -> str:
+    """Why removals wait, and what is left for them to do."""
+    if budget.frozen:
+        return budget.why_no_removal(unit)
     left = []
     if old:
         left.append(f"{old} old {_plural(old, 'instance')} to replace")
     if surplus:
         left.append(f"{surplus} surplus {_plural(surplus, 'instance')} to remove")
-    return (
-        f"waiting on max_unavailable={w.max_unavailable}: {ready} {unit}, "
-        f"at least {max(floor, 0)} must stay so; " + ", ".join(left)
-    )
-
-
-def _stopping_text(w: WorkloadView, stopping: int) -> str:
-    return (
-        f"waiting for {stopping} removed {_plural(stopping, 'instance')} to stop "
-        f"(max_surge={w.max_surge})"
-    )
+    return budget.why_no_removal(unit) + "; " + ", ".join(left)
 
 
 def _plural(n: int, word: str) -> str:
