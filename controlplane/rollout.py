@@ -23,8 +23,9 @@ it is not an error by itself: the stuck detector judges it against the workload 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence, ValuesView
 from dataclasses import dataclass
 
 from controlplane.disruption import (
@@ -103,9 +104,16 @@ class _State:
         self.workload = workload
         self.fleet = fleet
         self.ready = ready  # names of READY hosts
-        self.remaining = [i for i in mine if i.live]
+        # By id, in id order: removals are O(1), so a scale-down of thousands stays linear.
+        self._remaining = {i.id: i for i in mine if i.live}
         self.removed: list[InstanceView] = []  # by this plan
         self.tombstones = [i for i in mine if not i.live]  # removed by an earlier plan
+        self.per_host = Counter(i.host for i in self._remaining.values())  # live, per host
+
+    @property
+    def remaining(self) -> ValuesView[InstanceView]:
+        """Live instances not removed by this plan."""
+        return self._remaining.values()
 
     def host_ready(self, name: str) -> bool:
         return name in self.ready
@@ -117,16 +125,14 @@ class _State:
         return inst.generation == self.workload.generation
 
     def remove(self, inst: InstanceView) -> None:
-        self.remaining.remove(inst)
+        del self._remaining[inst.id]
+        self.per_host[inst.host] -= 1
         self.removed.append(inst)
 
     def after(self) -> list[InstanceView]:
         """The workload's instances as the next pass will see them, removals written."""
         gone = [dataclasses.replace(i, desired=Desired.REMOVED) for i in self.removed]
         return [*self.remaining, *gone, *self.tombstones]
-
-    def per_host(self) -> Counter[str]:
-        return Counter(i.host for i in self.remaining)
 
     def fleet_after(self) -> list[InstanceView]:
         """The fleet as the next pass will see it once the removals are written."""
@@ -155,47 +161,22 @@ def _plan_service(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
     target = w.replicas
     budget = service_budget(w, s.remaining, s.ready)
 
-    def pick(candidates: Callable[[], list[InstanceView]]) -> InstanceView | None:
-        # Recomputed after every removal: the host counts that rank candidates change.
-        counts = s.per_host()
-        found = candidates()
-        if not found:
-            return None
-        return min(
-            found,
-            key=lambda i: (
-                s.host_ready(i.host),  # a dead host's instance frees surge room at once
-                -counts[i.host],  # most instances of this workload first: keeps the spread
-                _PHASE_RANK[i.phase],
-                i.id,
-            ),
-        )
-
     # 1. Old instances that are not available cost nothing to remove.
     for inst in [i for i in s.remaining if not s.current(i) and not s.available(i)]:
         s.remove(inst)
     # 2. Surplus current instances (scale down), not available first.
     surplus = sum(1 for i in s.remaining if s.current(i)) - target
-    while surplus > 0:
-        choice = pick(lambda: [i for i in s.remaining if s.current(i) and not s.available(i)])
-        if choice is None:
-            break
-        s.remove(choice)
+    remover = _Remover(s, [i for i in s.remaining if s.current(i) and not s.available(i)])
+    while surplus > 0 and remover.remove_next():
         surplus -= 1
     # 3. Available old instances, within the disruption budget (the old ones left are all
     # available: step 1 took the others).
-    while budget.may_go_down:
-        choice = pick(lambda: [i for i in s.remaining if not s.current(i)])
-        if choice is None:
-            break
-        s.remove(choice)
+    remover = _Remover(s, [i for i in s.remaining if not s.current(i)])
+    while budget.may_go_down and remover.remove_next():
         budget = budget.took_down()
     # 4. Available surplus current instances, within the budget.
-    while surplus > 0 and budget.may_go_down:
-        choice = pick(lambda: [i for i in s.remaining if s.current(i)])
-        if choice is None:
-            break
-        s.remove(choice)
+    remover = _Remover(s, [i for i in s.remaining if s.current(i)])
+    while surplus > 0 and budget.may_go_down and remover.remove_next():
         budget = budget.took_down()
         surplus -= 1
 
@@ -215,6 +196,44 @@ def _plan_service(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
     if missing > want and after.stopping:
         blocked.append(after.why_no_start())
     return s.plan(placement.hosts, placement.reason, blocked)
+
+
+class _Remover:
+    """Removes candidates one at a time, best first: on a host that is not READY (its
+    instance frees surge room at once), then on the host with the most live instances of the
+    workload (keeps the spread), then the furthest from serving, then by id.
+
+    Only the host of the instance just removed changes rank, so a heap of hosts (each with its
+    candidates in order) gives each removal in O(log hosts), not a scan of every instance.
+    """
+
+    def __init__(self, s: _State, candidates: Iterable[InstanceView]) -> None:
+        self._s = s
+        self._by_host: dict[str, list[InstanceView]] = {}
+        # Worst first, so each host's best candidate is at the end of its list.
+        for inst in sorted(candidates, key=_candidate_order, reverse=True):
+            self._by_host.setdefault(inst.host, []).append(inst)
+        self._heap = [self._rank(host) for host in self._by_host]
+        heapq.heapify(self._heap)
+
+    def _rank(self, host: str) -> tuple[bool, int, int, str, str]:
+        rank, inst_id = _candidate_order(self._by_host[host][-1])
+        return (self._s.host_ready(host), -self._s.per_host[host], rank, inst_id, host)
+
+    def remove_next(self) -> InstanceView | None:
+        """Removes the best candidate left (from the plan's state) and returns it."""
+        if not self._heap:
+            return None
+        host = heapq.heappop(self._heap)[-1]
+        chosen = self._by_host[host].pop()
+        self._s.remove(chosen)
+        if self._by_host[host]:
+            heapq.heappush(self._heap, self._rank(host))
+        return chosen
+
+
+def _candidate_order(inst: InstanceView) -> tuple[int, str]:
+    return (_PHASE_RANK[inst.phase], inst.id)
 
 
 def _plan_daemon(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
