@@ -130,6 +130,10 @@ class WorkloadController:
                 removed=sorted(plan.remove),
                 hosts=sorted(set(plan.create)),
             )
+            if plan.more:
+                # Cut at the per-pass bound: the rest waits at the back of the queue, so other
+                # workloads' fresh changes are not held behind a huge scale-up.
+                self.enqueue(name)
         if plan.unschedulable is not None:
             bound.info(
                 "instances unschedulable",

@@ -11,7 +11,6 @@ revision in the same transaction (`sql.bump_revisions`), and ends with NOTIFY on
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -89,6 +88,22 @@ def instance_row(r: asyncpg.Record) -> InstanceRow:
         converged_at=r["converged_at"],
         trace_context=r["trace_context"],
     )
+
+
+# How many instance ids an event names before it says "and N more" (a pass may remove 1,000).
+_EVENT_IDS = 10
+
+
+def _some(ids: Sequence[str]) -> str:
+    shown = ", ".join(ids[:_EVENT_IDS])
+    return shown if len(ids) <= _EVENT_IDS else f"{shown} and {len(ids) - _EVENT_IDS} more"
+
+
+def instance_id(workload: str, generation: int, number: int) -> str:
+    """WORKLOAD-GENERATION-NUMBER, the number from the `instance_number` sequence in hex, six
+    digits at least (so ids sort in the order they were made). Workload names are DNS labels,
+    so `status.list_events` tells a workload's instances apart by `-[0-9]+-[0-9a-f]+$`."""
+    return f"{workload}-{generation}-{number:06x}"
 
 
 class InstanceStore:
@@ -173,7 +188,13 @@ class InstanceStore:
             hosts = sorted(set(create_on) | set(await self._hosts_of(conn, remove)))
             revisions = await bump_revisions(conn, hosts)
             if create_on:
-                ids = [f"{w.name}-{workload.generation}-{secrets.token_hex(3)}" for _ in create_on]
+                # Numbers from a sequence: ids are unique by construction, and a retry of a
+                # failed transaction gets new ones.
+                numbers = await conn.fetch(
+                    "SELECT nextval('instance_number') AS n FROM generate_series(1, $1)",
+                    len(create_on),
+                )
+                ids = [instance_id(w.name, workload.generation, r["n"]) for r in numbers]
                 await conn.execute(
                     """INSERT INTO instance (id, workload, generation, host, spec, cpu_millis,
                                              memory_mib, desired, revision, trace_context,
@@ -212,7 +233,7 @@ class InstanceStore:
             if created:
                 parts.append(f"placed {len(created)} on {', '.join(sorted(set(create_on)))}")
             if remove:
-                parts.append(f"removing {', '.join(sorted(remove))}")
+                parts.append(f"removing {_some(sorted(remove))}")
             if parts:
                 await record_event(
                     conn, f"workload/{w.name}", "WorkloadReconciled", "; ".join(parts)

@@ -18,6 +18,12 @@ level-triggered, calls it again when anything changes. Placement itself is
 
 `blocked` says what remaining work is waiting for (the budget, instances still stopping);
 it is not an error by itself: the stuck detector judges it against the workload deadline.
+
+One pass creates and removes at most `MAX_CHANGES_PER_PASS` instances each (`more` says
+there is work left for the next pass), so one transaction never grows with the replica count
+and a 100,000-replica scale-up does not hold the one controller worker while other
+workloads' fresh changes wait. A pass whose removals were cut short creates nothing: its
+surge room was counted with every removal written.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from controlplane.scheduler import (
 from controlplane.view import HostView, InstanceView, WorkloadView
 from keel.model import Desired, HostState, Kind, Phase
 
+MAX_CHANGES_PER_PASS = 1000
+
 # Among instances otherwise equal, remove the one furthest from serving first.
 _PHASE_RANK = {
     Phase.PENDING: 0,
@@ -63,6 +71,7 @@ class WorkloadPlan:
     remove: tuple[str, ...] = ()  # instance ids to mark REMOVED
     unschedulable: Unschedulable | None = None
     blocked: str | None = None
+    more: bool = False  # cut at the per-pass bound: plan again once this is written
 
     @property
     def empty(self) -> bool:
@@ -73,22 +82,39 @@ def plan_workload(
     workload: WorkloadView,
     instances: Sequence[InstanceView],
     hosts: Sequence[HostView],
+    *,
+    max_changes: int = MAX_CHANGES_PER_PASS,
 ) -> WorkloadPlan:
     """Plan one reconcile step for `workload`.
 
     `instances` is every instance in the fleet, any workload and any desired state: the
     planner filters its own, and capacity needs the others. Output is sorted; applying the
-    plan and planning again with nothing else changed gives an empty plan.
+    plan and planning again with nothing else changed gives an empty plan, unless `more`
+    says the pass stopped at `max_changes` creations or removals.
     """
     mine = sorted((i for i in instances if i.workload == workload.name), key=lambda i: i.id)
     live = [i for i in mine if i.live]
     if workload.deleting:
-        return WorkloadPlan(remove=tuple(i.id for i in live))
-    ready = {h.name for h in hosts if h.state is HostState.READY}
-    state = _State(workload, instances, mine, ready)
-    if workload.kind is Kind.DAEMON:
-        return _plan_daemon(state, hosts)
-    return _plan_service(state, hosts)
+        plan = WorkloadPlan(remove=tuple(i.id for i in live))
+    else:
+        ready = {h.name for h in hosts if h.state is HostState.READY}
+        state = _State(workload, instances, mine, ready, max_changes)
+        if workload.kind is Kind.DAEMON:
+            plan = _plan_daemon(state, hosts)
+        else:
+            plan = _plan_service(state, hosts)
+    if len(plan.remove) > max_changes:
+        # Any subset of the removals keeps the budget (fewer go down); creating anything now
+        # could pass max_surge, since the room was counted with all of them written.
+        return dataclasses.replace(
+            plan,
+            create=(),
+            remove=plan.remove[:max_changes],
+            unschedulable=None,
+            blocked=None,
+            more=True,
+        )
+    return plan
 
 
 class _State:
@@ -100,8 +126,10 @@ class _State:
         fleet: Sequence[InstanceView],
         mine: Sequence[InstanceView],
         ready: set[str],
+        max_changes: int,
     ) -> None:
         self.workload = workload
+        self.max_changes = max_changes
         self.fleet = fleet
         self.ready = ready  # names of READY hosts
         # By id, in id order: removals are O(1), so a scale-down of thousands stays linear.
@@ -147,12 +175,15 @@ class _State:
         create: Sequence[str],
         unschedulable: Unschedulable | None,
         blocked: Sequence[str],
+        *,
+        more: bool,
     ) -> WorkloadPlan:
         return WorkloadPlan(
             create=tuple(sorted(create)),
             remove=tuple(sorted(i.id for i in self.removed)),
             unschedulable=unschedulable,
             blocked="; ".join(blocked) or None,
+            more=more,
         )
 
 
@@ -183,7 +214,8 @@ def _plan_service(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
     current = sum(1 for i in s.remaining if s.current(i))
     missing = target - current
     after = service_budget(w, s.after(), s.ready)
-    want = max(0, min(missing, after.may_start))
+    room = max(0, min(missing, after.may_start))
+    want = min(room, s.max_changes)
     placement = place(w, want, hosts, s.fleet_after())
 
     blocked: list[str] = []
@@ -193,9 +225,17 @@ def _plan_service(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
         not_ready = sum(1 for i in s.remaining if s.current(i) and not s.available(i))
         if not_ready:
             blocked.append(f"{not_ready} new {_plural(not_ready, 'instance')} not ready yet")
-    if missing > want and after.stopping:
+    if missing > room and after.stopping:
         blocked.append(after.why_no_start())
-    return s.plan(placement.hosts, placement.reason, blocked)
+    return s.plan(
+        placement.hosts, placement.reason, blocked, more=_more(want, room, placement.unplaced)
+    )
+
+
+def _more(want: int, room: int, unplaced: int) -> bool:
+    """Cut at the bound with room for more: but not when hosts are full already (`unplaced`),
+    or the workload would be planned again at once, forever, with nothing to place."""
+    return want < room and unplaced == 0
 
 
 class _Remover:
@@ -275,7 +315,8 @@ def _plan_daemon(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
     # Hosts with nothing running first: a replacement there needs no surge room.
     lacking = sorted((n for n in targets if n not in has_current), key=lambda n: (n in occupied, n))
     after = daemon_budget(w, s.after(), target_set, s.ready)
-    want = max(0, min(len(lacking), after.may_start))
+    room = max(0, min(len(lacking), after.may_start))
+    want = min(room, s.max_changes)
     by_name = {h.name: h for h in hosts}
     placement = place_on(w, [by_name[n] for n in lacking], s.fleet_after(), limit=want)
 
@@ -286,9 +327,11 @@ def _plan_daemon(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
         not_ready = sum(1 for i in on_targets if s.current(i) and not s.available(i))
         if not_ready:
             blocked.append(f"{not_ready} new {_plural(not_ready, 'instance')} not ready yet")
-    if len(lacking) > want and after.stopping:
+    if len(lacking) > room and after.stopping:
         blocked.append(after.why_no_start())
-    return s.plan(placement.hosts, placement.reason, blocked)
+    return s.plan(
+        placement.hosts, placement.reason, blocked, more=_more(want, room, placement.unplaced)
+    )
 
 
 def _remove_duplicates(s: _State, host: str) -> None:
