@@ -20,7 +20,7 @@ import asyncpg
 from controlplane.errors import NotFound
 from controlplane.sql import HOST_CHANNEL, Conn, bump_revisions, check_epoch, record_event
 from controlplane.workload_store import StuckState, WorkloadRow, stuck_state
-from keel.model import Desired, Phase, WorkloadSpec, converged
+from keel.model import Desired, Kind, Phase, WorkloadSpec, converged
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,19 @@ def _some(ids: Sequence[str]) -> str:
     return shown if len(ids) <= _EVENT_IDS else f"{shown} and {len(ids) - _EVENT_IDS} more"
 
 
+def change_clock(kind: Kind, *, workload_changed_at: datetime, host_since: datetime) -> datetime:
+    """When a change a plan writes on a host became desired.
+
+    A service's changes follow from the workload's desired state alone
+    (`workload.desired_changed_at`). A daemon's also follow from its hosts: a host that joins
+    or comes back READY wants its instance from then, and one that stops being READY has its
+    old instances removed from then (`host.state_since`), not from an apply weeks before.
+    """
+    if kind is Kind.DAEMON:
+        return max(workload_changed_at, host_since)
+    return workload_changed_at
+
+
 def instance_id(workload: str, generation: int, number: int) -> str:
     """WORKLOAD-GENERATION-NUMBER, the number from the `instance_number` sequence in hex, six
     digits at least (so ids sort in the order they were made). Workload names are DNS labels,
@@ -165,9 +178,10 @@ class InstanceStore:
         """Writes one workload's plan in one transaction: new instances and tombstones.
 
         `epoch` fences a deposed leader: the transaction fails with NotLeader if another
-        replica has taken over since. Each desired change is stamped with clock_timestamp()
-        (database time, as close to the commit as a statement gets) and the trace context of
-        the operator request behind the workload's latest change.
+        replica has taken over since. Each desired change is stamped with the trace context of
+        the operator request behind the workload's latest change, and with when it became
+        desired (`change_clock`), not when it was placed: the convergence SLI counts the time
+        it waited in the control plane's queue.
         """
         w = workload.workload
         spec = w.spec.to_json()
@@ -175,18 +189,32 @@ class InstanceStore:
         removed = 0
         async with self.pool.acquire() as conn, conn.transaction():
             await check_epoch(conn, epoch)
-            # The plan was made from this generation: if an apply or delete committed since,
-            # write nothing (its NOTIFY has queued the workload for a fresh plan).
+            # The plan was made from this desired state: if an apply, a delete or fencing
+            # changed it since, write nothing (its NOTIFY has queued a fresh plan).
             current = await conn.fetchrow(
-                "SELECT generation, deleting FROM workload WHERE name = $1 FOR SHARE", w.name
+                """SELECT generation, deleting, desired_changed_at FROM workload
+                   WHERE name = $1 FOR SHARE""",
+                w.name,
             )
-            if current is None or (current["generation"], current["deleting"]) != (
+            if current is None or tuple(current) != (
                 workload.generation,
                 workload.deleting,
+                workload.desired_changed_at,
             ):
                 return PlanResult(created=[], removed=0)
             hosts = sorted(set(create_on) | set(await self._hosts_of(conn, remove)))
             revisions = await bump_revisions(conn, hosts)
+            since = await conn.fetch(
+                "SELECT name, state_since FROM host WHERE name = ANY($1::text[])", hosts
+            )
+            clocks = {
+                r["name"]: change_clock(
+                    w.kind,
+                    workload_changed_at=current["desired_changed_at"],
+                    host_since=r["state_since"],
+                )
+                for r in since
+            }
             if create_on:
                 # Numbers from a sequence: ids are unique by construction, and a retry of a
                 # failed transaction gets new ones.
@@ -200,9 +228,9 @@ class InstanceStore:
                                              memory_mib, desired, revision, trace_context,
                                              desired_changed_at, unconverged_since)
                        SELECT u.id, $1, $2, u.host, $3, $4, $5, 'RUNNING', u.revision, $9,
-                              clock_timestamp(), clock_timestamp()
-                       FROM unnest($6::text[], $7::text[], $8::bigint[])
-                            AS u(id, host, revision)""",
+                              u.clock, clock_timestamp()
+                       FROM unnest($6::text[], $7::text[], $8::bigint[], $10::timestamptz[])
+                            AS u(id, host, revision, clock)""",
                     w.name,
                     workload.generation,
                     spec,
@@ -212,21 +240,24 @@ class InstanceStore:
                     list(create_on),
                     [revisions[h] for h in create_on],
                     workload.trace_context,
+                    [clocks[h] for h in create_on],
                 )
                 created = ids
             if remove:
                 status = await conn.execute(
                     """UPDATE instance i SET desired = 'REMOVED', revision = u.revision,
-                              desired_changed_at = clock_timestamp(), converged_at = NULL,
+                              desired_changed_at = u.clock, converged_at = NULL,
                               unconverged_since = clock_timestamp(), slow_counted = false,
                               trace_context = $4
-                       FROM unnest($2::text[], $3::bigint[]) AS u(host, revision)
+                       FROM unnest($2::text[], $3::bigint[], $5::timestamptz[])
+                            AS u(host, revision, clock)
                        WHERE i.id = ANY($1::text[]) AND i.host = u.host
                          AND i.desired <> 'REMOVED'""",
                     list(remove),
                     list(revisions),
                     list(revisions.values()),
                     workload.trace_context,
+                    [clocks[h] for h in revisions],
                 )
                 removed = int(status.split()[-1])
             parts = []

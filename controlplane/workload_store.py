@@ -36,6 +36,9 @@ class WorkloadRow:
     stuck: StuckState | None = None
     unconverged_since: datetime | None = None
     trace_context: str = ""
+    # When its desired state last changed (see `WorkloadStore`): the convergence clock of
+    # every instance and tombstone a plan writes for it starts here.
+    desired_changed_at: datetime | None = None
 
 
 def stuck_state(r: asyncpg.Record) -> StuckState | None:
@@ -63,15 +66,25 @@ def workload_row(r: asyncpg.Record) -> WorkloadRow:
         stuck=stuck_state(r),
         unconverged_since=r["unconverged_since"],
         trace_context=r["trace_context"],
+        desired_changed_at=r["desired_changed_at"],
     )
 
 
 # Fields an apply changes in place (no new generation); kind is checked apart.
 _IN_PLACE_FIELDS = ("kind", "replicas", "max_unavailable", "max_surge", "selector", "deadline_ms")
+# The in-place fields that change which instances should run (with the spec): a change to
+# them restarts the workload's convergence clock. The budgets and the deadline only change
+# how, or how patiently, the same desired state is reached.
+_DESIRED_FIELDS = ("replicas", "selector")
 
 
 class WorkloadStore:
-    """Workload queries over the shared pool (a base of `store.Store`)."""
+    """Workload queries over the shared pool (a base of `store.Store`).
+
+    `desired_changed_at` is stamped (clock_timestamp(): as close to the commit as a statement
+    gets) by the writes that change what should run: a create, an apply that changes the
+    spec, replicas or selector, a delete; and by fencing (`hosts.HostStore.fence_host`).
+    """
 
     pool: asyncpg.Pool
 
@@ -89,8 +102,10 @@ class WorkloadStore:
             if old is None:
                 row = await conn.fetchrow(
                     """INSERT INTO workload (name, kind, replicas, max_unavailable, max_surge,
-                                             selector, deadline_ms, spec, trace_context)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *""",
+                                             selector, deadline_ms, spec, trace_context,
+                                             desired_changed_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp())
+                       RETURNING *""",
                     w.name,
                     w.kind.value,
                     w.replicas,
@@ -124,11 +139,16 @@ class WorkloadStore:
                 spec_changed = old["spec"] != spec
                 if not spec_changed and all(old[k] == new_values[k] for k in _IN_PLACE_FIELDS):
                     return workload_row(old), "unchanged"
+                desired_changed = spec_changed or any(
+                    old[k] != new_values[k] for k in _DESIRED_FIELDS
+                )
                 row = await conn.fetchrow(
                     """UPDATE workload SET replicas = $2, max_unavailable = $3, max_surge = $4,
                               selector = $5, deadline_ms = $6, spec = $7,
                               generation = generation + $8::int, updated_at = now(),
-                              trace_context = $9
+                              trace_context = $9,
+                              desired_changed_at = CASE WHEN $10 THEN clock_timestamp()
+                                                        ELSE desired_changed_at END
                        WHERE name = $1 RETURNING *""",
                     w.name,
                     w.replicas,
@@ -139,6 +159,7 @@ class WorkloadStore:
                     spec,
                     1 if spec_changed else 0,
                     trace_context,
+                    desired_changed,
                 )
                 result = "configured"
             assert row is not None
@@ -169,8 +190,11 @@ class WorkloadStore:
         """Marks the workload deleting; the controller removes its instances, then the row."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "UPDATE workload SET deleting = true, updated_at = now() WHERE name = $1 "
-                "RETURNING *",
+                # A second delete changes nothing the first did not: the clock stays.
+                """UPDATE workload SET deleting = true, updated_at = now(),
+                          desired_changed_at = CASE WHEN deleting THEN desired_changed_at
+                                                    ELSE clock_timestamp() END
+                   WHERE name = $1 RETURNING *""",
                 name,
             )
             if row is None:
