@@ -186,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rotated copies kept per log (default: 3)",
     )
     p.add_argument(
+        "--port-range",
+        default="20000-32000",
+        metavar="LOW-HIGH",
+        help="workload ports (KEEL_PORT_*) are picked from this range, which should lie "
+        "outside the kernel's ephemeral ports (default: 20000-32000)",
+    )
+    p.add_argument(
         "--stop-workloads-on-exit",
         action="store_true",
         help="stop every workload (each within its stop grace) when the agent exits",
@@ -213,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_port_range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition("-")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        lo = hi = 0
+    if not sep or not 1024 <= lo <= hi <= 65535 or hi - lo < 15:
+        raise ConfigError(
+            f"--port-range: must be LOW-HIGH within 1024-65535 with at least 16 ports, got {text!r}"
+        )
+    return lo, hi
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     addresses = tuple(a.strip() for a in args.controlplane.split(",") if a.strip())
     if not addresses:
@@ -221,6 +241,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise ConfigError("--host: must not be empty")
     if args.log_max_bytes <= 0 or args.log_backups < 0:
         raise ConfigError("--log-max-bytes must be positive and --log-backups not negative")
+    port_range = parse_port_range(args.port_range)
     probe_interval = duration_s(args.probe_interval, "--probe-interval")
     heartbeat = duration_s(args.heartbeat_interval, "--heartbeat-interval")
     if probe_interval <= 0 or heartbeat <= 0:
@@ -249,6 +270,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         trace_file=args.trace_file,
         log_max_bytes=args.log_max_bytes,
         log_backups=args.log_backups,
+        port_range=port_range,
         stop_workloads_on_exit=args.stop_workloads_on_exit,
         log_format=args.log_format,
     )
@@ -263,6 +285,7 @@ def build_driver(settings: Settings) -> Driver:
         state_dir=settings.state_dir,
         log_max_bytes=settings.log_max_bytes,
         log_backups=settings.log_backups,
+        port_range=settings.port_range,
     )
 
 

@@ -41,6 +41,10 @@ class Settings:
     fake_start_delay_s: float = 0.0
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
+    # Workload ports come from this range (Nomad's dynamic port default), below the kernel's
+    # ephemeral range (32768-60999 on Linux): a port handed out there could be taken by any
+    # outgoing connection between the check and the workload's own bind.
+    port_range: tuple[int, int] = (20000, 32000)
     stop_workloads_on_exit: bool = False
     log_format: str = "auto"
     # A failing health check is reported at once (HEALTH_CHECK_FAILING) but only marked stuck

@@ -43,7 +43,11 @@ async def launch(
     a = action.assignment
     ports = dict(record.ports)
     if set(ports) != set(a.spec.ports):
-        ports = driver.allocate_ports(a.spec.ports)
+        try:
+            ports = driver.allocate_ports(a.spec.ports)
+        except OSError as e:
+            # Reported as a failed start, and retried on the start back-off.
+            return Launched({}, None, f"cannot allocate ports {', '.join(a.spec.ports)}: {e}")
     env = instance_env(
         a.spec, host=host, workload=a.workload, instance_id=a.instance_id, ports=ports
     )

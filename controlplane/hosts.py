@@ -210,12 +210,29 @@ class HostStore:
         return [_host(r, by_host.get(r["name"], [])) for r in rows]
 
     async def fence_host(self, host: str, kinds: Iterable[Kind], *, epoch: int | None) -> int:
-        """Tombstones the given kinds' instances on a lost host so they are replaced elsewhere."""
+        """Tombstones the given kinds' instances on a lost host so they are replaced elsewhere.
+
+        The fencing decision is when the replacements became desired: the tombstones and their
+        workloads' `desired_changed_at` get its time, so the replacements the next plans place
+        carry it (their convergence clock starts here, not at placement).
+        """
         kind_values = [k.value for k in kinds]
         async with self.pool.acquire() as conn, conn.transaction():
             await check_epoch(conn, epoch)
-            # The host lock first: a plan writing to this host (which takes it too) cannot
-            # tombstone these rows between the SELECT and the UPDATE.
+            # Lock order, as plans take them (`instance_store.apply_plan`): the workloads (in
+            # name order), then the host. A lost host gets no new placements, so the workloads
+            # found here before the locks are all the ones that can have instances to fence.
+            await conn.execute(
+                """SELECT 1 FROM workload WHERE name IN (
+                       SELECT i.workload FROM instance i JOIN workload w ON w.name = i.workload
+                       WHERE i.host = $1 AND i.desired <> 'REMOVED'
+                         AND w.kind = ANY($2::text[]))
+                   ORDER BY name FOR UPDATE""",
+                host,
+                kind_values,
+            )
+            # Then the host: a plan writing to this host (which takes it too) cannot tombstone
+            # these rows between the SELECT and the UPDATE.
             await conn.execute("SELECT 1 FROM host WHERE name = $1 FOR UPDATE", host)
             ids = await conn.fetch(
                 """SELECT i.id, i.workload FROM instance i JOIN workload w ON w.name = i.workload
@@ -226,13 +243,20 @@ class HostStore:
             if not ids:
                 return 0
             revision = (await bump_revisions(conn, [host]))[host]
+            decided_at = await conn.fetchval("SELECT clock_timestamp()")
             await conn.execute(
                 """UPDATE instance SET desired = 'REMOVED', revision = $2, ready = false,
-                          desired_changed_at = clock_timestamp(), converged_at = NULL,
-                          unconverged_since = clock_timestamp(), slow_counted = false
+                          desired_changed_at = $3, converged_at = NULL,
+                          unconverged_since = $3, slow_counted = false
                    WHERE id = ANY($1::text[]) AND desired <> 'REMOVED'""",
                 [r["id"] for r in ids],
                 revision,
+                decided_at,
+            )
+            await conn.execute(
+                "UPDATE workload SET desired_changed_at = $2 WHERE name = ANY($1::text[])",
+                sorted({r["workload"] for r in ids}),
+                decided_at,
             )
             await record_event(
                 conn,

@@ -94,8 +94,10 @@ class Metrics:
 
         self.convergence = Histogram(
             "keel_convergence_seconds",
-            "Time from the commit of a desired change (database time) to the report that shows "
-            "it converged, by change (create, stop, remove).",
+            "Time from when a desired change became desired (the operator's write of the "
+            "workload for an apply, a scale or a delete; the fencing decision for a "
+            "replacement; database time) to the report that shows it converged, by change "
+            "(create, stop, remove). Time waiting in the control plane's queue counts.",
             ["change"],
             buckets=CONVERGENCE_BUCKETS,
             registry=r,
@@ -108,8 +110,8 @@ class Metrics:
         )
         self.changes_slow = Counter(
             "keel_changes_slow_total",
-            "Desired changes still unconverged 60 s after their commit, counted once each "
-            "whether they converge later or never.",
+            "Desired changes still unconverged 60 s after they became desired, counted once "
+            "each whether they converge later or never.",
             ["change"],
             registry=r,
         )

@@ -8,27 +8,38 @@ level-triggered, calls it again when anything changes. Placement itself is
 
 - live = desired is not REMOVED; `target` = replicas (service) or the number of READY hosts
   matching the selector (daemon).
-- available = ready by the agent's word, desired RUNNING, on a READY host. Removals keep
-  available >= target - max_unavailable, except removals that cost no availability
-  (not-ready instances that are old or surplus) which are always made.
+- removals that cost no availability (not-ready instances that are old or surplus) are
+  always made; the others only while the disruption budget (`controlplane.disruption`) says
+  an instance may go down, so available >= target - max_unavailable.
 - created instances are of the current generation, while current-generation live < target
-  and live + stopping < target + max_surge. "Stopping" means removed, not yet reported
-  STOPPED, on a READY host: max_surge bounds the processes that may run at once, so with
-  max_surge 0 a replacement starts only after the instance it replaces has stopped. A
-  removed instance on a host that is not READY does not count: its agent is gone, and the
-  liveness controller already chose (reschedule-after) to replace it.
+  and the budget says an instance may start (target + max_surge bounds the processes that
+  may run at once, removed ones still stopping included: with max_surge 0 a replacement
+  starts only after the instance it replaces has stopped).
 
 `blocked` says what remaining work is waiting for (the budget, instances still stopping);
 it is not an error by itself: the stuck detector judges it against the workload deadline.
+
+One pass creates and removes at most `MAX_CHANGES_PER_PASS` instances each (`more` says
+there is work left for the next pass), so one transaction never grows with the replica count
+and a 100,000-replica scale-up does not hold the one controller worker while other
+workloads' fresh changes wait. A pass whose removals were cut short creates nothing: its
+surge room was counted with every removal written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Sequence, ValuesView
 from dataclasses import dataclass
 
+from controlplane.disruption import (
+    Budget,
+    daemon_budget,
+    is_available,
+    service_budget,
+)
 from controlplane.scheduler import (
     Unschedulable,
     daemon_hosts,
@@ -38,6 +49,8 @@ from controlplane.scheduler import (
 )
 from controlplane.view import HostView, InstanceView, WorkloadView
 from keel.model import Desired, HostState, Kind, Phase
+
+MAX_CHANGES_PER_PASS = 1000
 
 # Among instances otherwise equal, remove the one furthest from serving first.
 _PHASE_RANK = {
@@ -58,6 +71,7 @@ class WorkloadPlan:
     remove: tuple[str, ...] = ()  # instance ids to mark REMOVED
     unschedulable: Unschedulable | None = None
     blocked: str | None = None
+    more: bool = False  # cut at the per-pass bound: plan again once this is written
 
     @property
     def empty(self) -> bool:
@@ -68,21 +82,39 @@ def plan_workload(
     workload: WorkloadView,
     instances: Sequence[InstanceView],
     hosts: Sequence[HostView],
+    *,
+    max_changes: int = MAX_CHANGES_PER_PASS,
 ) -> WorkloadPlan:
     """Plan one reconcile step for `workload`.
 
     `instances` is every instance in the fleet, any workload and any desired state: the
     planner filters its own, and capacity needs the others. Output is sorted; applying the
-    plan and planning again with nothing else changed gives an empty plan.
+    plan and planning again with nothing else changed gives an empty plan, unless `more`
+    says the pass stopped at `max_changes` creations or removals.
     """
     mine = sorted((i for i in instances if i.workload == workload.name), key=lambda i: i.id)
     live = [i for i in mine if i.live]
     if workload.deleting:
-        return WorkloadPlan(remove=tuple(i.id for i in live))
-    state = _State(workload, instances, mine, {h.name: h for h in hosts})
-    if workload.kind is Kind.DAEMON:
-        return _plan_daemon(state, hosts)
-    return _plan_service(state, hosts)
+        plan = WorkloadPlan(remove=tuple(i.id for i in live))
+    else:
+        ready = {h.name for h in hosts if h.state is HostState.READY}
+        state = _State(workload, instances, mine, ready, max_changes)
+        if workload.kind is Kind.DAEMON:
+            plan = _plan_daemon(state, hosts)
+        else:
+            plan = _plan_service(state, hosts)
+    if len(plan.remove) > max_changes:
+        # Any subset of the removals keeps the budget (fewer go down); creating anything now
+        # could pass max_surge, since the room was counted with all of them written.
+        return dataclasses.replace(
+            plan,
+            create=(),
+            remove=plan.remove[:max_changes],
+            unschedulable=None,
+            blocked=None,
+            more=True,
+        )
+    return plan
 
 
 class _State:
@@ -93,41 +125,42 @@ class _State:
         workload: WorkloadView,
         fleet: Sequence[InstanceView],
         mine: Sequence[InstanceView],
-        hosts: Mapping[str, HostView],
+        ready: set[str],
+        max_changes: int,
     ) -> None:
         self.workload = workload
+        self.max_changes = max_changes
         self.fleet = fleet
-        self.hosts = hosts
-        self.remaining = [i for i in mine if i.live]
+        self.ready = ready  # names of READY hosts
+        # By id, in id order: removals are O(1), so a scale-down of thousands stays linear.
+        self._remaining = {i.id: i for i in mine if i.live}
         self.removed: list[InstanceView] = []  # by this plan
         self.tombstones = [i for i in mine if not i.live]  # removed by an earlier plan
+        self.per_host = Counter(i.host for i in self._remaining.values())  # live, per host
+
+    @property
+    def remaining(self) -> ValuesView[InstanceView]:
+        """Live instances not removed by this plan."""
+        return self._remaining.values()
 
     def host_ready(self, name: str) -> bool:
-        host = self.hosts.get(name)
-        return host is not None and host.state is HostState.READY
+        return name in self.ready
 
     def available(self, inst: InstanceView) -> bool:
-        return inst.ready and inst.desired is Desired.RUNNING and self.host_ready(inst.host)
-
-    def is_stopping(self, inst: InstanceView) -> bool:
-        """Removed (or about to be) but its process may still run on a reachable host."""
-        return inst.phase is not Phase.STOPPED and self.host_ready(inst.host)
+        return is_available(inst, self.ready)
 
     def current(self, inst: InstanceView) -> bool:
         return inst.generation == self.workload.generation
 
     def remove(self, inst: InstanceView) -> None:
-        self.remaining.remove(inst)
+        del self._remaining[inst.id]
+        self.per_host[inst.host] -= 1
         self.removed.append(inst)
 
-    def stopping(self, on: Callable[[str], bool] = lambda _host: True) -> int:
-        """Removed instances (earlier or now) whose processes may still run, on some hosts."""
-        return sum(
-            1 for i in (*self.tombstones, *self.removed) if on(i.host) and self.is_stopping(i)
-        )
-
-    def per_host(self) -> Counter[str]:
-        return Counter(i.host for i in self.remaining)
+    def after(self) -> list[InstanceView]:
+        """The workload's instances as the next pass will see them, removals written."""
+        gone = [dataclasses.replace(i, desired=Desired.REMOVED) for i in self.removed]
+        return [*self.remaining, *gone, *self.tombstones]
 
     def fleet_after(self) -> list[InstanceView]:
         """The fleet as the next pass will see it once the removals are written."""
@@ -142,80 +175,105 @@ class _State:
         create: Sequence[str],
         unschedulable: Unschedulable | None,
         blocked: Sequence[str],
+        *,
+        more: bool,
     ) -> WorkloadPlan:
         return WorkloadPlan(
             create=tuple(sorted(create)),
             remove=tuple(sorted(i.id for i in self.removed)),
             unschedulable=unschedulable,
             blocked="; ".join(blocked) or None,
+            more=more,
         )
 
 
 def _plan_service(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
     w = s.workload
-    target, floor = w.replicas, w.replicas - w.max_unavailable
-    ready = sum(1 for i in s.remaining if s.available(i))
-
-    def pick(candidates: Callable[[], list[InstanceView]]) -> InstanceView | None:
-        # Recomputed after every removal: the host counts that rank candidates change.
-        counts = s.per_host()
-        found = candidates()
-        if not found:
-            return None
-        return min(
-            found,
-            key=lambda i: (
-                s.host_ready(i.host),  # a dead host's instance frees surge room at once
-                -counts[i.host],  # most instances of this workload first: keeps the spread
-                _PHASE_RANK[i.phase],
-                i.id,
-            ),
-        )
+    target = w.replicas
+    budget = service_budget(w, s.remaining, s.ready)
 
     # 1. Old instances that are not available cost nothing to remove.
     for inst in [i for i in s.remaining if not s.current(i) and not s.available(i)]:
         s.remove(inst)
     # 2. Surplus current instances (scale down), not available first.
     surplus = sum(1 for i in s.remaining if s.current(i)) - target
-    while surplus > 0:
-        choice = pick(lambda: [i for i in s.remaining if s.current(i) and not s.available(i)])
-        if choice is None:
-            break
-        s.remove(choice)
+    remover = _Remover(s, [i for i in s.remaining if s.current(i) and not s.available(i)])
+    while surplus > 0 and remover.remove_next():
         surplus -= 1
-    # 3. Available old instances, within the disruption budget.
-    while ready - 1 >= floor:
-        choice = pick(lambda: [i for i in s.remaining if not s.current(i)])
-        if choice is None:
-            break
-        s.remove(choice)
-        ready -= 1
+    # 3. Available old instances, within the disruption budget (the old ones left are all
+    # available: step 1 took the others).
+    remover = _Remover(s, [i for i in s.remaining if not s.current(i)])
+    while budget.may_go_down and remover.remove_next():
+        budget = budget.took_down()
     # 4. Available surplus current instances, within the budget.
-    while surplus > 0 and ready - 1 >= floor:
-        choice = pick(lambda: [i for i in s.remaining if s.current(i)])
-        if choice is None:
-            break
-        s.remove(choice)
-        ready -= 1
+    remover = _Remover(s, [i for i in s.remaining if s.current(i)])
+    while surplus > 0 and budget.may_go_down and remover.remove_next():
+        budget = budget.took_down()
         surplus -= 1
 
     current = sum(1 for i in s.remaining if s.current(i))
     missing = target - current
-    stopping = s.stopping()
-    room = target + w.max_surge - (len(s.remaining) + stopping)
-    want = max(0, min(missing, room))
+    after = service_budget(w, s.after(), s.ready)
+    room = max(0, min(missing, after.may_start))
+    want = min(room, s.max_changes)
     placement = place(w, want, hosts, s.fleet_after())
 
     blocked: list[str] = []
     old_left = sum(1 for i in s.remaining if not s.current(i))
     if old_left or surplus > 0:
-        blocked.append(_budget_text(w, old_left, max(surplus, 0), ready, floor, "ready"))
+        blocked.append(_budget_text(budget, old_left, max(surplus, 0), "ready"))
         not_ready = sum(1 for i in s.remaining if s.current(i) and not s.available(i))
         if not_ready:
             blocked.append(f"{not_ready} new {_plural(not_ready, 'instance')} not ready yet")
-    if missing > want and stopping:
-        blocked.append(_stopping_text(w, stopping))
-    return s.plan(placement.hosts, placement.reason, blocked)
+    if missing > room and after.stopping:
+        blocked.append(after.why_no_start())
+    return s.plan(
+        placement.hosts, placement.reason, blocked, more=_more(want, room, placement.unplaced)
+    )
+
+
+def _more(want: int, room: int, unplaced: int) -> bool:
+    """Cut at the bound with room for more: but not when hosts are full already (`unplaced`),
+    or the workload would be planned again at once, forever, with nothing to place."""
+    return want < room and unplaced == 0
+
+
+class _Remover:
+    """Removes candidates one at a time, best first: on a host that is not READY (its
+    instance frees surge room at once), then on the host with the most live instances of the
+    workload (keeps the spread), then the furthest from serving, then by id.
+
+    Only the host of the instance just removed changes rank, so a heap of hosts (each with its
+    candidates in order) gives each removal in O(log hosts), not a scan of every instance.
+    """
+
+    def __init__(self, s: _State, candidates: Iterable[InstanceView]) -> None:
+        self._s = s
+        self._by_host: dict[str, list[InstanceView]] = {}
+        # Worst first, so each host's best candidate is at the end of its list.
+        for inst in sorted(candidates, key=_candidate_order, reverse=True):
+            self._by_host.setdefault(inst.host, []).append(inst)
+        self._heap = [self._rank(host) for host in self._by_host]
+        heapq.heapify(self._heap)
+
+    def _rank(self, host: str) -> tuple[bool, int, int, str, str]:
+        rank, inst_id = _candidate_order(self._by_host[host][-1])
+        return (self._s.host_ready(host), -self._s.per_host[host], rank, inst_id, host)
+
+    def remove_next(self) -> InstanceView | None:
+        """Removes the best candidate left (from the plan's state) and returns it."""
+        if not self._heap:
+            return None
+        host = heapq.heappop(self._heap)[-1]
+        chosen = self._by_host[host].pop()
+        self._s.remove(chosen)
+        if self._by_host[host]:
+            heapq.heappush(self._heap, self._rank(host))
+        return chosen
+
+
+def _candidate_order(inst: InstanceView) -> tuple[int, str]:
+    return (_PHASE_RANK[inst.phase], inst.id)
 
 
 def _plan_daemon(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
@@ -223,7 +281,6 @@ def _plan_daemon(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
     targets = daemon_hosts(w, hosts)
     target_set = set(targets)
     matching = {h.name for h in hosts if matches(h.labels, w.selector)}
-    floor = len(targets) - w.max_unavailable
 
     # Not on a target host: gone from the selector (remove all), or a matching host that is
     # not READY (remove old ones, which cost nothing; keep the current one for its return).
@@ -243,38 +300,38 @@ def _plan_daemon(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
             elif any(s.available(o) for o in s.remaining if o.host == name and o is not inst):
                 s.remove(inst)  # 2. its host stays available (a new one is ready): free
 
-    def hosts_available() -> int:
-        return len({i.host for i in s.remaining if i.host in target_set and s.available(i)})
-
-    # 3. Old instances that are their host's only available one, within the budget.
-    available = hosts_available()
+    # 3. Old instances that are their host's only available one, within the budget (steps 1
+    # and 2 took the others): each removal takes one host down.
+    budget = daemon_budget(w, s.remaining, target_set, s.ready)
     for inst in [i for i in s.remaining if i.host in target_set and not s.current(i)]:
-        if available - 1 < floor:
+        if not budget.may_go_down:
             break
         s.remove(inst)
-        available = hosts_available()
+        budget = budget.took_down()
 
     on_targets = [i for i in s.remaining if i.host in target_set]
     has_current = {i.host for i in on_targets if s.current(i)}
     occupied = {i.host for i in on_targets}
     # Hosts with nothing running first: a replacement there needs no surge room.
     lacking = sorted((n for n in targets if n not in has_current), key=lambda n: (n in occupied, n))
-    stopping = s.stopping(lambda host: host in target_set)
-    room = len(targets) + w.max_surge - (len(on_targets) + stopping)
-    want = max(0, min(len(lacking), room))
+    after = daemon_budget(w, s.after(), target_set, s.ready)
+    room = max(0, min(len(lacking), after.may_start))
+    want = min(room, s.max_changes)
     by_name = {h.name: h for h in hosts}
     placement = place_on(w, [by_name[n] for n in lacking], s.fleet_after(), limit=want)
 
     blocked: list[str] = []
     old_left = sum(1 for i in on_targets if not s.current(i))
     if old_left:
-        blocked.append(_budget_text(w, old_left, 0, available, floor, "hosts available"))
+        blocked.append(_budget_text(budget, old_left, 0, "hosts available"))
         not_ready = sum(1 for i in on_targets if s.current(i) and not s.available(i))
         if not_ready:
             blocked.append(f"{not_ready} new {_plural(not_ready, 'instance')} not ready yet")
-    if len(lacking) > want and stopping:
-        blocked.append(_stopping_text(w, stopping))
-    return s.plan(placement.hosts, placement.reason, blocked)
+    if len(lacking) > room and after.stopping:
+        blocked.append(after.why_no_start())
+    return s.plan(
+        placement.hosts, placement.reason, blocked, more=_more(want, room, placement.unplaced)
+    )
 
 
 def _remove_duplicates(s: _State, host: str) -> None:
@@ -285,25 +342,16 @@ def _remove_duplicates(s: _State, host: str) -> None:
         s.remove(extra)
 
 
-def _budget_text(w: WorkloadView, old: int, surplus: int, ready: int, floor: int, unit: str) -> str:
-    if w.max_unavailable == 0 and w.max_surge == 0 and old:
-        return "max_unavailable and max_surge are both 0: no instance can be replaced"
+def _budget_text(budget: Budget, old: int, surplus: int, unit: str) -> str:
+    """Why removals wait, and what is left for them to do."""
+    if budget.frozen:
+        return budget.why_no_removal(unit)
     left = []
     if old:
         left.append(f"{old} old {_plural(old, 'instance')} to replace")
     if surplus:
         left.append(f"{surplus} surplus {_plural(surplus, 'instance')} to remove")
-    return (
-        f"waiting on max_unavailable={w.max_unavailable}: {ready} {unit}, "
-        f"at least {max(floor, 0)} must stay so; " + ", ".join(left)
-    )
-
-
-def _stopping_text(w: WorkloadView, stopping: int) -> str:
-    return (
-        f"waiting for {stopping} removed {_plural(stopping, 'instance')} to stop "
-        f"(max_surge={w.max_surge})"
-    )
+    return budget.why_no_removal(unit) + "; " + ", ".join(left)
 
 
 def _plural(n: int, word: str) -> str:

@@ -23,6 +23,11 @@ from keel.model import HostState, Resources
 
 # How many hosts a message lists before it says "and N more" (messages are read by people).
 _MESSAGE_HOSTS = 5
+# Ranking hosts (not fitting: that uses the real request) counts every instance as asking for
+# at least this much cpu, as Kubernetes' scheduler scores pods with no request: otherwise an
+# instance that requests nothing never makes its host look fuller, and every such instance of
+# every workload lands on the same host, the first by name.
+SCORE_MIN_CPU_MILLIS = 100
 
 
 class UnschedulableCode(enum.StrEnum):
@@ -79,14 +84,15 @@ def place(
 
     `instances` is every instance in the fleet (all workloads: capacity is shared). Each pick
     goes to the eligible host where the request fits that has the fewest live instances of
-    this workload (of its current generation, then of any), then the most free cpu, then the
-    first name; usage is updated after each pick, so replicas share a host only when no
-    emptier host fits.
+    this workload (of its current generation, then of any), then the most free cpu (each
+    instance counted at `SCORE_MIN_CPU_MILLIS` at least), then the first name; usage is
+    updated after each pick, so replicas share a host only when no emptier host fits.
     """
     if count <= 0:
         return Placement((), 0, None)
     request = workload.resources
     free = free_resources(hosts, instances)
+    score = _scored_free_cpu(hosts, instances)
     mine = [i for i in instances if i.workload == workload.name and i.live]
     # Spread the current generation first: mid-rollout, old instances are on their way out,
     # and counting them equally would pile the new generation onto the hosts they left.
@@ -100,15 +106,28 @@ def place(
             break
         best = min(
             fitting,
-            key=lambda h: (current[h.name], spread[h.name], -free[h.name].cpu_millis, h.name),
+            key=lambda h: (current[h.name], spread[h.name], -score[h.name], h.name),
         )
         picked.append(best.name)
         free[best.name] = free[best.name] - request
+        score[best.name] -= max(request.cpu_millis, SCORE_MIN_CPU_MILLIS)
         current[best.name] += 1
         spread[best.name] += 1
     unplaced = count - len(picked)
     reason = None if unplaced == 0 else _why_not_placed(workload, hosts, candidates, free)
     return Placement(tuple(picked), unplaced, reason)
+
+
+def _scored_free_cpu(
+    hosts: Sequence[HostView], instances: Sequence[InstanceView]
+) -> dict[str, int]:
+    """Free cpu per host as placement ranks it: every instance holding resources counts at
+    least `SCORE_MIN_CPU_MILLIS`."""
+    score = {host.name: host.capacity.cpu_millis for host in hosts}
+    for inst in instances:
+        if inst.holds_resources and inst.host in score:
+            score[inst.host] -= max(inst.resources.cpu_millis, SCORE_MIN_CPU_MILLIS)
+    return score
 
 
 def daemon_hosts(workload: WorkloadView, hosts: Sequence[HostView]) -> list[str]:

@@ -1,6 +1,6 @@
 """Shared SQL plumbing of the control plane's stores: the pool, NOTIFY channels, events,
-revisions and the leadership fence. `store` (desired state), `hosts` (liveness) and `status`
-(observed state) build their queries on these.
+revisions and the leadership fence. `workload_store` and `instance_store` (desired state),
+`hosts` (liveness) and `status` (observed state) build their queries on these.
 
 Translation rule: the stores reach Postgres only through `Database`, which turns asyncpg's
 failures into Keel's errors in this one place: the database unreachable, restarting or not

@@ -5,9 +5,11 @@ reads; `reports` batches agent reports into `write_reports`; the stuck controlle
 (`controlplane.stuck`) decides and calls `mark_stuck` / `record_unconverged`; the metrics it
 exports come from `backlog`, `count_slow` and the convergence list `write_reports` returns.
 
-Convergence is timed in database time: from the desired change's `desired_changed_at`
-(stamped when the change was written) to the report that shows it converged (`now()` of the
-report's transaction), so clocks of control-plane replicas and agents do not enter into it.
+Convergence is timed in database time: from the desired change's `desired_changed_at` (when
+the change became desired: the operator's write of its workload, or the fencing decision; see
+`instance_store.change_clock`) to the report that shows it converged (`now()` of the report's
+transaction), so clocks of control-plane replicas and agents do not enter into it, and time
+waiting in the control plane's own queue counts.
 """
 
 from __future__ import annotations

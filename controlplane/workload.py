@@ -15,7 +15,7 @@ import structlog
 
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.metrics import Metrics
-from controlplane.reconcile import DONE, IDLE, PermanentError, Result, Runner, Term
+from controlplane.reconcile import DONE, IDLE, PermanentError, Result, Runner, Term, requeue_after
 from controlplane.rollout import plan_workload
 from controlplane.rowviews import host_view, instance_view, workload_view
 from controlplane.store import Store
@@ -100,4 +100,9 @@ class WorkloadController:
         if row.deleting and gone and await self._store.finish_deleted_workload(name, epoch=epoch):
             bound.info("workload deleted")
             wrote = True
+        if plan.more and wrote:
+            # Cut at the per-pass bound (rollout.MAX_CHANGES_PER_PASS): the rest goes to the
+            # back of the fresh keys, so other workloads' changes are not held behind a huge
+            # scale-up, and each transaction stays bounded.
+            return requeue_after(0)
         return DONE if wrote else IDLE

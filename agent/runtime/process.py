@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -67,7 +68,9 @@ class ProcessDriver:
         log_max_bytes: int,
         log_backups: int,
         poll_interval_s: float = 0.2,
+        port_range: tuple[int, int] = (20000, 32000),
     ) -> None:
+        self._port_range = port_range
         self._log_dir = state_dir / "logs"
         self._work_dir = state_dir / "work"
         self._log_max_bytes = log_max_bytes
@@ -181,13 +184,24 @@ class ProcessDriver:
         return Handle(instance_id=instance_id, pid=pid, start_time=start_time, adopted=True)
 
     def allocate_ports(self, names: tuple[str, ...]) -> dict[str, int]:
-        # Hold every socket until all are bound so one instance never gets the same port twice.
+        """Free ports from the port range, picked at random (agents sharing a machine rarely
+        pick alike) and checked by binding them. Every socket is held until all are bound,
+        so one instance never gets the same port twice."""
+        low, high = self._port_range
+        candidates = random.sample(range(low, high + 1), k=min(high - low + 1, 64 * len(names)))
         with contextlib.ExitStack() as stack:
             ports: dict[str, int] = {}
             for name in names:
-                s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                s.bind(("127.0.0.1", 0))
-                ports[name] = int(s.getsockname()[1])
+                while name not in ports:
+                    if not candidates:
+                        raise OSError(f"no free port left in the port range {low}-{high}")
+                    port = candidates.pop()
+                    s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    try:
+                        s.bind(("", port))
+                    except OSError:
+                        continue
+                    ports[name] = port
             return ports
 
     async def maintain(self) -> None:

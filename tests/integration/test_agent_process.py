@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -400,3 +401,50 @@ async def test_stop_all_stops_workloads_and_keeps_desired(tmp_path: Path, reap: 
     data = saved(tmp_path)
     assert data["revision"] == 4
     assert "web-1" in data["desired"]  # type: ignore[operator]
+
+
+def test_ports_come_from_the_port_range_and_skip_ports_in_use(tmp_path: Path) -> None:
+    """Allocated ports lie in the range (outside the kernel's ephemeral ports), are distinct,
+    and a port something else holds is never handed out."""
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        d = ProcessDriver(
+            state_dir=tmp_path, log_max_bytes=1 << 20, log_backups=1, port_range=(port, port + 15)
+        )
+        for _ in range(20):
+            ports = d.allocate_ports(("a", "b", "c"))
+            assert len(set(ports.values())) == 3
+            assert all(port < p <= port + 15 for p in ports.values())
+        wide = driver(tmp_path).allocate_ports(("http",))
+        assert 20000 <= wide["http"] <= 32000
+    finally:
+        taken.close()
+
+
+def test_a_full_port_range_is_a_clear_error(tmp_path: Path) -> None:
+    """No free port left: an OSError naming the range (reported as a failed start)."""
+    held = []
+    low = 0
+    try:
+        # Sixteen consecutive free ports, held, make a full range.
+        probe_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        probe_sock.bind(("127.0.0.1", 0))
+        low = probe_sock.getsockname()[1]
+        held.append(probe_sock)
+        for p in range(low + 1, low + 16):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(s)
+            try:
+                s.bind(("", p))
+            except OSError:
+                pytest.skip(f"port {p} is in use on this machine")
+        d = ProcessDriver(
+            state_dir=tmp_path, log_max_bytes=1 << 20, log_backups=1, port_range=(low, low + 15)
+        )
+        with pytest.raises(OSError, match=f"no free port left in the port range {low}-{low + 15}"):
+            d.allocate_ports(("http",))
+    finally:
+        for s in held:
+            s.close()

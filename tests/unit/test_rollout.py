@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from controlplane.rollout import WorkloadPlan, plan_workload
+from controlplane.rollout import MAX_CHANGES_PER_PASS, WorkloadPlan, plan_workload
 from controlplane.scheduler import UnschedulableCode, daemon_hosts
 from controlplane.view import HostView, InstanceView, WorkloadView
 from keel.model import Desired, HostState, Kind, Phase, Resources
@@ -98,13 +98,20 @@ NEW3 = [inst("a", "host-1"), inst("b", "host-2"), inst("c", "host-3")]
 class Fleet:
     """Instances as the store would hold them, with the plan writer and the agents' part."""
 
-    def __init__(self, hosts: Sequence[HostView], instances: Sequence[InstanceView]) -> None:
+    def __init__(
+        self,
+        hosts: Sequence[HostView],
+        instances: Sequence[InstanceView],
+        *,
+        max_changes: int = MAX_CHANGES_PER_PASS,
+    ) -> None:
         self.hosts = list(hosts)
         self.instances = list(instances)
+        self.max_changes = max_changes
         self._ids = itertools.count(1)
 
     def plan(self, workload: WorkloadView) -> WorkloadPlan:
-        return plan_workload(workload, self.instances, self.hosts)
+        return plan_workload(workload, self.instances, self.hosts, max_changes=self.max_changes)
 
     def apply(self, workload: WorkloadView, plan: WorkloadPlan) -> None:
         """What the controller writes: tombstones and new PENDING instances."""
@@ -202,6 +209,8 @@ def run_to_completion(
         if per_host_limit is not None:
             per_host = Counter(i.host for i in fleet.processes())
             assert max(per_host.values(), default=0) <= per_host_limit, plan
+        if plan.more:
+            continue  # cut at the per-pass bound: the controller plans again at once
         # Level-triggered and idempotent: nothing moved, so nothing more to do.
         again = fleet.plan(workload)
         assert again.empty, (plan, again)
@@ -573,6 +582,62 @@ def test_plan_workload_step(
         assert plan.blocked is not None and blocked in plan.blocked
     fleet.apply(workload, plan)
     assert fleet.plan(workload).empty
+
+
+def test_large_scale_up_is_placed_in_bounded_passes_each_spread() -> None:
+    """Each pass places at most max_changes, spread over the hosts, and says there is more."""
+    fleet = Fleet(hosts(3), [], max_changes=10)
+    w = web(replicas=25, cpu=0)
+    sizes = []
+    while not (plan := fleet.plan(w)).empty:
+        assert plan.more == (len(fleet.live()) + len(plan.create) < 25)
+        assert max(Counter(plan.create).values()) - min(Counter(plan.create).values()) <= 1
+        sizes.append(len(plan.create))
+        fleet.apply(w, plan)
+    assert sizes == [10, 10, 5]
+    assert sorted(Counter(i.host for i in fleet.live()).values()) == [8, 8, 9]
+
+
+def test_removals_cut_at_the_bound_create_nothing_in_that_pass() -> None:
+    """A pass that cannot write every removal creates nothing: its surge room assumed them."""
+    fleet = Fleet(hosts(3), [inst(f"o{n:02d}", f"host-{n % 3 + 1}") for n in range(25)])
+    v2 = web(generation=2, replicas=25, max_unavailable=25, max_surge=5)
+    plan = plan_workload(v2, fleet.instances, fleet.hosts, max_changes=10)
+    assert (len(plan.remove), plan.create, plan.more) == (10, (), True)
+    gone = dataclasses.replace(v2, deleting=True)
+    plan = plan_workload(gone, fleet.instances, fleet.hosts, max_changes=10)
+    assert (len(plan.remove), plan.more) == (10, True)
+
+
+def test_bounded_pass_on_full_hosts_does_not_ask_for_more() -> None:
+    """When hosts are full, `more` stays false: planning again at once would place nothing."""
+    fleet = Fleet(hosts(2, cpu=4000), [], max_changes=5)
+    w = web(replicas=30, cpu=1000)
+    first = fleet.plan(w)
+    assert (len(first.create), first.more) == (5, True)
+    fleet.apply(w, first)
+    second = fleet.plan(w)
+    assert (len(second.create), second.more) == (3, False)
+    assert second.unschedulable is not None
+
+
+@pytest.mark.parametrize("max_changes", [1, 2])
+@pytest.mark.parametrize(
+    ("replicas", "max_unavailable", "max_surge"),
+    [(3, 1, 1), (5, 2, 2), (4, 0, 1), (4, 1, 0)],
+    ids=lambda v: str(v),
+)
+def test_rollout_in_tiny_passes_keeps_budget_and_terminates(
+    replicas: int, max_unavailable: int, max_surge: int, max_changes: int
+) -> None:
+    """With a per-pass bound of 1 or 2 a rollout and a scale-down still keep the budget."""
+    fleet = Fleet(hosts(3), [], max_changes=max_changes)
+    v1 = web(replicas=replicas, max_unavailable=max_unavailable, max_surge=max_surge)
+    run_to_completion(fleet, v1, target=replicas)
+    v2 = dataclasses.replace(v1, generation=2)
+    run_to_completion(fleet, v2, target=replicas)
+    v3 = dataclasses.replace(v2, replicas=1, max_unavailable=1)
+    run_to_completion(fleet, v3, target=1)
 
 
 def test_plan_workload_ignores_other_workloads_but_counts_their_capacity() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import pytest
@@ -179,6 +180,34 @@ def test_eligible_requires_ready_schedulable_and_matching_labels(
             [],
             ("host-1", "host-2"),
         ),
+        (web(cpu=0, memory=0), 4, THREE, [], ("host-1", "host-2", "host-3", "host-1")),
+        (
+            web(cpu=0, memory=0),
+            2,
+            THREE,
+            [inst("a", "host-1", cpu=0, memory=0), inst("b", "host-3", cpu=0, memory=0)],
+            ("host-2", "host-1"),
+        ),
+        (
+            web(cpu=0, memory=0),
+            1,
+            THREE,
+            [
+                inst("d1", "host-1", workload="db", cpu=0, memory=0),
+                inst("d2", "host-2", workload="db", cpu=0, memory=0),
+            ],
+            ("host-3",),
+        ),
+        (
+            web(cpu=0, memory=0),
+            1,
+            THREE[:2],
+            [
+                *(inst(f"d{n}", "host-1", workload="db", cpu=0, memory=0) for n in range(4)),
+                inst("q", "host-2", workload="queue", cpu=200),
+            ],
+            ("host-2",),
+        ),
     ],
     ids=[
         "3-replicas-spread-over-3-hosts",
@@ -192,6 +221,10 @@ def test_eligible_requires_ready_schedulable_and_matching_labels(
         "cordoned-and-not-ready-get-nothing",
         "soft-spread-shares-when-nothing-else-fits",
         "empty-selector-any-host",
+        "zero-resource-replicas-spread-over-3-hosts",
+        "zero-resource-replicas-go-where-fewest-of-this-workload-run",
+        "zero-resource-instances-of-other-workloads-make-a-host-fuller",
+        "many-zero-resource-instances-outweigh-one-small-request",
     ],
 )
 def test_place_spreads_over_eligible_hosts_with_room(
@@ -203,6 +236,16 @@ def test_place_spreads_over_eligible_hosts_with_room(
 ) -> None:
     """Each pick is the eligible host with room and the fewest replicas, then most free cpu."""
     assert place(workload, count, hosts, instances) == Placement(expected, 0, None)
+
+
+def test_zero_resource_workloads_applied_one_by_one_spread_over_the_hosts() -> None:
+    """Single-replica workloads that request nothing go round the hosts, not all to host-1."""
+    placed: list[InstanceView] = []
+    for n in range(6):
+        w = dataclasses.replace(web(cpu=0, memory=0), name=f"w{n}")
+        [name] = place(w, 1, THREE, placed).hosts
+        placed.append(inst(f"w{n}-1", name, workload=w.name, cpu=0, memory=0))
+    assert [i.host for i in placed] == ["host-1", "host-2", "host-3"] * 2
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,291 @@
+"""Instances in Postgres: placements of a workload generation on hosts, and the plans that
+write them.
+
+Neighbours: `store.Store` inherits these queries (with `workload_store` and `hosts`); the
+workload controller (`controllers`) writes each `rollout` plan through `apply_plan`; `sync`
+reads a host's assignments for its agent's stream; observed state (reports, stuck marks) is
+written by `status`. Every transaction that changes a host's instances bumps that host's
+revision in the same transaction (`sql.bump_revisions`), and ends with NOTIFY on
+`HOST_CHANNEL`, delivered at commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from controlplane.errors import NotFound
+from controlplane.sql import (
+    HOST_CHANNEL,
+    Conn,
+    Database,
+    bump_revisions,
+    check_epoch,
+    decode_each,
+    record_event,
+)
+from controlplane.workload_store import StuckState, WorkloadRow, stuck_state
+from keel.model import Desired, Kind, Phase, WorkloadSpec, converged
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    id: str
+    workload: str
+    generation: int
+    host: str
+    spec: WorkloadSpec
+    desired: Desired
+    desired_changed_at: datetime
+    revision: int
+    created_at: datetime
+    phase: Phase
+    pid: int
+    restart_count: int
+    last_exit: str
+    reason: str
+    message: str
+    ports: dict[str, int]
+    ready: bool
+    started_at: datetime | None
+    observed_at: datetime | None
+    stuck: StuckState | None = None
+    agent_stuck: bool = False
+    unconverged_since: datetime | None = None
+    converged_at: datetime | None = None
+    trace_context: str = ""
+
+    @property
+    def converged(self) -> bool:
+        return converged(self.desired, self.phase, self.ready)
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    created: list[str]
+    removed: int  # instances newly tombstoned
+
+
+def instance_row(r: asyncpg.Record) -> InstanceRow:
+    return InstanceRow(
+        id=r["id"],
+        workload=r["workload"],
+        generation=r["generation"],
+        host=r["host"],
+        spec=WorkloadSpec.from_json(r["spec"]),
+        desired=Desired(r["desired"]),
+        desired_changed_at=r["desired_changed_at"],
+        revision=r["revision"],
+        created_at=r["created_at"],
+        phase=Phase(r["phase"]),
+        pid=r["pid"],
+        restart_count=r["restart_count"],
+        last_exit=r["last_exit"],
+        reason=r["reason"],
+        message=r["message"],
+        ports=dict(r["ports"]),
+        ready=r["ready"],
+        started_at=r["started_at"],
+        observed_at=r["observed_at"],
+        stuck=stuck_state(r),
+        agent_stuck=r["agent_stuck"],
+        unconverged_since=r["unconverged_since"],
+        converged_at=r["converged_at"],
+        trace_context=r["trace_context"],
+    )
+
+
+# How many instance ids an event names before it says "and N more" (a pass may remove 1,000).
+_EVENT_IDS = 10
+
+
+def _some(ids: Sequence[str]) -> str:
+    shown = ", ".join(ids[:_EVENT_IDS])
+    return shown if len(ids) <= _EVENT_IDS else f"{shown} and {len(ids) - _EVENT_IDS} more"
+
+
+def change_clock(kind: Kind, *, workload_changed_at: datetime, host_since: datetime) -> datetime:
+    """When a change a plan writes on a host became desired.
+
+    A service's changes follow from the workload's desired state alone
+    (`workload.desired_changed_at`). A daemon's also follow from its hosts: a host that joins
+    or comes back READY wants its instance from then, and one that stops being READY has its
+    old instances removed from then (`host.state_since`), not from an apply weeks before.
+    """
+    if kind is Kind.DAEMON:
+        return max(workload_changed_at, host_since)
+    return workload_changed_at
+
+
+def instance_id(workload: str, generation: int, number: int) -> str:
+    """WORKLOAD-GENERATION-NUMBER, the number from the `instance_number` sequence in hex, six
+    digits at least (so ids sort in the order they were made). Workload names are DNS labels,
+    so `status.list_events` tells a workload's instances apart by `-[0-9]+-[0-9a-f]+$`."""
+    return f"{workload}-{generation}-{number:06x}"
+
+
+class InstanceStore:
+    """Instance and plan queries over the shared pool (a base of `store.Store`)."""
+
+    pool: Database
+
+    async def get_instance(self, instance_id: str) -> InstanceRow:
+        row = await self.pool.fetchrow("SELECT * FROM instance WHERE id = $1", instance_id)
+        if row is None:
+            raise NotFound(f'instance "{instance_id}" not found')
+        return instance_row(row)
+
+    async def list_instances(
+        self, *, workload: str | None = None, host: str | None = None
+    ) -> list[InstanceRow]:
+        rows = await self.pool.fetch(
+            """SELECT * FROM instance
+               WHERE ($1::text IS NULL OR workload = $1) AND ($2::text IS NULL OR host = $2)
+               ORDER BY workload, generation, id""",
+            workload,
+            host,
+        )
+        return decode_each(rows, instance_row, what="instance")
+
+    async def host_assignments(
+        self, host: str, *, since: int | None
+    ) -> tuple[int, list[InstanceRow]]:
+        """The host's revision and its instances changed after `since` (None: all of them).
+
+        Both come from one snapshot, so the revision returned covers exactly the rows returned.
+        """
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            revision = await conn.fetchval("SELECT revision FROM host WHERE name = $1", host)
+            if revision is None:
+                return 0, []
+            rows = await conn.fetch(
+                "SELECT * FROM instance WHERE host = $1 AND revision > $2 ORDER BY revision, id",
+                host,
+                -1 if since is None else since,
+            )
+            return int(revision), decode_each(rows, instance_row, what="instance")
+
+    async def host_tombstones(self, host: str) -> list[InstanceRow]:
+        """The host's instances waiting for the agent to confirm their removal."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM instance WHERE host = $1 AND desired = 'REMOVED' ORDER BY id", host
+        )
+        return decode_each(rows, instance_row, what="instance")
+
+    async def apply_plan(
+        self,
+        workload: WorkloadRow,
+        *,
+        create_on: Sequence[str],
+        remove: Sequence[str],
+        epoch: int | None,
+    ) -> PlanResult:
+        """Writes one workload's plan in one transaction: new instances and tombstones.
+
+        `epoch` fences a deposed leader: the transaction fails with NotLeader if another
+        replica has taken over since. Each desired change is stamped with the trace context of
+        the operator request behind the workload's latest change, and with when it became
+        desired (`change_clock`), not when it was placed: the convergence SLI counts the time
+        it waited in the control plane's queue.
+        """
+        w = workload.workload
+        spec = w.spec.to_json()
+        created: list[str] = []
+        removed = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            await check_epoch(conn, epoch)
+            # The plan was made from this desired state: if an apply, a delete or fencing
+            # changed it since, write nothing (its NOTIFY has queued a fresh plan).
+            current = await conn.fetchrow(
+                """SELECT generation, deleting, desired_changed_at FROM workload
+                   WHERE name = $1 FOR SHARE""",
+                w.name,
+            )
+            if current is None or tuple(current) != (
+                workload.generation,
+                workload.deleting,
+                workload.desired_changed_at,
+            ):
+                return PlanResult(created=[], removed=0)
+            hosts = sorted(set(create_on) | set(await self._hosts_of(conn, remove)))
+            revisions = await bump_revisions(conn, hosts)
+            since = await conn.fetch(
+                "SELECT name, state_since FROM host WHERE name = ANY($1::text[])", hosts
+            )
+            clocks = {
+                r["name"]: change_clock(
+                    w.kind,
+                    workload_changed_at=current["desired_changed_at"],
+                    host_since=r["state_since"],
+                )
+                for r in since
+            }
+            if create_on:
+                # Numbers from a sequence: ids are unique by construction, and a retry of a
+                # failed transaction gets new ones.
+                numbers = await conn.fetch(
+                    "SELECT nextval('instance_number') AS n FROM generate_series(1, $1)",
+                    len(create_on),
+                )
+                ids = [instance_id(w.name, workload.generation, r["n"]) for r in numbers]
+                await conn.execute(
+                    """INSERT INTO instance (id, workload, generation, host, spec, cpu_millis,
+                                             memory_mib, desired, revision, trace_context,
+                                             desired_changed_at, unconverged_since)
+                       SELECT u.id, $1, $2, u.host, $3, $4, $5, 'RUNNING', u.revision, $9,
+                              u.clock, clock_timestamp()
+                       FROM unnest($6::text[], $7::text[], $8::bigint[], $10::timestamptz[])
+                            AS u(id, host, revision, clock)""",
+                    w.name,
+                    workload.generation,
+                    spec,
+                    w.spec.resources.cpu_millis,
+                    w.spec.resources.memory_mib,
+                    ids,
+                    list(create_on),
+                    [revisions[h] for h in create_on],
+                    workload.trace_context,
+                    [clocks[h] for h in create_on],
+                )
+                created = ids
+            if remove:
+                status = await conn.execute(
+                    """UPDATE instance i SET desired = 'REMOVED', revision = u.revision,
+                              desired_changed_at = u.clock, converged_at = NULL,
+                              unconverged_since = clock_timestamp(), slow_counted = false,
+                              trace_context = $4
+                       FROM unnest($2::text[], $3::bigint[], $5::timestamptz[])
+                            AS u(host, revision, clock)
+                       WHERE i.id = ANY($1::text[]) AND i.host = u.host
+                         AND i.desired <> 'REMOVED'""",
+                    list(remove),
+                    list(revisions),
+                    list(revisions.values()),
+                    workload.trace_context,
+                    [clocks[h] for h in revisions],
+                )
+                removed = int(status.split()[-1])
+            parts = []
+            if created:
+                parts.append(f"placed {len(created)} on {', '.join(sorted(set(create_on)))}")
+            if remove:
+                parts.append(f"removing {_some(sorted(remove))}")
+            if parts:
+                await record_event(
+                    conn, f"workload/{w.name}", "WorkloadReconciled", "; ".join(parts)
+                )
+            for h in hosts:
+                await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, h)
+        return PlanResult(created=created, removed=removed)
+
+    @staticmethod
+    async def _hosts_of(conn: Conn, ids: Sequence[str]) -> list[str]:
+        if not ids:
+            return []
+        rows = await conn.fetch(
+            "SELECT DISTINCT host FROM instance WHERE id = ANY($1::text[])", list(ids)
+        )
+        return [r["host"] for r in rows]

@@ -1,0 +1,1 @@
+DROP SEQUENCE instance_number;

@@ -1,0 +1,220 @@
+"""Workloads in Postgres: the operator's desired state, as named queries.
+
+Neighbours: `store.Store` inherits these queries (with `instance_store` and `hosts`), so callers
+hold one store; `fleet` (operator RPCs) applies and deletes through it, and the workload
+controller (`controllers`) reads workloads to plan and drops deleted ones once their instances
+are gone (`instance_store` writes the plans). Each desired change ends with NOTIFY on
+`WORKLOAD_CHANNEL`, delivered at commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from controlplane.errors import FailedPrecondition, NotFound
+from controlplane.sql import WORKLOAD_CHANNEL, Database, check_epoch, decode_each, record_event
+from keel.model import Kind, Workload, WorkloadSpec
+
+
+@dataclass(frozen=True)
+class StuckState:
+    reason: str
+    since: datetime
+    message: str
+
+
+@dataclass(frozen=True)
+class WorkloadRow:
+    workload: Workload
+    generation: int
+    deleting: bool
+    created_at: datetime
+    updated_at: datetime
+    stuck: StuckState | None = None
+    unconverged_since: datetime | None = None
+    trace_context: str = ""
+    # When its desired state last changed (see `WorkloadStore`): the convergence clock of
+    # every instance and tombstone a plan writes for it starts here.
+    desired_changed_at: datetime | None = None
+
+
+def stuck_state(r: asyncpg.Record) -> StuckState | None:
+    if not r["stuck_reason"]:
+        return None
+    return StuckState(r["stuck_reason"], r["stuck_since"], r["stuck_message"])
+
+
+def workload_row(r: asyncpg.Record) -> WorkloadRow:
+    return WorkloadRow(
+        workload=Workload(
+            name=r["name"],
+            kind=Kind(r["kind"]),
+            replicas=r["replicas"],
+            max_unavailable=r["max_unavailable"],
+            max_surge=r["max_surge"],
+            selector=dict(r["selector"]),
+            deadline_ms=r["deadline_ms"],
+            spec=WorkloadSpec.from_json(r["spec"]),
+        ),
+        generation=r["generation"],
+        deleting=r["deleting"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        stuck=stuck_state(r),
+        unconverged_since=r["unconverged_since"],
+        trace_context=r["trace_context"],
+        desired_changed_at=r["desired_changed_at"],
+    )
+
+
+# Fields an apply changes in place (no new generation); kind is checked apart.
+_IN_PLACE_FIELDS = ("kind", "replicas", "max_unavailable", "max_surge", "selector", "deadline_ms")
+# The in-place fields that change which instances should run (with the spec): a change to
+# them restarts the workload's convergence clock. The budgets and the deadline only change
+# how, or how patiently, the same desired state is reached.
+_DESIRED_FIELDS = ("replicas", "selector")
+
+
+class WorkloadStore:
+    """Workload queries over the shared pool (a base of `store.Store`).
+
+    `desired_changed_at` is stamped (clock_timestamp(): as close to the commit as a statement
+    gets) by the writes that change what should run: a create, an apply that changes the
+    spec, replicas or selector, a delete; and by fencing (`hosts.HostStore.fence_host`).
+    """
+
+    pool: Database
+
+    async def apply_workload(
+        self, w: Workload, *, actor: str = "", trace_context: str = ""
+    ) -> tuple[WorkloadRow, str]:
+        """Creates or updates a workload. Returns it and `created`, `configured` or `unchanged`.
+
+        The generation moves only when the spec (what runs) changes; replicas, budgets,
+        selector and deadline are updated in place, like a Deployment's pod template.
+        """
+        spec = w.spec.to_json()
+        async with self.pool.acquire() as conn, conn.transaction():
+            old = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name)
+            if old is None:
+                row = await conn.fetchrow(
+                    """INSERT INTO workload (name, kind, replicas, max_unavailable, max_surge,
+                                             selector, deadline_ms, spec, trace_context,
+                                             desired_changed_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp())
+                       RETURNING *""",
+                    w.name,
+                    w.kind.value,
+                    w.replicas,
+                    w.max_unavailable,
+                    w.max_surge,
+                    w.selector,
+                    w.deadline_ms,
+                    spec,
+                    trace_context,
+                )
+                result = "created"
+            else:
+                if old["deleting"]:
+                    raise FailedPrecondition(
+                        f'workload "{w.name}" is being deleted; wait until `keelctl get '
+                        f"workloads` no longer lists it, then apply again"
+                    )
+                new_values = {
+                    "kind": w.kind.value,
+                    "replicas": w.replicas,
+                    "max_unavailable": w.max_unavailable,
+                    "max_surge": w.max_surge,
+                    "selector": w.selector,
+                    "deadline_ms": w.deadline_ms,
+                }
+                if old["kind"] != w.kind.value:
+                    raise FailedPrecondition(
+                        f'workload "{w.name}" is a {old["kind"]}; kind cannot change — delete it '
+                        f"and apply it again as a {w.kind.value}"
+                    )
+                spec_changed = old["spec"] != spec
+                if not spec_changed and all(old[k] == new_values[k] for k in _IN_PLACE_FIELDS):
+                    return workload_row(old), "unchanged"
+                desired_changed = spec_changed or any(
+                    old[k] != new_values[k] for k in _DESIRED_FIELDS
+                )
+                row = await conn.fetchrow(
+                    """UPDATE workload SET replicas = $2, max_unavailable = $3, max_surge = $4,
+                              selector = $5, deadline_ms = $6, spec = $7,
+                              generation = generation + $8::int, updated_at = now(),
+                              trace_context = $9,
+                              desired_changed_at = CASE WHEN $10 THEN clock_timestamp()
+                                                        ELSE desired_changed_at END
+                       WHERE name = $1 RETURNING *""",
+                    w.name,
+                    w.replicas,
+                    w.max_unavailable,
+                    w.max_surge,
+                    w.selector,
+                    w.deadline_ms,
+                    spec,
+                    1 if spec_changed else 0,
+                    trace_context,
+                    desired_changed,
+                )
+                result = "configured"
+            assert row is not None
+            await record_event(
+                conn,
+                f"workload/{w.name}",
+                "WorkloadApplied",
+                f"{result}, generation {row['generation']}, replicas {w.replicas}",
+                actor=actor,
+            )
+            await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, w.name)
+            return workload_row(row), result
+
+    async def get_workload(self, name: str) -> WorkloadRow:
+        row = await self.pool.fetchrow("SELECT * FROM workload WHERE name = $1", name)
+        if row is None:
+            raise NotFound(f'workload "{name}" not found')
+        return workload_row(row)
+
+    async def list_workloads(self) -> list[WorkloadRow]:
+        rows = await self.pool.fetch("SELECT * FROM workload ORDER BY name")
+        return decode_each(rows, workload_row, what="workload")
+
+    async def workload_names(self) -> list[str]:
+        return [r["name"] for r in await self.pool.fetch("SELECT name FROM workload")]
+
+    async def delete_workload(self, name: str, *, actor: str = "") -> WorkloadRow:
+        """Marks the workload deleting; the controller removes its instances, then the row."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                # A second delete changes nothing the first did not: the clock stays.
+                """UPDATE workload SET deleting = true, updated_at = now(),
+                          desired_changed_at = CASE WHEN deleting THEN desired_changed_at
+                                                    ELSE clock_timestamp() END
+                   WHERE name = $1 RETURNING *""",
+                name,
+            )
+            if row is None:
+                raise NotFound(f'workload "{name}" not found')
+            await record_event(conn, f"workload/{name}", "WorkloadDeleted", "deleting", actor=actor)
+            await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, name)
+            return workload_row(row)
+
+    async def finish_deleted_workload(self, name: str, *, epoch: int | None) -> bool:
+        """Drops a deleting workload whose instances are all gone. True when it did."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await check_epoch(conn, epoch)
+            status = await conn.execute(
+                """DELETE FROM workload w WHERE name = $1 AND deleting
+                   AND NOT EXISTS (SELECT 1 FROM instance WHERE workload = w.name)""",
+                name,
+            )
+            if status.endswith(" 1"):
+                await record_event(
+                    conn, f"workload/{name}", "WorkloadGone", "every instance removed"
+                )
+                return True
+            return False
