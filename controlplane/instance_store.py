@@ -27,8 +27,26 @@ from controlplane.sql import (
     decode_each,
     record_event,
 )
+from controlplane.view import InstanceView
 from controlplane.workload_store import StuckState, WorkloadRow, stuck_state
-from keel.model import Desired, Kind, Phase, WorkloadSpec, converged
+from keel.model import Desired, Kind, Phase, Resources, WorkloadSpec, converged
+
+# Enum lookups by value without EnumType.__call__ (a measurable share of a fleet-wide read).
+_DESIRED = {d.value: d for d in Desired}
+_PHASE = {p.value: p for p in Phase}
+
+
+def _planning_view(r: asyncpg.Record) -> InstanceView:
+    return InstanceView(
+        id=r["id"],
+        workload=r["workload"],
+        generation=r["generation"],
+        host=r["host"],
+        desired=_DESIRED[r["desired"]],
+        resources=Resources(r["cpu_millis"], r["memory_mib"]),
+        phase=_PHASE[r["phase"]],
+        ready=r["ready"],
+    )
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,20 @@ class InstanceStore:
             host,
         )
         return decode_each(rows, instance_row, what="instance")
+
+    async def planning_views(self) -> list[InstanceView]:
+        """Every instance as the planners see it, read from plain columns.
+
+        The workload controller reads the whole fleet on every pass (capacity is shared), so
+        this skips what the planners never look at: decoding each row's spec (its resources
+        are the cpu_millis and memory_mib columns, written from the same spec) and its status.
+        """
+        rows = await self.pool.fetch(
+            """SELECT id, workload, generation, host, desired, cpu_millis, memory_mib, phase,
+                      ready
+               FROM instance ORDER BY workload, generation, id"""
+        )
+        return decode_each(rows, _planning_view, what="instance")
 
     async def host_assignments(
         self, host: str, *, since: int | None

@@ -17,7 +17,7 @@ from controlplane.errors import InvalidArgument, NotFound
 from controlplane.metrics import Metrics
 from controlplane.reconcile import DONE, IDLE, PermanentError, Result, Runner, Term, requeue_after
 from controlplane.rollout import plan_workload
-from controlplane.rowviews import host_view, instance_view, workload_view
+from controlplane.rowviews import host_view, workload_view
 from controlplane.store import Store
 from keel import tracing
 
@@ -53,13 +53,9 @@ class WorkloadController:
             row = await self._store.get_workload(name)
         except NotFound:
             return IDLE
-        instances = await self._store.list_instances()
+        instances = await self._store.planning_views()
         hosts = await self._store.list_hosts()
-        plan = plan_workload(
-            workload_view(row),
-            [instance_view(i) for i in instances],
-            [host_view(h) for h in hosts],
-        )
+        plan = plan_workload(workload_view(row), instances, [host_view(h) for h in hosts])
         bound = log.bind(workload=name, generation=row.generation)
         wrote = False
         if plan.create or plan.remove:

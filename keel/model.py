@@ -58,10 +58,11 @@ def converged(desired: Desired, phase: Phase, ready: bool) -> bool:
     (health check passed, and after a restart up for `min_ready`: the agent only reports ready
     then), STOPPED wants it stopped. A tombstone converges by going away (the agent confirms
     the removal and the row is deleted), never by a phase."""
-    if desired is Desired.RUNNING:
-        return phase is Phase.RUNNING and ready
-    if desired is Desired.STOPPED:
-        return phase is Phase.STOPPED
+    # == rather than `is`: a phase read from text (a StrEnum's value) judges the same.
+    if desired == Desired.RUNNING:
+        return phase == Phase.RUNNING and ready
+    if desired == Desired.STOPPED:
+        return phase == Phase.STOPPED
     return False
 
 
@@ -72,7 +73,7 @@ def holds_resources(desired: Desired, phase: Phase) -> bool:
     STOPPED: its process may still be running (graceful stop can take `stop_grace`), and
     placing a new instance into resources that are not free yet would overcommit the host.
     """
-    return desired is not Desired.REMOVED or phase is not Phase.STOPPED
+    return desired != Desired.REMOVED or phase != Phase.STOPPED
 
 
 class HostState(enum.StrEnum):

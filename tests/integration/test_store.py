@@ -11,10 +11,11 @@ import pytest
 
 from controlplane import migrate
 from controlplane.liveness import Decision, Timings, judge
+from controlplane.rowviews import instance_view
 from controlplane.sql import bump_revisions
 from controlplane.status import StatusStore
 from controlplane.store import Report, Store, create_pool
-from keel.model import Desired, HostState, Kind, Resources, Workload, WorkloadSpec
+from keel.model import Desired, HostState, Kind, Phase, Resources, Workload, WorkloadSpec
 
 
 @pytest.fixture
@@ -265,3 +266,22 @@ async def test_a_report_the_database_refuses_does_not_block_the_others(store: St
         assert (await store.get_instance(a)).message == "boom\N{REPLACEMENT CHARACTER}tail"
     finally:
         task.cancel()
+
+
+async def test_planning_views_match_the_full_rows(store: Store) -> None:
+    """The planners' column-only read gives exactly what the full rows would give them."""
+    await _host(store, "h1")
+    await _host(store, "h2")
+    row, _ = await store.apply_workload(_workload())
+    [a, b] = (await store.apply_plan(row, create_on=["h1", "h2"], remove=[], epoch=None)).created
+    await store.apply_plan(row, create_on=[], remove=[b], epoch=None)
+    await StatusStore(store.pool).write_reports(
+        [Report("h1", a, Phase.RUNNING, 10, 0, "", "", "", {}, True, False, None)]
+    )
+    expected = [instance_view(i) for i in await store.list_instances()]
+    assert await store.planning_views() == expected
+    assert {(v.id, v.desired, v.phase, v.ready) for v in expected} == {
+        (a, Desired.RUNNING, Phase.RUNNING, True),
+        (b, Desired.REMOVED, Phase.PENDING, False),
+    }
+    assert all(v.resources == Resources(100, 64) for v in expected)
