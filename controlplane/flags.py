@@ -1,0 +1,140 @@
+"""keel-controlplane's command line: every flag, its default from `Settings`, and the
+`Settings` built from them. `main` parses with `build_parser` and runs `serve` or `migrate`.
+
+Every duration the control plane waits on is one row of `DURATION_FLAGS`, so a new one gets
+its flag, its help text and its default in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from controlplane.metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
+from controlplane.metrics import MetricsError, parse_address
+from controlplane.settings import Settings
+from keel import logs, tracing
+from keel.spec import SpecError, format_duration, format_memory, parse_duration, parse_memory
+
+DESCRIPTION = "keel-controlplane: the control plane of a Keel fleet (one replica)."
+
+
+def _seconds(flag: str):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> float:
+        try:
+            return parse_duration(text, flag) / 1000.0
+        except SpecError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+def _mib(flag: str):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int:
+        try:
+            return parse_memory(text, flag)
+        except SpecError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+def _metrics_address(text: str) -> str:
+    try:
+        parse_address(text)
+    except MetricsError as exc:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT or off, got '{text}'") from exc
+    return text
+
+
+# Every duration the control plane waits on: (flag, Settings field, what it means).
+DURATION_FLAGS = (
+    ("--liveness-grace", "liveness_grace_s", "no heartbeat this long: the host is NOT_READY"),
+    ("--unknown-after", "unknown_after_s", "NOT_READY this long: UNKNOWN"),
+    (
+        "--reschedule-after",
+        "reschedule_after_s",
+        "not READY this long: its service instances are replaced elsewhere",
+    ),
+    ("--resync-period", "resync_period_s", "every stream and workload is looked at again"),
+    ("--liveness-interval", "liveness_interval_s", "how often hosts' heartbeats are judged"),
+    ("--stuck-interval", "stuck_interval_s", "how often stuck objects and the backlog are judged"),
+    ("--retry-base", "retry_base_s", "first back-off of a key whose reconcile failed"),
+    ("--retry-max", "retry_max_s", "longest back-off of a reconcile that keeps failing"),
+    ("--leader-retry", "leader_retry_s", "how often a follower tries to become the leader"),
+    ("--shutdown-grace", "shutdown_grace_s", "SIGTERM: how long in-flight calls get"),
+    ("--db-timeout", "db_timeout_s", "a statement or a wait for a connection: then UNAVAILABLE"),
+    ("--db-probe-interval", "db_probe_interval_s", "how often health probes Postgres"),
+    ("--db-probe-timeout", "db_probe_timeout_s", "a probe slower than this: FleetService down"),
+    ("--log-wait", "log_wait_s", "keelctl logs: how long the agent gets to answer"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="keel-controlplane", description=DESCRIPTION)
+    d = Settings()
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("KEEL_DATABASE_URL"),
+        help="Postgres URL (env KEEL_DATABASE_URL); absent: embedded Postgres under --state-dir",
+    )
+    p.add_argument("--state-dir", type=Path, default=d.state_dir)
+    p.add_argument("--log-format", choices=logs.FORMATS, default=d.log_format)
+    sub = p.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the control plane (the default)")
+    for target in (p, serve):
+        target.add_argument("--listen", default=d.listen, help="HOST:PORT (port 0: pick one)")
+        for flag, field, help_text in DURATION_FLAGS:
+            target.add_argument(
+                flag,
+                dest=field,
+                type=_seconds(flag),
+                default=getattr(d, field),
+                metavar="D",
+                help=f"{help_text} (default: {format_duration(round(getattr(d, field) * 1000))})",
+            )
+        target.add_argument(
+            "--max-message-bytes",
+            type=int,
+            default=d.max_message_bytes,
+            metavar="N",
+            help="the largest request accepted (default: %(default)s)",
+        )
+        target.add_argument(
+            "--metrics",
+            type=_metrics_address,
+            default=DEFAULT_METRICS,
+            metavar="HOST:PORT|off",
+            help="serve Prometheus /metrics here (port 0: pick one; off: do not serve)",
+        )
+        target.add_argument(
+            "--trace-file",
+            default=os.environ.get(tracing.TRACE_FILE_ENV),
+            metavar="PATH",
+            help="append finished spans as JSON lines (env KEEL_TRACE_FILE)",
+        )
+        target.add_argument(
+            "--trace-file-max-size",
+            dest="trace_file_max_mib",
+            type=_mib("--trace-file-max-size"),
+            default=d.trace_file_max_mib,
+            metavar="SIZE",
+            help="past this size the trace file is renamed to PATH.1 and a new one begun "
+            f"(default: {format_memory(d.trace_file_max_mib)})",
+        )
+    m = sub.add_parser("migrate", help="move the schema up or down explicitly")
+    m.add_argument("--to", type=int, default=None, help="target version (default: newest)")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        listen=args.listen,
+        database_url=args.database_url,
+        state_dir=args.state_dir,
+        log_format=args.log_format,
+        trace_file_max_mib=args.trace_file_max_mib,
+        max_message_bytes=args.max_message_bytes,
+        **{field: getattr(args, field) for _, field, _ in DURATION_FLAGS},
+    )
