@@ -298,3 +298,28 @@ def each(
         except (ValueError, TypeError, KeyError) as exc:
             log.error(f"{what} cannot be presented; left out", **{what: name(row)}, error=str(exc))
     return out
+
+
+# -- logs relayed over an agent's stream (controlplane.logrelay) ---------------------------
+
+
+def log_request_pb(
+    request_id: str, instance_id: str, *, tail_lines: int, follow: bool
+) -> agent_pb2.ControlMessage:
+    return agent_pb2.ControlMessage(
+        log_request=agent_pb2.LogRequest(
+            request_id=request_id, instance_id=instance_id, tail_lines=tail_lines, follow=follow
+        )
+    )
+
+
+def log_cancel_pb(request_id: str) -> agent_pb2.ControlMessage:
+    """Tells the agent to stop following a log (the client went away)."""
+    return agent_pb2.ControlMessage(
+        log_request=agent_pb2.LogRequest(request_id=request_id, cancel=True)
+    )
+
+
+def log_error_pb(error: str) -> types_pb2.LogChunk:
+    """The last chunk of a log request that could not be served, saying why."""
+    return types_pb2.LogChunk(eof=True, error=error)

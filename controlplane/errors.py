@@ -35,6 +35,19 @@ class Unavailable(KeelError):
     call that a retry would not repeat safely. Try again shortly."""
 
 
+class Conflict(KeelError):
+    """The request ran into a concurrent change of the same object and changed nothing; try it
+    again (it is safe to repeat)."""
+
+
+class Replaced(KeelError):
+    """A newer stream for the same host took over this one."""
+
+
+class StreamFailed(KeelError):
+    """The stream from the agent failed; the agent reconnects."""
+
+
 class SchemaTooNew(KeelError):
     """The database schema is newer than this control plane knows; upgrade the control plane."""
 
@@ -50,7 +63,10 @@ STATUS: tuple[tuple[type[Exception], str], ...] = (
     (NotFound, "NOT_FOUND"),
     (FailedPrecondition, "FAILED_PRECONDITION"),
     (SchemaTooNew, "FAILED_PRECONDITION"),
+    (Conflict, "ABORTED"),
+    (Replaced, "ABORTED"),
     (Unavailable, "UNAVAILABLE"),
+    (StreamFailed, "UNAVAILABLE"),
     (NotLeader, "UNAVAILABLE"),
 )
 

@@ -63,6 +63,13 @@ DURATION_FLAGS = (
     ("--retry-base", "retry_base_s", "first back-off of a key whose reconcile failed"),
     ("--retry-max", "retry_max_s", "longest back-off of a reconcile that keeps failing"),
     ("--leader-retry", "leader_retry_s", "how often a follower tries to become the leader"),
+    (
+        "--leader-watch-interval",
+        "leader_watch_interval_s",
+        "how often the leader checks the connection holding its lock",
+    ),
+    ("--hello-timeout", "hello_timeout_s", "an agent's stream must open with Hello within this"),
+    ("--report-retry-max", "report_retry_max_s", "longest wait between report batch retries"),
     ("--shutdown-grace", "shutdown_grace_s", "SIGTERM: how long in-flight calls get"),
     ("--db-timeout", "db_timeout_s", "a statement or a wait for a connection: then UNAVAILABLE"),
     ("--db-probe-interval", "db_probe_interval_s", "how often health probes Postgres"),

@@ -87,17 +87,22 @@ class HostStore:
         labels: dict[str, str],
         capacity: Resources,
         agent_version: str,
+        stream_id: str = "",
     ) -> int:
-        """Records an agent's Hello (a heartbeat too); returns the host's current revision."""
+        """Records an agent's Hello (a heartbeat too); returns the host's current revision.
+
+        `stream_id` names the stream that said Hello: only that stream's end disconnects the
+        host (`disconnect_host`)."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 """INSERT INTO host AS h (name, labels, cpu_millis, memory_mib, agent_version,
-                                          connected, last_heartbeat, state, state_since)
-                   VALUES ($1, $2, $3, $4, $5, true, now(), 'READY', now())
+                                          connected, last_heartbeat, state, state_since,
+                                          stream_id)
+                   VALUES ($1, $2, $3, $4, $5, true, now(), 'READY', now(), $6)
                    ON CONFLICT (name) DO UPDATE SET
                        labels = EXCLUDED.labels, cpu_millis = EXCLUDED.cpu_millis,
                        memory_mib = EXCLUDED.memory_mib, agent_version = EXCLUDED.agent_version,
-                       connected = true, last_heartbeat = now(),
+                       connected = true, last_heartbeat = now(), stream_id = EXCLUDED.stream_id,
                        state_since = CASE WHEN h.state = 'READY' THEN h.state_since ELSE now() END,
                        state = 'READY'
                    RETURNING revision, (xmax = 0) AS inserted""",
@@ -106,6 +111,7 @@ class HostStore:
                 capacity.cpu_millis,
                 capacity.memory_mib,
                 agent_version,
+                stream_id,
             )
             assert row is not None
             what = "registered" if row["inserted"] else "connected"
@@ -130,8 +136,14 @@ class HostStore:
             await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
         return True
 
-    async def disconnect_host(self, name: str) -> None:
-        await self.pool.execute("UPDATE host SET connected = false WHERE name = $1", name)
+    async def disconnect_host(self, name: str, *, stream_id: str = "") -> None:
+        """The stream `stream_id` ended: the host is disconnected, unless a newer stream has
+        registered it since."""
+        await self.pool.execute(
+            "UPDATE host SET connected = false WHERE name = $1 AND stream_id = $2",
+            name,
+            stream_id,
+        )
 
     async def liveness_facts(self) -> tuple[datetime, list[HostFacts]]:
         """Database time now and every host's heartbeat facts (`liveness.judge` decides)."""

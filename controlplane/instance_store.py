@@ -140,8 +140,9 @@ def change_clock(kind: Kind, *, workload_changed_at: datetime, host_since: datet
 
 def instance_id(workload: str, generation: int, number: int) -> str:
     """WORKLOAD-GENERATION-NUMBER, the number from the `instance_number` sequence in hex, six
-    digits at least (so ids sort in the order they were made). Workload names are DNS labels,
-    so `status.list_events` tells a workload's instances apart by `-[0-9]+-[0-9a-f]+$`."""
+    digits at least (short, and unique by construction; nothing relies on how ids sort).
+    Workload names are DNS labels, so `status.list_events` tells a workload's instances apart
+    by `-[0-9]+-[0-9a-f]+$`."""
     return f"{workload}-{generation}-{number:06x}"
 
 

@@ -27,8 +27,6 @@ from controlplane.store import Store
 log = structlog.get_logger("keel.leader")
 
 _LEADER_LOCK_KEY = 0x6B65656C_6C656164  # "keellead"
-# How often the lock's connection is checked; a dead one ends the term.
-_WATCH_INTERVAL_S = 1.0
 
 
 class Leadership:
@@ -53,7 +51,7 @@ class Leadership:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._url, timeout=10)
+                conn = await asyncpg.connect(self._url, timeout=self._settings.db_timeout_s)
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK_KEY):
                     self.epoch = await self._store.take_leadership(conn, self.holder)
                     log.info("leadership acquired", epoch=self.epoch, holder=self.holder)
@@ -66,7 +64,7 @@ class Leadership:
                 self.epoch = None
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await conn.close(timeout=2)
+                        await conn.close(timeout=self._settings.db_timeout_s)
             await asyncio.sleep(self._settings.leader_retry_s)
 
     async def _lead(self, conn: asyncpg.Connection, epoch: int) -> None:
@@ -88,5 +86,5 @@ class Leadership:
     async def _watch(self, conn: asyncpg.Connection) -> None:
         """Ends (and so stops the controllers) when the lock's connection is gone."""
         while True:
-            await asyncio.sleep(_WATCH_INTERVAL_S)
-            await conn.fetchval("SELECT 1", timeout=5)
+            await asyncio.sleep(self._settings.leader_watch_interval_s)
+            await conn.fetchval("SELECT 1", timeout=self._settings.db_timeout_s)

@@ -28,7 +28,7 @@ import structlog
 
 from controlplane.metrics import Metrics
 from controlplane.reconcile import Result, Term, requeue_after
-from keel.model import HostState, Kind
+from keel.model import Change, HostState, Kind
 
 log = structlog.get_logger("keel.liveness")
 
@@ -147,7 +147,7 @@ class LivenessController:
         fenced = 0
         for host in decision.fence:
             n = await self._store.fence_host(host, [Kind.SERVICE], epoch=term.epoch)
-            self._metrics.count_changes("remove", n)
+            self._metrics.count_changes(Change.REMOVE, n)
             if n:
                 # Their workloads are woken by the fence's NOTIFY: the replacements are
                 # fresh changes, clocked from this decision.

@@ -1,7 +1,8 @@
 """Workload logs, fetched from the agent over its Sync stream (no extra port on hosts).
 
 `FleetService.GetLogs` asks `LogRelay.fetch`, which sends a LogRequest on the host's stream
-and yields the LogChunks the agent sends back, routed here by request id (`deliver`, called by
+and yields the LogChunks the agent sends back (the messages are built in `convert`), routed
+here by request id (`deliver`, called by
 `controlplane.sync`). The streams are reached through `Streams`, a two-method view of
 `sync.StreamRegistry` passed at construction, so this module imports nothing of sync. Only the
 replica holding the host's stream can relay; a disconnected or silent agent is named in a
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Protocol
 
+from controlplane import convert
 from keel.v1 import agent_pb2, types_pb2
 
 
@@ -61,20 +63,16 @@ class LogRelay:
         """
         session = self._streams.get(host)
         if session is None:
-            yield types_pb2.LogChunk(
-                eof=True,
-                error=f'the agent of host "{host}" is disconnected, so the logs of {instance_id} '
+            yield convert.log_error_pb(
+                f'the agent of host "{host}" is disconnected, so the logs of {instance_id} '
                 f"cannot be fetched; they stay on the host under <agent state dir>/logs/"
-                f"{instance_id}/ (keelctl describe host {host})",
+                f"{instance_id}/ (keelctl describe host {host})"
             )
             return
         rid = uuid.uuid4().hex
         queue: asyncio.Queue[types_pb2.LogChunk | None] = asyncio.Queue()
         self._pending[rid] = (session, queue)
-        request = agent_pb2.LogRequest(
-            request_id=rid, instance_id=instance_id, tail_lines=tail_lines, follow=follow
-        )
-        session.send(agent_pb2.ControlMessage(log_request=request))
+        session.send(convert.log_request_pb(rid, instance_id, tail_lines=tail_lines, follow=follow))
         done = False
         try:
             first = True
@@ -83,20 +81,18 @@ class LogRelay:
                     async with asyncio.timeout(wait_s if first or not follow else None):
                         chunk = await queue.get()
                 except TimeoutError:
-                    yield types_pb2.LogChunk(
-                        eof=True,
-                        error=f'the agent of host "{host}" did not answer the log request for '
+                    yield convert.log_error_pb(
+                        f'the agent of host "{host}" did not answer the log request for '
                         f"{instance_id} within {wait_s:.1f}s ({_ago(last_heartbeat)}); the agent "
-                        f"may be frozen or overloaded (keelctl describe host {host})",
+                        f"may be frozen or overloaded (keelctl describe host {host})"
                     )
                     return
                 first = False
                 if chunk is None:
                     done = True
-                    yield types_pb2.LogChunk(
-                        eof=True,
-                        error=f'the stream to the agent of host "{host}" closed while '
-                        f"sending logs; try again once it is back (keelctl describe host {host})",
+                    yield convert.log_error_pb(
+                        f'the stream to the agent of host "{host}" closed while '
+                        f"sending logs; try again once it is back (keelctl describe host {host})"
                     )
                     return
                 yield chunk
@@ -109,11 +105,7 @@ class LogRelay:
                 # The client went away: tell the agent to stop following.
                 live = self._streams.get(host)
                 if live is not None:
-                    live.send(
-                        agent_pb2.ControlMessage(
-                            log_request=agent_pb2.LogRequest(request_id=rid, cancel=True)
-                        )
-                    )
+                    live.send(convert.log_cancel_pb(rid))
 
     def deliver(self, chunk: types_pb2.LogChunk) -> None:
         entry = self._pending.get(chunk.request_id)

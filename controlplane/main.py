@@ -161,7 +161,9 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         for change, seconds in outcome.converged:
             metrics.observe_convergence(change, seconds)
 
-    reports = ReportWriter(status, on_written=reports_written)
+    reports = ReportWriter(
+        status, on_written=reports_written, retry_max_s=settings.report_retry_max_s
+    )
 
     def wake_everything() -> None:
         registry.wake_all()
@@ -192,6 +194,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             logs=logs,
             metrics=metrics,
             resync_period_s=settings.resync_period_s,
+            hello_timeout_s=settings.hello_timeout_s,
         ),
         server,
     )

@@ -32,6 +32,13 @@ class Settings:
     shutdown_grace_s: float = 5.0
     # How often a follower replica tries to become the leader.
     leader_retry_s: float = 2.0
+    # How often the leader checks the connection that holds its lock (losing it stops the
+    # controllers at once).
+    leader_watch_interval_s: float = 1.0
+    # An agent's stream must open with Hello within this long.
+    hello_timeout_s: float = 10.0
+    # The longest wait between retries of a report batch Postgres could not take.
+    report_retry_max_s: float = 5.0
     # The --trace-file is rotated past this size (one older file is kept), so it is bounded.
     trace_file_max_mib: int = 32
     # Every statement, and every wait for a pooled connection, gets this long before the

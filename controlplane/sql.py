@@ -23,7 +23,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from controlplane.errors import InvalidArgument, NotLeader, Unavailable
+from controlplane.errors import Conflict, InvalidArgument, NotLeader, Unavailable
 
 log = structlog.get_logger("keel.sql")
 
@@ -59,6 +59,10 @@ async def create_pool(
     return pool
 
 
+# A value asyncpg itself cannot encode for a query (a subclass of InterfaceError, which below
+# would otherwise count as "the database is away").
+_ClientDataError = asyncpg.exceptions._base.DataError
+
 # The database is away (down, restarting, overloaded, cut off) or did not answer in time.
 _AWAY = (
     OSError,
@@ -77,11 +81,27 @@ def translated() -> Iterator[None]:
     try:
         yield
     except asyncpg.DataError as exc:
-        # Validation comes first, so this is a gap in it; the detail goes to the log only.
+        # Postgres refused a value (SQLSTATE class 22). Validation comes first, so this is a gap
+        # in it; the server's own words ("bigint out of range") name the rule, never SQL.
         log.warning("the database refused a value", error=str(exc), sqlstate=exc.sqlstate)
         raise InvalidArgument(
             "request: a value is outside what the control plane can store "
             f"({exc.args[0] if exc.args else 'refused'})"
+        ) from exc
+    except _ClientDataError as exc:
+        # asyncpg could not encode an argument ("invalid input for query argument $4: ...",
+        # which names a query parameter): the caller's input, but the text stays in the log.
+        log.warning("a value could not be sent to the database", error=str(exc))
+        raise InvalidArgument(
+            "request: a value is outside what the control plane can store"
+        ) from exc
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        # A unique or foreign key the transaction ran into: a concurrent change of the same
+        # object (the schema's constraints are the backstop of checks made in the store).
+        log.warning("a concurrent change conflicted", error=str(exc), sqlstate=exc.sqlstate)
+        raise Conflict(
+            "the request ran into a concurrent change of the same object and changed nothing; "
+            "try again"
         ) from exc
     except _AWAY as exc:
         raise Unavailable(

@@ -28,7 +28,7 @@ from controlplane.rollout import WorkloadPlan, plan_workload
 from controlplane.rowviews import host_view, instance_view, workload_view
 from controlplane.status import StatusStore, StuckMark
 from controlplane.store import HostRow, InstanceRow, Store, StuckState, WorkloadRow
-from keel.model import Desired, HostState
+from keel.model import Desired, HostState, Phase
 from keel.stuck import IMMEDIATE, Reason
 
 log = structlog.get_logger("keel.stuck")
@@ -116,7 +116,7 @@ def judge_instance(
             f"placed on {where} {_ago(age_s)} ago and never reported by its agent, which is "
             f"connected; the agent may be overloaded or its reconcile loop stuck",
         )
-    if inst.phase == "RUNNING":
+    if inst.phase is Phase.RUNNING:
         return Verdict(
             Reason.HEALTH_CHECK_FAILING,
             f"running but not ready for {_ago(age_s)}"

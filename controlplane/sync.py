@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,7 +27,7 @@ import grpc
 import structlog
 
 from controlplane import convert
-from controlplane.errors import InvalidArgument, KeelError, Unavailable
+from controlplane.errors import InvalidArgument, KeelError, Replaced, StreamFailed, Unavailable
 from controlplane.logrelay import LogRelay
 from controlplane.metrics import Metrics
 from controlplane.reports import ReportWriter
@@ -36,12 +37,12 @@ from keel.v1 import agent_pb2, agent_pb2_grpc
 
 log = structlog.get_logger("keel.sync")
 
-HELLO_TIMEOUT_S = 10.0
-
 
 class _Session:
     def __init__(self, host: str) -> None:
         self.host = host
+        # Recorded with the host at Hello: only this stream's end may mark it disconnected.
+        self.stream_id = uuid.uuid4().hex
         self.wake = asyncio.Event()
         self.replaced = asyncio.Event()
         # Messages other than assignments (log requests) waiting to go out on this stream.
@@ -131,7 +132,9 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         logs: LogRelay,
         metrics: Metrics,
         resync_period_s: float,
+        hello_timeout_s: float = 10.0,
     ) -> None:
+        self._hello_timeout_s = hello_timeout_s
         self._store = store
         self._logs = logs
         self._registry = registry
@@ -144,7 +147,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[agent_pb2.ControlMessage]:
-        hello = await _hello(request_iterator)
+        hello = await _hello(request_iterator, timeout_s=self._hello_timeout_s)
         host = hello.host
         bound = log.bind(host=host)
         outage = _Outage(bound)
@@ -164,7 +167,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                     outgoing = asyncio.ensure_future(session.outbox.get())
                 elif event is _Event.REPLACED:
                     bound.info("stream replaced by a newer one")
-                    await context.abort(grpc.StatusCode.ABORTED, "replaced by a newer stream")
+                    raise Replaced("replaced by a newer stream for this host")
                 elif event is _Event.STOPPING:
                     return
                 elif event is _Event.AGENT_DONE:
@@ -173,15 +176,13 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                         return  # the agent closed its side
                     if isinstance(error, KeelError | SpecError):
                         raise error  # the error table gives it its code
-                    bound.warning("agent stream failed", error=repr(error))
-                    await context.abort(
-                        grpc.StatusCode.UNAVAILABLE, "the stream from the agent failed; reconnect"
-                    )
+                    bound.warning("agent stream failed", error=str(error))
+                    raise StreamFailed("the stream from the agent failed; reconnect") from error
                 else:
                     session.wake.clear()
                     try:
                         if sent is None:
-                            message = await self._opening(hello, bound)
+                            message = await self._opening(hello, session, bound)
                         else:
                             revision, rows = await self._store.host_assignments(host, since=sent)
                             # Sent even when empty (each resync period at least): the agent then
@@ -202,11 +203,14 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             self._logs.session_closed(session)
             if self._registry.close(session):
                 with contextlib.suppress(Exception):
-                    await self._store.disconnect_host(host)
+                    await self._store.disconnect_host(host, stream_id=session.stream_id)
                 bound.info("agent disconnected")
 
     async def _opening(
-        self, hello: convert.Hello, bound: structlog.typing.FilteringBoundLogger
+        self,
+        hello: convert.Hello,
+        session: _Session,
+        bound: structlog.typing.FilteringBoundLogger,
     ) -> agent_pb2.ControlMessage:
         """Registers the host and returns its first assignments message."""
         host = hello.host
@@ -215,6 +219,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             labels=hello.labels,
             capacity=hello.capacity,
             agent_version=hello.agent_version,
+            stream_id=session.stream_id,
         )
         if 0 < hello.revision <= revision:
             sent, rows = await self._store.host_assignments(host, since=hello.revision)
@@ -296,14 +301,16 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                 bound.warning("ignoring a second Hello on an open stream")
 
 
-async def _hello(requests: AsyncIterator[agent_pb2.AgentMessage]) -> convert.Hello:
+async def _hello(
+    requests: AsyncIterator[agent_pb2.AgentMessage], *, timeout_s: float
+) -> convert.Hello:
     """The stream's opening Hello, checked; InvalidArgument when there is none."""
     try:
-        async with asyncio.timeout(HELLO_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             first = await anext(requests)
     except (TimeoutError, StopAsyncIteration):
         raise InvalidArgument(
-            f"hello: the stream must open with Hello within {HELLO_TIMEOUT_S:.0f}s"
+            f"hello: the stream must open with Hello within {timeout_s:g}s"
         ) from None
     if first.WhichOneof("msg") != "hello":
         raise InvalidArgument("hello: the first message must be Hello with a host name")

@@ -20,6 +20,7 @@ from controlplane.rollout import plan_workload
 from controlplane.rowviews import host_view, workload_view
 from controlplane.store import Store
 from keel import tracing
+from keel.model import Change
 
 log = structlog.get_logger("keel.workload")
 
@@ -77,8 +78,8 @@ class WorkloadController:
                         f"the database refuses this workload's instances: {detail}"
                     ) from exc
             # Counted at commit: the SLO's denominator.
-            self._metrics.count_changes("create", len(result.created))
-            self._metrics.count_changes("remove", result.removed)
+            self._metrics.count_changes(Change.CREATE, len(result.created))
+            self._metrics.count_changes(Change.REMOVE, result.removed)
             wrote = bool(result.created or result.removed)
             bound.info(
                 "workload reconciled",

@@ -99,12 +99,17 @@ class WorkloadStore:
         spec = w.spec.to_json()
         async with self.pool.acquire() as conn, conn.transaction():
             old = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name)
+            row = None
             if old is None:
+                # FOR UPDATE locks nothing for a name not yet there: two first applies of one
+                # name race to this INSERT. The loser inserts nothing, then waits on the
+                # winner's row and applies as an update on top of it.
                 row = await conn.fetchrow(
                     """INSERT INTO workload (name, kind, replicas, max_unavailable, max_surge,
                                              selector, deadline_ms, spec, trace_context,
                                              desired_changed_at)
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp())
+                       ON CONFLICT (name) DO NOTHING
                        RETURNING *""",
                     w.name,
                     w.kind.value,
@@ -117,7 +122,15 @@ class WorkloadStore:
                     trace_context,
                 )
                 result = "created"
-            else:
+                if row is None:
+                    old = await conn.fetchrow(
+                        "SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name
+                    )
+            if old is None and row is None:
+                raise FailedPrecondition(
+                    f'workload "{w.name}" was created and removed while this apply ran; apply again'
+                )
+            if old is not None and row is None:
                 if old["deleting"]:
                     raise FailedPrecondition(
                         f'workload "{w.name}" is being deleted; wait until `keelctl get '

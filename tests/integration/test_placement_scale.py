@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from controlplane import migrate
+from controlplane.errors import Conflict
 from controlplane.instance_store import instance_id
 from controlplane.metrics import Metrics
 from controlplane.reconcile import Term
@@ -93,7 +94,7 @@ async def test_a_failed_plan_does_not_block_its_workload(store: Store) -> None:
         squatter,
         host,
     )
-    with pytest.raises(asyncpg.UniqueViolationError):
+    with pytest.raises(Conflict):
         await store.apply_plan(row, create_on=[host, host], remove=[], epoch=None)
     retried = await store.apply_plan(row, create_on=[host, host], remove=[], epoch=None)
     assert len(retried.created) == 2 and squatter not in retried.created

@@ -285,3 +285,25 @@ async def test_planning_views_match_the_full_rows(store: Store) -> None:
         (b, Desired.REMOVED, Phase.PENDING, False),
     }
     assert all(v.resources == Resources(100, 64) for v in expected)
+
+
+async def test_a_stream_ending_late_does_not_disconnect_its_successor(store: Store) -> None:
+    """Only the stream that last registered a host can mark it disconnected."""
+    caps = {"labels": {}, "capacity": Resources(4000, 8192), "agent_version": "test"}
+    await store.register_host("h1", stream_id="old", **caps)  # type: ignore[arg-type]
+    await store.register_host("h1", stream_id="new", **caps)  # type: ignore[arg-type]
+    await store.disconnect_host("h1", stream_id="old")
+    assert (await store.get_host("h1")).connected
+    await store.disconnect_host("h1", stream_id="new")
+    assert not (await store.get_host("h1")).connected
+
+
+async def test_concurrent_first_applies_of_one_name_both_succeed(store: Store) -> None:
+    """Two first applies of the same name race: one creates, the other applies on top; neither
+    fails with a driver error."""
+    results = await asyncio.gather(
+        *(store.apply_workload(_workload(replicas=n)) for n in (2, 3, 4, 5))
+    )
+    assert sorted(r for _, r in results).count("created") == 1
+    assert {r for _, r in results} <= {"created", "configured", "unchanged"}
+    assert (await store.get_workload("web")).workload.replicas in (2, 3, 4, 5)

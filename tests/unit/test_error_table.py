@@ -95,3 +95,14 @@ def test_keel_errors_and_bugs_pass_through_the_translation_untouched() -> None:
         raise NotFound("gone")
     with pytest.raises(ZeroDivisionError), translated():
         raise ZeroDivisionError()
+
+
+def test_a_value_asyncpg_cannot_encode_is_invalid_argument_without_driver_text() -> None:
+    """asyncpg's client-side DataError (an InterfaceError) is bad input, not an outage, and its
+    text, which names a query parameter, stays in the log."""
+    with pytest.raises(InvalidArgument) as caught, translated():
+        raise asyncpg.exceptions._base.DataError(
+            "invalid input for query argument $4: 99999999999999999999 (value out of int64 range)"
+        )
+    assert "query argument" not in str(caught.value)
+    assert str(caught.value).startswith("request: ")

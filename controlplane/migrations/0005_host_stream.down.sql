@@ -1,0 +1,1 @@
+ALTER TABLE host DROP COLUMN stream_id;
