@@ -4,17 +4,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
-import asyncpg
 import pytest
 
-from controlplane import migrate
 from controlplane.metrics import Metrics
 from controlplane.reconcile import Term
 from controlplane.status import StatusStore
-from controlplane.store import Report, Store, create_pool
+from controlplane.store import Report, Store
 from controlplane.workload import WorkloadController
 from keel.model import Desired, Kind, Phase, Resources, Workload, WorkloadSpec
 
@@ -24,18 +21,6 @@ WAIT = timedelta(seconds=0.5)
 
 
 TERM = Term(epoch=None, started_at=0.0)
-
-
-@pytest.fixture
-async def store(fresh_database: str) -> AsyncIterator[Store]:
-    conn = await asyncpg.connect(fresh_database)
-    await migrate.migrate(conn)
-    await conn.close()
-    pool = await create_pool(fresh_database, min_size=2, max_size=8)
-    try:
-        yield Store(pool)
-    finally:
-        await pool.close()
 
 
 @pytest.fixture

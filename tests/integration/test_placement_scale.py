@@ -7,7 +7,6 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -19,24 +18,12 @@ from controlplane.metrics import Metrics
 from controlplane.reconcile import Term
 from controlplane.rollout import MAX_CHANGES_PER_PASS
 from controlplane.status import StatusStore
-from controlplane.store import Store, create_pool
+from controlplane.store import Store
 from controlplane.workload import WorkloadController
 from keel.model import Resources, Workload, WorkloadSpec
 
 # What status.list_events matches a workload's instances by.
 INSTANCE_OF_WEB = re.compile(r"^web-[0-9]+-[0-9a-f]+$")
-
-
-@pytest.fixture
-async def store(fresh_database: str) -> AsyncIterator[Store]:
-    conn = await asyncpg.connect(fresh_database)
-    await migrate.migrate(conn)
-    await conn.close()
-    pool = await create_pool(fresh_database, min_size=2, max_size=12)
-    try:
-        yield Store(pool)
-    finally:
-        await pool.close()
 
 
 def _workload(name: str = "web", *, replicas: int = 3) -> Workload:

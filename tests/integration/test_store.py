@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 
-from controlplane import migrate
 from controlplane.liveness import Decision, Timings, judge
 from controlplane.rowviews import instance_view
 from controlplane.sql import bump_revisions
 from controlplane.status import StatusStore
-from controlplane.store import Report, Store, create_pool
+from controlplane.store import Report, Store
 from keel.model import Desired, HostState, Kind, Phase, Resources, Workload, WorkloadSpec
-
-
-@pytest.fixture
-async def store(fresh_database: str) -> AsyncIterator[Store]:
-    conn = await asyncpg.connect(fresh_database)
-    await migrate.migrate(conn)
-    await conn.close()
-    pool = await create_pool(fresh_database, min_size=2, max_size=12)
-    try:
-        yield Store(pool)
-    finally:
-        await pool.close()
 
 
 def _workload(

@@ -1,0 +1,24 @@
+"""Fixtures the integration tests share: a store over a fresh, migrated database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from controlplane import migrate
+from controlplane.store import Store, create_pool
+
+
+@pytest.fixture
+async def store(fresh_database: str) -> AsyncIterator[Store]:
+    """A Store over a fresh database migrated to the newest schema."""
+    conn = await asyncpg.connect(fresh_database)
+    await migrate.migrate(conn)
+    await conn.close()
+    pool = await create_pool(fresh_database, min_size=2, max_size=12)
+    try:
+        yield Store(pool)
+    finally:
+        await pool.close()
