@@ -292,10 +292,12 @@ class Runner:
             self._metrics.observe_reconcile(self.name, ok=True, seconds=elapsed)
             if self._failing.pop(key, None) is not None:
                 bound.info("reconcile succeeded again")
-            if result.requeue_after_s is None:
-                self._period.pop(key, None)
-            else:
+            if result.requeue_after_s:
                 self._period[key] = result.requeue_after_s
+            else:
+                # None, or 0 ("more to do, at once"): no period that would cap a retry's
+                # back-off (a cap of 0 would retry a failing key in a busy loop).
+                self._period.pop(key, None)
             self.queue.done(key, after_s=result.requeue_after_s)
             if result.idle:
                 tracing.discard(span)

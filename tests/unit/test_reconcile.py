@@ -249,6 +249,20 @@ async def test_a_periodic_key_is_retried_no_later_than_its_period() -> None:
     r.close()
 
 
+async def test_a_key_that_asked_to_come_back_at_once_still_backs_off_when_it_fails() -> None:
+    """requeue_after(0) (more to do now) sets no period: a failure after it backs off as usual
+    instead of retrying in a busy loop."""
+    clock = Clock()
+    script = Script(passes=[returns(requeue_after(0)), raises(TemporaryError("x"))])
+    r = runner(script, retry_base_s=5.0, clock=clock)
+    term = Term(epoch=1, started_at=clock.now, clock=clock)
+    for _ in range(2):
+        await r.process("web", term=term)
+    waiting = r.queue.waiting("web")
+    assert waiting is not None and 4.0 < waiting <= 5.0
+    r.close()
+
+
 async def test_a_fresh_key_is_processed_before_a_queued_resync() -> None:
     """The term's resync queues 300 keys; a key added fresh is processed next, not 301st."""
     release = asyncio.Event()
