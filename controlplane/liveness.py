@@ -2,7 +2,9 @@
 
 `judge` is the rule, pure and table-tested (tests/unit/test_liveness.py): from each host's
 heartbeat facts in database time it decides which hosts change state and which are fenced.
-- A new leader judges nobody for one liveness grace, so agents have time to reconnect to it.
+- A new leader judges nobody for one liveness grace, so agents have time to reconnect to it;
+  nor does a leader whose database was away (heartbeats could not be recorded meanwhile),
+  for one grace from its return.
 - READY with no heartbeat for longer than the grace: NOT_READY, from now.
 - NOT_READY for longer than `unknown_after`: UNKNOWN. `state_since` keeps when the host stopped
   being READY, so fencing and HOST_UNREACHABLE count from the first missed deadline.
@@ -26,6 +28,7 @@ from typing import Protocol
 
 import structlog
 
+from controlplane.errors import Unavailable
 from controlplane.metrics import Metrics
 from controlplane.reconcile import Result, Term, requeue_after
 from keel.model import Change, HostState, Kind
@@ -132,13 +135,29 @@ class LivenessController:
         self._timings = timings
         self._interval_s = interval_s
         self._metrics = metrics
+        # Set while the database is away; then when it came back (term clock). Heartbeats
+        # that arrived meanwhile could not be recorded, so hosts are not judged silent by
+        # them: agents get one grace period from the database's return, as from a new term.
+        self._blind = False
+        self._sighted_at: float | None = None
 
     async def keys(self) -> list[str]:
         return [KEY]
 
     async def reconcile(self, key: str, *, term: Term) -> Result:
-        now, hosts = await self._store.liveness_facts()
-        decision = judge(hosts, now=now, term_age_s=term.age_s(), timings=self._timings)
+        try:
+            now, hosts = await self._store.liveness_facts()
+        except Unavailable:
+            self._blind = True
+            raise
+        if self._blind:
+            self._blind = False
+            self._sighted_at = term.clock()
+            log.info("database back: hosts get one liveness grace before they are judged")
+        watched_s = term.age_s()
+        if self._sighted_at is not None:
+            watched_s = min(watched_s, max(0.0, term.clock() - self._sighted_at))
+        decision = judge(hosts, now=now, term_age_s=watched_s, timings=self._timings)
         if decision.wait_s is not None:
             return requeue_after(decision.wait_s, idle=True)
         written = await self._store.record_liveness(decision.transitions, epoch=term.epoch)

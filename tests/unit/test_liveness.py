@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from controlplane.liveness import Decision, HostFacts, Timings, Transition, judge
-from keel.model import HostState
+from controlplane.errors import Unavailable
+from controlplane.liveness import (
+    KEY,
+    Decision,
+    HostFacts,
+    LivenessController,
+    Timings,
+    Transition,
+    judge,
+)
+from controlplane.metrics import Metrics
+from controlplane.reconcile import Term
+from keel.model import HostState, Kind
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 TIMINGS = Timings(grace_s=40, unknown_after_s=60, reschedule_after_s=300)
@@ -106,3 +118,44 @@ def test_hosts_are_judged_each_on_its_own_facts() -> None:
     assert decision == Decision(
         transitions=(Transition("a", READY, NOT_READY, NOW, ago(41)),), fence=("c",)
     )
+
+
+class _Store:
+    """Liveness facts as the store would give them, or the database away."""
+
+    def __init__(self) -> None:
+        self.away = False
+        self.written: list[Transition] = []
+
+    async def liveness_facts(self) -> tuple[datetime, list[HostFacts]]:
+        if self.away:
+            raise Unavailable("the database is away")
+        return NOW, [SILENT]
+
+    async def record_liveness(
+        self, transitions: Sequence[Transition], *, epoch: int | None
+    ) -> list[Transition]:
+        self.written += transitions
+        return list(transitions)
+
+    async def fence_host(self, host: str, kinds: Iterable[Kind], *, epoch: int | None) -> int:
+        return 0
+
+
+async def test_after_a_database_outage_hosts_get_one_grace_before_they_are_judged() -> None:
+    """Heartbeats that came while the database was away were never recorded: a host silent by
+    the database's word is not marked NOT_READY until one grace after the database is back."""
+    clock = [10_000.0]
+    term = Term(epoch=1, started_at=0.0, clock=lambda: clock[0])
+    store = _Store()
+    controller = LivenessController(store, timings=TIMINGS, interval_s=1.0, metrics=Metrics())
+    store.away = True
+    with pytest.raises(Unavailable):
+        await controller.reconcile(KEY, term=term)
+    store.away = False
+    clock[0] += 5
+    waiting = await controller.reconcile(KEY, term=term)
+    assert waiting.requeue_after_s == TIMINGS.grace_s and store.written == []
+    clock[0] += TIMINGS.grace_s
+    await controller.reconcile(KEY, term=term)
+    assert [t.to for t in store.written] == [NOT_READY]
