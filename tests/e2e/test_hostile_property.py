@@ -25,10 +25,9 @@ from __future__ import annotations
 import json
 import math
 import re
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -43,6 +42,8 @@ from keel.fields import shown
 from keel.v1 import agent_pb2, fleet_pb2
 
 pytestmark = pytest.mark.e2e
+
+DatabaseFactory = Callable[[], AbstractContextManager[str]]
 
 EXAMPLES = settings(
     max_examples=60,
@@ -139,9 +140,11 @@ class Case:
 
 
 @pytest.fixture(scope="module")
-def state(database_factory: Any) -> Iterator[State]:
+def state(
+    tmp_path_factory: pytest.TempPathFactory, database_factory: DatabaseFactory
+) -> Iterator[State]:
     """The fleet with state, settled, its agent frozen for the module."""
-    root = Path(tempfile.mkdtemp(prefix="keel-e2e-property-"))
+    root = tmp_path_factory.mktemp("property_fleet")
     args = {1: ["--driver", "fake", "--label", "role=web"]}
     with (
         database_factory() as url,
@@ -291,7 +294,7 @@ def variants(name: str, kind: str) -> list[str]:
         over,
         name + "x" * 9000,
         # A trailing "\n" is left out: it passes today (test_hostile_input's
-        # test_a_trailing_newline_is_refused says where).
+        # test_a_trailing_newline_in_* say where).
     ]
     if kind != "object":  # an event's object may end in '-'
         out.append(name + "-")
