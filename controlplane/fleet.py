@@ -29,7 +29,7 @@ log = structlog.get_logger("keel.fleet")
 DEFAULT_EVENTS = 100
 # What `keelctl events --for` may name; the store turns a workload into a pattern, so the name
 # must not carry regular-expression syntax.
-_OBJECT = re.compile(r"^(workload|host|instance)/[a-z0-9][-a-z0-9_.]{0,252}$")
+_OBJECT = re.compile(r"^(workload|host|instance)/[a-z0-9][-a-z0-9_.]{0,252}\Z")
 MAX_EVENTS = 10_000
 
 

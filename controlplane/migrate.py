@@ -24,7 +24,7 @@ log = structlog.get_logger("keel.migrate")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # An arbitrary constant shared by every replica: "keel migrations".
 _LOCK_KEY = 0x6B65656C_6D696772
-_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$")
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql\Z")
 
 
 @dataclass(frozen=True)

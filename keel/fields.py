@@ -34,11 +34,11 @@ INT32_MAX = 2**31 - 1
 
 # A host (its agent's --host): lowercase DNS-like, so it is the same name in a URL, a log line
 # and `keelctl events --for host/NAME`.
-HOST_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?$")
+HOST_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?\Z")
 # A label key (host labels, workload selectors): letters, digits, '-', '_', '.', '/'.
-LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]{0,251}[A-Za-z0-9])?$")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]{0,251}[A-Za-z0-9])?\Z")
 # An object id as keel writes them (instances: workload-generation-suffix).
-ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?$")
+ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?\Z")
 # Control characters (tab and newline too): not meant for a label or a version string.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -22,9 +22,9 @@ MAX_MEMORY_MIB = 1024**3
 _DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 # "ms" before "m" so that "500ms" is not read as 500 minutes followed by garbage.
 _DURATION_PART = r"(\d+(?:\.\d+)?)(ms|h|m|s)"
-_DURATION_RE = re.compile(rf"^(?:{_DURATION_PART})+$")
+_DURATION_RE = re.compile(rf"^(?:{_DURATION_PART})+\Z")
 _DURATION_PART_RE = re.compile(_DURATION_PART)
-_BARE_NUMBER_RE = re.compile(r"^-?\d+(?:\.\d+)?$")
+_BARE_NUMBER_RE = re.compile(r"^-?\d+(?:\.\d+)?\Z")
 _DURATION_HINT = "use e.g. 500ms, 10s, 5m, 1h or 1m30s"
 
 
@@ -81,8 +81,8 @@ def format_duration(ms: int) -> str:
     return "".join(parts)
 
 
-_CPU_RE = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
-_MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|K|M|G|T)?$")
+_CPU_RE = re.compile(r"^(\d+(?:\.\d+)?)(m?)\Z")
+_MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|K|M|G|T)?\Z")
 _MEMORY_UNITS = {
     "Ki": 1024,
     "Mi": 1024**2,

@@ -51,9 +51,9 @@ MAX_MANIFEST_BYTES = 256 * 1024
 # document of nothing but brackets from exhausting the parser's recursion.
 MAX_DEPTH = 16
 
-NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-PORT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,14}$")
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+PORT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,14}\Z")
 # `${...}` in a command; the agent expands these from the instance's environment.
 _VAR_REF_RE = re.compile(r"\$\{([^}]*)\}")
 KEEL_VARS = ("KEEL_HOST", "KEEL_WORKLOAD", "KEEL_INSTANCE")

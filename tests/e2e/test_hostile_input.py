@@ -236,16 +236,8 @@ def test_a_stored_row_that_cannot_be_presented_does_not_break_the_list(
         assert any(x.get("workload") == "poison" and "left out" in x["event"] for x in lines)
 
 
-# Every name rule is a regex anchored with `$`, which also matches before a final "\n", and
-# applied with `re.match`: "web\n" passes keel.spec.NAME_RE, keel.fields.HOST_RE, ID_RE and
-# LABEL_KEY_RE, ENV_NAME_RE, PORT_NAME_RE and fleet._OBJECT, so a workload "web\n" or a host
-# "good-host\n" is stored. Strict: the marker must go when the rules anchor with \Z.
-TRAILING_NEWLINE = pytest.mark.xfail(
-    strict=True, reason="a trailing newline passes every name rule ($ matches before it)"
-)
-
-
-@TRAILING_NEWLINE
+# A name rule anchored with `$` also matches before a final "\n" ("web\n" passed every name
+# rule once): the rules anchor with \Z, and these keep them so.
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
@@ -265,7 +257,6 @@ def test_a_trailing_newline_in_a_manifest_is_refused(
     assert answer.code == INVALID and answer.details.startswith(field), answer
 
 
-@TRAILING_NEWLINE
 @pytest.mark.parametrize(
     ("method", "message", "field"),
     [
@@ -282,7 +273,6 @@ def test_a_trailing_newline_in_a_request_name_is_refused(
     assert answer.code == INVALID and answer.details.startswith(field), answer
 
 
-@TRAILING_NEWLINE
 @pytest.mark.parametrize(
     ("fields", "field"),
     [({"host": "good-host\n"}, "hello.host"), ({"labels": {"role\n": "a"}}, "hello.labels")],

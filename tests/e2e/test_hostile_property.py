@@ -293,8 +293,7 @@ def variants(name: str, kind: str) -> list[str]:
         name + "\u00e9",
         over,
         name + "x" * 9000,
-        # A trailing "\n" is left out: it passes today (test_hostile_input's
-        # test_a_trailing_newline_in_* say where).
+        name + "\n",
     ]
     if kind != "object":  # an event's object may end in '-'
         out.append(name + "-")
