@@ -1,0 +1,118 @@
+"""Scenario 1: many agents connected and heartbeating, nothing else happening.
+
+One control plane with default settings; the hollow fleet grows through the profile's sizes
+(each agent heartbeats every 5 s, the agent's default, in every profile but `tiny`). At each
+size, once every host is connected and READY and one heartbeat interval has passed, a window
+measures the control plane's CPU and RSS, Postgres' CPU and transactions, and the fleet's own
+CPU. Throughout, the hosts not READY are counted every second, and at the end the NOT_READY /
+UNKNOWN transitions recorded as events: the target is that no host ever leaves READY.
+"Commits per heartbeat" says whether heartbeats are written in batches (one transaction per
+heartbeat today).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bench.fleet import Run, Stage
+from bench.profiles import ISSUE, Profile, size_text
+from bench.report import Figure, Outcome, Step, Target
+
+TITLE = "idle agents with heartbeats"
+ANCHOR = "Kubernetes: 5,000 nodes per cluster; kubemark ~10 hollow nodes per core"
+SAMPLE_S = 1.0
+
+
+async def run(run: Run, profile: Profile) -> Outcome:
+    outcome = Outcome(1, TITLE)
+    issue = ISSUE.idle_agents[-1]
+    async with Stage(run, "idle") as stage:
+        fleet = stage.hollow(0, heartbeat_s=profile.heartbeat_s)
+        worst_not_ready = 0
+        for agents in profile.idle_agents:
+            fleet.grow(agents)
+            await stage.hosts_ready(agents, within_s=profile.setup_timeout_s)
+            # One heartbeat interval: every agent has heartbeated since it connected, and the
+            # connection storm (registrations, first assignments) is over.
+            await asyncio.sleep(profile.idle_settle_s)
+            beats, commits = fleet.stats().counts["heartbeats"], await stage.commits()
+            window = stage.window()
+            end = time.monotonic() + profile.idle_window_s
+            while time.monotonic() < end:
+                await asyncio.sleep(min(SAMPLE_S, max(0.0, end - time.monotonic())))
+                window.sample()
+                stage.children.check_alive()
+                worst_not_ready = max(worst_not_ready, await _not_ready(stage))
+            cost = window.close()
+            beats = fleet.stats().counts["heartbeats"] - beats
+            commits = await stage.commits() - commits
+            per_k = 1000 / agents
+            outcome.steps.append(
+                Step(
+                    size_text(agents, agents, "agents"),
+                    agents,
+                    "agent",
+                    cost,
+                    per_unit={
+                        "control plane %/1k agents": cost.cpu("controlplane") * per_k,
+                        "Postgres %/1k agents": cost.cpu("postgres") * per_k,
+                        "hollow %/1k agents": cost.cpu("hollow") * per_k,
+                        "commits/heartbeat": commits / max(1, beats),
+                    },
+                    extra={
+                        "heartbeats_per_s": beats / cost.seconds,
+                        "commits_per_s": commits / cost.seconds,
+                        "controlplane_rss_mib": cost.groups["controlplane"].rss_max_mib,
+                    },
+                )
+            )
+        transitions = await stage.db.fetchval(
+            "SELECT count(*) FROM event WHERE kind IN ('HostNotReady', 'HostUnknown')"
+        )
+    last = outcome.steps[-1]
+    assert last.cost is not None
+    size = size_text(last.units, issue, "agents")
+    outcome.figures = [
+        Figure(
+            "control plane CPU",
+            last.cost.cpu("controlplane"),
+            "% of a core",
+            size,
+            Target("< 25% of one core at 5,000", 25.0),
+            ANCHOR,
+        ),
+        Figure(
+            "control plane RSS",
+            last.cost.groups["controlplane"].rss_max_mib,
+            "MiB",
+            size,
+            Target("< 1 GiB at 5,000", 1024.0),
+            ANCHOR,
+        ),
+        Figure(
+            "hosts ever not READY",
+            float(max(worst_not_ready, int(transitions))),
+            "",
+            f"whole run, up to {size}",
+            Target("0", 1.0),
+            ANCHOR,
+            note=f"{int(transitions)} NOT_READY/UNKNOWN events",
+        ),
+        Figure(
+            "Postgres commits per heartbeat",
+            last.per_unit["commits/heartbeat"],
+            "",
+            size,
+            Target("< 1 (heartbeats written in batches)", 1.0),
+            ANCHOR,
+        ),
+        Figure("Postgres CPU", last.cost.cpu("postgres"), "% of a core", size),
+        Figure("hollow fleet CPU", last.cost.cpu("hollow"), "% of a core", size),
+    ]
+    return outcome
+
+
+async def _not_ready(stage: Stage) -> int:
+    got = await stage.db.fetchval("SELECT count(*) FROM host WHERE state <> 'READY'")
+    return int(got)
