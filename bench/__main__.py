@@ -10,9 +10,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from bench import suite
+# The bench forks (control planes, agents, keelctl) from a process holding gRPC channels; with
+# gRPC's fork handlers on, every fork logs a warning and a child may crash before it execs.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+from bench import suite  # after the setting above, which gRPC reads at import
 
 
 def main() -> None:

@@ -102,7 +102,8 @@ async def _size(run: Run, profile: Profile, size: Burst) -> tuple[Step, str]:
     placed_s = (row["created"] - first).total_seconds() if row["created"] else running_s
     cpu_s = {g: cost.cpu(g) / 100 * cost.seconds for g in cost.groups}
     step = Step(
-        f"{size.instances:,} instances ({size.workloads} x {size.replicas}) on {size.hosts} hosts",
+        f"{size.instances:,} instances ({size.workloads} x {size.replicas}) "
+        f"on {size.hosts:,} hosts",
         size.instances,
         "instance",
         cost,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,22 +108,34 @@ async def apply_changes(
 
 def pair_changes(
     written: Mapping[str, Sequence[datetime]],
-    instances: Iterable[tuple[str, datetime, datetime]],
+    instances: Iterable[tuple[str, datetime, datetime | None]],
+    *,
+    complete: bool = True,
 ) -> list[float]:
     """Seconds from each change's write to when the instance that carried it out got to the
     point measured: `instances` are (workload, created_at, reached_at); a workload's instances
-    made after its first change, in creation order, pair with its changes in order."""
-    by_workload: dict[str, list[tuple[datetime, datetime]]] = {}
+    made after its first change, in creation order, pair with its changes in order.
+
+    `complete=False` counts a change whose instance is missing or has not got there (reached
+    None) as infinitely slow instead of failing: a run that gave up waiting still reports.
+    """
+    by_workload: dict[str, list[tuple[datetime, datetime | None]]] = {}
     for workload, created, reached in instances:
         by_workload.setdefault(workload, []).append((created, reached))
     seconds: list[float] = []
     for name, writes in written.items():
         if not writes:
             continue
-        made = sorted(x for x in by_workload.get(name, []) if x[0] >= writes[0])
-        if len(made) != len(writes):
+        made = sorted((x for x in by_workload.get(name, []) if x[0] >= writes[0]), key=_created)
+        if complete and len(made) != len(writes):
             raise BenchError(f"{name}: {len(writes)} changes but {len(made)} new instances")
-        seconds += [
-            (reached - w).total_seconds() for w, (_, reached) in zip(writes, made, strict=True)
-        ]
+        for n, w in enumerate(writes):
+            reached = made[n][1] if n < len(made) else None
+            if reached is None and complete:
+                raise BenchError(f"{name}: an instance made for a change never got there")
+            seconds.append(math.inf if reached is None else (reached - w).total_seconds())
     return seconds
+
+
+def _created(x: tuple[datetime, datetime | None]) -> datetime:
+    return x[0]

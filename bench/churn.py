@@ -22,7 +22,7 @@ from bench.changes import apply_changes, pair_changes
 from bench.fleet import Run, Stage
 from bench.measure import Window, percentile
 from bench.operator_api import Prober
-from bench.procs import await_for
+from bench.procs import BenchError, await_for
 from bench.profiles import ISSUE, Churn, Profile, size_text
 from bench.report import Figure, Outcome, Step, Target
 from bench.slis import buckets, quantile, scrape
@@ -32,6 +32,10 @@ TITLE = "single changes at 20/s, operator API meanwhile"
 ANCHOR3 = "Kubernetes pod startup SLO: p99 5 s at 20/s churn (container start included)"
 ANCHOR6 = "Kubernetes API SLO: mutating calls p99 1 s"
 SETTLE_S = 300.0  # the longest the new replicas may take to run after the last change
+# The operator's load: a get or a describe every PROBE_INTERVAL_S, a list of every instance and
+# a `keelctl get hosts` every LIST_EVERY_S (a person at a terminal, not a load test).
+PROBE_INTERVAL_S = 0.25
+LIST_EVERY_S = 10.0
 SAMPLE_S = 1.0
 
 
@@ -54,7 +58,7 @@ async def run(run: Run, profile: Profile) -> list[Outcome]:
         Figure("apply-to-RUNNING p50", e3["apply_to_running_p50_ms"], "ms", shown,
                Target("< 20 ms", 20.0), ANCHOR3),
         Figure("apply-to-RUNNING p99", e3["apply_to_running_p99_ms"], "ms", shown,
-               Target("< 100 ms", 100.0), ANCHOR3),
+               Target("< 100 ms", 100.0), ANCHOR3, note=_unfinished(e3)),
         Figure("keel_convergence_seconds p50", e3["sli_p50_ms"], "ms", shown),
         Figure("keel_convergence_seconds p99", e3["sli_p99_ms"], "ms", shown,
                Target("agrees with apply-to-RUNNING p99 (same bucket)"), ANCHOR3,
@@ -90,7 +94,8 @@ async def _size(run: Run, profile: Profile, size: Churn) -> tuple[Step, Step]:
         before = await asyncio.to_thread(scrape, cp.metrics)
         window = stage.window()
         stop = asyncio.Event()
-        prober = Prober(cp.grpc, names)
+        prober = Prober(cp.grpc, names, interval_s=PROBE_INTERVAL_S, list_every_s=LIST_EVERY_S,
+                        keelctl_every_s=LIST_EVERY_S)  # fmt: skip
         probing = asyncio.create_task(prober.run(stop), name="operator prober")
         sampling = asyncio.create_task(_sample(window, stop), name="sampler")
         try:
@@ -104,7 +109,11 @@ async def _size(run: Run, profile: Profile, size: Churn) -> tuple[Step, Step]:
             stop.set()
             await asyncio.gather(probing, sampling)
         total = placed + made.total
-        await stage.running(total, within_s=SETTLE_S, what=f"{made.total} new replicas to run")
+        try:
+            await stage.running(total, within_s=SETTLE_S, what=f"{made.total} new replicas")
+            late = ""
+        except BenchError as exc:
+            late = str(exc)  # reported below: the changes not RUNNING count as never
         cost = window.close()
         key = 'keel_convergence_seconds_count{change="create"}'
 
@@ -112,9 +121,17 @@ async def _size(run: Run, profile: Profile, size: Churn) -> tuple[Step, Step]:
             after = await asyncio.to_thread(scrape, cp.metrics)
             return after if after.get(key, 0) - before.get(key, 0) >= made.total else None
 
-        after = await await_for(counted, within_s=60, what=f"{made.total} creates in the SLI")
-        rows = await stage.db.fetch("SELECT workload, created_at, observed_at FROM instance")
-    waits = pair_changes(made.written, [(r[0], r[1], r[2]) for r in rows])
+        after = (
+            await await_for(counted, within_s=60, what=f"{made.total} creates in the SLI")
+            if not late
+            else await asyncio.to_thread(scrape, cp.metrics)
+        )
+        rows = await stage.db.fetch(
+            """SELECT workload, created_at,
+                      CASE WHEN phase = 'RUNNING' AND ready THEN observed_at END AS reached
+               FROM instance"""
+        )
+    waits = pair_changes(made.written, [(r[0], r[1], r[2]) for r in rows], complete=not late)
     b, a = buckets(before, "create"), buckets(after, "create")
     ms = 1000.0
     extra3 = {
@@ -125,6 +142,7 @@ async def _size(run: Run, profile: Profile, size: Churn) -> tuple[Step, Step]:
         "sli_p50_ms": quantile(0.5, b, a) * ms,
         "sli_p99_ms": quantile(0.99, b, a) * ms,
         "late_s": made.late_s,
+        "unfinished": float(sum(1 for w in waits if math.isinf(w))),
     }
     s = prober.samples
     extra6 = {
@@ -137,7 +155,7 @@ async def _size(run: Run, profile: Profile, size: Churn) -> tuple[Step, Step]:
         "listed": float(prober.listed),
         "calls": float(sum(len(v) for v in s.values()) + len(made.latencies_s)),
     }
-    label = f"{placed:,} instances, {size.hosts} hosts, {size.workloads} workloads"
+    label = f"{placed:,} instances, {size.hosts:,} hosts, {size.workloads:,} workloads"
     per_k = 1000 / placed
     step3 = Step(
         label, placed, "instance", cost,
@@ -171,6 +189,11 @@ async def _sample(window: Window, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), SAMPLE_S)
         except TimeoutError:
             continue
+
+
+def _unfinished(extra: dict[str, float]) -> str:
+    n = int(extra["unfinished"])
+    return f"{n} of {extra['changes']:.0f} not RUNNING {SETTLE_S:.0f} s after the last" if n else ""
 
 
 def _same_bucket(measured_s: float, sli_s: float) -> bool:

@@ -118,7 +118,7 @@ async def _size(run: Run, profile: Profile, size: Burst) -> Step:
     again = last.counts["restarts"] - before.counts["restarts"]
     restarts = len(gone) + len(added) + len(not_running) + stopped + again
     step = Step(
-        f"{size.hosts} agents, {size.instances:,} instances",
+        f"{size.hosts:,} agents, {size.instances:,} instances",
         size.hosts,
         "agent",
         cost,

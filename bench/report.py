@@ -66,6 +66,8 @@ class Figure:
         if self.value is None or math.isnan(self.value):
             return "-"
         v = self.value
+        if math.isinf(v):
+            return "never"
         if v == int(v) and not self.unit.startswith(("ms", "s", "%")):
             text = f"{v:,.0f}"  # a count
         elif abs(v) >= 100:
@@ -169,7 +171,7 @@ def growth_table(outcomes: Sequence[Outcome]) -> str:
     for o in outcomes:
         for s in o.steps:
             c = s.cost
-            per_unit = ", ".join(f"{k} {v:.3g}" for k, v in s.per_unit.items())
+            per_unit = ", ".join(f"{k} {_number(v)}" for k, v in s.per_unit.items())
             rows.append(
                 [
                     str(o.number),
@@ -185,6 +187,10 @@ def growth_table(outcomes: Sequence[Outcome]) -> str:
     header = ["#", "size", "window", "control plane %", "Postgres %", "hollow fleet %",
               "machine busy / load", "per unit"]  # fmt: skip
     return _table(header, rows)
+
+
+def _number(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
 def print_tables(outcomes: Sequence[Outcome], *, profile: str) -> None:

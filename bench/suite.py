@@ -126,10 +126,12 @@ def _git_commit() -> str:
 
 
 async def _main(args: argparse.Namespace, root: Path) -> list[Outcome]:
-    # SIGTERM ends the run as Ctrl-C does: every stage's teardown runs.
+    # SIGTERM and SIGINT (even where a shell made it ignored) end the run the same way: the
+    # main task is cancelled, so every stage's teardown runs.
     task = asyncio.current_task()
     assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
     return await run_all(args, root)
 
 
@@ -141,9 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--postgres", default=None, help="use this running Postgres (admin URI)")
     p.add_argument("--agents-per-process", type=int, default=0, help="hollow agents per process")
     p.add_argument("--keep", action="store_true", help="keep the run's directory and logs")
+    p.add_argument("--workdir", type=Path, default=None, help="make the run's directory here")
     args = p.parse_args(argv)
     raise_open_files_limit()
-    root = Path(tempfile.mkdtemp(prefix="keel-bench-"))
+    root = Path(tempfile.mkdtemp(prefix="keel-bench-", dir=args.workdir))
     started, load = datetime.now(UTC), os.getloadavg()[0]
     clock = time.monotonic()
     try:
