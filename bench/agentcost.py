@@ -15,7 +15,7 @@ import time
 
 from bench.changes import manifest
 from bench.fleet import Run, Stage
-from bench.procs import BIN
+from bench.procs import BIN, STEP_FAILURES, first_line
 from bench.profiles import Profile
 from bench.report import Figure, Outcome, Step, Target
 from keel.v1 import fleet_pb2
@@ -38,34 +38,13 @@ async def run(run: Run, profile: Profile) -> Outcome:
         stage.extra["agent"] = stage.children.start("agent", argv)
         await stage.hosts_ready(1, within_s=profile.setup_timeout_s)
         for n in profile.agent_instances:
-            body = manifest("idle", n, env={"BENCH_STAGE": str(stage.dir)}, resources=False)
-            await stage.api.ApplyWorkload(
-                fleet_pb2.ApplyWorkloadRequest(manifest_json=body), timeout=60
-            )
-            await stage.running(n, within_s=profile.setup_timeout_s, what=f"{n} sleeps running")
-            await asyncio.sleep(min(SETTLE_S, profile.agent_window_s))
-            window = stage.window()
-            end = time.monotonic() + profile.agent_window_s
-            while time.monotonic() < end:
-                await asyncio.sleep(min(SAMPLE_S, max(0.0, end - time.monotonic())))
-                window.sample()
-                stage.children.check_alive()
-            cost = window.close()
-            agent = cost.groups["agent"]
-            outcome.steps.append(
-                Step(
-                    f"{n} instances",
-                    n,
-                    "instance",
-                    cost,
-                    per_unit={
-                        "agent %": agent.cpu_pct,
-                        "agent MiB": agent.rss_max_mib,
-                        "agent %/instance": agent.cpu_pct / n,
-                    },
-                )
-            )
-            print(f"  {n} instances: {agent.cpu_pct:.2f}% of a core, {agent.rss_max_mib:.0f} MiB")
+            try:
+                outcome.steps.append(await _size(stage, n, profile))
+            except STEP_FAILURES as exc:
+                outcome.fail(f"at {n} instances: {first_line(exc)}")
+                break
+    if not outcome.steps:
+        return outcome
     at = next((s for s in outcome.steps if s.units == TARGET_AT), outcome.steps[-1])
     biggest = outcome.steps[-1]
     size = f"{at.units:.0f} instances" + ("" if at.units == TARGET_AT else f" (issue: {TARGET_AT})")
@@ -83,3 +62,31 @@ async def run(run: Run, profile: Profile) -> Outcome:
             Figure("agent RSS", biggest.cost.groups["agent"].rss_max_mib, "MiB", big),
         ]
     return outcome
+
+
+async def _size(stage: Stage, n: int, profile: Profile) -> Step:
+    """Scales the idle workload to `n` and measures the agent over a window."""
+    body = manifest("idle", n, env={"BENCH_STAGE": str(stage.dir)}, resources=False)
+    await stage.api.ApplyWorkload(fleet_pb2.ApplyWorkloadRequest(manifest_json=body), timeout=60)
+    await stage.running(n, within_s=profile.setup_timeout_s, what=f"{n} sleeps running")
+    await asyncio.sleep(min(SETTLE_S, profile.agent_window_s))
+    window = stage.window()
+    end = time.monotonic() + profile.agent_window_s
+    while time.monotonic() < end:
+        await asyncio.sleep(min(SAMPLE_S, max(0.0, end - time.monotonic())))
+        window.sample()
+        stage.children.check_alive()
+    cost = window.close()
+    agent = cost.groups["agent"]
+    print(f"  {n} instances: {agent.cpu_pct:.2f}% of a core, {agent.rss_max_mib:.0f} MiB")
+    return Step(
+        f"{n} instances",
+        n,
+        "instance",
+        cost,
+        per_unit={
+            "agent %": agent.cpu_pct,
+            "agent MiB": agent.rss_max_mib,
+            "agent %/instance": agent.cpu_pct / n,
+        },
+    )

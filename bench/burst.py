@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from bench.changes import manifest
 from bench.fleet import Run, Stage
+from bench.procs import STEP_FAILURES, first_line
 from bench.profiles import ISSUE, Burst, Profile, size_text
 from bench.report import Figure, Outcome, Step, Target
 from keel.v1 import fleet_pb2
@@ -47,10 +48,16 @@ async def run(run: Run, profile: Profile) -> Outcome:
     outcome = Outcome(2, TITLE)
     notes: list[str] = []
     for size in profile.burst:
-        step, note = await _size(run, profile, size)
+        try:
+            step, note = await _size(run, profile, size)
+        except STEP_FAILURES as exc:
+            outcome.fail(f"at {size.instances:,} instances: {first_line(exc)}")
+            break
         outcome.steps.append(step)
         notes.append(note)
-    last, size = outcome.steps[-1], profile.burst[-1]
+    if not outcome.steps:
+        return outcome
+    last, size = outcome.steps[-1], profile.burst[len(outcome.steps) - 1]
     issue = ISSUE.burst[-1]
     shown = (
         f"{size_text(size.instances, issue.instances, 'instances')} on "

@@ -22,7 +22,7 @@ from bench.changes import apply_changes, pair_changes
 from bench.fleet import Run, Stage
 from bench.measure import Window, percentile
 from bench.operator_api import Prober
-from bench.procs import BenchError, await_for
+from bench.procs import STEP_FAILURES, BenchError, await_for, first_line
 from bench.profiles import ISSUE, Churn, Profile, size_text
 from bench.report import Figure, Outcome, Step, Target
 from bench.slis import buckets, quantile, scrape
@@ -43,10 +43,17 @@ async def run(run: Run, profile: Profile) -> list[Outcome]:
     three = Outcome(3, "single changes at 20/s")
     six = Outcome(6, "operator API during scenario 3")
     for size in profile.churn:
-        step3, step6 = await _size(run, profile, size)
+        try:
+            step3, step6 = await _size(run, profile, size)
+        except STEP_FAILURES as exc:
+            for o in (three, six):
+                o.fail(f"at {size.instances:,} instances: {first_line(exc)}")
+            break
         three.steps.append(step3)
         six.steps.append(step6)
-    size, issue = profile.churn[-1], ISSUE.churn[-1]
+    if not three.steps:
+        return [three, six]
+    size, issue = profile.churn[len(three.steps) - 1], ISSUE.churn[-1]
     shown = (
         f"{size_text(size.instances, issue.instances, 'instances')}, "
         f"{size_text(size.hosts, issue.hosts, 'hosts')}, "

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from bench.burst import apply_all
 from bench.changes import manifest
 from bench.fleet import FleetStats, Run, Stage
-from bench.procs import await_for
+from bench.procs import STEP_FAILURES, BenchError, await_for, first_line
 from bench.profiles import ISSUE, Burst, Profile, size_text
 from bench.report import Figure, Outcome, Step, Target
 from keel.v1 import fleet_pb2
@@ -31,13 +31,21 @@ from keel.v1 import fleet_pb2
 TITLE = "kill -9 of the leader, two replicas"
 ANCHOR = "Borg master failover ~10 s; Nomad's failover heartbeat TTL is minutes"
 NEW_REPLICAS = 50
+RESYNC_TIMEOUT_S = 120.0
 
 
 async def run(run: Run, profile: Profile) -> Outcome:
     outcome = Outcome(5, TITLE)
     for size in profile.failover:
-        outcome.steps.append(await _size(run, profile, size))
-    last, size, issue = outcome.steps[-1], profile.failover[-1], ISSUE.failover[-1]
+        try:
+            outcome.steps.append(await _size(run, profile, size))
+        except STEP_FAILURES as exc:
+            outcome.fail(f"at {size.hosts:,} agents: {first_line(exc)}")
+            break
+    if not outcome.steps:
+        return outcome
+    last, issue = outcome.steps[-1], ISSUE.failover[-1]
+    size = profile.failover[len(outcome.steps) - 1]
     shown = (
         f"{size_text(size.hosts, issue.hosts, 'agents')}, "
         f"{size_text(size.instances, issue.instances, 'instances')}"
@@ -93,7 +101,18 @@ async def _size(run: Run, profile: Profile, size: Burst) -> Step:
             ok = s.connected == size.hosts and len(moved) >= on_leader
             return s if ok and all(h[3] > h[4] for h in moved) else None
 
-        after = await await_for(resynced, within_s=120, what="every agent to resync", interval=0.1)
+        try:
+            after = await await_for(resynced, within_s=RESYNC_TIMEOUT_S, what="", interval=0.1)
+        except BenchError:
+            s = fleet.stats()
+            moved = [h for h in s.hosts if h[4] >= killed_at]
+            behind = [h[0] for h in moved if h[3] <= h[4]]
+            raise BenchError(
+                f"not every agent resynced {RESYNC_TIMEOUT_S:.0f} s after the kill: "
+                f"{s.connected} of {size.hosts} connected, {len(moved)} of {on_leader} on the "
+                f"killed replica reconnected, {len(behind)} of them without assignments yet "
+                f"(e.g. {', '.join(behind[:3])}); hollow errors: {s.errors[-2:]}"
+            ) from None
         moved = [h for h in after.hosts if h[4] >= killed_at]
         resynced_s = max((h[3] for h in moved), default=killed_at) - killed_at
 

@@ -112,9 +112,13 @@ class HollowAgent:
             opened = None
             try:
                 opened = await self._session(index)
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, TimeoutError, OSError) as e:
-                if self.address >= 0 or not isinstance(e, TimeoutError | OSError):
+            except (TimeoutError, OSError) as e:
+                if self.address >= 0:  # a stream that broke, not a replica that is down
                     self._tally.error(f"{self.host}: {_describe(e)}")
+            except Exception as e:
+                # Whatever ended the stream, the agent carries on as the real one does (a dead
+                # task would be a host that silently never reconnects), and it is counted.
+                self._tally.error(f"{self.host}: {type(e).__name__}: {_describe(e)}")
             finally:
                 if self.address >= 0:
                     self.address = -1

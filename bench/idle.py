@@ -13,9 +13,11 @@ heartbeat today).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
-from bench.fleet import Run, Stage
+from bench.fleet import HollowFleet, Run, Stage
+from bench.procs import STEP_FAILURES, first_line
 from bench.profiles import ISSUE, Profile, size_text
 from bench.report import Figure, Outcome, Step, Target
 
@@ -27,49 +29,23 @@ SAMPLE_S = 1.0
 async def run(run: Run, profile: Profile) -> Outcome:
     outcome = Outcome(1, TITLE)
     issue = ISSUE.idle_agents[-1]
+    worst_not_ready, transitions = 0, 0
     async with Stage(run, "idle") as stage:
         fleet = stage.hollow(0, heartbeat_s=profile.heartbeat_s)
-        worst_not_ready = 0
         for agents in profile.idle_agents:
-            fleet.grow(agents)
-            await stage.hosts_ready(agents, within_s=profile.setup_timeout_s)
-            # One heartbeat interval: every agent has heartbeated since it connected, and the
-            # connection storm (registrations, first assignments) is over.
-            await asyncio.sleep(profile.idle_settle_s)
-            beats, commits = fleet.stats().counts["heartbeats"], await stage.commits()
-            window = stage.window()
-            end = time.monotonic() + profile.idle_window_s
-            while time.monotonic() < end:
-                await asyncio.sleep(min(SAMPLE_S, max(0.0, end - time.monotonic())))
-                window.sample()
-                stage.children.check_alive()
-                worst_not_ready = max(worst_not_ready, await _not_ready(stage))
-            cost = window.close()
-            beats = fleet.stats().counts["heartbeats"] - beats
-            commits = await stage.commits() - commits
-            per_k = 1000 / agents
-            outcome.steps.append(
-                Step(
-                    size_text(agents, agents, "agents"),
-                    agents,
-                    "agent",
-                    cost,
-                    per_unit={
-                        "control plane %/1k agents": cost.cpu("controlplane") * per_k,
-                        "Postgres %/1k agents": cost.cpu("postgres") * per_k,
-                        "hollow %/1k agents": cost.cpu("hollow") * per_k,
-                        "commits/heartbeat": commits / max(1, beats),
-                    },
-                    extra={
-                        "heartbeats_per_s": beats / cost.seconds,
-                        "commits_per_s": commits / cost.seconds,
-                        "controlplane_rss_mib": cost.groups["controlplane"].rss_max_mib,
-                    },
-                )
+            try:
+                step, worst = await _size(stage, fleet, agents, profile)
+            except STEP_FAILURES as exc:
+                outcome.fail(f"at {agents:,} agents: {first_line(exc)}")
+                break
+            outcome.steps.append(step)
+            worst_not_ready = max(worst_not_ready, worst)
+        with contextlib.suppress(*STEP_FAILURES):
+            transitions = await stage.db.fetchval(
+                "SELECT count(*) FROM event WHERE kind IN ('HostNotReady', 'HostUnknown')"
             )
-        transitions = await stage.db.fetchval(
-            "SELECT count(*) FROM event WHERE kind IN ('HostNotReady', 'HostUnknown')"
-        )
+    if not outcome.steps:
+        return outcome
     last = outcome.steps[-1]
     assert last.cost is not None
     size = size_text(last.units, issue, "agents")
@@ -111,6 +87,52 @@ async def run(run: Run, profile: Profile) -> Outcome:
         Figure("hollow fleet CPU", last.cost.cpu("hollow"), "% of a core", size),
     ]
     return outcome
+
+
+async def _size(
+    stage: Stage, fleet: HollowFleet, agents: int, profile: Profile
+) -> tuple[Step, int]:
+    """Grows the fleet to `agents` and measures a window; the step and the most hosts seen not
+    READY meanwhile."""
+    fleet.grow(agents)
+    await stage.hosts_ready(agents, within_s=profile.setup_timeout_s)
+    # One heartbeat interval: every agent has heartbeated since it connected, and the
+    # connection storm (registrations, first assignments) is over.
+    await asyncio.sleep(profile.idle_settle_s)
+    beats, commits = fleet.stats().counts["heartbeats"], await stage.commits()
+    window = stage.window()
+    worst = 0
+    end = time.monotonic() + profile.idle_window_s
+    while time.monotonic() < end:
+        await asyncio.sleep(min(SAMPLE_S, max(0.0, end - time.monotonic())))
+        window.sample()
+        stage.children.check_alive()
+        worst = max(worst, await _not_ready(stage))
+    cost = window.close()
+    beats = fleet.stats().counts["heartbeats"] - beats
+    commits = await stage.commits() - commits
+    per_k = 1000 / agents
+    step = Step(
+        size_text(agents, agents, "agents"),
+        agents,
+        "agent",
+        cost,
+        per_unit={
+            "control plane %/1k agents": cost.cpu("controlplane") * per_k,
+            "Postgres %/1k agents": cost.cpu("postgres") * per_k,
+            "hollow %/1k agents": cost.cpu("hollow") * per_k,
+            "commits/heartbeat": commits / max(1, beats),
+        },
+        extra={
+            "heartbeats_per_s": beats / cost.seconds,
+            "commits_per_s": commits / cost.seconds,
+            "controlplane_rss_mib": cost.groups["controlplane"].rss_max_mib,
+        },
+    )
+    print(
+        f"  {agents:,} agents: control plane {cost.cpu('controlplane'):.1f}% of a core", flush=True
+    )
+    return step, worst
 
 
 async def _not_ready(stage: Stage) -> int:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import asyncpg
 import grpc
 import psutil
 
@@ -33,6 +34,16 @@ T = TypeVar("T")
 
 class BenchError(Exception):
     """A benchmark step that could not complete; the message says which and where to look."""
+
+
+# What one size of a scenario may fail with and leave the rest of the run standing: the sizes
+# already measured keep their figures, the table says at which size and why it stopped.
+STEP_FAILURES = (BenchError, grpc.RpcError, asyncpg.PostgresError, OSError, TimeoutError)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:400]
 
 
 def wait_for(

@@ -110,6 +110,15 @@ class Outcome:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
+    def fail(self, error: str) -> None:
+        """The scenario stopped here: the figures already measured stand, `close` adds why."""
+        self.status, self.error = FAILED, error
+
+    def close(self) -> None:
+        """Adds the row that says the scenario failed, and why, once it is done."""
+        if self.status == FAILED and not any(f.status == FAILED for f in self.figures):
+            self.figures.append(Figure("(stopped)", None, "", "", note=self.error, status=FAILED))
+
     def as_json(self) -> dict[str, Any]:
         return {
             "scenario": self.number,
@@ -130,10 +139,11 @@ class Outcome:
         }
 
 
-def failed(number: int, title: str, error: str, *, anchor: str = "") -> Outcome:
-    """A scenario that could not complete: one row saying so, with why."""
-    figure = Figure("(scenario failed)", None, "", "", anchor=anchor, note=error, status=FAILED)
-    return Outcome(number, title, [figure], status=FAILED, error=error)
+def failed(number: int, title: str, error: str) -> Outcome:
+    """A scenario that could not start: one row saying so, with why."""
+    outcome = Outcome(number, title)
+    outcome.fail(error)
+    return outcome
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

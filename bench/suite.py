@@ -30,13 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import grpc
-
 from bench import agentcost, burst, churn, failover, idle
 from bench.fleet import Run
 from bench.postgres import Postgres
-from bench.procs import BenchError, kill_processes_naming, raise_open_files_limit
+from bench.procs import STEP_FAILURES, first_line, kill_processes_naming, raise_open_files_limit
 from bench.profiles import PROFILES, Profile
 from bench.report import NOT_BUILT, Figure, Outcome, failed, print_tables, write_json
 
@@ -77,9 +74,6 @@ SCENARIOS: list[tuple[tuple[int, ...], str, Scenario]] = [
     ((7,), agentcost.TITLE, lambda r, p: _one(agentcost.run, r, p)),
 ]
 
-# What a scenario may fail with and still let the run go on to the next one.
-EXPECTED_FAILURES = (BenchError, grpc.RpcError, asyncpg.PostgresError, OSError, TimeoutError)
-
 
 async def run_all(args: argparse.Namespace, root: Path) -> list[Outcome]:
     profile = PROFILES[args.profile]
@@ -98,21 +92,20 @@ async def run_all(args: argparse.Namespace, root: Path) -> list[Outcome]:
             started = time.monotonic()
             try:
                 got = list(await scenario(run, profile))
-            except EXPECTED_FAILURES as exc:
+            except STEP_FAILURES as exc:
+                # Its stage could not even start (the sizes fail on their own, inside).
                 print(f"  failed: {exc}", flush=True)
-                got = [failed(n, title, _first_line(exc)) for n in numbers]
+                got = [failed(n, title, first_line(exc)) for n in numbers]
             for o in got:
                 o.seconds = time.monotonic() - started
+                o.close()
+                if o.error:
+                    print(f"  scenario {o.number} stopped: {o.error}", flush=True)
             outcomes += [o for o in got if wanted is None or o.number in wanted]
             print(f"  done in {time.monotonic() - started:.0f} s", flush=True)
     finally:
         await asyncio.to_thread(postgres.stop)
     return outcomes
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 def _git_commit() -> str:

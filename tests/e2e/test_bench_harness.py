@@ -1,7 +1,7 @@
 """The benchmark harness keeps working: a tiny `make bench` runs every scenario and reports.
 
 Only that each scenario ran and said something is checked, never its figures (they depend on
-the machine); tests/unit/test_bench.py covers the harness's rules.
+the machine); tests/unit/test_bench_rules.py covers the harness's rules.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The benchmark harness's own rules: how a hollow agent answers, how changes pair with
-instances, how figures are judged. (tests/e2e/test_bench.py runs the whole harness.)"""
+instances, how figures are judged. (tests/e2e/test_bench_harness.py runs the whole harness.)"""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from bench.changes import pair_changes
 from bench.churn import _same_bucket
 from bench.hollow import Config, HollowAgent, Tally
 from bench.measure import percentile
-from bench.report import MET, MISSED, NO_TARGET, NOT_BUILT, Figure, Target
+from bench.report import FAILED, MET, MISSED, NO_TARGET, NOT_BUILT, Figure, Outcome, Target
 from keel.model import Desired, Phase, WorkloadSpec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -141,3 +141,16 @@ def test_the_sli_agrees_when_the_measured_figure_is_in_its_bucket(
 ) -> None:
     """Agreement is as fine as the histogram's buckets allow, and no finer."""
     assert _same_bucket(measured, sli) is agrees
+
+
+def test_a_scenario_that_stops_keeps_its_figures_and_says_where() -> None:
+    """A size that fails ends the series: the figures already measured stand, one row says why."""
+    outcome = Outcome(
+        5, "failover", [Figure("leading", 0.5, "s", "100 agents", Target("< 5", 5.0))]
+    )
+    outcome.fail("at 1,000 agents: timed out")
+    outcome.close()
+    outcome.close()
+    assert [f.result for f in outcome.figures] == [MET, FAILED]
+    assert outcome.as_json()["status"] == FAILED
+    assert outcome.figures[-1].note == "at 1,000 agents: timed out"
