@@ -5,7 +5,9 @@ One control plane with default settings; the hollow fleet grows through the prof
 size, once every host is connected and READY and one heartbeat interval has passed, a window
 measures the control plane's CPU and RSS, Postgres' CPU and transactions, and the fleet's own
 CPU. Throughout, the hosts not READY are counted every second, and at the end the NOT_READY /
-UNKNOWN transitions recorded as events: the target is that no host ever leaves READY.
+UNKNOWN transitions recorded as events: the target is that no host ever leaves READY. The
+control plane's own metrics say whether it judged Postgres unavailable meanwhile (its probe
+waits for a pooled connection too) and how many heartbeats it dropped for that.
 "Commits per heartbeat" says whether heartbeats are written in batches (one transaction per
 heartbeat today).
 """
@@ -20,10 +22,12 @@ from bench.fleet import HollowFleet, Run, Stage
 from bench.procs import STEP_FAILURES, first_line
 from bench.profiles import ISSUE, Profile, size_text
 from bench.report import Figure, Outcome, Step, Target
+from bench.slis import scrape
 
 TITLE = "idle agents with heartbeats"
 ANCHOR = "Kubernetes: 5,000 nodes per cluster; kubemark ~10 hollow nodes per core"
 SAMPLE_S = 1.0
+DROPPED = "keel_heartbeats_dropped_total"
 
 
 async def run(run: Run, profile: Profile) -> Outcome:
@@ -83,6 +87,14 @@ async def run(run: Run, profile: Profile) -> Outcome:
             Target("< 1 (heartbeats written in batches)", 1.0),
             ANCHOR,
         ),
+        Figure(
+            "heartbeats dropped (database unavailable to the control plane)",
+            last.extra["heartbeats_dropped"],
+            "",
+            size,
+            note=f"keel_database_up 0 in {last.extra['database_down_samples']:.0f} of "
+            f"{last.extra['samples']:.0f} samples",
+        ),
         Figure("Postgres CPU", last.cost.cpu("postgres"), "% of a core", size),
         Figure("hollow fleet CPU", last.cost.cpu("hollow"), "% of a core", size),
     ]
@@ -99,18 +111,25 @@ async def _size(
     # One heartbeat interval: every agent has heartbeated since it connected, and the
     # connection storm (registrations, first assignments) is over.
     await asyncio.sleep(profile.idle_settle_s)
+    metrics = stage.controlplanes[0].metrics
     beats, commits = fleet.stats().counts["heartbeats"], await stage.commits()
+    dropped = (await asyncio.to_thread(scrape, metrics)).get(DROPPED, 0.0)
     window = stage.window()
-    worst = 0
+    worst, samples, down = 0, 0, 0
     end = time.monotonic() + profile.idle_window_s
     while time.monotonic() < end:
         await asyncio.sleep(min(SAMPLE_S, max(0.0, end - time.monotonic())))
         window.sample()
         stage.children.check_alive()
         worst = max(worst, await _not_ready(stage))
+        # The control plane's own verdict on Postgres: 0 while its probe (a pooled connection
+        # and SELECT 1 within --db-probe-timeout) fails, FleetService NOT_SERVING meanwhile.
+        samples += 1
+        down += (await asyncio.to_thread(scrape, metrics)).get("keel_database_up", 1.0) == 0
     cost = window.close()
     beats = fleet.stats().counts["heartbeats"] - beats
     commits = await stage.commits() - commits
+    dropped = (await asyncio.to_thread(scrape, metrics)).get(DROPPED, 0.0) - dropped
     per_k = 1000 / agents
     step = Step(
         size_text(agents, agents, "agents"),
@@ -127,6 +146,9 @@ async def _size(
             "heartbeats_per_s": beats / cost.seconds,
             "commits_per_s": commits / cost.seconds,
             "controlplane_rss_mib": cost.groups["controlplane"].rss_max_mib,
+            "heartbeats_dropped": dropped,
+            "database_down_samples": float(down),
+            "samples": float(samples),
         },
     )
     print(

@@ -11,10 +11,11 @@ import pytest
 from agent.convert import DesiredUpdate
 from agent.state import Assignment
 from bench.changes import pair_changes
-from bench.churn import _same_bucket
+from bench.churn import _histogram, _same_bucket, _zeros
 from bench.hollow import Config, HollowAgent, Tally
 from bench.measure import percentile
 from bench.report import FAILED, MET, MISSED, NO_TARGET, NOT_BUILT, Figure, Outcome, Target
+from bench.slis import quantile
 from keel.model import Desired, Phase, WorkloadSpec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -154,3 +155,12 @@ def test_a_scenario_that_stops_keeps_its_figures_and_says_where() -> None:
     assert [f.result for f in outcome.figures] == [MET, FAILED]
     assert outcome.as_json()["status"] == FAILED
     assert outcome.figures[-1].note == "at 1,000 agents: timed out"
+
+
+def test_exact_figures_through_the_sli_buckets_give_what_the_sli_would() -> None:
+    """The measured samples, bucketed and interpolated as the SLI is, compare like with like."""
+    waits = [0.03] * 98 + [0.2, math.inf]
+    assert _histogram(waits)[-1] == (math.inf, 100.0)
+    assert _histogram(waits)[2] == (0.05, 98.0)
+    p99 = quantile(0.99, _zeros(), _histogram(waits))
+    assert 0.1 < p99 <= 0.25 and _same_bucket(p99, 0.2)
