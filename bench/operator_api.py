@@ -1,0 +1,123 @@
+"""Scenario 6's load: what an operator does while scenario 3's changes run.
+
+`Prober` calls the operator API on its own channel, as `keelctl` would, until stopped: a get
+(GetWorkload) and a describe (GetWorkload then the workload's instances, what
+`keelctl describe workload` does) of a random workload, alternately, every --probe interval;
+a list of every instance every `list_every_s`; and `keelctl get hosts` as a whole process
+(start-up, imports, the call, the table) a few times spread over the run. Latencies are as the
+client sees them, in seconds. `bench.churn` runs it and turns the samples into figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+
+import grpc
+
+from bench.procs import BIN, BenchError
+from keel.v1 import fleet_pb2, fleet_pb2_grpc
+
+CALL_TIMEOUT_S = 30.0
+
+
+class Prober:
+    def __init__(
+        self,
+        address: str,
+        workloads: Sequence[str],
+        *,
+        interval_s: float = 0.1,
+        list_every_s: float = 3.0,
+        keelctl_every_s: float = 5.0,
+    ) -> None:
+        self._address = address
+        self._workloads = list(workloads)
+        self._interval_s = interval_s
+        self._list_every_s = list_every_s
+        self._keelctl_every_s = keelctl_every_s
+        self.samples: dict[str, list[float]] = {
+            "get": [],
+            "describe": [],
+            "list": [],
+            "keelctl": [],
+        }
+        self.listed = 0  # instances in the last full list
+        self.errors: list[str] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with grpc.aio.insecure_channel(self._address) as channel:
+            stub = fleet_pb2_grpc.FleetServiceStub(channel)
+            loops = [
+                asyncio.create_task(self._gets(stub, stop), name="probe gets"),
+                asyncio.create_task(self._lists(stub, stop), name="probe lists"),
+                asyncio.create_task(self._keelctl(stop), name="probe keelctl"),
+            ]
+            try:
+                await asyncio.gather(*loops)
+            finally:
+                for t in loops:
+                    t.cancel()
+        if self.errors:
+            raise BenchError(f"{len(self.errors)} operator calls failed, first: {self.errors[0]}")
+
+    async def _every(self, stop: asyncio.Event, seconds: float) -> bool:
+        """Waits `seconds` or until stopped; False once stopped."""
+        try:
+            await asyncio.wait_for(stop.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    async def _gets(self, stub: fleet_pb2_grpc.FleetServiceStub, stop: asyncio.Event) -> None:
+        describe = False
+        while await self._every(stop, self._interval_s):
+            name = random.choice(self._workloads)
+            started = time.monotonic()
+            try:
+                await stub.GetWorkload(
+                    fleet_pb2.GetWorkloadRequest(name=name), timeout=CALL_TIMEOUT_S
+                )
+                if describe:
+                    await stub.ListInstances(
+                        fleet_pb2.ListInstancesRequest(workload=name), timeout=CALL_TIMEOUT_S
+                    )
+            except grpc.aio.AioRpcError as exc:
+                self.errors.append(f"{exc.code().name}: {exc.details()}")
+                continue
+            self.samples["describe" if describe else "get"].append(time.monotonic() - started)
+            describe = not describe
+
+    async def _lists(self, stub: fleet_pb2_grpc.FleetServiceStub, stop: asyncio.Event) -> None:
+        # The first one at once: a short run still gets a sample.
+        wait = 0.0
+        while await self._every(stop, wait):
+            wait = self._list_every_s
+            started = time.monotonic()
+            try:
+                reply = await stub.ListInstances(
+                    fleet_pb2.ListInstancesRequest(), timeout=CALL_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as exc:
+                self.errors.append(f"{exc.code().name}: {exc.details()}")
+                continue
+            self.samples["list"].append(time.monotonic() - started)
+            self.listed = len(reply.instances)
+
+    async def _keelctl(self, stop: asyncio.Event) -> None:
+        # The first one at once: a short run still gets a sample.
+        wait = 0.0
+        while await self._every(stop, wait):
+            wait = self._keelctl_every_s
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                str(BIN / "keelctl"), "--controlplane", self._address, "get", "hosts",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await proc.communicate()
+            if proc.returncode != 0:
+                self.errors.append(f"keelctl get hosts: {err.decode(errors='replace').strip()}")
+                continue
+            self.samples["keelctl"].append(time.monotonic() - started)
