@@ -2,7 +2,7 @@
 
 `Prober` calls the operator API on its own channel, as `keelctl` would, until stopped: a get
 (GetWorkload) and a describe (GetWorkload then the workload's instances, what
-`keelctl describe workload` does) of a random workload, alternately, every --probe interval;
+`keelctl describe workload` does) of a random workload, alternately, every `interval_s`;
 a list of every instance every `list_every_s`; and `keelctl get hosts` as a whole process
 (start-up, imports, the call, the table) a few times spread over the run. Latencies are as the
 client sees them, in seconds. `bench.churn` runs it and turns the samples into figures.

@@ -12,7 +12,6 @@ instead, and leaves it running. Neighbours: `bench.fleet` asks for databases,
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 import warnings
 from collections.abc import AsyncIterator
@@ -98,7 +97,3 @@ class Postgres:
                 await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             finally:
                 await admin.close()
-
-
-def machine_cores() -> int:
-    return os.cpu_count() or 1

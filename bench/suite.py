@@ -64,7 +64,7 @@ async def _one(
     return [await fn(run, p)]
 
 
-# (numbers it reports, title, anchor for a failure row, runner)
+# (the scenario numbers it reports, its title, the runner)
 SCENARIOS: list[tuple[tuple[int, ...], str, Scenario]] = [
     ((1,), idle.TITLE, lambda r, p: _one(idle.run, r, p)),
     ((2,), burst.TITLE, lambda r, p: _one(burst.run, r, p)),
