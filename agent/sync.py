@@ -126,13 +126,13 @@ class SyncClient:
                 alog.debug("connecting")
                 await self._session(address, alog)
             except _ESTABLISHED_EXCEPTIONS as e:
-                error = _describe(e)
+                error = describe(e)
             except grpc.aio.UsageError as e:
                 error = str(e)
             except Exception as e:
                 # Not a connection failure we know: still one failed attempt that backs off
                 # (a crash of this loop would restart it from the base rate), logged whole.
-                error = _describe(e)
+                error = describe(e)
                 alog.error("sync stream failed unexpectedly", exc_info=True)
             now = self._clock()
             stream_up_s = None if self._opened_at is None else now - self._opened_at
@@ -164,7 +164,7 @@ class SyncClient:
         s = self._settings
         async with grpc.aio.insecure_channel(address) as channel:
             async with asyncio.timeout(s.connect_timeout_s):
-                await _connect(channel)
+                await connect(channel)
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Sync()
             try:
@@ -314,7 +314,7 @@ async def _send(queue: asyncio.Queue[Outgoing], msg: Outgoing) -> None:
     queue.put_nowait(msg)
 
 
-async def _connect(channel: Any) -> None:
+async def connect(channel: Any) -> None:
     """Wait until the channel is READY; fail at once on a refused connection.
 
     `channel_ready()` alone would sit out the whole timeout on a replica that is down,
@@ -328,7 +328,7 @@ async def _connect(channel: Any) -> None:
         state = channel.get_state(try_to_connect=True)
 
 
-def _describe(e: BaseException) -> str:
+def describe(e: BaseException) -> str:
     if isinstance(e, grpc.aio.AioRpcError):
         return f"{e.code().name}: {e.details()}"
     if isinstance(e, TimeoutError):

@@ -41,6 +41,7 @@ from agent import convert
 from agent.backoff import Reconnects
 from agent.convert import DesiredUpdate, LogRequest
 from agent.status import InstanceReport
+from agent.sync import connect, describe
 from keel.model import Desired, Phase, Resources
 from keel.v1 import agent_pb2_grpc
 
@@ -114,11 +115,11 @@ class HollowAgent:
                 opened = await self._session(index)
             except (TimeoutError, OSError) as e:
                 if self.address >= 0:  # a stream that broke, not a replica that is down
-                    self._tally.error(f"{self.host}: {_describe(e)}")
+                    self._tally.error(f"{self.host}: {describe(e)}")
             except Exception as e:
                 # Whatever ended the stream, the agent carries on as the real one does (a dead
                 # task would be a host that silently never reconnects), and it is counted.
-                self._tally.error(f"{self.host}: {type(e).__name__}: {_describe(e)}")
+                self._tally.error(f"{self.host}: {type(e).__name__}: {describe(e)}")
             finally:
                 if self.address >= 0:
                     self.address = -1
@@ -131,7 +132,7 @@ class HollowAgent:
         options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own, like a host
         async with grpc.aio.insecure_channel(self._config.addresses[index], options=options) as ch:
             async with asyncio.timeout(self._config.connect_timeout_s):
-                await _ready(ch)
+                await connect(ch)
             call = agent_pb2_grpc.AgentServiceStub(ch).Sync()
             try:
                 hello = convert.Hello(
@@ -237,23 +238,6 @@ def _running(instance_id: str, now: float) -> InstanceReport:
     # Pids are made up, like the fake driver's, beyond any real pid_max default.
     pid = 1_000_000 + (zlib.crc32(instance_id.encode()) & 0xFFFFF)
     return InstanceReport(instance_id, Phase.RUNNING, pid=pid, ready=True, started_at=now)
-
-
-async def _ready(channel: Any) -> None:
-    """Waits until the channel is READY; fails at once on a refused connection (like the agent),
-    so a dead replica costs one back-off, not a whole connect timeout."""
-    state = channel.get_state(try_to_connect=True)
-    while state != grpc.ChannelConnectivity.READY:
-        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
-            raise ConnectionError("cannot connect")
-        await channel.wait_for_state_change(state)
-        state = channel.get_state(try_to_connect=True)
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, grpc.aio.AioRpcError):
-        return f"{e.code().name}: {e.details()}"
-    return str(e) or type(e).__name__
 
 
 # The process ------------------------------------------------------------------------------
