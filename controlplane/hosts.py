@@ -20,8 +20,10 @@ from controlplane.sql import (
     WORKLOAD_CHANNEL,
     Database,
     bump_revisions,
+    bump_versions,
     check_epoch,
     record_event,
+    workload_payload,
 )
 from keel.model import Desired, HostState, Kind, Phase, Resources, holds_resources
 
@@ -221,12 +223,22 @@ class HostStore:
             by_host.setdefault(u["host"], []).append(u)
         return [_host(r, by_host.get(r["name"], [])) for r in rows]
 
-    async def fence_host(self, host: str, kinds: Iterable[Kind], *, epoch: int | None) -> int:
+    async def fence_host(
+        self,
+        host: str,
+        kinds: Iterable[Kind],
+        *,
+        epoch: int | None,
+        down_since: datetime | None = None,
+    ) -> int:
         """Tombstones the given kinds' instances on a lost host so they are replaced elsewhere.
 
-        The fencing decision is when the replacements became desired: the tombstones and their
-        workloads' `desired_changed_at` get its time, so the replacements the next plans place
-        carry it (their convergence clock starts here, not at placement).
+        Only while the host is not READY (and, given `down_since`, has not been READY since
+        then, as the decision judged): a heartbeat that came back after the decision was made,
+        seen or not by whoever decided, wins. The fencing decision is when the replacements
+        became desired: the tombstones and their workloads' `desired_changed_at` get its time,
+        so the replacements the next plans place carry it (their convergence clock starts
+        here, not at placement). Each workload fenced takes a new version.
         """
         kind_values = [k.value for k in kinds]
         async with self.pool.acquire() as conn, conn.transaction():
@@ -244,8 +256,15 @@ class HostStore:
                 kind_values,
             )
             # Then the host: a plan writing to this host (which takes it too) cannot tombstone
-            # these rows between the SELECT and the UPDATE.
-            await conn.execute("SELECT 1 FROM host WHERE name = $1 FOR UPDATE", host)
+            # these rows between the SELECT and the UPDATE, nor a heartbeat make it READY.
+            lost = await conn.fetchval(
+                """SELECT state <> 'READY' AND ($2::timestamptz IS NULL OR state_since = $2)
+                   FROM host WHERE name = $1 FOR UPDATE""",
+                host,
+                down_since,
+            )
+            if not lost:
+                return 0
             ids = await conn.fetch(
                 """SELECT i.id, i.workload FROM instance i JOIN workload w ON w.name = i.workload
                    WHERE i.host = $1 AND i.desired <> 'REMOVED' AND w.kind = ANY($2::text[])""",
@@ -270,6 +289,7 @@ class HostStore:
                 sorted({r["workload"] for r in ids}),
                 decided_at,
             )
+            versions = await bump_versions(conn, sorted({r["workload"] for r in ids}))
             await record_event(
                 conn,
                 f"host/{host}",
@@ -278,6 +298,10 @@ class HostStore:
             )
             await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, host)
             # By name: each replacement is a fresh change for its workload, not a resync.
-            for workload in sorted({r["workload"] for r in ids}):
-                await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, workload)
+            for workload, _, version in versions:
+                await conn.execute(
+                    "SELECT pg_notify($1, $2)",
+                    WORKLOAD_CHANNEL,
+                    workload_payload(workload, version),
+                )
             return len(ids)

@@ -10,8 +10,9 @@ the store (the import-layering contract in pyproject.toml).
 from __future__ import annotations
 
 from controlplane.hosts import HostRow
-from controlplane.store import InstanceRow, WorkloadRow
+from controlplane.instance_store import InstanceRow
 from controlplane.view import HostView, InstanceView, WorkloadView
+from controlplane.workload_store import WorkloadRow
 
 
 def workload_view(row: WorkloadRow) -> WorkloadView:

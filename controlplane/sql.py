@@ -9,7 +9,12 @@ store) is `InvalidArgument`. No driver class name travels further.
 
 Ordering rule: every transaction that changes a host's instances bumps that host's `revision`
 in the same transaction (`bump_revisions`; the row lock orders them), so a watcher asking
-"what changed on host H since revision N" never skips a slow transaction's change.
+"what changed on host H since revision N" never skips a slow transaction's change. Likewise
+every transaction that changes a workload or what the leader's cache holds of its instances
+gives it a new `version` (`bump_versions`), which a plan is checked against before it writes.
+
+Lock order, for every transaction that takes more than one kind: the leader row, workloads (in
+name order), hosts (in name order), then instances, so no two writers can deadlock.
 """
 
 from __future__ import annotations
@@ -173,6 +178,29 @@ async def bump_revisions(conn: Conn, hosts: Sequence[str]) -> dict[str, int]:
         sorted(hosts),
     )
     return {r["name"]: int(r["revision"]) for r in rows}
+
+
+async def bump_versions(conn: Conn, workloads: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Gives each workload a new version in this transaction (from the `workload_version`
+    sequence: a version is never handed out twice); returns (name, version before, version now)
+    in name order. The caller has locked the workloads' rows first (in name order), so the
+    version before is exactly the one its write was made over."""
+    if not workloads:
+        return []
+    rows = await conn.fetch(
+        """UPDATE workload w SET version = nextval('workload_version')
+           FROM (SELECT name, version FROM workload WHERE name = ANY($1::text[])) AS o
+           WHERE w.name = o.name
+           RETURNING w.name, o.version AS was, w.version""",
+        sorted(set(workloads)),
+    )
+    return sorted((r["name"], int(r["was"]), int(r["version"])) for r in rows)
+
+
+def workload_payload(name: str, version: int) -> str:
+    """A `WORKLOAD_CHANNEL` payload naming a workload and the version its change took; the
+    leader's cache skips the re-read when it holds that version already."""
+    return f"{name} {version}"
 
 
 async def record_event(conn: Conn, obj: str, kind: str, message: str, *, actor: str = "") -> None:

@@ -1,0 +1,2 @@
+ALTER TABLE workload DROP COLUMN version;
+DROP SEQUENCE workload_version;
