@@ -1,7 +1,7 @@
 """Hosts in Postgres: registration, heartbeats, liveness and fencing.
 
 Neighbours: `sync` registers hosts and records heartbeats; `liveness` decides which silent hosts
-change state and which are fenced (here: load its facts, write its decisions, fence);
+change state and which are fenced, from the leader's cache (here: write its decisions, fence);
 `store.Store` inherits these queries, so callers hold one store.
 """
 
@@ -14,7 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from controlplane.errors import NotFound
-from controlplane.liveness import HostFacts, Transition
+from controlplane.liveness import Transition
 from controlplane.sql import (
     HOST_CHANNEL,
     WORKLOAD_CHANNEL,
@@ -146,28 +146,6 @@ class HostStore:
             name,
             stream_id,
         )
-
-    async def liveness_facts(self) -> tuple[datetime, list[HostFacts]]:
-        """Database time now and every host's heartbeat facts (`liveness.judge` decides)."""
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            now = await conn.fetchval("SELECT now()")
-            rows = await conn.fetch(
-                """SELECT h.name, h.state, h.state_since, h.last_heartbeat,
-                          EXISTS (SELECT 1 FROM instance i JOIN workload w ON w.name = i.workload
-                                  WHERE i.host = h.name AND i.desired <> 'REMOVED'
-                                    AND w.kind = 'service') AS has_services
-                   FROM host h ORDER BY h.name"""
-            )
-        return now, [
-            HostFacts(
-                name=r["name"],
-                state=HostState(r["state"]),
-                state_since=r["state_since"],
-                last_heartbeat=r["last_heartbeat"],
-                has_service_instances=r["has_services"],
-            )
-            for r in rows
-        ]
 
     async def record_liveness(
         self, transitions: Sequence[Transition], *, epoch: int | None
