@@ -176,9 +176,7 @@ class FleetCache:
         if index is None:
             return
         for delta in outcome.deltas:
-            if not index.apply(delta):
-                self._dirty.add(delta.workload)
-                self._wake.set()
+            self.apply(delta)
         for name in outcome.workloads:
             if name not in self._dirty:
                 self._on_workload(name)
@@ -232,6 +230,13 @@ class FleetCache:
             records = await self._store.read_hosts(names)
             self.index.put_hosts(records, complete=names is None)
 
+    async def refresh_placements(self, hosts: Sequence[str]) -> None:
+        """Reads the hosts again and every workload with instances on them: what they hold
+        changed in a way the cache did not see (their revision moved)."""
+        await self.refresh_hosts(hosts)
+        # After the hosts: what is read of their instances is at least as new as the revision.
+        await self.refresh(await self._store.workloads_on(hosts))
+
     def liveness_facts(self) -> list[HostFacts]:
         """Every host's heartbeat facts, as liveness judges them (`liveness.judge`)."""
         index = self.index
@@ -259,6 +264,9 @@ class FleetCache:
         if not index.apply(delta):
             self._dirty.add(delta.workload)
             self._wake.set()
+        elif (entry := index.workload(delta.workload)) is not None:
+            # The row says the version it is current at, as a row read now would.
+            index.replace_row(delta.workload, dataclasses.replace(entry.row, version=entry.version))
 
     def deleted(self, name: str, *, version: int) -> None:
         if self._index is not None:

@@ -66,6 +66,14 @@ class CacheStore:
             reads.append(WorkloadRead(row, workload_view(row), by_workload.get(name, [])))
         return reads
 
+    async def workloads_on(self, hosts: Sequence[str]) -> list[str]:
+        """The workloads with instances on the hosts (by host: the instance_host_revision
+        index), so what those hosts hold can be read again."""
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT workload FROM instance WHERE host = ANY($1::text[])", list(hosts)
+        )
+        return sorted(r["workload"] for r in rows)
+
     async def workload_version(self, name: str) -> int | None:
         """The workload's version now (None: it does not exist): one indexed lookup, so a
         reconcile can tell whether what the cache holds is current before it plans."""

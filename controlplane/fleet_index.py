@@ -20,6 +20,7 @@ cannot bring it back; the next incarnation of the name has a larger version and 
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -88,6 +89,9 @@ class HostRecord:
     state_since: datetime
     last_heartbeat: datetime | None
     connected: bool
+    # Bumped by every write of a desired change on the host (`sql.bump_revisions`): what its
+    # instances hold can only have grown past what the cache holds if this moved.
+    revision: int = 0
 
     @property
     def name(self) -> str:
@@ -114,6 +118,17 @@ class WorkloadEntry(Generic[W]):
 
 
 @dataclass(frozen=True)
+class HostSeen:
+    """What a plan read of a host, checked by the write that carries it out: its state and
+    cordon, and (for a host it places on) its revision, so that what the host's instances
+    hold is what the plan counted."""
+
+    state: HostState
+    schedulable: bool
+    revision: int | None = None
+
+
+@dataclass(frozen=True)
 class Delta:
     """One committed write to a workload's instances as its writer saw it, in the write's
     transaction: the version it was made over, the version it took, the instances it changed
@@ -124,6 +139,7 @@ class Delta:
     to_version: int
     upserts: tuple[InstanceRecord, ...] = ()
     deletes: tuple[str, ...] = ()
+    revisions: tuple[tuple[str, int], ...] = ()  # (host, revision) the write took
 
 
 class FleetIndex(Generic[W]):
@@ -224,7 +240,12 @@ class FleetIndex(Generic[W]):
     def apply(self, delta: Delta) -> bool:
         """Applies a write as its writer saw it, only onto the version it was made over (the
         entry then equals what the write changed). False, and nothing changed, otherwise: the
-        caller reads the workload again."""
+        caller reads the workload again. A host revision the write took is applied over the one
+        before it either way (else the host is read again at its next plan)."""
+        for name, revision in delta.revisions:
+            host = self._hosts.get(name)
+            if host is not None and host.revision == revision - 1:
+                self._hosts[name] = dataclasses.replace(host, revision=revision)
         current = self._workloads.get(delta.workload)
         if current is None or current.version != delta.from_version:
             return False

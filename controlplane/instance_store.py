@@ -19,7 +19,7 @@ from datetime import datetime
 import asyncpg
 
 from controlplane.errors import NotFound
-from controlplane.fleet_index import Delta
+from controlplane.fleet_index import Delta, HostSeen
 from controlplane.records import INSTANCE_COLUMNS, instance_record
 from controlplane.sql import (
     HOST_CHANNEL,
@@ -33,7 +33,38 @@ from controlplane.sql import (
 )
 from controlplane.view import StuckState
 from controlplane.workload_store import WorkloadRow, stuck_state
-from keel.model import Desired, HostState, Kind, Phase, WorkloadSpec, converged
+from keel.model import Desired, Kind, Phase, WorkloadSpec, converged
+
+
+class _Stale(Exception):
+    """A plan was made from a read that is no longer current: nothing is written."""
+
+    def __init__(self, what: str, hosts: tuple[str, ...] = ()) -> None:
+        super().__init__(what)
+        self.what = what
+        self.hosts = hosts
+
+
+async def _moved(
+    conn: Conn, hosts_read: Mapping[str, HostSeen], *, bumped: Mapping[str, int]
+) -> tuple[str, ...]:
+    """The hosts no longer as the plan saw them. A host this write bumped is compared at the
+    revision before its bump (it is locked by then, so nothing else moves it)."""
+    if not hosts_read:
+        return ()
+    rows = await conn.fetch(
+        "SELECT name, state, schedulable, revision FROM host WHERE name = ANY($1::text[])",
+        sorted(hosts_read),
+    )
+    now = {r["name"]: r for r in rows}
+
+    def moved(name: str, seen: HostSeen) -> bool:
+        r = now.get(name)
+        if r is None or (r["state"], r["schedulable"]) != (seen.state.value, seen.schedulable):
+            return True
+        return seen.revision is not None and r["revision"] - (name in bumped) != seen.revision
+
+    return tuple(name for name, seen in sorted(hosts_read.items()) if moved(name, seen))
 
 
 @dataclass(frozen=True)
@@ -203,7 +234,7 @@ class InstanceStore:
         remove: Sequence[str],
         epoch: int | None,
         version: int | None = None,
-        hosts_read: Mapping[str, tuple[HostState, bool]] | None = None,
+        hosts_read: Mapping[str, HostSeen] | None = None,
     ) -> PlanResult:
         """Writes one workload's plan in one transaction: new instances and tombstones.
 
@@ -211,14 +242,36 @@ class InstanceStore:
         replica has taken over since. The plan is written only if it was made from what is
         current: `version` (by default `workload.version`, the version the row was read at) is
         still the workload's version (no apply, delete, plan, fencing or report changed it or
-        its instances since), and every host in `hosts_read`
-        still has the state and schedulability the plan read. Otherwise nothing is written and
-        the result says what moved (`stale`), so the caller reads again and plans again. Each
-        desired change is stamped with the trace context of the operator request behind the
-        workload's latest change, and with when it became desired (`change_clock`), not when
-        it was placed: the convergence SLI counts the time it waited in the control plane's
-        queue.
+        its instances since), and every host in `hosts_read` is still as the plan saw it
+        (state, cordon, and the revision of a host it places on: nothing was placed there
+        since). Otherwise nothing is written and the result says what moved (`stale`), so the
+        caller reads again and plans again. Each desired change is stamped with the trace
+        context of the operator request behind the workload's latest change, and with when it
+        became desired (`change_clock`), not when it was placed: the convergence SLI counts
+        the time it waited in the control plane's queue.
         """
+        try:
+            return await self._apply_plan(
+                workload,
+                create_on=create_on,
+                remove=remove,
+                epoch=epoch,
+                version=workload.version if version is None else version,
+                hosts_read=hosts_read or {},
+            )
+        except _Stale as stale:
+            return PlanResult(created=[], removed=0, stale=stale.what, stale_hosts=stale.hosts)
+
+    async def _apply_plan(
+        self,
+        workload: WorkloadRow,
+        *,
+        create_on: Sequence[str],
+        remove: Sequence[str],
+        epoch: int | None,
+        version: int,
+        hosts_read: Mapping[str, HostSeen],
+    ) -> PlanResult:
         w = workload.workload
         spec = w.spec.to_json()
         records = []
@@ -233,30 +286,13 @@ class InstanceStore:
                    FOR NO KEY UPDATE""",
                 w.name,
             )
-            made_from = workload.version if version is None else version
-            if current is None or current["version"] != made_from:
-                return PlanResult(
-                    created=[], removed=0, stale="the workload or its instances changed"
-                )
-            if hosts_read:
-                rows = await conn.fetch(
-                    "SELECT name, state, schedulable FROM host WHERE name = ANY($1::text[])",
-                    sorted(hosts_read),
-                )
-                now = {r["name"]: (r["state"], r["schedulable"]) for r in rows}
-                moved = tuple(
-                    sorted(
-                        name
-                        for name, (state, schedulable) in hosts_read.items()
-                        if now.get(name) != (state.value, schedulable)
-                    )
-                )
-                if moved:
-                    return PlanResult(
-                        created=[], removed=0, stale="hosts changed", stale_hosts=moved
-                    )
+            if current is None or current["version"] != version:
+                raise _Stale("the workload or its instances changed")
             hosts = sorted(set(create_on) | set(await self._hosts_of(conn, remove)))
-            revisions = await bump_revisions(conn, hosts)
+            revisions = await bump_revisions(conn, hosts)  # and locks them
+            moved = await _moved(conn, hosts_read, bumped=revisions)
+            if moved:
+                raise _Stale("hosts changed", moved)  # rolls the bumps back
             since = await conn.fetch(
                 "SELECT name, state_since FROM host WHERE name = ANY($1::text[])", hosts
             )
@@ -326,14 +362,15 @@ class InstanceStore:
                 await record_event(
                     conn, f"workload/{w.name}", "WorkloadReconciled", "; ".join(parts)
                 )
-            [(_, was, version)] = await bump_versions(conn, [w.name])
+            [(_, was, new_version)] = await bump_versions(conn, [w.name])
             for h in hosts:
                 await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, h)
         delta = Delta(
             w.name,
             from_version=was,
-            to_version=version,
+            to_version=new_version,
             upserts=tuple(decode_each(records, instance_record, what="instance")),
+            revisions=tuple(sorted(revisions.items())),
         )
         return PlanResult(created=created, removed=removed, delta=delta)
 

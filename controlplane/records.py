@@ -24,7 +24,7 @@ INSTANCE_COLUMNS = """id, workload, generation, host, desired, cpu_millis, memor
     stuck_since, stuck_message"""
 
 HOST_COLUMNS = """name, labels, cpu_millis, memory_mib, state, schedulable, state_since,
-    last_heartbeat, connected"""
+    last_heartbeat, connected, revision"""
 
 # Enum lookups by value without EnumType.__call__ (a measurable share of a fleet-wide read).
 _DESIRED = {d.value: d for d in Desired}
@@ -72,4 +72,5 @@ def host_record(r: asyncpg.Record) -> HostRecord:
         state_since=r["state_since"],
         last_heartbeat=r["last_heartbeat"],
         connected=r["connected"],
+        revision=r["revision"],
     )

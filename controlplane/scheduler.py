@@ -109,7 +109,8 @@ def usage_of(instances: Iterable[InstanceView]) -> dict[str, HostUsage]:
     one change at a time; tests and a full resync compare against this)."""
     usage: dict[str, HostUsage] = {}
     for inst in instances:
-        usage[inst.host] = usage.get(inst.host, NO_USAGE).plus(inst)
+        if inst.holds_resources:  # a host where nothing holds anything has no entry
+            usage[inst.host] = usage.get(inst.host, NO_USAGE).plus(inst)
     return usage
 
 

@@ -20,7 +20,7 @@ import structlog
 
 from controlplane.cache import FleetCache
 from controlplane.errors import InvalidArgument
-from controlplane.fleet_index import WorkloadEntry
+from controlplane.fleet_index import HostSeen, WorkloadEntry
 from controlplane.metrics import Metrics
 from controlplane.reconcile import (
     DONE,
@@ -76,7 +76,7 @@ class WorkloadController:
                                stale=result.stale, hosts=list(result.stale_hosts),
                                attempt=attempt)  # fmt: skip
                     if result.stale_hosts:
-                        await self._cache.refresh_hosts(result.stale_hosts)
+                        await self._cache.refresh_placements(result.stale_hosts)
                     continue
                 self._cache.apply(result.delta)
                 # Counted at commit: the SLO's denominator.
@@ -114,15 +114,20 @@ class WorkloadController:
     async def _write(
         self, entry: WorkloadEntry[WorkloadRow], plan: WorkloadPlan, *, epoch: int | None
     ) -> PlanResult:
-        """Writes the plan over what it was made from: the workload's version, and the state of
-        every host it places on or whose instances' availability it counted."""
+        """Writes the plan over what it was made from: the workload's version, the state of
+        every host it places on or whose instances' availability it counted, and the revision
+        of every host it places on (so what those hosts hold is what it counted)."""
         row = entry.row
-        relied = set(plan.create) | {i.host for i in entry.instances.values() if i.view.live}
-        hosts = self._cache.hosts
-        hosts_read = {
-            h: (hosts[h].state, hosts[h].schedulable) if h in hosts else (HostState.UNKNOWN, False)
-            for h in relied
-        }
+        places = set(plan.create)
+        relied = places | {i.host for i in entry.instances.values() if i.view.live}
+        hosts_read = {}
+        for name in relied:
+            host = self._cache.host(name)
+            if host is None:
+                hosts_read[name] = HostSeen(HostState.UNKNOWN, False)  # never as read: stale
+            else:
+                revision = host.revision if name in places else None
+                hosts_read[name] = HostSeen(host.state, host.schedulable, revision)
         # The writes carry out the operator's change: their span joins its trace.
         with tracing.tracer("keel.workload").start_as_current_span(
             "workload.apply_plan",

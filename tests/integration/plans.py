@@ -1,9 +1,11 @@
 """Helpers the store's integration tests share: a plan written over the workload as it is now,
-and a loaded cache of the fleet."""
+a loaded cache of the fleet, and a wait for a condition with a deadline."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
 from controlplane.cache import FleetCache
 from controlplane.metrics import Metrics
@@ -33,3 +35,12 @@ async def loaded_cache(store: Store, *, metrics: Metrics | None = None) -> Fleet
     cache = FleetCache(store, metrics=metrics or Metrics(), resync_period_s=30.0)
     await cache.start()
     return cache
+
+
+async def until(check: Callable[[], Awaitable[bool]], *, within: float = 15.0, what: str) -> None:
+    """Waits for an async condition, polling, up to a deadline (never a bare sleep)."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {within:g}s: {what}")
+        await asyncio.sleep(0.02)
