@@ -265,8 +265,10 @@ class FleetCache:
             self._dirty.add(delta.workload)
             self._wake.set()
         elif (entry := index.workload(delta.workload)) is not None:
-            # The row says the version it is current at, as a row read now would.
-            index.replace_row(delta.workload, dataclasses.replace(entry.row, version=entry.version))
+            # The row says the versions it is current at, as a row read now would.
+            desired = delta.desired_version or entry.row.desired_version
+            row = dataclasses.replace(entry.row, version=entry.version, desired_version=desired)
+            index.replace_row(delta.workload, row)
 
     def deleted(self, name: str, *, version: int) -> None:
         if self._index is not None:

@@ -140,6 +140,7 @@ class Delta:
     upserts: tuple[InstanceRecord, ...] = ()
     deletes: tuple[str, ...] = ()
     revisions: tuple[tuple[str, int], ...] = ()  # (host, revision) the write took
+    desired_version: int | None = None  # the workload's, if the write changed what should run
 
 
 class FleetIndex(Generic[W]):

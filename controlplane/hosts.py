@@ -267,7 +267,7 @@ class HostStore:
                 sorted({r["workload"] for r in ids}),
                 decided_at,
             )
-            versions = await bump_versions(conn, sorted({r["workload"] for r in ids}))
+            versions = await bump_versions(conn, sorted({r["workload"] for r in ids}), desired=True)
             await record_event(
                 conn,
                 f"host/{host}",
@@ -276,10 +276,10 @@ class HostStore:
             )
             await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, host)
             # By name: each replacement is a fresh change for its workload, not a resync.
-            for workload, _, version in versions:
+            for v in versions:
                 await conn.execute(
                     "SELECT pg_notify($1, $2)",
                     WORKLOAD_CHANNEL,
-                    workload_payload(workload, version),
+                    workload_payload(v.workload, v.version),
                 )
             return len(ids)

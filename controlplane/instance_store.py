@@ -240,9 +240,12 @@ class InstanceStore:
 
         `epoch` fences a deposed leader: the transaction fails with NotLeader if another
         replica has taken over since. The plan is written only if it was made from what is
-        current: `version` (by default `workload.version`, the version the row was read at) is
-        still the workload's version (no apply, delete, plan, fencing or report changed it or
-        its instances since), and every host in `hosts_read` is still as the plan saw it
+        current: `version` (by default the version `workload` was read at) is still the
+        workload's version (no apply, delete, plan, fencing or report changed it or its
+        instances since); a plan that only creates compares `workload.desired_version` instead
+        (reports cannot make its count or its room wrong: they only free resources and surge
+        room, and it removes nothing whose availability they change); and every host in
+        `hosts_read` is still as the plan saw it
         (state, cordon, and the revision of a host it places on: nothing was placed there
         since). Otherwise nothing is written and the result says what moved (`stale`), so the
         caller reads again and plans again. Each desired change is stamped with the trace
@@ -282,12 +285,16 @@ class InstanceStore:
             # Locked first, as fencing and report batches lock workloads before hosts and
             # instances: none of them can change what the plan read until this commits.
             current = await conn.fetchrow(
-                """SELECT version, desired_changed_at FROM workload WHERE name = $1
-                   FOR NO KEY UPDATE""",
+                """SELECT version, desired_version, desired_changed_at FROM workload
+                   WHERE name = $1 FOR NO KEY UPDATE""",
                 w.name,
             )
-            if current is None or current["version"] != version:
+            if current is None:
+                raise _Stale("the workload was deleted")
+            if remove and current["version"] != version:
                 raise _Stale("the workload or its instances changed")
+            if not remove and current["desired_version"] != workload.desired_version:
+                raise _Stale("the workload's desired state changed")
             hosts = sorted(set(create_on) | set(await self._hosts_of(conn, remove)))
             revisions = await bump_revisions(conn, hosts)  # and locks them
             moved = await _moved(conn, hosts_read, bumped=revisions)
@@ -362,15 +369,16 @@ class InstanceStore:
                 await record_event(
                     conn, f"workload/{w.name}", "WorkloadReconciled", "; ".join(parts)
                 )
-            [(_, was, new_version)] = await bump_versions(conn, [w.name])
+            [versions] = await bump_versions(conn, [w.name], desired=True)
             for h in hosts:
                 await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, h)
         delta = Delta(
             w.name,
-            from_version=was,
-            to_version=new_version,
+            from_version=versions.was,
+            to_version=versions.version,
             upserts=tuple(decode_each(records, instance_record, what="instance")),
             revisions=tuple(sorted(revisions.items())),
+            desired_version=versions.desired_version,
         )
         return PlanResult(created=created, removed=removed, delta=delta)
 

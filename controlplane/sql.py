@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
@@ -180,21 +181,38 @@ async def bump_revisions(conn: Conn, hosts: Sequence[str]) -> dict[str, int]:
     return {r["name"]: int(r["revision"]) for r in rows}
 
 
-async def bump_versions(conn: Conn, workloads: Sequence[str]) -> list[tuple[str, int, int]]:
-    """Gives each workload a new version in this transaction (from the `workload_version`
-    sequence: a version is never handed out twice); returns (name, version before, version now)
-    in name order. The caller has locked the workloads' rows first (in name order), so the
-    version before is exactly the one its write was made over."""
+@dataclass(frozen=True)
+class Versions:
+    """A workload's versions as one write moved them (`bump_versions`)."""
+
+    workload: str
+    was: int  # the version the write was made over
+    version: int
+    desired_version: int
+
+
+async def bump_versions(conn: Conn, workloads: Sequence[str], *, desired: bool) -> list[Versions]:
+    """Gives each workload a new `version` in this transaction (from the `workload_version`
+    sequence: a version is never handed out twice), and a new `desired_version` too when the
+    write changes what should run (`desired`; a report does not). Returns them in name order.
+    The caller has locked the workloads' rows first (in name order), so the version before is
+    exactly the one its write was made over."""
     if not workloads:
         return []
     rows = await conn.fetch(
-        """UPDATE workload w SET version = nextval('workload_version')
+        """UPDATE workload w SET version = nextval('workload_version'),
+                  desired_version = CASE WHEN $2 THEN nextval('workload_version')
+                                         ELSE w.desired_version END
            FROM (SELECT name, version FROM workload WHERE name = ANY($1::text[])) AS o
            WHERE w.name = o.name
-           RETURNING w.name, o.version AS was, w.version""",
+           RETURNING w.name, o.version AS was, w.version, w.desired_version""",
         sorted(set(workloads)),
+        desired,
     )
-    return sorted((r["name"], int(r["was"]), int(r["version"])) for r in rows)
+    return sorted(
+        (Versions(r["name"], r["was"], r["version"], r["desired_version"]) for r in rows),
+        key=lambda v: v.workload,
+    )
 
 
 def workload_payload(name: str, version: int) -> str:

@@ -26,6 +26,7 @@ from controlplane.records import INSTANCE_COLUMNS, instance_record
 from controlplane.sql import (
     WORKLOAD_CHANNEL,
     Database,
+    Versions,
     bump_versions,
     decode_each,
     record_event,
@@ -80,7 +81,7 @@ def _cached_fields(r: asyncpg.Record | Report) -> tuple[object, ...]:
 
 
 def _deltas(
-    versions: Sequence[tuple[str, int, int]],
+    versions: Sequence[Versions],
     updated: Sequence[asyncpg.Record],
     gone: Sequence[asyncpg.Record],
 ) -> list[Delta]:
@@ -91,17 +92,20 @@ def _deltas(
     deletes: dict[str, list[str]] = {}
     for g in gone:
         deletes.setdefault(g["workload"], []).append(g["id"])
-    return [
-        Delta(
-            name,
-            from_version=was,
-            to_version=version,
-            # Deleted rows were updated first: the deletion is what stands.
-            upserts=tuple(i for i in upserts.get(name, ()) if i.id not in deletes.get(name, ())),
-            deletes=tuple(deletes.get(name, ())),
+    deltas = []
+    for v in versions:
+        deleted = deletes.get(v.workload, [])
+        deltas.append(
+            Delta(
+                v.workload,
+                from_version=v.was,
+                to_version=v.version,
+                # Deleted rows were updated first: the deletion is what stands.
+                upserts=tuple(i for i in upserts.get(v.workload, ()) if i.id not in deleted),
+                deletes=tuple(deleted),
+            )
         )
-        for name, was, version in versions
-    ]
+    return deltas
 
 
 class StatusStore:
@@ -221,10 +225,12 @@ class StatusStore:
                             f"was {g['stuck_reason']}; the instance was removed",
                         )
             cached |= {r["workload"] for r in gone}
-            versions = await bump_versions(conn, sorted(cached))
-            for name, _, version in versions:
+            versions = await bump_versions(conn, sorted(cached), desired=False)
+            for v in versions:
                 await conn.execute(
-                    "SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, workload_payload(name, version)
+                    "SELECT pg_notify($1, $2)",
+                    WORKLOAD_CHANNEL,
+                    workload_payload(v.workload, v.version),
                 )
         deltas = _deltas(versions, updated, gone)
         return ReportOutcome(workloads=workloads, converged=done, deltas=deltas)

@@ -43,6 +43,9 @@ class WorkloadRow:
     # Taken anew by every write to its desired state or its instances (migration 0006): a
     # plan made from this row is written only while it is still the workload's version.
     version: int = 0
+    # Taken anew only by writes that change what should run (not by reports): a plan that only
+    # creates instances is checked against it.
+    desired_version: int = 0
 
 
 def stuck_state(r: asyncpg.Record) -> StuckState | None:
@@ -72,6 +75,7 @@ def workload_row(r: asyncpg.Record) -> WorkloadRow:
         trace_context=r["trace_context"],
         desired_changed_at=r["desired_changed_at"],
         version=r["version"],
+        desired_version=r["desired_version"],
     )
 
 
@@ -89,7 +93,8 @@ class WorkloadStore:
     `desired_changed_at` is stamped (clock_timestamp(): as close to the commit as a statement
     gets) by the writes that change what should run: a create, an apply that changes the
     spec, replicas or selector, a delete; and by fencing (`hosts.HostStore.fence_host`).
-    Every write here that changes the row takes a new `version` (see `sql.bump_versions`).
+    Every write here that changes the row takes a new `version` and `desired_version` (see
+    `sql.bump_versions`).
     """
 
     pool: Database
@@ -166,6 +171,7 @@ class WorkloadStore:
                               selector = $5, deadline_ms = $6, spec = $7,
                               generation = generation + $8::int, updated_at = now(),
                               trace_context = $9, version = nextval('workload_version'),
+                              desired_version = nextval('workload_version'),
                               desired_changed_at = CASE WHEN $10 THEN clock_timestamp()
                                                         ELSE desired_changed_at END
                        WHERE name = $1 RETURNING *""",
@@ -218,7 +224,9 @@ class WorkloadStore:
                           desired_changed_at = CASE WHEN deleting THEN desired_changed_at
                                                     ELSE clock_timestamp() END,
                           version = CASE WHEN deleting THEN version
-                                         ELSE nextval('workload_version') END
+                                         ELSE nextval('workload_version') END,
+                          desired_version = CASE WHEN deleting THEN desired_version
+                                                 ELSE nextval('workload_version') END
                    WHERE name = $1 RETURNING *""",
                 name,
             )

@@ -8,3 +8,9 @@
 -- a newer one.
 CREATE SEQUENCE workload_version AS bigint MINVALUE 1;
 ALTER TABLE workload ADD COLUMN version bigint NOT NULL DEFAULT nextval('workload_version');
+-- Taken anew (from the same sequence) only by the writes that change what should run: an apply,
+-- a delete, a plan, fencing; not by reports. A plan that only creates instances depends on the
+-- desired state alone (how many should run, where they are), so it is checked against this one
+-- and agents' reports streaming in do not refuse it.
+ALTER TABLE workload ADD COLUMN desired_version bigint NOT NULL
+    DEFAULT nextval('workload_version');

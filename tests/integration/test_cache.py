@@ -95,6 +95,17 @@ async def _watching(
         cache.stop()
 
 
+@contextlib.asynccontextmanager
+async def _keeping_current(cache: FleetCache) -> AsyncIterator[None]:
+    """The cache's loop running (re-reads of what it marked), without notifications."""
+    task = asyncio.create_task(cache.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def _matches_the_database(store: Store, cache: FleetCache) -> bool:
     """What the cache holds equals a fresh read of everything, usage included."""
     fresh = {r.view.name: r for r in await store.read_workloads()}
@@ -307,4 +318,31 @@ async def test_a_report_between_read_and_write_refuses_the_plan_and_the_budget_h
     up = [i for i in ids if by_id[i].desired is Desired.RUNNING and by_id[i].ready]
     assert len(up) >= 3 - 1
     # And the cache holds what was written.
-    await until(lambda: _matches_the_database(racing, cache), what="the cache to be current")
+    async with _keeping_current(cache):
+        await until(lambda: _matches_the_database(racing, cache), what="the cache to be current")
+
+
+async def test_reports_landing_before_a_scale_up_is_written_do_not_refuse_it(
+    store: Store,
+) -> None:
+    """A plan that only creates depends on the desired state alone: agents' reports streaming
+    in between its read and its write (a burst of starts) do not refuse it."""
+    await _hosts(store, "h1", "h2")
+    await store.apply_workload(_workload(replicas=1))
+    [first] = (await write_plan(store, "web", create_on=["h1"])).created
+    status = StatusStore(store.pool)
+    metrics = Metrics()
+    racing = _Racing(store)
+    cache = await loaded_cache(racing, metrics=metrics)
+    controller = WorkloadController(racing, cache=cache, metrics=metrics)
+    await store.apply_workload(_workload(replicas=3))
+    racing.before_write.append(
+        lambda: status.write_reports([_report("h1", first, Phase.RUNNING, ready=True)])
+    )
+    await controller.reconcile("web", term=TERM)
+    assert _stale_writes(metrics) == 0
+    assert len(await store.list_instances()) == 3
+    # The plan was made over an older version than it was written over: the cache does not
+    # apply it blindly, it reads the workload again.
+    async with _keeping_current(cache):
+        await until(lambda: _matches_the_database(racing, cache), what="the cache to be current")
