@@ -4,8 +4,11 @@ reconcile costs what its workload has, not what the fleet has.
 What it holds (`controlplane.fleet_index`): every workload with its version and its instances,
 every host, and per host what its instances hold and how many live instances of each workload
 it runs. How it stays current, like an agent's list-then-watch:
-- a full list when leadership starts (`start`), again every resync period, and again after the
-  notification connection was lost (`resync_now`);
+- a full list when leadership starts (`start`); every resync period, and after the notification
+  connection was lost (`resync_now`), a resync: every host, and every workload whose version
+  in the database is not the one the cache holds (every write to what the cache holds of a
+  workload takes a new version, so this finds whatever a lost notification left unread, at
+  the cost of one row per workload rather than one per instance);
 - then changes, woken by the NOTIFY channels (`controlplane.listener`): a `keel_workload`
   payload names a workload and the version its change took, and the workload is re-read (its
   row and its instances, by workload) unless the cache holds that version already; `*` means
@@ -307,12 +310,26 @@ class FleetCache:
         started = self._clock()
         await self.refresh_hosts()
         read = index.begin_read()
-        reads = await self._store.read_workloads(None)
-        for n, r in enumerate(reads, start=1):
-            index.put_workload(r.row, r.view, r.row.version, r.instances, read=read)
-            if n % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-        gone = index.retain((r.view.name for r in reads), read=read)
+        if first:
+            reads = await self._store.read_workloads(None)
+            for n, r in enumerate(reads, start=1):
+                index.put_workload(r.row, r.view, r.row.version, r.instances, read=read)
+                if n % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            names = [r.view.name for r in reads]
+        else:
+            versions = await self._store.workload_versions()
+            names = list(versions)
+            behind = []
+            for name, version in versions.items():
+                entry = index.workload(name)
+                if entry is None or entry.version < version:
+                    behind.append(name)
+            for at in range(0, len(behind), _YIELD_EVERY):
+                await self.refresh(behind[at : at + _YIELD_EVERY])
+            if behind:
+                log.info("cache resync read workloads it had missed", workloads=len(behind))
+        gone = index.retain(names, read=read)
         elapsed = self._clock() - started
         self._metrics.observe_cache_resync(elapsed)
         if first or gone or elapsed > SLOW_LIST_S:

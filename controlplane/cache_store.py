@@ -74,6 +74,11 @@ class CacheStore:
         )
         return sorted(r["workload"] for r in rows)
 
+    async def workload_versions(self) -> dict[str, int]:
+        """Every workload's version: what a resync compares the cache with."""
+        rows = await self.pool.fetch("SELECT name, version FROM workload")
+        return {r["name"]: int(r["version"]) for r in rows}
+
     async def workload_version(self, name: str) -> int | None:
         """The workload's version now (None: it does not exist): one indexed lookup, so a
         reconcile can tell whether what the cache holds is current before it plans."""

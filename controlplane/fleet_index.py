@@ -157,6 +157,8 @@ class FleetIndex(Generic[W]):
         self._instances = 0
         self._reads = 0
         self._last_list = 0
+        # Moves whenever a host's view (what the planners read of it) changes.
+        self.hosts_generation = 0
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -313,14 +315,20 @@ class FleetIndex(Generic[W]):
     # -- hosts --------------------------------------------------------------------------------
 
     def put_hosts(self, records: Iterable[HostRecord], *, complete: bool) -> None:
-        """Sets hosts from a read; `complete` (every host was read) drops the others."""
+        """Sets hosts from a read; `complete` (every host was read) drops the others. Moves
+        `hosts_generation` when what the planners read of a host changed."""
         records = list(records)
+        changed = any(self._host_views.get(r.name) != r.view for r in records)
         if complete:
+            names = {r.name for r in records}
+            changed = changed or any(name not in names for name in self._host_views)
             self._hosts.clear()
             self._host_views.clear()
         for r in records:
             self._hosts[r.name] = r
             self._host_views[r.name] = r.view
+        if changed:
+            self.hosts_generation += 1
 
     # -- the incremental part -------------------------------------------------------------------
 

@@ -213,13 +213,14 @@ class Metrics:
         )
         self.cache_resyncs = Counter(
             "keel_cache_resyncs_total",
-            "Full reads of the fleet into the leader's cache: when leadership starts, every "
-            "--resync-period, and after notifications may have been lost.",
+            "Resyncs of the leader's cache of the fleet: the full read when leadership starts, "
+            "then every --resync-period and after notifications may have been lost (every host, "
+            "and every workload whose version moved without the cache reading it).",
             registry=r,
         )
         self.cache_resync_duration = Histogram(
             "keel_cache_resync_duration_seconds",
-            "Duration of one full read of the fleet into the leader's cache.",
+            "Duration of one resync of the leader's cache of the fleet.",
             buckets=(*RECONCILE_BUCKETS, 30.0, 60.0),
             registry=r,
         )

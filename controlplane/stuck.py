@@ -26,6 +26,7 @@ from typing import Protocol
 import structlog
 
 from controlplane.cache import FleetCache
+from controlplane.fleet_index import FleetIndex, WorkloadEntry
 from controlplane.metrics import Metrics
 from controlplane.reconcile import ReconcileFailure, Result, Term, requeue_after
 from controlplane.rollout import WorkloadPlan, plan_workload
@@ -264,6 +265,9 @@ class StuckDetector:
         self._interval_s = interval_s
         self._failures = reconcile_failures
         self._slow_after_s = slow_after_s
+        # Each workload's last plan, with the cache entry and host generation it was made
+        # from: see `_plan`.
+        self._plans: dict[str, tuple[WorkloadEntry[WorkloadRow], int, WorkloadPlan]] = {}
 
     async def keys(self) -> list[str]:
         return [KEY]
@@ -301,7 +305,7 @@ class StuckDetector:
         for entry in entries:
             w = entry.row
             own = list(entry.instances.values())
-            plan = plan_workload(entry.view, [i.view for i in own], index.hosts, index.usage)
+            plan = self._plan(entry, index)
             converged = workload_converged(w, plan, own)
             workloads_unconverged += not converged
             if converged == (w.unconverged_since is not None):
@@ -312,6 +316,9 @@ class StuckDetector:
             marks += _mark("workload", w.workload.name, w.stuck, verdict)
             if verdict is not None:
                 stuck_now[verdict.reason.value] += 1
+        # Forget the plans of workloads gone (a memo holds its entry).
+        listed = {e.view.name for e in entries}
+        self._plans = {n: m for n, m in self._plans.items() if n in listed}
 
         self._cache.unconverged_recorded(await self._status.record_unconverged(unconverged))
         recorded = await self._status.mark_stuck(marks)
@@ -334,6 +341,26 @@ class StuckDetector:
             Counter((h.state.value, h.schedulable) for h in index.host_records())
         )
         return bool(marks or unconverged or any(slow.values()))
+
+    def _plan(
+        self, entry: WorkloadEntry[WorkloadRow], index: FleetIndex[WorkloadRow]
+    ) -> WorkloadPlan:
+        """The workload's plan now. Entries are never changed in place, so one that is the
+        same object as at the last pass, with no host changed since (`hosts_generation`),
+        plans the same again, unless that plan placed or tried to place instances (what the
+        hosts hold entered it then). Most workloads are at rest: a pass costs a lookup each."""
+        name = entry.view.name
+        memo = self._plans.get(name)
+        if memo is not None and memo[0] is entry and memo[1] == index.hosts_generation:
+            return memo[2]
+        plan = plan_workload(
+            entry.view, [i.view for i in entry.instances.values()], index.hosts, index.usage
+        )
+        if not plan.create and plan.unschedulable is None:
+            self._plans[name] = (entry, index.hosts_generation, plan)
+        else:
+            self._plans.pop(name, None)
+        return plan
 
 
 def _mark(

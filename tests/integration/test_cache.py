@@ -185,7 +185,7 @@ async def test_a_lost_notification_is_repaired_by_the_periodic_resync(
     store: Store, fresh_database: str
 ) -> None:
     """A change whose NOTIFY never came stays unseen until the resync period passes; then the
-    full list repairs it."""
+    resync finds its workload's version moved and reads it."""
     await _hosts(store, "h1")
     await store.apply_workload(_workload("quiet"))
     await store.apply_workload(_workload("loud"))

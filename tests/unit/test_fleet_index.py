@@ -268,3 +268,21 @@ def test_a_complete_host_read_replaces_every_host() -> None:
     }
     index.put_hosts([host("h3")], complete=True)
     assert list(index.hosts) == ["h3"]
+
+
+def test_hosts_generation_moves_only_when_what_planners_read_of_a_host_changes() -> None:
+    """A heartbeat or a revision is not a change to plan again for; a state, a cordon, a new or
+    a vanished host is."""
+    index: FleetIndex[str] = FleetIndex()
+    index.put_hosts([host("h1"), host("h2")], complete=True)
+    start = index.hosts_generation
+    beat = dataclasses.replace(host("h1"), last_heartbeat=T0.replace(minute=5), revision=9)
+    index.put_hosts([beat], complete=False)
+    index.put_hosts([host("h1"), host("h2")], complete=True)
+    assert index.hosts_generation == start
+    index.put_hosts([host("h2", HostState.NOT_READY)], complete=False)
+    assert index.hosts_generation == start + 1
+    index.put_hosts([host("h1"), host("h2", HostState.NOT_READY)], complete=True)
+    assert index.hosts_generation == start + 1
+    index.put_hosts([host("h1")], complete=True)  # h2 is gone
+    assert index.hosts_generation == start + 2
