@@ -34,29 +34,33 @@ class CacheStore:
 
     async def read_hosts(self, names: Sequence[str] | None = None) -> list[HostRecord]:
         """The named hosts (None: every host) as the cache holds them."""
-        rows = await self.pool.fetch(
-            f"SELECT {HOST_COLUMNS} FROM host WHERE $1::text[] IS NULL OR name = ANY($1)",
-            None if names is None else list(names),
-        )
+        if names is None:
+            rows = await self.pool.fetch(f"SELECT {HOST_COLUMNS} FROM host")
+        else:
+            rows = await self.pool.fetch(
+                f"SELECT {HOST_COLUMNS} FROM host WHERE name = ANY($1::text[])", list(names)
+            )
         return decode_each(rows, host_record, what="host")
 
     async def read_workloads(self, names: Sequence[str] | None = None) -> list[WorkloadRead]:
         """The named workloads (None: every one) with their instances, read in one snapshot so
         each workload's instances are exactly those of the version read with it. A name not
         found is left out (deleted)."""
-        every = names is None
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            workloads = await conn.fetch(
-                "SELECT * FROM workload WHERE $1::text[] IS NULL OR name = ANY($1)",
-                None if every else list(names or ()),
-            )
-            # By workload (the instance_workload index) when named: the cost is what those
-            # workloads have, not what the fleet has.
-            instances = await conn.fetch(
-                f"""SELECT {INSTANCE_COLUMNS} FROM instance
-                    WHERE $1::text[] IS NULL OR workload = ANY($1)""",
-                None if every else [r["name"] for r in workloads],
-            )
+            if names is None:
+                workloads = await conn.fetch("SELECT * FROM workload")
+                instances = await conn.fetch(f"SELECT {INSTANCE_COLUMNS} FROM instance")
+            else:
+                # Two statements, not one with "$1 IS NULL OR": a prepared statement's generic
+                # plan could not use the index for that. By workload (the instance_workload
+                # index): the cost is what those workloads have, not what the fleet has.
+                workloads = await conn.fetch(
+                    "SELECT * FROM workload WHERE name = ANY($1::text[])", list(names)
+                )
+                instances = await conn.fetch(
+                    f"SELECT {INSTANCE_COLUMNS} FROM instance WHERE workload = ANY($1::text[])",
+                    [r["name"] for r in workloads],
+                )
         by_workload: dict[str, list[InstanceRecord]] = {}
         for inst in decode_each(instances, instance_record, what="instance"):
             by_workload.setdefault(inst.workload, []).append(inst)

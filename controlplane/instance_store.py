@@ -148,6 +148,14 @@ def instance_row(r: asyncpg.Record) -> InstanceRow:
     )
 
 
+# list_instances' filters: (by workload, by host) -> its WHERE clause (fixed text, never input).
+_LIST_WHERE = {
+    (True, True): "WHERE workload = $1 AND host = $2",
+    (True, False): "WHERE workload = $1",
+    (False, True): "WHERE host = $1",
+    (False, False): "",
+}
+
 # How many instance ids an event names before it says "and N more" (a pass may remove 1,000).
 _EVENT_IDS = 10
 
@@ -192,12 +200,13 @@ class InstanceStore:
     async def list_instances(
         self, *, workload: str | None = None, host: str | None = None
     ) -> list[InstanceRow]:
+        # One statement per filter, not one with "$1 IS NULL OR": a prepared statement's
+        # generic plan could use no index for that, and a workload's read (every apply answers
+        # with one) would scan the fleet.
+        where = _LIST_WHERE[(workload is not None, host is not None)]
         rows = await self.pool.fetch(
-            """SELECT * FROM instance
-               WHERE ($1::text IS NULL OR workload = $1) AND ($2::text IS NULL OR host = $2)
-               ORDER BY workload, generation, id""",
-            workload,
-            host,
+            f"SELECT * FROM instance {where} ORDER BY workload, generation, id",
+            *(a for a in (workload, host) if a is not None),
         )
         return decode_each(rows, instance_row, what="instance")
 

@@ -199,18 +199,27 @@ async def bump_versions(conn: Conn, workloads: Sequence[str], *, desired: bool) 
     exactly the one its write was made over."""
     if not workloads:
         return []
+    names = sorted(set(workloads))
+    # Read, then bump, both by primary key (as one UPDATE joined to a read of the same table, a
+    # prepared statement's generic plan scans every workload). The rows are locked: nothing
+    # moves the versions in between.
+    was = {
+        r["name"]: int(r["version"])
+        for r in await conn.fetch(
+            "SELECT name, version FROM workload WHERE name = ANY($1::text[])", names
+        )
+    }
     rows = await conn.fetch(
-        """UPDATE workload w SET version = nextval('workload_version'),
+        """UPDATE workload SET version = nextval('workload_version'),
                   desired_version = CASE WHEN $2 THEN nextval('workload_version')
-                                         ELSE w.desired_version END
-           FROM (SELECT name, version FROM workload WHERE name = ANY($1::text[])) AS o
-           WHERE w.name = o.name
-           RETURNING w.name, o.version AS was, w.version, w.desired_version""",
-        sorted(set(workloads)),
+                                         ELSE desired_version END
+           WHERE name = ANY($1::text[])
+           RETURNING name, version, desired_version""",
+        names,
         desired,
     )
     return sorted(
-        (Versions(r["name"], r["was"], r["version"], r["desired_version"]) for r in rows),
+        (Versions(r["name"], was[r["name"]], r["version"], r["desired_version"]) for r in rows),
         key=lambda v: v.workload,
     )
 

@@ -134,11 +134,15 @@ class StatusStore:
             # Lock order (see `sql`): the workloads first, in name order, as plans and fencing
             # take them, then the instances. An instance's workload never changes, so it can be
             # read before the locks.
+            # Two statements by primary key: as one (a semi-join), a prepared statement's generic
+            # plan scans every workload.
+            names = await conn.fetch(
+                "SELECT DISTINCT workload FROM instance WHERE id = ANY($1::text[])", ids
+            )
             await conn.execute(
-                """SELECT 1 FROM workload WHERE name IN (
-                       SELECT workload FROM instance WHERE id = ANY($1::text[]))
+                """SELECT 1 FROM workload WHERE name = ANY($1::text[])
                    ORDER BY name FOR NO KEY UPDATE""",
-                ids,
+                [r["workload"] for r in names],
             )
             # Then the rows (in id order), read as they are now: a plan that tombstones one of
             # them either committed before (we see REMOVED) or waits for us.
