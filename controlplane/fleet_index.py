@@ -154,6 +154,9 @@ class FleetIndex(Generic[W]):
         self._host_views: dict[str, HostView] = {}
         self._usage: dict[str, HostUsage] = {}
         self._live: dict[str, Counter[str]] = {}  # host -> workload -> live instances
+        # Instances not converged or marked stuck (by id: their workload), which the stuck
+        # detector judges; every other one is converged and unmarked.
+        self._attention: dict[str, str] = {}
         self._instances = 0
         self._reads = 0
         self._last_list = 0
@@ -190,6 +193,20 @@ class FleetIndex(Generic[W]):
     def live_on(self, host: str) -> Mapping[str, int]:
         """Live instances (desired RUNNING or STOPPED) on the host, by workload."""
         return self._live.get(host, Counter())
+
+    def needing_attention(self) -> list[InstanceRecord]:
+        """The instances not converged or marked stuck: the only ones, with those on hosts
+        that are not READY (`live_on_host`), that can have or lose a stuck verdict."""
+        return [self._workloads[w].instances[i] for i, w in self._attention.items()]
+
+    def live_on_host(self, host: str) -> list[InstanceRecord]:
+        """The host's live instances (by the workloads that have some there)."""
+        return [
+            i
+            for name in self.live_on(host)
+            for i in self._workloads[name].instances.values()
+            if i.host == host and i.view.live
+        ]
 
     def has_service_instances(self, host: str) -> bool:
         """Service instances are placed on the host and not yet removed (what fencing takes)."""
@@ -275,14 +292,8 @@ class FleetIndex(Generic[W]):
         if current is None or instance not in current.instances:
             return
         instances = dict(current.instances)
-        old = instances[instance]
-        instances[instance] = InstanceRecord(
-            old.view, old.desired_changed_at, old.unconverged_since, old.observed,
-            old.reason, old.message, old.agent_stuck, old.stop_grace_ms, stuck,
-        )  # fmt: skip
-        self._workloads[workload] = WorkloadEntry(
-            current.row, current.view, current.version, instances
-        )
+        instances[instance] = dataclasses.replace(instances[instance], stuck=stuck)
+        self._swap(current, WorkloadEntry(current.row, current.view, current.version, instances))
 
     def absent(self, name: str, *, read: int) -> None:
         """A read that began at `read` did not find the workload: it was deleted, unless what
@@ -339,24 +350,29 @@ class FleetIndex(Generic[W]):
         after = new.instances if new is not None else {}
         for inst_id, inst in before.items():
             if after.get(inst_id) is not inst:
-                self._remove(inst.view)
+                self._remove(inst)
         for inst_id, inst in after.items():
             if before.get(inst_id) is not inst:
-                self._add(inst.view)
+                self._add(inst)
         if new is not None:
             self._workloads[new.view.name] = new
         elif old is not None:
             del self._workloads[old.view.name]
 
-    def _add(self, inst: InstanceView) -> None:
+    def _add(self, record: InstanceRecord) -> None:
+        inst = record.view
         self._instances += 1
+        if record.stuck is not None or not record.converged:
+            self._attention[inst.id] = inst.workload
         if inst.holds_resources:
             self._usage[inst.host] = self._usage.get(inst.host, NO_USAGE).plus(inst)
         if inst.live:
             self._live.setdefault(inst.host, Counter())[inst.workload] += 1
 
-    def _remove(self, inst: InstanceView) -> None:
+    def _remove(self, record: InstanceRecord) -> None:
+        inst = record.view
         self._instances -= 1
+        self._attention.pop(inst.id, None)
         if inst.holds_resources:
             usage = self._usage[inst.host].minus(inst)
             if usage.holding:

@@ -4,10 +4,12 @@
 its host and its deadline, they return a verdict from the closed set in `keel.stuck` (or
 None). `StuckDetector` is the leader's periodic pass (a keyed reconcile run by
 `reconcile.Runner`, requeued every interval): it reads the fleet from the leader's cache
-(`controlplane.cache`: no fleet-wide query), judges every object, plans each workload against
-the cache's per-host usage (so each plan costs what its workload has), records the verdicts
-that changed (with StuckDetected / StuckCleared events) and refreshes the backlog, slow-change
-and stuck gauges. What it records it also applies to the cache.
+(`controlplane.cache`: no fleet-wide query), judges every instance that can be stuck (not
+converged, marked stuck, or on a host that is not READY: the cache keeps that set as changes
+arrive), plans each workload that changed against the cache's per-host usage (so each plan
+costs what its workload has), records the verdicts that changed (with StuckDetected /
+StuckCleared events) and refreshes the backlog, slow-change and stuck gauges. What it records
+it also applies to the cache.
 
 An object is stuck once it has been unconverged past its workload's deadline; terminal states
 the agent sees for itself (START_FAILED, CRASH_LOOP) are stuck at once. A workload whose
@@ -26,7 +28,7 @@ from typing import Protocol
 import structlog
 
 from controlplane.cache import FleetCache
-from controlplane.fleet_index import FleetIndex, WorkloadEntry
+from controlplane.fleet_index import FleetIndex, InstanceRecord, WorkloadEntry
 from controlplane.metrics import Metrics
 from controlplane.reconcile import ReconcileFailure, Result, Term, requeue_after
 from controlplane.rollout import WorkloadPlan, plan_workload
@@ -39,6 +41,9 @@ log = structlog.get_logger("keel.stuck")
 
 # The one key of the stuck detector: every pass judges the whole fleet.
 KEY = "fleet"
+
+# A workload's deadline when its instance outlives it in the cache (never for long).
+DEFAULT_DEADLINE_S = 120.0
 
 # A desired change not converged after this long counts in keel_changes_slow_total (the SLO's
 # threshold: 99% of changes converge within 60 s).
@@ -288,17 +293,17 @@ class StuckDetector:
         owners: dict[str, str] = {}  # instance id -> workload, for the marks recorded
         stuck_now: Counter[str] = Counter()
         stuck_ids: set[str] = set()
-        for entry in entries:
-            deadline_s = entry.row.workload.deadline_ms / 1000
-            for i in entry.instances.values():
-                verdict = judge_instance(i, index.host(i.host), deadline_s=deadline_s, now=now)
-                mark = _mark("instance", i.id, i.stuck, verdict)
-                if mark:
-                    marks += mark
-                    owners[i.id] = i.workload
-                if verdict is not None:
-                    stuck_now[verdict.reason.value] += 1
-                    stuck_ids.add(i.id)
+        deadlines = {e.view.name: e.row.workload.deadline_ms / 1000 for e in entries}
+        for i in _judged(index):
+            deadline_s = deadlines.get(i.workload, DEFAULT_DEADLINE_S)
+            verdict = judge_instance(i, index.host(i.host), deadline_s=deadline_s, now=now)
+            mark = _mark("instance", i.id, i.stuck, verdict)
+            if mark:
+                marks += mark
+                owners[i.id] = i.workload
+            if verdict is not None:
+                stuck_now[verdict.reason.value] += 1
+                stuck_ids.add(i.id)
 
         unconverged: dict[str, bool] = {}
         workloads_unconverged = 0
@@ -361,6 +366,17 @@ class StuckDetector:
         else:
             self._plans.pop(name, None)
         return plan
+
+
+def _judged(index: FleetIndex[WorkloadRow]) -> list[InstanceRecord]:
+    """The instances that can have or lose a verdict: those not converged or marked stuck, and
+    the live ones on hosts that are not READY. Any other is converged on a READY host and
+    unmarked, which `judge_instance` leaves alone: a pass costs what is wrong, not the fleet."""
+    judged = {i.id: i for i in index.needing_attention()}
+    for host in index.host_records():
+        if host.state is not HostState.READY:
+            judged.update((i.id, i) for i in index.live_on_host(host.name))
+    return list(judged.values())
 
 
 def _mark(

@@ -12,7 +12,7 @@ import pytest
 
 from controlplane.fleet_index import Delta, FleetIndex, HostRecord, InstanceRecord
 from controlplane.scheduler import NO_USAGE, HostUsage, ranked_cpu, usage_of
-from controlplane.view import HostView, InstanceView, WorkloadView
+from controlplane.view import HostView, InstanceView, StuckState, WorkloadView
 from keel.model import Desired, HostState, Kind, Phase, Resources, holds_resources
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -70,7 +70,14 @@ def assert_consistent(index: FleetIndex[str]) -> None:
             live.setdefault(v.host, Counter())[v.workload] += 1
     for h in {v.host for v in views}:
         assert dict(index.live_on(h)) == dict(live.get(h, Counter()))
+        assert {i.id for i in index.live_on_host(h)} == {
+            v.id for v in views if v.live and v.host == h
+        }
     assert index.counts()["instance"] == len(views)
+    records = [i for e in index.workloads() for i in e.instances.values()]
+    assert {i.id for i in index.needing_attention()} == {
+        i.id for i in records if not i.converged or i.stuck is not None
+    }
 
 
 def usage(cpu: int, memory: int, n: int, ranked: int | None = None) -> HostUsage:
@@ -268,6 +275,22 @@ def test_a_complete_host_read_replaces_every_host() -> None:
     }
     index.put_hosts([host("h3")], complete=True)
     assert list(index.hosts) == ["h3"]
+
+
+def test_the_stuck_detector_s_set_follows_convergence_and_marks() -> None:
+    """Instances not converged or marked stuck are the ones to judge; a report that converges
+    one, or a mark cleared, takes it out."""
+    index: FleetIndex[str] = FleetIndex()
+    put(index, "web", 1, [inst("a"), inst("b", phase=Phase.STARTING)])
+    assert [i.id for i in index.needing_attention()] == ["b"]
+    assert index.apply(Delta("web", 1, 2, upserts=(inst("b"),)))
+    assert index.needing_attention() == []
+    mark = StuckState("CRASH_LOOP", T0, "exit 1")
+    index.set_instance_stuck("web", "a", mark)
+    assert [(i.id, i.stuck) for i in index.needing_attention()] == [("a", mark)]
+    index.set_instance_stuck("web", "a", None)
+    assert index.needing_attention() == []
+    assert_consistent(index)
 
 
 def test_hosts_generation_moves_only_when_what_planners_read_of_a_host_changes() -> None:
