@@ -57,7 +57,11 @@ DURATION_FLAGS = (
         "reschedule_after_s",
         "not READY this long: its service instances are replaced elsewhere",
     ),
-    ("--resync-period", "resync_period_s", "every stream and workload is looked at again"),
+    (
+        "--resync-period",
+        "resync_period_s",
+        "every stream and workload is looked at again; the leader's cache reads the fleet anew",
+    ),
     ("--liveness-interval", "liveness_interval_s", "how often hosts' heartbeats are judged"),
     ("--stuck-interval", "stuck_interval_s", "how often stuck objects and the backlog are judged"),
     ("--retry-base", "retry_base_s", "first back-off of a key whose reconcile failed"),

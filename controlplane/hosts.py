@@ -1,7 +1,7 @@
 """Hosts in Postgres: registration, heartbeats, liveness and fencing.
 
 Neighbours: `sync` registers hosts and records heartbeats; `liveness` decides which silent hosts
-change state and which are fenced (here: load its facts, write its decisions, fence);
+change state and which are fenced, from the leader's cache (here: write its decisions, fence);
 `store.Store` inherits these queries, so callers hold one store.
 """
 
@@ -14,14 +14,16 @@ from datetime import datetime
 import asyncpg
 
 from controlplane.errors import NotFound
-from controlplane.liveness import HostFacts, Transition
+from controlplane.liveness import Transition
 from controlplane.sql import (
     HOST_CHANNEL,
     WORKLOAD_CHANNEL,
     Database,
     bump_revisions,
+    bump_versions,
     check_epoch,
     record_event,
+    workload_payload,
 )
 from keel.model import Desired, HostState, Kind, Phase, Resources, holds_resources
 
@@ -145,28 +147,6 @@ class HostStore:
             stream_id,
         )
 
-    async def liveness_facts(self) -> tuple[datetime, list[HostFacts]]:
-        """Database time now and every host's heartbeat facts (`liveness.judge` decides)."""
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            now = await conn.fetchval("SELECT now()")
-            rows = await conn.fetch(
-                """SELECT h.name, h.state, h.state_since, h.last_heartbeat,
-                          EXISTS (SELECT 1 FROM instance i JOIN workload w ON w.name = i.workload
-                                  WHERE i.host = h.name AND i.desired <> 'REMOVED'
-                                    AND w.kind = 'service') AS has_services
-                   FROM host h ORDER BY h.name"""
-            )
-        return now, [
-            HostFacts(
-                name=r["name"],
-                state=HostState(r["state"]),
-                state_since=r["state_since"],
-                last_heartbeat=r["last_heartbeat"],
-                has_service_instances=r["has_services"],
-            )
-            for r in rows
-        ]
-
     async def record_liveness(
         self, transitions: Sequence[Transition], *, epoch: int | None
     ) -> list[Transition]:
@@ -221,12 +201,22 @@ class HostStore:
             by_host.setdefault(u["host"], []).append(u)
         return [_host(r, by_host.get(r["name"], [])) for r in rows]
 
-    async def fence_host(self, host: str, kinds: Iterable[Kind], *, epoch: int | None) -> int:
+    async def fence_host(
+        self,
+        host: str,
+        kinds: Iterable[Kind],
+        *,
+        epoch: int | None,
+        down_since: datetime | None = None,
+    ) -> int:
         """Tombstones the given kinds' instances on a lost host so they are replaced elsewhere.
 
-        The fencing decision is when the replacements became desired: the tombstones and their
-        workloads' `desired_changed_at` get its time, so the replacements the next plans place
-        carry it (their convergence clock starts here, not at placement).
+        Only while the host is not READY (and, given `down_since`, has not been READY since
+        then, as the decision judged): a heartbeat that came back after the decision was made,
+        seen or not by whoever decided, wins. The fencing decision is when the replacements
+        became desired: the tombstones and their workloads' `desired_changed_at` get its time,
+        so the replacements the next plans place carry it (their convergence clock starts
+        here, not at placement). Each workload fenced takes a new version.
         """
         kind_values = [k.value for k in kinds]
         async with self.pool.acquire() as conn, conn.transaction():
@@ -244,8 +234,15 @@ class HostStore:
                 kind_values,
             )
             # Then the host: a plan writing to this host (which takes it too) cannot tombstone
-            # these rows between the SELECT and the UPDATE.
-            await conn.execute("SELECT 1 FROM host WHERE name = $1 FOR UPDATE", host)
+            # these rows between the SELECT and the UPDATE, nor a heartbeat make it READY.
+            lost = await conn.fetchval(
+                """SELECT state <> 'READY' AND ($2::timestamptz IS NULL OR state_since = $2)
+                   FROM host WHERE name = $1 FOR UPDATE""",
+                host,
+                down_since,
+            )
+            if not lost:
+                return 0
             ids = await conn.fetch(
                 """SELECT i.id, i.workload FROM instance i JOIN workload w ON w.name = i.workload
                    WHERE i.host = $1 AND i.desired <> 'REMOVED' AND w.kind = ANY($2::text[])""",
@@ -270,6 +267,7 @@ class HostStore:
                 sorted({r["workload"] for r in ids}),
                 decided_at,
             )
+            versions = await bump_versions(conn, sorted({r["workload"] for r in ids}), desired=True)
             await record_event(
                 conn,
                 f"host/{host}",
@@ -278,6 +276,10 @@ class HostStore:
             )
             await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, host)
             # By name: each replacement is a fresh change for its workload, not a resync.
-            for workload in sorted({r["workload"] for r in ids}):
-                await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, workload)
+            for v in versions:
+                await conn.execute(
+                    "SELECT pg_notify($1, $2)",
+                    WORKLOAD_CHANNEL,
+                    workload_payload(v.workload, v.version),
+                )
             return len(ids)

@@ -2,51 +2,69 @@
 write them.
 
 Neighbours: `store.Store` inherits these queries (with `workload_store` and `hosts`); the
-workload controller (`controllers`) writes each `rollout` plan through `apply_plan`; `sync`
+workload controller (`workload`) writes each `rollout` plan through `apply_plan`; `sync`
 reads a host's assignments for its agent's stream; observed state (reports, stuck marks) is
 written by `status`. Every transaction that changes a host's instances bumps that host's
 revision in the same transaction (`sql.bump_revisions`), and ends with NOTIFY on
-`HOST_CHANNEL`, delivered at commit.
+`HOST_CHANNEL`, delivered at commit. A plan is written only over the workload version and the
+host states it was made from, and takes a new workload version (`sql.bump_versions`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 from controlplane.errors import NotFound
+from controlplane.fleet_index import Delta, HostSeen
+from controlplane.records import INSTANCE_COLUMNS, instance_record
 from controlplane.sql import (
     HOST_CHANNEL,
     Conn,
     Database,
     bump_revisions,
+    bump_versions,
     check_epoch,
     decode_each,
     record_event,
 )
-from controlplane.view import InstanceView
-from controlplane.workload_store import StuckState, WorkloadRow, stuck_state
-from keel.model import Desired, Kind, Phase, Resources, WorkloadSpec, converged
-
-# Enum lookups by value without EnumType.__call__ (a measurable share of a fleet-wide read).
-_DESIRED = {d.value: d for d in Desired}
-_PHASE = {p.value: p for p in Phase}
+from controlplane.view import StuckState
+from controlplane.workload_store import WorkloadRow, stuck_state
+from keel.model import Desired, Kind, Phase, WorkloadSpec, converged
 
 
-def _planning_view(r: asyncpg.Record) -> InstanceView:
-    return InstanceView(
-        id=r["id"],
-        workload=r["workload"],
-        generation=r["generation"],
-        host=r["host"],
-        desired=_DESIRED[r["desired"]],
-        resources=Resources(r["cpu_millis"], r["memory_mib"]),
-        phase=_PHASE[r["phase"]],
-        ready=r["ready"],
+class _Stale(Exception):
+    """A plan was made from a read that is no longer current: nothing is written."""
+
+    def __init__(self, what: str, hosts: tuple[str, ...] = ()) -> None:
+        super().__init__(what)
+        self.what = what
+        self.hosts = hosts
+
+
+async def _moved(
+    conn: Conn, hosts_read: Mapping[str, HostSeen], *, bumped: Mapping[str, int]
+) -> tuple[str, ...]:
+    """The hosts no longer as the plan saw them. A host this write bumped is compared at the
+    revision before its bump (it is locked by then, so nothing else moves it)."""
+    if not hosts_read:
+        return ()
+    rows = await conn.fetch(
+        "SELECT name, state, schedulable, revision FROM host WHERE name = ANY($1::text[])",
+        sorted(hosts_read),
     )
+    now = {r["name"]: r for r in rows}
+
+    def moved(name: str, seen: HostSeen) -> bool:
+        r = now.get(name)
+        if r is None or (r["state"], r["schedulable"]) != (seen.state.value, seen.schedulable):
+            return True
+        return seen.revision is not None and r["revision"] - (name in bumped) != seen.revision
+
+    return tuple(name for name, seen in sorted(hosts_read.items()) if moved(name, seen))
 
 
 @dataclass(frozen=True)
@@ -80,11 +98,25 @@ class InstanceRow:
     def converged(self) -> bool:
         return converged(self.desired, self.phase, self.ready)
 
+    @property
+    def observed(self) -> bool:
+        """Its agent has reported it at least once."""
+        return self.observed_at is not None
+
+    @property
+    def stop_grace_ms(self) -> int:
+        return self.spec.stop_grace_ms
+
 
 @dataclass(frozen=True)
 class PlanResult:
     created: list[str]
     removed: int  # instances newly tombstoned
+    # Why nothing was written: what the plan was made from changed since (None: written).
+    stale: str | None = None
+    stale_hosts: tuple[str, ...] = ()  # hosts whose state or cordon moved since the plan
+    # The write as the cache applies it (None: nothing written).
+    delta: Delta | None = None
 
 
 def instance_row(r: asyncpg.Record) -> InstanceRow:
@@ -115,6 +147,14 @@ def instance_row(r: asyncpg.Record) -> InstanceRow:
         trace_context=r["trace_context"],
     )
 
+
+# list_instances' filters: (by workload, by host) -> its WHERE clause (fixed text, never input).
+_LIST_WHERE = {
+    (True, True): "WHERE workload = $1 AND host = $2",
+    (True, False): "WHERE workload = $1",
+    (False, True): "WHERE host = $1",
+    (False, False): "",
+}
 
 # How many instance ids an event names before it says "and N more" (a pass may remove 1,000).
 _EVENT_IDS = 10
@@ -160,28 +200,15 @@ class InstanceStore:
     async def list_instances(
         self, *, workload: str | None = None, host: str | None = None
     ) -> list[InstanceRow]:
+        # One statement per filter, not one with "$1 IS NULL OR": a prepared statement's
+        # generic plan could use no index for that, and a workload's read (every apply answers
+        # with one) would scan the fleet.
+        where = _LIST_WHERE[(workload is not None, host is not None)]
         rows = await self.pool.fetch(
-            """SELECT * FROM instance
-               WHERE ($1::text IS NULL OR workload = $1) AND ($2::text IS NULL OR host = $2)
-               ORDER BY workload, generation, id""",
-            workload,
-            host,
+            f"SELECT * FROM instance {where} ORDER BY workload, generation, id",
+            *(a for a in (workload, host) if a is not None),
         )
         return decode_each(rows, instance_row, what="instance")
-
-    async def planning_views(self) -> list[InstanceView]:
-        """Every instance as the planners see it, read from plain columns.
-
-        The workload controller reads the whole fleet on every pass (capacity is shared), so
-        this skips what the planners never look at: decoding each row's spec (its resources
-        are the cpu_millis and memory_mib columns, written from the same spec) and its status.
-        """
-        rows = await self.pool.fetch(
-            """SELECT id, workload, generation, host, desired, cpu_millis, memory_mib, phase,
-                      ready
-               FROM instance ORDER BY workload, generation, id"""
-        )
-        return decode_each(rows, _planning_view, what="instance")
 
     async def host_assignments(
         self, host: str, *, since: int | None
@@ -215,36 +242,73 @@ class InstanceStore:
         create_on: Sequence[str],
         remove: Sequence[str],
         epoch: int | None,
+        version: int | None = None,
+        hosts_read: Mapping[str, HostSeen] | None = None,
     ) -> PlanResult:
         """Writes one workload's plan in one transaction: new instances and tombstones.
 
         `epoch` fences a deposed leader: the transaction fails with NotLeader if another
-        replica has taken over since. Each desired change is stamped with the trace context of
-        the operator request behind the workload's latest change, and with when it became
-        desired (`change_clock`), not when it was placed: the convergence SLI counts the time
-        it waited in the control plane's queue.
+        replica has taken over since. The plan is written only if it was made from what is
+        current: `version` (by default the version `workload` was read at) is still the
+        workload's version (no apply, delete, plan, fencing or report changed it or its
+        instances since); a plan that only creates compares `workload.desired_version` instead
+        (reports cannot make its count or its room wrong: they only free resources and surge
+        room, and it removes nothing whose availability they change); and every host in
+        `hosts_read` is still as the plan saw it
+        (state, cordon, and the revision of a host it places on: nothing was placed there
+        since). Otherwise nothing is written and the result says what moved (`stale`), so the
+        caller reads again and plans again. Each desired change is stamped with the trace
+        context of the operator request behind the workload's latest change, and with when it
+        became desired (`change_clock`), not when it was placed: the convergence SLI counts
+        the time it waited in the control plane's queue.
         """
+        try:
+            return await self._apply_plan(
+                workload,
+                create_on=create_on,
+                remove=remove,
+                epoch=epoch,
+                version=workload.version if version is None else version,
+                hosts_read=hosts_read or {},
+            )
+        except _Stale as stale:
+            return PlanResult(created=[], removed=0, stale=stale.what, stale_hosts=stale.hosts)
+
+    async def _apply_plan(
+        self,
+        workload: WorkloadRow,
+        *,
+        create_on: Sequence[str],
+        remove: Sequence[str],
+        epoch: int | None,
+        version: int,
+        hosts_read: Mapping[str, HostSeen],
+    ) -> PlanResult:
         w = workload.workload
         spec = w.spec.to_json()
+        records = []
         created: list[str] = []
         removed = 0
         async with self.pool.acquire() as conn, conn.transaction():
             await check_epoch(conn, epoch)
-            # The plan was made from this desired state: if an apply, a delete or fencing
-            # changed it since, write nothing (its NOTIFY has queued a fresh plan).
+            # Locked first, as fencing and report batches lock workloads before hosts and
+            # instances: none of them can change what the plan read until this commits.
             current = await conn.fetchrow(
-                """SELECT generation, deleting, desired_changed_at FROM workload
-                   WHERE name = $1 FOR SHARE""",
+                """SELECT version, desired_version, desired_changed_at FROM workload
+                   WHERE name = $1 FOR NO KEY UPDATE""",
                 w.name,
             )
-            if current is None or tuple(current) != (
-                workload.generation,
-                workload.deleting,
-                workload.desired_changed_at,
-            ):
-                return PlanResult(created=[], removed=0)
+            if current is None:
+                raise _Stale("the workload was deleted")
+            if remove and current["version"] != version:
+                raise _Stale("the workload or its instances changed")
+            if not remove and current["desired_version"] != workload.desired_version:
+                raise _Stale("the workload's desired state changed")
             hosts = sorted(set(create_on) | set(await self._hosts_of(conn, remove)))
-            revisions = await bump_revisions(conn, hosts)
+            revisions = await bump_revisions(conn, hosts)  # and locks them
+            moved = await _moved(conn, hosts_read, bumped=revisions)
+            if moved:
+                raise _Stale("hosts changed", moved)  # rolls the bumps back
             since = await conn.fetch(
                 "SELECT name, state_since FROM host WHERE name = ANY($1::text[])", hosts
             )
@@ -264,14 +328,15 @@ class InstanceStore:
                     len(create_on),
                 )
                 ids = [instance_id(w.name, workload.generation, r["n"]) for r in numbers]
-                await conn.execute(
-                    """INSERT INTO instance (id, workload, generation, host, spec, cpu_millis,
-                                             memory_mib, desired, revision, trace_context,
-                                             desired_changed_at, unconverged_since)
-                       SELECT u.id, $1, $2, u.host, $3, $4, $5, 'RUNNING', u.revision, $9,
-                              u.clock, clock_timestamp()
-                       FROM unnest($6::text[], $7::text[], $8::bigint[], $10::timestamptz[])
-                            AS u(id, host, revision, clock)""",
+                records += await conn.fetch(
+                    f"""INSERT INTO instance (id, workload, generation, host, spec, cpu_millis,
+                                              memory_mib, desired, revision, trace_context,
+                                              desired_changed_at, unconverged_since)
+                        SELECT u.id, $1, $2, u.host, $3, $4, $5, 'RUNNING', u.revision, $9,
+                               u.clock, clock_timestamp()
+                        FROM unnest($6::text[], $7::text[], $8::bigint[], $10::timestamptz[])
+                             AS u(id, host, revision, clock)
+                        RETURNING {INSTANCE_COLUMNS}""",
                     w.name,
                     workload.generation,
                     spec,
@@ -285,22 +350,25 @@ class InstanceStore:
                 )
                 created = ids
             if remove:
-                status = await conn.execute(
-                    """UPDATE instance i SET desired = 'REMOVED', revision = u.revision,
-                              desired_changed_at = u.clock, converged_at = NULL,
-                              unconverged_since = clock_timestamp(), slow_counted = false,
-                              trace_context = $4
-                       FROM unnest($2::text[], $3::bigint[], $5::timestamptz[])
-                            AS u(host, revision, clock)
-                       WHERE i.id = ANY($1::text[]) AND i.host = u.host
-                         AND i.desired <> 'REMOVED'""",
+                tombstones = await conn.fetch(
+                    # u's columns are named apart from the instance's, which RETURNING names.
+                    f"""UPDATE instance i SET desired = 'REMOVED', revision = u.new_revision,
+                               desired_changed_at = u.clock, converged_at = NULL,
+                               unconverged_since = clock_timestamp(), slow_counted = false,
+                               trace_context = $4
+                        FROM unnest($2::text[], $3::bigint[], $5::timestamptz[])
+                             AS u(on_host, new_revision, clock)
+                        WHERE i.id = ANY($1::text[]) AND i.host = u.on_host
+                          AND i.desired <> 'REMOVED'
+                        RETURNING {INSTANCE_COLUMNS}""",
                     list(remove),
                     list(revisions),
                     list(revisions.values()),
                     workload.trace_context,
                     [clocks[h] for h in revisions],
                 )
-                removed = int(status.split()[-1])
+                removed = len(tombstones)
+                records += tombstones
             parts = []
             if created:
                 parts.append(f"placed {len(created)} on {', '.join(sorted(set(create_on)))}")
@@ -310,9 +378,18 @@ class InstanceStore:
                 await record_event(
                     conn, f"workload/{w.name}", "WorkloadReconciled", "; ".join(parts)
                 )
+            [versions] = await bump_versions(conn, [w.name], desired=True)
             for h in hosts:
                 await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, h)
-        return PlanResult(created=created, removed=removed)
+        delta = Delta(
+            w.name,
+            from_version=versions.was,
+            to_version=versions.version,
+            upserts=tuple(decode_each(records, instance_record, what="instance")),
+            revisions=tuple(sorted(revisions.items())),
+            desired_version=versions.desired_version,
+        )
+        return PlanResult(created=created, removed=removed, delta=delta)
 
     @staticmethod
     async def _hosts_of(conn: Conn, ids: Sequence[str]) -> list[str]:

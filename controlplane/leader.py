@@ -3,8 +3,10 @@
 Leadership is a Postgres advisory lock held on a dedicated connection plus an epoch in the
 `leader` row (`store.take_leadership`) that every controller transaction checks
 (`sql.check_epoch`), so a deposed leader cannot write. While it holds the lock, the replica
-runs one `reconcile.Runner` per controller (workload, liveness, stuck); losing the lock's
-connection, or a write refused with NotLeader, stops them all at once and the replica
+fills its cache of the fleet (`cache.FleetCache`: a full list first, after the epoch bump, so
+it sees every write of the leader before), keeps it current, and runs one `reconcile.Runner`
+per controller (workload, liveness, stuck) on it; losing the lock's connection, or a write
+refused with NotLeader, stops them all at once, the cache is dropped, and the replica
 campaigns again every `leader_retry_s`. Neighbours: main.py builds the runners; the runners'
 queues outlive a term, so a key cut short is looked at again by the next one.
 """
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 import asyncpg
 import structlog
 
+from controlplane.cache import FleetCache
 from controlplane.reconcile import Runner
 from controlplane.settings import Settings
 from controlplane.store import Store
@@ -39,8 +42,10 @@ class Leadership:
         database_url: str,
         settings: Settings,
         runners: Sequence[Runner],
+        cache: FleetCache,
     ) -> None:
         self._store = store
+        self._cache = cache
         self._url = database_url
         self._settings = settings
         self._runners = list(runners)
@@ -68,11 +73,18 @@ class Leadership:
             await asyncio.sleep(self._settings.leader_retry_s)
 
     async def _lead(self, conn: asyncpg.Connection, epoch: int) -> None:
-        tasks = [
-            *(asyncio.create_task(r.run(epoch), name=f"runner-{r.name}") for r in self._runners),
-            asyncio.create_task(self._watch(conn), name="leader-watch"),
-        ]
+        tasks: list[asyncio.Task[None]] = []
         try:
+            # Before any controller reads: the full list, made after this term's epoch bump.
+            await self._cache.start()
+            tasks = [
+                *(
+                    asyncio.create_task(r.run(epoch), name=f"runner-{r.name}")
+                    for r in self._runners
+                ),
+                asyncio.create_task(self._cache.run(), name="fleet-cache"),
+                asyncio.create_task(self._watch(conn), name="leader-watch"),
+            ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 exc = t.exception()
@@ -82,6 +94,7 @@ class Leadership:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._cache.stop()
 
     async def _watch(self, conn: asyncpg.Connection) -> None:
         """Ends (and so stops the controllers) when the lock's connection is gone."""

@@ -1,8 +1,9 @@
 """LISTEN for desired-state changes and fan them out inside this replica.
 
-`keel_host` notifications wake the Sync stream of that host; `keel_workload` ones enqueue the
-workload for the controllers. The connection is re-made with back-off if it drops, and
-everything is woken then, since notifications sent meanwhile are lost.
+`keel_host` notifications wake the Sync stream of that host; `keel_workload` ones go to the
+leader's cache (`controlplane.cache`), which reads what changed and wakes the controllers. The
+connection is re-made with back-off if it drops, and everything is woken (and read) again
+then, since notifications sent meanwhile are lost.
 """
 
 from __future__ import annotations

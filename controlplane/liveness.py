@@ -12,11 +12,14 @@ heartbeat facts in database time it decides which hosts change state and which a
   service instances are fenced (tombstoned) so they are replaced elsewhere; the agent stops
   them if it comes back, before it reports READY.
 
-`LivenessController` is the leader's periodic pass, run by `reconcile.Runner`: it loads the
-facts and writes the decision through `LivenessStore` (`hosts.HostStore` implements it: the SQL
-loads facts and writes decisions, it decides nothing). A heartbeat makes a host READY again
-(`hosts.HostStore.heartbeat`, called by `sync`); the stuck detector (`stuck`) names instances
-of hosts that stay unreachable.
+`LivenessController` is the leader's periodic pass, run by `reconcile.Runner`: it takes the
+facts from the leader's cache (`HostSource`: `cache.FleetCache`, no fleet-wide query) and
+writes the decision through `LivenessStore` (`hosts.HostStore` implements it: the SQL writes
+decisions, it decides nothing). The cache's heartbeat is never newer than the database's, so a
+decision on it can only come too early; the write refuses a transition or a fence whose host
+has heartbeated since (`keel_cache_stale_writes_total{controller="liveness"}`), and the pass
+reads those hosts again. A heartbeat makes a host READY again (`hosts.HostStore.heartbeat`,
+called by `sync`); the stuck detector (`stuck`) names instances of hosts that stay unreachable.
 """
 
 from __future__ import annotations
@@ -109,8 +112,8 @@ def judge(
 
 
 class LivenessStore(Protocol):
-    async def liveness_facts(self) -> tuple[datetime, list[HostFacts]]:
-        """Database time now, and every host's facts."""
+    async def now(self) -> datetime:
+        """Database time: the clock heartbeats are stamped with."""
         ...
 
     async def record_liveness(
@@ -119,7 +122,26 @@ class LivenessStore(Protocol):
         """Writes the transitions still valid (with their events); returns those written."""
         ...
 
-    async def fence_host(self, host: str, kinds: Iterable[Kind], *, epoch: int | None) -> int: ...
+    async def fence_host(
+        self,
+        host: str,
+        kinds: Iterable[Kind],
+        *,
+        epoch: int | None,
+        down_since: datetime | None = None,
+    ) -> int:
+        """Fences the host's instances of `kinds` if it is still down since `down_since`."""
+        ...
+
+
+class HostSource(Protocol):
+    def liveness_facts(self) -> list[HostFacts]:
+        """Every host's facts, as last read."""
+        ...
+
+    async def refresh_hosts(self, names: Sequence[str] | None = None) -> None:
+        """Reads the named hosts again."""
+        ...
 
 
 class LivenessController:
@@ -129,9 +151,16 @@ class LivenessController:
     key_label = "pass"
 
     def __init__(
-        self, store: LivenessStore, *, timings: Timings, interval_s: float, metrics: Metrics
+        self,
+        store: LivenessStore,
+        *,
+        hosts: HostSource,
+        timings: Timings,
+        interval_s: float,
+        metrics: Metrics,
     ) -> None:
         self._store = store
+        self._hosts = hosts
         self._timings = timings
         self._interval_s = interval_s
         self._metrics = metrics
@@ -146,7 +175,7 @@ class LivenessController:
 
     async def reconcile(self, key: str, *, term: Term) -> Result:
         try:
-            now, hosts = await self._store.liveness_facts()
+            now = await self._store.now()
         except Unavailable:
             self._blind = True
             raise
@@ -157,19 +186,31 @@ class LivenessController:
         watched_s = term.age_s()
         if self._sighted_at is not None:
             watched_s = min(watched_s, max(0.0, term.clock() - self._sighted_at))
+        hosts = self._hosts.liveness_facts()
         decision = judge(hosts, now=now, term_age_s=watched_s, timings=self._timings)
         if decision.wait_s is not None:
             return requeue_after(decision.wait_s, idle=True)
         written = await self._store.record_liveness(decision.transitions, epoch=term.epoch)
         for t in written:
             log.warning("host stopped heartbeating", host=t.host, state=t.to.value)
+        for _ in range(len(decision.transitions) - len(written)):
+            # Judged on a heartbeat the cache had not read yet: the host spoke since.
+            self._metrics.count_stale_write(self.name)
+        since = {h.name: h.state_since for h in hosts}
         fenced = 0
         for host in decision.fence:
-            n = await self._store.fence_host(host, [Kind.SERVICE], epoch=term.epoch)
+            n = await self._store.fence_host(
+                host, [Kind.SERVICE], epoch=term.epoch, down_since=since[host]
+            )
             self._metrics.count_changes(Change.REMOVE, n)
             if n:
                 # Their workloads are woken by the fence's NOTIFY: the replacements are
                 # fresh changes, clocked from this decision.
                 log.warning("fenced instances of an unreachable host", host=host, instances=n)
             fenced += n
+        judged = sorted({t.host for t in decision.transitions} | set(decision.fence))
+        if judged:
+            # What was written, or what refused it, is read now rather than at the next
+            # notification: the next pass judges from it.
+            await self._hosts.refresh_hosts(judged)
         return requeue_after(self._interval_s, idle=not written and not fenced)

@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane import migrate
+from controlplane.cache import FleetCache
 from controlplane.db import redact, resolve_database_url
 from controlplane.errors import KeelError
 from controlplane.flags import build_parser, settings_from
@@ -43,7 +44,7 @@ from controlplane.status import ReportOutcome, StatusStore
 from controlplane.store import Store, create_pool
 from controlplane.stuck import StuckDetector
 from controlplane.sync import AgentSync, StreamRegistry
-from controlplane.workload import ALL, WorkloadController, enqueue
+from controlplane.workload import WorkloadController
 from keel import logs, tracing
 from keel.endpoint import write_addresses
 from keel.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
@@ -133,7 +134,16 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             resync_period_s=settings.resync_period_s,
         )
 
-    workloads = runner(WorkloadController(store, metrics=metrics))
+    # The leader's informer: the controllers read the fleet from it. A notification it has read
+    # wakes the workload controller; `*` (hosts changed) looks at every workload again.
+    cache = FleetCache(
+        store,
+        metrics=metrics,
+        resync_period_s=settings.resync_period_s,
+        on_workload=lambda name: workloads.add(name),
+        on_hosts=lambda: workloads.resync_now(),
+    )
+    workloads = runner(WorkloadController(store, cache=cache, metrics=metrics))
     timings = Timings(
         grace_s=settings.liveness_grace_s,
         unknown_after_s=settings.unknown_after_s,
@@ -141,13 +151,18 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     )
     liveness = runner(
         LivenessController(
-            store, timings=timings, interval_s=settings.liveness_interval_s, metrics=metrics
+            store,
+            hosts=cache,
+            timings=timings,
+            interval_s=settings.liveness_interval_s,
+            metrics=metrics,
         )
     )
     stuck = runner(
         StuckDetector(
             store,
             status,
+            cache=cache,
             metrics=metrics,
             interval_s=settings.stuck_interval_s,
             reconcile_failures=workloads.failures,
@@ -156,8 +171,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     runners = (workloads, liveness, stuck)
 
     def reports_written(outcome: ReportOutcome) -> None:
-        for name in outcome.workloads:
-            workloads.add(name)
+        cache.reported(outcome)  # applies the batch and wakes its workloads, when leading
         for change, seconds in outcome.converged:
             metrics.observe_convergence(change, seconds)
 
@@ -167,15 +181,18 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
 
     def wake_everything() -> None:
         registry.wake_all()
-        enqueue(workloads, ALL)
+        cache.resync_now()
+        workloads.resync_now()
 
     listener = Listener(
         url,
         on_host=registry.wake,
-        on_workload=lambda name: enqueue(workloads, name),
+        on_workload=cache.notified,
         on_reconnect=wake_everything,
     )
-    leadership = Leadership(store, database_url=url, settings=settings, runners=runners)
+    leadership = Leadership(
+        store, database_url=url, settings=settings, runners=runners, cache=cache
+    )
 
     metrics.track_sync_streams(lambda: len(registry))
     server = grpc.aio.server(

@@ -68,6 +68,7 @@ KINDS = ("instance", "workload")
 CONTROLLERS = ("workload", "liveness", "stuck")
 RESULTS = ("success", "error")
 HOST_STATES = tuple(s.value for s in HostState)
+CACHE_KINDS = ("workload", "instance", "host")
 DEFAULT_ADDRESS = "127.0.0.1:9464"
 
 
@@ -202,6 +203,39 @@ class Metrics:
             buckets=RPC_BUCKETS,
             registry=r,
         )
+        # The leader's in-memory cache of the fleet (controlplane.cache).
+        self.cache_objects = Gauge(
+            "keel_cache_objects",
+            "Objects in the leader's in-memory cache of the fleet, by kind (workload, instance, "
+            "host); 0 on a replica that does not lead.",
+            ["kind"],
+            registry=r,
+        )
+        self.cache_resyncs = Counter(
+            "keel_cache_resyncs_total",
+            "Resyncs of the leader's cache of the fleet: the full read when leadership starts, "
+            "then every --resync-period and after notifications may have been lost (every host, "
+            "and every workload whose version moved without the cache reading it).",
+            registry=r,
+        )
+        self.cache_resync_duration = Histogram(
+            "keel_cache_resync_duration_seconds",
+            "Duration of one resync of the leader's cache of the fleet.",
+            buckets=(*RECONCILE_BUCKETS, 30.0, 60.0),
+            registry=r,
+        )
+        self.cache_stale_writes = Counter(
+            "keel_cache_stale_writes_total",
+            "Writes refused because what they were decided from had changed since it was read "
+            "(a plan over an older workload version or host state, a liveness decision over an "
+            "older heartbeat), by controller; the controller reads again and decides again.",
+            ["controller"],
+            registry=r,
+        )
+        for kind in CACHE_KINDS:
+            self.cache_objects.labels(kind)
+        for controller in CONTROLLERS:
+            self.cache_stale_writes.labels(controller)
         # Standard process_* and python_info series: memory, CPU, open fds of this replica.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -293,6 +327,25 @@ class Metrics:
     def count_retry(self, controller: str) -> None:
         """A failed pass was scheduled again (with back-off)."""
         self.reconcile_retries.labels(controller).inc()
+
+    # --- the leader's cache (controlplane.cache) -------------------------------------------------
+
+    def track_cache(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """keel_cache_objects{kind} reads counts() (by kind; empty when not leading) at scrape."""
+
+        def count_of(kind: str) -> Callable[[], float]:
+            return lambda: float(counts().get(kind, 0))
+
+        for kind in CACHE_KINDS:
+            self.cache_objects.labels(kind).set_function(count_of(kind))
+
+    def observe_cache_resync(self, seconds: float) -> None:
+        self.cache_resyncs.inc()
+        self.cache_resync_duration.observe(seconds)
+
+    def count_stale_write(self, controller: str) -> None:
+        """A write of `controller` was refused: what it was decided from had changed."""
+        self.cache_stale_writes.labels(controller).inc()
 
     # --- the database edge (agent streams and the health probe) -------------------------------
 

@@ -1,9 +1,11 @@
 """Rollout: which instances of a workload to create and which to remove, right now.
 
 `plan_workload` is the pure core of the scheduler/rollout controller: it reads one
-workload, the fleet's instances and hosts (`controlplane.view`), and returns a
-`WorkloadPlan`; the controller writes it (new instances, REMOVED tombstones) and, being
-level-triggered, calls it again when anything changes. Placement itself is
+workload, its own instances, the hosts (`controlplane.view`) and what every host's instances
+hold (`scheduler.HostUsage`, kept per host by the leader's cache), and returns a
+`WorkloadPlan`, so a pass costs what the workload has, not what the fleet has; the
+controller writes it (new instances, REMOVED tombstones) and, being level-triggered, calls
+it again when anything changes. Placement itself is
 `controlplane.scheduler`. Semantics follow a Kubernetes Deployment (DaemonSet for daemons):
 
 - live = desired is not REMOVED; `target` = replicas (service) or the number of READY hosts
@@ -31,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Sequence, ValuesView
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set, ValuesView
 from dataclasses import dataclass
 
 from controlplane.disruption import (
@@ -41,6 +43,8 @@ from controlplane.disruption import (
     service_budget,
 )
 from controlplane.scheduler import (
+    NO_USAGE,
+    HostUsage,
     Unschedulable,
     daemon_hosts,
     matches,
@@ -80,25 +84,27 @@ class WorkloadPlan:
 
 def plan_workload(
     workload: WorkloadView,
-    instances: Sequence[InstanceView],
-    hosts: Sequence[HostView],
+    instances: Iterable[InstanceView],
+    hosts: Mapping[str, HostView],
+    usage: Mapping[str, HostUsage],
     *,
     max_changes: int = MAX_CHANGES_PER_PASS,
 ) -> WorkloadPlan:
     """Plan one reconcile step for `workload`.
 
-    `instances` is every instance in the fleet, any workload and any desired state: the
-    planner filters its own, and capacity needs the others. Output is sorted; applying the
-    plan and planning again with nothing else changed gives an empty plan, unless `more`
-    says the pass stopped at `max_changes` creations or removals.
+    `instances` are the workload's own, in any desired state (another workload's are
+    ignored); `hosts` is every host by name; `usage` is what every host's instances hold, this
+    workload's included (capacity is shared). Hosts are scanned only to place: a pass with
+    nothing to create costs what the workload has. Output is sorted; applying the plan and
+    planning again with nothing else changed gives an empty plan, unless `more` says the pass
+    stopped at `max_changes` creations or removals.
     """
     mine = sorted((i for i in instances if i.workload == workload.name), key=lambda i: i.id)
     live = [i for i in mine if i.live]
     if workload.deleting:
         plan = WorkloadPlan(remove=tuple(i.id for i in live))
     else:
-        ready = {h.name for h in hosts if h.state is HostState.READY}
-        state = _State(workload, instances, mine, ready, max_changes)
+        state = _State(workload, usage, mine, _ReadyHosts(hosts), max_changes)
         if workload.kind is Kind.DAEMON:
             plan = _plan_daemon(state, hosts)
         else:
@@ -117,20 +123,55 @@ def plan_workload(
     return plan
 
 
+class _ReadyHosts(Set[str]):
+    """The names of the READY hosts, looked up in the host map when asked rather than copied
+    from it: the map is the whole fleet's, and a plan asks only about the workload's hosts."""
+
+    def __init__(self, hosts: Mapping[str, HostView]) -> None:
+        self._hosts = hosts
+
+    def __contains__(self, name: object) -> bool:
+        host = self._hosts.get(name) if isinstance(name, str) else None
+        return host is not None and host.state is HostState.READY
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, h in self._hosts.items() if h.state is HostState.READY)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _UsageAfter(Mapping[str, HostUsage]):
+    """Every host's usage with some hosts' replaced (those of the plan's removals)."""
+
+    def __init__(self, base: Mapping[str, HostUsage], changed: Mapping[str, HostUsage]) -> None:
+        self._base = base
+        self._changed = changed
+
+    def __getitem__(self, name: str) -> HostUsage:
+        return self._changed[name] if name in self._changed else self._base[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(set(self._base) | set(self._changed))
+
+    def __len__(self) -> int:
+        return len(set(self._base) | set(self._changed))
+
+
 class _State:
     """The workload's instances as the plan removes them, with the counts rules read."""
 
     def __init__(
         self,
         workload: WorkloadView,
-        fleet: Sequence[InstanceView],
+        usage: Mapping[str, HostUsage],
         mine: Sequence[InstanceView],
-        ready: set[str],
+        ready: Set[str],
         max_changes: int,
     ) -> None:
         self.workload = workload
         self.max_changes = max_changes
-        self.fleet = fleet
+        self.usage = usage
         self.ready = ready  # names of READY hosts
         # By id, in id order: removals are O(1), so a scale-down of thousands stays linear.
         self._remaining = {i.id: i for i in mine if i.live}
@@ -162,13 +203,15 @@ class _State:
         gone = [dataclasses.replace(i, desired=Desired.REMOVED) for i in self.removed]
         return [*self.remaining, *gone, *self.tombstones]
 
-    def fleet_after(self) -> list[InstanceView]:
-        """The fleet as the next pass will see it once the removals are written."""
-        gone = {i.id for i in self.removed}
-        return [
-            dataclasses.replace(i, desired=Desired.REMOVED) if i.id in gone else i
-            for i in self.fleet
-        ]
+    def usage_after(self) -> Mapping[str, HostUsage]:
+        """Every host's usage as the next pass will see it once the removals are written (a
+        removed instance already reported STOPPED holds nothing from then on)."""
+        changed: dict[str, HostUsage] = {}
+        for inst in self.removed:
+            before = changed.get(inst.host) or self.usage.get(inst.host, NO_USAGE)
+            gone = dataclasses.replace(inst, desired=Desired.REMOVED)
+            changed[inst.host] = before.minus(inst).plus(gone)
+        return _UsageAfter(self.usage, changed) if changed else self.usage
 
     def plan(
         self,
@@ -187,7 +230,7 @@ class _State:
         )
 
 
-def _plan_service(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
+def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     w = s.workload
     target = w.replicas
     budget = service_budget(w, s.remaining, s.ready)
@@ -216,7 +259,7 @@ def _plan_service(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
     after = service_budget(w, s.after(), s.ready)
     room = max(0, min(missing, after.may_start))
     want = min(room, s.max_changes)
-    placement = place(w, want, hosts, s.fleet_after())
+    placement = place(w, want, hosts.values(), s.remaining, s.usage_after())
 
     blocked: list[str] = []
     old_left = sum(1 for i in s.remaining if not s.current(i))
@@ -276,11 +319,11 @@ def _candidate_order(inst: InstanceView) -> tuple[int, str]:
     return (_PHASE_RANK[inst.phase], inst.id)
 
 
-def _plan_daemon(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
+def _plan_daemon(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     w = s.workload
-    targets = daemon_hosts(w, hosts)
+    targets = daemon_hosts(w, hosts.values())
     target_set = set(targets)
-    matching = {h.name for h in hosts if matches(h.labels, w.selector)}
+    matching = {h.name for h in hosts.values() if matches(h.labels, w.selector)}
 
     # Not on a target host: gone from the selector (remove all), or a matching host that is
     # not READY (remove old ones, which cost nothing; keep the current one for its return).
@@ -317,8 +360,7 @@ def _plan_daemon(s: _State, hosts: Sequence[HostView]) -> WorkloadPlan:
     after = daemon_budget(w, s.after(), target_set, s.ready)
     room = max(0, min(len(lacking), after.may_start))
     want = min(room, s.max_changes)
-    by_name = {h.name: h for h in hosts}
-    placement = place_on(w, [by_name[n] for n in lacking], s.fleet_after(), limit=want)
+    placement = place_on(w, [hosts[n] for n in lacking], s.usage_after(), limit=want)
 
     blocked: list[str] = []
     old_left = sum(1 for i in on_targets if not s.current(i))

@@ -1,17 +1,18 @@
 """The store's rows as the planners' views: the one step from what Postgres holds to what
 `controlplane.scheduler` and `controlplane.rollout` decide from.
 
-The rows come from `controlplane.store` and `controlplane.hosts`; the views are
-`controlplane.view`'s frozen dataclasses. The controllers and the stuck detector call these
-after each load. It lives on the store's side so that the views and the planners never import
-the store (the import-layering contract in pyproject.toml).
+The rows come from `controlplane.workload_store` and `controlplane.instance_store`; the views
+are `controlplane.view`'s frozen dataclasses. The leader's cache reads instances through
+`controlplane.records` instead (columns only); `instance_view` is the same conversion from a
+full row. It lives on the store's side so that the views and the planners never import the
+store (the import-layering contract in pyproject.toml).
 """
 
 from __future__ import annotations
 
-from controlplane.hosts import HostRow
-from controlplane.store import InstanceRow, WorkloadRow
-from controlplane.view import HostView, InstanceView, WorkloadView
+from controlplane.instance_store import InstanceRow
+from controlplane.view import InstanceView, WorkloadView
+from controlplane.workload_store import WorkloadRow
 
 
 def workload_view(row: WorkloadRow) -> WorkloadView:
@@ -26,16 +27,6 @@ def workload_view(row: WorkloadRow) -> WorkloadView:
         selector=w.selector,
         resources=w.spec.resources,
         deleting=row.deleting,
-    )
-
-
-def host_view(row: HostRow) -> HostView:
-    return HostView(
-        name=row.name,
-        labels=row.labels,
-        capacity=row.capacity,
-        state=row.state,
-        schedulable=row.schedulable,
     )
 
 

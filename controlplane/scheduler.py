@@ -7,14 +7,16 @@ the controller writes the result. When something cannot be placed the answer car
 
 Capacity: a host's free resources are its capacity minus every instance that holds resources
 on it (`InstanceView.holds_resources`): live instances, and removed ones until the agent
-reports them STOPPED, because their processes may still be running.
+reports them STOPPED, because their processes may still be running. The planners never scan
+the fleet for that: they read each host's `HostUsage`, which the leader's cache
+(`controlplane.cache`) keeps per host, one instance at a time, with `HostUsage.plus`/`minus`.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -63,42 +65,91 @@ def eligible(host: HostView, selector: Mapping[str, str]) -> bool:
     return host.state is HostState.READY and host.schedulable and matches(host.labels, selector)
 
 
+def ranked_cpu(resources: Resources) -> int:
+    """An instance's cpu as placement ranks hosts by it (`SCORE_MIN_CPU_MILLIS` at least)."""
+    return max(resources.cpu_millis, SCORE_MIN_CPU_MILLIS)
+
+
+@dataclass(frozen=True)
+class HostUsage:
+    """What the instances on one host hold: the resources of those that hold any
+    (`InstanceView.holds_resources`), their cpu as placement ranks hosts (`ranked_cpu`), and
+    how many they are. Changed one instance at a time, so a cache can keep it per host."""
+
+    allocated: Resources = Resources()  # noqa: RUF009 (frozen: one shared zero is safe)
+    ranked_cpu: int = 0
+    holding: int = 0
+
+    def plus(self, inst: InstanceView) -> HostUsage:
+        """With `inst` on the host (no change if it holds nothing)."""
+        if not inst.holds_resources:
+            return self
+        return HostUsage(
+            self.allocated + inst.resources,
+            self.ranked_cpu + ranked_cpu(inst.resources),
+            self.holding + 1,
+        )
+
+    def minus(self, inst: InstanceView) -> HostUsage:
+        """Without `inst`, which `plus` counted (no change if it holds nothing)."""
+        if not inst.holds_resources:
+            return self
+        return HostUsage(
+            self.allocated - inst.resources,
+            self.ranked_cpu - ranked_cpu(inst.resources),
+            self.holding - 1,
+        )
+
+
+NO_USAGE = HostUsage()
+
+
+def usage_of(instances: Iterable[InstanceView]) -> dict[str, HostUsage]:
+    """Every host's usage, summed from scratch over `instances` (a cache keeps the same sums
+    one change at a time; tests and a full resync compare against this)."""
+    usage: dict[str, HostUsage] = {}
+    for inst in instances:
+        if inst.holds_resources:  # a host where nothing holds anything has no entry
+            usage[inst.host] = usage.get(inst.host, NO_USAGE).plus(inst)
+    return usage
+
+
 def free_resources(
-    hosts: Sequence[HostView], instances: Sequence[InstanceView]
+    hosts: Iterable[HostView], usage: Mapping[str, HostUsage]
 ) -> dict[str, Resources]:
     """Capacity minus what instances hold, per host (may go negative if overcommitted)."""
-    free = {host.name: host.capacity for host in hosts}
-    for inst in instances:
-        if inst.holds_resources and inst.host in free:
-            free[inst.host] = free[inst.host] - inst.resources
-    return free
+    return {h.name: h.capacity - usage.get(h.name, NO_USAGE).allocated for h in hosts}
 
 
 def place(
     workload: WorkloadView,
     count: int,
-    hosts: Sequence[HostView],
-    instances: Sequence[InstanceView],
+    hosts: Collection[HostView],
+    mine: Iterable[InstanceView],
+    usage: Mapping[str, HostUsage],
 ) -> Placement:
     """Choose hosts for `count` new instances of `workload`, spreading softly.
 
-    `instances` is every instance in the fleet (all workloads: capacity is shared). Each pick
-    goes to the eligible host where the request fits that has the fewest live instances of
-    this workload (of its current generation, then of any), then the most free cpu (each
-    instance counted at `SCORE_MIN_CPU_MILLIS` at least), then the first name; usage is
-    updated after each pick, so replicas share a host only when no emptier host fits.
+    `mine` is the workload's instances; `usage` is what every host's instances hold (all
+    workloads: capacity is shared). Each pick goes to the eligible host where the request fits
+    that has the fewest live instances of this workload (of its current generation, then of
+    any), then the most free cpu (each instance counted at `SCORE_MIN_CPU_MILLIS` at least),
+    then the first name; usage is updated after each pick, so replicas share a host only when
+    no emptier host fits.
     """
     if count <= 0:
         return Placement((), 0, None)
     request = workload.resources
-    free = free_resources(hosts, instances)
-    score = _scored_free_cpu(hosts, instances)
-    mine = [i for i in instances if i.workload == workload.name and i.live]
+    candidates = sorted((h for h in hosts if eligible(h, workload.selector)), key=lambda h: h.name)
+    free = free_resources(candidates, usage)
+    score = {
+        h.name: h.capacity.cpu_millis - usage.get(h.name, NO_USAGE).ranked_cpu for h in candidates
+    }
+    mine = [i for i in mine if i.workload == workload.name and i.live]
     # Spread the current generation first: mid-rollout, old instances are on their way out,
     # and counting them equally would pile the new generation onto the hosts they left.
     current = Counter(i.host for i in mine if i.generation == workload.generation)
     spread = Counter(i.host for i in mine)
-    candidates = sorted((h for h in hosts if eligible(h, workload.selector)), key=lambda h: h.name)
     picked: list[str] = []
     for _ in range(count):
         fitting = [h for h in candidates if request.fits_in(free[h.name])]
@@ -110,7 +161,7 @@ def place(
         )
         picked.append(best.name)
         free[best.name] = free[best.name] - request
-        score[best.name] -= max(request.cpu_millis, SCORE_MIN_CPU_MILLIS)
+        score[best.name] -= ranked_cpu(request)
         current[best.name] += 1
         spread[best.name] += 1
     unplaced = count - len(picked)
@@ -118,19 +169,7 @@ def place(
     return Placement(tuple(picked), unplaced, reason)
 
 
-def _scored_free_cpu(
-    hosts: Sequence[HostView], instances: Sequence[InstanceView]
-) -> dict[str, int]:
-    """Free cpu per host as placement ranks it: every instance holding resources counts at
-    least `SCORE_MIN_CPU_MILLIS`."""
-    score = {host.name: host.capacity.cpu_millis for host in hosts}
-    for inst in instances:
-        if inst.holds_resources and inst.host in score:
-            score[inst.host] -= max(inst.resources.cpu_millis, SCORE_MIN_CPU_MILLIS)
-    return score
-
-
-def daemon_hosts(workload: WorkloadView, hosts: Sequence[HostView]) -> list[str]:
+def daemon_hosts(workload: WorkloadView, hosts: Iterable[HostView]) -> list[str]:
     """Hosts a daemon should run on: labels match and READY, sorted by name.
 
     Cordon is ignored on purpose, as Kubernetes does for DaemonSets: a cordoned host still
@@ -144,7 +183,7 @@ def daemon_hosts(workload: WorkloadView, hosts: Sequence[HostView]) -> list[str]
 def place_on(
     workload: WorkloadView,
     targets: Sequence[HostView],
-    instances: Sequence[InstanceView],
+    usage: Mapping[str, HostUsage],
     *,
     limit: int | None = None,
 ) -> Placement:
@@ -157,7 +196,7 @@ def place_on(
     """
     wanted = len(targets) if limit is None else max(0, min(limit, len(targets)))
     request = workload.resources
-    free = free_resources(targets, instances)
+    free = free_resources(targets, usage)
     picked: list[str] = []
     too_full: list[HostView] = []
     for host in targets:
@@ -180,7 +219,7 @@ def place_on(
 
 def _why_not_placed(
     workload: WorkloadView,
-    hosts: Sequence[HostView],
+    hosts: Collection[HostView],
     candidates: Sequence[HostView],
     free: Mapping[str, Resources],
 ) -> Unschedulable:

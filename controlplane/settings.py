@@ -18,8 +18,9 @@ class Settings:
     unknown_after_s: float = 60.0
     # A host NOT_READY/UNKNOWN this long has its service instances replaced elsewhere.
     reschedule_after_s: float = 300.0
-    # Every stream resends what changed even without a notification, and every controller
-    # re-examines every workload, this often (lost NOTIFYs are harmless).
+    # Every stream resends what changed even without a notification, every controller
+    # re-examines every workload, and the leader's cache reads the whole fleet again, this often
+    # (lost NOTIFYs are harmless).
     resync_period_s: float = 30.0
     # How often the stuck detector judges every object and refreshes the backlog gauges.
     stuck_interval_s: float = 2.0

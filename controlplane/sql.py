@@ -9,7 +9,12 @@ store) is `InvalidArgument`. No driver class name travels further.
 
 Ordering rule: every transaction that changes a host's instances bumps that host's `revision`
 in the same transaction (`bump_revisions`; the row lock orders them), so a watcher asking
-"what changed on host H since revision N" never skips a slow transaction's change.
+"what changed on host H since revision N" never skips a slow transaction's change. Likewise
+every transaction that changes a workload or what the leader's cache holds of its instances
+gives it a new `version` (`bump_versions`), which a plan is checked against before it writes.
+
+Lock order, for every transaction that takes more than one kind: the leader row, workloads (in
+name order), hosts (in name order), then instances, so no two writers can deadlock.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
@@ -173,6 +179,55 @@ async def bump_revisions(conn: Conn, hosts: Sequence[str]) -> dict[str, int]:
         sorted(hosts),
     )
     return {r["name"]: int(r["revision"]) for r in rows}
+
+
+@dataclass(frozen=True)
+class Versions:
+    """A workload's versions as one write moved them (`bump_versions`)."""
+
+    workload: str
+    was: int  # the version the write was made over
+    version: int
+    desired_version: int
+
+
+async def bump_versions(conn: Conn, workloads: Sequence[str], *, desired: bool) -> list[Versions]:
+    """Gives each workload a new `version` in this transaction (from the `workload_version`
+    sequence: a version is never handed out twice), and a new `desired_version` too when the
+    write changes what should run (`desired`; a report does not). Returns them in name order.
+    The caller has locked the workloads' rows first (in name order), so the version before is
+    exactly the one its write was made over."""
+    if not workloads:
+        return []
+    names = sorted(set(workloads))
+    # Read, then bump, both by primary key (as one UPDATE joined to a read of the same table, a
+    # prepared statement's generic plan scans every workload). The rows are locked: nothing
+    # moves the versions in between.
+    was = {
+        r["name"]: int(r["version"])
+        for r in await conn.fetch(
+            "SELECT name, version FROM workload WHERE name = ANY($1::text[])", names
+        )
+    }
+    rows = await conn.fetch(
+        """UPDATE workload SET version = nextval('workload_version'),
+                  desired_version = CASE WHEN $2 THEN nextval('workload_version')
+                                         ELSE desired_version END
+           WHERE name = ANY($1::text[])
+           RETURNING name, version, desired_version""",
+        names,
+        desired,
+    )
+    return sorted(
+        (Versions(r["name"], was[r["name"]], r["version"], r["desired_version"]) for r in rows),
+        key=lambda v: v.workload,
+    )
+
+
+def workload_payload(name: str, version: int) -> str:
+    """A `WORKLOAD_CHANNEL` payload naming a workload and the version its change took; the
+    leader's cache skips the re-read when it holds that version already."""
+    return f"{name} {version}"
 
 
 async def record_event(conn: Conn, obj: str, kind: str, message: str, *, actor: str = "") -> None:

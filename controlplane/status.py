@@ -21,17 +21,30 @@ from datetime import datetime
 
 import asyncpg
 
-from controlplane.sql import WORKLOAD_CHANNEL, Database, record_event
+from controlplane.fleet_index import Delta, InstanceRecord
+from controlplane.records import INSTANCE_COLUMNS, instance_record
+from controlplane.sql import (
+    WORKLOAD_CHANNEL,
+    Database,
+    Versions,
+    bump_versions,
+    decode_each,
+    record_event,
+    workload_payload,
+)
 from controlplane.store import Report
+from controlplane.view import StuckState
 from keel.model import Change, Desired, change_of, converged
 
 
 @dataclass(frozen=True)
 class ReportOutcome:
-    """What a report batch changed: workloads to look at again, and changes that converged."""
+    """What a report batch changed: workloads to look at again, changes that converged, and the
+    batch's writes as the leader's cache applies them (one per workload that changed)."""
 
     workloads: set[str] = field(default_factory=set)
     converged: list[tuple[str, float]] = field(default_factory=list)  # (change, seconds)
+    deltas: list[Delta] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,41 @@ class Event:
     message: str
 
 
+def _cached_fields(r: asyncpg.Record | Report) -> tuple[object, ...]:
+    """What the leader's cache holds of an instance that a report can change."""
+    if isinstance(r, Report):
+        return (str(r.phase), r.ready, r.reason, r.message, r.agent_stuck, True)
+    return (r["phase"], r["ready"], r["reason"], r["message"], r["agent_stuck"], r["observed"])
+
+
+def _deltas(
+    versions: Sequence[Versions],
+    updated: Sequence[asyncpg.Record],
+    gone: Sequence[asyncpg.Record],
+) -> list[Delta]:
+    """The batch's writes per workload that took a new version, as the cache applies them."""
+    upserts: dict[str, list[InstanceRecord]] = {}
+    for rec in decode_each(updated, instance_record, what="instance"):
+        upserts.setdefault(rec.workload, []).append(rec)
+    deletes: dict[str, list[str]] = {}
+    for g in gone:
+        deletes.setdefault(g["workload"], []).append(g["id"])
+    deltas = []
+    for v in versions:
+        deleted = deletes.get(v.workload, [])
+        deltas.append(
+            Delta(
+                v.workload,
+                from_version=v.was,
+                to_version=v.version,
+                # Deleted rows were updated first: the deletion is what stands.
+                upserts=tuple(i for i in upserts.get(v.workload, ()) if i.id not in deleted),
+                deletes=tuple(deleted),
+            )
+        )
+    return deltas
+
+
 class StatusStore:
     def __init__(self, pool: asyncpg.Pool | Database) -> None:
         self.pool = Database.of(pool)  # asyncpg's errors become Keel's there
@@ -68,9 +116,11 @@ class StatusStore:
         """Writes a batch of agent reports in one transaction (one statement per kind of write).
 
         An agent can only report on its own host's instances. A report confirming a tombstone
-        deletes the row. Returns the workloads whose instances changed phase, readiness or
-        existence (their controllers should look again) and the desired changes that this
-        batch saw converge, with how long each took.
+        deletes the row. Returns the workloads whose instances changed what the leader's cache
+        holds of them (phase, readiness, reason, message, the agent's stuck verdict, a first
+        report, or existence): each takes a new version and is notified with it, so their
+        controllers look again and a plan made before this batch is refused. Also returns the
+        desired changes that this batch saw converge, with how long each took.
         """
         if not reports:
             return ReportOutcome()
@@ -79,16 +129,31 @@ class StatusStore:
         for r in reports:
             latest[r.instance_id] = r
         batch = list(latest.values())
+        ids = [r.instance_id for r in batch]
         async with self.pool.acquire() as conn, conn.transaction():
-            # Lock the rows first (in id order) and read them as they are now: a plan that
-            # tombstones one of them either committed before (we see REMOVED) or waits for us.
+            # Lock order (see `sql`): the workloads first, in name order, as plans and fencing
+            # take them, then the instances. An instance's workload never changes, so it can be
+            # read before the locks.
+            # Two statements by primary key: as one (a semi-join), a prepared statement's generic
+            # plan scans every workload.
+            names = await conn.fetch(
+                "SELECT DISTINCT workload FROM instance WHERE id = ANY($1::text[])", ids
+            )
+            await conn.execute(
+                """SELECT 1 FROM workload WHERE name = ANY($1::text[])
+                   ORDER BY name FOR NO KEY UPDATE""",
+                [r["workload"] for r in names],
+            )
+            # Then the rows (in id order), read as they are now: a plan that tombstones one of
+            # them either committed before (we see REMOVED) or waits for us.
             before = {
                 r["id"]: r
                 for r in await conn.fetch(
-                    """SELECT id, host, workload, desired, phase, ready, converged_at,
+                    """SELECT id, host, workload, desired, phase, ready, converged_at, reason,
+                              message, agent_stuck, observed_at IS NOT NULL AS observed,
                               extract(epoch FROM now() - desired_changed_at)::float8 AS age
                        FROM instance WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE""",
-                    [r.instance_id for r in batch],
+                    ids,
                 )
             }
             # An agent can only report on its own host's instances.
@@ -97,22 +162,25 @@ class StatusStore:
                 converged(Desired(before[r.instance_id]["desired"]), r.phase, r.ready)
                 for r in batch
             ]
-            await conn.execute(
-                """UPDATE instance i SET phase = u.phase, pid = u.pid,
-                          restart_count = u.restart_count, last_exit = u.last_exit,
-                          reason = u.reason, message = u.message, ports = u.ports::jsonb,
-                          ready = u.ready, started_at = u.started_at, observed_at = now(),
-                          agent_stuck = u.agent_stuck,
-                          converged_at = CASE WHEN i.converged_at IS NULL AND u.converged
+            # RETURNING what the cache holds of each row (`records`); the report's columns
+            # are named apart (u.r_*) so that those names are the instance's.
+            updated = await conn.fetch(
+                f"""UPDATE instance i SET phase = u.r_phase, pid = u.r_pid,
+                          restart_count = u.r_restarts, last_exit = u.r_last_exit,
+                          reason = u.r_reason, message = u.r_message, ports = u.r_ports::jsonb,
+                          ready = u.r_ready, started_at = u.r_started_at, observed_at = now(),
+                          agent_stuck = u.r_agent_stuck,
+                          converged_at = CASE WHEN i.converged_at IS NULL AND u.r_converged
                                               THEN now() ELSE i.converged_at END,
-                          unconverged_since = CASE WHEN u.converged THEN NULL
+                          unconverged_since = CASE WHEN u.r_converged THEN NULL
                                                    ELSE coalesce(i.unconverged_since, now()) END
                    FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[],
                                $6::text[], $7::text[], $8::text[], $9::bool[],
                                $10::timestamptz[], $11::bool[], $12::bool[])
-                        AS u(id, phase, pid, restart_count, last_exit, reason, message, ports,
-                             ready, started_at, agent_stuck, converged)
-                   WHERE i.id = u.id""",
+                        AS u(r_id, r_phase, r_pid, r_restarts, r_last_exit, r_reason, r_message,
+                             r_ports, r_ready, r_started_at, r_agent_stuck, r_converged)
+                   WHERE i.id = u.r_id
+                   RETURNING {INSTANCE_COLUMNS}""",
                 [r.instance_id for r in batch],
                 [r.phase for r in batch],
                 [r.pid for r in batch],
@@ -127,14 +195,18 @@ class StatusStore:
                 now_converged,
             )
             workloads: set[str] = set()
+            cached: set[str] = set()  # workloads whose cached instances changed
             done: list[tuple[str, float]] = []
             for r, ok in zip(batch, now_converged, strict=True):
                 b = before[r.instance_id]
                 if (b["phase"], b["ready"]) != (r.phase, r.ready):
                     workloads.add(b["workload"])
+                if _cached_fields(b) != _cached_fields(r):
+                    cached.add(b["workload"])
                 if ok and b["converged_at"] is None:
                     done.append((change_of(Desired(b["desired"])), max(0.0, b["age"])))
             removed = [(r.instance_id, r.host) for r in batch if r.removed]
+            gone: list[asyncpg.Record] = []
             if removed:
                 gone = await conn.fetch(
                     """DELETE FROM instance i USING unnest($1::text[], $2::text[]) AS u(id, host)
@@ -156,9 +228,16 @@ class StatusStore:
                             "StuckCleared",
                             f"was {g['stuck_reason']}; the instance was removed",
                         )
-            for name in sorted(workloads):
-                await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, name)
-            return ReportOutcome(workloads=workloads, converged=done)
+            cached |= {r["workload"] for r in gone}
+            versions = await bump_versions(conn, sorted(cached), desired=False)
+            for v in versions:
+                await conn.execute(
+                    "SELECT pg_notify($1, $2)",
+                    WORKLOAD_CHANNEL,
+                    workload_payload(v.workload, v.version),
+                )
+        deltas = _deltas(versions, updated, gone)
+        return ReportOutcome(workloads=workloads, converged=done, deltas=deltas)
 
     async def count_slow(self, *, threshold_s: float) -> dict[str, int]:
         """Marks desired changes unconverged for longer than the threshold, once each.
@@ -192,27 +271,34 @@ class StatusStore:
         assert row is not None
         return Backlog(instances=row["instances"], oldest_change_s=max(0.0, row["oldest"]))
 
-    async def record_unconverged(self, since: dict[str, bool]) -> None:
-        """Stamps (True) or clears (False) workloads' unconverged_since, where it changes."""
+    async def record_unconverged(self, since: dict[str, bool]) -> dict[str, datetime | None]:
+        """Stamps (True) or clears (False) workloads' unconverged_since, where it changes;
+        returns the workloads changed, with their new value."""
         if not since:
-            return
-        await self.pool.execute(
+            return {}
+        rows = await self.pool.fetch(
             """UPDATE workload w SET unconverged_since = CASE
                    WHEN u.unconverged THEN coalesce(w.unconverged_since, now()) ELSE NULL END
                FROM unnest($1::text[], $2::bool[]) AS u(name, unconverged)
                WHERE w.name = u.name
-                 AND (w.unconverged_since IS NULL) = u.unconverged""",
+                 AND (w.unconverged_since IS NULL) = u.unconverged
+               RETURNING w.name, w.unconverged_since""",
             list(since),
             list(since.values()),
         )
+        return {r["name"]: r["unconverged_since"] for r in rows}
 
-    async def mark_stuck(self, marks: Sequence[StuckMark]) -> None:
+    async def mark_stuck(
+        self, marks: Sequence[StuckMark]
+    ) -> dict[tuple[str, str], StuckState | None]:
         """Records stuck verdicts (reason '' clears), each with a StuckDetected/Cleared event.
 
-        A verdict whose reason is unchanged only refreshes the message; `since` stays.
+        A verdict whose reason is unchanged only refreshes the message; `since` stays. Returns
+        what is recorded now for each (kind, name) changed.
         """
+        recorded: dict[tuple[str, str], StuckState | None] = {}
         if not marks:
-            return
+            return recorded
         async with self.pool.acquire() as conn, conn.transaction():
             for table in ("instance", "workload"):
                 key = "id" if table == "instance" else "name"
@@ -231,12 +317,18 @@ class StatusStore:
                        WHERE t.{key} = u.name AND o.{key} = t.{key}
                          AND (o.stuck_reason, o.stuck_message)
                              IS DISTINCT FROM (u.reason, u.message)
-                       RETURNING t.{key} AS name, o.stuck_reason AS was, u.reason, u.message""",
+                       RETURNING t.{key} AS name, o.stuck_reason AS was, u.reason, u.message,
+                                 t.stuck_since""",
                     [m.name for m in subset],
                     [m.reason for m in subset],
                     [m.message for m in subset],
                 )
                 for r in rows:
+                    recorded[(table, r["name"])] = (
+                        StuckState(r["reason"], r["stuck_since"], r["message"])
+                        if r["reason"]
+                        else None
+                    )
                     if r["reason"] == r["was"]:
                         continue  # only the message moved
                     obj = f"{table}/{r['name']}"
@@ -246,6 +338,7 @@ class StatusStore:
                         await record_event(conn, obj, "StuckDetected", f"{r['reason']}: {summary}")
                     else:
                         await record_event(conn, obj, "StuckCleared", f"was {r['was']}")
+        return recorded
 
     async def list_events(self, *, obj: str | None, limit: int) -> list[Event]:
         """The newest `limit` events, oldest first; a workload also matches its instances."""

@@ -1,9 +1,10 @@
 """The store: Keel's state in Postgres, as named queries, behind one object.
 
 `Store` is what callers hold: it inherits the workload queries (`workload_store`), the
-instance and plan queries (`instance_store`) and the host queries (`hosts`), and adds database
-time and leadership. Neighbours: `fleet` (operator RPCs) and `sync` (agent streams) call it;
-the workload controller (`workload`) plans with its snapshots and writes back through it;
+instance and plan queries (`instance_store`), the host queries (`hosts`) and the leader's
+cache's reads (`cache_store`), and adds database time and leadership. Neighbours: `fleet`
+(operator RPCs) and `sync` (agent streams) call it; the leader's cache (`cache`) reads the
+fleet through it, and the workload controller (`workload`) writes its plans back through it;
 observed state (reports, stuck marks, events) lives in `status`. The row types are
 re-exported here so callers import them from one place.
 """
@@ -15,10 +16,12 @@ from datetime import datetime
 
 import asyncpg
 
+from controlplane.cache_store import CacheStore
 from controlplane.hosts import HostRow, HostStore
 from controlplane.instance_store import InstanceRow, InstanceStore, PlanResult
 from controlplane.sql import HOST_CHANNEL, WORKLOAD_CHANNEL, Conn, Database, create_pool
-from controlplane.workload_store import StuckState, WorkloadRow, WorkloadStore
+from controlplane.view import StuckState
+from controlplane.workload_store import WorkloadRow, WorkloadStore
 from keel.model import Phase
 
 __all__ = [
@@ -54,7 +57,7 @@ class Report:
     agent_stuck: bool = False  # the agent's own verdict (CRASH_LOOP, START_FAILED, ...)
 
 
-class Store(WorkloadStore, InstanceStore, HostStore):
+class Store(WorkloadStore, InstanceStore, HostStore, CacheStore):
     """Postgres-backed desired and observed state. One instance per process, sharing a pool."""
 
     def __init__(self, pool: asyncpg.Pool | Database) -> None:

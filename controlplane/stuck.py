@@ -3,9 +3,13 @@
 `judge_instance` and `judge_workload` are pure: from an object's desired and observed state,
 its host and its deadline, they return a verdict from the closed set in `keel.stuck` (or
 None). `StuckDetector` is the leader's periodic pass (a keyed reconcile run by
-`reconcile.Runner`, requeued every interval): it reads the fleet, judges every object, records
-the verdicts that changed (with StuckDetected / StuckCleared events) and refreshes the backlog,
-slow-change and stuck gauges.
+`reconcile.Runner`, requeued every interval): it reads the fleet from the leader's cache
+(`controlplane.cache`: no fleet-wide query), judges every instance that can be stuck (not
+converged, marked stuck, or on a host that is not READY: the cache keeps that set as changes
+arrive), plans each workload that changed against the cache's per-host usage (so each plan
+costs what its workload has), records the verdicts that changed (with StuckDetected /
+StuckCleared events) and refreshes the backlog, slow-change and stuck gauges. What it records
+it also applies to the cache.
 
 An object is stuck once it has been unconverged past its workload's deadline; terminal states
 the agent sees for itself (START_FAILED, CRASH_LOOP) are stuck at once. A workload whose
@@ -19,15 +23,17 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 import structlog
 
+from controlplane.cache import FleetCache
+from controlplane.fleet_index import FleetIndex, InstanceRecord, WorkloadEntry
 from controlplane.metrics import Metrics
 from controlplane.reconcile import ReconcileFailure, Result, Term, requeue_after
 from controlplane.rollout import WorkloadPlan, plan_workload
-from controlplane.rowviews import host_view, instance_view, workload_view
 from controlplane.status import StatusStore, StuckMark
-from controlplane.store import HostRow, InstanceRow, Store, StuckState, WorkloadRow
+from controlplane.store import Store, StuckState, WorkloadRow
 from keel.model import Desired, HostState, Phase
 from keel.stuck import IMMEDIATE, Reason
 
@@ -36,9 +42,58 @@ log = structlog.get_logger("keel.stuck")
 # The one key of the stuck detector: every pass judges the whole fleet.
 KEY = "fleet"
 
+# A workload's deadline when its instance outlives it in the cache (never for long).
+DEFAULT_DEADLINE_S = 120.0
+
 # A desired change not converged after this long counts in keel_changes_slow_total (the SLO's
 # threshold: 99% of changes converge within 60 s).
 SLOW_AFTER_S = 60.0
+
+
+class InstanceFacts(Protocol):
+    """What the verdicts read of an instance (the cache's record, or the store's full row)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def desired(self) -> Desired: ...
+    @property
+    def phase(self) -> Phase: ...
+    @property
+    def converged(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def agent_stuck(self) -> bool: ...
+    @property
+    def observed(self) -> bool: ...
+    @property
+    def stop_grace_ms(self) -> int: ...
+    @property
+    def desired_changed_at(self) -> datetime: ...
+    @property
+    def unconverged_since(self) -> datetime | None: ...
+
+
+class HostFacts(Protocol):
+    """What the verdicts read of a host (the cache's record, or the store's row)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> HostState: ...
+    @property
+    def state_since(self) -> datetime: ...
+    @property
+    def last_heartbeat(self) -> datetime | None: ...
+    @property
+    def connected(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -55,14 +110,14 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _heartbeat(host: HostRow, now: datetime) -> str:
+def _heartbeat(host: HostFacts, now: datetime) -> str:
     if host.last_heartbeat is None:
         return "no heartbeat ever"
     return f"last heartbeat {_ago((now - host.last_heartbeat).total_seconds())} ago"
 
 
 def judge_instance(
-    inst: InstanceRow, host: HostRow | None, *, deadline_s: float, now: datetime
+    inst: InstanceFacts, host: HostFacts | None, *, deadline_s: float, now: datetime
 ) -> Verdict | None:
     """Why this instance is stuck, or None."""
     if host is not None and host.state is not HostState.READY:
@@ -92,7 +147,7 @@ def judge_instance(
             Reason.HOST_UNREACHABLE,
             f"host {host.name} is {host.state.value} for {_ago(down_s)} ({_heartbeat(host, now)}); "
             f"{inst.id} wants {inst.desired.value} for {_ago(age_s)} and was last observed "
-            f"{inst.phase if inst.observed_at else 'never'}",
+            f"{inst.phase if inst.observed else 'never'}",
         )
     if host is not None and not host.connected:
         return Verdict(
@@ -106,10 +161,10 @@ def judge_instance(
     if inst.desired is not Desired.RUNNING:
         return Verdict(
             Reason.STOP_TIMEOUT,
-            f"asked to stop {_ago(age_s)} ago (stop grace {inst.spec.stop_grace_ms} ms) "
+            f"asked to stop {_ago(age_s)} ago (stop grace {inst.stop_grace_ms} ms) "
             f"but still {inst.phase}",
         )
-    if inst.observed_at is None and inst.desired is Desired.RUNNING:
+    if not inst.observed and inst.desired is Desired.RUNNING:
         where = f"host {host.name}" if host is not None else f"host {inst.host}"
         return Verdict(
             Reason.NOT_STARTED,
@@ -129,7 +184,7 @@ def judge_instance(
     )
 
 
-def workload_converged(row: WorkloadRow, plan: WorkloadPlan, own: Sequence[InstanceRow]) -> bool:
+def workload_converged(row: WorkloadRow, plan: WorkloadPlan, own: Sequence[InstanceFacts]) -> bool:
     """Nothing left to do: no placement, removal or wait pending, every instance converged."""
     if plan.create or plan.remove or plan.unschedulable or plan.blocked:
         return False
@@ -140,7 +195,7 @@ def workload_converged(row: WorkloadRow, plan: WorkloadPlan, own: Sequence[Insta
 def judge_workload(
     row: WorkloadRow,
     plan: WorkloadPlan,
-    own: Sequence[InstanceRow],
+    own: Sequence[InstanceFacts],
     stuck_instances: set[str],
     *,
     now: datetime,
@@ -202,6 +257,7 @@ class StuckDetector:
         store: Store,
         status: StatusStore,
         *,
+        cache: FleetCache,
         metrics: Metrics,
         interval_s: float,
         reconcile_failures: Callable[[], Mapping[str, ReconcileFailure]] = dict,
@@ -209,10 +265,14 @@ class StuckDetector:
     ) -> None:
         self._store = store
         self._status = status
+        self._cache = cache
         self._metrics = metrics
         self._interval_s = interval_s
         self._failures = reconcile_failures
         self._slow_after_s = slow_after_s
+        # Each workload's last plan, with the cache entry and host generation it was made
+        # from: see `_plan`.
+        self._plans: dict[str, tuple[WorkloadEntry[WorkloadRow], int, WorkloadPlan]] = {}
 
     async def keys(self) -> list[str]:
         return [KEY]
@@ -226,34 +286,31 @@ class StuckDetector:
         """One pass; True when it recorded something (a verdict, a backlog stamp, a slow change)."""
         failures = self._failures()
         now = await self._store.now()
-        workloads = await self._store.list_workloads()
-        instances = await self._store.list_instances()
-        hosts = await self._store.list_hosts()
-        by_host = {h.name: h for h in hosts}
-        by_workload: dict[str, list[InstanceRow]] = {}
-        for i in instances:
-            by_workload.setdefault(i.workload, []).append(i)
-        deadlines = {w.workload.name: w.workload.deadline_ms / 1000 for w in workloads}
+        index = self._cache.index
+        entries = list(index.workloads())
 
         marks: list[StuckMark] = []
+        owners: dict[str, str] = {}  # instance id -> workload, for the marks recorded
         stuck_now: Counter[str] = Counter()
         stuck_ids: set[str] = set()
-        for i in instances:
-            verdict = judge_instance(
-                i, by_host.get(i.host), deadline_s=deadlines.get(i.workload, 120.0), now=now
-            )
-            marks += _mark("instance", i.id, i.stuck, verdict)
+        deadlines = {e.view.name: e.row.workload.deadline_ms / 1000 for e in entries}
+        for i in _judged(index):
+            deadline_s = deadlines.get(i.workload, DEFAULT_DEADLINE_S)
+            verdict = judge_instance(i, index.host(i.host), deadline_s=deadline_s, now=now)
+            mark = _mark("instance", i.id, i.stuck, verdict)
+            if mark:
+                marks += mark
+                owners[i.id] = i.workload
             if verdict is not None:
                 stuck_now[verdict.reason.value] += 1
                 stuck_ids.add(i.id)
 
-        host_views = [host_view(h) for h in hosts]
-        instance_views = [instance_view(i) for i in instances]
         unconverged: dict[str, bool] = {}
         workloads_unconverged = 0
-        for w in workloads:
-            own = by_workload.get(w.workload.name, [])
-            plan = plan_workload(workload_view(w), instance_views, host_views)
+        for entry in entries:
+            w = entry.row
+            own = list(entry.instances.values())
+            plan = self._plan(entry, index)
             converged = workload_converged(w, plan, own)
             workloads_unconverged += not converged
             if converged == (w.unconverged_since is not None):
@@ -264,9 +321,13 @@ class StuckDetector:
             marks += _mark("workload", w.workload.name, w.stuck, verdict)
             if verdict is not None:
                 stuck_now[verdict.reason.value] += 1
+        # Forget the plans of workloads gone (a memo holds its entry).
+        listed = {e.view.name for e in entries}
+        self._plans = {n: m for n, m in self._plans.items() if n in listed}
 
-        await self._status.record_unconverged(unconverged)
-        await self._status.mark_stuck(marks)
+        self._cache.unconverged_recorded(await self._status.record_unconverged(unconverged))
+        recorded = await self._status.mark_stuck(marks)
+        self._cache.stuck_recorded(recorded, instance_workloads=owners)
         for m in marks:
             # Only the first line: a CRASH_LOOP message carries the workload's stderr, which
             # belongs in the instance's record, not in the control plane's log.
@@ -281,8 +342,41 @@ class StuckDetector:
         backlog = await self._status.backlog()
         self._metrics.set_backlog(backlog.instances, workloads_unconverged, backlog.oldest_change_s)
         self._metrics.set_stuck(dict(stuck_now))
-        self._metrics.set_hosts(Counter((h.state.value, h.schedulable) for h in hosts))
+        self._metrics.set_hosts(
+            Counter((h.state.value, h.schedulable) for h in index.host_records())
+        )
         return bool(marks or unconverged or any(slow.values()))
+
+    def _plan(
+        self, entry: WorkloadEntry[WorkloadRow], index: FleetIndex[WorkloadRow]
+    ) -> WorkloadPlan:
+        """The workload's plan now. Entries are never changed in place, so one that is the
+        same object as at the last pass, with no host changed since (`hosts_generation`),
+        plans the same again, unless that plan placed or tried to place instances (what the
+        hosts hold entered it then). Most workloads are at rest: a pass costs a lookup each."""
+        name = entry.view.name
+        memo = self._plans.get(name)
+        if memo is not None and memo[0] is entry and memo[1] == index.hosts_generation:
+            return memo[2]
+        plan = plan_workload(
+            entry.view, [i.view for i in entry.instances.values()], index.hosts, index.usage
+        )
+        if not plan.create and plan.unschedulable is None:
+            self._plans[name] = (entry, index.hosts_generation, plan)
+        else:
+            self._plans.pop(name, None)
+        return plan
+
+
+def _judged(index: FleetIndex[WorkloadRow]) -> list[InstanceRecord]:
+    """The instances that can have or lose a verdict: those not converged or marked stuck, and
+    the live ones on hosts that are not READY. Any other is converged on a READY host and
+    unmarked, which `judge_instance` leaves alone: a pass costs what is wrong, not the fleet."""
+    judged = {i.id: i for i in index.needing_attention()}
+    for host in index.host_records():
+        if host.state is not HostState.READY:
+            judged.update((i.id, i) for i in index.live_on_host(host.name))
+    return list(judged.values())
 
 
 def _mark(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from keel.model import Desired, HostState, Kind, Phase, Resources, holds_resources
 
@@ -67,3 +68,12 @@ class WorkloadView:
     selector: Mapping[str, str]
     resources: Resources
     deleting: bool
+
+
+@dataclass(frozen=True)
+class StuckState:
+    """A stuck verdict as recorded on an instance or a workload (`controlplane.stuck`)."""
+
+    reason: str
+    since: datetime
+    message: str

@@ -1,9 +1,14 @@
 """The workload controller: one pass per workload key, run by `reconcile.Runner`.
 
-Each pass reads desired and observed state fresh from the store, asks `rollout.plan_workload`
-(placement, rollout, scale, delete) and writes the plan in one fenced transaction
-(`store.apply_plan`, checked against the leader's epoch). Level-triggered: a NOTIFY or a report
-only means "look again" (`enqueue`), and every workload is looked at again each resync period,
+Each pass takes the workload as it is now from the leader's cache (`cache.FleetCache.current`:
+the cached entry, checked against the database's version of the workload, read again if it
+moved), asks `rollout.plan_workload` (placement, rollout, scale, delete) with the cache's
+hosts and per-host usage, and writes the plan in one fenced transaction (`store.apply_plan`,
+checked against the leader's epoch). A pass costs what its workload has, not what the fleet
+has. A plan whose read went stale before it was written (the workload's version or a host it
+relied on moved) is refused by that transaction; the pass reads again and plans again.
+Level-triggered: a NOTIFY or a report only means "look again" (the cache wakes the workload
+once it has read what changed), and every workload is looked at again each resync period,
 behind the fresh keys. A plan Postgres refuses for its data cannot succeed by retrying: that is
 a `PermanentError`, and the stuck detector (`stuck`) reports the workload RECONCILE_FAILING at
 once; any other failure is retried with back-off and reported once it outlasts the deadline.
@@ -13,93 +18,135 @@ from __future__ import annotations
 
 import structlog
 
-from controlplane.errors import InvalidArgument, NotFound
+from controlplane.cache import FleetCache
+from controlplane.errors import InvalidArgument
+from controlplane.fleet_index import HostSeen, WorkloadEntry
 from controlplane.metrics import Metrics
-from controlplane.reconcile import DONE, IDLE, PermanentError, Result, Runner, Term, requeue_after
-from controlplane.rollout import plan_workload
-from controlplane.rowviews import host_view, workload_view
-from controlplane.store import Store
+from controlplane.reconcile import (
+    DONE,
+    IDLE,
+    PermanentError,
+    Result,
+    TemporaryError,
+    Term,
+    requeue_after,
+)
+from controlplane.rollout import WorkloadPlan, plan_workload
+from controlplane.store import PlanResult, Store, WorkloadRow
 from keel import tracing
-from keel.model import Change
+from keel.model import Change, HostState
 
 log = structlog.get_logger("keel.workload")
 
-# The NOTIFY payload that means "look at every workload again" (a host joined or changed
-# state): it names no changed workload, so it asks for a resync, not for fresh keys.
-ALL = "*"
-
-
-def enqueue(runner: Runner, name: str) -> None:
-    """Wakes the workload controller for a NOTIFY or a report about `name` (or ALL)."""
-    if name == ALL:
-        runner.resync_now()
-    else:
-        runner.add(name)
+# How many times one pass plans again after its write was refused as stale before it gives up
+# (a temporary error: the runner retries with back-off).
+STALE_ATTEMPTS = 5
 
 
 class WorkloadController:
     name = "workload"
     key_label = "workload"
 
-    def __init__(self, store: Store, *, metrics: Metrics) -> None:
+    def __init__(self, store: Store, *, cache: FleetCache, metrics: Metrics) -> None:
         self._store = store
+        self._cache = cache
         self._metrics = metrics
 
     async def keys(self) -> list[str]:
-        return await self._store.workload_names()
+        return self._cache.index.workload_names()
 
     async def reconcile(self, name: str, *, term: Term) -> Result:
-        epoch = term.epoch
-        try:
-            row = await self._store.get_workload(name)
-        except NotFound:
-            return IDLE
-        instances = await self._store.planning_views()
-        hosts = await self._store.list_hosts()
-        plan = plan_workload(workload_view(row), instances, [host_view(h) for h in hosts])
-        bound = log.bind(workload=name, generation=row.generation)
-        wrote = False
-        if plan.create or plan.remove:
-            # The writes carry out the operator's change: their span joins its trace.
-            with tracing.tracer("keel.workload").start_as_current_span(
-                "workload.apply_plan",
-                context=tracing.context_from_traceparent(row.trace_context),
-                attributes={"keel.workload": name, "keel.generation": row.generation},
-            ):
-                try:
-                    result = await self._store.apply_plan(
-                        row, create_on=plan.create, remove=plan.remove, epoch=epoch
-                    )
-                except InvalidArgument as exc:
-                    # Postgres refuses this plan's data (`sql` translated its DataError): the
-                    # same plan fails every time.
-                    detail = str(exc).removeprefix("request: ")
-                    raise PermanentError(
-                        f"the database refuses this workload's instances: {detail}"
-                    ) from exc
-            # Counted at commit: the SLO's denominator.
-            self._metrics.count_changes(Change.CREATE, len(result.created))
-            self._metrics.count_changes(Change.REMOVE, result.removed)
-            wrote = bool(result.created or result.removed)
-            bound.info(
-                "workload reconciled",
-                created=result.created,
-                removed=sorted(plan.remove),
-                hosts=sorted(set(plan.create)),
+        for attempt in range(1, STALE_ATTEMPTS + 1):
+            entry = await self._cache.current(name)
+            if entry is None:
+                return IDLE
+            plan = plan_workload(
+                entry.view,
+                [i.view for i in entry.instances.values()],
+                self._cache.hosts,
+                self._cache.usage,
             )
-        if plan.unschedulable is not None:
-            bound.info(
-                "instances unschedulable",
-                reason=plan.unschedulable.code,
-                detail=plan.unschedulable.message,
-            )
-        gone = not any(i.workload == name for i in instances)
-        if row.deleting and gone and await self._store.finish_deleted_workload(name, epoch=epoch):
-            bound.info("workload deleted")
-            wrote = True
-        if plan.more and wrote:
-            # Cut at the per-pass bound (rollout.MAX_CHANGES_PER_PASS): the rest goes to the
-            # back of the fresh keys, so other workloads' changes are not held behind a huge
-            # scale-up, and each transaction stays bounded.
-            return requeue_after(0)
-        return DONE if wrote else IDLE
+            bound = log.bind(workload=name, generation=entry.row.generation)
+            wrote = False
+            if plan.create or plan.remove:
+                result = await self._write(entry, plan, epoch=term.epoch)
+                if result.stale is not None:
+                    self._metrics.count_stale_write(self.name)
+                    bound.info("plan refused: made from a stale read; reading again",
+                               stale=result.stale, hosts=list(result.stale_hosts),
+                               attempt=attempt)  # fmt: skip
+                    if result.stale_hosts:
+                        await self._cache.refresh_placements(result.stale_hosts)
+                    continue
+                self._cache.apply(result.delta)
+                # Counted at commit: the SLO's denominator.
+                self._metrics.count_changes(Change.CREATE, len(result.created))
+                self._metrics.count_changes(Change.REMOVE, result.removed)
+                wrote = bool(result.created or result.removed)
+                bound.info(
+                    "workload reconciled",
+                    created=result.created,
+                    removed=sorted(plan.remove),
+                    hosts=sorted(set(plan.create)),
+                )
+            if plan.unschedulable is not None:
+                bound.info(
+                    "instances unschedulable",
+                    reason=plan.unschedulable.code,
+                    detail=plan.unschedulable.message,
+                )
+            gone = entry.row.deleting and not entry.instances and not wrote
+            if gone and await self._store.finish_deleted_workload(name, epoch=term.epoch):
+                self._cache.deleted(name, version=entry.version)
+                bound.info("workload deleted")
+                wrote = True
+            if plan.more and wrote:
+                # Cut at the per-pass bound (rollout.MAX_CHANGES_PER_PASS): the rest goes to the
+                # back of the fresh keys, so other workloads' changes are not held behind a huge
+                # scale-up, and each transaction stays bounded.
+                return requeue_after(0)
+            return DONE if wrote else IDLE
+        raise TemporaryError(
+            f"workload {name} kept changing while it was planned ({STALE_ATTEMPTS} plans refused "
+            "as stale); retrying"
+        )
+
+    async def _write(
+        self, entry: WorkloadEntry[WorkloadRow], plan: WorkloadPlan, *, epoch: int | None
+    ) -> PlanResult:
+        """Writes the plan over what it was made from: the workload's version, the state of
+        every host it places on or whose instances' availability it counted, and the revision
+        of every host it places on (so what those hosts hold is what it counted)."""
+        row = entry.row
+        places = set(plan.create)
+        relied = places | {i.host for i in entry.instances.values() if i.view.live}
+        hosts_read = {}
+        for name in relied:
+            host = self._cache.host(name)
+            if host is None:
+                hosts_read[name] = HostSeen(HostState.UNKNOWN, False)  # never as read: stale
+            else:
+                revision = host.revision if name in places else None
+                hosts_read[name] = HostSeen(host.state, host.schedulable, revision)
+        # The writes carry out the operator's change: their span joins its trace.
+        with tracing.tracer("keel.workload").start_as_current_span(
+            "workload.apply_plan",
+            context=tracing.context_from_traceparent(row.trace_context),
+            attributes={"keel.workload": row.workload.name, "keel.generation": row.generation},
+        ):
+            try:
+                return await self._store.apply_plan(
+                    row,
+                    create_on=plan.create,
+                    remove=plan.remove,
+                    epoch=epoch,
+                    version=entry.version,
+                    hosts_read=hosts_read,
+                )
+            except InvalidArgument as exc:
+                # Postgres refuses this plan's data (`sql` translated its DataError): the
+                # same plan fails every time.
+                detail = str(exc).removeprefix("request: ")
+                raise PermanentError(
+                    f"the database refuses this workload's instances: {detail}"
+                ) from exc

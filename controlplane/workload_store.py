@@ -15,15 +15,16 @@ from datetime import datetime
 import asyncpg
 
 from controlplane.errors import FailedPrecondition, NotFound
-from controlplane.sql import WORKLOAD_CHANNEL, Database, check_epoch, decode_each, record_event
+from controlplane.sql import (
+    WORKLOAD_CHANNEL,
+    Database,
+    check_epoch,
+    decode_each,
+    record_event,
+    workload_payload,
+)
+from controlplane.view import StuckState
 from keel.model import Kind, Workload, WorkloadSpec
-
-
-@dataclass(frozen=True)
-class StuckState:
-    reason: str
-    since: datetime
-    message: str
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,12 @@ class WorkloadRow:
     # When its desired state last changed (see `WorkloadStore`): the convergence clock of
     # every instance and tombstone a plan writes for it starts here.
     desired_changed_at: datetime | None = None
+    # Taken anew by every write to its desired state or its instances (migration 0006): a
+    # plan made from this row is written only while it is still the workload's version.
+    version: int = 0
+    # Taken anew only by writes that change what should run (not by reports): a plan that only
+    # creates instances is checked against it.
+    desired_version: int = 0
 
 
 def stuck_state(r: asyncpg.Record) -> StuckState | None:
@@ -67,6 +74,8 @@ def workload_row(r: asyncpg.Record) -> WorkloadRow:
         unconverged_since=r["unconverged_since"],
         trace_context=r["trace_context"],
         desired_changed_at=r["desired_changed_at"],
+        version=r["version"],
+        desired_version=r["desired_version"],
     )
 
 
@@ -84,6 +93,8 @@ class WorkloadStore:
     `desired_changed_at` is stamped (clock_timestamp(): as close to the commit as a statement
     gets) by the writes that change what should run: a create, an apply that changes the
     spec, replicas or selector, a delete; and by fencing (`hosts.HostStore.fence_host`).
+    Every write here that changes the row takes a new `version` and `desired_version` (see
+    `sql.bump_versions`).
     """
 
     pool: Database
@@ -159,7 +170,8 @@ class WorkloadStore:
                     """UPDATE workload SET replicas = $2, max_unavailable = $3, max_surge = $4,
                               selector = $5, deadline_ms = $6, spec = $7,
                               generation = generation + $8::int, updated_at = now(),
-                              trace_context = $9,
+                              trace_context = $9, version = nextval('workload_version'),
+                              desired_version = nextval('workload_version'),
                               desired_changed_at = CASE WHEN $10 THEN clock_timestamp()
                                                         ELSE desired_changed_at END
                        WHERE name = $1 RETURNING *""",
@@ -183,7 +195,11 @@ class WorkloadStore:
                 f"{result}, generation {row['generation']}, replicas {w.replicas}",
                 actor=actor,
             )
-            await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, w.name)
+            await conn.execute(
+                "SELECT pg_notify($1, $2)",
+                WORKLOAD_CHANNEL,
+                workload_payload(w.name, row["version"]),
+            )
             return workload_row(row), result
 
     async def get_workload(self, name: str) -> WorkloadRow:
@@ -206,14 +222,20 @@ class WorkloadStore:
                 # A second delete changes nothing the first did not: the clock stays.
                 """UPDATE workload SET deleting = true, updated_at = now(),
                           desired_changed_at = CASE WHEN deleting THEN desired_changed_at
-                                                    ELSE clock_timestamp() END
+                                                    ELSE clock_timestamp() END,
+                          version = CASE WHEN deleting THEN version
+                                         ELSE nextval('workload_version') END,
+                          desired_version = CASE WHEN deleting THEN desired_version
+                                                 ELSE nextval('workload_version') END
                    WHERE name = $1 RETURNING *""",
                 name,
             )
             if row is None:
                 raise NotFound(f'workload "{name}" not found')
             await record_event(conn, f"workload/{name}", "WorkloadDeleted", "deleting", actor=actor)
-            await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, name)
+            await conn.execute(
+                "SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, workload_payload(name, row["version"])
+            )
             return workload_row(row)
 
     async def finish_deleted_workload(self, name: str, *, epoch: int | None) -> bool:

@@ -7,7 +7,9 @@ import asyncio
 from datetime import datetime, timedelta
 
 import pytest
+from plans import loaded_cache
 
+from controlplane.cache import FleetCache
 from controlplane.metrics import Metrics
 from controlplane.reconcile import Term
 from controlplane.status import StatusStore
@@ -23,9 +25,22 @@ WAIT = timedelta(seconds=0.5)
 TERM = Term(epoch=None, started_at=0.0)
 
 
+class Leader:
+    """The workload controller on a loaded cache. Each pass first reads the hosts again, as the
+    cache does on the notification a host's registration or state change sends."""
+
+    def __init__(self, store: Store, cache: FleetCache) -> None:
+        self.cache = cache
+        self.controller = WorkloadController(store, cache=cache, metrics=Metrics())
+
+    async def reconcile(self, name: str, *, term: Term) -> None:
+        await self.cache.refresh_hosts()
+        await self.controller.reconcile(name, term=term)
+
+
 @pytest.fixture
-def controller(store: Store) -> WorkloadController:
-    return WorkloadController(store, metrics=Metrics())
+async def controller(store: Store) -> Leader:
+    return Leader(store, await loaded_cache(store))
 
 
 def _workload(
@@ -55,7 +70,7 @@ async def _report(store: Store, host: str, iid: str, *, running: bool = True) ->
 
 
 async def test_apply_clock_includes_the_wait_before_placement(
-    store: Store, controller: WorkloadController
+    store: Store, controller: Leader
 ) -> None:
     """Apply, wait, then plan: the convergence seconds include the wait in the queue."""
     await _host(store, "h1")
@@ -71,7 +86,7 @@ async def test_apply_clock_includes_the_wait_before_placement(
 
 
 async def test_scale_up_restarts_the_clock_and_counts_its_wait(
-    store: Store, controller: WorkloadController
+    store: Store, controller: Leader
 ) -> None:
     """A scale-up's new replica is timed from the scale, not from the workload's creation."""
     await _host(store, "h1")
@@ -106,9 +121,7 @@ async def test_only_changes_to_what_runs_restart_the_clock(store: Store) -> None
         stamps.append(row.desired_changed_at)
 
 
-async def test_delete_clock_starts_at_the_delete(
-    store: Store, controller: WorkloadController
-) -> None:
+async def test_delete_clock_starts_at_the_delete(store: Store, controller: Leader) -> None:
     """Tombstones of a delete are timed from the delete; a second delete moves nothing."""
     await _host(store, "h1")
     await store.apply_workload(_workload())
@@ -127,7 +140,7 @@ async def test_delete_clock_starts_at_the_delete(
 
 
 async def test_fencing_decision_starts_the_replacements_clock(
-    store: Store, controller: WorkloadController
+    store: Store, controller: Leader
 ) -> None:
     """A replacement is timed from the fencing decision, not from its placement."""
     await _host(store, "h1")
@@ -153,7 +166,7 @@ async def test_fencing_decision_starts_the_replacements_clock(
 
 
 async def test_daemon_on_a_host_that_joins_later_is_timed_from_the_join(
-    store: Store, controller: WorkloadController
+    store: Store, controller: Leader
 ) -> None:
     """A daemon's instance on a new host became desired when the host did, not at the apply."""
     await _host(store, "h1")
@@ -175,4 +188,5 @@ async def test_a_plan_made_before_a_scale_is_not_written(store: Store) -> None:
     before, _ = await store.apply_workload(_workload())
     await store.apply_workload(_workload(replicas=2))
     stale = await store.apply_plan(before, create_on=["h1"], remove=[], epoch=None)
-    assert stale.created == [] and await store.list_instances() == []
+    assert stale.created == [] and stale.stale is not None
+    assert await store.list_instances() == []

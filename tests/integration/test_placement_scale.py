@@ -10,6 +10,7 @@ from collections import Counter
 
 import asyncpg
 import pytest
+from plans import loaded_cache, write_plan
 
 from controlplane import migrate
 from controlplane.errors import Conflict
@@ -57,7 +58,7 @@ async def test_ids_from_concurrent_plans_never_collide(store: Store) -> None:
     async def writer(n: int) -> list[str]:
         created: list[str] = []
         for _ in range(10):
-            plan = await store.apply_plan(rows[n % 4], create_on=hosts * 50, remove=[], epoch=None)
+            plan = await write_plan(store, rows[n % 4].workload.name, create_on=hosts * 50)
             created += plan.created
         return created
 
@@ -70,7 +71,7 @@ async def test_ids_from_concurrent_plans_never_collide(store: Store) -> None:
 async def test_a_failed_plan_does_not_block_its_workload(store: Store) -> None:
     """If a plan's insert fails, the retry uses fresh ids: the sequence never gives one twice."""
     [host] = await _hosts(store, 1)
-    row, _ = await store.apply_workload(_workload())
+    await store.apply_workload(_workload())
     # Squat on the id the next plan would take (as a restore from an old backup might).
     upcoming = await store.pool.fetchval("SELECT last_value + 1 FROM instance_number")
     squatter = instance_id("web", 1, upcoming)
@@ -82,8 +83,8 @@ async def test_a_failed_plan_does_not_block_its_workload(store: Store) -> None:
         host,
     )
     with pytest.raises(Conflict):
-        await store.apply_plan(row, create_on=[host, host], remove=[], epoch=None)
-    retried = await store.apply_plan(row, create_on=[host, host], remove=[], epoch=None)
+        await write_plan(store, "web", create_on=[host, host])
+    retried = await write_plan(store, "web", create_on=[host, host])
     assert len(retried.created) == 2 and squatter not in retried.created
     assert len(await store.list_instances()) == 3
 
@@ -113,7 +114,7 @@ async def test_10000_replica_scale_up_is_placed_in_bounded_passes(store: Store) 
     """replicas: 10000 is placed in full, at most MAX_CHANGES_PER_PASS per transaction, spread."""
     hosts = await _hosts(store, 4)
     await store.apply_workload(_workload("big", replicas=10))
-    controller = WorkloadController(store, metrics=Metrics())
+    controller = WorkloadController(store, cache=await loaded_cache(store), metrics=Metrics())
     passes = await _drain(controller, "big")
     assert (passes, len(await store.list_instances())) == (1, 10)
 

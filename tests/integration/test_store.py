@@ -6,6 +6,7 @@ import asyncio
 import random
 
 import pytest
+from plans import loaded_cache, write_plan
 
 from controlplane.liveness import Decision, Timings, judge
 from controlplane.rowviews import instance_view
@@ -44,15 +45,13 @@ async def test_apply_reports_created_configured_unchanged(store: Store) -> None:
 async def test_watcher_misses_no_change_under_concurrent_writers(store: Store) -> None:
     """A watcher resuming from its last revision sees every committed change, slow ones too."""
     await _host(store, "h1")
-    row, _ = await store.apply_workload(_workload())
+    await store.apply_workload(_workload())
     created: set[str] = set()
     done = asyncio.Event()
 
     async def fast_writer() -> None:
         for _ in range(15):
-            created.update(
-                (await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)).created
-            )
+            created.update((await write_plan(store, "web", create_on=["h1"])).created)
 
     async def slow_writer(n: int) -> None:
         # The same protocol as apply_plan, but the transaction sleeps before committing: with a
@@ -103,7 +102,7 @@ async def test_plan_bumps_revision_and_tombstone_confirmed_by_report(store: Stor
     [iid] = (await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)).created
     rev1, rows = await store.host_assignments("h1", since=None)
     assert [r.id for r in rows] == [iid] and rows[0].revision == rev1
-    await store.apply_plan(row, create_on=[], remove=[iid], epoch=None)
+    await write_plan(store, "web", remove=[iid])
     rev2, rows = await store.host_assignments("h1", since=rev1)
     assert rev2 == rev1 + 1
     assert [(r.id, r.desired) for r in rows] == [(iid, Desired.REMOVED)]
@@ -121,7 +120,7 @@ async def test_reports_batch_updates_only_the_reporting_hosts_instances(store: S
     await _host(store, "h2")
     row, _ = await store.apply_workload(_workload())
     [a] = (await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)).created
-    [b] = (await store.apply_plan(row, create_on=["h2"], remove=[], epoch=None)).created
+    [b] = (await write_plan(store, "web", create_on=["h2"])).created
     await StatusStore(store.pool).write_reports(
         [
             Report("h1", a, "STARTING", 10, 0, "", "", "", {}, False, False, None),
@@ -136,8 +135,11 @@ async def test_reports_batch_updates_only_the_reporting_hosts_instances(store: S
 
 
 async def _judge(store: Store) -> Decision:
-    now, facts = await store.liveness_facts()
-    return judge(facts, now=now, term_age_s=3600, timings=Timings(40, 60, 300))
+    """Liveness' decision as the leader makes it: database time, the hosts as its cache holds
+    them."""
+    cache = await loaded_cache(store)
+    now = await store.now()
+    return judge(cache.liveness_facts(), now=now, term_age_s=3600, timings=Timings(40, 60, 300))
 
 
 async def test_liveness_marks_silent_hosts_not_ready_then_ready_on_heartbeat(store: Store) -> None:
@@ -180,10 +182,15 @@ async def test_liveness_facts_say_which_hosts_have_service_instances_to_fence(
     await _host(store, "h2")
     row, _ = await store.apply_workload(_workload())
     await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)
-    _, facts = await store.liveness_facts()
+    cache = await loaded_cache(store)
+    facts = cache.liveness_facts()
     assert {f.name: f.has_service_instances for f in facts} == {"h1": True, "h2": False}
+    # A READY host is never fenced, whatever its caller believed.
+    assert await store.fence_host("h1", [Kind.SERVICE], epoch=None) == 0
+    await store.pool.execute("UPDATE host SET state = 'UNKNOWN' WHERE name = 'h1'")
     assert await store.fence_host("h1", [Kind.SERVICE], epoch=None) == 1
-    _, facts = await store.liveness_facts()
+    await cache.refresh(["web"])
+    facts = cache.liveness_facts()
     assert {f.name: f.has_service_instances for f in facts} == {"h1": False, "h2": False}
 
 
@@ -192,13 +199,17 @@ async def test_delete_then_finish_when_no_instances(store: Store) -> None:
     await _host(store, "h1")
     row, _ = await store.apply_workload(_workload())
     [iid] = (await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)).created
+    row = await store.get_workload("web")
     await store.delete_workload("web")
     assert await store.finish_deleted_workload("web", epoch=None) is False
     # A plan made before the delete committed is stale: it writes nothing.
     stale = await store.apply_plan(row, create_on=[], remove=[iid], epoch=None)
-    assert (stale.created, stale.removed) == ([], 0)
-    row = await store.get_workload("web")
-    await store.apply_plan(row, create_on=[], remove=[iid], epoch=None)
+    assert (stale.created, stale.removed, stale.stale) == (
+        [],
+        0,
+        "the workload or its instances changed",
+    )
+    await write_plan(store, "web", remove=[iid])
     await StatusStore(store.pool).write_reports(
         [Report("h1", iid, "STOPPED", 0, 0, "", "", "", {}, False, True, None)]
     )
@@ -253,23 +264,41 @@ async def test_a_report_the_database_refuses_does_not_block_the_others(store: St
         task.cancel()
 
 
-async def test_planning_views_match_the_full_rows(store: Store) -> None:
-    """The planners' column-only read gives exactly what the full rows would give them."""
+async def test_the_caches_records_match_the_full_rows(store: Store) -> None:
+    """The cache's column-only read gives exactly what the full rows would give the planners
+    and the stuck detector, and a plan's and a report's own returned rows say the same."""
     await _host(store, "h1")
     await _host(store, "h2")
     row, _ = await store.apply_workload(_workload())
-    [a, b] = (await store.apply_plan(row, create_on=["h1", "h2"], remove=[], epoch=None)).created
-    await store.apply_plan(row, create_on=[], remove=[b], epoch=None)
-    await StatusStore(store.pool).write_reports(
-        [Report("h1", a, Phase.RUNNING, 10, 0, "", "", "", {}, True, False, None)]
+    created = await store.apply_plan(row, create_on=["h1", "h2"], remove=[], epoch=None)
+    a, b = created.created
+    removed = await write_plan(store, "web", remove=[b])
+    outcome = await StatusStore(store.pool).write_reports(
+        [Report("h1", a, Phase.RUNNING, 10, 0, "", "", "up", {}, True, False, None)]
     )
-    expected = [instance_view(i) for i in await store.list_instances()]
-    assert await store.planning_views() == expected
-    assert {(v.id, v.desired, v.phase, v.ready) for v in expected} == {
+    full = {i.id: i for i in await store.list_instances()}
+    [read] = await store.read_workloads(["web"])
+    assert read.row == await store.get_workload("web")
+    records = {r.id: r for r in read.instances}
+    assert {i: instance_view(r) for i, r in full.items()} == {i: r.view for i, r in records.items()}
+    for iid, r in records.items():
+        f = full[iid]
+        assert (r.desired_changed_at, r.unconverged_since, r.observed, r.reason, r.message,
+                r.agent_stuck, r.stop_grace_ms, r.stuck, r.converged) == (
+            f.desired_changed_at, f.unconverged_since, f.observed, f.reason, f.message,
+            f.agent_stuck, f.stop_grace_ms, f.stuck, f.converged)  # fmt: skip
+    assert {(v.id, v.desired, v.phase, v.ready) for v in (r.view for r in records.values())} == {
         (a, Desired.RUNNING, Phase.RUNNING, True),
         (b, Desired.REMOVED, Phase.PENDING, False),
     }
-    assert all(v.resources == Resources(100, 64) for v in expected)
+    # The writes' own rows: what each changed, as it is after it.
+    assert created.delta is not None and removed.delta is not None
+    assert [u.id for u in created.delta.upserts] == [a, b]
+    assert [u.desired for u in removed.delta.upserts] == [Desired.REMOVED]
+    assert removed.delta.from_version == created.delta.to_version
+    [delta] = outcome.deltas
+    assert (delta.from_version, delta.to_version) == (removed.delta.to_version, read.row.version)
+    assert delta.upserts == (records[a],)
 
 
 async def test_a_stream_ending_late_does_not_disconnect_its_successor(store: Store) -> None:

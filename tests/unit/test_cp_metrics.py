@@ -37,6 +37,11 @@ EXPECTED = [
     # The database edge: the health probe's verdict and heartbeats dropped while it is away.
     ("keel_database_up", "gauge", set()),
     ("keel_heartbeats_dropped_total", "counter", set()),
+    # The leader's cache of the fleet (controlplane.cache).
+    ("keel_cache_objects", "gauge", {"kind"}),
+    ("keel_cache_resyncs_total", "counter", set()),
+    ("keel_cache_resync_duration_seconds", "histogram", set()),
+    ("keel_cache_stale_writes_total", "counter", {"controller"}),
 ]
 CONVERGENCE_BUCKETS = "0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 10 30 60 120 300 600"
 
@@ -120,6 +125,12 @@ def test_convergence_histogram_has_exactly_the_issue_buckets() -> None:
         ],
         ("keel_oldest_unconverged_seconds", {}),
         ("keel_sync_streams", {}),
+        *[("keel_cache_objects", {"kind": k}) for k in ("workload", "instance", "host")],
+        *[
+            ("keel_cache_stale_writes_total", {"controller": c})
+            for c in ("workload", "liveness", "stuck")
+        ],
+        ("keel_cache_resyncs_total", {}),
     ],
 )
 def test_known_series_exist_at_zero_from_the_start(name: str, labels: dict[str, str]) -> None:
@@ -199,6 +210,25 @@ def test_callback_gauges_read_their_source_at_scrape_time() -> None:
     queue.clear()
     assert value(m, "keel_sync_streams") == 3
     assert value(m, "keel_workqueue_depth", controller="workload") == 0
+
+
+def test_the_cache_metrics_follow_the_cache() -> None:
+    """keel_cache_objects reads the cache's counts at scrape time (0 when it holds nothing);
+    resyncs and stale writes count their calls."""
+    m = Metrics()
+    counts: dict[str, int] = {}
+    m.track_cache(lambda: counts)
+    assert value(m, "keel_cache_objects", kind="instance") == 0
+    counts.update(workload=2, instance=7, host=3)
+    assert value(m, "keel_cache_objects", kind="instance") == 7
+    assert value(m, "keel_cache_objects", kind="host") == 3
+    m.observe_cache_resync(0.3)
+    m.observe_cache_resync(1.7)
+    m.count_stale_write("workload")
+    assert value(m, "keel_cache_resyncs_total") == 2
+    assert value(m, "keel_cache_resync_duration_seconds_sum") == 2.0
+    assert value(m, "keel_cache_stale_writes_total", controller="workload") == 1
+    assert value(m, "keel_cache_stale_writes_total", controller="liveness") == 0
 
 
 def test_each_metrics_object_has_its_own_registry() -> None:

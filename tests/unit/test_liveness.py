@@ -121,16 +121,24 @@ def test_hosts_are_judged_each_on_its_own_facts() -> None:
 
 
 class _Store:
-    """Liveness facts as the store would give them, or the database away."""
+    """Database time and the writes, or the database away; the hosts' facts as the cache
+    holds them."""
 
     def __init__(self) -> None:
         self.away = False
         self.written: list[Transition] = []
+        self.refreshed: list[str] = []
 
-    async def liveness_facts(self) -> tuple[datetime, list[HostFacts]]:
+    async def now(self) -> datetime:
         if self.away:
             raise Unavailable("the database is away")
-        return NOW, [SILENT]
+        return NOW
+
+    def liveness_facts(self) -> list[HostFacts]:
+        return [SILENT]
+
+    async def refresh_hosts(self, names: Sequence[str] | None = None) -> None:
+        self.refreshed += names or []
 
     async def record_liveness(
         self, transitions: Sequence[Transition], *, epoch: int | None
@@ -138,7 +146,14 @@ class _Store:
         self.written += transitions
         return list(transitions)
 
-    async def fence_host(self, host: str, kinds: Iterable[Kind], *, epoch: int | None) -> int:
+    async def fence_host(
+        self,
+        host: str,
+        kinds: Iterable[Kind],
+        *,
+        epoch: int | None,
+        down_since: datetime | None = None,
+    ) -> int:
         return 0
 
 
@@ -148,7 +163,9 @@ async def test_after_a_database_outage_hosts_get_one_grace_before_they_are_judge
     clock = [10_000.0]
     term = Term(epoch=1, started_at=0.0, clock=lambda: clock[0])
     store = _Store()
-    controller = LivenessController(store, timings=TIMINGS, interval_s=1.0, metrics=Metrics())
+    controller = LivenessController(
+        store, hosts=store, timings=TIMINGS, interval_s=1.0, metrics=Metrics()
+    )
     store.away = True
     with pytest.raises(Unavailable):
         await controller.reconcile(KEY, term=term)

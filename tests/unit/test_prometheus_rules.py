@@ -49,6 +49,11 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_grpc_request_duration_seconds",
         "keel_database_up",
         "keel_heartbeats_dropped_total",
+        # The leader's cache of the fleet (the scale issue).
+        "keel_cache_objects",
+        "keel_cache_resyncs_total",
+        "keel_cache_resync_duration_seconds",
+        "keel_cache_stale_writes_total",
     }
 )
 AGENT_METRICS = frozenset(
@@ -74,6 +79,7 @@ HISTOGRAMS = frozenset(
         "keel_reconcile_duration_seconds",
         "keel_grpc_request_duration_seconds",
         "keel_agent_convergence_seconds",
+        "keel_cache_resync_duration_seconds",
     }
 )
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")

@@ -25,7 +25,6 @@ from controlplane.reconcile import (
     describe,
     requeue_after,
 )
-from controlplane.workload import ALL, enqueue
 from keel import tracing
 
 Pass = Callable[[], Awaitable[Result]]
@@ -385,9 +384,10 @@ async def test_a_failing_streak_does_not_span_two_terms() -> None:
         r.close()
 
 
-async def test_a_named_notify_is_fresh_and_star_asks_for_a_resync() -> None:
-    """enqueue(name) queues the workload ahead of the resync; enqueue("*") names no change,
-    so it lists every key again behind the fresh ones."""
+async def test_a_named_change_is_fresh_and_a_resync_request_goes_behind() -> None:
+    """add(name) (the cache read a named workload's change) queues it ahead of the resync;
+    resync_now (the hosts changed: no workload named) lists every key again behind the fresh
+    ones."""
     gate = asyncio.Event()
 
     async def held() -> Result:
@@ -399,9 +399,9 @@ async def test_a_named_notify_is_fresh_and_star_asks_for_a_resync() -> None:
     task = asyncio.create_task(r.run(epoch=1))
     try:
         await script.started(2)  # the term's resync: "a" and "b", done
-        enqueue(r, ALL)
+        r.resync_now()
         await script.started(3)  # "a" again, held; "b" waits behind it
-        enqueue(r, "c")
+        r.add("c")
         gate.set()
         await script.started(5)
         assert script.seen == ["a", "b", "a", "c", "b"]

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from controlplane.rollout import MAX_CHANGES_PER_PASS, WorkloadPlan, plan_workload
-from controlplane.scheduler import UnschedulableCode, daemon_hosts
+from controlplane.scheduler import UnschedulableCode, daemon_hosts, usage_of
 from controlplane.view import HostView, InstanceView, WorkloadView
 from keel.model import Desired, HostState, Kind, Phase, Resources
 
@@ -92,6 +92,24 @@ OLD3 = [old("a", "host-1"), old("b", "host-2"), old("c", "host-3")]
 NEW3 = [inst("a", "host-1"), inst("b", "host-2"), inst("c", "host-3")]
 
 
+def plan_for(
+    workload: WorkloadView,
+    fleet: Sequence[InstanceView],
+    fleet_hosts: Sequence[HostView],
+    *,
+    max_changes: int = MAX_CHANGES_PER_PASS,
+) -> WorkloadPlan:
+    """plan_workload as the controller calls it: the workload's own instances, the hosts by
+    name, and every host's usage summed over the whole fleet (as the cache keeps it)."""
+    return plan_workload(
+        workload,
+        [i for i in fleet if i.workload == workload.name],
+        {h.name: h for h in fleet_hosts},
+        usage_of(fleet),
+        max_changes=max_changes,
+    )
+
+
 # --- the agents, simulated -------------------------------------------------------------------
 
 
@@ -111,7 +129,7 @@ class Fleet:
         self._ids = itertools.count(1)
 
     def plan(self, workload: WorkloadView) -> WorkloadPlan:
-        return plan_workload(workload, self.instances, self.hosts, max_changes=self.max_changes)
+        return plan_for(workload, self.instances, self.hosts, max_changes=self.max_changes)
 
     def apply(self, workload: WorkloadView, plan: WorkloadPlan) -> None:
         """What the controller writes: tombstones and new PENDING instances."""
@@ -602,10 +620,10 @@ def test_removals_cut_at_the_bound_create_nothing_in_that_pass() -> None:
     """A pass that cannot write every removal creates nothing: its surge room assumed them."""
     fleet = Fleet(hosts(3), [inst(f"o{n:02d}", f"host-{n % 3 + 1}") for n in range(25)])
     v2 = web(generation=2, replicas=25, max_unavailable=25, max_surge=5)
-    plan = plan_workload(v2, fleet.instances, fleet.hosts, max_changes=10)
+    plan = plan_for(v2, fleet.instances, fleet.hosts, max_changes=10)
     assert (len(plan.remove), plan.create, plan.more) == (10, (), True)
     gone = dataclasses.replace(v2, deleting=True)
-    plan = plan_workload(gone, fleet.instances, fleet.hosts, max_changes=10)
+    plan = plan_for(gone, fleet.instances, fleet.hosts, max_changes=10)
     assert (len(plan.remove), plan.more) == (10, True)
 
 
@@ -646,7 +664,7 @@ def test_plan_workload_ignores_other_workloads_but_counts_their_capacity() -> No
         inst("db-1", "host-1", workload="db", cpu=4000),
         inst("db-2", "host-2", workload="db"),
     ]
-    plan = plan_workload(web(replicas=2), others, hosts(2))
+    plan = plan_for(web(replicas=2), others, hosts(2))
     assert plan == WorkloadPlan(create=("host-2", "host-2"))
 
 
@@ -654,9 +672,9 @@ def test_plan_workload_output_does_not_depend_on_input_order() -> None:
     """The plan is the same whatever order the store returned rows in."""
     instances = [*OLD3, inst("n", "host-1", gen=2), inst("m", "host-2", gen=2)]
     workload = web(generation=2, replicas=4, max_surge=2)
-    first = plan_workload(workload, instances, H3)
+    first = plan_for(workload, instances, H3)
     for perm in itertools.permutations(instances):
-        assert plan_workload(workload, list(perm), list(reversed(H3))) == first
+        assert plan_for(workload, list(perm), list(reversed(H3))) == first
 
 
 # --- whole rollouts --------------------------------------------------------------------------

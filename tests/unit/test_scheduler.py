@@ -15,6 +15,7 @@ from controlplane.scheduler import (
     free_resources,
     place,
     place_on,
+    usage_of,
 )
 from controlplane.view import HostView, InstanceView, WorkloadView
 from keel.model import Desired, HostState, Kind, Phase, Resources
@@ -235,7 +236,9 @@ def test_place_spreads_over_eligible_hosts_with_room(
     expected: tuple[str, ...],
 ) -> None:
     """Each pick is the eligible host with room and the fewest replicas, then most free cpu."""
-    assert place(workload, count, hosts, instances) == Placement(expected, 0, None)
+    assert place(workload, count, hosts, instances, usage_of(instances)) == Placement(
+        expected, 0, None
+    )
 
 
 def test_zero_resource_workloads_applied_one_by_one_spread_over_the_hosts() -> None:
@@ -243,7 +246,7 @@ def test_zero_resource_workloads_applied_one_by_one_spread_over_the_hosts() -> N
     placed: list[InstanceView] = []
     for n in range(6):
         w = dataclasses.replace(web(cpu=0, memory=0), name=f"w{n}")
-        [name] = place(w, 1, THREE, placed).hosts
+        [name] = place(w, 1, THREE, placed, usage_of(placed)).hosts
         placed.append(inst(f"w{n}-1", name, workload=w.name, cpu=0, memory=0))
     assert [i.host for i in placed] == ["host-1", "host-2", "host-3"] * 2
 
@@ -351,7 +354,7 @@ def test_place_explains_what_it_cannot_place(
     message: str,
 ) -> None:
     """Unplaced instances come with a stable code and a message naming the specifics."""
-    result = place(workload, count, hosts, instances)
+    result = place(workload, count, hosts, instances, usage_of(instances))
     assert result.hosts == placed
     assert result.unplaced == count - len(placed)
     assert result.reason is not None
@@ -390,7 +393,7 @@ def test_free_resources_counts_what_holds_capacity(
     instances: list[InstanceView], expected: Resources
 ) -> None:
     """Free = capacity minus live instances and removed ones not yet reported STOPPED."""
-    assert free_resources([host("host-1")], instances)["host-1"] == expected
+    assert free_resources([host("host-1")], usage_of(instances))["host-1"] == expected
 
 
 @pytest.mark.parametrize(
@@ -466,7 +469,7 @@ def test_place_on_puts_one_instance_per_target_with_room(
     message: str | None,
 ) -> None:
     """place_on fills the given hosts in order, skipping and naming those without room."""
-    result = place_on(web(kind=Kind.DAEMON, cpu=cpu), targets, [], limit=limit)
+    result = place_on(web(kind=Kind.DAEMON, cpu=cpu), targets, {}, limit=limit)
     assert result.hosts == placed
     if message is None:
         assert (result.unplaced, result.reason) == (0, None)

@@ -1,0 +1,3 @@
+ALTER TABLE workload DROP COLUMN desired_version;
+ALTER TABLE workload DROP COLUMN version;
+DROP SEQUENCE workload_version;
