@@ -270,8 +270,16 @@ class FleetCache:
         elif (entry := index.workload(delta.workload)) is not None:
             # The row says the versions it is current at, as a row read now would.
             desired = delta.desired_version or entry.row.desired_version
-            row = dataclasses.replace(entry.row, version=entry.version, desired_version=desired)
+            pending = entry.row.desired_pending and not delta.settled
+            row = dataclasses.replace(
+                entry.row, version=entry.version, desired_version=desired, desired_pending=pending
+            )
             index.replace_row(delta.workload, row)
+
+    def settled(self, name: str) -> None:
+        """The workload's desired change is no longer pending (`store.settle_desired`)."""
+        if self._index is not None and (entry := self._index.workload(name)) is not None:
+            self._index.replace_row(name, dataclasses.replace(entry.row, desired_pending=False))
 
     def deleted(self, name: str, *, version: int) -> None:
         if self._index is not None:

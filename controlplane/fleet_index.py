@@ -141,6 +141,7 @@ class Delta:
     deletes: tuple[str, ...] = ()
     revisions: tuple[tuple[str, int], ...] = ()  # (host, revision) the write took
     desired_version: int | None = None  # the workload's, if the write changed what should run
+    settled: bool = False  # the write left the workload's desired change no longer pending
 
 
 class FleetIndex(Generic[W]):

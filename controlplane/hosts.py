@@ -263,7 +263,10 @@ class HostStore:
                 decided_at,
             )
             await conn.execute(
-                "UPDATE workload SET desired_changed_at = $2 WHERE name = ANY($1::text[])",
+                """UPDATE workload SET desired_changed_at = CASE WHEN desired_pending
+                                                         THEN desired_changed_at ELSE $2 END,
+                                      desired_pending = true
+                   WHERE name = ANY($1::text[])""",
                 sorted({r["workload"] for r in ids}),
                 decided_at,
             )

@@ -244,6 +244,7 @@ class InstanceStore:
         epoch: int | None,
         version: int | None = None,
         hosts_read: Mapping[str, HostSeen] | None = None,
+        settles: bool = False,
     ) -> PlanResult:
         """Writes one workload's plan in one transaction: new instances and tombstones.
 
@@ -260,7 +261,8 @@ class InstanceStore:
         caller reads again and plans again. Each desired change is stamped with the trace
         context of the operator request behind the workload's latest change, and with when it
         became desired (`change_clock`), not when it was placed: the convergence SLI counts
-        the time it waited in the control plane's queue.
+        the time it waited in the control plane's queue. `settles`: the plan leaves nothing
+        more to do this pass, so the workload's desired change is no longer pending.
         """
         try:
             return await self._apply_plan(
@@ -270,6 +272,7 @@ class InstanceStore:
                 epoch=epoch,
                 version=workload.version if version is None else version,
                 hosts_read=hosts_read or {},
+                settles=settles,
             )
         except _Stale as stale:
             return PlanResult(created=[], removed=0, stale=stale.what, stale_hosts=stale.hosts)
@@ -283,6 +286,7 @@ class InstanceStore:
         epoch: int | None,
         version: int,
         hosts_read: Mapping[str, HostSeen],
+        settles: bool,
     ) -> PlanResult:
         w = workload.workload
         spec = w.spec.to_json()
@@ -294,8 +298,8 @@ class InstanceStore:
             # Locked first, as fencing and report batches lock workloads before hosts and
             # instances: none of them can change what the plan read until this commits.
             current = await conn.fetchrow(
-                """SELECT version, desired_version, desired_changed_at FROM workload
-                   WHERE name = $1 FOR NO KEY UPDATE""",
+                """SELECT version, desired_version, desired_changed_at, desired_pending
+                   FROM workload WHERE name = $1 FOR NO KEY UPDATE""",
                 w.name,
             )
             if current is None:
@@ -378,6 +382,10 @@ class InstanceStore:
                 await record_event(
                     conn, f"workload/{w.name}", "WorkloadReconciled", "; ".join(parts)
                 )
+            if settles and current["desired_pending"]:
+                await conn.execute(
+                    "UPDATE workload SET desired_pending = false WHERE name = $1", w.name
+                )
             [versions] = await bump_versions(conn, [w.name], desired=True)
             for h in hosts:
                 await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, h)
@@ -388,8 +396,24 @@ class InstanceStore:
             upserts=tuple(decode_each(records, instance_record, what="instance")),
             revisions=tuple(sorted(revisions.items())),
             desired_version=versions.desired_version,
+            settled=settles,
         )
         return PlanResult(created=created, removed=removed, delta=delta)
+
+    async def settle_desired(self, name: str, *, desired_version: int, epoch: int | None) -> bool:
+        """The workload's pending desired change needs no plan (what should run already
+        does, or is on its way): it is no longer pending. Only over the desired state the
+        caller read; False when that moved (the next pass looks again)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await check_epoch(conn, epoch)
+            done = await conn.fetchval(
+                """UPDATE workload SET desired_pending = false
+                   WHERE name = $1 AND desired_version = $2 AND desired_pending
+                   RETURNING true""",
+                name,
+                desired_version,
+            )
+        return bool(done)
 
     @staticmethod
     async def _hosts_of(conn: Conn, ids: Sequence[str]) -> list[str]:

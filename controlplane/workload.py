@@ -68,8 +68,11 @@ class WorkloadController:
             )
             bound = log.bind(workload=name, generation=entry.row.generation)
             wrote = False
+            # Nothing left for later passes: the desired change is carried out as far as it
+            # can be now, and a change after this one starts its own convergence clock.
+            settles = not plan.more and plan.unschedulable is None
             if plan.create or plan.remove:
-                result = await self._write(entry, plan, epoch=term.epoch)
+                result = await self._write(entry, plan, epoch=term.epoch, settles=settles)
                 if result.stale is not None:
                     self._metrics.count_stale_write(self.name)
                     bound.info("plan refused: made from a stale read; reading again",
@@ -89,6 +92,14 @@ class WorkloadController:
                     removed=sorted(plan.remove),
                     hosts=sorted(set(plan.create)),
                 )
+            elif (
+                settles
+                and entry.row.desired_pending
+                and await self._store.settle_desired(
+                    name, desired_version=entry.row.desired_version, epoch=term.epoch
+                )
+            ):
+                self._cache.settled(name)
             if plan.unschedulable is not None:
                 bound.info(
                     "instances unschedulable",
@@ -112,7 +123,12 @@ class WorkloadController:
         )
 
     async def _write(
-        self, entry: WorkloadEntry[WorkloadRow], plan: WorkloadPlan, *, epoch: int | None
+        self,
+        entry: WorkloadEntry[WorkloadRow],
+        plan: WorkloadPlan,
+        *,
+        epoch: int | None,
+        settles: bool,
     ) -> PlanResult:
         """Writes the plan over what it was made from: the workload's version, the state of
         every host it places on or whose instances' availability it counted, and the revision
@@ -142,6 +158,7 @@ class WorkloadController:
                     epoch=epoch,
                     version=entry.version,
                     hosts_read=hosts_read,
+                    settles=settles,
                 )
             except InvalidArgument as exc:
                 # Postgres refuses this plan's data (`sql` translated its DataError): the

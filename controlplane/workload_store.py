@@ -46,6 +46,9 @@ class WorkloadRow:
     # Taken anew only by writes that change what should run (not by reports): a plan that only
     # creates instances is checked against it.
     desired_version: int = 0
+    # Its last desired change still waits for a plan that carries it out in full (migration
+    # 0007): a change meanwhile keeps `desired_changed_at`.
+    desired_pending: bool = False
 
 
 def stuck_state(r: asyncpg.Record) -> StuckState | None:
@@ -76,6 +79,7 @@ def workload_row(r: asyncpg.Record) -> WorkloadRow:
         desired_changed_at=r["desired_changed_at"],
         version=r["version"],
         desired_version=r["desired_version"],
+        desired_pending=r["desired_pending"],
     )
 
 
@@ -93,6 +97,9 @@ class WorkloadStore:
     `desired_changed_at` is stamped (clock_timestamp(): as close to the commit as a statement
     gets) by the writes that change what should run: a create, an apply that changes the
     spec, replicas or selector, a delete; and by fencing (`hosts.HostStore.fence_host`).
+    An apply or fencing while the last change is still `desired_pending` (no plan has carried
+    it out in full yet) keeps the earlier time: what was wanted then is still waiting. A
+    delete restarts the clock: what it asks for (removals) is new.
     Every write here that changes the row takes a new `version` and `desired_version` (see
     `sql.bump_versions`).
     """
@@ -118,8 +125,8 @@ class WorkloadStore:
                 row = await conn.fetchrow(
                     """INSERT INTO workload (name, kind, replicas, max_unavailable, max_surge,
                                              selector, deadline_ms, spec, trace_context,
-                                             desired_changed_at)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp())
+                                             desired_changed_at, desired_pending)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp(), true)
                        ON CONFLICT (name) DO NOTHING
                        RETURNING *""",
                     w.name,
@@ -172,8 +179,10 @@ class WorkloadStore:
                               generation = generation + $8::int, updated_at = now(),
                               trace_context = $9, version = nextval('workload_version'),
                               desired_version = nextval('workload_version'),
-                              desired_changed_at = CASE WHEN $10 THEN clock_timestamp()
-                                                        ELSE desired_changed_at END
+                              desired_changed_at = CASE WHEN $10 AND NOT desired_pending
+                                                        THEN clock_timestamp()
+                                                        ELSE desired_changed_at END,
+                              desired_pending = desired_pending OR $10
                        WHERE name = $1 RETURNING *""",
                     w.name,
                     w.replicas,
@@ -223,6 +232,7 @@ class WorkloadStore:
                 """UPDATE workload SET deleting = true, updated_at = now(),
                           desired_changed_at = CASE WHEN deleting THEN desired_changed_at
                                                     ELSE clock_timestamp() END,
+                          desired_pending = true,
                           version = CASE WHEN deleting THEN version
                                          ELSE nextval('workload_version') END,
                           desired_version = CASE WHEN deleting THEN desired_version

@@ -105,9 +105,14 @@ async def test_scale_up_restarts_the_clock_and_counts_its_wait(
     assert seconds >= WAIT.total_seconds()
 
 
-async def test_only_changes_to_what_runs_restart_the_clock(store: Store) -> None:
-    """Spec, replicas and selector restart it; budgets and the deadline do not."""
+async def test_only_changes_to_what_runs_restart_the_clock(
+    store: Store, controller: Leader
+) -> None:
+    """Spec, replicas and selector restart it; budgets and the deadline do not. Each change
+    is placed before the next, so none is still pending when the next arrives."""
+    await _host(store, "h1")
     row, _ = await store.apply_workload(_workload(replicas=3))
+    await controller.reconcile("web", term=TERM)
     stamps = [row.desired_changed_at]
     for change, moves in [
         (_workload(replicas=3, max_surge=2), False),
@@ -119,6 +124,50 @@ async def test_only_changes_to_what_runs_restart_the_clock(store: Store) -> None
         row, _ = await store.apply_workload(change)
         assert (row.desired_changed_at != stamps[-1]) is moves, change
         stamps.append(row.desired_changed_at)
+        await controller.reconcile("web", term=TERM)
+
+
+async def test_a_change_while_the_last_one_waits_keeps_its_clock(
+    store: Store, controller: Leader
+) -> None:
+    """Apply, then scale before the controller placed anything: every instance is timed from
+    the first apply (it was wanted since then), not from the scale. Once a plan has carried
+    the change out, the next change starts its own clock."""
+    await _host(store, "h1")
+    first, _ = await store.apply_workload(_workload(replicas=1))
+    assert first.desired_changed_at is not None
+    await _let_pass(store, first.desired_changed_at)
+    scaled, _ = await store.apply_workload(_workload(replicas=2))
+    assert scaled.desired_changed_at == first.desired_changed_at
+    await controller.reconcile("web", term=TERM)
+    placed = await store.list_instances()
+    assert [i.desired_changed_at for i in placed] == [first.desired_changed_at] * 2
+    seconds = [s for i in placed for s in await _report(store, "h1", i.id)]
+    assert min(seconds) >= WAIT.total_seconds()
+    again, _ = await store.apply_workload(_workload(replicas=3))
+    assert again.desired_changed_at is not None
+    assert again.desired_changed_at > first.desired_changed_at
+
+
+async def test_a_change_undone_before_placement_settles_without_a_plan(
+    store: Store, controller: Leader
+) -> None:
+    """Scale up and back before any placement: nothing is left to do, the change no longer
+    waits, and the next change starts its own clock."""
+    await _host(store, "h1")
+    await store.apply_workload(_workload(replicas=1))
+    await controller.reconcile("web", term=TERM)
+    [inst] = await store.list_instances()
+    await _report(store, "h1", inst.id)
+    up, _ = await store.apply_workload(_workload(replicas=2))
+    back, _ = await store.apply_workload(_workload(replicas=1))
+    assert back.desired_pending and back.desired_changed_at == up.desired_changed_at
+    await controller.reconcile("web", term=TERM)
+    assert not (await store.get_workload("web")).desired_pending
+    assert not controller.cache.index.workload("web").row.desired_pending  # type: ignore[union-attr]
+    later, _ = await store.apply_workload(_workload(replicas=2))
+    assert later.desired_changed_at is not None and up.desired_changed_at is not None
+    assert later.desired_changed_at > up.desired_changed_at
 
 
 async def test_delete_clock_starts_at_the_delete(store: Store, controller: Leader) -> None:

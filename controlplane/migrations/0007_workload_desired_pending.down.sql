@@ -1,0 +1,1 @@
+ALTER TABLE workload DROP COLUMN desired_pending;
