@@ -15,6 +15,7 @@ the fleet for that: they read each host's `HostUsage`, which the leader's cache
 from __future__ import annotations
 
 import enum
+import heapq
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -140,30 +141,30 @@ def place(
     if count <= 0:
         return Placement((), 0, None)
     request = workload.resources
-    candidates = sorted((h for h in hosts if eligible(h, workload.selector)), key=lambda h: h.name)
+    candidates = [h for h in hosts if eligible(h, workload.selector)]
     free = free_resources(candidates, usage)
-    score = {
-        h.name: h.capacity.cpu_millis - usage.get(h.name, NO_USAGE).ranked_cpu for h in candidates
-    }
     mine = [i for i in mine if i.workload == workload.name and i.live]
     # Spread the current generation first: mid-rollout, old instances are on their way out,
     # and counting them equally would pile the new generation onto the hosts they left.
     current = Counter(i.host for i in mine if i.generation == workload.generation)
     spread = Counter(i.host for i in mine)
+    # Every host once in a heap by its rank; only the picked host's rank changes, so each pick
+    # is a pop and a push (placing R instances on H hosts costs (H + R) log H, not R x H). A
+    # host the request no longer fits is dropped: its free resources only shrink from here.
+    ranks = [
+        (current[h.name], spread[h.name], usage.get(h.name, NO_USAGE).ranked_cpu
+         - h.capacity.cpu_millis, h.name)
+        for h in candidates
+    ]  # fmt: skip
+    heapq.heapify(ranks)
     picked: list[str] = []
-    for _ in range(count):
-        fitting = [h for h in candidates if request.fits_in(free[h.name])]
-        if not fitting:
-            break
-        best = min(
-            fitting,
-            key=lambda h: (current[h.name], spread[h.name], -score[h.name], h.name),
-        )
-        picked.append(best.name)
-        free[best.name] = free[best.name] - request
-        score[best.name] -= ranked_cpu(request)
-        current[best.name] += 1
-        spread[best.name] += 1
+    while ranks and len(picked) < count:
+        here, anywhere, fullness, name = heapq.heappop(ranks)
+        if not request.fits_in(free[name]):
+            continue
+        picked.append(name)
+        free[name] = free[name] - request
+        heapq.heappush(ranks, (here + 1, anywhere + 1, fullness + ranked_cpu(request), name))
     unplaced = count - len(picked)
     reason = None if unplaced == 0 else _why_not_placed(workload, hosts, candidates, free)
     return Placement(tuple(picked), unplaced, reason)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Mapping
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controlplane.scheduler import (
+    NO_USAGE,
+    HostUsage,
     Placement,
     UnschedulableCode,
     daemon_hosts,
@@ -15,6 +20,7 @@ from controlplane.scheduler import (
     free_resources,
     place,
     place_on,
+    ranked_cpu,
     usage_of,
 )
 from controlplane.view import HostView, InstanceView, WorkloadView
@@ -479,3 +485,84 @@ def test_place_on_puts_one_instance_per_target_with_room(
         assert result.reason.message == message
         wanted = len(targets) if limit is None else limit
         assert result.unplaced == wanted - len(placed)
+
+
+def _place_by_scanning(
+    workload: WorkloadView,
+    count: int,
+    hosts: list[HostView],
+    mine: list[InstanceView],
+    usage: Mapping[str, HostUsage],
+) -> tuple[str, ...]:
+    """The rule `place` follows, written as the obvious scan (every pick looks at every
+    host): the reference its heap must agree with."""
+    request = workload.resources
+    candidates = [h for h in hosts if eligible(h, workload.selector)]
+    free = free_resources(candidates, usage)
+    score = {h.name: h.capacity.cpu_millis - usage.get(h.name, NO_USAGE).ranked_cpu
+             for h in candidates}  # fmt: skip
+    live = [i for i in mine if i.workload == workload.name and i.live]
+    current = Counter(i.host for i in live if i.generation == workload.generation)
+    spread = Counter(i.host for i in live)
+    picked: list[str] = []
+    for _ in range(count):
+        fitting = [h for h in candidates if request.fits_in(free[h.name])]
+        if not fitting:
+            break
+        best = min(fitting, key=lambda h: (current[h.name], spread[h.name], -score[h.name], h.name))
+        picked.append(best.name)
+        free[best.name] = free[best.name] - request
+        score[best.name] -= ranked_cpu(request)
+        current[best.name] += 1
+        spread[best.name] += 1
+    return tuple(picked)
+
+
+_hosts = st.lists(
+    st.builds(
+        host,
+        st.sampled_from([f"h{n}" for n in range(6)]),
+        labels=st.sampled_from([WEB, WEB, WEB, {"role": "db"}]),
+        cpu=st.integers(0, 4000),
+        memory=st.integers(0, 2048),
+        state=st.sampled_from([HostState.READY] * 4 + [HostState.NOT_READY]),
+        schedulable=st.sampled_from([True, True, True, False]),
+    ),
+    max_size=12,
+    unique_by=lambda h: h.name,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hosts=_hosts,
+    count=st.integers(0, 30),
+    cpu=st.integers(0, 500),
+    memory=st.integers(0, 200),
+    placed=st.lists(
+        st.tuples(st.integers(0, 5), st.integers(1, 2), st.sampled_from(list(Desired))),
+        max_size=20,
+    ),
+    other_cpu=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 900)), max_size=12),
+)
+def test_place_picks_what_a_scan_of_every_host_would(
+    hosts: list[HostView],
+    count: int,
+    cpu: int,
+    memory: int,
+    placed: list[tuple[int, int, Desired]],
+    other_cpu: list[tuple[int, int]],
+) -> None:
+    workload = dataclasses.replace(web(cpu=cpu, memory=memory), generation=2)
+    mine = [
+        dataclasses.replace(inst(f"w{n}", f"h{h}", desired=desired), generation=gen)
+        for n, (h, gen, desired) in enumerate(placed)
+    ]
+    others = [
+        dataclasses.replace(inst(f"o{n}", f"h{h}"), workload="other", resources=Resources(c, 10))
+        for n, (h, c) in enumerate(other_cpu)
+    ]
+    usage = usage_of(mine + others)
+    got = place(workload, count, hosts, mine, usage)
+    assert got.hosts == _place_by_scanning(workload, count, hosts, mine, usage)
+    assert got.unplaced == count - len(got.hosts)
