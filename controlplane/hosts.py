@@ -22,6 +22,7 @@ from controlplane.sql import (
     bump_revisions,
     bump_versions,
     check_epoch,
+    notify,
     record_event,
     workload_payload,
 )
@@ -279,10 +280,7 @@ class HostStore:
             )
             await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, host)
             # By name: each replacement is a fresh change for its workload, not a resync.
-            for v in versions:
-                await conn.execute(
-                    "SELECT pg_notify($1, $2)",
-                    WORKLOAD_CHANNEL,
-                    workload_payload(v.workload, v.version),
-                )
+            await notify(
+                conn, WORKLOAD_CHANNEL, [workload_payload(v.workload, v.version) for v in versions]
+            )
             return len(ids)

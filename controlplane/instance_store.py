@@ -29,6 +29,7 @@ from controlplane.sql import (
     bump_versions,
     check_epoch,
     decode_each,
+    notify,
     record_event,
 )
 from controlplane.view import StuckState
@@ -215,18 +216,20 @@ class InstanceStore:
     ) -> tuple[int, list[InstanceRow]]:
         """The host's revision and its instances changed after `since` (None: all of them).
 
-        Both come from one snapshot, so the revision returned covers exactly the rows returned.
+        Both come from one statement, so one snapshot: the revision returned covers exactly
+        the rows returned. One round trip, as every push to an agent makes this read.
         """
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            revision = await conn.fetchval("SELECT revision FROM host WHERE name = $1", host)
-            if revision is None:
-                return 0, []
-            rows = await conn.fetch(
-                "SELECT * FROM instance WHERE host = $1 AND revision > $2 ORDER BY revision, id",
-                host,
-                -1 if since is None else since,
-            )
-            return int(revision), decode_each(rows, instance_row, what="instance")
+        rows = await self.pool.fetch(
+            """SELECT h.revision AS host_revision, i.*
+               FROM host h LEFT JOIN instance i ON i.host = h.name AND i.revision > $2
+               WHERE h.name = $1 ORDER BY i.revision, i.id""",
+            host,
+            -1 if since is None else since,
+        )
+        if not rows:
+            return 0, []
+        found = [r for r in rows if r["id"] is not None]  # none: the one row the join kept
+        return int(rows[0]["host_revision"]), decode_each(found, instance_row, what="instance")
 
     async def host_tombstones(self, host: str) -> list[InstanceRow]:
         """The host's instances waiting for the agent to confirm their removal."""
@@ -387,8 +390,7 @@ class InstanceStore:
                     "UPDATE workload SET desired_pending = false WHERE name = $1", w.name
                 )
             [versions] = await bump_versions(conn, [w.name], desired=True)
-            for h in hosts:
-                await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, h)
+            await notify(conn, HOST_CHANNEL, hosts)
         delta = Delta(
             w.name,
             from_version=versions.was,

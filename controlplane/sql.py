@@ -230,6 +230,18 @@ def workload_payload(name: str, version: int) -> str:
     return f"{name} {version}"
 
 
+async def notify(conn: Conn, channel: str, payloads: Sequence[str]) -> None:
+    """NOTIFYs each payload on `channel` at commit, in one statement (a statement per payload
+    is a round trip each: a plan touching 100 hosts paid 100). Each payload stands alone, so
+    their order does not matter."""
+    if payloads:
+        await conn.execute(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+            channel,
+            list(payloads),
+        )
+
+
 async def record_event(conn: Conn, obj: str, kind: str, message: str, *, actor: str = "") -> None:
     """Appends to the audit history (keelctl events), in the caller's transaction."""
     await conn.execute(

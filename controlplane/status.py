@@ -29,6 +29,7 @@ from controlplane.sql import (
     Versions,
     bump_versions,
     decode_each,
+    notify,
     record_event,
     workload_payload,
 )
@@ -230,12 +231,9 @@ class StatusStore:
                         )
             cached |= {r["workload"] for r in gone}
             versions = await bump_versions(conn, sorted(cached), desired=False)
-            for v in versions:
-                await conn.execute(
-                    "SELECT pg_notify($1, $2)",
-                    WORKLOAD_CHANNEL,
-                    workload_payload(v.workload, v.version),
-                )
+            await notify(
+                conn, WORKLOAD_CHANNEL, [workload_payload(v.workload, v.version) for v in versions]
+            )
         deltas = _deltas(versions, updated, gone)
         return ReportOutcome(workloads=workloads, converged=done, deltas=deltas)
 
