@@ -34,7 +34,8 @@ from controlplane.reconcile import ReconcileFailure, Result, Term, requeue_after
 from controlplane.rollout import WorkloadPlan, plan_workload
 from controlplane.status import StatusStore, StuckMark
 from controlplane.store import Store, StuckState, WorkloadRow
-from keel.model import Desired, HostState, Phase
+from controlplane.view import WorkloadView
+from keel.model import Desired, HostState, Kind, Phase
 from keel.stuck import IMMEDIATE, Reason
 
 log = structlog.get_logger("keel.stuck")
@@ -192,6 +193,38 @@ def workload_converged(row: WorkloadRow, plan: WorkloadPlan, own: Sequence[Insta
     return all(i.converged and i.generation == row.generation for i in live)
 
 
+class Converging(Protocol):
+    """What `surely_unconverged` reads of an instance."""
+
+    @property
+    def generation(self) -> int: ...
+    @property
+    def desired(self) -> Desired: ...
+    @property
+    def converged(self) -> bool: ...
+
+
+def surely_unconverged(workload: WorkloadView, own: Sequence[Converging]) -> bool:
+    """Not converged whatever its plan says (`workload_converged` would say False): a live
+    instance not converged or of an older generation, or a service without as many live
+    instances as it wants. Only otherwise does convergence need the plan."""
+    live = [i for i in own if i.desired is not Desired.REMOVED]
+    if any(not i.converged or i.generation != workload.generation for i in live):
+        return True
+    wanted = 0 if workload.deleting else workload.replicas
+    return workload.kind is Kind.SERVICE and len(live) != wanted
+
+
+def may_be_stuck(row: WorkloadRow, *, now: datetime, failure: ReconcileFailure | None) -> bool:
+    """Whether `judge_workload` can find anything: a reconcile failing, or unconverged for
+    longer than its deadline. Otherwise it returns None without looking at the plan."""
+    if failure is not None:
+        return True
+    if row.unconverged_since is None:
+        return False
+    return (now - row.unconverged_since).total_seconds() > row.workload.deadline_ms / 1000
+
+
 def judge_workload(
     row: WorkloadRow,
     plan: WorkloadPlan,
@@ -310,14 +343,18 @@ class StuckDetector:
         for entry in entries:
             w = entry.row
             own = list(entry.instances.values())
-            plan = self._plan(entry, index)
-            converged = workload_converged(w, plan, own)
+            # A plan only where its answer matters: placing a workload's instances costs what
+            # the hosts are, and mid-burst hundreds of workloads wait to be placed.
+            plan = None if surely_unconverged(entry.view, own) else self._plan(entry, index)
+            converged = plan is not None and workload_converged(w, plan, own)
             workloads_unconverged += not converged
             if converged == (w.unconverged_since is not None):
                 unconverged[w.workload.name] = not converged
-            verdict = judge_workload(
-                w, plan, own, stuck_ids, now=now, failure=failures.get(w.workload.name)
-            )
+            failure = failures.get(w.workload.name)
+            verdict = None
+            if may_be_stuck(w, now=now, failure=failure):
+                plan = plan or self._plan(entry, index)
+                verdict = judge_workload(w, plan, own, stuck_ids, now=now, failure=failure)
             marks += _mark("workload", w.workload.name, w.stuck, verdict)
             if verdict is not None:
                 stuck_now[verdict.reason.value] += 1

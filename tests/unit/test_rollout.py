@@ -13,13 +13,17 @@ import itertools
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from controlplane.rollout import MAX_CHANGES_PER_PASS, WorkloadPlan, plan_workload
 from controlplane.scheduler import UnschedulableCode, daemon_hosts, usage_of
+from controlplane.store import WorkloadRow
+from controlplane.stuck import surely_unconverged, workload_converged
 from controlplane.view import HostView, InstanceView, WorkloadView
-from keel.model import Desired, HostState, Kind, Phase, Resources
+from keel.model import Desired, HostState, Kind, Phase, Resources, converged
 
 WEB = {"role": "web"}
 SVC, DMN = Kind.SERVICE, Kind.DAEMON
@@ -889,3 +893,47 @@ def test_any_plan_is_idempotent_and_never_spends_more_than_the_budget(seed: int)
             ready_hosts = {h.name for h in fleet_hosts if h.state is HostState.READY}
             running = [i for i in mine_after.processes() if i.live or i.host in ready_hosts]
             assert len(running) <= target + workload.max_surge, plan
+
+
+@dataclasses.dataclass(frozen=True)
+class _Facts:
+    generation: int
+    desired: Desired
+    converged: bool
+
+
+def _facts(instances: Sequence[InstanceView]) -> list[_Facts]:
+    return [
+        _Facts(i.generation, i.desired, converged(i.desired, i.phase, i.ready))
+        for i in instances
+        if i.workload == "web"
+    ]
+
+
+def _settled(workload: WorkloadView, instances: Sequence[InstanceView]) -> list[InstanceView]:
+    """The same fleet with every live instance of the workload current and converged: where
+    only the count of instances can still be wrong."""
+    return [
+        i
+        if i.workload != "web" or not i.live
+        else dataclasses.replace(
+            i,
+            generation=workload.generation,
+            phase=Phase.RUNNING if i.desired is RUN else Phase.STOPPED,
+            ready=i.desired is RUN,
+        )
+        for i in instances
+    ]
+
+
+@pytest.mark.parametrize("seed", range(400))
+def test_surely_unconverged_never_contradicts_the_plan(seed: int) -> None:
+    """The stuck detector skips the plan of a workload `surely_unconverged` judges: for random
+    fleets (and the same fleets with every instance converged), the plan then never says the
+    workload is converged."""
+    workload, fleet_hosts, instances = _random_case(seed)
+    for fleet in (instances, _settled(workload, instances)):
+        if surely_unconverged(workload, _facts(fleet)):
+            plan = Fleet(fleet_hosts, fleet).plan(workload)
+            row = cast(WorkloadRow, SimpleNamespace(generation=workload.generation))
+            assert not workload_converged(row, plan, _facts(fleet)), plan  # type: ignore[arg-type]

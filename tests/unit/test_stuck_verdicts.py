@@ -11,7 +11,7 @@ from controlplane.reconcile import ReconcileFailure
 from controlplane.rollout import WorkloadPlan
 from controlplane.scheduler import Unschedulable, UnschedulableCode
 from controlplane.store import HostRow, InstanceRow, WorkloadRow
-from controlplane.stuck import judge_instance, judge_workload, workload_converged
+from controlplane.stuck import judge_instance, judge_workload, may_be_stuck, workload_converged
 from keel.model import Desired, HostState, Phase, Resources, Workload, WorkloadSpec
 from keel.stuck import GUIDES, Reason
 
@@ -281,6 +281,8 @@ def test_workload_verdicts(
     """A workload is stuck itself only for placement or a blocked rollout."""
     verdict = judge_workload(row, plan, own, set(), now=NOW)
     assert (verdict.reason if verdict else None) == expected
+    # The stuck detector judges (and plans) only what may be stuck: nothing else has a verdict.
+    assert verdict is None or may_be_stuck(row, now=NOW, failure=None)
 
 
 def test_unschedulable_message_names_the_scheduler_reason() -> None:
@@ -356,5 +358,6 @@ def test_reconcile_failing_verdicts(
     RECONCILE_FAILING, carrying the last error; without a failure the usual verdicts apply."""
     verdict = judge_workload(row, plan, [], set(), now=NOW, failure=failure)
     assert (verdict.reason if verdict else None) == expected
+    assert verdict is None or may_be_stuck(row, now=NOW, failure=failure)
     if verdict is not None and expected is Reason.RECONCILE_FAILING:
         assert failure is not None and verdict.message.endswith(failure.error)
