@@ -142,7 +142,6 @@ def place(
         return Placement((), 0, None)
     request = workload.resources
     candidates = [h for h in hosts if eligible(h, workload.selector)]
-    free = free_resources(candidates, usage)
     mine = [i for i in mine if i.workload == workload.name and i.live]
     # Spread the current generation first: mid-rollout, old instances are on their way out,
     # and counting them equally would pile the new generation onto the hosts they left.
@@ -157,16 +156,24 @@ def place(
         for h in candidates
     ]  # fmt: skip
     heapq.heapify(ranks)
+    capacity = {h.name: h.capacity for h in candidates}
+    free: dict[str, Resources] = {}  # of the hosts looked at (`free_resources`' rule)
     picked: list[str] = []
     while ranks and len(picked) < count:
         here, anywhere, fullness, name = heapq.heappop(ranks)
-        if not request.fits_in(free[name]):
+        room = free.get(name)
+        if room is None:
+            room = capacity[name] - usage.get(name, NO_USAGE).allocated
+        if not request.fits_in(room):
             continue
         picked.append(name)
-        free[name] = free[name] - request
+        free[name] = room - request
         heapq.heappush(ranks, (here + 1, anywhere + 1, fullness + ranked_cpu(request), name))
     unplaced = count - len(picked)
-    reason = None if unplaced == 0 else _why_not_placed(workload, hosts, candidates, free)
+    reason = None
+    if unplaced:
+        left = free_resources(candidates, usage) | free
+        reason = _why_not_placed(workload, hosts, candidates, left)
     return Placement(tuple(picked), unplaced, reason)
 
 
