@@ -1,5 +1,6 @@
-"""How big each scenario runs, by profile: `full` (the issue's sizes), `default` (`make bench`:
-the largest that fits every scenario in about 15 minutes on a 2-core machine), `quick`
+"""How big each scenario runs, by profile: `full` (the issue's sizes and windows: 5 minutes of
+heartbeats, a minute of churn), `default` (`make bench`: the issue's sizes with shorter
+measuring windows, so every scenario fits in under 15 minutes on a 2-core machine), `quick`
 (`make bench QUICK=1`, under 2 minutes) and `tiny` (the test that keeps the harness working).
 
 Each scenario with a size runs at every size listed (smallest first), so the growth table
@@ -79,12 +80,12 @@ PROFILES = {
         name="default",
         idle_agents=(500, 1500, 5000),
         idle_window_s=30,
-        burst=(Burst(20, 100, 40), Burst(60, 100, 120), Burst(200, 100, 400)),
-        burst_deadline_s=180,
-        churn=(Churn(20, 50, 400), Churn(60, 150, 1200), Churn(200, 500, 4000)),
+        burst=(Burst(50, 100, 100), Burst(150, 100, 300), Burst(500, 100, 1000)),
+        burst_deadline_s=300,
+        churn=(Churn(100, 50, 2000), Churn(300, 150, 6000), Churn(1000, 500, 20000)),
         churn_rate=20,
         churn_duration_s=30,
-        failover=(Burst(10, 100, 100), Burst(30, 100, 300), Burst(100, 100, 1000)),
+        failover=(Burst(50, 100, 100), Burst(150, 100, 300), Burst(500, 100, 1000)),
         failover_watch_s=10,
         agent_instances=(50, 150, 500),
         agent_window_s=20,
