@@ -1,9 +1,10 @@
-"""keelctl's object commands: `apply`, `get`, `describe` and `delete`, and reading a manifest.
+"""keelctl's object commands: `apply`, `get`, `describe` and `delete`.
 
 Each command takes a `Context` (the stub, the parsed arguments, the clock) and returns the text
 to print; formatting lives in `keel.ctl.output`. The control plane validates manifests
-(`keel.spec.parse_workload`), so `apply` sends the document as it was written. The incident
-commands (`stuck`, `events`, `logs`) are in `keel.ctl.observe`; `keel.ctl.main` dispatches.
+(`keel.spec.parse_workload`), so `apply` sends the document as it was written
+(`keel.ctl.documents` reads it). The incident commands (`stuck`, `events`, `logs`) are in
+`keel.ctl.observe`; `keel.ctl.main` dispatches.
 """
 
 from __future__ import annotations
@@ -14,60 +15,9 @@ import sys
 from datetime import datetime
 from typing import Any
 
-import yaml
-
-from keel.ctl import documents, output
+from keel.ctl import output
 from keel.ctl.args import CANONICAL, CtlError
-from keel.spec import MAX_MANIFEST_BYTES
 from keel.v1 import fleet_pb2
-
-
-def load_manifest(filename: str, *, stdin: Any = None) -> object:
-    """The document in filename ('-' = stdin), parsed as YAML (JSON is YAML too)."""
-    label = "<stdin>" if filename == "-" else filename
-    try:
-        if filename == "-":
-            text = (stdin if stdin is not None else sys.stdin).read()
-        else:
-            with open(filename, encoding="utf-8") as f:
-                text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CtlError(f"cannot read {label}: {getattr(e, 'strerror', None) or e}") from e
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > MAX_MANIFEST_BYTES:
-        raise CtlError(
-            f"{label}: the manifest is {size} bytes; the control plane accepts at most "
-            f"{MAX_MANIFEST_BYTES} bytes"
-        )
-    stripped = text.lstrip()
-    if filename.endswith(".json") or stripped.startswith(("{", "[")):
-        # Real JSON first: YAML refuses tab indentation, which JSON allows.
-        try:
-            return json.loads(text, object_pairs_hook=documents.unique_pairs)
-        except documents.DuplicateKey as e:
-            raise CtlError(f"{label}: {e}") from e
-        except RecursionError as e:
-            raise CtlError(f"{label}: not valid JSON: nested too deeply") from e
-        except json.JSONDecodeError as e:
-            if filename.endswith(".json"):
-                raise CtlError(f"{label}:{e.lineno}: not valid JSON: {e.msg}") from e
-    try:
-        doc = yaml.load(text, Loader=documents.UniqueKeyLoader)  # a SafeLoader
-    except documents.DuplicateKey as e:
-        raise CtlError(f"{label}: {e}") from e
-    except RecursionError as e:
-        raise CtlError(f"{label}: not valid YAML: nested too deeply") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        context = getattr(e, "context", None)
-        if context:
-            problem = f"{context}, {problem}"
-        raise CtlError(f"{label}{line}: not valid YAML: {problem}") from e
-    if doc is None:
-        raise CtlError(f"{label}: the file holds no document")
-    return doc
 
 
 class Context:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from keel.convert import spec_to_pb, ts
 from keel.ctl import output
 from keel.ctl.main import build_parser, main
 from keel.spec import SpecError, parse_workload
+from keel.traceconfig import OTLP_ENDPOINT_ENV, TRACE_FILE_ENV
 from keel.v1 import fleet_pb2, fleet_pb2_grpc
 from keel.v1 import types_pb2 as pb
 
@@ -561,3 +563,72 @@ def test_console_entry_exits_with_the_status(fleet: tuple[FakeFleet, str]) -> No
     ]:
         proc = subprocess.run([*base, *argv], capture_output=True, text=True, timeout=60)
         assert proc.returncode == code, proc.stderr
+
+
+# What `keelctl get hosts` has no use for: tracing (OpenTelemetry, and structlog behind it),
+# YAML, protobuf's JSON printer, and anything of the server side or the agent. Each is a
+# measurable share of start-up, which is most of a short command's time.
+NOT_FOR_GET_HOSTS = (
+    "opentelemetry",
+    "structlog",
+    "rich",
+    "yaml",
+    "psutil",
+    "google.protobuf.json_format",
+    "keel.tracing",
+    "keel.ctl.documents",
+    "keel.v1.agent_pb2",
+    "controlplane",
+    "agent",
+    "asyncpg",
+)
+
+
+def modules_after(addr: str, argv: list[str], tmp_path: Path, **env: str) -> set[str]:
+    """The modules a keelctl process has imported once its command is done (exit status 0)."""
+    listing = tmp_path / "modules.json"
+    script = (
+        "import json, sys\n"
+        "from keel.ctl.main import main\n"
+        f"code = main({['--controlplane', addr, *argv]!r})\n"
+        f"open({str(listing)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n"
+        "sys.exit(code)\n"
+    )
+    base = {k: v for k, v in os.environ.items() if k not in (TRACE_FILE_ENV, OTLP_ENDPOINT_ENV)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**base, **env},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(listing.read_text()))
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(
+        m for m in modules if any(m == h or m.startswith(h + ".") for h in NOT_FOR_GET_HOSTS)
+    )
+
+
+def test_get_hosts_imports_only_what_it_needs(fleet: tuple[FakeFleet, str], tmp_path: Path) -> None:
+    """`keelctl get hosts` imports no tracing, YAML, JSON printer, server or agent code."""
+    _, addr = fleet
+    assert heavy(modules_after(addr, ["get", "hosts"], tmp_path)) == []
+
+
+def test_tracing_and_describe_still_import_what_they_use(
+    fleet: tuple[FakeFleet, str], tmp_path: Path
+) -> None:
+    """The check above can fail: with a trace file, keelctl loads OpenTelemetry; describe
+    workload loads YAML for the spec; -o json loads protobuf's JSON printer."""
+    _, addr = fleet
+    traced = modules_after(
+        addr, ["get", "hosts"], tmp_path, KEEL_TRACE_FILE=str(tmp_path / "spans.jsonl")
+    )
+    assert {"opentelemetry.trace", "keel.tracing"} <= traced
+    assert "yaml" in modules_after(addr, ["describe", "workload", "web"], tmp_path)
+    json_out = modules_after(addr, ["-o", "json", "get", "hosts"], tmp_path)
+    assert "google.protobuf.json_format" in json_out
