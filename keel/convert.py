@@ -93,13 +93,19 @@ def spec_from_pb(m: pb.WorkloadSpec) -> WorkloadSpec:
     )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def ts(dt: datetime | None) -> Timestamp | None:
     """A protobuf Timestamp for dt, or None (leave the field unset)."""
     if dt is None:
         return None
-    out = Timestamp()
-    out.FromDatetime(dt.astimezone(UTC))
-    return out
+    if dt.tzinfo is None:
+        dt = dt.astimezone(UTC)  # a naive time is local time, as Timestamp.FromDatetime takes it
+    # By arithmetic rather than Timestamp.FromDatetime, which goes through a time tuple and was
+    # most of the cost of presenting a page of instances (four times per instance).
+    delta = dt - _EPOCH
+    return Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def from_ts(t: Timestamp) -> datetime | None:
