@@ -3,9 +3,10 @@
 `Prober` calls the operator API on its own channel, as `keelctl` would, until stopped: a get
 (GetWorkload) and a describe (GetWorkload then the workload's instances, what
 `keelctl describe workload` does) of a random workload, alternately, every `interval_s`;
-a list of every instance every `list_every_s`; and `keelctl get hosts` as a whole process
-(start-up, imports, the call, the table) a few times spread over the run. Latencies are as the
-client sees them, in seconds. `bench.churn` runs it and turns the samples into figures.
+a list of every instance every `list_every_s`, page after page as keelctl reads it (the time
+of the whole list, and the slowest page); and `keelctl get hosts` as a whole process (start-up,
+imports, the call, the table) a few times spread over the run. Latencies are as the client
+sees them, in seconds. `bench.churn` runs it and turns the samples into figures.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from bench.procs import BIN, BenchError
 from keel.v1 import fleet_pb2, fleet_pb2_grpc
 
 CALL_TIMEOUT_S = 30.0
+# What keelctl asks for per page of a list (keel.ctl.commands.PAGE_SIZE): the most the control
+# plane gives.
+PAGE_SIZE = 1000
 
 
 class Prober:
@@ -42,6 +46,7 @@ class Prober:
             "get": [],
             "describe": [],
             "list": [],
+            "page": [],
             "keelctl": [],
         }
         self.listed = 0  # instances in the last full list
@@ -96,15 +101,22 @@ class Prober:
         while await self._every(stop, wait):
             wait = self._list_every_s
             started = time.monotonic()
+            request = fleet_pb2.ListInstancesRequest(page_size=PAGE_SIZE)
+            listed = 0
             try:
-                reply = await stub.ListInstances(
-                    fleet_pb2.ListInstancesRequest(), timeout=CALL_TIMEOUT_S
-                )
+                while True:
+                    page_started = time.monotonic()
+                    reply = await stub.ListInstances(request, timeout=CALL_TIMEOUT_S)
+                    self.samples["page"].append(time.monotonic() - page_started)
+                    listed += len(reply.instances)
+                    if not reply.next_page_token:
+                        break
+                    request.page_token = reply.next_page_token
             except grpc.aio.AioRpcError as exc:
                 self.errors.append(f"{exc.code().name}: {exc.details()}")
                 continue
             self.samples["list"].append(time.monotonic() - started)
-            self.listed = len(reply.instances)
+            self.listed = listed
 
     async def _keelctl(self, stop: asyncio.Event) -> None:
         # The first one at once: a short run still gets a sample.

@@ -12,12 +12,13 @@ own; shared pieces (specs, phases, timestamps) come from `keel.convert`, which t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
 
+from controlplane.listing import InstanceStatusRow, Tally
 from controlplane.status import Event
 from controlplane.store import HostRow, InstanceRow, Report, StuckState, WorkloadRow
 from keel import convert, fields
@@ -143,21 +144,22 @@ def stuck_pb(
     )
 
 
-def workload_status(row: WorkloadRow, instances: Sequence[InstanceRow]) -> types_pb2.WorkloadStatus:
-    """How far a workload is: its live instances counted by what `keel.model` says of them."""
+def workload_status(row: WorkloadRow, tallies: Sequence[Tally]) -> types_pb2.WorkloadStatus:
+    """How far a workload is: its live instances counted by what `keel.model` says of them
+    (from their tallies: a daemon's desired count is the hosts its live instances are on)."""
     w = row.workload
-    live = [i for i in instances if i.desired is not Desired.REMOVED]
-    desired = w.replicas if w.kind is Kind.SERVICE else len({i.host for i in live})
+    live = [t for t in tallies if t.desired is not Desired.REMOVED]
+    desired = w.replicas if w.kind is Kind.SERVICE else len({t.host for t in live})
     return types_pb2.WorkloadStatus(
         desired=0 if row.deleting else desired,
-        instances=len(live),
-        running=sum(1 for i in live if i.phase is Phase.RUNNING),
-        ready=sum(1 for i in live if converged(Desired.RUNNING, i.phase, i.ready)),
-        updated=sum(1 for i in live if i.generation == row.generation),
+        instances=sum(t.count for t in live),
+        running=sum(t.count for t in live if t.phase is Phase.RUNNING),
+        ready=sum(t.count for t in live if converged(Desired.RUNNING, t.phase, t.ready)),
+        updated=sum(t.count for t in live if t.generation == row.generation),
     )
 
 
-def workload_pb(row: WorkloadRow, instances: Sequence[InstanceRow]) -> types_pb2.Workload:
+def workload_pb(row: WorkloadRow, tallies: Sequence[Tally]) -> types_pb2.Workload:
     w = row.workload
     return types_pb2.Workload(
         name=w.name,
@@ -172,26 +174,23 @@ def workload_pb(row: WorkloadRow, instances: Sequence[InstanceRow]) -> types_pb2
         deleting=row.deleting,
         created_at=convert.ts(row.created_at),
         updated_at=convert.ts(row.updated_at),
-        status=workload_status(row, instances),
+        status=workload_status(row, tallies),
         stuck=stuck_pb(row.stuck, workload=w.name),
     )
 
 
 def workloads_pb(
-    rows: Iterable[WorkloadRow], instances: Iterable[InstanceRow]
+    rows: Iterable[WorkloadRow], tallies: Mapping[str, Sequence[Tally]]
 ) -> list[types_pb2.Workload]:
-    by_workload: dict[str, list[InstanceRow]] = {}
-    for i in instances:
-        by_workload.setdefault(i.workload, []).append(i)
     return each(
         rows,
-        lambda r: workload_pb(r, by_workload.get(r.workload.name, [])),
+        lambda r: workload_pb(r, tallies.get(r.workload.name, ())),
         what="workload",
         name=lambda r: r.workload.name,
     )
 
 
-def instance_pb(row: InstanceRow) -> types_pb2.Instance:
+def instance_pb(row: InstanceStatusRow) -> types_pb2.Instance:
     return types_pb2.Instance(
         id=row.id,
         workload=row.workload,
@@ -218,7 +217,7 @@ def instance_pb(row: InstanceRow) -> types_pb2.Instance:
     )
 
 
-def instances_pb(rows: Iterable[InstanceRow]) -> list[types_pb2.Instance]:
+def instances_pb(rows: Iterable[InstanceStatusRow]) -> list[types_pb2.Instance]:
     return each(rows, instance_pb, what="instance", name=lambda r: r.id)
 
 
@@ -244,7 +243,7 @@ def hosts_pb(rows: Iterable[HostRow]) -> list[types_pb2.Host]:
 
 
 def stuck_objects_pb(
-    workloads: Iterable[WorkloadRow], instances: Iterable[InstanceRow]
+    workloads: Iterable[WorkloadRow], instances: Iterable[InstanceStatusRow]
 ) -> list[fleet_pb2.StuckObject]:
     """Every stuck object, the longest stuck first."""
     objects = []

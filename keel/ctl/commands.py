@@ -15,9 +15,15 @@ import sys
 from datetime import datetime
 from typing import Any
 
+from google.protobuf.message import Message
+
 from keel.ctl import output
 from keel.ctl.args import CANONICAL, CtlError
 from keel.v1 import fleet_pb2
+
+# Objects asked for per page of a list: the most the control plane gives in one answer
+# (controlplane.paging.MAX_PAGE_SIZE), so a long list takes the fewest round trips.
+PAGE_SIZE = 1000
 
 
 class Context:
@@ -47,22 +53,24 @@ def cmd_get(ctx: Context) -> str:
     kind = CANONICAL[ctx.args.resource]
     if kind != "instance" and (ctx.args.workload or ctx.args.host):
         raise CtlError("--workload and --host filter instances only")
-    resp: Any
+    limit = ctx.args.limit
     items: list[Any]
     if kind == "workload":
-        resp = ctx.stub.ListWorkloads(fleet_pb2.ListWorkloadsRequest(), timeout=ctx.timeout)
-        items = list(resp.workloads)
+        request: Any = fleet_pb2.ListWorkloadsRequest()
+        items = every_page(ctx, ctx.stub.ListWorkloads, request, "workloads", limit=limit)
+        whole: Message = fleet_pb2.ListWorkloadsResponse(workloads=items)
     elif kind == "host":
-        resp = ctx.stub.ListHosts(fleet_pb2.ListHostsRequest(), timeout=ctx.timeout)
-        items = list(resp.hosts)
+        request = fleet_pb2.ListHostsRequest()
+        items = every_page(ctx, ctx.stub.ListHosts, request, "hosts", limit=limit)
+        whole = fleet_pb2.ListHostsResponse(hosts=items)
     else:
         request = fleet_pb2.ListInstancesRequest(
             workload=ctx.args.workload or "", host=ctx.args.host or ""
         )
-        resp = ctx.stub.ListInstances(request, timeout=ctx.timeout)
-        items = list(resp.instances)
+        items = every_page(ctx, ctx.stub.ListInstances, request, "instances", limit=limit)
+        whole = fleet_pb2.ListInstancesResponse(instances=items)
     if ctx.json:
-        return output.to_json(resp)
+        return output.to_json(whole)
     if not items:
         # Like kubectl: nothing on stdout, a note on stderr, success.
         print(f"No {kind}s found.", file=sys.stderr)
@@ -72,6 +80,19 @@ def cmd_get(ctx: Context) -> str:
     if kind == "host":
         return output.hosts_table(items, now=ctx.now)
     return output.instances_table(items, now=ctx.now)
+
+
+def every_page(ctx: Context, call: Any, request: Any, field: str, *, limit: int = 0) -> list[Any]:
+    """Every object a paged list call answers in its `field` (the first `limit` of them when
+    limit > 0), page after page: an empty next_page_token ends the list."""
+    items: list[Any] = []
+    while True:
+        request.page_size = PAGE_SIZE if limit <= 0 else min(PAGE_SIZE, limit - len(items))
+        resp = call(request, timeout=ctx.timeout)
+        items.extend(getattr(resp, field))
+        if not resp.next_page_token or 0 < limit <= len(items):
+            return items
+        request.page_token = resp.next_page_token
 
 
 def cmd_describe(ctx: Context) -> str:
@@ -96,7 +117,7 @@ def cmd_describe(ctx: Context) -> str:
 
 def _instances(ctx: Context, *, workload: str = "", host: str = "") -> list[Any]:
     request = fleet_pb2.ListInstancesRequest(workload=workload, host=host)
-    return list(ctx.stub.ListInstances(request, timeout=ctx.timeout).instances)
+    return every_page(ctx, ctx.stub.ListInstances, request, "instances")
 
 
 def cmd_delete(ctx: Context) -> str:

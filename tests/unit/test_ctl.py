@@ -135,6 +135,8 @@ def test_parser_accepts_valid_commands(argv: list[str], expected: dict[str, Any]
         ["--timeout", "10", "get", "hosts"],
         ["--timeout", "0s", "get", "hosts"],
         ["get", "hosts", "--bogus"],
+        ["get", "hosts", "--limit", "-1"],
+        ["get", "hosts", "--limit", "many"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -277,8 +279,13 @@ def test_json_output_keeps_proto_names_and_zero_values() -> None:
 class FakeFleet(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
     """Canned answers; validates manifests with keel.spec like the real control plane."""
 
+    # The fake answers instance lists two at a time, whatever page size is asked for (a page
+    # may hold fewer), so keelctl has to read on.
+    INSTANCE_PAGE = 2
+
     def __init__(self) -> None:
         self.applied: list[str] = []
+        self.instance_requests: list[fleet_pb2.ListInstancesRequest] = []
         self.lock = threading.Lock()
 
     def ApplyWorkload(self, request: Any, context: Any) -> fleet_pb2.ApplyWorkloadResponse:
@@ -319,12 +326,17 @@ class FakeFleet(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
         return an_instance(1, restart_count=1, last_exit="exit code 1")
 
     def ListInstances(self, request: Any, context: Any) -> fleet_pb2.ListInstancesResponse:
+        with self.lock:
+            self.instance_requests.append(request)
         insts = [an_instance(1), an_instance(2), an_instance(3)]
         if request.workload == "none":
             insts = []
         if request.host:
             insts = [i for i in insts if i.host == request.host]
-        return fleet_pb2.ListInstancesResponse(instances=insts)
+        start = int(request.page_token or 0)
+        end = start + min(request.page_size or 500, self.INSTANCE_PAGE)
+        token = str(end) if end < len(insts) else ""
+        return fleet_pb2.ListInstancesResponse(instances=insts[start:end], next_page_token=token)
 
 
 @pytest.fixture(scope="module")
@@ -445,6 +457,30 @@ def test_get_instances_prints_a_table(
     assert [line.split()[0] for line in lines[1:]] == ["web-1", "web-2", "web-3"]
     assert run(addr, "get", "inst", "--host", "host-2") == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["web-2"]
+
+
+def test_get_reads_every_page_and_limit_stops_early(
+    fleet: tuple[FakeFleet, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A list answered a page at a time is printed whole; --limit N prints the first N and
+    asks for no more than it needs."""
+    servicer, addr = fleet
+    servicer.instance_requests.clear()
+    assert run(addr, "get", "instances") == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        "web-1",
+        "web-2",
+        "web-3",
+    ]
+    assert [r.page_token for r in servicer.instance_requests] == ["", "2"]
+    assert {r.page_size for r in servicer.instance_requests} == {1000}
+    servicer.instance_requests.clear()
+    assert run(addr, "get", "instances", "--limit", "1") == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["web-1"]
+    assert [(r.page_size, r.page_token) for r in servicer.instance_requests] == [(1, "")]
+    assert run(addr, "-o", "json", "get", "instances", "--limit", "2") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [i["id"] for i in data["instances"]] == ["web-1", "web-2"]
 
 
 def test_get_with_nothing_found_prints_a_note(
