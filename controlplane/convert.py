@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
@@ -28,6 +28,9 @@ from keel.quantities import MAX_CPU_MILLIS, MAX_MEMORY_MIB
 from keel.spec import NAME_RE
 from keel.stuck import GUIDES, Reason, next_command
 from keel.v1 import agent_pb2, fleet_pb2, types_pb2
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 log = structlog.get_logger("keel.convert")
 
@@ -191,34 +194,53 @@ def workloads_pb(
 
 
 def instance_pb(row: InstanceStatusRow) -> types_pb2.Instance:
-    return types_pb2.Instance(
-        id=row.id,
-        workload=row.workload,
-        generation=row.generation,
-        host=row.host,
-        desired=convert.desired_to_pb(row.desired),
-        desired_changed_at=convert.ts(row.desired_changed_at),
-        created_at=convert.ts(row.created_at),
-        converged=row.converged,
-        stuck=stuck_pb(row.stuck, instance=row.id, workload=row.workload, host=row.host),
-        status=types_pb2.InstanceStatus(
-            instance_id=row.id,
-            phase=convert.phase_to_pb(row.phase),
-            pid=row.pid,
-            restart_count=row.restart_count,
-            last_exit=row.last_exit,
-            reason=row.reason,
-            message=row.message,
-            ports=row.ports,
-            ready=row.ready,
-            started_at=convert.ts(row.started_at),
-            observed_at=convert.ts(row.observed_at),
-        ),
-    )
+    msg = types_pb2.Instance()
+    _fill_instance(msg, row)
+    return msg
 
 
-def instances_pb(rows: Iterable[InstanceStatusRow]) -> list[types_pb2.Instance]:
-    return each(rows, instance_pb, what="instance", name=lambda r: r.id)
+def _fill_instance(msg: types_pb2.Instance, row: InstanceStatusRow) -> None:
+    """Sets the instance's fields in `msg` in place: a page of a list is built inside its answer,
+    not built apart and then copied in (a copy per message, with its nested status, was a
+    third of the cost of a page)."""
+    msg.id = row.id
+    msg.workload = row.workload
+    msg.generation = row.generation
+    msg.host = row.host
+    msg.desired = convert.desired_to_pb(row.desired)
+    convert.set_ts(msg.desired_changed_at, row.desired_changed_at)
+    convert.set_ts(msg.created_at, row.created_at)
+    msg.converged = row.converged
+    stuck = stuck_pb(row.stuck, instance=row.id, workload=row.workload, host=row.host)
+    if stuck is not None:
+        msg.stuck.CopyFrom(stuck)
+    s = msg.status
+    s.instance_id = row.id
+    s.phase = convert.phase_to_pb(row.phase)
+    s.pid = row.pid
+    s.restart_count = row.restart_count
+    s.last_exit = row.last_exit
+    s.reason = row.reason
+    s.message = row.message
+    if row.ports:
+        s.ports.update(row.ports)
+    s.ready = row.ready
+    convert.set_ts(s.started_at, row.started_at)
+    convert.set_ts(s.observed_at, row.observed_at)
+
+
+def instances_into(
+    instances: RepeatedCompositeFieldContainer[types_pb2.Instance],
+    rows: Iterable[InstanceStatusRow],
+) -> None:
+    """Appends each row to a list answer's `instances`; one that cannot be presented is logged
+    and left out, as `each` does."""
+    for row in rows:
+        try:
+            _fill_instance(instances.add(), row)
+        except (ValueError, TypeError, KeyError) as exc:
+            del instances[-1]
+            log.error("instance cannot be presented; left out", instance=row.id, error=str(exc))
 
 
 def host_pb(row: HostRow) -> types_pb2.Host:

@@ -119,9 +119,9 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
             paging.INSTANCES, page_size=request.page_size, page_token=request.page_token
         )
         instances = await self._store.page_instances(page, workload=workload, host=host)
-        return fleet_pb2.ListInstancesResponse(
-            instances=convert.instances_pb(instances.rows), next_page_token=instances.next_token
-        )
+        reply = fleet_pb2.ListInstancesResponse(next_page_token=instances.next_token)
+        convert.instances_into(reply.instances, instances.rows)
+        return reply
 
     async def ListStuck(
         self, request: fleet_pb2.ListStuckRequest, context: grpc.aio.ServicerContext
