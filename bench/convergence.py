@@ -98,8 +98,15 @@ def running_fleet(*, agents: int, controlplane_args: Sequence[str], keep: bool) 
 
 
 def list_instances(stub: fleet_pb2_grpc.FleetServiceStub) -> list[types_pb2.Instance]:
-    reply = stub.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=60)
-    return list(reply.instances)
+    """Every instance, a page at a time (the list is paged)."""
+    request = fleet_pb2.ListInstancesRequest(page_size=1000)
+    out: list[types_pb2.Instance] = []
+    while True:
+        reply = stub.ListInstances(request, timeout=60)
+        out.extend(reply.instances)
+        if not reply.next_page_token:
+            return out
+        request.page_token = reply.next_page_token
 
 
 def run(args: argparse.Namespace) -> None:

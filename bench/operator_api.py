@@ -3,9 +3,11 @@
 `Prober` calls the operator API on its own channel, as `keelctl` would, until stopped: a get
 (GetWorkload) and a describe (GetWorkload then the workload's instances, what
 `keelctl describe workload` does) of a random workload, alternately, every `interval_s`;
-a list of every instance every `list_every_s`; and `keelctl get hosts` as a whole process
+a list of every instance every `list_every_s`, page after page as keelctl reads it (the time
+of the whole list, and the slowest page: `list_all`); and `keelctl get hosts` as a whole process
 (start-up, imports, the call, the table) a few times spread over the run. Latencies are as the
-client sees them, in seconds. `bench.churn` runs it and turns the samples into figures.
+client sees them, in seconds. `bench.churn` runs it and turns the samples into figures, and
+uses `list_all` once more on a fleet topped up to the issue's 20,000 instances.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
 
@@ -21,6 +24,33 @@ from bench.procs import BIN, BenchError
 from keel.v1 import fleet_pb2, fleet_pb2_grpc
 
 CALL_TIMEOUT_S = 30.0
+# What keelctl asks for per page of a list (keel.ctl.commands.PAGE_SIZE): the most the control
+# plane gives.
+PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One list of every instance: how many, the whole time, the slowest page (seconds)."""
+
+    instances: int
+    seconds: float
+    slowest_page_s: float
+
+
+async def list_all(stub: fleet_pb2_grpc.FleetServiceStub) -> Listed:
+    """Lists every instance page after page, as keelctl does."""
+    started = time.monotonic()
+    request = fleet_pb2.ListInstancesRequest(page_size=PAGE_SIZE)
+    count, slowest = 0, 0.0
+    while True:
+        page_started = time.monotonic()
+        reply = await stub.ListInstances(request, timeout=CALL_TIMEOUT_S)
+        slowest = max(slowest, time.monotonic() - page_started)
+        count += len(reply.instances)
+        if not reply.next_page_token:
+            return Listed(count, time.monotonic() - started, slowest)
+        request.page_token = reply.next_page_token
 
 
 class Prober:
@@ -42,6 +72,7 @@ class Prober:
             "get": [],
             "describe": [],
             "list": [],
+            "page": [],
             "keelctl": [],
         }
         self.listed = 0  # instances in the last full list
@@ -95,16 +126,14 @@ class Prober:
         wait = 0.0
         while await self._every(stop, wait):
             wait = self._list_every_s
-            started = time.monotonic()
             try:
-                reply = await stub.ListInstances(
-                    fleet_pb2.ListInstancesRequest(), timeout=CALL_TIMEOUT_S
-                )
+                listed = await list_all(stub)
             except grpc.aio.AioRpcError as exc:
                 self.errors.append(f"{exc.code().name}: {exc.details()}")
                 continue
-            self.samples["list"].append(time.monotonic() - started)
-            self.listed = len(reply.instances)
+            self.samples["list"].append(listed.seconds)
+            self.samples["page"].append(listed.slowest_page_s)
+            self.listed = listed.instances
 
     async def _keelctl(self, stop: asyncio.Event) -> None:
         # The first one at once: a short run still gets a sample.

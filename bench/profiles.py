@@ -58,6 +58,9 @@ class Profile:
     idle_settle_s: float = 5.0
     # How long one size may take to set up (fleet connected, instances placed) before it fails.
     setup_timeout_s: float = 600.0
+    # 6: after the churn at the largest size, the fleet is topped up to this many instances (one
+    # more workload) for a paged list of them all, the size the target is set at (0: not done).
+    list_instances: int = 0
 
 
 PROFILES = {
@@ -75,6 +78,7 @@ PROFILES = {
         agent_instances=(50, 150, 500),
         agent_window_s=60,
         setup_timeout_s=1800,
+        list_instances=20_000,
     ),
     "default": Profile(
         name="default",
@@ -89,6 +93,7 @@ PROFILES = {
         failover_watch_s=10,
         agent_instances=(50, 150, 500),
         agent_window_s=20,
+        list_instances=20_000,
     ),
     "quick": Profile(
         name="quick",

@@ -52,8 +52,8 @@ class CacheStore:
                 instances = await conn.fetch(f"SELECT {INSTANCE_COLUMNS} FROM instance")
             else:
                 # Two statements, not one with "$1 IS NULL OR": a prepared statement's generic
-                # plan could not use the index for that. By workload (the instance_workload
-                # index): the cost is what those workloads have, not what the fleet has.
+                # plan could not use the index for that. By workload (an index leads with it):
+                # the cost is what those workloads have, not what the fleet has.
                 workloads = await conn.fetch(
                     "SELECT * FROM workload WHERE name = ANY($1::text[])", list(names)
                 )

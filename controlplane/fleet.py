@@ -4,7 +4,9 @@ Handlers raise Keel's errors and never choose a status code: the table in
 `controlplane.errors`, applied to every call by `controlplane.interceptors`, does (a spec
 problem is INVALID_ARGUMENT naming the field and the rule, an unknown name NOT_FOUND naming
 it, the database away UNAVAILABLE). Request fields are checked and rows presented in
-`controlplane.convert`; logs come from the host's agent through `controlplane.logrelay`.
+`controlplane.convert`; lists are paged (`controlplane.paging`) and read, like every operator
+read, from Postgres through `controlplane.listing`, never from the leader's cache (any replica
+answers); logs come from the host's agent through `controlplane.logrelay`.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from collections.abc import AsyncIterator
 import grpc
 import structlog
 
-from controlplane import convert
+from controlplane import convert, paging
 from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.logrelay import LogRelay
 from controlplane.status import StatusStore
-from controlplane.store import Store
+from controlplane.store import Store, WorkloadRow
 from keel import fields, spec
 from keel.tracing import inject_traceparent
 from keel.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
@@ -54,23 +56,29 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
         log.info(
             "workload applied", workload=workload.name, result=result, generation=row.generation
         )
-        instances = await self._store.list_instances(workload=workload.name)
-        return fleet_pb2.ApplyWorkloadResponse(
-            workload=convert.workload_pb(row, instances), result=result
-        )
+        return fleet_pb2.ApplyWorkloadResponse(workload=await self._workload_pb(row), result=result)
 
     async def GetWorkload(
         self, request: fleet_pb2.GetWorkloadRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.Workload:
         row = await self._store.get_workload(convert.workload_name(request.name))
-        return convert.workload_pb(row, await self._store.list_instances(workload=request.name))
+        return await self._workload_pb(row)
+
+    async def _workload_pb(self, row: WorkloadRow) -> types_pb2.Workload:
+        """The workload with its status, counted from its instances' tallies."""
+        tallies = await self._store.tallies([row])
+        return convert.workload_pb(row, tallies[row.workload.name])
 
     async def ListWorkloads(
         self, request: fleet_pb2.ListWorkloadsRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.ListWorkloadsResponse:
-        rows = await self._store.list_workloads()
-        instances = await self._store.list_instances()
-        return fleet_pb2.ListWorkloadsResponse(workloads=convert.workloads_pb(rows, instances))
+        page = paging.page_request(
+            paging.WORKLOADS, page_size=request.page_size, page_token=request.page_token
+        )
+        rows, tallies = await self._store.page_workloads(page)
+        return fleet_pb2.ListWorkloadsResponse(
+            workloads=convert.workloads_pb(rows.rows, tallies), next_page_token=rows.next_token
+        )
 
     async def DeleteWorkload(
         self, request: fleet_pb2.DeleteWorkloadRequest, context: grpc.aio.ServicerContext
@@ -78,8 +86,7 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
         name = convert.workload_name(request.name)
         row = await self._store.delete_workload(name, actor=_peer(context))
         log.info("workload deleting", workload=name)
-        instances = await self._store.list_instances(workload=name)
-        return fleet_pb2.DeleteWorkloadResponse(workload=convert.workload_pb(row, instances))
+        return fleet_pb2.DeleteWorkloadResponse(workload=await self._workload_pb(row))
 
     async def GetHost(
         self, request: fleet_pb2.GetHostRequest, context: grpc.aio.ServicerContext
@@ -89,28 +96,38 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
     async def ListHosts(
         self, request: fleet_pb2.ListHostsRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.ListHostsResponse:
-        return fleet_pb2.ListHostsResponse(hosts=convert.hosts_pb(await self._store.list_hosts()))
+        page = paging.page_request(
+            paging.HOSTS, page_size=request.page_size, page_token=request.page_token
+        )
+        hosts = await self._store.page_hosts(page)
+        return fleet_pb2.ListHostsResponse(
+            hosts=convert.hosts_pb(hosts.rows), next_page_token=hosts.next_token
+        )
 
     async def GetInstance(
         self, request: fleet_pb2.GetInstanceRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.Instance:
-        row = await self._store.get_instance(fields.object_id(request.id, "id"))
+        row = await self._store.instance_status(fields.object_id(request.id, "id"))
         return convert.instance_pb(row)
 
     async def ListInstances(
         self, request: fleet_pb2.ListInstancesRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.ListInstancesResponse:
-        rows = await self._store.list_instances(
-            workload=convert.optional(request.workload, convert.workload_name, "workload"),
-            host=convert.optional(request.host, fields.host_name, "host"),
+        workload = convert.optional(request.workload, convert.workload_name, "workload")
+        host = convert.optional(request.host, fields.host_name, "host")
+        page = paging.page_request(
+            paging.INSTANCES, page_size=request.page_size, page_token=request.page_token
         )
-        return fleet_pb2.ListInstancesResponse(instances=convert.instances_pb(rows))
+        instances = await self._store.page_instances(page, workload=workload, host=host)
+        reply = fleet_pb2.ListInstancesResponse(next_page_token=instances.next_token)
+        convert.instances_into(reply.instances, instances.rows)
+        return reply
 
     async def ListStuck(
         self, request: fleet_pb2.ListStuckRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.ListStuckResponse:
-        workloads = await self._store.list_workloads()
-        instances = await self._store.list_instances()
+        workloads = await self._store.stuck_workloads()
+        instances = await self._store.stuck_instances()
         return fleet_pb2.ListStuckResponse(objects=convert.stuck_objects_pb(workloads, instances))
 
     async def ListEvents(

@@ -46,8 +46,8 @@ class HostRow:
     instances: int
 
 
-def _host(r: asyncpg.Record, usage: Sequence[asyncpg.Record]) -> HostRow:
-    """A host row with what its instances hold; `usage` is the host's rows of _USAGE."""
+def host_row(r: asyncpg.Record, usage: Sequence[asyncpg.Record]) -> HostRow:
+    """A host row with what its instances hold; `usage` is the host's rows of USAGE_OF."""
     holding = [u for u in usage if holds_resources(Desired(u["desired"]), Phase(u["phase"]))]
     return HostRow(
         name=r["name"],
@@ -68,12 +68,14 @@ def _host(r: asyncpg.Record, usage: Sequence[asyncpg.Record]) -> HostRow:
     )
 
 
-# What a host's instances hold, by desired state and phase: which of them count against its
-# capacity is `keel.model.holds_resources`, applied in Python so the rule lives once.
-_USAGE = """
+# What the named hosts' instances hold, by desired state and phase: which of them count against
+# a host's capacity is `keel.model.holds_resources`, applied in Python so the rule lives once.
+# An operator's get or page of hosts reads it (`listing`); the leader keeps its own per-host
+# usage in its cache.
+USAGE_OF = """
 SELECT host, desired, phase, sum(cpu_millis)::bigint AS cpu, sum(memory_mib)::bigint AS memory,
        count(*)::int AS n
-FROM instance WHERE $1::text IS NULL OR host = $1
+FROM instance WHERE host = ANY($1::text[])
 GROUP BY host, desired, phase
 """
 
@@ -188,19 +190,10 @@ class HostStore:
     async def get_host(self, name: str) -> HostRow:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             row = await conn.fetchrow("SELECT * FROM host WHERE name = $1", name)
-            usage = await conn.fetch(_USAGE, name)
+            usage = await conn.fetch(USAGE_OF, [name])
         if row is None:
             raise NotFound(f'host "{name}" not found')
-        return _host(row, usage)
-
-    async def list_hosts(self) -> list[HostRow]:
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            rows = await conn.fetch("SELECT * FROM host ORDER BY name")
-            usage = await conn.fetch(_USAGE, None)
-        by_host: dict[str, list[asyncpg.Record]] = {}
-        for u in usage:
-            by_host.setdefault(u["host"], []).append(u)
-        return [_host(r, by_host.get(r["name"], [])) for r in rows]
+        return host_row(row, usage)
 
     async def fence_host(
         self,

@@ -201,9 +201,10 @@ class InstanceStore:
     async def list_instances(
         self, *, workload: str | None = None, host: str | None = None
     ) -> list[InstanceRow]:
+        """Every matching instance, full rows (spec included). Operators read pages of what
+        they are shown instead (`listing`); this is the whole read, as the tests check it."""
         # One statement per filter, not one with "$1 IS NULL OR": a prepared statement's
-        # generic plan could use no index for that, and a workload's read (every apply answers
-        # with one) would scan the fleet.
+        # generic plan could use no index for that, and a workload's read would scan the fleet.
         where = _LIST_WHERE[(workload is not None, host is not None)]
         rows = await self.pool.fetch(
             f"SELECT * FROM instance {where} ORDER BY workload, generation, id",

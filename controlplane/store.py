@@ -1,8 +1,9 @@
 """The store: Keel's state in Postgres, as named queries, behind one object.
 
 `Store` is what callers hold: it inherits the workload queries (`workload_store`), the
-instance and plan queries (`instance_store`), the host queries (`hosts`) and the leader's
-cache's reads (`cache_store`), and adds database time and leadership. Neighbours: `fleet`
+instance and plan queries (`instance_store`), the host queries (`hosts`), the leader's
+cache's reads (`cache_store`) and the operator's paged reads (`listing`), and adds database
+time and leadership. Neighbours: `fleet`
 (operator RPCs) and `sync` (agent streams) call it; the leader's cache (`cache`) reads the
 fleet through it, and the workload controller (`workload`) writes its plans back through it;
 observed state (reports, stuck marks, events) lives in `status`. The row types are
@@ -19,6 +20,7 @@ import asyncpg
 from controlplane.cache_store import CacheStore
 from controlplane.hosts import HostRow, HostStore
 from controlplane.instance_store import InstanceRow, InstanceStore, PlanResult
+from controlplane.listing import InstanceStatusRow, ListingStore, Tally
 from controlplane.sql import HOST_CHANNEL, WORKLOAD_CHANNEL, Conn, Database, create_pool
 from controlplane.view import StuckState
 from controlplane.workload_store import WorkloadRow, WorkloadStore
@@ -29,10 +31,12 @@ __all__ = [
     "WORKLOAD_CHANNEL",
     "HostRow",
     "InstanceRow",
+    "InstanceStatusRow",
     "PlanResult",
     "Report",
     "Store",
     "StuckState",
+    "Tally",
     "WorkloadRow",
     "create_pool",
 ]
@@ -57,7 +61,7 @@ class Report:
     agent_stuck: bool = False  # the agent's own verdict (CRASH_LOOP, START_FAILED, ...)
 
 
-class Store(WorkloadStore, InstanceStore, HostStore, CacheStore):
+class Store(WorkloadStore, InstanceStore, HostStore, CacheStore, ListingStore):
     """Postgres-backed desired and observed state. One instance per process, sharing a pool."""
 
     def __init__(self, pool: asyncpg.Pool | Database) -> None:

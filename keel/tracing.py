@@ -1,7 +1,8 @@
 """OpenTelemetry set-up shared by the agent, the control plane and keelctl.
 
-Each process calls `configure_tracing` once at start-up. Finished spans go to a JSON-lines file
-(`--trace-file PATH` or env KEEL_TRACE_FILE; one object per span, flushed at once so a test can
+Each process calls `configure_tracing` once at start-up. Finished spans go where
+`keel.traceconfig` says: to a JSON-lines file (`--trace-file PATH` or env KEEL_TRACE_FILE; one
+object per span, flushed at once so a test can
 join the files of several processes by trace id; rotated to PATH.1 past `max_bytes`, so the
 files never hold more than twice that) and/or to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT
 is set and the exporter package is installed. With neither, the API's no-op tracer stays in
@@ -37,7 +38,11 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from keel.traceconfig import OTLP_ENDPOINT_ENV, TRACE_FILE_ENV, otlp_endpoint, trace_path
+
 __all__ = [
+    "OTLP_ENDPOINT_ENV",
+    "TRACE_FILE_ENV",
     "JsonLinesSpanExporter",
     "configure_tracing",
     "context_from_traceparent",
@@ -47,8 +52,6 @@ __all__ = [
     "tracer",
 ]
 
-TRACE_FILE_ENV = "KEEL_TRACE_FILE"
-OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 # The trace file is rotated past this size (one older file is kept: PATH.1).
 DEFAULT_TRACE_FILE_MAX_BYTES = 32 * 1024 * 1024
 # The attribute `discard` sets; no exporter sees a span that carries it.
@@ -198,7 +201,8 @@ def configure_tracing(
 ) -> None:
     """Install the exporters for this process: a span file and/or OTLP, else nothing."""
     global _switch
-    path = trace_file or os.environ.get(TRACE_FILE_ENV) or None
+    path = trace_path(trace_file)
+    endpoint = otlp_endpoint()
     processors: list[SpanProcessor] = []
     if path:
         processors.append(
@@ -208,13 +212,12 @@ def configure_tracing(
                 )
             )
         )
-    if os.environ.get(OTLP_ENDPOINT_ENV):
+    if endpoint is not None:
         otlp = _otlp_exporter()
         if otlp is None:
             _log.warning(
                 "otlp_exporter_unavailable",
-                hint="pip install opentelemetry-exporter-otlp to export to "
-                + os.environ[OTLP_ENDPOINT_ENV],
+                hint=f"pip install opentelemetry-exporter-otlp to export to {endpoint}",
             )
         else:
             processors.append(BatchSpanProcessor(otlp))

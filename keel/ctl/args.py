@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     get.add_argument("--workload", metavar="NAME", help="instances of this workload only")
     get.add_argument("--host", metavar="NAME", help="instances on this host only")
+    get.add_argument(
+        "--limit",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="the first N in the list's order (default: 0, every one; read a page at a time)",
+    )
 
     describe = sub.add_parser("describe", help="show everything about one object")
     _add_globals(describe, on_subcommand=True)

@@ -1,9 +1,10 @@
-"""keelctl's object commands: `apply`, `get`, `describe` and `delete`, and reading a manifest.
+"""keelctl's object commands: `apply`, `get`, `describe` and `delete`.
 
 Each command takes a `Context` (the stub, the parsed arguments, the clock) and returns the text
 to print; formatting lives in `keel.ctl.output`. The control plane validates manifests
-(`keel.spec.parse_workload`), so `apply` sends the document as it was written. The incident
-commands (`stuck`, `events`, `logs`) are in `keel.ctl.observe`; `keel.ctl.main` dispatches.
+(`keel.spec.parse_workload`), so `apply` sends the document as it was written
+(`keel.ctl.documents` reads it). The incident commands (`stuck`, `events`, `logs`) are in
+`keel.ctl.observe`; `keel.ctl.main` dispatches.
 """
 
 from __future__ import annotations
@@ -14,60 +15,15 @@ import sys
 from datetime import datetime
 from typing import Any
 
-import yaml
+from google.protobuf.message import Message
 
-from keel.ctl import documents, output
+from keel.ctl import output
 from keel.ctl.args import CANONICAL, CtlError
-from keel.spec import MAX_MANIFEST_BYTES
 from keel.v1 import fleet_pb2
 
-
-def load_manifest(filename: str, *, stdin: Any = None) -> object:
-    """The document in filename ('-' = stdin), parsed as YAML (JSON is YAML too)."""
-    label = "<stdin>" if filename == "-" else filename
-    try:
-        if filename == "-":
-            text = (stdin if stdin is not None else sys.stdin).read()
-        else:
-            with open(filename, encoding="utf-8") as f:
-                text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CtlError(f"cannot read {label}: {getattr(e, 'strerror', None) or e}") from e
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > MAX_MANIFEST_BYTES:
-        raise CtlError(
-            f"{label}: the manifest is {size} bytes; the control plane accepts at most "
-            f"{MAX_MANIFEST_BYTES} bytes"
-        )
-    stripped = text.lstrip()
-    if filename.endswith(".json") or stripped.startswith(("{", "[")):
-        # Real JSON first: YAML refuses tab indentation, which JSON allows.
-        try:
-            return json.loads(text, object_pairs_hook=documents.unique_pairs)
-        except documents.DuplicateKey as e:
-            raise CtlError(f"{label}: {e}") from e
-        except RecursionError as e:
-            raise CtlError(f"{label}: not valid JSON: nested too deeply") from e
-        except json.JSONDecodeError as e:
-            if filename.endswith(".json"):
-                raise CtlError(f"{label}:{e.lineno}: not valid JSON: {e.msg}") from e
-    try:
-        doc = yaml.load(text, Loader=documents.UniqueKeyLoader)  # a SafeLoader
-    except documents.DuplicateKey as e:
-        raise CtlError(f"{label}: {e}") from e
-    except RecursionError as e:
-        raise CtlError(f"{label}: not valid YAML: nested too deeply") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        context = getattr(e, "context", None)
-        if context:
-            problem = f"{context}, {problem}"
-        raise CtlError(f"{label}{line}: not valid YAML: {problem}") from e
-    if doc is None:
-        raise CtlError(f"{label}: the file holds no document")
-    return doc
+# Objects asked for per page of a list: the most the control plane gives in one answer
+# (controlplane.paging.MAX_PAGE_SIZE), so a long list takes the fewest round trips.
+PAGE_SIZE = 1000
 
 
 class Context:
@@ -97,22 +53,24 @@ def cmd_get(ctx: Context) -> str:
     kind = CANONICAL[ctx.args.resource]
     if kind != "instance" and (ctx.args.workload or ctx.args.host):
         raise CtlError("--workload and --host filter instances only")
-    resp: Any
+    limit = ctx.args.limit
     items: list[Any]
     if kind == "workload":
-        resp = ctx.stub.ListWorkloads(fleet_pb2.ListWorkloadsRequest(), timeout=ctx.timeout)
-        items = list(resp.workloads)
+        request: Any = fleet_pb2.ListWorkloadsRequest()
+        items = every_page(ctx, ctx.stub.ListWorkloads, request, "workloads", limit=limit)
+        whole: Message = fleet_pb2.ListWorkloadsResponse(workloads=items)
     elif kind == "host":
-        resp = ctx.stub.ListHosts(fleet_pb2.ListHostsRequest(), timeout=ctx.timeout)
-        items = list(resp.hosts)
+        request = fleet_pb2.ListHostsRequest()
+        items = every_page(ctx, ctx.stub.ListHosts, request, "hosts", limit=limit)
+        whole = fleet_pb2.ListHostsResponse(hosts=items)
     else:
         request = fleet_pb2.ListInstancesRequest(
             workload=ctx.args.workload or "", host=ctx.args.host or ""
         )
-        resp = ctx.stub.ListInstances(request, timeout=ctx.timeout)
-        items = list(resp.instances)
+        items = every_page(ctx, ctx.stub.ListInstances, request, "instances", limit=limit)
+        whole = fleet_pb2.ListInstancesResponse(instances=items)
     if ctx.json:
-        return output.to_json(resp)
+        return output.to_json(whole)
     if not items:
         # Like kubectl: nothing on stdout, a note on stderr, success.
         print(f"No {kind}s found.", file=sys.stderr)
@@ -122,6 +80,19 @@ def cmd_get(ctx: Context) -> str:
     if kind == "host":
         return output.hosts_table(items, now=ctx.now)
     return output.instances_table(items, now=ctx.now)
+
+
+def every_page(ctx: Context, call: Any, request: Any, field: str, *, limit: int = 0) -> list[Any]:
+    """Every object a paged list call answers in its `field` (the first `limit` of them when
+    limit > 0), page after page: an empty next_page_token ends the list."""
+    items: list[Any] = []
+    while True:
+        request.page_size = PAGE_SIZE if limit <= 0 else min(PAGE_SIZE, limit - len(items))
+        resp = call(request, timeout=ctx.timeout)
+        items.extend(getattr(resp, field))
+        if not resp.next_page_token or 0 < limit <= len(items):
+            return items
+        request.page_token = resp.next_page_token
 
 
 def cmd_describe(ctx: Context) -> str:
@@ -146,7 +117,7 @@ def cmd_describe(ctx: Context) -> str:
 
 def _instances(ctx: Context, *, workload: str = "", host: str = "") -> list[Any]:
     request = fleet_pb2.ListInstancesRequest(workload=workload, host=host)
-    return list(ctx.stub.ListInstances(request, timeout=ctx.timeout).instances)
+    return every_page(ctx, ctx.stub.ListInstances, request, "instances")
 
 
 def cmd_delete(ctx: Context) -> str:

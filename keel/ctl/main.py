@@ -4,29 +4,29 @@
 (one line on stderr: its message and status code), 2 a usage error (bad arguments, an
 unreadable file or a manifest that is not valid YAML/JSON). The command line is
 `keel.ctl.args` (`build_parser`), the commands are `keel.ctl.commands` (objects) and
-`keel.ctl.observe` (incidents), formatting is `keel.ctl.output`. keelctl is short-lived, so it
-uses the synchronous gRPC API. Each command is one span, `keelctl <command>` (`--trace-file` /
-KEEL_TRACE_FILE, see `keel.tracing`), whose traceparent goes with every call so the control
-plane continues it.
+`keel.ctl.observe` (incidents), a manifest is read by `keel.ctl.documents`, formatting is
+`keel.ctl.output`. keelctl is short-lived, so it uses the synchronous gRPC API, and its start-up
+is most of a command's time: what only some commands use (YAML, OpenTelemetry) is imported
+when one of them runs. With tracing on (`--trace-file` / KEEL_TRACE_FILE, or OTLP; see
+`keel.traceconfig`), each command is one span (`keel.ctl.traced`) whose traceparent goes with
+every call so the control plane continues it.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from keel import tracing
+from keel import traceconfig
 from keel.ctl import observe
 from keel.ctl.args import DEFAULT_CONTROLPLANE, CtlError, build_parser
-from keel.ctl.commands import Context, cmd_apply, cmd_delete, cmd_describe, cmd_get, load_manifest
+from keel.ctl.commands import Context, cmd_apply, cmd_delete, cmd_describe, cmd_get
 from keel.spec import format_duration
 from keel.v1 import fleet_pb2_grpc
 
@@ -77,44 +77,6 @@ def rpc_error_line(err: grpc.RpcError, *, address: str, timeout: float) -> str:
 # --- entry point -------------------------------------------------------------------------------
 
 
-class _CallDetails(
-    collections.namedtuple(
-        "_CallDetails",
-        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
-    ),
-    grpc.ClientCallDetails,  # type: ignore[misc]
-):
-    """grpc.ClientCallDetails with the metadata replaced (grpc offers no constructor)."""
-
-
-class TraceparentInterceptor(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-):
-    """Sends the current span's W3C traceparent with every call, so the control plane's RPC
-    span (and the desired change it stores) continues this command's trace."""
-
-    def _details(self, details: Any) -> Any:
-        traceparent = tracing.inject_traceparent()
-        if not traceparent:
-            return details
-        metadata = [*(details.metadata or ()), ("traceparent", traceparent)]
-        return _CallDetails(
-            details.method,
-            details.timeout,
-            metadata,
-            details.credentials,
-            getattr(details, "wait_for_ready", None),
-            getattr(details, "compression", None),
-        )
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one keelctl command; returns the exit status (the console script exits with it)."""
     parser = build_parser()
@@ -122,30 +84,29 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
         return e.code if isinstance(e.code, int) else EXIT_USAGE
-    tracing.configure_tracing("keelctl", trace_file=args.trace_file)
-    try:
-        with tracing.tracer("keelctl").start_as_current_span(
-            f"keelctl {args.command}", kind=SpanKind.CLIENT
-        ) as span:
-            code = _run(args)
-            span.set_attribute("keel.exit_code", code)
-            if code != EXIT_OK:
-                span.set_status(Status(StatusCode.ERROR, f"exit status {code}"))
-            return code
-    finally:
-        tracing.shutdown_tracing()
+    if not traceconfig.exporting(args.trace_file):
+        # No span would be exported, and the no-op tracer sends no traceparent: OpenTelemetry
+        # is not imported at all (it is a large share of a short command's start-up).
+        return _run(args)
+    from keel.ctl import traced
+
+    return traced.run("keelctl", args, _run)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, *, interceptors: Sequence[Any] = ()) -> int:
     address = args.controlplane or os.environ.get("KEEL_CONTROLPLANE") or DEFAULT_CONTROLPLANE
     try:
-        manifest = load_manifest(args.filename) if args.command == "apply" else None
+        manifest = None
+        if args.command == "apply":
+            from keel.ctl import documents  # YAML: only apply reads a manifest
+
+            manifest = documents.load_manifest(args.filename)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
         with grpc.insecure_channel(address, options=options) as raw_channel:
-            channel = grpc.intercept_channel(raw_channel, TraceparentInterceptor())
+            channel = grpc.intercept_channel(raw_channel, *interceptors)
             ctx = Context(_STUB(channel), args, now=datetime.now(UTC))
             commands: dict[str, Callable[[], str]] = {
                 "apply": lambda: cmd_apply(ctx, manifest),

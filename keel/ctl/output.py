@@ -13,8 +13,6 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from keel.convert import from_ts, spec_from_pb
@@ -27,6 +25,10 @@ NONE = "-"
 
 def to_json(message: Message) -> str:
     """The message as JSON with proto field names, zero values included, int64 as numbers."""
+    # Imported here, as YAML is in describe_workload: a table needs neither, and keelctl's
+    # start-up is most of a short command's time.
+    from google.protobuf.json_format import MessageToDict
+
     data = MessageToDict(
         message,
         preserving_proto_field_name=True,
@@ -305,6 +307,8 @@ def describe_workload(w: pb.Workload, instances: Iterable[pb.Instance], *, now: 
             f"ready {st.ready}, updated {st.updated}",
         ),
     ]
+    import yaml  # only describe workload shows YAML (see to_json)
+
     spec_yaml = yaml.safe_dump(
         spec_document(w)["spec"], sort_keys=False, default_flow_style=None, width=1000
     )

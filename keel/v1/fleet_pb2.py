@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from keel.v1 import types_pb2 as keel_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13keel/v1/fleet.proto\x12\x07keel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13keel/v1/types.proto\"-\n\x14\x41pplyWorkloadRequest\x12\x15\n\rmanifest_json\x18\x01 \x01(\t\"L\n\x15\x41pplyWorkloadResponse\x12#\n\x08workload\x18\x01 \x01(\x0b\x32\x11.keel.v1.Workload\x12\x0e\n\x06result\x18\x02 \x01(\t\"\"\n\x12GetWorkloadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14ListWorkloadsRequest\"=\n\x15ListWorkloadsResponse\x12$\n\tworkloads\x18\x01 \x03(\x0b\x32\x11.keel.v1.Workload\"%\n\x15\x44\x65leteWorkloadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x16\x44\x65leteWorkloadResponse\x12#\n\x08workload\x18\x01 \x01(\x0b\x32\x11.keel.v1.Workload\"\x1e\n\x0eGetHostRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x12\n\x10ListHostsRequest\"1\n\x11ListHostsResponse\x12\x1c\n\x05hosts\x18\x01 \x03(\x0b\x32\r.keel.v1.Host\" \n\x12GetInstanceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"6\n\x14ListInstancesRequest\x12\x10\n\x08workload\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\"=\n\x15ListInstancesResponse\x12$\n\tinstances\x18\x01 \x03(\x0b\x32\x11.keel.v1.Instance\"<\n\x0bStuckObject\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\x1d\n\x05stuck\x18\x02 \x01(\x0b\x32\x0e.keel.v1.Stuck\"\x12\n\x10ListStuckRequest\":\n\x11ListStuckResponse\x12%\n\x07objects\x18\x01 \x03(\x0b\x32\x14.keel.v1.StuckObject\"y\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06object\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"2\n\x11ListEventsRequest\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"4\n\x12ListEventsResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.keel.v1.Event\"I\n\x0eGetLogsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x12\n\ntail_lines\x18\x02 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x32\x8a\x06\n\x0c\x46leetService\x12N\n\rApplyWorkload\x12\x1d.keel.v1.ApplyWorkloadRequest\x1a\x1e.keel.v1.ApplyWorkloadResponse\x12=\n\x0bGetWorkload\x12\x1b.keel.v1.GetWorkloadRequest\x1a\x11.keel.v1.Workload\x12N\n\rListWorkloads\x12\x1d.keel.v1.ListWorkloadsRequest\x1a\x1e.keel.v1.ListWorkloadsResponse\x12Q\n\x0e\x44\x65leteWorkload\x12\x1e.keel.v1.DeleteWorkloadRequest\x1a\x1f.keel.v1.DeleteWorkloadResponse\x12\x31\n\x07GetHost\x12\x17.keel.v1.GetHostRequest\x1a\r.keel.v1.Host\x12\x42\n\tListHosts\x12\x19.keel.v1.ListHostsRequest\x1a\x1a.keel.v1.ListHostsResponse\x12=\n\x0bGetInstance\x12\x1b.keel.v1.GetInstanceRequest\x1a\x11.keel.v1.Instance\x12N\n\rListInstances\x12\x1d.keel.v1.ListInstancesRequest\x1a\x1e.keel.v1.ListInstancesResponse\x12\x42\n\tListStuck\x12\x19.keel.v1.ListStuckRequest\x1a\x1a.keel.v1.ListStuckResponse\x12\x45\n\nListEvents\x12\x1a.keel.v1.ListEventsRequest\x1a\x1b.keel.v1.ListEventsResponse\x12\x37\n\x07GetLogs\x12\x17.keel.v1.GetLogsRequest\x1a\x11.keel.v1.LogChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13keel/v1/fleet.proto\x12\x07keel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13keel/v1/types.proto\"-\n\x14\x41pplyWorkloadRequest\x12\x15\n\rmanifest_json\x18\x01 \x01(\t\"L\n\x15\x41pplyWorkloadResponse\x12#\n\x08workload\x18\x01 \x01(\x0b\x32\x11.keel.v1.Workload\x12\x0e\n\x06result\x18\x02 \x01(\t\"\"\n\x12GetWorkloadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x14ListWorkloadsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x15ListWorkloadsResponse\x12$\n\tworkloads\x18\x01 \x03(\x0b\x32\x11.keel.v1.Workload\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x44\x65leteWorkloadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x16\x44\x65leteWorkloadResponse\x12#\n\x08workload\x18\x01 \x01(\x0b\x32\x11.keel.v1.Workload\"\x1e\n\x0eGetHostRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x10ListHostsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"J\n\x11ListHostsResponse\x12\x1c\n\x05hosts\x18\x01 \x03(\x0b\x32\r.keel.v1.Host\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x12GetInstanceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"]\n\x14ListInstancesRequest\x12\x10\n\x08workload\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"V\n\x15ListInstancesResponse\x12$\n\tinstances\x18\x01 \x03(\x0b\x32\x11.keel.v1.Instance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x0bStuckObject\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\x1d\n\x05stuck\x18\x02 \x01(\x0b\x32\x0e.keel.v1.Stuck\"\x12\n\x10ListStuckRequest\":\n\x11ListStuckResponse\x12%\n\x07objects\x18\x01 \x03(\x0b\x32\x14.keel.v1.StuckObject\"y\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06object\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"2\n\x11ListEventsRequest\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"4\n\x12ListEventsResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.keel.v1.Event\"I\n\x0eGetLogsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x12\n\ntail_lines\x18\x02 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x32\x8a\x06\n\x0c\x46leetService\x12N\n\rApplyWorkload\x12\x1d.keel.v1.ApplyWorkloadRequest\x1a\x1e.keel.v1.ApplyWorkloadResponse\x12=\n\x0bGetWorkload\x12\x1b.keel.v1.GetWorkloadRequest\x1a\x11.keel.v1.Workload\x12N\n\rListWorkloads\x12\x1d.keel.v1.ListWorkloadsRequest\x1a\x1e.keel.v1.ListWorkloadsResponse\x12Q\n\x0e\x44\x65leteWorkload\x12\x1e.keel.v1.DeleteWorkloadRequest\x1a\x1f.keel.v1.DeleteWorkloadResponse\x12\x31\n\x07GetHost\x12\x17.keel.v1.GetHostRequest\x1a\r.keel.v1.Host\x12\x42\n\tListHosts\x12\x19.keel.v1.ListHostsRequest\x1a\x1a.keel.v1.ListHostsResponse\x12=\n\x0bGetInstance\x12\x1b.keel.v1.GetInstanceRequest\x1a\x11.keel.v1.Instance\x12N\n\rListInstances\x12\x1d.keel.v1.ListInstancesRequest\x1a\x1e.keel.v1.ListInstancesResponse\x12\x42\n\tListStuck\x12\x19.keel.v1.ListStuckRequest\x1a\x1a.keel.v1.ListStuckResponse\x12\x45\n\nListEvents\x12\x1a.keel.v1.ListEventsRequest\x1a\x1b.keel.v1.ListEventsResponse\x12\x37\n\x07GetLogs\x12\x17.keel.v1.GetLogsRequest\x1a\x11.keel.v1.LogChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,39 +40,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETWORKLOADREQUEST']._serialized_start=211
   _globals['_GETWORKLOADREQUEST']._serialized_end=245
   _globals['_LISTWORKLOADSREQUEST']._serialized_start=247
-  _globals['_LISTWORKLOADSREQUEST']._serialized_end=269
-  _globals['_LISTWORKLOADSRESPONSE']._serialized_start=271
-  _globals['_LISTWORKLOADSRESPONSE']._serialized_end=332
-  _globals['_DELETEWORKLOADREQUEST']._serialized_start=334
-  _globals['_DELETEWORKLOADREQUEST']._serialized_end=371
-  _globals['_DELETEWORKLOADRESPONSE']._serialized_start=373
-  _globals['_DELETEWORKLOADRESPONSE']._serialized_end=434
-  _globals['_GETHOSTREQUEST']._serialized_start=436
-  _globals['_GETHOSTREQUEST']._serialized_end=466
-  _globals['_LISTHOSTSREQUEST']._serialized_start=468
-  _globals['_LISTHOSTSREQUEST']._serialized_end=486
-  _globals['_LISTHOSTSRESPONSE']._serialized_start=488
-  _globals['_LISTHOSTSRESPONSE']._serialized_end=537
-  _globals['_GETINSTANCEREQUEST']._serialized_start=539
-  _globals['_GETINSTANCEREQUEST']._serialized_end=571
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=573
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=627
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=629
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=690
-  _globals['_STUCKOBJECT']._serialized_start=692
-  _globals['_STUCKOBJECT']._serialized_end=752
-  _globals['_LISTSTUCKREQUEST']._serialized_start=754
-  _globals['_LISTSTUCKREQUEST']._serialized_end=772
-  _globals['_LISTSTUCKRESPONSE']._serialized_start=774
-  _globals['_LISTSTUCKRESPONSE']._serialized_end=832
-  _globals['_EVENT']._serialized_start=834
-  _globals['_EVENT']._serialized_end=955
-  _globals['_LISTEVENTSREQUEST']._serialized_start=957
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1007
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1009
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1061
-  _globals['_GETLOGSREQUEST']._serialized_start=1063
-  _globals['_GETLOGSREQUEST']._serialized_end=1136
-  _globals['_FLEETSERVICE']._serialized_start=1139
-  _globals['_FLEETSERVICE']._serialized_end=1917
+  _globals['_LISTWORKLOADSREQUEST']._serialized_end=308
+  _globals['_LISTWORKLOADSRESPONSE']._serialized_start=310
+  _globals['_LISTWORKLOADSRESPONSE']._serialized_end=396
+  _globals['_DELETEWORKLOADREQUEST']._serialized_start=398
+  _globals['_DELETEWORKLOADREQUEST']._serialized_end=435
+  _globals['_DELETEWORKLOADRESPONSE']._serialized_start=437
+  _globals['_DELETEWORKLOADRESPONSE']._serialized_end=498
+  _globals['_GETHOSTREQUEST']._serialized_start=500
+  _globals['_GETHOSTREQUEST']._serialized_end=530
+  _globals['_LISTHOSTSREQUEST']._serialized_start=532
+  _globals['_LISTHOSTSREQUEST']._serialized_end=589
+  _globals['_LISTHOSTSRESPONSE']._serialized_start=591
+  _globals['_LISTHOSTSRESPONSE']._serialized_end=665
+  _globals['_GETINSTANCEREQUEST']._serialized_start=667
+  _globals['_GETINSTANCEREQUEST']._serialized_end=699
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=701
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=794
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=796
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=882
+  _globals['_STUCKOBJECT']._serialized_start=884
+  _globals['_STUCKOBJECT']._serialized_end=944
+  _globals['_LISTSTUCKREQUEST']._serialized_start=946
+  _globals['_LISTSTUCKREQUEST']._serialized_end=964
+  _globals['_LISTSTUCKRESPONSE']._serialized_start=966
+  _globals['_LISTSTUCKRESPONSE']._serialized_end=1024
+  _globals['_EVENT']._serialized_start=1026
+  _globals['_EVENT']._serialized_end=1147
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1149
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1199
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1201
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1253
+  _globals['_GETLOGSREQUEST']._serialized_start=1255
+  _globals['_GETLOGSREQUEST']._serialized_end=1328
+  _globals['_FLEETSERVICE']._serialized_start=1331
+  _globals['_FLEETSERVICE']._serialized_end=2109
 # @@protoc_insertion_point(module_scope)

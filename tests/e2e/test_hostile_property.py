@@ -257,15 +257,29 @@ KINDS: dict[str, dict[str, str]] = {
     "DeleteWorkload": {"name": "workload"},
     "GetHost": {"name": "host"},
     "GetInstance": {"id": "instance"},
-    "ListInstances": {"workload": "workload", "host": "host"},
+    "ListInstances": {
+        "workload": "workload",
+        "host": "host",
+        "page_size": "page_size",
+        "page_token": "token",
+    },
     "ListEvents": {"object": "object", "limit": "limit"},
     "GetLogs": {"instance_id": "instance", "tail_lines": "tail_lines", "follow": "bool"},
-    "ListWorkloads": {},
-    "ListHosts": {},
+    "ListWorkloads": {"page_size": "page_size", "page_token": "token"},
+    "ListHosts": {"page_size": "page_size", "page_token": "token"},
     "ListStuck": {},
 }
 LIMITS = {"workload": 63, "host": 253, "instance": 253, "object": 262}
-RANGES = {"limit": (0, 10_000), "tail_lines": (0, 1_000_000)}
+RANGES = {"limit": (0, 10_000), "tail_lines": (0, 1_000_000), "page_size": (0, 1000)}
+# Page tokens no list gave: not base64, not JSON, another list's, a key of the wrong shape.
+BAD_TOKENS = [
+    "x",
+    "%%%",
+    "e30=",  # {}
+    "eyJsaXN0Ijoibm9wZSIsImFmdGVyIjpbImgiXX0=",  # {"list":"nope","after":["h"]}
+    "eyJsaXN0IjoiaW5zdGFuY2VzIiwiYWZ0ZXIiOlsxLDIsM119",  # instances after [1,2,3]
+    "t" * 5000,
+]
 
 
 def variants(name: str, kind: str) -> list[str]:
@@ -311,6 +325,8 @@ def _existing(s: State, kind: str) -> tuple[str, ...]:
 
 def hostile_value(s: State, kind: str) -> st.SearchStrategy[Any]:
     """Values that break the field's rule: it must be INVALID_ARGUMENT."""
+    if kind == "token":  # any text but "" (the first page): no list gave it
+        return st.one_of(st.sampled_from(BAD_TOKENS), st.text(min_size=1, max_size=60))
     if kind in RANGES:
         low, high = RANGES[kind]
         return st.one_of(
@@ -326,6 +342,8 @@ def valid_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
     """Values that break no rule: existing names (not for DeleteWorkload) and unknown ones."""
     if kind == "bool":
         return st.booleans()
+    if kind == "token":
+        return st.just("")
     if kind in RANGES:
         return st.integers(RANGES[kind][0], min(RANGES[kind][1], 1000))
     unknown = {"workload": "nope", "host": "nope", "instance": "web-1-000000"}
@@ -337,6 +355,8 @@ def any_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
     """Anything of the field's type: only its errors are checked."""
     if kind == "bool":
         return st.booleans()
+    if kind == "token":
+        return st.one_of(text, st.sampled_from(BAD_TOKENS))
     if kind in RANGES:
         return st.integers(-(2**31), 2**31 - 1)
     spare = set(s.workloads) if method == "DeleteWorkload" else set()

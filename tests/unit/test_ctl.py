@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from keel.convert import spec_to_pb, ts
 from keel.ctl import output
 from keel.ctl.main import build_parser, main
 from keel.spec import SpecError, parse_workload
+from keel.traceconfig import OTLP_ENDPOINT_ENV, TRACE_FILE_ENV
 from keel.v1 import fleet_pb2, fleet_pb2_grpc
 from keel.v1 import types_pb2 as pb
 
@@ -133,6 +135,8 @@ def test_parser_accepts_valid_commands(argv: list[str], expected: dict[str, Any]
         ["--timeout", "10", "get", "hosts"],
         ["--timeout", "0s", "get", "hosts"],
         ["get", "hosts", "--bogus"],
+        ["get", "hosts", "--limit", "-1"],
+        ["get", "hosts", "--limit", "many"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -275,8 +279,13 @@ def test_json_output_keeps_proto_names_and_zero_values() -> None:
 class FakeFleet(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
     """Canned answers; validates manifests with keel.spec like the real control plane."""
 
+    # The fake answers instance lists two at a time, whatever page size is asked for (a page
+    # may hold fewer), so keelctl has to read on.
+    INSTANCE_PAGE = 2
+
     def __init__(self) -> None:
         self.applied: list[str] = []
+        self.instance_requests: list[fleet_pb2.ListInstancesRequest] = []
         self.lock = threading.Lock()
 
     def ApplyWorkload(self, request: Any, context: Any) -> fleet_pb2.ApplyWorkloadResponse:
@@ -317,12 +326,17 @@ class FakeFleet(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
         return an_instance(1, restart_count=1, last_exit="exit code 1")
 
     def ListInstances(self, request: Any, context: Any) -> fleet_pb2.ListInstancesResponse:
+        with self.lock:
+            self.instance_requests.append(request)
         insts = [an_instance(1), an_instance(2), an_instance(3)]
         if request.workload == "none":
             insts = []
         if request.host:
             insts = [i for i in insts if i.host == request.host]
-        return fleet_pb2.ListInstancesResponse(instances=insts)
+        start = int(request.page_token or 0)
+        end = start + min(request.page_size or 500, self.INSTANCE_PAGE)
+        token = str(end) if end < len(insts) else ""
+        return fleet_pb2.ListInstancesResponse(instances=insts[start:end], next_page_token=token)
 
 
 @pytest.fixture(scope="module")
@@ -445,6 +459,30 @@ def test_get_instances_prints_a_table(
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["web-2"]
 
 
+def test_get_reads_every_page_and_limit_stops_early(
+    fleet: tuple[FakeFleet, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A list answered a page at a time is printed whole; --limit N prints the first N and
+    asks for no more than it needs."""
+    servicer, addr = fleet
+    servicer.instance_requests.clear()
+    assert run(addr, "get", "instances") == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        "web-1",
+        "web-2",
+        "web-3",
+    ]
+    assert [r.page_token for r in servicer.instance_requests] == ["", "2"]
+    assert {r.page_size for r in servicer.instance_requests} == {1000}
+    servicer.instance_requests.clear()
+    assert run(addr, "get", "instances", "--limit", "1") == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["web-1"]
+    assert [(r.page_size, r.page_token) for r in servicer.instance_requests] == [(1, "")]
+    assert run(addr, "-o", "json", "get", "instances", "--limit", "2") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [i["id"] for i in data["instances"]] == ["web-1", "web-2"]
+
+
 def test_get_with_nothing_found_prints_a_note(
     fleet: tuple[FakeFleet, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -561,3 +599,72 @@ def test_console_entry_exits_with_the_status(fleet: tuple[FakeFleet, str]) -> No
     ]:
         proc = subprocess.run([*base, *argv], capture_output=True, text=True, timeout=60)
         assert proc.returncode == code, proc.stderr
+
+
+# What `keelctl get hosts` has no use for: tracing (OpenTelemetry, and structlog behind it),
+# YAML, protobuf's JSON printer, and anything of the server side or the agent. Each is a
+# measurable share of start-up, which is most of a short command's time.
+NOT_FOR_GET_HOSTS = (
+    "opentelemetry",
+    "structlog",
+    "rich",
+    "yaml",
+    "psutil",
+    "google.protobuf.json_format",
+    "keel.tracing",
+    "keel.ctl.documents",
+    "keel.v1.agent_pb2",
+    "controlplane",
+    "agent",
+    "asyncpg",
+)
+
+
+def modules_after(addr: str, argv: list[str], tmp_path: Path, **env: str) -> set[str]:
+    """The modules a keelctl process has imported once its command is done (exit status 0)."""
+    listing = tmp_path / "modules.json"
+    script = (
+        "import json, sys\n"
+        "from keel.ctl.main import main\n"
+        f"code = main({['--controlplane', addr, *argv]!r})\n"
+        f"open({str(listing)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n"
+        "sys.exit(code)\n"
+    )
+    base = {k: v for k, v in os.environ.items() if k not in (TRACE_FILE_ENV, OTLP_ENDPOINT_ENV)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**base, **env},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(listing.read_text()))
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(
+        m for m in modules if any(m == h or m.startswith(h + ".") for h in NOT_FOR_GET_HOSTS)
+    )
+
+
+def test_get_hosts_imports_only_what_it_needs(fleet: tuple[FakeFleet, str], tmp_path: Path) -> None:
+    """`keelctl get hosts` imports no tracing, YAML, JSON printer, server or agent code."""
+    _, addr = fleet
+    assert heavy(modules_after(addr, ["get", "hosts"], tmp_path)) == []
+
+
+def test_tracing_and_describe_still_import_what_they_use(
+    fleet: tuple[FakeFleet, str], tmp_path: Path
+) -> None:
+    """The check above can fail: with a trace file, keelctl loads OpenTelemetry; describe
+    workload loads YAML for the spec; -o json loads protobuf's JSON printer."""
+    _, addr = fleet
+    traced = modules_after(
+        addr, ["get", "hosts"], tmp_path, KEEL_TRACE_FILE=str(tmp_path / "spans.jsonl")
+    )
+    assert {"opentelemetry.trace", "keel.tracing"} <= traced
+    assert "yaml" in modules_after(addr, ["describe", "workload", "web"], tmp_path)
+    json_out = modules_after(addr, ["-o", "json", "get", "hosts"], tmp_path)
+    assert "google.protobuf.json_format" in json_out

@@ -1,4 +1,4 @@
-"""The README's configuration tables stay complete: every flag of both daemons is documented."""
+"""The README stays complete: every flag of both daemons and of keelctl is documented."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from agent.main import build_parser as agent_parser
 from controlplane.flags import build_parser as controlplane_parser
+from keel.ctl.args import build_parser as keelctl_parser
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -24,7 +25,9 @@ def _flags(parser: argparse.ArgumentParser) -> set[str]:
     return flags
 
 
-@pytest.mark.parametrize("parser", [controlplane_parser, agent_parser], ids=["cp", "agent"])
+@pytest.mark.parametrize(
+    "parser", [controlplane_parser, agent_parser, keelctl_parser], ids=["cp", "agent", "keelctl"]
+)
 def test_every_flag_is_in_the_readme(parser: object) -> None:
     """A flag added without its README row fails here."""
     assert callable(parser)
