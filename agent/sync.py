@@ -6,7 +6,8 @@ reconciler puts in the outbox (`agent.outcome.Outbox`, opened with each stream),
 feeds every desired-set update it receives to the reconciler. Messages are converted to and
 from domain types by `agent.convert` only.
 
-When the stream breaks it reconnects round-robin over the --controlplane addresses, after a
+It starts at the --controlplane address its host name hashes to (`first_address`: a fleet
+spreads over the replicas). When the stream breaks it reconnects round-robin over them, after a
 jittered exponential back-off (`agent.backoff.Reconnects`) that starts over only after a
 stream that stayed up --reconnect-reset-after: a replica that accepts streams and drops them
 at once (its database down, say) is retried ever more slowly, not stormed. Meanwhile the
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import random
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -48,6 +50,13 @@ _ESTABLISHED_EXCEPTIONS = (grpc.aio.AioRpcError, TimeoutError, OSError, Connecti
 # only as fast as the stream takes it.
 _LOG_QUEUE_HIGH = 16
 _LOG_QUEUE_POLL_S = 0.01
+
+
+def first_address(host: str, count: int) -> int:
+    """Which of the `--controlplane` addresses a host tries first: spread by a hash of its
+    name, so a fleet given the same list of replicas spreads its streams over all of them (and
+    each host goes back to the same replica after a restart) rather than piling onto the first."""
+    return zlib.crc32(host.encode()) % max(count, 1)
 
 
 class SyncTarget(Protocol):
@@ -113,7 +122,7 @@ class SyncClient:
         from the control plane for an hour logs that once, not on every attempt.
         """
         addresses = self._settings.controlplanes
-        index = 0
+        index = first_address(self._settings.host, len(addresses))
         down_since: float | None = None
         warned_at = 0.0
         while True:
