@@ -253,9 +253,12 @@ class SyncClient:
                 await call.write(msg)
 
     async def _heartbeat(self, queue: asyncio.Queue[Outgoing]) -> None:
+        # The first one at a random point of the interval (the Hello counted as one): agents
+        # that reconnect together after a control-plane restart do not heartbeat in lockstep.
+        await asyncio.sleep(random.random() * self._settings.heartbeat_interval_s)
         while True:
-            await asyncio.sleep(self._settings.heartbeat_interval_s)
             queue.put_nowait(convert.heartbeat_to_pb(self._target.revision))
+            await asyncio.sleep(self._settings.heartbeat_interval_s)
 
     # Logs --------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 The agent opens with Hello (checked by `controlplane.convert`); we answer with its assignments
 (the changes since the revision it holds, or the full set), then push what changes: a NOTIFY
 on `keel_host` wakes the stream of that host, and every stream also looks again each resync
-period, so a lost notification only delays a change. Status reports go to the batching
+period (jittered per stream), so a lost notification only delays a change. Status reports go to the batching
 `ReportWriter`; heartbeats to the store; log chunks to `controlplane.logrelay`. A second
 stream for the same host replaces the first.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import random
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -256,7 +257,9 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         try:
             await asyncio.wait(
                 futures,
-                timeout=self._resync_period_s,
+                # Jittered: streams opened together (every agent reconnecting after a restart)
+                # would otherwise all read their assignments in the same instant each period.
+                timeout=self._resync_period_s * (0.75 + random.random() / 2),
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
