@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -99,6 +100,11 @@ class FleetCache:
         self._dirty.clear()
         self._hosts_dirty = self._resync_due = False
         await self._list(first=True)
+        # What the list built lives for the term: left out of the garbage collector's full
+        # passes, which otherwise walk every cached object and stall the event loop for tens of
+        # milliseconds per pass at 50,000 instances (reference counting still frees what is
+        # replaced).
+        gc.freeze()
 
     def stop(self) -> None:
         """Leadership ended: hold nothing (a follower's notifications are ignored)."""
