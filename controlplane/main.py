@@ -24,7 +24,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane import migrate
+from controlplane import looplag, migrate
 from controlplane.cache import FleetCache
 from controlplane.db import redact, resolve_database_url
 from controlplane.errors import KeelError
@@ -243,6 +243,12 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
                 on_recovered=registry.wake_all,
             ),
             name="db-probe",
+        ),
+        asyncio.create_task(
+            looplag.watch(
+                interval_s=settings.loop_probe_interval_s, observe=metrics.observe_loop_lag
+            ),
+            name="loop-lag",
         ),
     ]
     addresses = {"grpc": address}

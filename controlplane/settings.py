@@ -48,6 +48,8 @@ class Settings:
     # Health: how often Postgres is probed, and how long a probe may take before
     # keel.v1.FleetService is NOT_SERVING.
     db_probe_interval_s: float = 2.0
+    # How often the event loop's lateness is sampled (keel_event_loop_lag_seconds).
+    loop_probe_interval_s: float = 0.25
     db_probe_timeout_s: float = 2.0
     # keelctl logs: how long the agent gets to send the first chunk (bounded by the caller's
     # deadline too, so a silent agent is named before the caller gives up).

@@ -4,8 +4,8 @@ The agent opens with Hello (checked by `controlplane.convert`); we answer with i
 (the changes since the revision it holds, or the full set), then push what changes: a NOTIFY
 on `keel_host` wakes the stream of that host, and every stream also looks again each resync
 period (jittered per stream), so a lost notification only delays a change. Status reports go
-to the batching `ReportWriter`; heartbeats to the store; log chunks to `controlplane.logrelay`. A second
-stream for the same host replaces the first.
+to the batching `ReportWriter`; heartbeats to the store; log chunks to `controlplane.logrelay`.
+A second stream for the same host replaces the first.
 
 While the database is away a stream stays open: the agent keeps running its last desired
 state, heartbeats are dropped and counted (`keel_heartbeats_dropped_total`), the opening

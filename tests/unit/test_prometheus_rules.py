@@ -54,6 +54,8 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_cache_resyncs_total",
         "keel_cache_resync_duration_seconds",
         "keel_cache_stale_writes_total",
+        # Saturation of a replica's event loop.
+        "keel_event_loop_lag_seconds",
     }
 )
 AGENT_METRICS = frozenset(
@@ -80,6 +82,7 @@ HISTOGRAMS = frozenset(
         "keel_grpc_request_duration_seconds",
         "keel_agent_convergence_seconds",
         "keel_cache_resync_duration_seconds",
+        "keel_event_loop_lag_seconds",
     }
 )
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
