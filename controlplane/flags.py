@@ -87,6 +87,14 @@ DURATION_FLAGS = (
 )
 
 
+def _as_is(value: object) -> object:
+    return value
+
+
+def _suppressed(value: object) -> object:
+    return argparse.SUPPRESS
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="keel-controlplane", description=DESCRIPTION)
     d = Settings()
@@ -100,33 +108,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="run the control plane (the default)")
     for target in (p, serve):
-        target.add_argument("--listen", default=d.listen, help="HOST:PORT (port 0: pick one)")
+        # The subcommand's copies default to SUPPRESS: an option given before `serve` is not
+        # reset by the subcommand's default.
+        default = _suppressed if target is serve else _as_is
+        target.add_argument(
+            "--listen", default=default(d.listen), help="HOST:PORT (port 0: pick one)"
+        )
         for flag, field, help_text in DURATION_FLAGS:
             target.add_argument(
                 flag,
                 dest=field,
                 type=_seconds(flag),
-                default=getattr(d, field),
+                default=default(getattr(d, field)),
                 metavar="D",
                 help=f"{help_text} (default: {format_duration(round(getattr(d, field) * 1000))})",
             )
         target.add_argument(
             "--max-message-bytes",
             type=int,
-            default=d.max_message_bytes,
+            default=default(d.max_message_bytes),
             metavar="N",
             help="the largest request accepted (default: %(default)s)",
         )
         target.add_argument(
             "--metrics",
             type=_metrics_address,
-            default=DEFAULT_METRICS,
+            default=default(DEFAULT_METRICS),
             metavar="HOST:PORT|off",
             help="serve Prometheus /metrics here (port 0: pick one; off: do not serve)",
         )
         target.add_argument(
             "--trace-file",
-            default=os.environ.get(tracing.TRACE_FILE_ENV),
+            default=default(os.environ.get(tracing.TRACE_FILE_ENV)),
             metavar="PATH",
             help="append finished spans as JSON lines (env KEEL_TRACE_FILE)",
         )
@@ -134,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--trace-file-max-size",
             dest="trace_file_max_mib",
             type=_mib("--trace-file-max-size"),
-            default=d.trace_file_max_mib,
+            default=default(d.trace_file_max_mib),
             metavar="SIZE",
             help="past this size the trace file is renamed to PATH.1 and a new one begun "
             f"(default: {format_memory(d.trace_file_max_mib)})",
