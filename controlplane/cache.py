@@ -110,6 +110,7 @@ class FleetCache:
         """Leadership ended: hold nothing (a follower's notifications are ignored)."""
         self._index = None
         self._dirty.clear()
+        gc.unfreeze()  # what `start` froze is garbage now, to be collected as usual
 
     async def run(self) -> None:
         """Keeps the cache current while leading; returns only when cancelled."""

@@ -261,15 +261,17 @@ class FleetIndex(Generic[W]):
     def apply(self, delta: Delta) -> bool:
         """Applies a write as its writer saw it, only onto the version it was made over (the
         entry then equals what the write changed). False, and nothing changed, otherwise: the
-        caller reads the workload again. A host revision the write took is applied over the one
-        before it either way (else the host is read again at its next plan)."""
+        caller reads the workload again. A host revision the write took is applied with it, over
+        the one before it; not when the write is not applied: the host's usage would then lack
+        what the write placed there, and the cached revision must not vouch for it (the next
+        plan placing there is refused and reads the host and its instances again)."""
+        current = self._workloads.get(delta.workload)
+        if current is None or current.version != delta.from_version:
+            return False
         for name, revision in delta.revisions:
             host = self._hosts.get(name)
             if host is not None and host.revision == revision - 1:
                 self._hosts[name] = dataclasses.replace(host, revision=revision)
-        current = self._workloads.get(delta.workload)
-        if current is None or current.version != delta.from_version:
-            return False
         instances = dict(current.instances)
         for inst in delta.upserts:
             instances[inst.id] = inst
@@ -286,6 +288,13 @@ class FleetIndex(Generic[W]):
             self._workloads[name] = WorkloadEntry(
                 row, current.view, current.version, current.instances
             )
+            self._written_now(name)
+
+    def _written_now(self, name: str) -> None:
+        """A write of the leader's own that takes no version landed on the entry: a read that
+        began before it (numbered up to now) and finds the same version does not overwrite
+        it; one that begins after it (it committed first) does."""
+        self._read_at[name] = max(self._read_at.get(name, 0), self._reads + 1)
 
     def set_instance_stuck(self, workload: str, instance: str, stuck: StuckState | None) -> None:
         """The stuck detector's own mark on an instance (no version: usage does not change)."""
@@ -295,6 +304,7 @@ class FleetIndex(Generic[W]):
         instances = dict(current.instances)
         instances[instance] = dataclasses.replace(instances[instance], stuck=stuck)
         self._swap(current, WorkloadEntry(current.row, current.view, current.version, instances))
+        self._written_now(workload)
 
     def absent(self, name: str, *, read: int) -> None:
         """A read that began at `read` did not find the workload: it was deleted, unless what

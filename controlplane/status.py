@@ -35,6 +35,7 @@ from controlplane.sql import (
 )
 from controlplane.store import Report
 from controlplane.view import StuckState
+from controlplane.workload_store import stuck_state
 from keel.model import Change, Desired, change_of, converged
 
 
@@ -271,19 +272,24 @@ class StatusStore:
 
     async def record_unconverged(self, since: dict[str, bool]) -> dict[str, datetime | None]:
         """Stamps (True) or clears (False) workloads' unconverged_since, where it changes;
-        returns the workloads changed, with their new value."""
+        returns every named workload's value now, changed or not (a caller whose copy was
+        behind is corrected rather than asking again and again)."""
         if not since:
             return {}
-        rows = await self.pool.fetch(
-            """UPDATE workload w SET unconverged_since = CASE
-                   WHEN u.unconverged THEN coalesce(w.unconverged_since, now()) ELSE NULL END
-               FROM unnest($1::text[], $2::bool[]) AS u(name, unconverged)
-               WHERE w.name = u.name
-                 AND (w.unconverged_since IS NULL) = u.unconverged
-               RETURNING w.name, w.unconverged_since""",
-            list(since),
-            list(since.values()),
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """UPDATE workload w SET unconverged_since = CASE
+                       WHEN u.unconverged THEN coalesce(w.unconverged_since, now()) ELSE NULL END
+                   FROM unnest($1::text[], $2::bool[]) AS u(name, unconverged)
+                   WHERE w.name = u.name
+                     AND (w.unconverged_since IS NULL) = u.unconverged""",
+                list(since),
+                list(since.values()),
+            )
+            rows = await conn.fetch(
+                "SELECT name, unconverged_since FROM workload WHERE name = ANY($1::text[])",
+                list(since),
+            )
         return {r["name"]: r["unconverged_since"] for r in rows}
 
     async def mark_stuck(
@@ -292,7 +298,8 @@ class StatusStore:
         """Records stuck verdicts (reason '' clears), each with a StuckDetected/Cleared event.
 
         A verdict whose reason is unchanged only refreshes the message; `since` stays. Returns
-        what is recorded now for each (kind, name) changed.
+        what is recorded now for each (kind, name) marked, changed or not (a caller whose copy
+        was behind is corrected rather than marking again and again).
         """
         recorded: dict[tuple[str, str], StuckState | None] = {}
         if not marks:
@@ -336,6 +343,15 @@ class StatusStore:
                         await record_event(conn, obj, "StuckDetected", f"{r['reason']}: {summary}")
                     else:
                         await record_event(conn, obj, "StuckCleared", f"was {r['was']}")
+                unchanged = [m.name for m in subset if (table, m.name) not in recorded]
+                if unchanged:
+                    # table and key are fixed names above, never input.
+                    for r in await conn.fetch(
+                        f"""SELECT {key} AS name, stuck_reason, stuck_since, stuck_message
+                            FROM {table} WHERE {key} = ANY($1::text[])""",
+                        unchanged,
+                    ):
+                        recorded[(table, r["name"])] = stuck_state(r)
         return recorded
 
     async def list_events(self, *, obj: str | None, limit: int) -> list[Event]:

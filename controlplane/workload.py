@@ -68,9 +68,9 @@ class WorkloadController:
             )
             bound = log.bind(workload=name, generation=entry.row.generation)
             wrote = False
-            # Nothing left for later passes: the desired change is carried out as far as it
-            # can be now, and a change after this one starts its own convergence clock.
-            settles = not plan.more and plan.unschedulable is None
+            # Nothing left for later passes (nothing more to place, nothing unplaceable, no
+            # rollout held by its budget): a change after this one starts its own clock.
+            settles = not plan.more and plan.unschedulable is None and plan.blocked is None
             if plan.create or plan.remove:
                 result = await self._write(entry, plan, epoch=term.epoch, settles=settles)
                 if result.stale is not None:

@@ -11,7 +11,7 @@ from plans import loaded_cache, write_plan
 from controlplane.liveness import Decision, Timings, judge
 from controlplane.rowviews import instance_view
 from controlplane.sql import bump_revisions
-from controlplane.status import StatusStore
+from controlplane.status import StatusStore, StuckMark
 from controlplane.store import Report, Store
 from keel.model import Desired, HostState, Kind, Phase, Resources, Workload, WorkloadSpec
 
@@ -321,3 +321,21 @@ async def test_concurrent_first_applies_of_one_name_both_succeed(store: Store) -
     assert sorted(r for _, r in results).count("created") == 1
     assert {r for _, r in results} <= {"created", "configured", "unchanged"}
     assert (await store.get_workload("web")).workload.replicas in (2, 3, 4, 5)
+
+
+async def test_stuck_and_unconverged_marks_answer_what_is_recorded_changed_or_not(
+    store: Store,
+) -> None:
+    """Marking again what is already recorded changes nothing and answers what is recorded:
+    a leader whose cached copy fell behind is corrected instead of marking on every pass."""
+    await store.apply_workload(Workload(name="web", spec=WorkloadSpec(command=("true",))))
+    status = StatusStore(store.pool)
+    first = await status.record_unconverged({"web": True})
+    again = await status.record_unconverged({"web": True})
+    assert first["web"] is not None and again == first
+    mark = StuckMark("workload", "web", "UNSCHEDULABLE", "no host")
+    recorded = await status.mark_stuck([mark])
+    assert await status.mark_stuck([mark]) == recorded
+    assert recorded[("workload", "web")] is not None
+    events = [e for e in await status.list_events(obj="workload/web", limit=10)]
+    assert [e.kind for e in events].count("StuckDetected") == 1

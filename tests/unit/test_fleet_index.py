@@ -309,3 +309,34 @@ def test_hosts_generation_moves_only_when_what_planners_read_of_a_host_changes()
     assert index.hosts_generation == start + 1
     index.put_hosts([host("h1")], complete=True)  # h2 is gone
     assert index.hosts_generation == start + 2
+
+
+def test_a_write_not_applied_leaves_its_hosts_revisions_alone() -> None:
+    """A plan's delta that does not apply (a report moved the workload's version first) must
+    not move the cached revision of the hosts it placed on: the cache's usage lacks what the
+    plan placed there, so the next plan on those hosts must be refused and read them again."""
+    index: FleetIndex[str] = FleetIndex()
+    index.put_hosts([dataclasses.replace(host("h1"), revision=1)], complete=True)
+    put(index, "web", 5, [])
+    placed = inst("new", on="h1")
+    assert not index.apply(Delta("web", 4, 6, upserts=(placed,), revisions=(("h1", 2),)))
+    assert index.host("h1").revision == 1  # type: ignore[union-attr]
+    assert index.apply(Delta("web", 5, 6, upserts=(placed,), revisions=(("h1", 2),)))
+    assert index.host("h1").revision == 2  # type: ignore[union-attr]
+    assert_consistent(index)
+
+
+def test_the_leader_s_own_marks_survive_a_read_begun_before_them() -> None:
+    """The stuck detector's marks take no version: a read that began before one and finds the
+    same version does not overwrite it."""
+    index: FleetIndex[str] = FleetIndex()
+    view = workload("web")
+    index.put_workload("before", view, 5, [inst("a")], read=index.begin_read())
+    begun = index.begin_read()
+    index.replace_row("web", "marked")
+    mark = StuckState("CRASH_LOOP", T0, "exit 1")
+    index.set_instance_stuck("web", "a", mark)
+    assert not index.put_workload("before", view, 5, [inst("a")], read=begun)
+    entry = index.workload("web")
+    assert entry is not None and entry.row == "marked" and entry.instances["a"].stuck == mark
+    assert index.put_workload("newer", view, 6, [inst("a")], read=index.begin_read())
