@@ -67,6 +67,9 @@ class NotLoaded(KeelError):
 
 
 class FleetCache:
+    """The leader's cache of the fleet for one term: `start` lists it, `run` keeps it current,
+    the controllers read it (`current`, `hosts`, `usage`) and tell it what they wrote."""
+
     def __init__(
         self,
         store: Store,

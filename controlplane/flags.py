@@ -60,7 +60,7 @@ DURATION_FLAGS = (
     (
         "--resync-period",
         "resync_period_s",
-        "every stream and workload is looked at again; the leader's cache reads the fleet anew",
+        "every stream and workload is looked at again; the leader's cache catches up",
     ),
     ("--liveness-interval", "liveness_interval_s", "how often hosts' heartbeats are judged"),
     ("--stuck-interval", "stuck_interval_s", "how often stuck objects and the backlog are judged"),

@@ -19,9 +19,11 @@ class Settings:
     # A host NOT_READY/UNKNOWN this long has its service instances replaced elsewhere.
     reschedule_after_s: float = 300.0
     # Every stream resends what changed even without a notification, every controller
-    # re-examines every workload, and the leader's cache reads the whole fleet again, this often
-    # (lost NOTIFYs are harmless).
+    # re-examines every workload, and the leader's cache reads every host and every workload
+    # whose version moved unread, this often (lost NOTIFYs are harmless).
     resync_period_s: float = 30.0
+    # How often the event loop's lateness is sampled (keel_event_loop_lag_seconds).
+    loop_probe_interval_s: float = 0.25
     # How often the stuck detector judges every object and refreshes the backlog gauges.
     stuck_interval_s: float = 2.0
     # How often liveness judges hosts.
@@ -48,8 +50,6 @@ class Settings:
     # Health: how often Postgres is probed, and how long a probe may take before
     # keel.v1.FleetService is NOT_SERVING.
     db_probe_interval_s: float = 2.0
-    # How often the event loop's lateness is sampled (keel_event_loop_lag_seconds).
-    loop_probe_interval_s: float = 0.25
     db_probe_timeout_s: float = 2.0
     # keelctl logs: how long the agent gets to send the first chunk (bounded by the caller's
     # deadline too, so a silent agent is named before the caller gives up).
