@@ -21,7 +21,7 @@ import pytest
 from controlplane.rollout import MAX_CHANGES_PER_PASS, WorkloadPlan, plan_workload
 from controlplane.scheduler import UnschedulableCode, daemon_hosts, usage_of
 from controlplane.store import WorkloadRow
-from controlplane.stuck import surely_unconverged, workload_converged
+from controlplane.verdicts import surely_unconverged, workload_converged
 from controlplane.view import HostView, InstanceView, WorkloadView
 from keel.model import Desired, HostState, Kind, Phase, Resources, converged
 

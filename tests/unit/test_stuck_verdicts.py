@@ -11,7 +11,7 @@ from controlplane.reconcile import ReconcileFailure
 from controlplane.rollout import WorkloadPlan
 from controlplane.scheduler import Unschedulable, UnschedulableCode
 from controlplane.store import HostRow, InstanceRow, WorkloadRow
-from controlplane.stuck import judge_instance, judge_workload, may_be_stuck, workload_converged
+from controlplane.verdicts import judge_instance, judge_workload, may_be_stuck, workload_converged
 from keel.model import Desired, HostState, Phase, Resources, Workload, WorkloadSpec
 from keel.stuck import GUIDES, Reason
 
