@@ -239,3 +239,25 @@ async def test_a_plan_made_before_a_scale_is_not_written(store: Store) -> None:
     stale = await store.apply_plan(before, create_on=["h1"], remove=[], epoch=None)
     assert stale.created == [] and stale.stale is not None
     assert await store.list_instances() == []
+
+
+async def test_a_rollout_held_by_its_budget_keeps_its_change_pending(
+    store: Store, controller: Leader
+) -> None:
+    """A rollout waiting on its disruption budget has not carried its change out: the change
+    stays pending, so an apply meanwhile does not restart the clock of what still waits."""
+    await _host(store, "h1")
+    await store.apply_workload(_workload(replicas=2, max_surge=0, max_unavailable=1))
+    await controller.reconcile("web", term=TERM)
+    for inst in await store.list_instances():
+        await _report(store, "h1", inst.id)
+    rollout, _ = await store.apply_workload(
+        _workload(replicas=2, max_surge=0, max_unavailable=1, env={"V": "2"})
+    )
+    await controller.reconcile("web", term=TERM)  # takes one old instance down
+    await controller.reconcile("web", term=TERM)  # held: the budget is spent until it is back
+    assert (await store.get_workload("web")).desired_pending
+    again, _ = await store.apply_workload(
+        _workload(replicas=2, max_surge=0, max_unavailable=1, env={"V": "3"})
+    )
+    assert again.desired_changed_at == rollout.desired_changed_at
