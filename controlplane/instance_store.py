@@ -20,6 +20,7 @@ import asyncpg
 
 from controlplane.errors import NotFound
 from controlplane.fleet_index import Delta, HostSeen
+from controlplane.plan_checks import Stale, moved_hosts
 from controlplane.records import INSTANCE_COLUMNS, instance_record
 from controlplane.sql import (
     HOST_CHANNEL,
@@ -35,37 +36,6 @@ from controlplane.sql import (
 from controlplane.view import StuckState
 from controlplane.workload_store import WorkloadRow, stuck_state
 from keel.model import Desired, Kind, Phase, WorkloadSpec, converged
-
-
-class _Stale(Exception):
-    """A plan was made from a read that is no longer current: nothing is written."""
-
-    def __init__(self, what: str, hosts: tuple[str, ...] = ()) -> None:
-        super().__init__(what)
-        self.what = what
-        self.hosts = hosts
-
-
-async def _moved(
-    conn: Conn, hosts_read: Mapping[str, HostSeen], *, bumped: Mapping[str, int]
-) -> tuple[str, ...]:
-    """The hosts no longer as the plan saw them. A host this write bumped is compared at the
-    revision before its bump (it is locked by then, so nothing else moves it)."""
-    if not hosts_read:
-        return ()
-    rows = await conn.fetch(
-        "SELECT name, state, schedulable, revision FROM host WHERE name = ANY($1::text[])",
-        sorted(hosts_read),
-    )
-    now = {r["name"]: r for r in rows}
-
-    def moved(name: str, seen: HostSeen) -> bool:
-        r = now.get(name)
-        if r is None or (r["state"], r["schedulable"]) != (seen.state.value, seen.schedulable):
-            return True
-        return seen.revision is not None and r["revision"] - (name in bumped) != seen.revision
-
-    return tuple(name for name, seen in sorted(hosts_read.items()) if moved(name, seen))
 
 
 @dataclass(frozen=True)
@@ -278,7 +248,7 @@ class InstanceStore:
                 hosts_read=hosts_read or {},
                 settles=settles,
             )
-        except _Stale as stale:
+        except Stale as stale:
             return PlanResult(created=[], removed=0, stale=stale.what, stale_hosts=stale.hosts)
 
     async def _apply_plan(
@@ -307,16 +277,16 @@ class InstanceStore:
                 w.name,
             )
             if current is None:
-                raise _Stale("the workload was deleted")
+                raise Stale("the workload was deleted")
             if remove and current["version"] != version:
-                raise _Stale("the workload or its instances changed")
+                raise Stale("the workload or its instances changed")
             if not remove and current["desired_version"] != workload.desired_version:
-                raise _Stale("the workload's desired state changed")
+                raise Stale("the workload's desired state changed")
             hosts = sorted(set(create_on) | set(await self._hosts_of(conn, remove)))
             revisions = await bump_revisions(conn, hosts)  # and locks them
-            moved = await _moved(conn, hosts_read, bumped=revisions)
+            moved = await moved_hosts(conn, hosts_read, bumped=revisions)
             if moved:
-                raise _Stale("hosts changed", moved)  # rolls the bumps back
+                raise Stale("hosts changed", moved)  # rolls the bumps back
             since = await conn.fetch(
                 "SELECT name, state_since FROM host WHERE name = ANY($1::text[])", hosts
             )
