@@ -5,7 +5,8 @@ gRPC server (FleetService, AgentService, health, reflection; every call through
 `controlplane.interceptors`) on uvloop -> /metrics (`--metrics`) -> addresses.json ->
 leadership campaign. Tracing (`--trace-file`, OTLP) is configured before the loop starts.
 SIGTERM: stop accepting, let in-flight RPCs finish (streams are closed), commit the pending
-report batch, then exit (which also stops an embedded Postgres).
+report batch (pending heartbeats are dropped: `heartbeats` says why), then exit (which also
+stops an embedded Postgres).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from controlplane.db import redact, resolve_database_url
 from controlplane.errors import KeelError
 from controlplane.flags import build_parser, settings_from
 from controlplane.fleet import FleetApi
+from controlplane.heartbeats import HeartbeatWriter
 from controlplane.interceptors import ObservabilityInterceptor
 from controlplane.leader import Leadership
 from controlplane.listener import Listener
@@ -179,6 +181,9 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         status, on_written=reports_written, retry_max_s=settings.report_retry_max_s
     )
 
+    # Heartbeats in batches; on the leader, the cache learns each host's new heartbeat from it.
+    heartbeats = HeartbeatWriter(store, metrics=metrics, on_written=cache.heartbeats_written)
+
     def wake_everything() -> None:
         registry.wake_all()
         cache.resync_now()
@@ -208,8 +213,8 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             store,
             registry=registry,
             reports=reports,
+            heartbeats=heartbeats,
             logs=logs,
-            metrics=metrics,
             resync_period_s=settings.resync_period_s,
             hello_timeout_s=settings.hello_timeout_s,
         ),
@@ -233,6 +238,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     tasks = [
         asyncio.create_task(listener.run(), name="listener"),
         asyncio.create_task(reports.run(), name="report-writer"),
+        asyncio.create_task(heartbeats.run(), name="heartbeat-writer"),
         asyncio.create_task(leadership.run(), name="leadership"),
         asyncio.create_task(
             _probe_database(

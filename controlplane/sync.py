@@ -4,8 +4,9 @@ The agent opens with Hello (checked by `controlplane.convert`); we answer with i
 (the changes since the revision it holds, or the full set), then push what changes: a NOTIFY
 on `keel_host` wakes the stream of that host, and every stream also looks again each resync
 period, so a lost notification only delays a change. Status reports go to the batching
-`ReportWriter`; heartbeats to the store; log chunks to `controlplane.logrelay`. A second
-stream for the same host replaces the first.
+`ReportWriter`; heartbeats to the batching `HeartbeatWriter` (with this stream's id: a
+heartbeat of a replaced or ended stream changes nothing); log chunks to
+`controlplane.logrelay`. A second stream for the same host replaces the first.
 
 While the database is away a stream stays open: the agent keeps running its last desired
 state, heartbeats are dropped and counted (`keel_heartbeats_dropped_total`), the opening
@@ -28,8 +29,8 @@ import structlog
 
 from controlplane import convert
 from controlplane.errors import InvalidArgument, KeelError, Replaced, StreamFailed, Unavailable
+from controlplane.heartbeats import HeartbeatWriter
 from controlplane.logrelay import LogRelay
-from controlplane.metrics import Metrics
 from controlplane.reports import ReportWriter
 from controlplane.store import Store
 from keel.fields import SpecError
@@ -104,13 +105,13 @@ class _Outage:
     """Logs a stream's database outage once when it starts and once when it is over."""
 
     def __init__(self, bound: structlog.typing.FilteringBoundLogger) -> None:
-        self._log = bound
+        self.log = bound
         self.away = False
 
     def failed(self, what: str) -> None:
         if not self.away:
             self.away = True
-            self._log.warning(
+            self.log.warning(
                 "database unavailable; the stream stays open and the agent keeps its last "
                 "desired state",
                 during=what,
@@ -119,7 +120,7 @@ class _Outage:
     def over(self) -> None:
         if self.away:
             self.away = False
-            self._log.info("database available again; stream resumed")
+            self.log.info("database available again; stream resumed")
 
 
 class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
@@ -129,8 +130,8 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         *,
         registry: StreamRegistry,
         reports: ReportWriter,
+        heartbeats: HeartbeatWriter,
         logs: LogRelay,
-        metrics: Metrics,
         resync_period_s: float,
         hello_timeout_s: float = 10.0,
     ) -> None:
@@ -139,7 +140,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         self._logs = logs
         self._registry = registry
         self._reports = reports
-        self._metrics = metrics
+        self._heartbeats = heartbeats
         self._resync_period_s = resync_period_s
 
     async def Sync(
@@ -153,7 +154,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         outage = _Outage(bound)
         session = self._registry.open(host)
         reader = asyncio.create_task(
-            self._read(host, request_iterator, bound, outage), name=f"sync-read-{host}"
+            self._read(session, request_iterator, outage), name=f"sync-read-{host}"
         )
         outgoing: asyncio.Future[agent_pb2.ControlMessage] = asyncio.ensure_future(
             session.outbox.get()
@@ -275,30 +276,29 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
 
     async def _read(
         self,
-        host: str,
+        session: _Session,
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
-        bound: structlog.typing.FilteringBoundLogger,
         outage: _Outage,
     ) -> None:
+        host = session.host
+
+        def dropped() -> None:
+            # Buffering would only delay the truth: the next heartbeat that lands says the
+            # host is alive, and liveness judges by database time.
+            outage.failed("a heartbeat")
+
         async for msg in request_iterator:
             which = msg.WhichOneof("msg")
-            if which == "report":
+            if which == "heartbeat":
+                self._heartbeats.submit(host, stream_id=session.stream_id, dropped=dropped)
+            elif which == "report":
                 self._reports.submit(
                     [convert.report_from_pb(host, s) for s in msg.report.instances]
                 )
-            elif which == "heartbeat":
-                try:
-                    if await self._store.heartbeat(host):
-                        bound.info("host ready again")
-                except Unavailable:
-                    # Buffering would only delay the truth: the next heartbeat that lands
-                    # says the host is alive, and liveness judges by database time.
-                    self._metrics.drop_heartbeat()
-                    outage.failed("a heartbeat")
             elif which == "log_chunk":
                 self._logs.deliver(msg.log_chunk)
             elif which == "hello":
-                bound.warning("ignoring a second Hello on an open stream")
+                outage.log.warning("ignoring a second Hello on an open stream")
 
 
 async def _hello(
