@@ -46,6 +46,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing beyond what asyncpg always does first (roll back a
+    transaction left open, drop listener callbacks). Its default reset sends
+    `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` at every release: a round
+    trip and a transaction for each heartbeat batch, report batch or indexed lookup. None of
+    it has anything to undo here: no pooled connection takes an advisory lock (migrations and
+    leadership hold theirs on connections of their own), LISTENs (`listener` has its own),
+    declares a cursor or SETs a session variable (the jsonb codec is client-side, set at
+    connect). Session state of that kind goes on a connection of its own, never the pool's."""
+
+
 # How long a statement or a wait for a pooled connection may take by default (--db-timeout).
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -58,6 +69,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         command_timeout=timeout_s,
         timeout=timeout_s,
     )
