@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import Callable
@@ -52,6 +53,13 @@ from keel.endpoint import write_addresses
 from keel.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 log = structlog.get_logger("keel.controlplane")
+
+# The cyclic collector's young generation: a collection every this many allocations (CPython's
+# default is 700). Reference counting frees nearly all a replica allocates; at the default, a
+# control plane serving 5,000 agent streams ran a young collection every few hundred messages,
+# each promoting what was in flight, and a full collection of every stream's objects every
+# ~20 s (pauses of 0.6-1 s): 6-8% of a core in all. At 50,000, collections become rare.
+GC_YOUNG_THRESHOLD = 50_000
 
 FLEET_SERVICE = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
@@ -298,6 +306,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    gc.set_threshold(GC_YOUNG_THRESHOLD)  # the older generations keep their ratios
     logs.configure(args.log_format, component="controlplane")
     try:
         if args.command == "migrate":
