@@ -54,6 +54,9 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_cache_resyncs_total",
         "keel_cache_resync_duration_seconds",
         "keel_cache_stale_writes_total",
+        # Heartbeats written in batches (the scale issue).
+        "keel_heartbeat_batch_size",
+        "keel_heartbeat_flush_duration_seconds",
     }
 )
 AGENT_METRICS = frozenset(
@@ -80,6 +83,8 @@ HISTOGRAMS = frozenset(
         "keel_grpc_request_duration_seconds",
         "keel_agent_convergence_seconds",
         "keel_cache_resync_duration_seconds",
+        "keel_heartbeat_batch_size",
+        "keel_heartbeat_flush_duration_seconds",
     }
 )
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
