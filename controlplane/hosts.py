@@ -138,46 +138,51 @@ class HostStore:
         whose current registration is that stream (`register_host`) and still connected. A
         heartbeat from a stream replaced since, or written after its stream ended
         (`disconnect_host`), changes nothing. A host that was not READY becomes READY again,
-        with its HostReady event and the `*` notification, in the same transaction. Returns
+        with its HostReady event and the `*` notification, in the same statement. Returns
         the hosts written, as they are now."""
         if not beats:
             return []
-        async with self.pool.acquire() as conn, conn.transaction():
-            # The rows locked first, in name order (as `sql.bump_revisions` takes them), and
-            # read as they are once locked: `was` is the state this write replaces.
-            rows = await conn.fetch(
-                """UPDATE host h SET last_heartbeat = now(),
+        # One statement, so one round trip and no BEGIN/COMMIT (a batch goes out every few
+        # milliseconds at thousands of agents). The rows are locked first, in name order (as
+        # `sql.bump_revisions` takes them), and read as they are once locked: `was` is the
+        # state this write replaces. A host back to READY gets its event (the columns
+        # `sql.record_event` writes) and the `*` notification, once per batch; a data-modifying
+        # WITH runs whether or not it is read, the notification only if a host came back.
+        rows = await self.pool.fetch(
+            """WITH before AS (
+                   SELECT o.name, o.state FROM host o
+                   JOIN unnest($1::text[], $2::text[]) AS u(name, stream_id)
+                     ON o.name = u.name AND o.stream_id = u.stream_id
+                   WHERE o.connected
+                   ORDER BY o.name FOR UPDATE OF o),
+               beat AS (
+                   UPDATE host h SET last_heartbeat = now(),
                           state_since = CASE WHEN h.state = 'READY' THEN h.state_since
                                              ELSE now() END,
                           state = 'READY'
-                   FROM (SELECT o.name, o.state FROM host o
-                         JOIN unnest($1::text[], $2::text[]) AS u(name, stream_id)
-                           ON o.name = u.name AND o.stream_id = u.stream_id
-                         WHERE o.connected
-                         ORDER BY o.name FOR UPDATE OF o) AS before
-                   WHERE h.name = before.name
-                   RETURNING h.name, before.state AS was, h.state_since, h.last_heartbeat""",
-                [name for name, _ in beats],
-                [stream for _, stream in beats],
+                   FROM before WHERE h.name = before.name
+                   RETURNING h.name, before.state AS was, h.state_since, h.last_heartbeat),
+               back AS (
+                   INSERT INTO event (object, kind, actor, message)
+                   SELECT 'host/' || name, 'HostReady', '', 'heartbeat after ' || was
+                   FROM beat WHERE was <> 'READY' ORDER BY name
+                   RETURNING id)
+               SELECT beat.*, (SELECT pg_notify($3, '*') FROM back LIMIT 1) IS NULL AS quiet
+               FROM beat""",
+            [name for name, _ in beats],
+            [stream for _, stream in beats],
+            WORKLOAD_CHANNEL,
+        )
+        return [
+            Beat(
+                r["name"],
+                # Nearly always READY: skip EnumType.__call__ for it.
+                HostState.READY if r["was"] == "READY" else HostState(r["was"]),
+                r["state_since"],
+                r["last_heartbeat"],
             )
-            written = [
-                Beat(
-                    r["name"],
-                    # Nearly always READY: skip EnumType.__call__ for it.
-                    HostState.READY if r["was"] == "READY" else HostState(r["was"]),
-                    r["state_since"],
-                    r["last_heartbeat"],
-                )
-                for r in rows
-            ]
-            back = [b for b in written if b.was is not HostState.READY]
-            for b in back:
-                await record_event(
-                    conn, f"host/{b.host}", "HostReady", f"heartbeat after {b.was.value}"
-                )
-            if back:
-                await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
-            return written
+            for r in rows
+        ]
 
     async def disconnect_host(self, name: str, *, stream_id: str = "") -> None:
         """The stream `stream_id` ended: the host is disconnected, unless a newer stream has

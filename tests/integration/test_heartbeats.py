@@ -98,6 +98,12 @@ async def test_a_heartbeat_makes_a_silent_host_ready_with_its_event_and_notifica
         beats = await store.write_heartbeats([("h1", "s-h1"), ("h2", "s-h2"), ("h3", "s-h3")])
         async with asyncio.timeout(10):
             assert await heard.get() == "*"
+        # A batch in which no host came back notifies nothing (notifications arrive in commit
+        # order: the next one heard is the marker sent after it).
+        assert [b.was for b in await store.write_heartbeats([("h3", "s-h3")])] == [HostState.READY]
+        await store.pool.execute("SELECT pg_notify($1, 'marker')", WORKLOAD_CHANNEL)
+        async with asyncio.timeout(10):
+            assert await heard.get() == "marker"
     finally:
         await listener.close()
     assert {b.host: b.was for b in beats} == {
