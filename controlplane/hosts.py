@@ -184,6 +184,16 @@ class HostStore:
             for r in rows
         ]
 
+    async def host_revisions(self, names: Sequence[str]) -> dict[str, int]:
+        """The named hosts' revisions (a host not found is left out): one query for every
+        stream's periodic look (`sync.AgentSync.check_streams`)."""
+        if not names:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT name, revision FROM host WHERE name = ANY($1::text[])", list(names)
+        )
+        return {r["name"]: int(r["revision"]) for r in rows}
+
     async def disconnect_host(self, name: str, *, stream_id: str = "") -> None:
         """The stream `stream_id` ended: the host is disconnected, unless a newer stream has
         registered it since."""

@@ -216,18 +216,16 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(
         FleetApi(store, status=status, logs=logs, log_wait_s=settings.log_wait_s), server
     )
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentSync(
-            store,
-            registry=registry,
-            reports=reports,
-            heartbeats=heartbeats,
-            logs=logs,
-            resync_period_s=settings.resync_period_s,
-            hello_timeout_s=settings.hello_timeout_s,
-        ),
-        server,
+    agent_sync = AgentSync(
+        store,
+        registry=registry,
+        reports=reports,
+        heartbeats=heartbeats,
+        logs=logs,
+        resync_period_s=settings.resync_period_s,
+        hello_timeout_s=settings.hello_timeout_s,
     )
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_sync, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -247,6 +245,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         asyncio.create_task(listener.run(), name="listener"),
         asyncio.create_task(reports.run(), name="report-writer"),
         asyncio.create_task(heartbeats.run(), name="heartbeat-writer"),
+        asyncio.create_task(agent_sync.check_streams(), name="stream-check"),
         asyncio.create_task(leadership.run(), name="leadership"),
         asyncio.create_task(
             _probe_database(

@@ -3,10 +3,12 @@
 The agent opens with Hello (checked by `controlplane.convert`); we answer with its assignments
 (the changes since the revision it holds, or the full set), then push what changes: a NOTIFY
 on `keel_host` wakes the stream of that host, and every stream also looks again each resync
-period, so a lost notification only delays a change. Status reports go to the batching
-`ReportWriter`; heartbeats to the batching `HeartbeatWriter` (with this stream's id: a
-heartbeat of a replaced or ended stream changes nothing); log chunks to
-`controlplane.logrelay`. A second stream for the same host replaces the first.
+period, so a lost notification only delays a change (`check_streams` reads the revision of
+every host streaming here in one query, so a look that finds nothing new costs no query of
+its own). Status reports go to the batching `ReportWriter`; heartbeats to the batching
+`HeartbeatWriter` (with this stream's id: a heartbeat of a replaced or ended stream changes
+nothing); log chunks to `controlplane.logrelay`. A second stream for the same host replaces
+the first.
 
 While the database is away a stream stays open: the agent keeps running its last desired
 state, heartbeats are dropped and counted (`keel_heartbeats_dropped_total`), the opening
@@ -21,7 +23,7 @@ import asyncio
 import contextlib
 import enum
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
@@ -45,6 +47,12 @@ class _Session:
         # Recorded with the host at Hello: only this stream's end may mark it disconnected.
         self.stream_id = uuid.uuid4().hex
         self.wake = asyncio.Event()
+        # The host's revision as the registry's periodic check read it (`StreamRegistry.
+        # checked`), if nothing woke the stream since: the look needs no query when the agent
+        # has been sent that revision. `notified` counts the other wakes, so a check that
+        # read the revision before a notification never hides the change notified.
+        self.checked: int | None = None
+        self.notified = 0
         self.replaced = asyncio.Event()
         # Messages other than assignments (log requests) waiting to go out on this stream.
         self.outbox: asyncio.Queue[agent_pb2.ControlMessage] = asyncio.Queue()
@@ -83,14 +91,34 @@ class StreamRegistry:
     def wake(self, host: str) -> None:
         session = self._sessions.get(host)
         if session is not None:
-            session.wake.set()
+            _notify(session)
 
     def wake_all(self) -> None:
         for session in self._sessions.values():
+            _notify(session)
+
+    def sessions(self) -> list[_Session]:
+        return list(self._sessions.values())
+
+    def checked(self, revisions: Mapping[str, int], *, notified: Mapping[_Session, int]) -> None:
+        """The periodic check read these hosts' revisions; `notified`: each session's count of
+        notifications when it began. Wakes every session checked, with the revision read
+        unless a notification came meanwhile (or the host was not found: it looks itself)."""
+        for session, before in notified.items():
+            revision = revisions.get(session.host)
+            if session.notified == before and revision is not None:
+                session.checked = revision
             session.wake.set()
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+def _notify(session: _Session) -> None:
+    """Something may have changed for the host: the stream looks in the database."""
+    session.notified += 1
+    session.checked = None
+    session.wake.set()
 
 
 class _Event(enum.Enum):
@@ -181,9 +209,14 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                     raise StreamFailed("the stream from the agent failed; reconnect") from error
                 else:
                     session.wake.clear()
+                    checked, session.checked = session.checked, None
                     try:
                         if sent is None:
                             message = await self._opening(hello, session, bound)
+                        elif checked is not None and checked <= sent:
+                            # Nothing new since the agent was sent `sent` (the periodic check
+                            # read the host's revision): no query of its own.
+                            message = convert.assignments_pb(False, sent, [])
                         else:
                             revision, rows = await self._store.host_assignments(host, since=sent)
                             # Sent even when empty (each resync period at least): the agent then
@@ -206,6 +239,21 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                 with contextlib.suppress(Exception):
                     await self._store.disconnect_host(host, stream_id=session.stream_id)
                 bound.info("agent disconnected")
+
+    async def check_streams(self) -> None:
+        """Every resync period, one query reads the revision of every host with a stream open
+        here, and wakes the streams: those whose agent holds that revision send their periodic
+        (empty) assignments without a query each. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(self._resync_period_s)
+            sessions = self._registry.sessions()
+            notified = {s: s.notified for s in sessions}
+            try:
+                revisions = await self._store.host_revisions([s.host for s in sessions])
+            except Exception as exc:  # the database may be away: each stream looks by itself
+                log.debug("stream check failed; streams look by themselves", error=str(exc))
+                revisions = {}
+            self._registry.checked(revisions, notified=notified)
 
     async def _opening(
         self,
@@ -247,7 +295,9 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         reader: asyncio.Task[None],
         outgoing: asyncio.Future[agent_pb2.ControlMessage],
     ) -> _Event:
-        """Waits for what the stream must do next (at most one resync period)."""
+        """Waits for what the stream must do next: the periodic check (`check_streams`) wakes
+        it every resync period; after two without one (opened just after a check began, or
+        the check is slow) it looks by itself."""
         waits = {
             asyncio.ensure_future(session.wake.wait()): _Event.LOOK,
             asyncio.ensure_future(session.replaced.wait()): _Event.REPLACED,
@@ -257,7 +307,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         try:
             await asyncio.wait(
                 futures,
-                timeout=self._resync_period_s,
+                timeout=2 * self._resync_period_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
