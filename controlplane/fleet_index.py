@@ -360,8 +360,13 @@ class FleetIndex(Generic[W]):
                 view = dataclasses.replace(view, state=HostState.READY)
                 self._host_views[name] = view
                 changed = True
-            self._hosts[name] = dataclasses.replace(
-                host, view=view, state_since=since, last_heartbeat=heartbeat, connected=True
+            # Built, not dataclasses.replace: this runs for every heartbeat the leader writes.
+            self._hosts[name] = HostRecord(
+                view=view,
+                state_since=since,
+                last_heartbeat=heartbeat,
+                connected=True,
+                revision=host.revision,
             )
         if changed:
             self.hosts_generation += 1
