@@ -283,7 +283,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     log.info("stopping", grace_s=settings.shutdown_grace_s)
     for name in ("", AGENT_SERVICE, FLEET_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    registry.stopping.set()  # agent streams end now; unary calls get the grace
+    registry.stop()  # agent streams end now; unary calls get the grace
     await server.stop(settings.shutdown_grace_s)
     if not await reports.flush(settings.shutdown_grace_s):
         log.warning("stopped with reports unwritten; agents resend them on reconnect")

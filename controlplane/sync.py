@@ -74,7 +74,10 @@ class StreamRegistry:
         old = self._sessions.get(host)
         if old is not None:
             old.replaced.set()
+            old.wake.set()  # a stream waits on its wake alone (`AgentSync._next`)
         session = _Session(host)
+        if self.stopping.is_set():
+            session.wake.set()
         self._sessions[host] = session
         return session
 
@@ -87,6 +90,12 @@ class StreamRegistry:
 
     def get(self, host: str) -> _Session | None:
         return self._sessions.get(host)
+
+    def stop(self) -> None:
+        """The control plane stops: every stream ends at once."""
+        self.stopping.set()
+        for session in self._sessions.values():
+            session.wake.set()
 
     def wake(self, host: str) -> None:
         session = self._sessions.get(host)
@@ -298,12 +307,11 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         """Waits for what the stream must do next: the periodic check (`check_streams`) wakes
         it every resync period; after two without one (opened just after a check began, or
         the check is slow) it looks by itself."""
-        waits = {
-            asyncio.ensure_future(session.wake.wait()): _Event.LOOK,
-            asyncio.ensure_future(session.replaced.wait()): _Event.REPLACED,
-            asyncio.ensure_future(self._registry.stopping.wait()): _Event.STOPPING,
-        }
-        futures: list[asyncio.Future[Any]] = [*waits, reader, outgoing]
+        # One waiter besides the reader and the outbox: being replaced and the control plane
+        # stopping set the wake too (`StreamRegistry.open`, `stop`), and a look is cheap when
+        # thousands of streams are woken together each resync period.
+        woken = asyncio.ensure_future(session.wake.wait())
+        futures: list[asyncio.Future[Any]] = [woken, reader, outgoing]
         try:
             await asyncio.wait(
                 futures,
@@ -311,8 +319,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
-            for f in waits:
-                f.cancel()
+            woken.cancel()
         # In order of precedence: messages already queued go out before anything else.
         if outgoing.done():
             return _Event.OUTBOX

@@ -36,3 +36,16 @@ async def test_a_notification_after_the_check_clears_what_it_read() -> None:
     registry.checked({"a": 7}, notified={a: a.notified})
     registry.wake_all()
     assert a.checked is None
+
+
+async def test_being_replaced_or_stopping_wakes_the_stream() -> None:
+    """A stream waits on its wake alone: a newer stream for its host, and the control plane
+    stopping (even for a stream opened after), set it."""
+    registry = StreamRegistry()
+    old = registry.open("a")
+    new = registry.open("a")
+    assert old.replaced.is_set() and old.wake.is_set()
+    assert not new.wake.is_set()
+    registry.stop()
+    assert new.wake.is_set() and registry.stopping.is_set()
+    assert registry.open("b").wake.is_set()
