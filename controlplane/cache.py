@@ -15,7 +15,8 @@ it runs. How it stays current, like an agent's list-then-watch:
   the hosts changed, and they are re-read. Re-reads wait for nothing but the previous one, so
   notifications that arrive meanwhile are read together;
 - the leader's own writes (plans, report batches) are applied as their transactions returned
-  them (`apply`), when the cache holds the version the write was made over.
+  them (`apply`), when the cache holds the version the write was made over; so are the
+  heartbeat batches it writes (`heartbeats_written`: each host's new heartbeat, when newer).
 After each re-read the workload controller is woken for what changed (`on_workload`,
 `on_hosts`).
 
@@ -43,12 +44,14 @@ import structlog
 
 from controlplane.errors import KeelError
 from controlplane.fleet_index import Delta, FleetIndex, HostRecord, WorkloadEntry
+from controlplane.hosts import Beat
 from controlplane.liveness import HostFacts
 from controlplane.metrics import Metrics
 from controlplane.scheduler import HostUsage
 from controlplane.status import ReportOutcome
 from controlplane.store import Store, WorkloadRow
 from controlplane.view import HostView, StuckState
+from keel.model import HostState
 
 log = structlog.get_logger("keel.cache")
 
@@ -194,6 +197,15 @@ class FleetCache:
             if name not in self._dirty:
                 self._on_workload(name)
 
+    def heartbeats_written(self, beats: Sequence[Beat]) -> None:
+        """A heartbeat batch this replica wrote: liveness judges from these heartbeats, not
+        from the last read (nothing while following: the leader learns of hosts streaming to
+        another replica by reading them)."""
+        index = self._index
+        if index is None:
+            return
+        index.heartbeats((b.host, b.state_since, b.last_heartbeat) for b in beats)
+
     # -- reading ----------------------------------------------------------------------------
 
     @property
@@ -250,8 +262,11 @@ class FleetCache:
         # After the hosts: what is read of their instances is at least as new as the revision.
         await self.refresh(await self._store.workloads_on(hosts))
 
-    def liveness_facts(self) -> list[HostFacts]:
-        """Every host's heartbeat facts, as liveness judges them (`liveness.judge`)."""
+    def liveness_facts(self, *, silent_before: datetime | None = None) -> list[HostFacts]:
+        """The heartbeat facts of every host, as liveness judges them (`liveness.judge`); with
+        `silent_before`, only of the hosts a judgement at that grace can change: those not
+        READY, and the READY ones whose last heartbeat is not after it (a fleet that
+        heartbeats costs a pass a comparison per host, not a record)."""
         index = self.index
         return [
             HostFacts(
@@ -262,6 +277,9 @@ class FleetCache:
                 has_service_instances=index.has_service_instances(h.name),
             )
             for h in index.host_records()
+            if silent_before is None
+            or h.view.state is not HostState.READY
+            or (h.last_heartbeat or h.state_since) <= silent_before
         ]
 
     def host(self, name: str) -> HostRecord | None:

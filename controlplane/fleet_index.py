@@ -33,6 +33,9 @@ from keel.model import Desired, HostState, Kind, Phase, converged
 
 W = TypeVar("W")  # the store's workload row, carried as is (plans are written from it)
 
+# `live_on` of a host with nothing live: one shared empty mapping, not a Counter per call.
+_NOTHING_LIVE: Mapping[str, int] = {}
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceRecord:
@@ -193,7 +196,7 @@ class FleetIndex(Generic[W]):
 
     def live_on(self, host: str) -> Mapping[str, int]:
         """Live instances (desired RUNNING or STOPPED) on the host, by workload."""
-        return self._live.get(host, Counter())
+        return self._live.get(host, _NOTHING_LIVE)
 
     def needing_attention(self) -> list[InstanceRecord]:
         """The instances not converged or marked stuck: the only ones, with those on hosts
@@ -349,6 +352,33 @@ class FleetIndex(Generic[W]):
         for r in records:
             self._hosts[r.name] = r
             self._host_views[r.name] = r.view
+        if changed:
+            self.hosts_generation += 1
+
+    def heartbeats(self, beats: Iterable[tuple[str, datetime, datetime]]) -> None:
+        """Heartbeats this replica wrote: (host, READY since, heartbeat), as their statement
+        returned them. Applied only over an older heartbeat: a host read since the write
+        committed holds it already (and perhaps more)."""
+        changed = False
+        for name, since, heartbeat in beats:
+            host = self._hosts.get(name)
+            if host is None or (
+                host.last_heartbeat is not None and host.last_heartbeat >= heartbeat
+            ):
+                continue
+            view = host.view
+            if view.state is not HostState.READY:
+                view = dataclasses.replace(view, state=HostState.READY)
+                self._host_views[name] = view
+                changed = True
+            # Built, not dataclasses.replace: this runs for every heartbeat the leader writes.
+            self._hosts[name] = HostRecord(
+                view=view,
+                state_since=since,
+                last_heartbeat=heartbeat,
+                connected=True,
+                revision=host.revision,
+            )
         if changed:
             self.hosts_generation += 1
 

@@ -1,8 +1,9 @@
 """Hosts in Postgres: registration, heartbeats, liveness and fencing.
 
-Neighbours: `sync` registers hosts and records heartbeats; `liveness` decides which silent hosts
-change state and which are fenced, from the leader's cache (here: write its decisions, fence);
-`store.Store` inherits these queries, so callers hold one store.
+Neighbours: `sync` registers hosts; `heartbeats.HeartbeatWriter` writes their heartbeats here in
+batches; `liveness` decides which silent hosts change state and which are fenced, from the
+leader's cache (here: write its decisions, fence); `store.Store` inherits these queries, so
+callers hold one store.
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ from controlplane.sql import (
     workload_payload,
 )
 from keel.model import Desired, HostState, Kind, Phase, Resources, holds_resources
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """A heartbeat as written: the host is READY since `state_since`, heartbeated at
+    `last_heartbeat` (database time); `was` is its state before."""
+
+    host: str
+    was: HostState
+    state_since: datetime
+    last_heartbeat: datetime
 
 
 @dataclass(frozen=True)
@@ -124,22 +136,66 @@ class HostStore:
             await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
             return int(row["revision"])
 
-    async def heartbeat(self, name: str) -> bool:
-        """Records a heartbeat. Returns True when it made the host READY again."""
-        row = await self.pool.fetchrow(
-            """UPDATE host AS h SET last_heartbeat = now(), connected = true,
-                      state_since = CASE WHEN h.state = 'READY' THEN h.state_since ELSE now() END,
-                      state = 'READY'
-               FROM (SELECT state FROM host WHERE name = $1 FOR UPDATE) AS before
-               WHERE h.name = $1 RETURNING before.state AS was""",
-            name,
+    async def write_heartbeats(self, beats: Sequence[tuple[str, str]]) -> list[Beat]:
+        """Records a batch of heartbeats, (host, stream id) each, in one statement: each host
+        whose current registration is that stream (`register_host`) and still connected. A
+        heartbeat from a stream replaced since, or written after its stream ended
+        (`disconnect_host`), changes nothing. A host that was not READY becomes READY again,
+        with its HostReady event and the `*` notification, in the same statement. Returns
+        the hosts written, as they are now."""
+        if not beats:
+            return []
+        # One statement, so one round trip and no BEGIN/COMMIT (a batch goes out every few
+        # milliseconds at thousands of agents). The rows are locked first, in name order (as
+        # `sql.bump_revisions` takes them), and read as they are once locked: `was` is the
+        # state this write replaces. A host back to READY gets its event (the columns
+        # `sql.record_event` writes) and the `*` notification, once per batch; a data-modifying
+        # WITH runs whether or not it is read, the notification only if a host came back.
+        rows = await self.pool.fetch(
+            """WITH before AS (
+                   SELECT o.name, o.state FROM host o
+                   JOIN unnest($1::text[], $2::text[]) AS u(name, stream_id)
+                     ON o.name = u.name AND o.stream_id = u.stream_id
+                   WHERE o.connected
+                   ORDER BY o.name FOR UPDATE OF o),
+               beat AS (
+                   UPDATE host h SET last_heartbeat = now(),
+                          state_since = CASE WHEN h.state = 'READY' THEN h.state_since
+                                             ELSE now() END,
+                          state = 'READY'
+                   FROM before WHERE h.name = before.name
+                   RETURNING h.name, before.state AS was, h.state_since, h.last_heartbeat),
+               back AS (
+                   INSERT INTO event (object, kind, actor, message)
+                   SELECT 'host/' || name, 'HostReady', '', 'heartbeat after ' || was
+                   FROM beat WHERE was <> 'READY' ORDER BY name
+                   RETURNING id)
+               SELECT beat.*, (SELECT pg_notify($3, '*') FROM back LIMIT 1) IS NULL AS quiet
+               FROM beat""",
+            [name for name, _ in beats],
+            [stream for _, stream in beats],
+            WORKLOAD_CHANNEL,
         )
-        if row is None or row["was"] == "READY":
-            return False
-        async with self.pool.acquire() as conn, conn.transaction():
-            await record_event(conn, f"host/{name}", "HostReady", f"heartbeat after {row['was']}")
-            await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
-        return True
+        return [
+            Beat(
+                r["name"],
+                # Nearly always READY: skip EnumType.__call__ for it.
+                HostState.READY if r["was"] == "READY" else HostState(r["was"]),
+                r["state_since"],
+                r["last_heartbeat"],
+            )
+            for r in rows
+        ]
+
+    async def host_revisions(self, names: Sequence[str]) -> dict[str, int]:
+        """The named hosts' revisions (a host not found is left out): one query for every
+        stream's periodic look (`sync.AgentSync.check_streams`)."""
+        if not names:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT name, revision FROM host WHERE name = ANY($1::text[])", list(names)
+        )
+        return {r["name"]: int(r["revision"]) for r in rows}
 
     async def disconnect_host(self, name: str, *, stream_id: str = "") -> None:
         """The stream `stream_id` ended: the host is disconnected, unless a newer stream has

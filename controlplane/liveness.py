@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import structlog
@@ -135,8 +135,9 @@ class LivenessStore(Protocol):
 
 
 class HostSource(Protocol):
-    def liveness_facts(self) -> list[HostFacts]:
-        """Every host's facts, as last read."""
+    def liveness_facts(self, *, silent_before: datetime | None = None) -> list[HostFacts]:
+        """Every host's facts, as last read; with `silent_before`, only those of hosts not
+        READY or READY without a heartbeat after it (the others `judge` leaves as they are)."""
         ...
 
     async def refresh_hosts(self, names: Sequence[str] | None = None) -> None:
@@ -186,7 +187,10 @@ class LivenessController:
         watched_s = term.age_s()
         if self._sighted_at is not None:
             watched_s = min(watched_s, max(0.0, term.clock() - self._sighted_at))
-        hosts = self._hosts.liveness_facts()
+        # A READY host that heartbeated within the grace keeps its state whatever else holds,
+        # so the pass looks only at the others: a few records, not one per host of the fleet.
+        silent_before = now - timedelta(seconds=self._timings.grace_s)
+        hosts = self._hosts.liveness_facts(silent_before=silent_before)
         decision = judge(hosts, now=now, term_age_s=watched_s, timings=self._timings)
         if decision.wait_s is not None:
             return requeue_after(decision.wait_s, idle=True)

@@ -11,7 +11,8 @@ what:
 - the periodic database scan: `set_hosts`, `set_backlog`, `set_stuck`;
 - main.py: `track_sync_streams` with the agent stream registry, `set_database_up` from the
   database probe;
-- the agent streams (`controlplane.sync`): `drop_heartbeat` while the database is away.
+- the heartbeat writer (`controlplane.heartbeats`): `observe_heartbeat_batch` per batch written,
+  `drop_heartbeat` for those it could not write while the database is away.
 
 No metric carries a host, instance or workload name: the label sets stay small however large
 the fleet. Label values that are known in advance are created at start-up so every series is
@@ -62,6 +63,9 @@ RPC_BUCKETS = (
     600.0,
     3600.0,
 )
+
+# Heartbeats per batch: 1 on a quiet fleet; thousands when a write waits on a busy database.
+HEARTBEAT_BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 CHANGES = tuple(Change)
 KINDS = ("instance", "workload")
@@ -182,6 +186,20 @@ class Metrics:
             "keel_heartbeats_dropped_total",
             "Agent heartbeats that could not be recorded because the database was unavailable "
             "(the stream stays open; the next heartbeat that lands counts).",
+            registry=r,
+        )
+        self.heartbeat_batch_size = Histogram(
+            "keel_heartbeat_batch_size",
+            "Heartbeats written per batch (one statement each; a batch goes out as soon as the "
+            "previous one committed, so it grows with the load, not with a timer).",
+            buckets=HEARTBEAT_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.heartbeat_flush_duration = Histogram(
+            "keel_heartbeat_flush_duration_seconds",
+            "Duration of one heartbeat batch write (the wait for a pooled connection included); "
+            "a heartbeat waits at most about two of these before it is recorded.",
+            buckets=RECONCILE_BUCKETS,
             registry=r,
         )
         self.database_up = Gauge(
@@ -360,9 +378,14 @@ class Metrics:
 
     # --- the database edge (agent streams and the health probe) -------------------------------
 
-    def drop_heartbeat(self) -> None:
-        """A heartbeat could not be written (the database is unavailable)."""
-        self.heartbeats_dropped.inc()
+    def drop_heartbeat(self, n: int = 1) -> None:
+        """Heartbeats could not be written (the database is unavailable)."""
+        self.heartbeats_dropped.inc(n)
+
+    def observe_heartbeat_batch(self, size: int, seconds: float) -> None:
+        """A batch of `size` heartbeats was written in `seconds`."""
+        self.heartbeat_batch_size.observe(size)
+        self.heartbeat_flush_duration.observe(seconds)
 
     def set_database_up(self, up: bool) -> None:
         self.database_up.set(1 if up else 0)

@@ -1,9 +1,10 @@
-"""Agent status reports, written to Postgres in batches.
+"""Agent status reports, written to Postgres in batches (`batching.Batches`).
 
 A batch is flushed as soon as the previous one commits (no fixed interval): under light load
 each report is written at once; under heavy load reports pile up while a commit runs and go
 out together in the next one. A failed write keeps its batch and retries with back-off, so a
-report is never dropped while the process lives.
+report is never dropped while the process lives. Heartbeats are batched the same way, with
+the opposite failure policy (`heartbeats`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
+from controlplane.batching import Batches
 from controlplane.errors import InvalidArgument
 from controlplane.status import ReportOutcome, StatusStore
 from controlplane.store import Report
@@ -32,30 +34,23 @@ class ReportWriter:
         self._store = store
         self._on_written = on_written
         self._retry_max_s = retry_max_s
-        self._pending: list[Report] = []
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # The last report per instance wins, in a batch and across a failed write's retries:
+        # an outage grows the batch by instances, not by reports.
+        self._batches: Batches[str, Report] = Batches(key=lambda r: r.instance_id)
 
     def submit(self, reports: Sequence[Report]) -> None:
-        if not reports:
-            return
-        self._pending.extend(reports)
-        self._idle.clear()
-        self._wake.set()
+        self._batches.submit(reports)
 
     async def run(self) -> None:
         """Writes batches until cancelled."""
         delay = 0.05
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._pending = self._pending, []
+            batch = await self._batches.take()
             while batch:
                 try:
                     outcome = await self._store.write_reports(batch)
                 except asyncio.CancelledError:
-                    self._pending[:0] = batch
+                    self._batches.put_back(batch)
                     raise
                 except InvalidArgument as exc:
                     # Not the database being down: a report it refuses. Retrying would block
@@ -66,16 +61,12 @@ class ReportWriter:
                     log.warning("report batch failed; retrying", error=str(exc), size=len(batch))
                     await asyncio.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, self._retry_max_s)
-                    # Newer reports of the same instance replace the failed ones, so an outage
-                    # grows the batch by instances, not by reports.
-                    batch = list({r.instance_id: r for r in batch + self._pending}.values())
-                    self._pending = []
+                    batch = self._batches.with_pending(batch)
                     continue
                 delay = 0.05
                 self._on_written(outcome)
                 batch = []
-            if not self._pending:
-                self._idle.set()
+            self._batches.written()
 
     async def _isolate(self, batch: list[Report], exc: Exception) -> list[Report]:
         """Writes a refused batch report by report; returns what is left to retry (reports
@@ -98,9 +89,4 @@ class ReportWriter:
 
     async def flush(self, timeout_s: float) -> bool:
         """Waits until everything submitted so far is committed. False on timeout."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await self._batches.flush(timeout_s)

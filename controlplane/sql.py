@@ -47,13 +47,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
-    """A pooled connection goes back as it is (asyncpg still rolls back an open transaction).
-
-    No pooled connection holds session state: LISTEN (`listener`), the leader's advisory lock
-    (`leader`) and the migrations' lock have connections of their own, and nothing here SETs a
-    session variable or keeps a cursor. asyncpg's default reset (UNLISTEN *, RESET ALL, CLOSE
-    ALL, pg_advisory_unlock_all) would be a round trip on every release for nothing: it doubled
-    the cost of a short operator read."""
+    """The pool's reset on release: nothing beyond what asyncpg always does first (roll back a
+    transaction left open, drop listener callbacks). Its default reset sends
+    `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` at every release: a round
+    trip and a transaction for each heartbeat batch, report batch or indexed lookup. None of
+    it has anything to undo here: no pooled connection takes an advisory lock (migrations and
+    leadership hold theirs on connections of their own), LISTENs (`listener` has its own),
+    declares a cursor or SETs a session variable (the jsonb codec is client-side, set at
+    connect). Session state of that kind goes on a connection of its own, never the pool's."""
 
 
 # How long a statement or a wait for a pooled connection may take by default (--db-timeout).

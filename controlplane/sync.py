@@ -3,9 +3,12 @@
 The agent opens with Hello (checked by `controlplane.convert`); we answer with its assignments
 (the changes since the revision it holds, or the full set), then push what changes: a NOTIFY
 on `keel_host` wakes the stream of that host, and every stream also looks again each resync
-period (jittered per stream), so a lost notification only delays a change. Status reports go
-to the batching `ReportWriter`; heartbeats to the store; log chunks to `controlplane.logrelay`.
-A second stream for the same host replaces the first.
+period, so a lost notification only delays a change (`check_streams` reads the revision of
+every host streaming here in one query, so a look that finds nothing new costs no query of
+its own). Status reports go to the batching `ReportWriter`; heartbeats to the batching
+`HeartbeatWriter` (with this stream's id: a heartbeat of a replaced or ended stream changes
+nothing); log chunks to `controlplane.logrelay`. A second stream for the same host replaces
+the first.
 
 While the database is away a stream stays open: the agent keeps running its last desired
 state, heartbeats are dropped and counted (`keel_heartbeats_dropped_total`), the opening
@@ -19,9 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
@@ -29,8 +31,8 @@ import structlog
 
 from controlplane import convert
 from controlplane.errors import InvalidArgument, KeelError, Replaced, StreamFailed, Unavailable
+from controlplane.heartbeats import HeartbeatWriter
 from controlplane.logrelay import LogRelay
-from controlplane.metrics import Metrics
 from controlplane.reports import ReportWriter
 from controlplane.store import Store
 from keel.fields import SpecError
@@ -45,6 +47,12 @@ class _Session:
         # Recorded with the host at Hello: only this stream's end may mark it disconnected.
         self.stream_id = uuid.uuid4().hex
         self.wake = asyncio.Event()
+        # The host's revision as the registry's periodic check read it (`StreamRegistry.
+        # checked`), if nothing woke the stream since: the look needs no query when the agent
+        # has been sent that revision. `notified` counts the other wakes, so a check that
+        # read the revision before a notification never hides the change notified.
+        self.checked: int | None = None
+        self.notified = 0
         self.replaced = asyncio.Event()
         # Messages other than assignments (log requests) waiting to go out on this stream.
         self.outbox: asyncio.Queue[agent_pb2.ControlMessage] = asyncio.Queue()
@@ -66,7 +74,10 @@ class StreamRegistry:
         old = self._sessions.get(host)
         if old is not None:
             old.replaced.set()
+            old.wake.set()  # a stream waits on its wake alone (`AgentSync._next`)
         session = _Session(host)
+        if self.stopping.is_set():
+            session.wake.set()
         self._sessions[host] = session
         return session
 
@@ -80,17 +91,43 @@ class StreamRegistry:
     def get(self, host: str) -> _Session | None:
         return self._sessions.get(host)
 
+    def stop(self) -> None:
+        """The control plane stops: every stream ends at once."""
+        self.stopping.set()
+        for session in self._sessions.values():
+            session.wake.set()
+
     def wake(self, host: str) -> None:
         session = self._sessions.get(host)
         if session is not None:
-            session.wake.set()
+            _notify(session)
 
     def wake_all(self) -> None:
         for session in self._sessions.values():
+            _notify(session)
+
+    def sessions(self) -> list[_Session]:
+        return list(self._sessions.values())
+
+    def checked(self, revisions: Mapping[str, int], *, notified: Mapping[_Session, int]) -> None:
+        """The periodic check read these hosts' revisions; `notified`: each session's count of
+        notifications when it began. Wakes every session checked, with the revision read
+        unless a notification came meanwhile (or the host was not found: it looks itself)."""
+        for session, before in notified.items():
+            revision = revisions.get(session.host)
+            if session.notified == before and revision is not None:
+                session.checked = revision
             session.wake.set()
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+def _notify(session: _Session) -> None:
+    """Something may have changed for the host: the stream looks in the database."""
+    session.notified += 1
+    session.checked = None
+    session.wake.set()
 
 
 class _Event(enum.Enum):
@@ -105,13 +142,13 @@ class _Outage:
     """Logs a stream's database outage once when it starts and once when it is over."""
 
     def __init__(self, bound: structlog.typing.FilteringBoundLogger) -> None:
-        self._log = bound
+        self.log = bound
         self.away = False
 
     def failed(self, what: str) -> None:
         if not self.away:
             self.away = True
-            self._log.warning(
+            self.log.warning(
                 "database unavailable; the stream stays open and the agent keeps its last "
                 "desired state",
                 during=what,
@@ -120,7 +157,7 @@ class _Outage:
     def over(self) -> None:
         if self.away:
             self.away = False
-            self._log.info("database available again; stream resumed")
+            self.log.info("database available again; stream resumed")
 
 
 class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
@@ -130,8 +167,8 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         *,
         registry: StreamRegistry,
         reports: ReportWriter,
+        heartbeats: HeartbeatWriter,
         logs: LogRelay,
-        metrics: Metrics,
         resync_period_s: float,
         hello_timeout_s: float = 10.0,
     ) -> None:
@@ -140,7 +177,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         self._logs = logs
         self._registry = registry
         self._reports = reports
-        self._metrics = metrics
+        self._heartbeats = heartbeats
         self._resync_period_s = resync_period_s
 
     async def Sync(
@@ -154,7 +191,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         outage = _Outage(bound)
         session = self._registry.open(host)
         reader = asyncio.create_task(
-            self._read(host, request_iterator, bound, outage), name=f"sync-read-{host}"
+            self._read(session, request_iterator, outage), name=f"sync-read-{host}"
         )
         outgoing: asyncio.Future[agent_pb2.ControlMessage] = asyncio.ensure_future(
             session.outbox.get()
@@ -181,9 +218,14 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                     raise StreamFailed("the stream from the agent failed; reconnect") from error
                 else:
                     session.wake.clear()
+                    checked, session.checked = session.checked, None
                     try:
                         if sent is None:
                             message = await self._opening(hello, session, bound)
+                        elif checked is not None and checked <= sent:
+                            # Nothing new since the agent was sent `sent` (the periodic check
+                            # read the host's revision): no query of its own.
+                            message = convert.assignments_pb(False, sent, [])
                         else:
                             revision, rows = await self._store.host_assignments(host, since=sent)
                             # Sent even when empty (each resync period at least): the agent then
@@ -206,6 +248,21 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                 with contextlib.suppress(Exception):
                     await self._store.disconnect_host(host, stream_id=session.stream_id)
                 bound.info("agent disconnected")
+
+    async def check_streams(self) -> None:
+        """Every resync period, one query reads the revision of every host with a stream open
+        here, and wakes the streams: those whose agent holds that revision send their periodic
+        (empty) assignments without a query each. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(self._resync_period_s)
+            sessions = self._registry.sessions()
+            notified = {s: s.notified for s in sessions}
+            try:
+                revisions = await self._store.host_revisions([s.host for s in sessions])
+            except Exception as exc:  # the database may be away: each stream looks by itself
+                log.debug("stream check failed; streams look by themselves", error=str(exc))
+                revisions = {}
+            self._registry.checked(revisions, notified=notified)
 
     async def _opening(
         self,
@@ -247,24 +304,22 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         reader: asyncio.Task[None],
         outgoing: asyncio.Future[agent_pb2.ControlMessage],
     ) -> _Event:
-        """Waits for what the stream must do next (at most one resync period)."""
-        waits = {
-            asyncio.ensure_future(session.wake.wait()): _Event.LOOK,
-            asyncio.ensure_future(session.replaced.wait()): _Event.REPLACED,
-            asyncio.ensure_future(self._registry.stopping.wait()): _Event.STOPPING,
-        }
-        futures: list[asyncio.Future[Any]] = [*waits, reader, outgoing]
+        """Waits for what the stream must do next: the periodic check (`check_streams`) wakes
+        it every resync period; after two without one (opened just after a check began, or
+        the check is slow) it looks by itself."""
+        # One waiter besides the reader and the outbox: being replaced and the control plane
+        # stopping set the wake too (`StreamRegistry.open`, `stop`), and a look is cheap when
+        # thousands of streams are woken together each resync period.
+        woken = asyncio.ensure_future(session.wake.wait())
+        futures: list[asyncio.Future[Any]] = [woken, reader, outgoing]
         try:
             await asyncio.wait(
                 futures,
-                # Jittered: streams opened together (every agent reconnecting after a restart)
-                # would otherwise all read their assignments in the same instant each period.
-                timeout=self._resync_period_s * (0.75 + random.random() / 2),
+                timeout=2 * self._resync_period_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
-            for f in waits:
-                f.cancel()
+            woken.cancel()
         # In order of precedence: messages already queued go out before anything else.
         if outgoing.done():
             return _Event.OUTBOX
@@ -278,30 +333,29 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
 
     async def _read(
         self,
-        host: str,
+        session: _Session,
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
-        bound: structlog.typing.FilteringBoundLogger,
         outage: _Outage,
     ) -> None:
+        host = session.host
+
+        def dropped() -> None:
+            # Buffering would only delay the truth: the next heartbeat that lands says the
+            # host is alive, and liveness judges by database time.
+            outage.failed("a heartbeat")
+
         async for msg in request_iterator:
             which = msg.WhichOneof("msg")
-            if which == "report":
+            if which == "heartbeat":
+                self._heartbeats.submit(host, stream_id=session.stream_id, dropped=dropped)
+            elif which == "report":
                 self._reports.submit(
                     [convert.report_from_pb(host, s) for s in msg.report.instances]
                 )
-            elif which == "heartbeat":
-                try:
-                    if await self._store.heartbeat(host):
-                        bound.info("host ready again")
-                except Unavailable:
-                    # Buffering would only delay the truth: the next heartbeat that lands
-                    # says the host is alive, and liveness judges by database time.
-                    self._metrics.drop_heartbeat()
-                    outage.failed("a heartbeat")
             elif which == "log_chunk":
                 self._logs.deliver(msg.log_chunk)
             elif which == "hello":
-                bound.warning("ignoring a second Hello on an open stream")
+                outage.log.warning("ignoring a second Hello on an open stream")
 
 
 async def _hello(

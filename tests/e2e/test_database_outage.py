@@ -12,6 +12,7 @@ directory: never a server shared with another test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -214,9 +215,18 @@ def test_agent_streams_stay_open_while_postgres_is_frozen_and_changes_flow_after
     heartbeats are dropped and counted, no host flaps, every log line is JSON; after SIGCONT a
     new change runs."""
     fleet = embedded_fleet
+    _ride_out(fleet, _frozen_postgres(fleet), gone=False)
+
+
+@contextlib.contextmanager
+def _frozen_postgres(fleet: Fleet) -> Iterator[None]:
+    """Every Postgres process as the outage begins frozen for the block: the backends of pool
+    connections opened while the workload started included (found any earlier, those would
+    go on answering)."""
     processes = postgres_processes(fleet.embedded_pgdata)
     assert processes, f"no postgres serving {fleet.embedded_pgdata}"
-    _ride_out(fleet, frozen(processes), gone=False)
+    with frozen(processes):
+        yield
 
 
 def test_agent_streams_stay_open_while_postgres_is_stopped_and_changes_flow_after(

@@ -157,8 +157,32 @@ async def test_liveness_marks_silent_hosts_not_ready_then_ready_on_heartbeat(sto
     assert (await store.get_host("h1")).state is HostState.NOT_READY
     events = await StatusStore(store.pool).list_events(obj="host/h1", limit=10)
     assert events[-1].kind == "HostNotReady"
-    assert await store.heartbeat("h1") is True
+    [beat] = await store.write_heartbeats([("h1", "")])
+    assert beat.was is HostState.NOT_READY
     assert (await store.get_host("h1")).state is HostState.READY
+
+
+async def test_a_liveness_pass_reads_only_the_hosts_it_can_judge(store: Store) -> None:
+    """Given the grace's cut-off, the facts are those of the hosts not READY and the READY ones
+    silent since before it, and judging them decides what judging every host decides."""
+    from datetime import timedelta
+
+    for name in ("fresh", "silent", "down"):
+        await _host(store, name)
+    await store.pool.execute(
+        """UPDATE host SET last_heartbeat = now() - interval '1 minute'
+           WHERE name IN ('silent', 'down')"""
+    )
+    await store.pool.execute("UPDATE host SET state = 'NOT_READY' WHERE name = 'down'")
+    cache = await loaded_cache(store)
+    now = await store.now()
+    timings = Timings(40, 60, 300)
+    some = cache.liveness_facts(silent_before=now - timedelta(seconds=timings.grace_s))
+    assert sorted(f.name for f in some) == ["down", "silent"]
+    every = cache.liveness_facts()
+    assert judge(some, now=now, term_age_s=3600, timings=timings) == judge(
+        every, now=now, term_age_s=3600, timings=timings
+    )
 
 
 async def test_a_heartbeat_racing_the_liveness_pass_wins(store: Store) -> None:
@@ -169,7 +193,7 @@ async def test_a_heartbeat_racing_the_liveness_pass_wins(store: Store) -> None:
     )
     decision = await _judge(store)
     assert decision.transitions
-    await store.heartbeat("h1")
+    await store.write_heartbeats([("h1", "")])
     assert await store.record_liveness(decision.transitions, epoch=None) == []
     assert (await store.get_host("h1")).state is HostState.READY
 

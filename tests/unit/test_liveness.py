@@ -134,7 +134,7 @@ class _Store:
             raise Unavailable("the database is away")
         return NOW
 
-    def liveness_facts(self) -> list[HostFacts]:
+    def liveness_facts(self, *, silent_before: datetime | None = None) -> list[HostFacts]:
         return [SILENT]
 
     async def refresh_hosts(self, names: Sequence[str] | None = None) -> None:

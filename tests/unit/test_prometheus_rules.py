@@ -56,6 +56,9 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_cache_stale_writes_total",
         # Saturation of a replica's event loop.
         "keel_event_loop_lag_seconds",
+        # Heartbeats written in batches (the scale issue).
+        "keel_heartbeat_batch_size",
+        "keel_heartbeat_flush_duration_seconds",
     }
 )
 AGENT_METRICS = frozenset(
@@ -83,6 +86,8 @@ HISTOGRAMS = frozenset(
         "keel_agent_convergence_seconds",
         "keel_cache_resync_duration_seconds",
         "keel_event_loop_lag_seconds",
+        "keel_heartbeat_batch_size",
+        "keel_heartbeat_flush_duration_seconds",
     }
 )
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")

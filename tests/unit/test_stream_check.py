@@ -1,0 +1,51 @@
+"""The periodic check of every stream (`sync.StreamRegistry.checked`): a stream is told the
+revision read only when no notification came while the check ran."""
+
+from __future__ import annotations
+
+from controlplane.sync import StreamRegistry
+
+
+async def test_a_check_wakes_every_stream_with_the_revision_it_read() -> None:
+    """Each stream checked is woken with its host's revision; a host the check did not find
+    is woken without one (it looks in the database itself)."""
+    registry = StreamRegistry()
+    a, b = registry.open("a"), registry.open("b")
+    notified = {s: s.notified for s in registry.sessions()}
+    registry.checked({"a": 7}, notified=notified)
+    assert (a.checked, a.wake.is_set()) == (7, True)
+    assert (b.checked, b.wake.is_set()) == (None, True)
+
+
+async def test_a_notification_during_the_check_is_never_hidden_by_it() -> None:
+    """A host notified after the check read its revision looks in the database: the revision
+    read may be older than the change notified."""
+    registry = StreamRegistry()
+    a = registry.open("a")
+    notified = {s: s.notified for s in registry.sessions()}
+    registry.wake("a")  # the NOTIFY of a change, while the check's query runs
+    registry.checked({"a": 7}, notified=notified)
+    assert a.checked is None and a.wake.is_set()
+
+
+async def test_a_notification_after_the_check_clears_what_it_read() -> None:
+    """Woken by a notification after the check, the stream does not trust the check's
+    revision either."""
+    registry = StreamRegistry()
+    a = registry.open("a")
+    registry.checked({"a": 7}, notified={a: a.notified})
+    registry.wake_all()
+    assert a.checked is None
+
+
+async def test_being_replaced_or_stopping_wakes_the_stream() -> None:
+    """A stream waits on its wake alone: a newer stream for its host, and the control plane
+    stopping (even for a stream opened after), set it."""
+    registry = StreamRegistry()
+    old = registry.open("a")
+    new = registry.open("a")
+    assert old.replaced.is_set() and old.wake.is_set()
+    assert not new.wake.is_set()
+    registry.stop()
+    assert new.wake.is_set() and registry.stopping.is_set()
+    assert registry.open("b").wake.is_set()
