@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the scheduler may place here (default: the machine's cpus and memory)",
     )
     p.add_argument(
-        "--heartbeat-interval", default="5s", metavar="D", help="heartbeat period (default: 5s)"
+        "--heartbeat-interval", default="10s", metavar="D", help="heartbeat period (default: 10s)"
     )
     p.add_argument(
         "--backoff-base", default="10s", metavar="D", help="first crash-restart wait (default: 10s)"

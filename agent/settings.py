@@ -24,7 +24,8 @@ class Settings:
     labels: dict[str, str] = field(default_factory=dict)
     capacity: Resources = field(default_factory=Resources)
     # Heartbeats on the stream; the control plane's liveness grace is a multiple of this.
-    heartbeat_interval_s: float = 5.0
+    # As the kubelet renews its node lease: every 10 s against the control plane's 40 s grace.
+    heartbeat_interval_s: float = 10.0
     # Crash back-off like the kubelet: 10 s doubling to 5 min, reset after 10 min up.
     backoff_base_s: float = 10.0
     backoff_max_s: float = 300.0

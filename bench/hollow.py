@@ -52,7 +52,7 @@ _ERRORS_KEPT = 5
 @dataclass(frozen=True)
 class Config:
     addresses: tuple[str, ...]
-    heartbeat_interval_s: float = 5.0
+    heartbeat_interval_s: float = 10.0
     connect_timeout_s: float = 5.0
     reconnect_base_s: float = 0.2
     reconnect_max_s: float = 10.0
@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--count", type=int, required=True, help="how many hollow agents")
     p.add_argument("--stats", required=True, help="where the stats JSON goes")
     p.add_argument("--stats-interval", type=float, default=1.0, metavar="SECONDS")
-    p.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="SECONDS")
+    p.add_argument("--heartbeat-interval", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--reconnect-max", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--connect-rate", type=float, default=500.0, help="new streams per second")
     uvloop.run(run_fleet(p.parse_args(argv)))

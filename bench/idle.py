@@ -1,15 +1,14 @@
 """Scenario 1: many agents connected and heartbeating, nothing else happening.
 
 One control plane with default settings; the hollow fleet grows through the profile's sizes
-(each agent heartbeats every 5 s, the agent's default, in every profile but `tiny`). At each
-size, once every host is connected and READY and one heartbeat interval has passed, a window
-measures the control plane's CPU and RSS, Postgres' CPU and transactions, and the fleet's own
-CPU. Throughout, the hosts not READY are counted every second, and at the end the NOT_READY /
-UNKNOWN transitions recorded as events: the target is that no host ever leaves READY. The
-control plane's own metrics say whether it judged Postgres unavailable meanwhile (its probe
-waits for a pooled connection too) and how many heartbeats it dropped for that.
-"Commits per heartbeat" says whether heartbeats are written in batches (one transaction per
-heartbeat today).
+(each agent heartbeats every 10 s, the agent's default, in every profile but `quick` and
+`tiny`). At each size, once every host is connected and READY and one heartbeat interval has
+passed, a window measures the control plane's CPU and RSS, Postgres' CPU and transactions, and
+the fleet's own CPU. Throughout, the hosts not READY are counted every second, and at the end
+the NOT_READY / UNKNOWN transitions recorded as events: the target is that no host ever leaves
+READY. The control plane's own metrics say whether it judged Postgres unavailable meanwhile (its
+probe waits for a pooled connection too) and how many heartbeats it dropped for that. "Commits
+per heartbeat" says whether heartbeats are written in batches (one statement per batch).
 """
 
 from __future__ import annotations

@@ -52,10 +52,10 @@ class Profile:
     agent_instances: tuple[int, ...]
     agent_window_s: float
     agents_per_process: int = 2500
-    # The hollow agents' heartbeat interval (the agent's default: 5 s), and how long scenario 1
+    # The hollow agents' heartbeat interval (the agent's default: 10 s), and how long scenario 1
     # waits after a size has connected before it measures (one heartbeat interval).
-    heartbeat_s: float = 5.0
-    idle_settle_s: float = 5.0
+    heartbeat_s: float = 10.0
+    idle_settle_s: float = 10.0
     # How long one size may take to set up (fleet connected, instances placed) before it fails.
     setup_timeout_s: float = 600.0
     # 6: after the churn at the largest size, the fleet is topped up to this many instances (one
