@@ -40,6 +40,9 @@ from keel.v1 import agent_pb2, agent_pb2_grpc
 
 log = structlog.get_logger("keel.sync")
 
+# How many streams one periodic check reads and wakes at once (`AgentSync.check_streams`).
+CHECK_SLICE = 100
+
 
 class _Session:
     def __init__(self, host: str) -> None:
@@ -250,19 +253,29 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                 bound.info("agent disconnected")
 
     async def check_streams(self) -> None:
-        """Every resync period, one query reads the revision of every host with a stream open
-        here, and wakes the streams: those whose agent holds that revision send their periodic
-        (empty) assignments without a query each. Runs until cancelled."""
+        """Every resync period each stream open here is checked once: one query reads the
+        revision of a slice of hosts and wakes their streams, and those whose agent holds that
+        revision send their periodic (empty) assignments without a query each. The slices
+        (`CHECK_SLICE` streams) are spread evenly over the period, so thousands of streams do
+        not all wake in one instant and hold the event loop from everything else (a change
+        arriving then would wait behind them). Runs until cancelled."""
         while True:
-            await asyncio.sleep(self._resync_period_s)
             sessions = self._registry.sessions()
-            notified = {s: s.notified for s in sessions}
-            try:
-                revisions = await self._store.host_revisions([s.host for s in sessions])
-            except Exception as exc:  # the database may be away: each stream looks by itself
-                log.debug("stream check failed; streams look by themselves", error=str(exc))
-                revisions = {}
-            self._registry.checked(revisions, notified=notified)
+            slices = [
+                sessions[at : at + CHECK_SLICE] for at in range(0, len(sessions), CHECK_SLICE)
+            ]
+            pause = self._resync_period_s / max(len(slices), 1)
+            if not slices:
+                await asyncio.sleep(pause)
+            for part in slices:
+                await asyncio.sleep(pause)
+                notified = {s: s.notified for s in part}
+                try:
+                    revisions = await self._store.host_revisions([s.host for s in part])
+                except Exception as exc:  # the database may be away: each stream looks itself
+                    log.debug("stream check failed; streams look by themselves", error=str(exc))
+                    revisions = {}
+                self._registry.checked(revisions, notified=notified)
 
     async def _opening(
         self,
