@@ -71,7 +71,7 @@ def ranked_cpu(resources: Resources) -> int:
     return max(resources.cpu_millis, SCORE_MIN_CPU_MILLIS)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HostUsage:
     """What the instances on one host hold: the resources of those that hold any
     (`InstanceView.holds_resources`), their cpu as placement ranks hosts (`ranked_cpu`), and

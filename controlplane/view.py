@@ -15,7 +15,7 @@ from datetime import datetime
 from keel.model import Desired, HostState, Kind, Phase, Resources, holds_resources
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HostView:
     """A host as the planners see it: `schedulable` is false while it is cordoned."""
 
@@ -26,7 +26,7 @@ class HostView:
     schedulable: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InstanceView:
     """One placement of one workload generation on one host.
 
@@ -55,7 +55,7 @@ class InstanceView:
         return holds_resources(self.desired, self.phase)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkloadView:
     """A workload's current generation and the knobs placement and rollout read."""
 
@@ -70,7 +70,7 @@ class WorkloadView:
     deleting: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StuckState:
     """A stuck verdict as recorded on an instance or a workload (`controlplane.stuck`)."""
 

@@ -82,7 +82,7 @@ class HostState(enum.StrEnum):
     UNKNOWN = "UNKNOWN"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resources:
     cpu_millis: int = 0
     memory_mib: int = 0
