@@ -98,9 +98,11 @@ def test_a_fresh_apply_is_placed_ahead_of_a_resync_of_every_workload(busy_fleet:
 
         # The fleet is settled: the queue empties, and the next periodic resync fills it.
         wait_for(lambda: _depth(fleet) == 0, timeout=30, interval=0.05, message="an empty queue")
+        # The resync drains in a few hundred milliseconds and a scrape takes a few of them, so
+        # a given resync's first moments can be missed: up to ten periods are watched.
         wait_for(
             lambda: _depth(fleet) >= 0.9 * WORKLOADS,
-            timeout=30,
+            timeout=90,
             interval=0.01,
             message="a resync of every workload queued",
         )
