@@ -1,14 +1,14 @@
 """AgentService.Sync: one long-lived bidirectional stream per host.
 
 The agent opens with Hello (checked by `controlplane.convert`); we answer with its assignments
-(the changes since the revision it holds, or the full set), then push what changes: a NOTIFY
-on `keel_host` wakes the stream of that host, and every stream also looks again each resync
-period, so a lost notification only delays a change (`check_streams` reads the revision of
-every host streaming here in one query, so a look that finds nothing new costs no query of
-its own). Status reports go to the batching `ReportWriter`; heartbeats to the batching
-`HeartbeatWriter` (with this stream's id: a heartbeat of a replaced or ended stream changes
-nothing); log chunks to `controlplane.logrelay`. A second stream for the same host replaces
-the first.
+(the changes since the revision it holds, or the full set), then push what changes: a NOTIFY on
+`keel_host` wakes the stream of that host, and every stream also looks again each resync period,
+so a lost notification only delays a change (`check_streams` reads the revisions of the hosts
+streaming here, one query per slice of streams spread over the period, so a look that finds
+nothing new costs no query of its own and the streams never all wake at once). Status reports go
+to the batching `ReportWriter`; heartbeats to the batching `HeartbeatWriter` (with this stream's
+id: a heartbeat of a replaced or ended stream changes nothing); log chunks to
+`controlplane.logrelay`. A second stream for the same host replaces the first.
 
 While the database is away a stream stays open: the agent keeps running its last desired
 state, heartbeats are dropped and counted (`keel_heartbeats_dropped_total`), the opening
