@@ -12,7 +12,7 @@ own; shared pieces (specs, phases, timestamps) come from `keel.convert`, which t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -39,6 +39,7 @@ MAX_HOST_CPU_MILLIS = MAX_CPU_MILLIS * 1000
 MAX_HOST_MEMORY_MIB = MAX_MEMORY_MIB * 1000
 MAX_AGENT_VERSION = 128
 MAX_TAIL_LINES = 1_000_000
+MAX_REASON = 1024
 
 # ------------------------------------------------------------------------------ inbound
 
@@ -117,6 +118,35 @@ def optional(value: str, check: Callable[[str, str], str], field: str) -> str | 
 
 def tail_lines(value: int) -> int:
     return fields.integer(value, "tail_lines", minimum=0, maximum=MAX_TAIL_LINES)
+
+
+@dataclass(frozen=True)
+class HostSelection:
+    """The hosts a request is about: named ones (sorted, each once) and a label selector."""
+
+    names: tuple[str, ...]
+    selector: dict[str, str]
+
+
+def host_selection(hosts: Sequence[str], selector: Mapping[str, str]) -> HostSelection:
+    """The hosts a request names (`hosts`) and its `selector`, checked; at least one of them
+    must be given."""
+    if len(hosts) > fields.MAX_LIST:
+        raise SpecError(
+            "hosts",
+            f"must name at most {fields.MAX_LIST} hosts, got {len(hosts)} (a selector selects "
+            "any number)",
+        )
+    names = [fields.host_name(h, f"hosts[{n}]") for n, h in enumerate(hosts)]
+    checked = fields.labels(dict(selector), "selector")
+    if not names and not checked:
+        raise SpecError("hosts", "name at least one host, or give a selector")
+    return HostSelection(tuple(sorted(set(names))), checked)
+
+
+def reason(value: str, field: str = "reason") -> str:
+    """Why an operator did something: one line, bounded (it is shown in tables and events)."""
+    return fields.check_text(value, field, limit=MAX_REASON, single_line=True)
 
 
 # ------------------------------------------------------------------------------ outbound
@@ -236,6 +266,8 @@ def host_pb(row: HostRow) -> types_pb2.Host:
         agent_version=row.agent_version,
         instances=row.instances,
         revision=row.revision,
+        cordon_actor=row.cordon_actor,
+        cordoned_at=convert.ts(row.cordoned_at),
     )
 
 

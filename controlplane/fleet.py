@@ -49,7 +49,7 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
         # The RPC's span is current (controlplane.interceptors): its traceparent travels with
         # the desired change to the agent, so one trace runs from keelctl to the process start.
         row, result = await self._store.apply_workload(
-            workload, actor=_peer(context), trace_context=inject_traceparent()
+            workload, actor=_actor(context), trace_context=inject_traceparent()
         )
         log.info(
             "workload applied", workload=workload.name, result=result, generation=row.generation
@@ -76,7 +76,7 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
         self, request: fleet_pb2.DeleteWorkloadRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.DeleteWorkloadResponse:
         name = convert.workload_name(request.name)
-        row = await self._store.delete_workload(name, actor=_peer(context))
+        row = await self._store.delete_workload(name, actor=_actor(context))
         log.info("workload deleting", workload=name)
         instances = await self._store.list_instances(workload=name)
         return fleet_pb2.DeleteWorkloadResponse(workload=convert.workload_pb(row, instances))
@@ -129,6 +129,33 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
         )
         return fleet_pb2.ListEventsResponse(events=[convert.event_pb(e) for e in events])
 
+    async def Cordon(
+        self, request: fleet_pb2.CordonRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.CordonResponse:
+        selection = convert.host_selection(request.hosts, request.selector)
+        reason = convert.reason(request.reason)
+        actor = _actor(context)
+        result = await self._store.cordon(
+            selection.names, selection.selector, reason=reason, actor=actor
+        )
+        log.info("hosts cordoned", hosts=result.changed, reason=reason, actor=actor,
+                 already=len(result.hosts) - len(result.changed))  # fmt: skip
+        return fleet_pb2.CordonResponse(
+            hosts=convert.hosts_pb(result.hosts), changed=result.changed
+        )
+
+    async def Uncordon(
+        self, request: fleet_pb2.UncordonRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.UncordonResponse:
+        selection = convert.host_selection(request.hosts, request.selector)
+        actor = _actor(context)
+        result = await self._store.uncordon(selection.names, selection.selector, actor=actor)
+        log.info("hosts uncordoned", hosts=result.changed, actor=actor,
+                 already=len(result.hosts) - len(result.changed))  # fmt: skip
+        return fleet_pb2.UncordonResponse(
+            hosts=convert.hosts_pb(result.hosts), changed=result.changed
+        )
+
     async def GetLogs(
         self, request: fleet_pb2.GetLogsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[types_pb2.LogChunk]:
@@ -155,6 +182,17 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
             yield chunk
 
 
-def _peer(context: grpc.aio.ServicerContext) -> str:
-    peer: str = context.peer() or ""
-    return peer
+# The client program named at the head of a user agent (`keelctl grpc-python/1.85.1 ...`).
+_PROGRAM = re.compile(r"^([a-z][a-z0-9-]{0,31})[/ ]")
+
+
+def _actor(context: grpc.aio.ServicerContext) -> str:
+    """Who made the call, as events and operations record it.
+
+    Until operators authenticate, this is the client program and where it called from
+    (`keelctl@ipv4:127.0.0.1:50022`): keelctl names itself in its user agent. With operator
+    tokens it becomes the token's name; this is the one place that changes."""
+    peer: str = context.peer() or "unknown peer"
+    agent = dict(context.invocation_metadata() or ()).get("user-agent", "")
+    program = _PROGRAM.match(agent) if isinstance(agent, str) else None
+    return f"{program.group(1)}@{peer}" if program else peer

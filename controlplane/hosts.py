@@ -43,6 +43,8 @@ class HostRow:
     agent_version: str
     revision: int
     instances: int
+    cordon_actor: str = ""
+    cordoned_at: datetime | None = None
 
 
 def _host(r: asyncpg.Record, usage: Sequence[asyncpg.Record]) -> HostRow:
@@ -64,7 +66,16 @@ def _host(r: asyncpg.Record, usage: Sequence[asyncpg.Record]) -> HostRow:
         agent_version=r["agent_version"],
         revision=r["revision"],
         instances=sum(int(u["n"]) for u in holding),
+        cordon_actor=r["cordon_actor"],
+        cordoned_at=r["cordoned_at"],
     )
+
+
+def _hosts(rows: Sequence[asyncpg.Record], usage: Sequence[asyncpg.Record]) -> list[HostRow]:
+    by_host: dict[str, list[asyncpg.Record]] = {}
+    for u in usage:
+        by_host.setdefault(u["host"], []).append(u)
+    return [_host(r, by_host.get(r["name"], [])) for r in rows]
 
 
 # What a host's instances hold, by desired state and phase: which of them count against its
@@ -73,6 +84,13 @@ _USAGE = """
 SELECT host, desired, phase, sum(cpu_millis)::bigint AS cpu, sum(memory_mib)::bigint AS memory,
        count(*)::int AS n
 FROM instance WHERE $1::text IS NULL OR host = $1
+GROUP BY host, desired, phase
+"""
+# The same, for the named hosts (by host: the instance_host_revision index).
+_USAGE_OF = """
+SELECT host, desired, phase, sum(cpu_millis)::bigint AS cpu, sum(memory_mib)::bigint AS memory,
+       count(*)::int AS n
+FROM instance WHERE host = ANY($1::text[])
 GROUP BY host, desired, phase
 """
 
@@ -196,10 +214,16 @@ class HostStore:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             rows = await conn.fetch("SELECT * FROM host ORDER BY name")
             usage = await conn.fetch(_USAGE, None)
-        by_host: dict[str, list[asyncpg.Record]] = {}
-        for u in usage:
-            by_host.setdefault(u["host"], []).append(u)
-        return [_host(r, by_host.get(r["name"], [])) for r in rows]
+        return _hosts(rows, usage)
+
+    async def get_hosts(self, names: Sequence[str]) -> list[HostRow]:
+        """The named hosts that exist, in name order, from one snapshot."""
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            rows = await conn.fetch(
+                "SELECT * FROM host WHERE name = ANY($1::text[]) ORDER BY name", list(names)
+            )
+            usage = await conn.fetch(_USAGE_OF, list(names))
+        return _hosts(rows, usage)
 
     async def fence_host(
         self,

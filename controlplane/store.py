@@ -1,7 +1,8 @@
 """The store: Keel's state in Postgres, as named queries, behind one object.
 
 `Store` is what callers hold: it inherits the workload queries (`workload_store`), the
-instance and plan queries (`instance_store`), the host queries (`hosts`) and the leader's
+instance and plan queries (`instance_store`), the host queries (`hosts`, with cordon and
+uncordon: `cordon_store`) and the leader's
 cache's reads (`cache_store`), and adds database time and leadership. Neighbours: `fleet`
 (operator RPCs) and `sync` (agent streams) call it; the leader's cache (`cache`) reads the
 fleet through it, and the workload controller (`workload`) writes its plans back through it;
@@ -17,7 +18,8 @@ from datetime import datetime
 import asyncpg
 
 from controlplane.cache_store import CacheStore
-from controlplane.hosts import HostRow, HostStore
+from controlplane.cordon_store import CordonResult, CordonStore
+from controlplane.hosts import HostRow
 from controlplane.instance_store import InstanceRow, InstanceStore, PlanResult
 from controlplane.sql import HOST_CHANNEL, WORKLOAD_CHANNEL, Conn, Database, create_pool
 from controlplane.view import StuckState
@@ -27,6 +29,7 @@ from keel.model import Phase
 __all__ = [
     "HOST_CHANNEL",
     "WORKLOAD_CHANNEL",
+    "CordonResult",
     "HostRow",
     "InstanceRow",
     "PlanResult",
@@ -57,7 +60,7 @@ class Report:
     agent_stuck: bool = False  # the agent's own verdict (CRASH_LOOP, START_FAILED, ...)
 
 
-class Store(WorkloadStore, InstanceStore, HostStore, CacheStore):
+class Store(WorkloadStore, InstanceStore, CordonStore, CacheStore):
     """Postgres-backed desired and observed state. One instance per process, sharing a pool."""
 
     def __init__(self, pool: asyncpg.Pool | Database) -> None:

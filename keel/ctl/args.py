@@ -83,6 +83,31 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _selector_arg(text: str) -> dict[str, str]:
+    """`k=v` or `k=v,k2=v2` (the control plane checks the keys and values)."""
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise argparse.ArgumentTypeError(f"must be k=v[,k=v...], got {text!r}")
+        if key.strip() in out:
+            raise argparse.ArgumentTypeError(f"{key.strip()!r} given twice in {text!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _add_selection(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument("hosts", nargs="*", metavar="HOST", help=f"hosts to {verb}")
+    p.add_argument(
+        "--selector",
+        "-l",
+        type=_selector_arg,
+        action="append",
+        metavar="K=V",
+        help=f"also {verb} every host with these labels (k=v[,k=v]; repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The keelctl command line: global options, then a command (apply, get, describe, ...)."""
     parser = argparse.ArgumentParser(
@@ -138,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep printing new output until Ctrl-C"
     )
+
+    cordon = sub.add_parser(
+        "cordon", help="mark hosts unschedulable, all in one transaction (all or none)"
+    )
+    _add_globals(cordon, on_subcommand=True)
+    _add_selection(cordon, "cordon")
+    cordon.add_argument("--reason", metavar="TEXT", help="why (shown in describe host, events)")
+
+    uncordon = sub.add_parser("uncordon", help="make cordoned hosts schedulable again")
+    _add_globals(uncordon, on_subcommand=True)
+    _add_selection(uncordon, "uncordon")
 
     delete = sub.add_parser("delete", help="delete a workload (its instances are stopped)")
     _add_globals(delete, on_subcommand=True)

@@ -24,7 +24,7 @@ import grpc
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from keel import tracing
-from keel.ctl import observe
+from keel.ctl import hostops, observe
 from keel.ctl.args import DEFAULT_CONTROLPLANE, CtlError, build_parser
 from keel.ctl.commands import Context, cmd_apply, cmd_delete, cmd_describe, cmd_get, load_manifest
 from keel.spec import format_duration
@@ -143,6 +143,9 @@ def _run(args: argparse.Namespace) -> int:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Names keelctl at the head of its user agent: the control plane records
+            # `keelctl@PEER` as the actor of what it changes (until operators authenticate).
+            ("grpc.primary_user_agent", "keelctl"),
         ]
         with grpc.insecure_channel(address, options=options) as raw_channel:
             channel = grpc.intercept_channel(raw_channel, TraceparentInterceptor())
@@ -155,6 +158,8 @@ def _run(args: argparse.Namespace) -> int:
                 "stuck": lambda: observe.cmd_stuck(ctx),
                 "events": lambda: observe.cmd_events(ctx),
                 "logs": lambda: observe.cmd_logs(ctx),
+                "cordon": lambda: hostops.cmd_cordon(ctx),
+                "uncordon": lambda: hostops.cmd_uncordon(ctx),
             }
             text = commands[args.command]()
     except CtlError as e:

@@ -90,6 +90,16 @@ class FleetServiceStub:
                 request_serializer=keel_dot_v1_dot_fleet__pb2.GetLogsRequest.SerializeToString,
                 response_deserializer=keel_dot_v1_dot_types__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.Cordon = channel.unary_unary(
+                '/keel.v1.FleetService/Cordon',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.CordonRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.CordonResponse.FromString,
+                _registered_method=True)
+        self.Uncordon = channel.unary_unary(
+                '/keel.v1.FleetService/Uncordon',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.UncordonRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.UncordonResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -162,6 +172,20 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cordon(self, request, context):
+        """Marks hosts unschedulable, all in one transaction (all or none); idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Uncordon(self, request, context):
+        """Makes hosts schedulable again, all in one transaction (all or none); idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +243,16 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.GetLogs,
                     request_deserializer=keel_dot_v1_dot_fleet__pb2.GetLogsRequest.FromString,
                     response_serializer=keel_dot_v1_dot_types__pb2.LogChunk.SerializeToString,
+            ),
+            'Cordon': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cordon,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.CordonRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.CordonResponse.SerializeToString,
+            ),
+            'Uncordon': grpc.unary_unary_rpc_method_handler(
+                    servicer.Uncordon,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.UncordonRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.UncordonResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -518,6 +552,60 @@ class FleetService:
             '/keel.v1.FleetService/GetLogs',
             keel_dot_v1_dot_fleet__pb2.GetLogsRequest.SerializeToString,
             keel_dot_v1_dot_types__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cordon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/Cordon',
+            keel_dot_v1_dot_fleet__pb2.CordonRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.CordonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Uncordon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/Uncordon',
+            keel_dot_v1_dot_fleet__pb2.UncordonRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.UncordonResponse.FromString,
             options,
             channel_credentials,
             insecure,

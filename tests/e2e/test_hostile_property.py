@@ -263,7 +263,12 @@ KINDS: dict[str, dict[str, str]] = {
     "ListWorkloads": {},
     "ListHosts": {},
     "ListStuck": {},
+    "Cordon": {"hosts": "hosts", "selector": "selector", "reason": "reason"},
+    "Uncordon": {"hosts": "hosts", "selector": "selector"},
 }
+# Verbs that change the hosts they select: every list of hosts their cases send names a host
+# that does not exist too, so the call changes nothing (all or none) whatever else it names.
+SELECTING = {"Cordon", "Uncordon"}
 LIMITS = {"workload": 63, "host": 253, "instance": 253, "object": 262}
 RANGES = {"limit": (0, 10_000), "tail_lines": (0, 1_000_000)}
 
@@ -311,6 +316,22 @@ def _existing(s: State, kind: str) -> tuple[str, ...]:
 
 def hostile_value(s: State, kind: str) -> st.SearchStrategy[Any]:
     """Values that break the field's rule: it must be INVALID_ARGUMENT."""
+    if kind == "hosts":
+        bad = hostile_value(s, "host")
+        return st.one_of(
+            st.tuples(st.lists(st.sampled_from(s.hosts), max_size=2), bad).map(
+                lambda p: [*p[0], p[1], "nope"]
+            ),
+            st.just(["nope"] * 1025),
+        )
+    if kind == "selector":
+        return st.one_of(
+            st.tuples(with_nul, st.just("v")).map(lambda kv: {kv[0]: kv[1]}),
+            st.tuples(st.just("role"), with_nul).map(lambda kv: {kv[0]: kv[1]}),
+            st.sampled_from([{"a b": "v"}, {"role": "two\nlines"}, {"role": "v" * 300}]),
+        )
+    if kind == "reason":
+        return st.one_of(with_nul, st.just("x" * 1025), st.just("two\nlines"))
     if kind in RANGES:
         low, high = RANGES[kind]
         return st.one_of(
@@ -328,6 +349,12 @@ def valid_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
         return st.booleans()
     if kind in RANGES:
         return st.integers(RANGES[kind][0], min(RANGES[kind][1], 1000))
+    if kind == "hosts":
+        return st.lists(st.sampled_from(s.hosts), max_size=2).map(lambda h: [*h, "nope"])
+    if kind == "selector":
+        return st.sampled_from([{}, {"role": "web"}, {"role": "nope"}])
+    if kind == "reason":
+        return st.sampled_from(["", "kernel upgrade"])
     unknown = {"workload": "nope", "host": "nope", "instance": "web-1-000000"}
     known = () if method == "DeleteWorkload" else _existing(s, kind)
     return st.sampled_from([*known, unknown.get(kind, "workload/nope")])
@@ -339,6 +366,14 @@ def any_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
         return st.booleans()
     if kind in RANGES:
         return st.integers(-(2**31), 2**31 - 1)
+    if kind == "hosts":
+        return st.lists(st.one_of(text, st.sampled_from(s.hosts)), max_size=3).map(
+            lambda h: [*h, "nope"]
+        )
+    if kind == "selector":
+        return st.dictionaries(text, text, max_size=2)
+    if kind == "reason":
+        return text
     spare = set(s.workloads) if method == "DeleteWorkload" else set()
     return st.one_of(text, valid_value(s, method, kind)).filter(lambda v: v not in spare)
 
@@ -349,7 +384,14 @@ def _strings(cls: Any, data: bytes) -> tuple[str, ...]:
         msg = cls.FromString(data)
     except (DecodeError, ValueError):
         return ()
-    return tuple(getattr(msg, f.name) for f in msg.DESCRIPTOR.fields if f.type == f.TYPE_STRING)
+    found: list[Any] = []
+    for f in msg.DESCRIPTOR.fields:
+        value = getattr(msg, f.name)
+        if f.type == f.TYPE_STRING:
+            found.append(list(value) if f.is_repeated else value)
+        elif f.message_type is not None and f.message_type.GetOptions().map_entry:
+            found.append(dict(value))  # a map<string, string>: its keys and values
+    return tuple(_texts(found))
 
 
 @st.composite
@@ -368,8 +410,19 @@ def fleet_request(draw: st.DrawFn, s: State, method: str) -> Case:
     refuse = branch >= 3
     pick = hostile_value if refuse else lambda s, k: any_value(s, method, k)
     values[target] = draw(pick(s, kinds[target]))
-    echoes = tuple(v for v in values.values() if isinstance(v, str))
+    echoes = tuple(_texts(values.values()))
     return Case(cls(**values).SerializeToString(), (target,), refuse=refuse, echoes=echoes)
+
+
+def _texts(values: Any) -> Iterator[str]:
+    """Every string in request values (lists and maps included): what a message may quote."""
+    for v in values:
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, list):
+            yield from _texts(v)
+        elif isinstance(v, dict):
+            yield from _texts([*v, *v.values()])
 
 
 # Valid-looking updates of `web` with one value a rule refuses: (path, value, field named).
