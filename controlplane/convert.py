@@ -268,6 +268,7 @@ def host_pb(row: HostRow) -> types_pb2.Host:
         revision=row.revision,
         cordon_actor=row.cordon_actor,
         cordoned_at=convert.ts(row.cordoned_at),
+        drained=row.drained,
     )
 
 

@@ -23,7 +23,10 @@ from controlplane.drain import Blocker, DrainFleet, MoveKind, Options, Step, pla
 from controlplane.fleet_index import InstanceRecord
 from controlplane.scheduler import NO_USAGE, HostUsage, place
 from controlplane.view import HostView, InstanceView
-from keel.model import Desired, HostState, Kind, Phase
+from keel.model import Desired, HostState, Kind, Phase, WorkloadSpec
+
+# A process's start, when nothing better is known: added to its min_ready.
+START_OVERHEAD_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,14 @@ class Timing:
 
     start_s: float
     stop_s: float
+
+
+def timing_of(spec: WorkloadSpec) -> Timing:
+    """A workload's timing from its spec: ready after its min_ready and a second to start; a
+    stop takes at most its stop grace."""
+    return Timing(
+        start_s=spec.min_ready_ms / 1000 + START_OVERHEAD_S, stop_s=spec.stop_grace_ms / 1000
+    )
 
 
 @dataclass(frozen=True)

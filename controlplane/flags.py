@@ -79,6 +79,23 @@ DURATION_FLAGS = (
     ("--db-probe-interval", "db_probe_interval_s", "how often health probes Postgres"),
     ("--db-probe-timeout", "db_probe_timeout_s", "a probe slower than this: FleetService down"),
     ("--log-wait", "log_wait_s", "keelctl logs: how long the agent gets to answer"),
+    ("--drain-interval", "drain_interval_s", "a running drain is looked at again this often"),
+    (
+        "--drain-replacement-timeout",
+        "drain_replacement_timeout_s",
+        "a drain's replacement not ready this long: REPLACEMENT_NOT_READY",
+    ),
+    (
+        "--drain-stop-slack",
+        "drain_stop_slack_s",
+        "a drained instance not stopped this long past its stop grace: STOP_TIMEOUT",
+    ),
+    (
+        "--drain-blocked-after",
+        "drain_blocked_after_s",
+        "a drain blocked this long with no move finishing: DRAIN_BLOCKED",
+    ),
+    ("--watch-poll", "watch_poll_s", "op watch: how often the operation is read again"),
 )
 
 

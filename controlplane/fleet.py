@@ -16,8 +16,11 @@ import grpc
 import structlog
 
 from controlplane import convert
+from controlplane.actor import actor_of
+from controlplane.cache import FleetCache
 from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.logrelay import LogRelay
+from controlplane.operations_api import OperationsApi, OperationWatch
 from controlplane.status import StatusStore
 from controlplane.store import Store
 from keel import fields, spec
@@ -29,18 +32,29 @@ log = structlog.get_logger("keel.fleet")
 DEFAULT_EVENTS = 100
 # What `keelctl events --for` may name; the store turns a workload into a pattern, so the name
 # must not carry regular-expression syntax.
-_OBJECT = re.compile(r"^(workload|host|instance)/[a-z0-9][-a-z0-9_.]{0,252}\Z")
+_OBJECT = re.compile(r"^(workload|host|instance|operation)/[a-z0-9][-a-z0-9_.]{0,252}\Z")
 MAX_EVENTS = 10_000
 
 
-class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # untyped base
+class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, store: Store, *, status: StatusStore, logs: LogRelay, log_wait_s: float
+        self,
+        store: Store,
+        *,
+        status: StatusStore,
+        logs: LogRelay,
+        log_wait_s: float,
+        cache: FleetCache | None = None,
+        watch: OperationWatch | None = None,
+        watch_poll_s: float = 2.0,
     ) -> None:
         self._store = store
         self._status = status
         self._logs = logs
         self._log_wait_s = log_wait_s
+        self._cache = cache
+        self._watch = watch or OperationWatch()
+        self._watch_poll_s = watch_poll_s
 
     async def ApplyWorkload(
         self, request: fleet_pb2.ApplyWorkloadRequest, context: grpc.aio.ServicerContext
@@ -49,7 +63,7 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
         # The RPC's span is current (controlplane.interceptors): its traceparent travels with
         # the desired change to the agent, so one trace runs from keelctl to the process start.
         row, result = await self._store.apply_workload(
-            workload, actor=_actor(context), trace_context=inject_traceparent()
+            workload, actor=actor_of(context), trace_context=inject_traceparent()
         )
         log.info(
             "workload applied", workload=workload.name, result=result, generation=row.generation
@@ -76,7 +90,7 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
         self, request: fleet_pb2.DeleteWorkloadRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.DeleteWorkloadResponse:
         name = convert.workload_name(request.name)
-        row = await self._store.delete_workload(name, actor=_actor(context))
+        row = await self._store.delete_workload(name, actor=actor_of(context))
         log.info("workload deleting", workload=name)
         instances = await self._store.list_instances(workload=name)
         return fleet_pb2.DeleteWorkloadResponse(workload=convert.workload_pb(row, instances))
@@ -120,7 +134,8 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
             raise InvalidArgument(f"limit: must be between 0 and {MAX_EVENTS}, got {request.limit}")
         if request.object and not _OBJECT.match(request.object):
             raise InvalidArgument(
-                f"object: must be KIND/NAME with KIND workload, host or instance and NAME made "
+                f"object: must be KIND/NAME with KIND workload, host, instance or operation and "
+                f"NAME made "
                 f"of a-z, 0-9, '-', '_' and '.' (e.g. workload/web), got "
                 f"{fields.shown(request.object)}"
             )
@@ -134,7 +149,7 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
     ) -> fleet_pb2.CordonResponse:
         selection = convert.host_selection(request.hosts, request.selector)
         reason = convert.reason(request.reason)
-        actor = _actor(context)
+        actor = actor_of(context)
         result = await self._store.cordon(
             selection.names, selection.selector, reason=reason, actor=actor
         )
@@ -148,7 +163,7 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
         self, request: fleet_pb2.UncordonRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.UncordonResponse:
         selection = convert.host_selection(request.hosts, request.selector)
-        actor = _actor(context)
+        actor = actor_of(context)
         result = await self._store.uncordon(selection.names, selection.selector, actor=actor)
         log.info("hosts uncordoned", hosts=result.changed, actor=actor,
                  already=len(result.hosts) - len(result.changed))  # fmt: skip
@@ -180,19 +195,3 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
             if chunk.error:
                 raise FailedPrecondition(chunk.error)
             yield chunk
-
-
-# The client program named at the head of a user agent (`keelctl grpc-python/1.85.1 ...`).
-_PROGRAM = re.compile(r"^([a-z][a-z0-9-]{0,31})[/ ]")
-
-
-def _actor(context: grpc.aio.ServicerContext) -> str:
-    """Who made the call, as events and operations record it.
-
-    Until operators authenticate, this is the client program and where it called from
-    (`keelctl@ipv4:127.0.0.1:50022`): keelctl names itself in its user agent. With operator
-    tokens it becomes the token's name; this is the one place that changes."""
-    peer: str = context.peer() or "unknown peer"
-    agent = dict(context.invocation_metadata() or ()).get("user-agent", "")
-    program = _PROGRAM.match(agent) if isinstance(agent, str) else None
-    return f"{program.group(1)}@{peer}" if program else peer

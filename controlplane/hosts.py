@@ -45,6 +45,7 @@ class HostRow:
     instances: int
     cordon_actor: str = ""
     cordoned_at: datetime | None = None
+    drained: bool = False
 
 
 def _host(r: asyncpg.Record, usage: Sequence[asyncpg.Record]) -> HostRow:
@@ -68,6 +69,7 @@ def _host(r: asyncpg.Record, usage: Sequence[asyncpg.Record]) -> HostRow:
         instances=sum(int(u["n"]) for u in holding),
         cordon_actor=r["cordon_actor"],
         cordoned_at=r["cordoned_at"],
+        drained=r["drained"],
     )
 
 

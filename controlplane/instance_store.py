@@ -12,7 +12,7 @@ host states it was made from, and takes a new workload version (`sql.bump_versio
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -36,7 +36,7 @@ from controlplane.workload_store import WorkloadRow, stuck_state
 from keel.model import Desired, Kind, Phase, WorkloadSpec, converged
 
 
-class _Stale(Exception):
+class Stale(Exception):
     """A plan was made from a read that is no longer current: nothing is written."""
 
     def __init__(self, what: str, hosts: tuple[str, ...] = ()) -> None:
@@ -244,8 +244,17 @@ class InstanceStore:
         epoch: int | None,
         version: int | None = None,
         hosts_read: Mapping[str, HostSeen] | None = None,
+        replaces: Sequence[str] = (),
+        guard: Callable[[Conn], Awaitable[None]] | None = None,
     ) -> PlanResult:
         """Writes one workload's plan in one transaction: new instances and tombstones.
+
+        A drain's write (`drainer`) names, for each instance it creates, the instance it
+        replaces (`replaces`, aligned with `create_on`), and passes a `guard` run first in the
+        transaction (after the epoch check), which raises `Stale` if the drain may no longer
+        write. Its changes became desired when the drain decided them, not when the workload
+        last changed: they, and the workload's `desired_changed_at` (which the replacement of
+        a stop-before-start move is placed with), get the transaction's time.
 
         `epoch` fences a deposed leader: the transaction fails with NotLeader if another
         replica has taken over since. The plan is written only if it was made from what is
@@ -270,8 +279,10 @@ class InstanceStore:
                 epoch=epoch,
                 version=workload.version if version is None else version,
                 hosts_read=hosts_read or {},
+                replaces=replaces,
+                guard=guard,
             )
-        except _Stale as stale:
+        except Stale as stale:
             return PlanResult(created=[], removed=0, stale=stale.what, stale_hosts=stale.hosts)
 
     async def _apply_plan(
@@ -283,14 +294,19 @@ class InstanceStore:
         epoch: int | None,
         version: int,
         hosts_read: Mapping[str, HostSeen],
+        replaces: Sequence[str],
+        guard: Callable[[Conn], Awaitable[None]] | None,
     ) -> PlanResult:
         w = workload.workload
+        drain = guard is not None
         spec = w.spec.to_json()
         records = []
         created: list[str] = []
         removed = 0
         async with self.pool.acquire() as conn, conn.transaction():
             await check_epoch(conn, epoch)
+            if guard is not None:
+                await guard(conn)
             # Locked first, as fencing and report batches lock workloads before hosts and
             # instances: none of them can change what the plan read until this commits.
             current = await conn.fetchrow(
@@ -299,25 +315,34 @@ class InstanceStore:
                 w.name,
             )
             if current is None:
-                raise _Stale("the workload was deleted")
+                raise Stale("the workload was deleted")
             if remove and current["version"] != version:
-                raise _Stale("the workload or its instances changed")
+                raise Stale("the workload or its instances changed")
             if not remove and current["desired_version"] != workload.desired_version:
-                raise _Stale("the workload's desired state changed")
+                raise Stale("the workload's desired state changed")
             hosts = sorted(set(create_on) | set(await self._hosts_of(conn, remove)))
             revisions = await bump_revisions(conn, hosts)  # and locks them
             moved = await _moved(conn, hosts_read, bumped=revisions)
             if moved:
-                raise _Stale("hosts changed", moved)  # rolls the bumps back
+                raise Stale("hosts changed", moved)  # rolls the bumps back
             since = await conn.fetch(
                 "SELECT name, state_since FROM host WHERE name = ANY($1::text[])", hosts
             )
+            decided_at = await conn.fetchval("SELECT clock_timestamp()")
+            if drain:
+                await conn.execute(
+                    "UPDATE workload SET desired_changed_at = $2 WHERE name = $1",
+                    w.name,
+                    decided_at,
+                )
             clocks = {
                 r["name"]: change_clock(
                     w.kind,
                     workload_changed_at=current["desired_changed_at"],
                     host_since=r["state_since"],
                 )
+                if not drain
+                else decided_at
                 for r in since
             }
             if create_on:
@@ -331,11 +356,12 @@ class InstanceStore:
                 records += await conn.fetch(
                     f"""INSERT INTO instance (id, workload, generation, host, spec, cpu_millis,
                                               memory_mib, desired, revision, trace_context,
-                                              desired_changed_at, unconverged_since)
+                                              desired_changed_at, unconverged_since, replaces)
                         SELECT u.id, $1, $2, u.host, $3, $4, $5, 'RUNNING', u.revision, $9,
-                               u.clock, clock_timestamp()
-                        FROM unnest($6::text[], $7::text[], $8::bigint[], $10::timestamptz[])
-                             AS u(id, host, revision, clock)
+                               u.clock, clock_timestamp(), u.replaces
+                        FROM unnest($6::text[], $7::text[], $8::bigint[], $10::timestamptz[],
+                                    $11::text[])
+                             AS u(id, host, revision, clock, replaces)
                         RETURNING {INSTANCE_COLUMNS}""",
                     w.name,
                     workload.generation,
@@ -347,6 +373,7 @@ class InstanceStore:
                     [revisions[h] for h in create_on],
                     workload.trace_context,
                     [clocks[h] for h in create_on],
+                    list(replaces) or [""] * len(create_on),
                 )
                 created = ids
             if remove:

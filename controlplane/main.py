@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from controlplane import migrate
 from controlplane.cache import FleetCache
 from controlplane.db import redact, resolve_database_url
+from controlplane.drainer import DrainController, DrainTimings
 from controlplane.errors import KeelError
 from controlplane.flags import build_parser, settings_from
 from controlplane.fleet import FleetApi
@@ -36,6 +37,7 @@ from controlplane.listener import Listener
 from controlplane.liveness import LivenessController, Timings
 from controlplane.logrelay import LogRelay
 from controlplane.metrics import Metrics, serve_metrics
+from controlplane.operations_api import OperationWatch
 from controlplane.reconcile import Controller, Runner
 from controlplane.reports import ReportWriter
 from controlplane.settings import Settings
@@ -136,14 +138,34 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
 
     # The leader's informer: the controllers read the fleet from it. A notification it has read
     # wakes the workload controller; `*` (hosts changed) looks at every workload again.
+    def workload_changed(name: str) -> None:
+        workloads.add(name)
+        for op in drainer.involving(name):
+            drains.add(op)
+
+    def hosts_changed() -> None:
+        workloads.resync_now()
+        drains.resync_now()
+
     cache = FleetCache(
         store,
         metrics=metrics,
         resync_period_s=settings.resync_period_s,
-        on_workload=lambda name: workloads.add(name),
-        on_hosts=lambda: workloads.resync_now(),
+        on_workload=workload_changed,
+        on_hosts=hosts_changed,
     )
     workloads = runner(WorkloadController(store, cache=cache, metrics=metrics))
+    drainer = DrainController(
+        store,
+        cache=cache,
+        metrics=metrics,
+        timings=DrainTimings(
+            interval_s=settings.drain_interval_s,
+            replacement_timeout_s=settings.drain_replacement_timeout_s,
+            stop_slack_s=settings.drain_stop_slack_s,
+        ),
+    )
+    drains = runner(drainer)
     timings = Timings(
         grace_s=settings.liveness_grace_s,
         unknown_after_s=settings.unknown_after_s,
@@ -168,7 +190,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             reconcile_failures=workloads.failures,
         )
     )
-    runners = (workloads, liveness, stuck)
+    runners = (workloads, liveness, stuck, drains)
 
     def reports_written(outcome: ReportOutcome) -> None:
         cache.reported(outcome)  # applies the batch and wakes its workloads, when leading
@@ -179,16 +201,25 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         status, on_written=reports_written, retry_max_s=settings.report_retry_max_s
     )
 
+    watch = OperationWatch()
+
     def wake_everything() -> None:
         registry.wake_all()
         cache.resync_now()
         workloads.resync_now()
+        drains.resync_now()
+        watch.changed_all()
+
+    def operation_changed(op: str) -> None:
+        watch.changed(op)
+        drains.add(op)
 
     listener = Listener(
         url,
         on_host=registry.wake,
         on_workload=cache.notified,
         on_reconnect=wake_everything,
+        on_operation=operation_changed,
     )
     leadership = Leadership(
         store, database_url=url, settings=settings, runners=runners, cache=cache
@@ -201,7 +232,16 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     )
     logs = LogRelay(registry)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(
-        FleetApi(store, status=status, logs=logs, log_wait_s=settings.log_wait_s), server
+        FleetApi(
+            store,
+            status=status,
+            logs=logs,
+            log_wait_s=settings.log_wait_s,
+            cache=cache,
+            watch=watch,
+            watch_poll_s=settings.watch_poll_s,
+        ),
+        server,
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
         AgentSync(

@@ -1,4 +1,4 @@
-"""keelctl's host operations: `cordon` and `uncordon`.
+"""keelctl's host verbs: `cordon` and `uncordon`, and the host selection `drain` shares.
 
 A cordon marks hosts unschedulable in one call, which the control plane carries out in one
 transaction: all the hosts or none, so a maintenance wave never races the scheduler. Both verbs
@@ -15,7 +15,8 @@ from keel.ctl.args import CtlError
 from keel.v1 import fleet_pb2
 
 
-def _selection(ctx: Any) -> dict[str, Any]:
+def selection(ctx: Any) -> dict[str, Any]:
+    """The request's `hosts` and `selector`, from HOST... and --selector."""
     hosts = list(ctx.args.hosts)
     selector: dict[str, str] = {}
     for given in ctx.args.selector or ():
@@ -29,7 +30,7 @@ def _selection(ctx: Any) -> dict[str, Any]:
 
 
 def cmd_cordon(ctx: Any) -> str:
-    request = fleet_pb2.CordonRequest(**_selection(ctx), reason=ctx.args.reason or "")
+    request = fleet_pb2.CordonRequest(**selection(ctx), reason=ctx.args.reason or "")
     resp = ctx.stub.Cordon(request, timeout=ctx.timeout)
     if ctx.json:
         return output.to_json(resp)
@@ -37,7 +38,7 @@ def cmd_cordon(ctx: Any) -> str:
 
 
 def cmd_uncordon(ctx: Any) -> str:
-    request = fleet_pb2.UncordonRequest(**_selection(ctx))
+    request = fleet_pb2.UncordonRequest(**selection(ctx))
     resp = ctx.stub.Uncordon(request, timeout=ctx.timeout)
     if ctx.json:
         return output.to_json(resp)

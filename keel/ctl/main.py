@@ -24,7 +24,7 @@ import grpc
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from keel import tracing
-from keel.ctl import hostops, observe
+from keel.ctl import hostops, observe, operations
 from keel.ctl.args import DEFAULT_CONTROLPLANE, CtlError, build_parser
 from keel.ctl.commands import Context, cmd_apply, cmd_delete, cmd_describe, cmd_get, load_manifest
 from keel.spec import format_duration
@@ -150,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         with grpc.insecure_channel(address, options=options) as raw_channel:
             channel = grpc.intercept_channel(raw_channel, TraceparentInterceptor())
             ctx = Context(_STUB(channel), args, now=datetime.now(UTC))
-            commands: dict[str, Callable[[], str]] = {
+            commands: dict[str, Callable[[], str | int]] = {
                 "apply": lambda: cmd_apply(ctx, manifest),
                 "get": lambda: cmd_get(ctx),
                 "describe": lambda: cmd_describe(ctx),
@@ -160,16 +160,21 @@ def _run(args: argparse.Namespace) -> int:
                 "logs": lambda: observe.cmd_logs(ctx),
                 "cordon": lambda: hostops.cmd_cordon(ctx),
                 "uncordon": lambda: hostops.cmd_uncordon(ctx),
+                "drain": lambda: operations.cmd_drain(ctx),
+                "ops": lambda: operations.cmd_ops(ctx),
+                "op": lambda: operations.cmd_op(ctx),
             }
-            text = commands[args.command]()
+            result = commands[args.command]()
     except CtlError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except grpc.RpcError as e:
         print(rpc_error_line(e, address=address, timeout=args.timeout), file=sys.stderr)
         return EXIT_ERROR
-    if text:
-        print(text)
+    if isinstance(result, int):
+        return result  # a command that followed an operation: its outcome, printed already
+    if result:
+        print(result)
     return EXIT_OK
 
 

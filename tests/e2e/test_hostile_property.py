@@ -265,12 +265,38 @@ KINDS: dict[str, dict[str, str]] = {
     "ListStuck": {},
     "Cordon": {"hosts": "hosts", "selector": "selector", "reason": "reason"},
     "Uncordon": {"hosts": "hosts", "selector": "selector"},
+    "Drain": {
+        "hosts": "hosts",
+        "selector": "selector",
+        "deadline_ms": "deadline_ms",
+        "on_deadline": "on_deadline",
+        "max_parallel": "max_parallel",
+        "ignore_daemons": "bool",
+        "reason": "reason",
+    },
+    "PlanDrain": {
+        "hosts": "hosts",
+        "selector": "selector",
+        "max_parallel": "max_parallel",
+        "ignore_daemons": "bool",
+    },
+    "GetOperation": {"id": "operation"},
+    "ListOperations": {"all": "bool"},
+    "CancelOperation": {"id": "operation", "uncordon": "bool"},
+    "WatchOperation": {"id": "operation"},
 }
 # Verbs that change the hosts they select: every list of hosts their cases send names a host
 # that does not exist too, so the call changes nothing (all or none) whatever else it names.
-SELECTING = {"Cordon", "Uncordon"}
+SELECTING = {"Cordon", "Uncordon", "Drain", "PlanDrain"}
 LIMITS = {"workload": 63, "host": 253, "instance": 253, "object": 262}
-RANGES = {"limit": (0, 10_000), "tail_lines": (0, 1_000_000)}
+RANGES = {
+    "limit": (0, 10_000),
+    "tail_lines": (0, 1_000_000),
+    "deadline_ms": (0, 7 * 24 * 3600 * 1000),
+    "max_parallel": (0, 100_000),
+}
+# Operation ids that break the id rule (the fleet has no operation to vary).
+HOSTILE_OPERATIONS = ["OP-1", "op 1", "op/1", "-op-1", "op-1-", "o" * 254, "op-1\n"]
 
 
 def variants(name: str, kind: str) -> list[str]:
@@ -332,6 +358,10 @@ def hostile_value(s: State, kind: str) -> st.SearchStrategy[Any]:
         )
     if kind == "reason":
         return st.one_of(with_nul, st.just("x" * 1025), st.just("two\nlines"))
+    if kind == "on_deadline":
+        return st.one_of(with_nul, st.sampled_from(["Force", "kill", "fail ", "x" * 300]))
+    if kind == "operation":
+        return st.one_of(with_nul, st.sampled_from(HOSTILE_OPERATIONS))
     if kind in RANGES:
         low, high = RANGES[kind]
         return st.one_of(
@@ -355,6 +385,10 @@ def valid_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
         return st.sampled_from([{}, {"role": "web"}, {"role": "nope"}])
     if kind == "reason":
         return st.sampled_from(["", "kernel upgrade"])
+    if kind == "on_deadline":
+        return st.sampled_from(["", "fail", "force"])
+    if kind == "operation":
+        return st.just("op-999999")
     unknown = {"workload": "nope", "host": "nope", "instance": "web-1-000000"}
     known = () if method == "DeleteWorkload" else _existing(s, kind)
     return st.sampled_from([*known, unknown.get(kind, "workload/nope")])
@@ -372,7 +406,7 @@ def any_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
         )
     if kind == "selector":
         return st.dictionaries(text, text, max_size=2)
-    if kind == "reason":
+    if kind in ("reason", "on_deadline", "operation"):
         return text
     spare = set(s.workloads) if method == "DeleteWorkload" else set()
     return st.one_of(text, valid_value(s, method, kind)).filter(lambda v: v not in spare)

@@ -1,0 +1,369 @@
+"""The drain controller: carries drain operations out, one pass per operation, run by
+`reconcile.Runner` on the leader.
+
+Each pass reads the operation (its record decides what is left to do), takes the drained hosts'
+workloads and all their instances from the leader's cache (`cache.FleetCache`: the workloads
+with instances on those hosts, no fleet-wide read), asks the pure planner (`drain.plan_step`)
+for the next step and writes it: replacements and stops through `store.apply_plan`, each in one
+transaction fenced by the leader epoch, the workload's version and the hosts the plan relied on,
+and refused once the operation is no longer RUNNING (a cancel waits for a write under way, and
+every later write sees it); daemons through `store.mark_drained`. Then it records the progress
+(moved, remaining, blocked, every blocker with since when, the ETA from
+`drain_plan.plan_drain`) in the operation.
+
+Level-triggered and durable: the operation lives in Postgres, and a replacement names the
+instance it replaces, so a pass after a restart or on a new leader finds the moves under way
+where the last one left them and never starts one twice. At the deadline the operation ends
+FAILED with its blockers and its hosts left cordoned, or with `on_deadline: force` stops what
+remains and ends once it is gone; either way the decision is an event with the operation's
+actor. Nothing is SUCCEEDED before every instance it moves has left the hosts (the agents
+confirmed the stops).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+
+import structlog
+
+from controlplane.cache import FleetCache
+from controlplane.drain import DrainFleet, Options, Step, plan_step
+from controlplane.drain_plan import Timing, plan_drain, timing_of
+from controlplane.errors import NotFound
+from controlplane.instance_store import Stale
+from controlplane.metrics import Metrics
+from controlplane.operation_store import guard_running
+from controlplane.operations import (
+    BlockerRecord,
+    OnDeadline,
+    OperationRow,
+    OperationState,
+    Progress,
+)
+from controlplane.reconcile import IDLE, Result, Term, requeue_after
+from controlplane.sql import Conn, record_event
+from controlplane.store import Store
+from controlplane.workload import hosts_seen
+from keel.model import Change
+from keel.spec import format_duration
+
+log = structlog.get_logger("keel.drainer")
+
+# The ETA is written again only when it moves by more than this share (or anything else moved).
+_ETA_CHANGE = 0.1
+
+
+@dataclass(frozen=True)
+class DrainTimings:
+    """The settings a drain waits by (`--drain-interval`, `--drain-replacement-timeout`,
+    `--drain-stop-slack`)."""
+
+    interval_s: float = 1.0
+    replacement_timeout_s: float = 60.0
+    stop_slack_s: float = 10.0
+
+
+class DrainController:
+    name = "drain"
+    key_label = "operation"
+
+    def __init__(
+        self, store: Store, *, cache: FleetCache, metrics: Metrics, timings: DrainTimings
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._metrics = metrics
+        self._timings = timings
+        # The workloads each running drain moved instances of at its last pass: a change to
+        # one of them wakes the drain (`involving`).
+        self._involved: dict[str, set[str]] = {}
+
+    async def keys(self) -> list[str]:
+        return [op.id for op in await self._store.active_operations()]
+
+    def involving(self, workload: str) -> list[str]:
+        """The running drains that move instances of `workload`."""
+        return [op for op, names in self._involved.items() if workload in names]
+
+    async def reconcile(self, op_id: str, *, term: Term) -> Result:
+        try:
+            op: OperationRow | None = await self._store.get_operation(op_id)
+        except NotFound:
+            op = None
+        if op is None or not op.state.active:
+            self._involved.pop(op_id, None)
+            return IDLE
+        bound = log.bind(operation=op.id, hosts=list(op.hosts))
+        if op.state is OperationState.PENDING:
+            op = await self._store.update_operation(
+                op.id,
+                epoch=term.epoch,
+                state=OperationState.RUNNING,
+                event=("DrainStarted", f"moving everything off {', '.join(op.hosts)}"),
+                actor=op.actor,
+            )
+            if op is None:
+                return IDLE
+            bound.info("drain started")
+        now = await self._store.now()
+        draining = {h for o in await self._store.active_operations() for h in o.hosts}
+        fleet = self._fleet(op, draining)
+        options = self._options(op)
+        step = plan_step(fleet, options, now=now)
+        if not step.done and now >= op.deadline_at and not op.forced:
+            deadline = format_duration(op.params.deadline_ms)
+            if op.params.on_deadline is OnDeadline.FAIL:
+                progress = self._progress(op, step, fleet, options, now, eta=False)
+                message = _failed_text(deadline, progress)
+                await self._store.update_operation(
+                    op.id,
+                    epoch=term.epoch,
+                    state=OperationState.FAILED,
+                    progress=progress,
+                    message=message,
+                    event=("DrainFailed", message),
+                    actor=op.actor,
+                )
+                bound.warning("drain failed at its deadline", remaining=step.remaining,
+                              blockers=len(step.blockers))  # fmt: skip
+                return IDLE
+            message = (
+                f"the deadline ({deadline}) passed with {step.remaining} instance(s) left: "
+                "stopping them now, budget or not (on_deadline: force)"
+            )
+            forced = await self._store.update_operation(
+                op.id, epoch=term.epoch, forced=True, event=("DrainForced", message),
+                actor=op.actor,
+            )  # fmt: skip
+            if forced is None:
+                return IDLE
+            op = forced
+            bound.warning("drain forced at its deadline", remaining=step.remaining)
+            options = self._options(op)
+            step = plan_step(fleet, options, now=now)
+        if step.done:
+            await self._succeed(op, step, fleet, options, now, epoch=term.epoch)
+            bound.info("drain succeeded", moved=op.progress.moved)
+            return IDLE
+        wrote = await self._write(op, step, epoch=term.epoch)
+        progress = self._progress(op, step, fleet, options, now, eta=True)
+        blocked_since = _blocked_since(op, progress, now)
+        if _changed(op.progress, progress) or blocked_since != op.blocked_since:
+            await self._store.update_operation(
+                op.id, epoch=term.epoch, progress=progress, blocked_since=blocked_since
+            )
+        return requeue_after(0 if wrote else self._timings.interval_s)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _fleet(self, op: OperationRow, draining: set[str]) -> DrainFleet:
+        index = self._cache.index
+        names = {name for host in op.hosts for name in index.workloads_on(host)}
+        self._involved[op.id] = names
+        workloads = {}
+        instances = {}
+        for name in sorted(names):
+            entry = index.workload(name)
+            if entry is not None:
+                workloads[name] = entry.view
+                instances[name] = list(entry.instances.values())
+        return DrainFleet(
+            targets=frozenset(op.hosts),
+            hosts=self._cache.hosts,
+            draining=draining,
+            workloads=workloads,
+            instances=instances,
+            usage=self._cache.usage,
+        )
+
+    def _options(self, op: OperationRow) -> Options:
+        return Options(
+            max_parallel=op.params.max_parallel or None,
+            ignore_daemons=op.params.ignore_daemons,
+            force=op.forced,
+            replacement_timeout_s=self._timings.replacement_timeout_s,
+            stop_slack_s=self._timings.stop_slack_s,
+        )
+
+    def _timing(self, names: Sequence[str]) -> dict[str, Timing]:
+        """Each workload's start and stop times, from its spec (`drain_plan.timing_of`)."""
+        out = {}
+        for name in names:
+            entry = self._cache.index.workload(name)
+            if entry is not None:
+                out[name] = timing_of(entry.row.workload.spec)
+        return out
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def _write(self, op: OperationRow, step: Step, *, epoch: int | None) -> bool:
+        """Writes the step, one workload per transaction; True if anything was written."""
+        creates: dict[str, list[tuple[str, str]]] = {}
+        removes: dict[str, list[str]] = {}
+        for start in step.starts:
+            creates.setdefault(start.workload, []).append((start.host, start.replaces))
+        for stop in step.stops:
+            removes.setdefault(stop.workload, []).append(stop.instance)
+        wrote = False
+        for name in sorted(set(creates) | set(removes)):
+            entry = self._cache.index.workload(name)
+            if entry is None:
+                continue
+            places = [host for host, _ in creates.get(name, ())]
+            gone = removes.get(name, [])
+            events = [
+                (replaces, f"drain {op.id}: replacement starting on {host}")
+                for host, replaces in creates.get(name, ())
+            ] + [(instance, f"drain {op.id}: stopping") for instance in gone]
+            result = await self._store.apply_plan(
+                entry.row,
+                create_on=places,
+                remove=gone,
+                epoch=epoch,
+                version=entry.version,
+                hosts_read=hosts_seen(self._cache, entry, places=places),
+                replaces=[replaces for _, replaces in creates.get(name, ())],
+                guard=partial(_guard, op.id, events, actor=op.actor),
+            )
+            if result.stale is not None:
+                self._metrics.count_stale_write(self.name)
+                log.info("drain step refused: made from a stale read; reading again",
+                         operation=op.id, workload=name, stale=result.stale)  # fmt: skip
+                await self._cache.refresh([name])
+                if result.stale_hosts:
+                    await self._cache.refresh_placements(result.stale_hosts)
+                wrote = True  # look again at once
+                continue
+            self._cache.apply(result.delta)
+            self._metrics.count_changes(Change.CREATE, len(result.created))
+            self._metrics.count_changes(Change.REMOVE, result.removed)
+            wrote = wrote or bool(result.created or result.removed)
+            log.info("drain moved", operation=op.id, workload=name, started=result.created,
+                     stopping=gone)  # fmt: skip
+        if step.evict_daemons:
+            try:
+                await self._store.mark_drained(op.id, step.evict_daemons, epoch=epoch)
+            except Stale:
+                return wrote  # cancelled meanwhile: the next pass sees it
+            await self._cache.refresh_hosts(step.evict_daemons)
+            wrote = True
+        return wrote
+
+    async def _succeed(
+        self,
+        op: OperationRow,
+        step: Step,
+        fleet: DrainFleet,
+        options: Options,
+        now: datetime,
+        *,
+        epoch: int | None,
+    ) -> None:
+        progress = self._progress(op, step, fleet, options, now, eta=False)
+        started = op.started_at or op.created_at
+        took = format_duration(round(max(0.0, (now - started).total_seconds()) * 1000))
+        message = f"{progress.moved} instance(s) moved off {', '.join(op.hosts)} in {took}"
+        if op.forced:
+            message += " (forced at the deadline: some were stopped without a replacement)"
+        message += "; the hosts stay cordoned until `keelctl uncordon`"
+        await self._store.update_operation(
+            op.id,
+            epoch=epoch,
+            state=OperationState.SUCCEEDED,
+            progress=dataclasses.replace(progress, eta_s=0.0),
+            blocked_since=None,
+            message=message,
+            event=("DrainSucceeded", message),
+            actor=op.actor,
+        )
+
+    # -- progress ---------------------------------------------------------------------------
+
+    def _progress(
+        self,
+        op: OperationRow,
+        step: Step,
+        fleet: DrainFleet,
+        options: Options,
+        now: datetime,
+        *,
+        eta: bool,
+    ) -> Progress:
+        before = op.progress
+        first = before.total == 0 and before.moved == 0 and before.remaining == 0
+        moved = 0 if first else before.moved + max(0, before.remaining - step.remaining)
+        held = {(b.instance, b.reason): b.since for b in before.blockers}
+        blockers = sorted(
+            (
+                BlockerRecord(
+                    instance=b.instance,
+                    workload=b.workload,
+                    host=b.host,
+                    reason=b.reason,
+                    message=b.message,
+                    since=held.get((b.instance, b.reason), now),
+                    replacement=b.replacement,
+                )
+                for b in step.blockers
+            ),
+            key=lambda b: (b.since, b.instance),
+        )
+        eta_s = None
+        if eta:
+            timings = self._timing(list(fleet.workloads))
+            eta_s = plan_drain(fleet, options, now=now, timings=timings).eta_s
+        return Progress(
+            total=moved + step.remaining,
+            moved=moved,
+            remaining=step.remaining,
+            blocked=len({b.instance for b in blockers}),
+            in_flight=step.in_flight,
+            queued=step.queued,
+            eta_s=None if eta_s is None else round(eta_s, 1),
+            blockers=tuple(blockers),
+        )
+
+
+async def _guard(op_id: str, events: Sequence[tuple[str, str]], conn: Conn, *, actor: str) -> None:
+    """First in a drain's write: the operation still runs; the moves it makes are events."""
+    await guard_running(conn, op_id)
+    for instance, message in events:
+        await record_event(conn, f"instance/{instance}", "DrainMove", message, actor=actor)
+
+
+def _blocked_since(op: OperationRow, progress: Progress, now: datetime) -> datetime | None:
+    """Since when the drain has had blockers and no move has finished (None: not blocked)."""
+    if not progress.blockers:
+        return None
+    if op.blocked_since is None or progress.moved > op.progress.moved:
+        return now
+    return op.blocked_since
+
+
+def _changed(before: Progress, after: Progress) -> bool:
+    """Worth writing: anything but the ETA moved, or the ETA by more than a tenth."""
+    if dataclasses.replace(before, eta_s=None) != dataclasses.replace(after, eta_s=None):
+        return True
+    if (before.eta_s is None) != (after.eta_s is None):
+        return True
+    if before.eta_s is None or after.eta_s is None:
+        return False
+    return abs(before.eta_s - after.eta_s) > max(1.0, _ETA_CHANGE * before.eta_s)
+
+
+def _failed_text(deadline: str, progress: Progress) -> str:
+    text = (
+        f"the deadline ({deadline}) passed with {progress.remaining} instance(s) left on the "
+        f"hosts, which stay cordoned"
+    )
+    if progress.blockers:
+        first = progress.blockers[0]
+        more = len(progress.blockers) - 1
+        text += f"; blocked: {first.instance} {first.reason.value}: {first.message}"
+        if more:
+            text += f" (and {more} more blocker(s): keelctl op get)"
+    return text
