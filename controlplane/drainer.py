@@ -31,14 +31,21 @@ from functools import partial
 import structlog
 
 from controlplane.cache import FleetCache
-from controlplane.drain import DrainFleet, Options, Step, plan_step
+from controlplane.drain import DrainFleet, MoveKind, Options, Step, plan_step
+from controlplane.drain_metrics import Running
 from controlplane.drain_plan import Timing, plan_drain, timing_of
+from controlplane.drain_progress import (
+    age,
+    failed_text,
+    progress_of,
+    stuck_event,
+    worth_writing,
+)
 from controlplane.errors import NotFound
 from controlplane.instance_store import Stale
 from controlplane.metrics import Metrics
 from controlplane.operation_store import guard_running
 from controlplane.operations import (
-    BlockerRecord,
     OnDeadline,
     OperationRow,
     OperationState,
@@ -53,18 +60,16 @@ from keel.spec import format_duration
 
 log = structlog.get_logger("keel.drainer")
 
-# The ETA is written again only when it moves by more than this share (or anything else moved).
-_ETA_CHANGE = 0.1
-
 
 @dataclass(frozen=True)
 class DrainTimings:
     """The settings a drain waits by (`--drain-interval`, `--drain-replacement-timeout`,
-    `--drain-stop-slack`)."""
+    `--drain-stop-slack`, `--drain-blocked-after`)."""
 
     interval_s: float = 1.0
     replacement_timeout_s: float = 60.0
     stop_slack_s: float = 10.0
+    blocked_after_s: float = 60.0
 
 
 class DrainController:
@@ -81,9 +86,26 @@ class DrainController:
         # The workloads each running drain moved instances of at its last pass: a change to
         # one of them wakes the drain (`involving`).
         self._involved: dict[str, set[str]] = {}
+        # Each running drain's figures at its last pass (keel_drain_* gauges, DRAIN_BLOCKED).
+        self._running: dict[str, Running] = {}
 
     async def keys(self) -> list[str]:
-        return [op.id for op in await self._store.active_operations()]
+        active = await self._store.active_operations()
+        self._metrics.drain.set_operations(await self._store.operation_counts())
+        ids = {op.id for op in active}
+        for gone in set(self._running) - ids:
+            self._forget(gone)
+        return sorted(ids)
+
+    def blocked(self) -> int:
+        """Running drains blocked past `--drain-blocked-after`: stuck, DRAIN_BLOCKED."""
+        after = self._timings.blocked_after_s
+        return sum(1 for d in self._running.values() if d.blocked_s >= after)
+
+    def _forget(self, op_id: str) -> None:
+        self._involved.pop(op_id, None)
+        self._running.pop(op_id, None)
+        self._metrics.drain.set_running(self._running.values())
 
     def involving(self, workload: str) -> list[str]:
         """The running drains that move instances of `workload`."""
@@ -95,7 +117,7 @@ class DrainController:
         except NotFound:
             op = None
         if op is None or not op.state.active:
-            self._involved.pop(op_id, None)
+            self._forget(op_id)
             return IDLE
         bound = log.bind(operation=op.id, hosts=list(op.hosts))
         if op.state is OperationState.PENDING:
@@ -117,8 +139,8 @@ class DrainController:
         if not step.done and now >= op.deadline_at and not op.forced:
             deadline = format_duration(op.params.deadline_ms)
             if op.params.on_deadline is OnDeadline.FAIL:
-                progress = self._progress(op, step, fleet, options, now, eta=False)
-                message = _failed_text(deadline, progress)
+                progress, _ = self._progress(op, step, fleet, options, now, eta=False)
+                message = failed_text(deadline, progress)
                 await self._store.update_operation(
                     op.id,
                     epoch=term.epoch,
@@ -130,6 +152,7 @@ class DrainController:
                 )
                 bound.warning("drain failed at its deadline", remaining=step.remaining,
                               blockers=len(step.blockers))  # fmt: skip
+                self._finished(op, "failed", now)
                 return IDLE
             message = (
                 f"the deadline ({deadline}) passed with {step.remaining} instance(s) left: "
@@ -148,15 +171,52 @@ class DrainController:
         if step.done:
             await self._succeed(op, step, fleet, options, now, epoch=term.epoch)
             bound.info("drain succeeded", moved=op.progress.moved)
+            self._finished(op, "forced" if op.forced else "succeeded", now)
             return IDLE
         wrote = await self._write(op, step, epoch=term.epoch)
-        progress = self._progress(op, step, fleet, options, now, eta=True)
-        blocked_since = _blocked_since(op, progress, now)
-        if _changed(op.progress, progress) or blocked_since != op.blocked_since:
+        progress, blocked_since = self._progress(op, step, fleet, options, now, eta=True)
+        event = stuck_event(op.progress, progress, now=now, since=blocked_since)
+        if worth_writing(op.progress, progress) or blocked_since != op.blocked_since:
             await self._store.update_operation(
-                op.id, epoch=term.epoch, progress=progress, blocked_since=blocked_since
+                op.id,
+                epoch=term.epoch,
+                progress=progress,
+                blocked_since=blocked_since,
+                event=event,
+                actor="keel-controlplane",
             )
+        self._running[op.id] = Running(
+            remaining=progress.remaining,
+            blocked=progress.blocked,
+            eta_s=progress.eta_s,
+            blocked_s=age(now, blocked_since),
+            overdue_s=age(now, op.deadline_at),
+        )
+        self._metrics.drain.set_running(self._running.values())
         return requeue_after(0 if wrote else self._timings.interval_s)
+
+    def _progress(
+        self,
+        op: OperationRow,
+        step: Step,
+        fleet: DrainFleet,
+        options: Options,
+        now: datetime,
+        *,
+        eta: bool,
+    ) -> tuple[Progress, datetime | None]:
+        eta_s = None
+        if eta:
+            timings = self._timing(list(fleet.workloads))
+            eta_s = plan_drain(fleet, options, now=now, timings=timings).eta_s
+        return progress_of(
+            op, step, now=now, eta_s=eta_s, blocked_after_s=self._timings.blocked_after_s
+        )
+
+    def _finished(self, op: OperationRow, result: str, now: datetime) -> None:
+        started = op.started_at or op.created_at
+        self._metrics.drain.observe_finished(result, age(now, started))
+        self._forget(op.id)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -231,6 +291,7 @@ class DrainController:
             )
             if result.stale is not None:
                 self._metrics.count_stale_write(self.name)
+                self._metrics.drain.count_moves("stale")
                 log.info("drain step refused: made from a stale read; reading again",
                          operation=op.id, workload=name, stale=result.stale)  # fmt: skip
                 await self._cache.refresh([name])
@@ -241,6 +302,9 @@ class DrainController:
             self._cache.apply(result.delta)
             self._metrics.count_changes(Change.CREATE, len(result.created))
             self._metrics.count_changes(Change.REMOVE, result.removed)
+            for stop in step.stops:
+                if stop.workload == name:
+                    self._metrics.drain.count_moves(_MOVE_RESULT[stop.kind])
             wrote = wrote or bool(result.created or result.removed)
             log.info("drain moved", operation=op.id, workload=name, started=result.created,
                      stopping=gone)  # fmt: skip
@@ -250,6 +314,7 @@ class DrainController:
             except Stale:
                 return wrote  # cancelled meanwhile: the next pass sees it
             await self._cache.refresh_hosts(step.evict_daemons)
+            self._metrics.drain.count_moves("daemon", len(step.evict_daemons))
             wrote = True
         return wrote
 
@@ -263,7 +328,7 @@ class DrainController:
         *,
         epoch: int | None,
     ) -> None:
-        progress = self._progress(op, step, fleet, options, now, eta=False)
+        progress, _ = self._progress(op, step, fleet, options, now, eta=False)
         started = op.started_at or op.created_at
         took = format_duration(round(max(0.0, (now - started).total_seconds()) * 1000))
         message = f"{progress.moved} instance(s) moved off {', '.join(op.hosts)} in {took}"
@@ -281,52 +346,6 @@ class DrainController:
             actor=op.actor,
         )
 
-    # -- progress ---------------------------------------------------------------------------
-
-    def _progress(
-        self,
-        op: OperationRow,
-        step: Step,
-        fleet: DrainFleet,
-        options: Options,
-        now: datetime,
-        *,
-        eta: bool,
-    ) -> Progress:
-        before = op.progress
-        first = before.total == 0 and before.moved == 0 and before.remaining == 0
-        moved = 0 if first else before.moved + max(0, before.remaining - step.remaining)
-        held = {(b.instance, b.reason): b.since for b in before.blockers}
-        blockers = sorted(
-            (
-                BlockerRecord(
-                    instance=b.instance,
-                    workload=b.workload,
-                    host=b.host,
-                    reason=b.reason,
-                    message=b.message,
-                    since=held.get((b.instance, b.reason), now),
-                    replacement=b.replacement,
-                )
-                for b in step.blockers
-            ),
-            key=lambda b: (b.since, b.instance),
-        )
-        eta_s = None
-        if eta:
-            timings = self._timing(list(fleet.workloads))
-            eta_s = plan_drain(fleet, options, now=now, timings=timings).eta_s
-        return Progress(
-            total=moved + step.remaining,
-            moved=moved,
-            remaining=step.remaining,
-            blocked=len({b.instance for b in blockers}),
-            in_flight=step.in_flight,
-            queued=step.queued,
-            eta_s=None if eta_s is None else round(eta_s, 1),
-            blockers=tuple(blockers),
-        )
-
 
 async def _guard(op_id: str, events: Sequence[tuple[str, str]], conn: Conn, *, actor: str) -> None:
     """First in a drain's write: the operation still runs; the moves it makes are events."""
@@ -335,35 +354,9 @@ async def _guard(op_id: str, events: Sequence[tuple[str, str]], conn: Conn, *, a
         await record_event(conn, f"instance/{instance}", "DrainMove", message, actor=actor)
 
 
-def _blocked_since(op: OperationRow, progress: Progress, now: datetime) -> datetime | None:
-    """Since when the drain has had blockers and no move has finished (None: not blocked)."""
-    if not progress.blockers:
-        return None
-    if op.blocked_since is None or progress.moved > op.progress.moved:
-        return now
-    return op.blocked_since
-
-
-def _changed(before: Progress, after: Progress) -> bool:
-    """Worth writing: anything but the ETA moved, or the ETA by more than a tenth."""
-    if dataclasses.replace(before, eta_s=None) != dataclasses.replace(after, eta_s=None):
-        return True
-    if (before.eta_s is None) != (after.eta_s is None):
-        return True
-    if before.eta_s is None or after.eta_s is None:
-        return False
-    return abs(before.eta_s - after.eta_s) > max(1.0, _ETA_CHANGE * before.eta_s)
-
-
-def _failed_text(deadline: str, progress: Progress) -> str:
-    text = (
-        f"the deadline ({deadline}) passed with {progress.remaining} instance(s) left on the "
-        f"hosts, which stay cordoned"
-    )
-    if progress.blockers:
-        first = progress.blockers[0]
-        more = len(progress.blockers) - 1
-        text += f"; blocked: {first.instance} {first.reason.value}: {first.message}"
-        if more:
-            text += f" (and {more} more blocker(s): keelctl op get)"
-    return text
+_MOVE_RESULT = {
+    MoveKind.MAKE_BEFORE_BREAK: "replaced",
+    MoveKind.STOP_BEFORE_START: "stopped_first",
+    MoveKind.FORCE: "forced",
+    MoveKind.DAEMON: "daemon",
+}

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 import structlog
 
-from controlplane import convert
+from controlplane import convert, operation_convert
 from controlplane.actor import actor_of
 from controlplane.cache import FleetCache
 from controlplane.errors import FailedPrecondition, InvalidArgument
@@ -47,6 +47,7 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         cache: FleetCache | None = None,
         watch: OperationWatch | None = None,
         watch_poll_s: float = 2.0,
+        drain_blocked_after_s: float = 60.0,
     ) -> None:
         self._store = store
         self._status = status
@@ -55,6 +56,7 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         self._cache = cache
         self._watch = watch or OperationWatch()
         self._watch_poll_s = watch_poll_s
+        self._drain_blocked_after_s = drain_blocked_after_s
 
     async def ApplyWorkload(
         self, request: fleet_pb2.ApplyWorkloadRequest, context: grpc.aio.ServicerContext
@@ -125,7 +127,15 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
     ) -> fleet_pb2.ListStuckResponse:
         workloads = await self._store.list_workloads()
         instances = await self._store.list_instances()
-        return fleet_pb2.ListStuckResponse(objects=convert.stuck_objects_pb(workloads, instances))
+        objects = convert.stuck_objects_pb(workloads, instances)
+        drains = await self._store.list_operations(everything=False)
+        blocked = operation_convert.blocked_drains_pb(
+            drains, now=await self._store.now(), after_s=self._drain_blocked_after_s
+        )
+        objects = sorted(
+            [*objects, *blocked], key=lambda o: (o.stuck.since.ToNanoseconds(), o.object)
+        )
+        return fleet_pb2.ListStuckResponse(objects=objects)
 
     async def ListEvents(
         self, request: fleet_pb2.ListEventsRequest, context: grpc.aio.ServicerContext

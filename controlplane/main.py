@@ -163,6 +163,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             interval_s=settings.drain_interval_s,
             replacement_timeout_s=settings.drain_replacement_timeout_s,
             stop_slack_s=settings.drain_stop_slack_s,
+            blocked_after_s=settings.drain_blocked_after_s,
         ),
     )
     drains = runner(drainer)
@@ -188,6 +189,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             metrics=metrics,
             interval_s=settings.stuck_interval_s,
             reconcile_failures=workloads.failures,
+            drains_blocked=drainer.blocked,
         )
     )
     runners = (workloads, liveness, stuck, drains)
@@ -240,6 +242,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             cache=cache,
             watch=watch,
             watch_poll_s=settings.watch_poll_s,
+            drain_blocked_after_s=settings.drain_blocked_after_s,
         ),
         server,
     )

@@ -35,6 +35,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from controlplane.drain_metrics import DrainMetrics
 from controlplane.errors import KeelError
 from keel import endpoint
 from keel.endpoint import CONVERGENCE_BUCKETS
@@ -65,7 +66,7 @@ RPC_BUCKETS = (
 
 CHANGES = tuple(Change)
 KINDS = ("instance", "workload")
-CONTROLLERS = ("workload", "liveness", "stuck")
+CONTROLLERS = ("workload", "liveness", "stuck", "drain")
 RESULTS = ("success", "error")
 HOST_STATES = tuple(s.value for s in HostState)
 CACHE_KINDS = ("workload", "instance", "host")
@@ -236,6 +237,8 @@ class Metrics:
             self.cache_objects.labels(kind)
         for controller in CONTROLLERS:
             self.cache_stale_writes.labels(controller)
+        # Operations and drains (controlplane.drain_metrics, fed by the drain controller).
+        self.drain = DrainMetrics(r)
         # Standard process_* and python_info series: memory, CPU, open fds of this replica.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

@@ -8,6 +8,7 @@ rules: a field that breaks one is a `SpecError` naming it); `controlplane.fleet`
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 from controlplane.convert import each
 from controlplane.drain import Blocker
@@ -21,7 +22,8 @@ from controlplane.operations import (
 )
 from keel import blockers, convert, fields
 from keel.fields import SpecError
-from keel.v1 import fleet_pb2
+from keel.stuck import GUIDES, Reason
+from keel.v1 import fleet_pb2, types_pb2
 
 MAX_DEADLINE_MS = 7 * 24 * 3600 * 1000
 MAX_PARALLEL = 100_000
@@ -140,3 +142,32 @@ def drain_plan_pb(plan: DrainPlan, hosts: Sequence[str]) -> fleet_pb2.PlanDrainR
         eta_s=_seconds(plan.eta_s),
         hosts=list(hosts),
     )
+
+
+def blocked_drains_pb(
+    ops: Iterable[OperationRow], *, now: datetime, after_s: float
+) -> list[fleet_pb2.StuckObject]:
+    """Running drains blocked past `--drain-blocked-after` with no move finishing, as stuck
+    objects (DRAIN_BLOCKED): since when, the first blocker, and the operation to look at."""
+    out = []
+    for op in ops:
+        since = op.blocked_since
+        if since is None or (now - since).total_seconds() < after_s or not op.progress.blockers:
+            continue
+        first = op.progress.blockers[0]
+        out.append(
+            fleet_pb2.StuckObject(
+                object=f"operation/{op.id}",
+                stuck=types_pb2.Stuck(
+                    reason=Reason.DRAIN_BLOCKED.value,
+                    since=convert.ts(since),
+                    message=(
+                        f"{op.progress.blocked} instance(s) blocked, none moved since; "
+                        f"{first.instance} {first.reason.value}: {first.message}"
+                    ),
+                    runbook=GUIDES[Reason.DRAIN_BLOCKED].runbook,
+                    next_command=f"keelctl op get {op.id}",
+                ),
+            )
+        )
+    return out

@@ -202,6 +202,13 @@ class OperationStore:
 
     # -- the drain controller's writes --------------------------------------------------------
 
+    async def operation_counts(self) -> dict[tuple[str, str], int]:
+        """Every operation kept, counted by (kind, state) (keel_operations)."""
+        rows = await self.pool.fetch(
+            "SELECT kind, state, count(*)::int AS n FROM operation GROUP BY kind, state"
+        )
+        return {(r["kind"], r["state"]): r["n"] for r in rows}
+
     async def active_operations(self) -> list[OperationRow]:
         rows = await self.pool.fetch(
             "SELECT * FROM operation WHERE state IN ('PENDING', 'RUNNING') ORDER BY created_at"

@@ -115,6 +115,7 @@ class Progress:
     queued: int = 0
     eta_s: float | None = None
     blockers: tuple[BlockerRecord, ...] = ()
+    stuck: bool = False  # blocked past --drain-blocked-after with no move finishing
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -126,6 +127,7 @@ class Progress:
             "queued": self.queued,
             "eta_s": self.eta_s,
             "blockers": [b.to_json() for b in self.blockers],
+            "stuck": self.stuck,
         }
 
     @classmethod
@@ -140,6 +142,7 @@ class Progress:
             queued=int(data.get("queued", 0)),
             eta_s=None if eta is None else float(eta),
             blockers=tuple(BlockerRecord.from_json(b) for b in data.get("blockers", ())),
+            stuck=bool(data.get("stuck", False)),
         )
 
 

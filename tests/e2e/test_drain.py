@@ -158,8 +158,9 @@ def test_a_drain_blocked_by_the_budget_fails_at_its_deadline_then_force_stops_it
     fleet4: Fleet,
 ) -> None:
     """max_surge 0, max_unavailable 1, a replica elsewhere down (its host silent):
-    BUDGET_EXHAUSTED while blocked (keelctl op get -o json); FAILED at the deadline with the
-    host cordoned and the instance running; a drain with --on-deadline force stops it."""
+    BUDGET_EXHAUSTED while blocked (keelctl op get -o json), DRAIN_BLOCKED in keelctl stuck;
+    FAILED at the deadline with the host cordoned and the instance running; a drain with
+    --on-deadline force stops it."""
     fleet = fleet4
     fleet.apply_ok(fleet.manifest("web", replicas=4, max_surge=0, max_unavailable=1))
     fleet.wait_running("web", 4)
@@ -173,7 +174,7 @@ def test_a_drain_blocked_by_the_budget_fails_at_its_deadline_then_force_stops_it
             timeout=30,
             message=f"{broken_host} NOT_READY",
         )
-        op_id = _started(fleet, "host-1", "--deadline", "6s")
+        op_id = _started(fleet, "host-1", "--deadline", "8s")
         blocked = wait_for(
             lambda: (o := _op(fleet, op_id))["progress"].get("blockers") and o,
             message="the blocker",
@@ -182,6 +183,19 @@ def test_a_drain_blocked_by_the_budget_fails_at_its_deadline_then_force_stops_it
         assert (blocker["instance"], blocker["reason"]) == (victim.id, "BUDGET_EXHAUSTED")
         assert blocker["runbook"] == "runbooks/drain/budget-exhausted.md"
         assert blocker["next_command"] == "keelctl describe workload web"
+        assert "down now:" in blocker["message"] and broken_host in blocker["message"]
+        # Blocked past --drain-blocked-after (2s here): a stuck object with its next command.
+        stuck = wait_for(
+            lambda: [
+                o
+                for o in fleet.keelctl_json("stuck").get("objects", [])
+                if o["object"] == f"operation/{op_id}"
+            ],
+            timeout=20,
+            message="DRAIN_BLOCKED in keelctl stuck",
+        )
+        assert stuck[0]["stuck"]["reason"] == "DRAIN_BLOCKED"
+        assert stuck[0]["stuck"]["next_command"] == f"keelctl op get {op_id}"
         failed = wait_for(
             lambda: (o := _op(fleet, op_id))["state"] == "FAILED" and o,
             timeout=30,
@@ -200,3 +214,25 @@ def test_a_drain_blocked_by_the_budget_fails_at_its_deadline_then_force_stops_it
         events = fleet.keelctl_json("events")["events"]
         assert any(e["kind"] == "DrainForced" for e in events), events
         assert json.dumps(events)  # the history is readable
+
+
+def test_a_drain_blocked_for_capacity_fails_at_its_deadline_leaving_the_host_cordoned(
+    fleet4: Fleet,
+) -> None:
+    """A workload pinned to host-1 by its selector: NO_CAPACITY naming the selector while
+    blocked; FAILED at the deadline (exit 1 with --wait), the host cordoned, the instance
+    running; the result names the runbook and the blocker."""
+    fleet = fleet4
+    fleet.apply_ok(fleet.manifest("pinned", replicas=1, selector={"disk": "ssd"}))
+    [pinned] = fleet.wait_running("pinned", 1)
+    result = fleet.keelctl("drain", "host-1", "--deadline", "4s", "--wait", timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED" in result.stdout and "runbooks/cordon-and-drain.md" in result.stdout
+    assert f"{pinned.id} NO_CAPACITY" in result.stdout
+    assert "(next: keelctl get hosts)" in result.stdout
+    [op] = fleet.keelctl_json("ops", "--all")["operations"]
+    assert op["state"] == "FAILED"
+    assert op["progress"]["blockers"][0]["reason"] == "NO_CAPACITY"
+    [still] = fleet.instances("pinned")
+    assert (still.id, still.desired, still.serving) == (pinned.id, "RUNNING", True)
+    assert not next(h for h in fleet.hosts_status() if h.name == "host-1").schedulable

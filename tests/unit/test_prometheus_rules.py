@@ -54,6 +54,15 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_cache_resyncs_total",
         "keel_cache_resync_duration_seconds",
         "keel_cache_stale_writes_total",
+        # Operations and drains (the cordon/drain issue).
+        "keel_operations",
+        "keel_drain_remaining_instances",
+        "keel_drain_blocked_instances",
+        "keel_drain_eta_seconds",
+        "keel_drain_blocked_seconds",
+        "keel_drain_overdue_seconds",
+        "keel_drain_duration_seconds",
+        "keel_drain_moves_total",
     }
 )
 AGENT_METRICS = frozenset(
@@ -80,6 +89,7 @@ HISTOGRAMS = frozenset(
         "keel_grpc_request_duration_seconds",
         "keel_agent_convergence_seconds",
         "keel_cache_resync_duration_seconds",
+        "keel_drain_duration_seconds",
     }
 )
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
