@@ -232,6 +232,7 @@ def instance_pb(row: InstanceRow) -> types_pb2.Instance:
         created_at=convert.ts(row.created_at),
         converged=row.converged,
         stuck=stuck_pb(row.stuck, instance=row.id, workload=row.workload, host=row.host),
+        replaces=row.replaces,
         status=types_pb2.InstanceStatus(
             instance_id=row.id,
             phase=convert.phase_to_pb(row.phase),

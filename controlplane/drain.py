@@ -62,11 +62,16 @@ class Start:
 
 @dataclass(frozen=True)
 class Stop:
-    """Stop instance `instance` (mark it REMOVED): the last action of its move."""
+    """Stop instance `instance` (mark it REMOVED): the last action of its move. `ready` and
+    `floor` are its workload's budget when the stop was decided, this stop counted: how many
+    stay available, and the fewest the budget allows (recorded with the move, so the history
+    says the budget held)."""
 
     instance: str
     workload: str
     kind: MoveKind
+    ready: int = 0
+    floor: int = 0
 
 
 @dataclass(frozen=True)
@@ -270,9 +275,10 @@ class _Acts:
 
     def stop(self, w: _Workload, inst: InstanceRecord, kind: MoveKind) -> None:
         self.in_flight += 1
-        self.stops.append(Stop(inst.id, inst.workload, kind))
         if is_available(inst.view, self.ready):
             w.budget = w.budget.took_down()
+        b = w.budget
+        self.stops.append(Stop(inst.id, inst.workload, kind, ready=b.available, floor=b.floor))
 
     def finish(self, w: _Workload, inst: InstanceRecord, replacement: InstanceRecord) -> None:
         """A move whose replacement exists: stop the instance once the replacement serves."""

@@ -278,7 +278,15 @@ class DrainController:
             events = [
                 (replaces, f"drain {op.id}: replacement starting on {host}")
                 for host, replaces in creates.get(name, ())
-            ] + [(instance, f"drain {op.id}: stopping") for instance in gone]
+            ] + [
+                (
+                    stop.instance,
+                    f"drain {op.id}: stopping ({stop.kind.value}; {name} {stop.ready} ready "
+                    f"after it, at least {stop.floor} must stay)",
+                )
+                for stop in step.stops
+                if stop.workload == name
+            ]
             result = await self._store.apply_plan(
                 entry.row,
                 create_on=places,

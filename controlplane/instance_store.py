@@ -93,6 +93,7 @@ class InstanceRow:
     unconverged_since: datetime | None = None
     converged_at: datetime | None = None
     trace_context: str = ""
+    replaces: str = ""  # a drain's replacement: the instance it replaces
 
     @property
     def converged(self) -> bool:
@@ -145,6 +146,7 @@ def instance_row(r: asyncpg.Record) -> InstanceRow:
         unconverged_since=r["unconverged_since"],
         converged_at=r["converged_at"],
         trace_context=r["trace_context"],
+        replaces=r["replaces"],
     )
 
 

@@ -231,6 +231,8 @@ def describe_instance(i: pb.Instance, *, now: datetime) -> str:
         ("Ports", _mapping_text(s.ports)),
         ("Observed", when(from_ts(s.observed_at), now=now)),
     ]
+    if i.replaces:
+        pairs.append(("Replaces", f"{i.replaces} (moved by a drain)"))
     if s.removed:
         pairs.append(("Removed", "yes (the agent confirmed the tombstone)"))
     text = block(pairs)

@@ -295,7 +295,9 @@ def test_drain_step(name: str) -> None:
     case = CASES[name]
     step = plan_step(case.fleet, case.options, now=NOW)
     assert list(step.starts) == case.starts
-    assert list(step.stops) == case.stops
+    assert [(s.instance, s.workload, s.kind) for s in step.stops] == [
+        (s.instance, s.workload, s.kind) for s in case.stops
+    ]
     assert [(b.instance, b.reason) for b in step.blockers] == case.blockers
     assert list(step.evict_daemons) == case.evict
     assert (step.remaining, step.in_flight, step.queued) == (
@@ -323,3 +325,10 @@ def test_a_step_changes_nothing_it_reads() -> None:
     """Planning twice from the same fleet gives the same step (it is a function of its input)."""
     f = fleet([H1], THREE, [workload()], web3())
     assert plan_step(f, Options(), now=NOW) == plan_step(f, Options(), now=NOW)
+
+
+def test_a_stop_records_the_budget_it_was_decided_within() -> None:
+    """Make-before-break: the stop leaves 3 of 3 ready (the replacement counted), floor 2."""
+    f = fleet([H1], THREE, [workload()], web3(inst("web-r", H2, replaces="web-a")))
+    [stop] = plan_step(f, Options(), now=NOW).stops
+    assert (stop.ready, stop.floor) == (3, 2)
