@@ -100,6 +100,21 @@ class CacheStore:
             for r in rows
         )
 
+    async def observed_start_s(self, workloads: Sequence[str]) -> dict[str, float]:
+        """Each workload's observed start-to-ready time: the median, over its instances running
+        now, of placement to first converged (by workload: the instance_workload index). A
+        workload with none has no entry (a drain's estimate falls back to its min_ready)."""
+        rows = await self.pool.fetch(
+            """SELECT workload, percentile_cont(0.5) WITHIN GROUP (
+                          ORDER BY extract(epoch FROM converged_at - created_at)) AS s
+               FROM instance
+               WHERE workload = ANY($1::text[]) AND desired = 'RUNNING'
+                 AND converged_at IS NOT NULL
+               GROUP BY workload""",
+            list(workloads),
+        )
+        return {r["workload"]: max(0.0, float(r["s"])) for r in rows if r["s"] is not None}
+
     async def workload_versions(self) -> dict[str, int]:
         """Every workload's version: what a resync compares the cache with."""
         rows = await self.pool.fetch("SELECT name, version FROM workload")

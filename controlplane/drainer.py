@@ -23,6 +23,7 @@ confirmed the stops).
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,6 +61,9 @@ from keel.spec import format_duration
 
 log = structlog.get_logger("keel.drainer")
 
+# How often a drain reads its workloads' observed start-to-ready times again (for its ETA).
+OBSERVED_REFRESH_S = 10.0
+
 
 @dataclass(frozen=True)
 class DrainTimings:
@@ -88,6 +92,9 @@ class DrainController:
         self._involved: dict[str, set[str]] = {}
         # Each running drain's figures at its last pass (keel_drain_* gauges, DRAIN_BLOCKED).
         self._running: dict[str, Running] = {}
+        # Workloads' observed start-to-ready times for the ETA, and when they were read.
+        self._observed: dict[str, float] = {}
+        self._observed_at = -OBSERVED_REFRESH_S
 
     async def keys(self) -> list[str]:
         active = await self._store.active_operations()
@@ -139,7 +146,7 @@ class DrainController:
         if not step.done and now >= op.deadline_at and not op.forced:
             deadline = format_duration(op.params.deadline_ms)
             if op.params.on_deadline is OnDeadline.FAIL:
-                progress, _ = self._progress(op, step, fleet, options, now, eta=False)
+                progress, _ = await self._progress(op, step, fleet, options, now, eta=False)
                 message = failed_text(deadline, progress)
                 await self._store.update_operation(
                     op.id,
@@ -174,7 +181,7 @@ class DrainController:
             self._finished(op, "forced" if op.forced else "succeeded", now)
             return IDLE
         wrote = await self._write(op, step, epoch=term.epoch)
-        progress, blocked_since = self._progress(op, step, fleet, options, now, eta=True)
+        progress, blocked_since = await self._progress(op, step, fleet, options, now, eta=True)
         event = stuck_event(op.progress, progress, now=now, since=blocked_since)
         if worth_writing(op.progress, progress) or blocked_since != op.blocked_since:
             await self._store.update_operation(
@@ -195,7 +202,7 @@ class DrainController:
         self._metrics.drain.set_running(self._running.values())
         return requeue_after(0 if wrote else self._timings.interval_s)
 
-    def _progress(
+    async def _progress(
         self,
         op: OperationRow,
         step: Step,
@@ -207,7 +214,7 @@ class DrainController:
     ) -> tuple[Progress, datetime | None]:
         eta_s = None
         if eta:
-            timings = self._timing(list(fleet.workloads))
+            timings = await self._timing(list(fleet.workloads))
             eta_s = plan_drain(fleet, options, now=now, timings=timings).eta_s
         return progress_of(
             op, step, now=now, eta_s=eta_s, blocked_after_s=self._timings.blocked_after_s
@@ -249,13 +256,19 @@ class DrainController:
             stop_slack_s=self._timings.stop_slack_s,
         )
 
-    def _timing(self, names: Sequence[str]) -> dict[str, Timing]:
-        """Each workload's start and stop times, from its spec (`drain_plan.timing_of`)."""
+    async def _timing(self, names: Sequence[str]) -> dict[str, Timing]:
+        """Each workload's start and stop times (`drain_plan.timing_of`): its observed
+        start-to-ready time, read again every OBSERVED_REFRESH_S, else its spec's."""
+        if time.monotonic() - self._observed_at >= OBSERVED_REFRESH_S:
+            self._observed.update(await self._store.observed_start_s(names))
+            self._observed_at = time.monotonic()
         out = {}
         for name in names:
             entry = self._cache.index.workload(name)
             if entry is not None:
-                out[name] = timing_of(entry.row.workload.spec)
+                out[name] = timing_of(
+                    entry.row.workload.spec, observed_start_s=self._observed.get(name)
+                )
         return out
 
     # -- writing ----------------------------------------------------------------------------
@@ -336,7 +349,7 @@ class DrainController:
         *,
         epoch: int | None,
     ) -> None:
-        progress, _ = self._progress(op, step, fleet, options, now, eta=False)
+        progress, _ = await self._progress(op, step, fleet, options, now, eta=False)
         started = op.started_at or op.created_at
         took = format_duration(round(max(0.0, (now - started).total_seconds()) * 1000))
         message = f"{progress.moved} instance(s) moved off {', '.join(op.hosts)} in {took}"

@@ -147,6 +147,8 @@ class OperationsApi:
             if self._cache is None:
                 raise NotLoaded()
             index = self._cache.index
+            # An uncordon just before the dry run must count: the hosts as they are now.
+            await self._cache.refresh_hosts()
             names = {n for h in hosts for n in index.workloads_on(h)}
             entries = [e for n in sorted(names) if (e := index.workload(n)) is not None]
             reads = [(e.row, e.view, list(e.instances.values())) for e in entries]
@@ -161,10 +163,13 @@ class OperationsApi:
                 for r in await self._store.read_workloads(sorted(names))
             ]
             usage = await self._store.read_usage()
+        observed = await self._store.observed_start_s([view.name for _, view, _ in reads])
         for row, view, records_of in reads:
             workloads[view.name] = view
             instances[view.name] = records_of
-            timings[view.name] = timing_of(row.workload.spec)
+            timings[view.name] = timing_of(
+                row.workload.spec, observed_start_s=observed.get(view.name)
+            )
         fleet = DrainFleet(
             targets=frozenset(hosts),
             hosts=host_views,

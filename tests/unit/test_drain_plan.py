@@ -30,6 +30,8 @@ def _plan(f: DrainFleet, options: Options | None = None, **timings: Timing) -> D
         options or Options(),
         now=NOW,
         timings={name: timings.get(name, FAST) for name in names},
+        loop_s=0.0,
+        write_s=0.0,
     )
 
 
@@ -135,6 +137,14 @@ def test_moves_under_way_count_the_time_they_have_taken() -> None:
         ],
     )
     assert _plan(f).eta_s == 4.0
+
+
+def test_the_estimate_counts_the_control_loops_own_pace() -> None:
+    """Each round of reports costs the loop's reaction time: one make-before-break move is 7 s
+    of the workload's own and two reactions (its writes are done while it waits)."""
+    f = fleet([H1], THREE, [workload()], [inst("web-a", H1), inst("web-b", H2), inst("web-c", H3)])
+    plan = plan_drain(f, Options(), now=NOW, timings={"web": FAST}, loop_s=0.1, write_s=0.01)
+    assert plan.eta_s is not None and abs(plan.eta_s - (7.0 + 2 * 0.1)) < 1e-9
 
 
 # --------------------------------------------------------------------------- the property
