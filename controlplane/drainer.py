@@ -98,7 +98,7 @@ class DrainController:
 
     async def keys(self) -> list[str]:
         active = await self._store.active_operations()
-        self._metrics.drain.set_operations(await self._store.operation_counts())
+        await self._count_operations()
         ids = {op.id for op in active}
         for gone in set(self._running) - ids:
             self._forget(gone)
@@ -138,6 +138,7 @@ class DrainController:
             if op is None:
                 return IDLE
             bound.info("drain started")
+            await self._count_operations()
         now = await self._store.now()
         draining = {h for o in await self._store.active_operations() for h in o.hosts}
         fleet = self._fleet(op, draining)
@@ -159,7 +160,7 @@ class DrainController:
                 )
                 bound.warning("drain failed at its deadline", remaining=step.remaining,
                               blockers=len(step.blockers))  # fmt: skip
-                self._finished(op, "failed", now)
+                await self._finished(op, "failed", now)
                 return IDLE
             message = (
                 f"the deadline ({deadline}) passed with {step.remaining} instance(s) left: "
@@ -178,7 +179,7 @@ class DrainController:
         if step.done:
             await self._succeed(op, step, fleet, options, now, epoch=term.epoch)
             bound.info("drain succeeded", moved=op.progress.moved)
-            self._finished(op, "forced" if op.forced else "succeeded", now)
+            await self._finished(op, "forced" if op.forced else "succeeded", now)
             return IDLE
         wrote = await self._write(op, step, epoch=term.epoch)
         progress, blocked_since = await self._progress(op, step, fleet, options, now, eta=True)
@@ -220,10 +221,16 @@ class DrainController:
             op, step, now=now, eta_s=eta_s, blocked_after_s=self._timings.blocked_after_s
         )
 
-    def _finished(self, op: OperationRow, result: str, now: datetime) -> None:
+    async def _finished(self, op: OperationRow, result: str, now: datetime) -> None:
         started = op.started_at or op.created_at
         self._metrics.drain.observe_finished(result, age(now, started))
         self._forget(op.id)
+        await self._count_operations()
+
+    async def _count_operations(self) -> None:
+        """keel_operations now, not only at the next resync (it changes when one starts or
+        ends)."""
+        self._metrics.drain.set_operations(await self._store.operation_counts())
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -251,6 +251,8 @@ def describe_host(h: pb.Host, instances: Iterable[pb.Instance], *, now: datetime
             ("Cordoned by", _or_none(h.cordon_actor)),
             ("Cordoned", when(from_ts(h.cordoned_at), now=now)),
         ]
+        if h.drained:
+            cordon.append(("Drained", "yes: its daemons stay stopped until it is uncordoned"))
     pairs = [
         ("Name", h.name),
         ("State", _or_none(h.state)),

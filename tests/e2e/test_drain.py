@@ -108,6 +108,19 @@ def test_a_drain_of_two_workloads_moves_everything_make_before_break(fleet4: Fle
     [op] = fleet.keelctl_json("ops", "--all")["operations"]
     assert op["state"] == "SUCCEEDED" and op["progress"]["remaining"] == 0
     assert op["progress"]["moved"] == on_host["web"] + on_host["api"]
+    # The drain's metrics: one finished on time, its moves, nothing left running.
+    m = wait_for(
+        lambda: (
+            (got := fleet.metrics())
+            and got.get('keel_operations{kind="drain",state="SUCCEEDED"}') == 1
+            and got
+        ),
+        timeout=10,
+        message="keel_operations to count the drain",
+    )
+    assert m['keel_drain_duration_seconds_count{result="succeeded"}'] == 1
+    assert m['keel_drain_moves_total{result="replaced"}'] == on_host["web"] + on_host["api"]
+    assert m["keel_drain_remaining_instances"] == 0
 
 
 def test_a_second_drain_returns_the_running_operation_and_cancel_stops_it(fleet4: Fleet) -> None:
