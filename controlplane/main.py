@@ -224,7 +224,12 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         on_operation=operation_changed,
     )
     leadership = Leadership(
-        store, database_url=url, settings=settings, runners=runners, cache=cache
+        store,
+        database_url=url,
+        settings=settings,
+        runners=runners,
+        cache=cache,
+        on_leading=metrics.set_leader,
     )
 
     metrics.track_sync_streams(lambda: len(registry))

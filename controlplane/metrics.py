@@ -185,6 +185,11 @@ class Metrics:
             "(the stream stays open; the next heartbeat that lands counts).",
             registry=r,
         )
+        self.leader = Gauge(
+            "keel_leader",
+            "1 while this replica leads (holds the leader lock and runs the controllers), else 0.",
+            registry=r,
+        )
         self.database_up = Gauge(
             "keel_database_up",
             "1 while this replica's probe of Postgres answers within --db-probe-timeout, else 0 "
@@ -355,6 +360,9 @@ class Metrics:
     def drop_heartbeat(self) -> None:
         """A heartbeat could not be written (the database is unavailable)."""
         self.heartbeats_dropped.inc()
+
+    def set_leader(self, leading: bool) -> None:
+        self.leader.set(1 if leading else 0)
 
     def set_database_up(self, up: bool) -> None:
         self.database_up.set(1 if up else 0)

@@ -49,7 +49,8 @@ def _add_globals(p: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
         "--controlplane",
         metavar="ADDR",
         default=default(None),
-        help=f"control plane address (default: $KEEL_CONTROLPLANE, else {DEFAULT_CONTROLPLANE})",
+        help="control plane address, or several replicas comma-separated (tried in order when "
+        f"one cannot be reached; default: $KEEL_CONTROLPLANE, else {DEFAULT_CONTROLPLANE})",
     )
     p.add_argument(
         "-o",

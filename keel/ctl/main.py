@@ -136,10 +136,41 @@ def main(argv: list[str] | None = None) -> int:
         tracing.shutdown_tracing()
 
 
+def addresses_of(text: str) -> list[str]:
+    """`--controlplane` as a list: one address, or several comma-separated (replicas)."""
+    return [a.strip() for a in text.split(",") if a.strip()] or [DEFAULT_CONTROLPLANE]
+
+
+def cannot_connect(err: grpc.RpcError) -> bool:
+    """The call never reached a control plane (so trying the next replica repeats nothing)."""
+    code = err.code() if callable(getattr(err, "code", None)) else None
+    details = str(err.details() if callable(getattr(err, "details", None)) else "").lower()
+    return code == grpc.StatusCode.UNAVAILABLE and any(s in details for s in _CANNOT_CONNECT)
+
+
 def _run(args: argparse.Namespace) -> int:
-    address = args.controlplane or os.environ.get("KEEL_CONTROLPLANE") or DEFAULT_CONTROLPLANE
+    given = args.controlplane or os.environ.get("KEEL_CONTROLPLANE") or DEFAULT_CONTROLPLANE
+    addresses = addresses_of(given)
     try:
         manifest = load_manifest(args.filename) if args.command == "apply" else None
+    except CtlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    # Replicas in the order given: the next is tried only when a call could not reach one.
+    for n, address in enumerate(addresses):
+        try:
+            return _run_on(args, address, manifest)
+        except grpc.RpcError as e:
+            if cannot_connect(e) and n + 1 < len(addresses):
+                continue
+            print(rpc_error_line(e, address=address, timeout=args.timeout), file=sys.stderr)
+            return EXIT_ERROR
+    return EXIT_ERROR
+
+
+def _run_on(args: argparse.Namespace, address: str, manifest: object) -> int:
+    """Runs the command against one control plane; a call that fails raises grpc.RpcError."""
+    try:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -168,9 +199,6 @@ def _run(args: argparse.Namespace) -> int:
     except CtlError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except grpc.RpcError as e:
-        print(rpc_error_line(e, address=address, timeout=args.timeout), file=sys.stderr)
-        return EXIT_ERROR
     if isinstance(result, int):
         return result  # a command that followed an operation: its outcome, printed already
     if result:

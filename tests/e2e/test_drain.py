@@ -121,6 +121,7 @@ def test_a_drain_of_two_workloads_moves_everything_make_before_break(fleet4: Fle
     assert m['keel_drain_duration_seconds_count{result="succeeded"}'] == 1
     assert m['keel_drain_moves_total{result="replaced"}'] == on_host["web"] + on_host["api"]
     assert m["keel_drain_remaining_instances"] == 0
+    assert m["keel_leader"] == 1
 
 
 def test_a_second_drain_returns_the_running_operation_and_cancel_stops_it(fleet4: Fleet) -> None:

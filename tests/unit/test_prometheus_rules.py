@@ -55,6 +55,7 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_cache_resync_duration_seconds",
         "keel_cache_stale_writes_total",
         # Operations and drains (the cordon/drain issue).
+        "keel_leader",
         "keel_operations",
         "keel_drain_remaining_instances",
         "keel_drain_blocked_instances",
