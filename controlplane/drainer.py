@@ -157,6 +157,7 @@ class DrainController:
                     message=message,
                     event=("DrainFailed", message),
                     actor=op.actor,
+                    hosts=op.hosts,
                 )
                 bound.warning("drain failed at its deadline", remaining=step.remaining,
                               blockers=len(step.blockers))  # fmt: skip

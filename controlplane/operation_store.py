@@ -32,9 +32,11 @@ from controlplane.sql import (
     WORKLOAD_CHANNEL,
     Conn,
     Database,
+    bump_versions,
     check_epoch,
     decode_each,
     record_event,
+    workload_payload,
 )
 
 # `keelctl ops --all` lists at most this many, newest first.
@@ -194,6 +196,7 @@ class OperationStore:
             )
             assert row is not None
             await record_event(conn, f"operation/{op_id}", "DrainCancelled", message, actor=actor)
+            await release_moves(conn, op.hosts)
             if uncordon:
                 await select_hosts(conn, op.hosts, {})  # locks them, in name order
                 await uncordon_hosts(conn, op.hosts, actor=actor)
@@ -227,9 +230,12 @@ class OperationStore:
         forced: bool | None = None,
         event: tuple[str, str] | None = None,
         actor: str = "",
+        hosts: Sequence[str] = (),
     ) -> OperationRow | None:
         """Writes what the drain controller decided of a running operation; None (nothing
-        written) if it has ended meanwhile (a cancel won). `event` is (kind, message)."""
+        written) if it has ended meanwhile (a cancel won). `event` is (kind, message). An
+        operation that ends FAILED releases the moves under way on its `hosts`
+        (`release_moves`)."""
         async with self.pool.acquire() as conn, conn.transaction():
             await check_epoch(conn, epoch)
             row = await conn.fetchrow(
@@ -258,6 +264,8 @@ class OperationStore:
             if event is not None:
                 kind, text = event
                 await record_event(conn, f"operation/{op_id}", kind, text, actor=actor)
+            if state is OperationState.FAILED:
+                await release_moves(conn, hosts)
             await _notify(conn, op_id)
             return operation_row(row)
 
@@ -280,6 +288,34 @@ class OperationStore:
                 )  # fmt: skip
             if rows:
                 await conn.execute("SELECT pg_notify($1, '*')", WORKLOAD_CHANNEL)
+
+
+async def release_moves(conn: Conn, hosts: Sequence[str]) -> None:
+    """A drain that ends before its moves do hands them back to the workload controller: each
+    replacement stops naming the instance it replaces on the drained `hosts`, so both count as
+    replicas again and the workload's own plan removes the surplus, within its budget (else the
+    old instance would run on, uncounted). Locks the workloads (in name order, after the
+    operation), gives them a new version and notifies them, so the leader's cache reads them."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT r.workload FROM instance r JOIN instance x ON x.id = r.replaces
+           WHERE r.replaces <> '' AND x.host = ANY($1::text[])""",
+        list(hosts),
+    )
+    names = sorted(r["workload"] for r in rows)
+    if not names:
+        return
+    await conn.execute(
+        "SELECT 1 FROM workload WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE", names
+    )
+    await conn.execute(
+        """UPDATE instance r SET replaces = '' FROM instance x
+           WHERE x.id = r.replaces AND r.replaces <> '' AND x.host = ANY($1::text[])""",
+        list(hosts),
+    )
+    for v in await bump_versions(conn, names, desired=True):
+        await conn.execute(
+            "SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, workload_payload(v.workload, v.version)
+        )
 
 
 async def guard_running(conn: Conn, op_id: str) -> None:

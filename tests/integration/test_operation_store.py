@@ -4,6 +4,7 @@ operation per set of hosts, cancelled, and the guards that stop a drain writing 
 from __future__ import annotations
 
 import pytest
+from plans import write_plan
 
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.instance_store import Stale
@@ -11,7 +12,7 @@ from controlplane.operation_store import guard_running
 from controlplane.operations import DrainParams, OperationState
 from controlplane.status import StatusStore
 from controlplane.store import Store
-from keel.model import Resources
+from keel.model import Resources, Workload, WorkloadSpec
 
 
 async def _hosts(store: Store, *names: str) -> None:
@@ -108,3 +109,21 @@ async def test_a_drain_writes_only_while_its_operation_runs(store: Store) -> Non
     async with store.pool.acquire() as conn, conn.transaction():
         with pytest.raises(Stale):
             await guard_running(conn, op.id)
+
+
+async def test_a_cancel_hands_the_moves_under_way_back_to_the_workload(store: Store) -> None:
+    """A replacement started for an instance on the drained host stops naming it once the drain
+    is cancelled: both count again, and the workload's own plan removes the surplus."""
+    await _hosts(store, "h1", "h2")
+    spec = WorkloadSpec(command=("sleep", "1000"), resources=Resources(100, 64))
+    await store.apply_workload(Workload(name="web", replicas=1, spec=spec))
+    [old] = (await write_plan(store, "web", create_on=["h1"])).created
+    op, _ = await store.begin_drain(["h1"], {}, params=DrainParams(), reason="", actor="a")
+    row = await store.get_workload("web")
+    made = await store.apply_plan(row, create_on=["h2"], remove=[], epoch=None, replaces=[old])
+    [new] = made.created
+    assert (await store.get_instance(new)).replaces == old
+    before = (await store.get_workload("web")).version
+    await store.cancel_operation(op.id, uncordon=False, actor="a")
+    assert (await store.get_instance(new)).replaces == ""
+    assert (await store.get_workload("web")).version > before
