@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from google.protobuf.json_format import MessageToDict
 
-from keel.ctl.operation_output import progress_counts, progress_line, result_text, seconds_text
+from keel.ctl.operation_output import progress_line, result_text, seconds_text
 from keel.v1 import fleet_pb2
 
 
@@ -85,11 +85,11 @@ class JsonView:
 class BarView:
     """A rich progress bar: moved of total, the counts, the ETA, and the current blocker."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        self._console = Console()
+        self._console = console if console is not None else Console()
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -135,4 +135,3 @@ class BarView:
     def finish(self, op: fleet_pb2.Operation) -> None:
         style = "green" if op.state == "SUCCEEDED" else "red"
         self._console.print(result_text(op), style=style, markup=False)
-        self._console.print(progress_counts(op), markup=False)

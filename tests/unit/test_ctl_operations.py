@@ -162,3 +162,30 @@ def test_a_dry_run_that_would_not_finish_says_so() -> None:
     text = out.drain_plan_text(plan)
     assert "Nothing would move." in text and "BUDGET_EXHAUSTED" in text
     assert "Would not finish: 1 instance(s) would stay on the hosts" in text
+
+
+def test_the_progress_bar_shows_the_blocker_and_the_result_on_a_terminal() -> None:
+    """--wait on a terminal: the bar, the current blocker printed as is (no markup read from
+    it), and the result with its runbook."""
+    import io
+
+    from rich.console import Console
+
+    from keel.ctl.progress import BarView
+
+    out = io.StringIO()
+    view = BarView(Console(file=out, force_terminal=True, width=160, color_system=None))
+    blocked = fpb.OperationProgress(
+        moved=1, remaining=1, blocked=1, blockers=[_blocker(message="no [bold]room")]
+    )
+    op = _op(progress=blocked)
+    with view:
+        view.update(op, now=NOW)
+        done = _op("SUCCEEDED", message="2 instance(s) moved off host-1")
+        done.progress.moved = 2
+        view.update(done, now=NOW)
+    view.finish(done)
+    text = out.getvalue()
+    assert "blocked: web-1-00000a BUDGET_EXHAUSTED: no [bold]room" in text
+    assert "op-000001 SUCCEEDED: 2 instance(s) moved off host-1" in text
+    assert "runbook: runbooks/cordon-and-drain.md" in text
