@@ -12,6 +12,7 @@ directory: never a server shared with another test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -214,9 +215,19 @@ def test_agent_streams_stay_open_while_postgres_is_frozen_and_changes_flow_after
     heartbeats are dropped and counted, no host flaps, every log line is JSON; after SIGCONT a
     new change runs."""
     fleet = embedded_fleet
-    processes = postgres_processes(fleet.embedded_pgdata)
-    assert processes, f"no postgres serving {fleet.embedded_pgdata}"
-    _ride_out(fleet, frozen(processes), gone=False)
+    assert postgres_processes(fleet.embedded_pgdata), f"no postgres at {fleet.embedded_pgdata}"
+    _ride_out(fleet, _frozen_postgres(fleet.embedded_pgdata), gone=False)
+
+
+@contextlib.contextmanager
+def _frozen_postgres(pgdata: Path) -> Iterator[None]:
+    """Every process of the server frozen, as they are when the outage begins: a backend the
+    control plane's pool opened after the test started (its load varies) must freeze too, or it
+    goes on answering."""
+    processes = postgres_processes(pgdata)
+    assert processes, f"no postgres serving {pgdata}"
+    with frozen(processes):
+        yield
 
 
 def test_agent_streams_stay_open_while_postgres_is_stopped_and_changes_flow_after(
