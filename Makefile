@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m keel.localfleet --state-dir .keel --workload examples/web.yaml
+	$(PY) -m keel.localfleet --state-dir .keel --workload examples/web.yaml $(if $(REPLICAS),--replicas $(REPLICAS))
 
 # The whole suite: the static checks first (quick, and they name the line), then every test.
 test: lint typecheck layers promtool

@@ -52,6 +52,10 @@ class Profile:
     agent_instances: tuple[int, ...]
     agent_window_s: float
     agents_per_process: int = 2500
+    # 4: the drain of one host running this many instances (one size each), on this many hosts.
+    drain: tuple[int, ...] = (20, 110)
+    drain_hosts: int = 20
+    drain_parallel: tuple[int, ...] = (0, 10, 5)  # max-parallel of each run (0: no limit)
     # The hollow agents' heartbeat interval (the agent's default: 10 s), and how long scenario 1
     # waits after a size has connected before it measures (one heartbeat interval).
     heartbeat_s: float = 10.0
@@ -126,6 +130,9 @@ PROFILES = {
         agent_instances=(2,),
         agent_window_s=1,
         agents_per_process=4,
+        drain=(5,),
+        drain_hosts=3,
+        drain_parallel=(0,),
         setup_timeout_s=30,
         heartbeat_s=0.5,
         idle_settle_s=0.5,

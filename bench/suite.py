@@ -11,7 +11,7 @@ its reason and the run goes on. Every process the run started is ended however i
 (Ctrl-C and SIGTERM included) and its directory removed unless `--keep`.
 
 Scenarios: 1 `bench.idle`, 2 `bench.burst`, 3 and 6 `bench.churn` (with `bench.operator`),
-4 drain (not built yet), 5 `bench.failover`, 7 `bench.agentcost`. Sizes: `bench.profiles`.
+4 `bench.drain`, 5 `bench.failover`, 7 `bench.agentcost`. Sizes: `bench.profiles`.
 """
 
 from __future__ import annotations
@@ -30,32 +30,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import agentcost, burst, churn, failover, idle
+from bench import agentcost, burst, churn, drain, failover, idle
 from bench.fleet import Run
 from bench.postgres import Postgres
 from bench.procs import STEP_FAILURES, first_line, kill_processes_naming, raise_open_files_limit
 from bench.profiles import PROFILES, Profile
-from bench.report import NOT_BUILT, Figure, Outcome, failed, print_tables, write_json
+from bench.report import Outcome, failed, print_tables, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 Scenario = Callable[[Run, Profile], Awaitable[Sequence[Outcome]]]
-
-DRAIN_TITLE = "drain of a host with 110 instances"
-DRAIN_ANCHOR = "Nomad's default migrate takes ~12 s per allocation"
-
-
-async def _drain(run: Run, profile: Profile) -> list[Outcome]:
-    """Drain does not exist yet (the cordon/drain issue): the scenario says so."""
-    rows = [
-        ("drain, unlimited parallelism", "< 2 s"),
-        ("drain, max-parallel 10", "< 5 s"),
-    ]
-    figures = [
-        Figure(name, None, "s", "110 instances", anchor=DRAIN_ANCHOR, status=NOT_BUILT, note=t)
-        for name, t in rows
-    ]
-    return [Outcome(4, DRAIN_TITLE, figures, status=NOT_BUILT, notes=["drain is not built yet"])]
 
 
 async def _one(
@@ -69,7 +53,7 @@ SCENARIOS: list[tuple[tuple[int, ...], str, Scenario]] = [
     ((1,), idle.TITLE, lambda r, p: _one(idle.run, r, p)),
     ((2,), burst.TITLE, lambda r, p: _one(burst.run, r, p)),
     ((3, 6), churn.TITLE, churn.run),
-    ((4,), DRAIN_TITLE, _drain),
+    ((4,), drain.TITLE, lambda r, p: _one(drain.run, r, p)),
     ((5,), failover.TITLE, lambda r, p: _one(failover.run, r, p)),
     ((7,), agentcost.TITLE, lambda r, p: _one(agentcost.run, r, p)),
 ]

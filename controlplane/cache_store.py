@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from controlplane.fleet_index import HostRecord, InstanceRecord
 from controlplane.records import HOST_COLUMNS, INSTANCE_COLUMNS, host_record, instance_record
 from controlplane.rowviews import workload_view
+from controlplane.scheduler import HostUsage, usage_of
 from controlplane.sql import Database, decode_each
-from controlplane.view import WorkloadView
+from controlplane.view import InstanceView, WorkloadView
 from controlplane.workload_store import WorkloadRow, workload_row
+from keel.model import Desired, Phase, Resources
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,41 @@ class CacheStore:
             "SELECT DISTINCT workload FROM instance WHERE host = ANY($1::text[])", list(hosts)
         )
         return sorted(r["workload"] for r in rows)
+
+    async def read_usage(self) -> dict[str, HostUsage]:
+        """What every host's instances hold, summed from scratch: for a dry run answered by a
+        replica that does not lead (and so holds no cache), once per request."""
+        rows = await self.pool.fetch(
+            "SELECT host, desired, phase, cpu_millis, memory_mib FROM instance"
+        )
+        return usage_of(
+            InstanceView(
+                id="",
+                workload="",
+                generation=0,
+                host=r["host"],
+                desired=Desired(r["desired"]),
+                resources=Resources(r["cpu_millis"], r["memory_mib"]),
+                phase=Phase(r["phase"]),
+                ready=False,
+            )
+            for r in rows
+        )
+
+    async def observed_start_s(self, workloads: Sequence[str]) -> dict[str, float]:
+        """Each workload's observed start-to-ready time: the median, over its instances running
+        now, of placement to first converged (by workload: the instance_workload index). A
+        workload with none has no entry (a drain's estimate falls back to its min_ready)."""
+        rows = await self.pool.fetch(
+            """SELECT workload, percentile_cont(0.5) WITHIN GROUP (
+                          ORDER BY extract(epoch FROM converged_at - created_at)) AS s
+               FROM instance
+               WHERE workload = ANY($1::text[]) AND desired = 'RUNNING'
+                 AND converged_at IS NOT NULL
+               GROUP BY workload""",
+            list(workloads),
+        )
+        return {r["workload"]: max(0.0, float(r["s"])) for r in rows if r["s"] is not None}
 
     async def workload_versions(self) -> dict[str, int]:
         """Every workload's version: what a resync compares the cache with."""

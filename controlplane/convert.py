@@ -43,6 +43,7 @@ MAX_HOST_CPU_MILLIS = MAX_CPU_MILLIS * 1000
 MAX_HOST_MEMORY_MIB = MAX_MEMORY_MIB * 1000
 MAX_AGENT_VERSION = 128
 MAX_TAIL_LINES = 1_000_000
+MAX_REASON = 1024
 
 # ------------------------------------------------------------------------------ inbound
 
@@ -121,6 +122,35 @@ def optional(value: str, check: Callable[[str, str], str], field: str) -> str | 
 
 def tail_lines(value: int) -> int:
     return fields.integer(value, "tail_lines", minimum=0, maximum=MAX_TAIL_LINES)
+
+
+@dataclass(frozen=True)
+class HostSelection:
+    """The hosts a request is about: named ones (sorted, each once) and a label selector."""
+
+    names: tuple[str, ...]
+    selector: dict[str, str]
+
+
+def host_selection(hosts: Sequence[str], selector: Mapping[str, str]) -> HostSelection:
+    """The hosts a request names (`hosts`) and its `selector`, checked; at least one of them
+    must be given."""
+    if len(hosts) > fields.MAX_LIST:
+        raise SpecError(
+            "hosts",
+            f"must name at most {fields.MAX_LIST} hosts, got {len(hosts)} (a selector selects "
+            "any number)",
+        )
+    names = [fields.host_name(h, f"hosts[{n}]") for n, h in enumerate(hosts)]
+    checked = fields.labels(dict(selector), "selector")
+    if not names and not checked:
+        raise SpecError("hosts", "name at least one host, or give a selector")
+    return HostSelection(tuple(sorted(set(names))), checked)
+
+
+def reason(value: str, field: str = "reason") -> str:
+    """Why an operator did something: one line, bounded (it is shown in tables and events)."""
+    return fields.check_text(value, field, limit=MAX_REASON, single_line=True)
 
 
 # ------------------------------------------------------------------------------ outbound
@@ -211,6 +241,7 @@ def _fill_instance(msg: types_pb2.Instance, row: InstanceStatusRow) -> None:
     convert.set_ts(msg.desired_changed_at, row.desired_changed_at)
     convert.set_ts(msg.created_at, row.created_at)
     msg.converged = row.converged
+    msg.replaces = row.replaces
     stuck = stuck_pb(row.stuck, instance=row.id, workload=row.workload, host=row.host)
     if stuck is not None:
         msg.stuck.CopyFrom(stuck)
@@ -257,6 +288,9 @@ def host_pb(row: HostRow) -> types_pb2.Host:
         agent_version=row.agent_version,
         instances=row.instances,
         revision=row.revision,
+        cordon_actor=row.cordon_actor,
+        cordoned_at=convert.ts(row.cordoned_at),
+        drained=row.drained,
     )
 
 

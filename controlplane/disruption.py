@@ -86,6 +86,10 @@ class Budget:
         """The budget after `n` more available instances (daemon: hosts) are taken down."""
         return dataclasses.replace(self, available=self.available - n)
 
+    def started(self, n: int = 1) -> Budget:
+        """The budget after `n` more instances are started (not available yet)."""
+        return dataclasses.replace(self, live=self.live + n)
+
     def why_no_removal(self, unit: str) -> str:
         """What removals wait on: `unit` names what `available` counts (`ready`, `hosts
         available`)."""

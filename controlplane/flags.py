@@ -84,6 +84,23 @@ DURATION_FLAGS = (
         "loop_probe_interval_s",
         "how often the event loop's lateness is sampled (keel_event_loop_lag_seconds)",
     ),
+    ("--drain-interval", "drain_interval_s", "a running drain is looked at again this often"),
+    (
+        "--drain-replacement-timeout",
+        "drain_replacement_timeout_s",
+        "a drain's replacement not ready this long: REPLACEMENT_NOT_READY",
+    ),
+    (
+        "--drain-stop-slack",
+        "drain_stop_slack_s",
+        "a drained instance not stopped this long past its stop grace: STOP_TIMEOUT",
+    ),
+    (
+        "--drain-blocked-after",
+        "drain_blocked_after_s",
+        "a drain blocked this long with no move finishing: DRAIN_BLOCKED",
+    ),
+    ("--watch-poll", "watch_poll_s", "op watch: how often the operation is read again"),
 )
 
 

@@ -17,9 +17,12 @@ from collections.abc import AsyncIterator
 import grpc
 import structlog
 
-from controlplane import convert, paging
+from controlplane import convert, operation_convert, paging
+from controlplane.actor import actor_of
+from controlplane.cache import FleetCache
 from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.logrelay import LogRelay
+from controlplane.operations_api import OperationsApi, OperationWatch
 from controlplane.status import StatusStore
 from controlplane.store import Store, WorkloadRow
 from keel import fields, spec
@@ -31,18 +34,31 @@ log = structlog.get_logger("keel.fleet")
 DEFAULT_EVENTS = 100
 # What `keelctl events --for` may name; the store turns a workload into a pattern, so the name
 # must not carry regular-expression syntax.
-_OBJECT = re.compile(r"^(workload|host|instance)/[a-z0-9][-a-z0-9_.]{0,252}\Z")
+_OBJECT = re.compile(r"^(workload|host|instance|operation)/[a-z0-9][-a-z0-9_.]{0,252}\Z")
 MAX_EVENTS = 10_000
 
 
-class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # untyped base
+class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, store: Store, *, status: StatusStore, logs: LogRelay, log_wait_s: float
+        self,
+        store: Store,
+        *,
+        status: StatusStore,
+        logs: LogRelay,
+        log_wait_s: float,
+        cache: FleetCache | None = None,
+        watch: OperationWatch | None = None,
+        watch_poll_s: float = 2.0,
+        drain_blocked_after_s: float = 60.0,
     ) -> None:
         self._store = store
         self._status = status
         self._logs = logs
         self._log_wait_s = log_wait_s
+        self._cache = cache
+        self._watch = watch or OperationWatch()
+        self._watch_poll_s = watch_poll_s
+        self._drain_blocked_after_s = drain_blocked_after_s
 
     async def ApplyWorkload(
         self, request: fleet_pb2.ApplyWorkloadRequest, context: grpc.aio.ServicerContext
@@ -51,7 +67,7 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
         # The RPC's span is current (controlplane.interceptors): its traceparent travels with
         # the desired change to the agent, so one trace runs from keelctl to the process start.
         row, result = await self._store.apply_workload(
-            workload, actor=_peer(context), trace_context=inject_traceparent()
+            workload, actor=actor_of(context), trace_context=inject_traceparent()
         )
         log.info(
             "workload applied", workload=workload.name, result=result, generation=row.generation
@@ -84,7 +100,7 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
         self, request: fleet_pb2.DeleteWorkloadRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.DeleteWorkloadResponse:
         name = convert.workload_name(request.name)
-        row = await self._store.delete_workload(name, actor=_peer(context))
+        row = await self._store.delete_workload(name, actor=actor_of(context))
         log.info("workload deleting", workload=name)
         return fleet_pb2.DeleteWorkloadResponse(workload=await self._workload_pb(row))
 
@@ -128,7 +144,15 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
     ) -> fleet_pb2.ListStuckResponse:
         workloads = await self._store.stuck_workloads()
         instances = await self._store.stuck_instances()
-        return fleet_pb2.ListStuckResponse(objects=convert.stuck_objects_pb(workloads, instances))
+        objects = convert.stuck_objects_pb(workloads, instances)
+        drains = await self._store.list_operations(everything=False)
+        blocked = operation_convert.blocked_drains_pb(
+            drains, now=await self._store.now(), after_s=self._drain_blocked_after_s
+        )
+        objects = sorted(
+            [*objects, *blocked], key=lambda o: (o.stuck.since.ToNanoseconds(), o.object)
+        )
+        return fleet_pb2.ListStuckResponse(objects=objects)
 
     async def ListEvents(
         self, request: fleet_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
@@ -137,7 +161,8 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
             raise InvalidArgument(f"limit: must be between 0 and {MAX_EVENTS}, got {request.limit}")
         if request.object and not _OBJECT.match(request.object):
             raise InvalidArgument(
-                f"object: must be KIND/NAME with KIND workload, host or instance and NAME made "
+                f"object: must be KIND/NAME with KIND workload, host, instance or operation and "
+                f"NAME made "
                 f"of a-z, 0-9, '-', '_' and '.' (e.g. workload/web), got "
                 f"{fields.shown(request.object)}"
             )
@@ -145,6 +170,33 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
             obj=request.object or None, limit=request.limit or DEFAULT_EVENTS
         )
         return fleet_pb2.ListEventsResponse(events=[convert.event_pb(e) for e in events])
+
+    async def Cordon(
+        self, request: fleet_pb2.CordonRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.CordonResponse:
+        selection = convert.host_selection(request.hosts, request.selector)
+        reason = convert.reason(request.reason)
+        actor = actor_of(context)
+        result = await self._store.cordon(
+            selection.names, selection.selector, reason=reason, actor=actor
+        )
+        log.info("hosts cordoned", hosts=result.changed, reason=reason, actor=actor,
+                 already=len(result.hosts) - len(result.changed))  # fmt: skip
+        return fleet_pb2.CordonResponse(
+            hosts=convert.hosts_pb(result.hosts), changed=result.changed
+        )
+
+    async def Uncordon(
+        self, request: fleet_pb2.UncordonRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.UncordonResponse:
+        selection = convert.host_selection(request.hosts, request.selector)
+        actor = actor_of(context)
+        result = await self._store.uncordon(selection.names, selection.selector, actor=actor)
+        log.info("hosts uncordoned", hosts=result.changed, actor=actor,
+                 already=len(result.hosts) - len(result.changed))  # fmt: skip
+        return fleet_pb2.UncordonResponse(
+            hosts=convert.hosts_pb(result.hosts), changed=result.changed
+        )
 
     async def GetLogs(
         self, request: fleet_pb2.GetLogsRequest, context: grpc.aio.ServicerContext
@@ -170,8 +222,3 @@ class FleetApi(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]  # un
             if chunk.error:
                 raise FailedPrecondition(chunk.error)
             yield chunk
-
-
-def _peer(context: grpc.aio.ServicerContext) -> str:
-    peer: str = context.peer() or ""
-    return peer

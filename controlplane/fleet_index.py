@@ -158,6 +158,8 @@ class FleetIndex(Generic[W]):
         self._host_views: dict[str, HostView] = {}
         self._usage: dict[str, HostUsage] = {}
         self._live: dict[str, Counter[str]] = {}  # host -> workload -> live instances
+        # host -> workload -> instances in any desired state (a drain waits for removed ones)
+        self._present: dict[str, Counter[str]] = {}
         # Instances not converged or marked stuck (by id: their workload), which the stuck
         # detector judges; every other one is converged and unmarked.
         self._attention: dict[str, str] = {}
@@ -197,6 +199,10 @@ class FleetIndex(Generic[W]):
     def live_on(self, host: str) -> Mapping[str, int]:
         """Live instances (desired RUNNING or STOPPED) on the host, by workload."""
         return self._live.get(host, _NOTHING_LIVE)
+
+    def workloads_on(self, host: str) -> list[str]:
+        """The workloads with any instance on the host, removed ones not yet gone included."""
+        return sorted(self._present.get(host, ()))
 
     def needing_attention(self) -> list[InstanceRecord]:
         """The instances not converged or marked stuck: the only ones, with those on hosts
@@ -409,6 +415,7 @@ class FleetIndex(Generic[W]):
             self._usage[inst.host] = self._usage.get(inst.host, NO_USAGE).plus(inst)
         if inst.live:
             self._live.setdefault(inst.host, Counter())[inst.workload] += 1
+        self._present.setdefault(inst.host, Counter())[inst.workload] += 1
 
     def _remove(self, record: InstanceRecord) -> None:
         inst = record.view
@@ -427,3 +434,9 @@ class FleetIndex(Generic[W]):
                 del live[inst.workload]
             if not live:
                 del self._live[inst.host]
+        present = self._present[inst.host]
+        present[inst.workload] -= 1
+        if present[inst.workload] <= 0:
+            del present[inst.workload]
+        if not present:
+            del self._present[inst.host]

@@ -56,6 +56,9 @@ class HostRow:
     agent_version: str
     revision: int
     instances: int
+    cordon_actor: str = ""
+    cordoned_at: datetime | None = None
+    drained: bool = False
 
 
 def host_row(r: asyncpg.Record, usage: Sequence[asyncpg.Record]) -> HostRow:
@@ -77,7 +80,17 @@ def host_row(r: asyncpg.Record, usage: Sequence[asyncpg.Record]) -> HostRow:
         agent_version=r["agent_version"],
         revision=r["revision"],
         instances=sum(int(u["n"]) for u in holding),
+        cordon_actor=r["cordon_actor"],
+        cordoned_at=r["cordoned_at"],
+        drained=r["drained"],
     )
+
+
+def _hosts(rows: Sequence[asyncpg.Record], usage: Sequence[asyncpg.Record]) -> list[HostRow]:
+    by_host: dict[str, list[asyncpg.Record]] = {}
+    for u in usage:
+        by_host.setdefault(u["host"], []).append(u)
+    return [host_row(r, by_host.get(r["name"], [])) for r in rows]
 
 
 # What the named hosts' instances hold, by desired state and phase: which of them count against
@@ -250,6 +263,15 @@ class HostStore:
         if row is None:
             raise NotFound(f'host "{name}" not found')
         return host_row(row, usage)
+
+    async def get_hosts(self, names: Sequence[str]) -> list[HostRow]:
+        """The named hosts that exist, in name order, from one snapshot."""
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            rows = await conn.fetch(
+                "SELECT * FROM host WHERE name = ANY($1::text[]) ORDER BY name", list(names)
+            )
+            usage = await conn.fetch(USAGE_OF, list(names))
+        return _hosts(rows, usage)
 
     async def fence_host(
         self,

@@ -12,7 +12,7 @@ host states it was made from, and takes a new workload version (`sql.bump_versio
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -64,6 +64,7 @@ class InstanceRow:
     unconverged_since: datetime | None = None
     converged_at: datetime | None = None
     trace_context: str = ""
+    replaces: str = ""  # a drain's replacement: the instance it replaces
 
     @property
     def converged(self) -> bool:
@@ -116,6 +117,7 @@ def instance_row(r: asyncpg.Record) -> InstanceRow:
         unconverged_since=r["unconverged_since"],
         converged_at=r["converged_at"],
         trace_context=r["trace_context"],
+        replaces=r["replaces"],
     )
 
 
@@ -219,8 +221,17 @@ class InstanceStore:
         version: int | None = None,
         hosts_read: Mapping[str, HostSeen] | None = None,
         settles: bool = False,
+        replaces: Sequence[str] = (),
+        guard: Callable[[Conn], Awaitable[None]] | None = None,
     ) -> PlanResult:
         """Writes one workload's plan in one transaction: new instances and tombstones.
+
+        A drain's write (`drainer`) names, for each instance it creates, the instance it
+        replaces (`replaces`, aligned with `create_on`), and passes a `guard` run first in the
+        transaction (after the epoch check), which raises `Stale` if the drain may no longer
+        write. Its changes became desired when the drain decided them, not when the workload
+        last changed: they, and the workload's `desired_changed_at` (which the replacement of
+        a stop-before-start move is placed with), get the transaction's time.
 
         `epoch` fences a deposed leader: the transaction fails with NotLeader if another
         replica has taken over since. The plan is written only if it was made from what is
@@ -247,6 +258,8 @@ class InstanceStore:
                 version=workload.version if version is None else version,
                 hosts_read=hosts_read or {},
                 settles=settles,
+                replaces=replaces,
+                guard=guard,
             )
         except Stale as stale:
             return PlanResult(created=[], removed=0, stale=stale.what, stale_hosts=stale.hosts)
@@ -261,14 +274,19 @@ class InstanceStore:
         version: int,
         hosts_read: Mapping[str, HostSeen],
         settles: bool,
+        replaces: Sequence[str],
+        guard: Callable[[Conn], Awaitable[None]] | None,
     ) -> PlanResult:
         w = workload.workload
+        drain = guard is not None
         spec = w.spec.to_json()
         records = []
         created: list[str] = []
         removed = 0
         async with self.pool.acquire() as conn, conn.transaction():
             await check_epoch(conn, epoch)
+            if guard is not None:
+                await guard(conn)
             # Locked first, as fencing and report batches lock workloads before hosts and
             # instances: none of them can change what the plan read until this commits.
             current = await conn.fetchrow(
@@ -290,12 +308,21 @@ class InstanceStore:
             since = await conn.fetch(
                 "SELECT name, state_since FROM host WHERE name = ANY($1::text[])", hosts
             )
+            decided_at = await conn.fetchval("SELECT clock_timestamp()")
+            if drain:
+                await conn.execute(
+                    "UPDATE workload SET desired_changed_at = $2 WHERE name = $1",
+                    w.name,
+                    decided_at,
+                )
             clocks = {
                 r["name"]: change_clock(
                     w.kind,
                     workload_changed_at=current["desired_changed_at"],
                     host_since=r["state_since"],
                 )
+                if not drain
+                else decided_at
                 for r in since
             }
             if create_on:
@@ -309,11 +336,12 @@ class InstanceStore:
                 records += await conn.fetch(
                     f"""INSERT INTO instance (id, workload, generation, host, spec, cpu_millis,
                                               memory_mib, desired, revision, trace_context,
-                                              desired_changed_at, unconverged_since)
+                                              desired_changed_at, unconverged_since, replaces)
                         SELECT u.id, $1, $2, u.host, $3, $4, $5, 'RUNNING', u.revision, $9,
-                               u.clock, clock_timestamp()
-                        FROM unnest($6::text[], $7::text[], $8::bigint[], $10::timestamptz[])
-                             AS u(id, host, revision, clock)
+                               u.clock, clock_timestamp(), u.replaces
+                        FROM unnest($6::text[], $7::text[], $8::bigint[], $10::timestamptz[],
+                                    $11::text[])
+                             AS u(id, host, revision, clock, replaces)
                         RETURNING {INSTANCE_COLUMNS}""",
                     w.name,
                     workload.generation,
@@ -325,6 +353,7 @@ class InstanceStore:
                     [revisions[h] for h in create_on],
                     workload.trace_context,
                     [clocks[h] for h in create_on],
+                    list(replaces) or [""] * len(create_on),
                 )
                 created = ids
             if remove:

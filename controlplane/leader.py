@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import structlog
@@ -43,7 +43,9 @@ class Leadership:
         settings: Settings,
         runners: Sequence[Runner],
         cache: FleetCache,
+        on_leading: Callable[[bool], None] = lambda leading: None,
     ) -> None:
+        self._on_leading = on_leading
         self._store = store
         self._cache = cache
         self._url = database_url
@@ -74,6 +76,7 @@ class Leadership:
 
     async def _lead(self, conn: asyncpg.Connection, epoch: int) -> None:
         tasks: list[asyncio.Task[None]] = []
+        self._on_leading(True)
         try:
             # Before any controller reads: the full list, made after this term's epoch bump.
             await self._cache.start()
@@ -95,6 +98,7 @@ class Leadership:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._cache.stop()
+            self._on_leading(False)
 
     async def _watch(self, conn: asyncpg.Connection) -> None:
         """Ends (and so stops the controllers) when the lock's connection is gone."""

@@ -1,7 +1,8 @@
 """LISTEN for desired-state changes and fan them out inside this replica.
 
 `keel_host` notifications wake the Sync stream of that host; `keel_workload` ones go to the
-leader's cache (`controlplane.cache`), which reads what changed and wakes the controllers. The
+leader's cache (`controlplane.cache`), which reads what changed and wakes the controllers;
+`keel_operation` ones wake the operation's watchers and the drain controller. The
 connection is re-made with back-off if it drops, and everything is woken (and read) again
 then, since notifications sent meanwhile are lost.
 """
@@ -16,7 +17,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from controlplane.store import HOST_CHANNEL, WORKLOAD_CHANNEL
+from controlplane.store import HOST_CHANNEL, OPERATION_CHANNEL, WORKLOAD_CHANNEL
 
 log = structlog.get_logger("keel.listener")
 
@@ -29,11 +30,13 @@ class Listener:
         on_host: Callable[[str], None],
         on_workload: Callable[[str], None],
         on_reconnect: Callable[[], None],
+        on_operation: Callable[[str], None] = lambda op: None,
     ) -> None:
         self._url = database_url
         self._on_host = on_host
         self._on_workload = on_workload
         self._on_reconnect = on_reconnect
+        self._on_operation = on_operation
 
     def _dispatch(self, conn: object, pid: int, channel: str, payload: object) -> None:
         assert isinstance(payload, str)
@@ -41,6 +44,8 @@ class Listener:
             self._on_host(payload)
         elif channel == WORKLOAD_CHANNEL:
             self._on_workload(payload)
+        elif channel == OPERATION_CHANNEL:
+            self._on_operation(payload)
 
     async def run(self) -> None:
         delay = 0.2
@@ -53,6 +58,7 @@ class Listener:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(HOST_CHANNEL, self._dispatch)
                 await conn.add_listener(WORKLOAD_CHANNEL, self._dispatch)
+                await conn.add_listener(OPERATION_CHANNEL, self._dispatch)
                 if not first:
                     log.info("listening again; waking every stream and controller")
                     self._on_reconnect()

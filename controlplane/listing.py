@@ -28,7 +28,7 @@ from controlplane.workload_store import WorkloadRow, stuck_state, workload_row
 from keel.model import Desired, Kind, Phase, converged
 
 # What an operator is shown of an instance (fixed text, never input).
-INSTANCE_STATUS_COLUMNS = """id, workload, generation, host, desired, desired_changed_at,
+INSTANCE_STATUS_COLUMNS = """id, workload, generation, host, desired, desired_changed_at, replaces,
     created_at, phase, pid, restart_count, last_exit, reason, message, ports, ready,
     started_at, observed_at, stuck_reason, stuck_since, stuck_message"""
 
@@ -60,6 +60,7 @@ class InstanceStatusRow:
     started_at: datetime | None
     observed_at: datetime | None
     stuck: StuckState | None
+    replaces: str = ""  # a drain's replacement: the instance it replaces
 
     @property
     def converged(self) -> bool:
@@ -86,6 +87,7 @@ def instance_status_row(r: asyncpg.Record) -> InstanceStatusRow:
         started_at=r["started_at"],
         observed_at=r["observed_at"],
         stuck=stuck_state(r),
+        replaces=r["replaces"],
     )
 
 

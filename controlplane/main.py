@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from controlplane import looplag, migrate
 from controlplane.cache import FleetCache
 from controlplane.db import redact, resolve_database_url
+from controlplane.drainer import DrainController, DrainTimings
 from controlplane.errors import KeelError
 from controlplane.flags import build_parser, settings_from
 from controlplane.fleet import FleetApi
@@ -39,6 +40,7 @@ from controlplane.listener import Listener
 from controlplane.liveness import LivenessController, Timings
 from controlplane.logrelay import LogRelay
 from controlplane.metrics import Metrics, serve_metrics
+from controlplane.operations_api import OperationWatch
 from controlplane.reconcile import Controller, Runner
 from controlplane.reports import ReportWriter
 from controlplane.settings import Settings
@@ -146,14 +148,35 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
 
     # The leader's informer: the controllers read the fleet from it. A notification it has read
     # wakes the workload controller; `*` (hosts changed) looks at every workload again.
+    def workload_changed(name: str) -> None:
+        workloads.add(name)
+        for op in drainer.involving(name):
+            drains.add(op)
+
+    def hosts_changed() -> None:
+        workloads.resync_now()
+        drains.resync_now()
+
     cache = FleetCache(
         store,
         metrics=metrics,
         resync_period_s=settings.resync_period_s,
-        on_workload=lambda name: workloads.add(name),
-        on_hosts=lambda: workloads.resync_now(),
+        on_workload=workload_changed,
+        on_hosts=hosts_changed,
     )
     workloads = runner(WorkloadController(store, cache=cache, metrics=metrics))
+    drainer = DrainController(
+        store,
+        cache=cache,
+        metrics=metrics,
+        timings=DrainTimings(
+            interval_s=settings.drain_interval_s,
+            replacement_timeout_s=settings.drain_replacement_timeout_s,
+            stop_slack_s=settings.drain_stop_slack_s,
+            blocked_after_s=settings.drain_blocked_after_s,
+        ),
+    )
+    drains = runner(drainer)
     timings = Timings(
         grace_s=settings.liveness_grace_s,
         unknown_after_s=settings.unknown_after_s,
@@ -176,9 +199,10 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             metrics=metrics,
             interval_s=settings.stuck_interval_s,
             reconcile_failures=workloads.failures,
+            drains_blocked=drainer.blocked,
         )
     )
-    runners = (workloads, liveness, stuck)
+    runners = (workloads, liveness, stuck, drains)
 
     def reports_written(outcome: ReportOutcome) -> None:
         cache.reported(outcome)  # applies the batch and wakes its workloads, when leading
@@ -191,20 +215,33 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
 
     # Heartbeats in batches; on the leader, the cache learns each host's new heartbeat from it.
     heartbeats = HeartbeatWriter(store, metrics=metrics, on_written=cache.heartbeats_written)
+    watch = OperationWatch()
 
     def wake_everything() -> None:
         registry.wake_all()
         cache.resync_now()
         workloads.resync_now()
+        drains.resync_now()
+        watch.changed_all()
+
+    def operation_changed(op: str) -> None:
+        watch.changed(op)
+        drains.add(op)
 
     listener = Listener(
         url,
         on_host=registry.wake,
         on_workload=cache.notified,
         on_reconnect=wake_everything,
+        on_operation=operation_changed,
     )
     leadership = Leadership(
-        store, database_url=url, settings=settings, runners=runners, cache=cache
+        store,
+        database_url=url,
+        settings=settings,
+        runners=runners,
+        cache=cache,
+        on_leading=metrics.set_leader,
     )
 
     metrics.track_sync_streams(lambda: len(registry))
@@ -214,7 +251,17 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     )
     logs = LogRelay(registry)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(
-        FleetApi(store, status=status, logs=logs, log_wait_s=settings.log_wait_s), server
+        FleetApi(
+            store,
+            status=status,
+            logs=logs,
+            log_wait_s=settings.log_wait_s,
+            cache=cache,
+            watch=watch,
+            watch_poll_s=settings.watch_poll_s,
+            drain_blocked_after_s=settings.drain_blocked_after_s,
+        ),
+        server,
     )
     agent_sync = AgentSync(
         store,

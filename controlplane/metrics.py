@@ -36,6 +36,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from controlplane.drain_metrics import DrainMetrics
 from controlplane.errors import KeelError
 from keel import endpoint
 from keel.endpoint import CONVERGENCE_BUCKETS
@@ -69,7 +70,7 @@ HEARTBEAT_BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
 
 CHANGES = tuple(Change)
 KINDS = ("instance", "workload")
-CONTROLLERS = ("workload", "liveness", "stuck")
+CONTROLLERS = ("workload", "liveness", "stuck", "drain")
 RESULTS = ("success", "error")
 HOST_STATES = tuple(s.value for s in HostState)
 CACHE_KINDS = ("workload", "instance", "host")
@@ -202,6 +203,11 @@ class Metrics:
             buckets=RECONCILE_BUCKETS,
             registry=r,
         )
+        self.leader = Gauge(
+            "keel_leader",
+            "1 while this replica leads (holds the leader lock and runs the controllers), else 0.",
+            registry=r,
+        )
         self.database_up = Gauge(
             "keel_database_up",
             "1 while this replica's probe of Postgres answers within --db-probe-timeout, else 0 "
@@ -262,6 +268,8 @@ class Metrics:
             self.cache_objects.labels(kind)
         for controller in CONTROLLERS:
             self.cache_stale_writes.labels(controller)
+        # Operations and drains (controlplane.drain_metrics, fed by the drain controller).
+        self.drain = DrainMetrics(r)
         # Standard process_* and python_info series: memory, CPU, open fds of this replica.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -386,6 +394,9 @@ class Metrics:
         """A batch of `size` heartbeats was written in `seconds`."""
         self.heartbeat_batch_size.observe(size)
         self.heartbeat_flush_duration.observe(seconds)
+
+    def set_leader(self, leading: bool) -> None:
+        self.leader.set(1 if leading else 0)
 
     def set_database_up(self, up: bool) -> None:
         self.database_up.set(1 if up else 0)

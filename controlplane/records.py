@@ -21,10 +21,10 @@ from keel.model import Desired, HostState, Phase, Resources, WorkloadSpec
 INSTANCE_COLUMNS = """id, workload, generation, host, desired, cpu_millis, memory_mib, phase,
     ready, desired_changed_at, unconverged_since, observed_at IS NOT NULL AS observed, reason,
     message, agent_stuck, (spec ->> 'stop_grace_ms')::bigint AS stop_grace_ms, stuck_reason,
-    stuck_since, stuck_message"""
+    stuck_since, stuck_message, replaces"""
 
 HOST_COLUMNS = """name, labels, cpu_millis, memory_mib, state, schedulable, state_since,
-    last_heartbeat, connected, revision"""
+    last_heartbeat, connected, revision, drained"""
 
 # Enum lookups by value without EnumType.__call__ (a measurable share of a fleet-wide read).
 _DESIRED = {d.value: d for d in Desired}
@@ -47,6 +47,7 @@ def instance_record(r: asyncpg.Record) -> InstanceRecord:
             resources=Resources(r["cpu_millis"], r["memory_mib"]),
             phase=_PHASE[r["phase"]],
             ready=r["ready"],
+            replaces=r["replaces"],
         ),
         desired_changed_at=r["desired_changed_at"],
         unconverged_since=r["unconverged_since"],
@@ -68,6 +69,7 @@ def host_record(r: asyncpg.Record) -> HostRecord:
             capacity=Resources(r["cpu_millis"], r["memory_mib"]),
             state=_STATE[r["state"]],
             schedulable=r["schedulable"],
+            drained=r["drained"],
         ),
         state_since=r["state_since"],
         last_heartbeat=r["last_heartbeat"],

@@ -51,8 +51,8 @@ from controlplane.scheduler import (
     place,
     place_on,
 )
-from controlplane.view import HostView, InstanceView, WorkloadView
-from keel.model import Desired, HostState, Kind, Phase
+from controlplane.view import HostView, InstanceView, ReadyHosts, WorkloadView
+from keel.model import Desired, Kind, Phase
 
 MAX_CHANGES_PER_PASS = 1000
 
@@ -104,7 +104,7 @@ def plan_workload(
     if workload.deleting:
         plan = WorkloadPlan(remove=tuple(i.id for i in live))
     else:
-        state = _State(workload, usage, mine, _ReadyHosts(hosts), max_changes)
+        state = _State(workload, usage, mine, ReadyHosts(hosts), max_changes)
         if workload.kind is Kind.DAEMON:
             plan = _plan_daemon(state, hosts)
         else:
@@ -121,24 +121,6 @@ def plan_workload(
             more=True,
         )
     return plan
-
-
-class _ReadyHosts(Set[str]):
-    """The names of the READY hosts, looked up in the host map when asked rather than copied
-    from it: the map is the whole fleet's, and a plan asks only about the workload's hosts."""
-
-    def __init__(self, hosts: Mapping[str, HostView]) -> None:
-        self._hosts = hosts
-
-    def __contains__(self, name: object) -> bool:
-        host = self._hosts.get(name) if isinstance(name, str) else None
-        return host is not None and host.state is HostState.READY
-
-    def __iter__(self) -> Iterator[str]:
-        return (name for name, h in self._hosts.items() if h.state is HostState.READY)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
 
 
 class _UsageAfter(Mapping[str, HostUsage]):
@@ -177,6 +159,9 @@ class _State:
         self._remaining = {i.id: i for i in mine if i.live}
         self.removed: list[InstanceView] = []  # by this plan
         self.tombstones = [i for i in mine if not i.live]  # removed by an earlier plan
+        # Live instances a drain is replacing (make-before-break): each counts as one replica
+        # with its replacement, which is the one counted; the drain stops it.
+        self.leaving = {i.replaces for i in mine if i.live and i.replaces}
         self.per_host = Counter(i.host for i in self._remaining.values())  # live, per host
 
     @property
@@ -192,6 +177,10 @@ class _State:
 
     def current(self, inst: InstanceView) -> bool:
         return inst.generation == self.workload.generation
+
+    def counted(self, inst: InstanceView) -> bool:
+        """Of the current generation and not being replaced by a drain: a replica it counts."""
+        return self.current(inst) and inst.id not in self.leaving
 
     def remove(self, inst: InstanceView) -> None:
         del self._remaining[inst.id]
@@ -239,8 +228,8 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     for inst in [i for i in s.remaining if not s.current(i) and not s.available(i)]:
         s.remove(inst)
     # 2. Surplus current instances (scale down), not available first.
-    surplus = sum(1 for i in s.remaining if s.current(i)) - target
-    remover = _Remover(s, [i for i in s.remaining if s.current(i) and not s.available(i)])
+    surplus = sum(1 for i in s.remaining if s.counted(i)) - target
+    remover = _Remover(s, [i for i in s.remaining if s.counted(i) and not s.available(i)])
     while surplus > 0 and remover.remove_next():
         surplus -= 1
     # 3. Available old instances, within the disruption budget (the old ones left are all
@@ -249,12 +238,12 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     while budget.may_go_down and remover.remove_next():
         budget = budget.took_down()
     # 4. Available surplus current instances, within the budget.
-    remover = _Remover(s, [i for i in s.remaining if s.current(i)])
+    remover = _Remover(s, [i for i in s.remaining if s.counted(i)])
     while surplus > 0 and budget.may_go_down and remover.remove_next():
         budget = budget.took_down()
         surplus -= 1
 
-    current = sum(1 for i in s.remaining if s.current(i))
+    current = sum(1 for i in s.remaining if s.counted(i))
     missing = target - current
     after = service_budget(w, s.after(), s.ready)
     room = max(0, min(missing, after.may_start))
@@ -323,7 +312,9 @@ def _plan_daemon(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     w = s.workload
     targets = daemon_hosts(w, hosts.values())
     target_set = set(targets)
-    matching = {h.name for h in hosts.values() if matches(h.labels, w.selector)}
+    # A drained host is no daemon's host any more: its instances go like those of a host that
+    # left the selector.
+    matching = {h.name for h in hosts.values() if matches(h.labels, w.selector) and not h.drained}
 
     # Not on a target host: gone from the selector (remove all), or a matching host that is
     # not READY (remove old ones, which cost nothing; keep the current one for its return).

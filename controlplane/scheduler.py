@@ -181,10 +181,14 @@ def daemon_hosts(workload: WorkloadView, hosts: Iterable[HostView]) -> list[str]
     """Hosts a daemon should run on: labels match and READY, sorted by name.
 
     Cordon is ignored on purpose, as Kubernetes does for DaemonSets: a cordoned host still
-    needs its per-host agents (log shippers, exporters). Capacity is checked by `place_on`.
+    needs its per-host agents (log shippers, exporters). A drained host does not: a drain stops
+    its daemons last, and they stay stopped until it is uncordoned. Capacity is checked by
+    `place_on`.
     """
     return sorted(
-        h.name for h in hosts if h.state is HostState.READY and matches(h.labels, workload.selector)
+        h.name
+        for h in hosts
+        if h.state is HostState.READY and not h.drained and matches(h.labels, workload.selector)
     )
 
 

@@ -54,6 +54,17 @@ class Settings:
     # keelctl logs: how long the agent gets to send the first chunk (bounded by the caller's
     # deadline too, so a silent agent is named before the caller gives up).
     log_wait_s: float = 30.0
+    # A running drain is looked at again at least this often (and at once when an instance it
+    # moves changes).
+    drain_interval_s: float = 1.0
+    # A drain's replacement not ready this long is a REPLACEMENT_NOT_READY blocker.
+    drain_replacement_timeout_s: float = 60.0
+    # An instance a drain stopped and not gone this long past its stop grace: STOP_TIMEOUT.
+    drain_stop_slack_s: float = 10.0
+    # A drain blocked this long without a move finishing is stuck: DRAIN_BLOCKED.
+    drain_blocked_after_s: float = 60.0
+    # WatchOperation reads the record at least this often (NOTIFY wakes it sooner).
+    watch_poll_s: float = 2.0
     # The largest request the gRPC server accepts (an ApplyWorkload manifest is far smaller:
     # keel.spec.MAX_MANIFEST_BYTES; an agent's full status report of a large host is not).
     max_message_bytes: int = 4 * 1024 * 1024

@@ -13,8 +13,9 @@ in the same transaction (`bump_revisions`; the row lock orders them), so a watch
 every transaction that changes a workload or what the leader's cache holds of its instances
 gives it a new `version` (`bump_versions`), which a plan is checked against before it writes.
 
-Lock order, for every transaction that takes more than one kind: the leader row, workloads (in
-name order), hosts (in name order), then instances, so no two writers can deadlock.
+Lock order, for every transaction that takes more than one kind: the leader row, an operation,
+workloads (in name order), hosts (in name order), then instances, so no two writers can
+deadlock.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ T = TypeVar("T")
 
 HOST_CHANNEL = "keel_host"
 WORKLOAD_CHANNEL = "keel_workload"
+# An operation's record changed (the payload is its id): watchers send it, the leader's drain
+# controller looks at it again.
+OPERATION_CHANNEL = "keel_operation"
 
 # A connection, whether held directly or borrowed from the pool.
 Conn = asyncpg.Connection | PoolConnectionProxy

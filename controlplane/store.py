@@ -1,9 +1,10 @@
 """The store: Keel's state in Postgres, as named queries, behind one object.
 
 `Store` is what callers hold: it inherits the workload queries (`workload_store`), the
-instance and plan queries (`instance_store`), the host queries (`hosts`), the leader's
-cache's reads (`cache_store`) and the operator's paged reads (`listing`), and adds database
-time and leadership. Neighbours: `fleet`
+instance and plan queries (`instance_store`), the host queries (`hosts`, with cordon and
+uncordon: `cordon_store`), the operations (`operation_store`), the leader's cache's reads
+(`cache_store`) and the operator's paged reads (`listing`), and adds database time and
+leadership. Neighbours: `fleet`
 (operator RPCs) and `sync` (agent streams) call it; the leader's cache (`cache`) reads the
 fleet through it, and the workload controller (`workload`) writes its plans back through it;
 observed state (reports, stuck marks, events) lives in `status`. The row types are
@@ -18,17 +19,28 @@ from datetime import datetime
 import asyncpg
 
 from controlplane.cache_store import CacheStore
-from controlplane.hosts import HostRow, HostStore
+from controlplane.cordon_store import CordonResult, CordonStore
+from controlplane.hosts import HostRow
 from controlplane.instance_store import InstanceRow, InstanceStore, PlanResult
 from controlplane.listing import InstanceStatusRow, ListingStore, Tally
-from controlplane.sql import HOST_CHANNEL, WORKLOAD_CHANNEL, Conn, Database, create_pool
+from controlplane.operation_store import OperationStore
+from controlplane.sql import (
+    HOST_CHANNEL,
+    OPERATION_CHANNEL,
+    WORKLOAD_CHANNEL,
+    Conn,
+    Database,
+    create_pool,
+)
 from controlplane.view import StuckState
 from controlplane.workload_store import WorkloadRow, WorkloadStore
 from keel.model import Phase
 
 __all__ = [
     "HOST_CHANNEL",
+    "OPERATION_CHANNEL",
     "WORKLOAD_CHANNEL",
+    "CordonResult",
     "HostRow",
     "InstanceRow",
     "InstanceStatusRow",
@@ -61,7 +73,7 @@ class Report:
     agent_stuck: bool = False  # the agent's own verdict (CRASH_LOOP, START_FAILED, ...)
 
 
-class Store(WorkloadStore, InstanceStore, HostStore, CacheStore, ListingStore):
+class Store(WorkloadStore, InstanceStore, CordonStore, OperationStore, CacheStore, ListingStore):
     """Postgres-backed desired and observed state. One instance per process, sharing a pool."""
 
     def __init__(self, pool: asyncpg.Pool | Database) -> None:

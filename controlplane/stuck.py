@@ -40,6 +40,7 @@ from controlplane.verdicts import (
     workload_converged,
 )
 from keel.model import HostState
+from keel.stuck import Reason
 
 log = structlog.get_logger("keel.stuck")
 
@@ -70,6 +71,7 @@ class StuckDetector:
         interval_s: float,
         reconcile_failures: Callable[[], Mapping[str, ReconcileFailure]] = dict,
         slow_after_s: float = SLOW_AFTER_S,
+        drains_blocked: Callable[[], int] = lambda: 0,
     ) -> None:
         self._store = store
         self._status = status
@@ -78,6 +80,9 @@ class StuckDetector:
         self._interval_s = interval_s
         self._failures = reconcile_failures
         self._slow_after_s = slow_after_s
+        # The drain controller judges its own operations (`drainer`): how many are
+        # DRAIN_BLOCKED now, counted with the rest.
+        self._drains_blocked = drains_blocked
         # Each workload's last plan, with the cache entry and host generation it was made
         # from: see `_plan`.
         self._plans: dict[str, tuple[WorkloadEntry[WorkloadRow], int, WorkloadPlan]] = {}
@@ -153,7 +158,7 @@ class StuckDetector:
             self._metrics.count_slow(change, n)
         backlog = await self._status.backlog()
         self._metrics.set_backlog(backlog.instances, workloads_unconverged, backlog.oldest_change_s)
-        self._metrics.set_stuck(dict(stuck_now))
+        self._metrics.set_stuck({**stuck_now, Reason.DRAIN_BLOCKED.value: self._drains_blocked()})
         self._metrics.set_hosts(
             Counter((h.state.value, h.schedulable) for h in index.host_records())
         )

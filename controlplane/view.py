@@ -8,7 +8,7 @@ here does I/O or reads a clock, and nothing here imports the store (`make test` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,13 +17,15 @@ from keel.model import Desired, HostState, Kind, Phase, Resources, holds_resourc
 
 @dataclass(frozen=True, slots=True)
 class HostView:
-    """A host as the planners see it: `schedulable` is false while it is cordoned."""
+    """A host as the planners see it: `schedulable` is false while it is cordoned; `drained`
+    once a drain has moved its services off and stops its daemons (until it is uncordoned)."""
 
     name: str
     labels: Mapping[str, str]
     capacity: Resources
     state: HostState
     schedulable: bool
+    drained: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,9 @@ class InstanceView:
     resources: Resources
     phase: Phase
     ready: bool
+    # A drain's replacement names the instance it replaces (make-before-break): the two count
+    # as one replica until the one replaced is gone.
+    replaces: str = ""
 
     @property
     def live(self) -> bool:
@@ -77,3 +82,21 @@ class StuckState:
     reason: str
     since: datetime
     message: str
+
+
+class ReadyHosts(Set[str]):
+    """The names of the READY hosts, looked up in the host map when asked rather than copied
+    from it: the map is the whole fleet's, and a plan asks only about the hosts it touches."""
+
+    def __init__(self, hosts: Mapping[str, HostView]) -> None:
+        self._hosts = hosts
+
+    def __contains__(self, name: object) -> bool:
+        host = self._hosts.get(name) if isinstance(name, str) else None
+        return host is not None and host.state is HostState.READY
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, h in self._hosts.items() if h.state is HostState.READY)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

@@ -16,6 +16,8 @@ once; any other failure is retried with back-off and reported once it outlasts t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import structlog
 
 from controlplane.cache import FleetCache
@@ -134,16 +136,7 @@ class WorkloadController:
         every host it places on or whose instances' availability it counted, and the revision
         of every host it places on (so what those hosts hold is what it counted)."""
         row = entry.row
-        places = set(plan.create)
-        relied = places | {i.host for i in entry.instances.values() if i.view.live}
-        hosts_read = {}
-        for name in relied:
-            host = self._cache.host(name)
-            if host is None:
-                hosts_read[name] = HostSeen(HostState.UNKNOWN, False)  # never as read: stale
-            else:
-                revision = host.revision if name in places else None
-                hosts_read[name] = HostSeen(host.state, host.schedulable, revision)
+        hosts_read = hosts_seen(self._cache, entry, places=plan.create)
         # The writes carry out the operator's change: their span joins its trace.
         with tracing.tracer("keel.workload").start_as_current_span(
             "workload.apply_plan",
@@ -167,3 +160,22 @@ class WorkloadController:
                 raise PermanentError(
                     f"the database refuses this workload's instances: {detail}"
                 ) from exc
+
+
+def hosts_seen(
+    cache: FleetCache, entry: WorkloadEntry[WorkloadRow], *, places: Iterable[str]
+) -> dict[str, HostSeen]:
+    """What a plan for `entry` relied on of the hosts, for its write to check: the state and
+    cordon of every host it places on or whose instances' availability it counted, and the
+    revision of every host it places on (so what those hosts hold is what it counted)."""
+    placed = set(places)
+    relied = placed | {i.host for i in entry.instances.values() if i.view.live}
+    seen = {}
+    for name in relied:
+        host = cache.host(name)
+        if host is None:
+            seen[name] = HostSeen(HostState.UNKNOWN, False)  # never as read: stale
+        else:
+            revision = host.revision if name in placed else None
+            seen[name] = HostSeen(host.state, host.schedulable, revision)
+    return seen

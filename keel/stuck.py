@@ -21,6 +21,7 @@ class Reason(enum.StrEnum):
     ROLLOUT_BLOCKED = "ROLLOUT_BLOCKED"
     RECONCILE_FAILING = "RECONCILE_FAILING"
     NOT_STARTED = "NOT_STARTED"
+    DRAIN_BLOCKED = "DRAIN_BLOCKED"
 
 
 # Reasons the agent sees for itself and that are stuck at once, without waiting for the deadline.
@@ -88,6 +89,11 @@ GUIDES: dict[Reason, Guide] = {
         "the agent has never reported the instance since it was placed",
         "runbooks/stuck/not-started.md",
         "keelctl describe host {host}",
+    ),
+    Reason.DRAIN_BLOCKED: Guide(
+        "a drain has had blockers and no move finishing for longer than --drain-blocked-after",
+        "runbooks/stuck/drain-blocked.md",
+        "keelctl ops",
     ),
 }
 

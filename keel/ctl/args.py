@@ -49,7 +49,8 @@ def _add_globals(p: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
         "--controlplane",
         metavar="ADDR",
         default=default(None),
-        help=f"control plane address (default: $KEEL_CONTROLPLANE, else {DEFAULT_CONTROLPLANE})",
+        help="control plane address, or several replicas comma-separated (tried in order when "
+        f"one cannot be reached; default: $KEEL_CONTROLPLANE, else {DEFAULT_CONTROLPLANE})",
     )
     p.add_argument(
         "-o",
@@ -73,6 +74,16 @@ def _add_globals(p: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
     )
 
 
+def _deadline_arg(text: str) -> int:
+    try:
+        ms = parse_duration(text, "--deadline")
+    except SpecError as e:
+        raise argparse.ArgumentTypeError(e.rule) from None
+    if ms < 1000:
+        raise argparse.ArgumentTypeError(f"must be at least 1s, got '{text}'")
+    return ms
+
+
 def _non_negative(text: str) -> int:
     try:
         value = int(text)
@@ -81,6 +92,31 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def _selector_arg(text: str) -> dict[str, str]:
+    """`k=v` or `k=v,k2=v2` (the control plane checks the keys and values)."""
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise argparse.ArgumentTypeError(f"must be k=v[,k=v...], got {text!r}")
+        if key.strip() in out:
+            raise argparse.ArgumentTypeError(f"{key.strip()!r} given twice in {text!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _add_selection(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument("hosts", nargs="*", metavar="HOST", help=f"hosts to {verb}")
+    p.add_argument(
+        "--selector",
+        "-l",
+        type=_selector_arg,
+        action="append",
+        metavar="K=V",
+        help=f"also {verb} every host with these labels (k=v[,k=v]; repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +181,78 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep printing new output until Ctrl-C"
     )
+
+    cordon = sub.add_parser(
+        "cordon", help="mark hosts unschedulable, all in one transaction (all or none)"
+    )
+    _add_globals(cordon, on_subcommand=True)
+    _add_selection(cordon, "cordon")
+    cordon.add_argument("--reason", metavar="TEXT", help="why (shown in describe host, events)")
+
+    uncordon = sub.add_parser("uncordon", help="make cordoned hosts schedulable again")
+    _add_globals(uncordon, on_subcommand=True)
+    _add_selection(uncordon, "uncordon")
+
+    drain = sub.add_parser(
+        "drain",
+        help="cordon hosts and move everything off them (a durable operation; --dry-run plans)",
+    )
+    _add_globals(drain, on_subcommand=True)
+    _add_selection(drain, "drain")
+    drain.add_argument(
+        "--deadline",
+        dest="deadline_ms",
+        type=_deadline_arg,
+        default=0,
+        metavar="DURATION",
+        help="how long the drain may take (default 1h)",
+    )
+    drain.add_argument(
+        "--on-deadline",
+        choices=("fail", "force"),
+        default="fail",
+        help="at the deadline: fail (hosts stay cordoned, blockers listed; the default) or "
+        "force (stop what remains)",
+    )
+    drain.add_argument(
+        "--max-parallel",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="moves under way at once over the whole drain (default 0: no limit)",
+    )
+    drain.add_argument(
+        "--ignore-daemons", action="store_true", help="leave daemon instances running"
+    )
+    drain.add_argument("--reason", metavar="TEXT", help="why (in the operation and its events)")
+    drain.add_argument(
+        "--wait", action="store_true", help="follow it to the end; exit 0 only if it succeeds"
+    )
+    drain.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="change nothing: what would move where, in which waves, what would block, how long",
+    )
+
+    ops = sub.add_parser("ops", help="list running operations (drains)")
+    _add_globals(ops, on_subcommand=True)
+    ops.add_argument("--all", action="store_true", help="every operation kept, ended ones too")
+
+    op = sub.add_parser("op", help="one operation: get, watch or cancel it")
+    _add_globals(op, on_subcommand=True)
+    op_sub = op.add_subparsers(dest="op_command", required=True, metavar="VERB")
+    for verb, text in (
+        ("get", "everything about an operation: progress, blockers, runbook"),
+        ("watch", "follow an operation to its end; exit 0 only if it succeeds"),
+        ("cancel", "stop an operation moving anything; what moved stays moved"),
+    ):
+        p = op_sub.add_parser(verb, help=text)
+        _add_globals(p, on_subcommand=True)
+        p.add_argument("id", metavar="ID")
+        if verb == "cancel":
+            p.add_argument(
+                "--uncordon", action="store_true", help="also make its hosts schedulable again"
+            )
 
     delete = sub.add_parser("delete", help="delete a workload (its instances are stopped)")
     _add_globals(delete, on_subcommand=True)

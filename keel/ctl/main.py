@@ -93,22 +93,70 @@ def main(argv: list[str] | None = None) -> int:
     return traced.run("keelctl", args, _run)
 
 
+def _hostops() -> Any:
+    from keel.ctl import hostops  # only cordon and uncordon use it
+
+    return hostops
+
+
+def _operations() -> Any:
+    from keel.ctl import operations  # drains and operations (progress, JSON): only they
+
+    return operations
+
+
+def addresses_of(text: str) -> list[str]:
+    """`--controlplane` as a list: one address, or several comma-separated (replicas)."""
+    return [a.strip() for a in text.split(",") if a.strip()] or [DEFAULT_CONTROLPLANE]
+
+
+def cannot_connect(err: grpc.RpcError) -> bool:
+    """The call never reached a control plane (so trying the next replica repeats nothing)."""
+    code = err.code() if callable(getattr(err, "code", None)) else None
+    details = str(err.details() if callable(getattr(err, "details", None)) else "").lower()
+    return code == grpc.StatusCode.UNAVAILABLE and any(s in details for s in _CANNOT_CONNECT)
+
+
 def _run(args: argparse.Namespace, *, interceptors: Sequence[Any] = ()) -> int:
-    address = args.controlplane or os.environ.get("KEEL_CONTROLPLANE") or DEFAULT_CONTROLPLANE
+    given = args.controlplane or os.environ.get("KEEL_CONTROLPLANE") or DEFAULT_CONTROLPLANE
+    addresses = addresses_of(given)
     try:
         manifest = None
         if args.command == "apply":
             from keel.ctl import documents  # YAML: only apply reads a manifest
 
             manifest = documents.load_manifest(args.filename)
+    except CtlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    # Replicas in the order given: the next is tried only when a call could not reach one.
+    for n, address in enumerate(addresses):
+        try:
+            return _run_on(args, address, manifest, interceptors)
+        except grpc.RpcError as e:
+            if cannot_connect(e) and n + 1 < len(addresses):
+                continue
+            print(rpc_error_line(e, address=address, timeout=args.timeout), file=sys.stderr)
+            return EXIT_ERROR
+    return EXIT_ERROR
+
+
+def _run_on(
+    args: argparse.Namespace, address: str, manifest: object, interceptors: Sequence[Any]
+) -> int:
+    """Runs the command against one control plane; a call that fails raises grpc.RpcError."""
+    try:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Names keelctl at the head of its user agent: the control plane records
+            # `keelctl@PEER` as the actor of what it changes (until operators authenticate).
+            ("grpc.primary_user_agent", "keelctl"),
         ]
         with grpc.insecure_channel(address, options=options) as raw_channel:
             channel = grpc.intercept_channel(raw_channel, *interceptors)
             ctx = Context(_STUB(channel), args, now=datetime.now(UTC))
-            commands: dict[str, Callable[[], str]] = {
+            commands: dict[str, Callable[[], str | int]] = {
                 "apply": lambda: cmd_apply(ctx, manifest),
                 "get": lambda: cmd_get(ctx),
                 "describe": lambda: cmd_describe(ctx),
@@ -116,16 +164,20 @@ def _run(args: argparse.Namespace, *, interceptors: Sequence[Any] = ()) -> int:
                 "stuck": lambda: observe.cmd_stuck(ctx),
                 "events": lambda: observe.cmd_events(ctx),
                 "logs": lambda: observe.cmd_logs(ctx),
+                "cordon": lambda: _hostops().cmd_cordon(ctx),
+                "uncordon": lambda: _hostops().cmd_uncordon(ctx),
+                "drain": lambda: _operations().cmd_drain(ctx),
+                "ops": lambda: _operations().cmd_ops(ctx),
+                "op": lambda: _operations().cmd_op(ctx),
             }
-            text = commands[args.command]()
+            result = commands[args.command]()
     except CtlError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except grpc.RpcError as e:
-        print(rpc_error_line(e, address=address, timeout=args.timeout), file=sys.stderr)
-        return EXIT_ERROR
-    if text:
-        print(text)
+    if isinstance(result, int):
+        return result  # a command that followed an operation: its outcome, printed already
+    if result:
+        print(result)
     return EXIT_OK
 
 

@@ -171,6 +171,15 @@ def instances_table(instances: Iterable[pb.Instance], *, now: datetime) -> str:
     return table(header, rows)
 
 
+def cordon_lines(hosts: Iterable[pb.Host], changed: Iterable[str], *, verb: str) -> str:
+    """`host/host-1 cordoned` per host changed, `host/host-2 already cordoned` per other."""
+    done = set(changed)
+    return "\n".join(
+        f"host/{h.name} {verb}" if h.name in done else f"host/{h.name} already {verb}"
+        for h in hosts
+    )
+
+
 # --- describe ----------------------------------------------------------------------------------
 
 
@@ -224,6 +233,8 @@ def describe_instance(i: pb.Instance, *, now: datetime) -> str:
         ("Ports", _mapping_text(s.ports)),
         ("Observed", when(from_ts(s.observed_at), now=now)),
     ]
+    if i.replaces:
+        pairs.append(("Replaces", f"{i.replaces} (moved by a drain)"))
     if s.removed:
         pairs.append(("Removed", "yes (the agent confirmed the tombstone)"))
     text = block(pairs)
@@ -236,10 +247,19 @@ def describe_host(h: pb.Host, instances: Iterable[pb.Instance], *, now: datetime
     schedulable = "yes"
     if not h.schedulable:
         schedulable = f"no (cordoned: {h.cordon_reason})" if h.cordon_reason else "no (cordoned)"
+    cordon: list[tuple[str, str]] = []
+    if not h.schedulable:
+        cordon = [
+            ("Cordoned by", _or_none(h.cordon_actor)),
+            ("Cordoned", when(from_ts(h.cordoned_at), now=now)),
+        ]
+        if h.drained:
+            cordon.append(("Drained", "yes: its daemons stay stopped until it is uncordoned"))
     pairs = [
         ("Name", h.name),
         ("State", _or_none(h.state)),
         ("Schedulable", schedulable),
+        *cordon,
         ("Connected", yes_no(h.connected)),
         ("Last heartbeat", when(from_ts(h.last_heartbeat), now=now)),
         ("Agent version", _or_none(h.agent_version)),

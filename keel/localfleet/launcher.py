@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -36,6 +37,8 @@ from keel.localfleet.processes import (
 BIN = Path(sys.executable).parent
 CONTROLPLANE_METRICS = "127.0.0.1:9464"
 AGENT_METRICS_BASE_PORT = 9465
+# Replicas past the first: metrics on 9468, 9469, ... (after the agents').
+REPLICA_METRICS_BASE_PORT = 9468
 HOSTS = ("host-1", "host-2", "host-3")
 START_TIMEOUT_S = 120.0  # the first start runs initdb for the embedded Postgres
 AGENT_STOP_S = 30.0  # agents stop their workloads first: each gets its stop_grace
@@ -112,12 +115,12 @@ def _workload_name(path: Path) -> str:
     return str(doc["name"])
 
 
-def _banner(address: str, state_dir: Path, logs: Path, workload: str) -> str:
+def _banner(address: str, state_dir: Path, logs: Path, workload: str, replicas: int = 1) -> str:
     keelctl = BIN / "keelctl"
     rel = os.path.relpath(keelctl) if keelctl.is_relative_to(Path.cwd()) else str(keelctl)
     agent_ports = f"{AGENT_METRICS_BASE_PORT}-{AGENT_METRICS_BASE_PORT + len(HOSTS) - 1}"
     return f"""
-The local Keel fleet is up: a control plane on {address} and agents {", ".join(HOSTS)}.
+The local Keel fleet is up: {_planes(address, replicas)} and agents {", ".join(HOSTS)}.
 
   export KEEL_CONTROLPLANE={address}
   {rel} get hosts
@@ -128,18 +131,50 @@ The local Keel fleet is up: a control plane on {address} and agents {", ".join(H
   {rel} stuck
   {rel} events --for workload/{workload}
 
-Metrics: http://{CONTROLPLANE_METRICS}/metrics (control plane), \
+Metrics: http://{CONTROLPLANE_METRICS}/metrics (control plane{_replica_metrics(replicas)}), \
 http://127.0.0.1:{agent_ports}/metrics (agents)
 State: {state_dir}    Logs: {logs}/{{controlplane,{",".join(HOSTS)}}}.log
 Ctrl-C stops the fleet and its workloads; `make run` again picks up the same state.
 """
 
 
-def run(*, state_dir: Path, workload: Path, listen: str, agent_args: Sequence[str] = ()) -> int:
+def _planes(address: str, replicas: int) -> str:
+    if replicas == 1:
+        return f"a control plane on {address}"
+    return f"{replicas} control-plane replicas on {address} (one leads; keel_leader says which)"
+
+
+def _replica_metrics(replicas: int) -> str:
+    if replicas == 1:
+        return ""
+    last = REPLICA_METRICS_BASE_PORT + replicas - 2
+    return f"; replicas 2-{replicas}: 127.0.0.1:{REPLICA_METRICS_BASE_PORT}-{last}"
+
+
+def _controlplane(state_dir: Path, logs: Path, n: int, listen: str) -> Child:
+    """Replica n (0 is the first). Every replica shares the state dir, so they share its
+    embedded Postgres, which stays up while any of them runs (`controlplane.embedded`)."""
+    metrics = CONTROLPLANE_METRICS if n == 0 else f"127.0.0.1:{REPLICA_METRICS_BASE_PORT + n - 1}"
+    name = "controlplane" if n == 0 else f"controlplane-{n + 1}"
+    argv = [str(BIN / "keel-controlplane"), "--state-dir", str(state_dir / "controlplane"),
+            "--listen", listen, "--metrics", metrics]  # fmt: skip
+    return Child(name, argv, logs / f"{name}.log")
+
+
+def run(
+    *,
+    state_dir: Path,
+    workload: Path,
+    listen: str,
+    agent_args: Sequence[str] = (),
+    replicas: int = 1,
+) -> int:
     state_dir = state_dir.resolve()
     logs = state_dir / "logs"
     host, _, port = listen.rpartition(":")
-    check_port_free(host, int(port))
+    listens = [f"{host}:{int(port) + n}" for n in range(replicas)]
+    for address in listens:
+        check_port_free(host, int(address.rpartition(":")[2]))
     if not workload.exists():
         raise LocalFleetError(f"no workload file at {workload}")
     name = _workload_name(workload)
@@ -148,26 +183,16 @@ def run(*, state_dir: Path, workload: Path, listen: str, agent_args: Sequence[st
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
 
-    controlplane = Child(
-        "controlplane",
-        [
-            str(BIN / "keel-controlplane"),
-            "--state-dir",
-            str(state_dir / "controlplane"),
-            "--listen",
-            listen,
-            "--metrics",
-            CONTROLPLANE_METRICS,
-        ],
-        logs / "controlplane.log",
-    )
+    planes = [_controlplane(state_dir, logs, n, address) for n, address in enumerate(listens)]
+    # Agents and keelctl get every replica, and fail over between them on their own.
+    every = ",".join(listens)
     agents = [
         Child(
             h,
             [
                 str(BIN / "keel-agent"),
                 "--controlplane",
-                listen,
+                every,
                 "--host",
                 h,
                 "--driver",
@@ -195,16 +220,18 @@ def run(*, state_dir: Path, workload: Path, listen: str, agent_args: Sequence[st
 
     status = 0
     try:
-        print(f"starting the control plane on {listen} (log: {controlplane.log}) ...", flush=True)
-        controlplane.start()
-        if not _wait(
-            lambda: _answers(listen),
-            timeout=START_TIMEOUT_S,
-            what="the control plane to answer",
-            stop=stop,
-            children=[controlplane],
-        ):
-            return 0
+        for n, (plane, address) in enumerate(zip(planes, listens, strict=True)):
+            print(f"starting {plane.name} on {address} (log: {plane.log}) ...", flush=True)
+            plane.start()
+            if not _wait(
+                functools.partial(_answers, address),
+                timeout=START_TIMEOUT_S,
+                what=f"{plane.name} to answer",
+                stop=stop,
+                children=planes[: n + 1],
+            ):
+                return 0
+        listen = every
         print(f"starting agents {', '.join(HOSTS)} ...", flush=True)
         for agent in agents:
             agent.start()
@@ -213,7 +240,7 @@ def run(*, state_dir: Path, workload: Path, listen: str, agent_args: Sequence[st
             timeout=60,
             what=f"hosts {', '.join(HOSTS)} to be READY",
             stop=stop,
-            children=[controlplane, *agents],
+            children=[*planes, *agents],
         ):
             return 0
 
@@ -232,15 +259,23 @@ def run(*, state_dir: Path, workload: Path, listen: str, agent_args: Sequence[st
             timeout=120,
             what=f"{name}'s replicas to run",
             stop=stop,
-            children=[controlplane, *agents],
+            children=[*planes, *agents],
         ):
             running, _ = _running(listen, name)
             elapsed = time.monotonic() - applied_at
             print(f"{name}: {running} replicas RUNNING {elapsed:.1f}s after apply", flush=True)
-        print(_banner(listen, state_dir, logs, name), flush=True)
+        print(_banner(listen, state_dir, logs, name, replicas), flush=True)
 
+        reported: set[str] = set()
         while not stop.requested:
-            for child in [controlplane, *agents]:
+            # A replica may die while another runs (a failover to try out): say so, go on.
+            alive = [p for p in planes if p.running()]
+            for plane in planes:
+                if plane not in alive and alive and plane.name not in reported:
+                    reported.add(plane.name)
+                    print(f"note: {plane.name} exited; {alive[0].name} carries on "
+                          f"(the end of {plane.log}:\n{plane.tail()})", flush=True)  # fmt: skip
+            for child in [*(planes if not alive else []), *agents]:
                 if not child.running():
                     raise LocalFleetError(
                         f"{child.name} exited unexpectedly; the end of {child.log}:\n{child.tail()}"
@@ -257,7 +292,7 @@ def run(*, state_dir: Path, workload: Path, listen: str, agent_args: Sequence[st
     finally:
         stop_children(agents, deadline_s=AGENT_STOP_S, stop=stop)
         kill_processes([p for a in agents for p in a.workloads], grace=10, what="workload")
-        stop_children([controlplane], deadline_s=CONTROLPLANE_STOP_S, stop=stop)
+        stop_children(planes, deadline_s=CONTROLPLANE_STOP_S, stop=stop)
         kill_processes(leftovers_under(state_dir), grace=10, what="local fleet")
         print("the local fleet has stopped", flush=True)
     return status
@@ -271,9 +306,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path(".keel"))
     parser.add_argument("--workload", type=Path, default=Path("examples/web.yaml"))
     parser.add_argument("--listen", default="127.0.0.1:7443", help="control plane HOST:PORT")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        choices=range(1, 6),
+        default=1,
+        metavar="N",
+        help="control-plane replicas on one database, on PORT, PORT+1, ... (1-5; default 1)",
+    )
     args = parser.parse_args(argv)
     try:
-        return run(state_dir=args.state_dir, workload=args.workload, listen=args.listen)
+        return run(
+            state_dir=args.state_dir,
+            workload=args.workload,
+            listen=args.listen,
+            replicas=args.replicas,
+        )
     except LocalFleetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -163,3 +163,259 @@ class GetLogsRequest(_message.Message):
     tail_lines: int
     follow: bool
     def __init__(self, instance_id: _Optional[str] = ..., tail_lines: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class CordonRequest(_message.Message):
+    __slots__ = ("hosts", "selector", "reason")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    selector: _containers.ScalarMap[str, str]
+    reason: str
+    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., selector: _Optional[_Mapping[str, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CordonResponse(_message.Message):
+    __slots__ = ("hosts", "changed")
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedCompositeFieldContainer[_types_pb2.Host]
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hosts: _Optional[_Iterable[_Union[_types_pb2.Host, _Mapping]]] = ..., changed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UncordonRequest(_message.Message):
+    __slots__ = ("hosts", "selector")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    selector: _containers.ScalarMap[str, str]
+    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class UncordonResponse(_message.Message):
+    __slots__ = ("hosts", "changed")
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedCompositeFieldContainer[_types_pb2.Host]
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hosts: _Optional[_Iterable[_Union[_types_pb2.Host, _Mapping]]] = ..., changed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("hosts", "selector", "deadline_ms", "on_deadline", "max_parallel", "ignore_daemons", "reason")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    ON_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_DAEMONS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    selector: _containers.ScalarMap[str, str]
+    deadline_ms: int
+    on_deadline: str
+    max_parallel: int
+    ignore_daemons: bool
+    reason: str
+    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., selector: _Optional[_Mapping[str, str]] = ..., deadline_ms: _Optional[int] = ..., on_deadline: _Optional[str] = ..., max_parallel: _Optional[int] = ..., ignore_daemons: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DrainResponse(_message.Message):
+    __slots__ = ("operation", "created")
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    operation: Operation
+    created: bool
+    def __init__(self, operation: _Optional[_Union[Operation, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class PlanDrainRequest(_message.Message):
+    __slots__ = ("hosts", "selector", "max_parallel", "ignore_daemons")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_DAEMONS_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    selector: _containers.ScalarMap[str, str]
+    max_parallel: int
+    ignore_daemons: bool
+    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., selector: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., ignore_daemons: _Optional[bool] = ...) -> None: ...
+
+class PlannedMove(_message.Message):
+    __slots__ = ("instance", "workload", "source", "target", "kind", "wave", "starts_at_s", "done_at_s")
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WAVE_FIELD_NUMBER: _ClassVar[int]
+    STARTS_AT_S_FIELD_NUMBER: _ClassVar[int]
+    DONE_AT_S_FIELD_NUMBER: _ClassVar[int]
+    instance: str
+    workload: str
+    source: str
+    target: str
+    kind: str
+    wave: int
+    starts_at_s: float
+    done_at_s: float
+    def __init__(self, instance: _Optional[str] = ..., workload: _Optional[str] = ..., source: _Optional[str] = ..., target: _Optional[str] = ..., kind: _Optional[str] = ..., wave: _Optional[int] = ..., starts_at_s: _Optional[float] = ..., done_at_s: _Optional[float] = ...) -> None: ...
+
+class PlanDrainResponse(_message.Message):
+    __slots__ = ("moves", "blockers", "waves", "remaining", "eta_s", "hosts")
+    MOVES_FIELD_NUMBER: _ClassVar[int]
+    BLOCKERS_FIELD_NUMBER: _ClassVar[int]
+    WAVES_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    ETA_S_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    moves: _containers.RepeatedCompositeFieldContainer[PlannedMove]
+    blockers: _containers.RepeatedCompositeFieldContainer[Blocker]
+    waves: int
+    remaining: int
+    eta_s: float
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, moves: _Optional[_Iterable[_Union[PlannedMove, _Mapping]]] = ..., blockers: _Optional[_Iterable[_Union[Blocker, _Mapping]]] = ..., waves: _Optional[int] = ..., remaining: _Optional[int] = ..., eta_s: _Optional[float] = ..., hosts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Blocker(_message.Message):
+    __slots__ = ("instance", "workload", "host", "reason", "message", "since", "runbook", "next_command", "replacement")
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    RUNBOOK_FIELD_NUMBER: _ClassVar[int]
+    NEXT_COMMAND_FIELD_NUMBER: _ClassVar[int]
+    REPLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    instance: str
+    workload: str
+    host: str
+    reason: str
+    message: str
+    since: _timestamp_pb2.Timestamp
+    runbook: str
+    next_command: str
+    replacement: str
+    def __init__(self, instance: _Optional[str] = ..., workload: _Optional[str] = ..., host: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., runbook: _Optional[str] = ..., next_command: _Optional[str] = ..., replacement: _Optional[str] = ...) -> None: ...
+
+class DrainParams(_message.Message):
+    __slots__ = ("deadline_ms", "on_deadline", "max_parallel", "ignore_daemons")
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    ON_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_DAEMONS_FIELD_NUMBER: _ClassVar[int]
+    deadline_ms: int
+    on_deadline: str
+    max_parallel: int
+    ignore_daemons: bool
+    def __init__(self, deadline_ms: _Optional[int] = ..., on_deadline: _Optional[str] = ..., max_parallel: _Optional[int] = ..., ignore_daemons: _Optional[bool] = ...) -> None: ...
+
+class OperationProgress(_message.Message):
+    __slots__ = ("moved", "remaining", "blocked", "in_flight", "eta_s", "blockers")
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    ETA_S_FIELD_NUMBER: _ClassVar[int]
+    BLOCKERS_FIELD_NUMBER: _ClassVar[int]
+    moved: int
+    remaining: int
+    blocked: int
+    in_flight: int
+    eta_s: float
+    blockers: _containers.RepeatedCompositeFieldContainer[Blocker]
+    def __init__(self, moved: _Optional[int] = ..., remaining: _Optional[int] = ..., blocked: _Optional[int] = ..., in_flight: _Optional[int] = ..., eta_s: _Optional[float] = ..., blockers: _Optional[_Iterable[_Union[Blocker, _Mapping]]] = ...) -> None: ...
+
+class Operation(_message.Message):
+    __slots__ = ("id", "kind", "state", "hosts", "params", "actor", "reason", "runbook", "progress", "message", "forced", "created_at", "started_at", "finished_at", "deadline_at", "blocked_since", "version")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RUNBOOK_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FORCED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_AT_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_SINCE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    state: str
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    params: DrainParams
+    actor: str
+    reason: str
+    runbook: str
+    progress: OperationProgress
+    message: str
+    forced: bool
+    created_at: _timestamp_pb2.Timestamp
+    started_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    deadline_at: _timestamp_pb2.Timestamp
+    blocked_since: _timestamp_pb2.Timestamp
+    version: int
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ..., params: _Optional[_Union[DrainParams, _Mapping]] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., runbook: _Optional[str] = ..., progress: _Optional[_Union[OperationProgress, _Mapping]] = ..., message: _Optional[str] = ..., forced: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., blocked_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class GetOperationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListOperationsRequest(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+
+class ListOperationsResponse(_message.Message):
+    __slots__ = ("operations",)
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    operations: _containers.RepeatedCompositeFieldContainer[Operation]
+    def __init__(self, operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ...) -> None: ...
+
+class CancelOperationRequest(_message.Message):
+    __slots__ = ("id", "uncordon")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    UNCORDON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    uncordon: bool
+    def __init__(self, id: _Optional[str] = ..., uncordon: _Optional[bool] = ...) -> None: ...
+
+class WatchOperationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...

@@ -90,6 +90,46 @@ class FleetServiceStub:
                 request_serializer=keel_dot_v1_dot_fleet__pb2.GetLogsRequest.SerializeToString,
                 response_deserializer=keel_dot_v1_dot_types__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.Cordon = channel.unary_unary(
+                '/keel.v1.FleetService/Cordon',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.CordonRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.CordonResponse.FromString,
+                _registered_method=True)
+        self.Uncordon = channel.unary_unary(
+                '/keel.v1.FleetService/Uncordon',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.UncordonRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.UncordonResponse.FromString,
+                _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/keel.v1.FleetService/Drain',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.DrainRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.DrainResponse.FromString,
+                _registered_method=True)
+        self.PlanDrain = channel.unary_unary(
+                '/keel.v1.FleetService/PlanDrain',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.PlanDrainRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.PlanDrainResponse.FromString,
+                _registered_method=True)
+        self.GetOperation = channel.unary_unary(
+                '/keel.v1.FleetService/GetOperation',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.GetOperationRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.Operation.FromString,
+                _registered_method=True)
+        self.ListOperations = channel.unary_unary(
+                '/keel.v1.FleetService/ListOperations',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.ListOperationsRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.ListOperationsResponse.FromString,
+                _registered_method=True)
+        self.CancelOperation = channel.unary_unary(
+                '/keel.v1.FleetService/CancelOperation',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.CancelOperationRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.Operation.FromString,
+                _registered_method=True)
+        self.WatchOperation = channel.unary_stream(
+                '/keel.v1.FleetService/WatchOperation',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.WatchOperationRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.Operation.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -162,6 +202,62 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cordon(self, request, context):
+        """Marks hosts unschedulable, all in one transaction (all or none); idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Uncordon(self, request, context):
+        """Makes hosts schedulable again, all in one transaction (all or none); idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drain(self, request, context):
+        """Cordons hosts and moves everything off them: a durable operation. A second drain of hosts
+        already being drained returns the running operation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlanDrain(self, request, context):
+        """What a drain would do, in which waves, what would block it and how long it would take;
+        changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOperation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelOperation(self, request, context):
+        """Stops the operation moving anything; what moved stays moved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchOperation(self, request, context):
+        """The operation now, then each time it changes, until it ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +315,46 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.GetLogs,
                     request_deserializer=keel_dot_v1_dot_fleet__pb2.GetLogsRequest.FromString,
                     response_serializer=keel_dot_v1_dot_types__pb2.LogChunk.SerializeToString,
+            ),
+            'Cordon': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cordon,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.CordonRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.CordonResponse.SerializeToString,
+            ),
+            'Uncordon': grpc.unary_unary_rpc_method_handler(
+                    servicer.Uncordon,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.UncordonRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.UncordonResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.DrainRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.DrainResponse.SerializeToString,
+            ),
+            'PlanDrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanDrain,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.PlanDrainRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.PlanDrainResponse.SerializeToString,
+            ),
+            'GetOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOperation,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.GetOperationRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.Operation.SerializeToString,
+            ),
+            'ListOperations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperations,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.ListOperationsRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.ListOperationsResponse.SerializeToString,
+            ),
+            'CancelOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOperation,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.CancelOperationRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.Operation.SerializeToString,
+            ),
+            'WatchOperation': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOperation,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.WatchOperationRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.Operation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -518,6 +654,222 @@ class FleetService:
             '/keel.v1.FleetService/GetLogs',
             keel_dot_v1_dot_fleet__pb2.GetLogsRequest.SerializeToString,
             keel_dot_v1_dot_types__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cordon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/Cordon',
+            keel_dot_v1_dot_fleet__pb2.CordonRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.CordonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Uncordon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/Uncordon',
+            keel_dot_v1_dot_fleet__pb2.UncordonRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.UncordonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/Drain',
+            keel_dot_v1_dot_fleet__pb2.DrainRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanDrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/PlanDrain',
+            keel_dot_v1_dot_fleet__pb2.PlanDrainRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.PlanDrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/GetOperation',
+            keel_dot_v1_dot_fleet__pb2.GetOperationRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/ListOperations',
+            keel_dot_v1_dot_fleet__pb2.ListOperationsRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.ListOperationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/CancelOperation',
+            keel_dot_v1_dot_fleet__pb2.CancelOperationRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/keel.v1.FleetService/WatchOperation',
+            keel_dot_v1_dot_fleet__pb2.WatchOperationRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,

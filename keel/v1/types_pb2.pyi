@@ -200,7 +200,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., pid: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_exit: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., ports: _Optional[_Mapping[str, int]] = ..., ready: _Optional[bool] = ..., removed: _Optional[bool] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stuck: _Optional[_Union[Stuck, _Mapping]] = ...) -> None: ...
 
 class Instance(_message.Message):
-    __slots__ = ("id", "workload", "generation", "host", "desired", "desired_changed_at", "status", "created_at", "converged", "stuck")
+    __slots__ = ("id", "workload", "generation", "host", "desired", "desired_changed_at", "status", "created_at", "converged", "stuck", "replaces")
     ID_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +211,7 @@ class Instance(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     CONVERGED_FIELD_NUMBER: _ClassVar[int]
     STUCK_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FIELD_NUMBER: _ClassVar[int]
     id: str
     workload: str
     generation: int
@@ -221,10 +222,11 @@ class Instance(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     converged: bool
     stuck: Stuck
-    def __init__(self, id: _Optional[str] = ..., workload: _Optional[str] = ..., generation: _Optional[int] = ..., host: _Optional[str] = ..., desired: _Optional[_Union[DesiredState, str]] = ..., desired_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[InstanceStatus, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., converged: _Optional[bool] = ..., stuck: _Optional[_Union[Stuck, _Mapping]] = ...) -> None: ...
+    replaces: str
+    def __init__(self, id: _Optional[str] = ..., workload: _Optional[str] = ..., generation: _Optional[int] = ..., host: _Optional[str] = ..., desired: _Optional[_Union[DesiredState, str]] = ..., desired_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[InstanceStatus, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., converged: _Optional[bool] = ..., stuck: _Optional[_Union[Stuck, _Mapping]] = ..., replaces: _Optional[str] = ...) -> None: ...
 
 class Host(_message.Message):
-    __slots__ = ("name", "labels", "capacity", "allocated", "schedulable", "cordon_reason", "state", "last_heartbeat", "connected", "agent_version", "instances", "revision")
+    __slots__ = ("name", "labels", "capacity", "allocated", "schedulable", "cordon_reason", "state", "last_heartbeat", "connected", "agent_version", "instances", "revision", "cordon_actor", "cordoned_at", "drained")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +246,9 @@ class Host(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    CORDON_ACTOR_FIELD_NUMBER: _ClassVar[int]
+    CORDONED_AT_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     capacity: Resources
@@ -256,7 +261,10 @@ class Host(_message.Message):
     agent_version: str
     instances: int
     revision: int
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., schedulable: _Optional[bool] = ..., cordon_reason: _Optional[str] = ..., state: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected: _Optional[bool] = ..., agent_version: _Optional[str] = ..., instances: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
+    cordon_actor: str
+    cordoned_at: _timestamp_pb2.Timestamp
+    drained: bool
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., schedulable: _Optional[bool] = ..., cordon_reason: _Optional[str] = ..., state: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected: _Optional[bool] = ..., agent_version: _Optional[str] = ..., instances: _Optional[int] = ..., revision: _Optional[int] = ..., cordon_actor: _Optional[str] = ..., cordoned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drained: _Optional[bool] = ...) -> None: ...
 
 class LogChunk(_message.Message):
     __slots__ = ("request_id", "stream", "data", "eof", "error")

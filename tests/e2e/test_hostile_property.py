@@ -268,9 +268,39 @@ KINDS: dict[str, dict[str, str]] = {
     "ListWorkloads": {"page_size": "page_size", "page_token": "token"},
     "ListHosts": {"page_size": "page_size", "page_token": "token"},
     "ListStuck": {},
+    "Cordon": {"hosts": "hosts", "selector": "selector", "reason": "reason"},
+    "Uncordon": {"hosts": "hosts", "selector": "selector"},
+    "Drain": {
+        "hosts": "hosts",
+        "selector": "selector",
+        "deadline_ms": "deadline_ms",
+        "on_deadline": "on_deadline",
+        "max_parallel": "max_parallel",
+        "ignore_daemons": "bool",
+        "reason": "reason",
+    },
+    "PlanDrain": {
+        "hosts": "hosts",
+        "selector": "selector",
+        "max_parallel": "max_parallel",
+        "ignore_daemons": "bool",
+    },
+    "GetOperation": {"id": "operation"},
+    "ListOperations": {"all": "bool"},
+    "CancelOperation": {"id": "operation", "uncordon": "bool"},
+    "WatchOperation": {"id": "operation"},
 }
+# Verbs that change the hosts they select: every list of hosts their cases send names a host
+# that does not exist too, so the call changes nothing (all or none) whatever else it names.
+SELECTING = {"Cordon", "Uncordon", "Drain", "PlanDrain"}
 LIMITS = {"workload": 63, "host": 253, "instance": 253, "object": 262}
-RANGES = {"limit": (0, 10_000), "tail_lines": (0, 1_000_000), "page_size": (0, 1000)}
+RANGES = {
+    "limit": (0, 10_000),
+    "tail_lines": (0, 1_000_000),
+    "page_size": (0, 1000),
+    "deadline_ms": (0, 7 * 24 * 3600 * 1000),
+    "max_parallel": (0, 100_000),
+}
 # Page tokens no list gave: not base64, not JSON, another list's, a key of the wrong shape.
 BAD_TOKENS = [
     "x",
@@ -280,6 +310,8 @@ BAD_TOKENS = [
     "eyJsaXN0IjoiaW5zdGFuY2VzIiwiYWZ0ZXIiOlsxLDIsM119",  # instances after [1,2,3]
     "t" * 5000,
 ]
+# Operation ids that break the id rule (the fleet has no operation to vary).
+HOSTILE_OPERATIONS = ["OP-1", "op 1", "op/1", "-op-1", "op-1-", "o" * 254, "op-1\n"]
 
 
 def variants(name: str, kind: str) -> list[str]:
@@ -327,6 +359,26 @@ def hostile_value(s: State, kind: str) -> st.SearchStrategy[Any]:
     """Values that break the field's rule: it must be INVALID_ARGUMENT."""
     if kind == "token":  # any text but "" (the first page): no list gave it
         return st.one_of(st.sampled_from(BAD_TOKENS), st.text(min_size=1, max_size=60))
+    if kind == "hosts":
+        bad = hostile_value(s, "host")
+        return st.one_of(
+            st.tuples(st.lists(st.sampled_from(s.hosts), max_size=2), bad).map(
+                lambda p: [*p[0], p[1], "nope"]
+            ),
+            st.just(["nope"] * 1025),
+        )
+    if kind == "selector":
+        return st.one_of(
+            st.tuples(with_nul, st.just("v")).map(lambda kv: {kv[0]: kv[1]}),
+            st.tuples(st.just("role"), with_nul).map(lambda kv: {kv[0]: kv[1]}),
+            st.sampled_from([{"a b": "v"}, {"role": "two\nlines"}, {"role": "v" * 300}]),
+        )
+    if kind == "reason":
+        return st.one_of(with_nul, st.just("x" * 1025), st.just("two\nlines"))
+    if kind == "on_deadline":
+        return st.one_of(with_nul, st.sampled_from(["Force", "kill", "fail ", "x" * 300]))
+    if kind == "operation":
+        return st.one_of(with_nul, st.sampled_from(HOSTILE_OPERATIONS))
     if kind in RANGES:
         low, high = RANGES[kind]
         return st.one_of(
@@ -346,6 +398,16 @@ def valid_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
         return st.just("")
     if kind in RANGES:
         return st.integers(RANGES[kind][0], min(RANGES[kind][1], 1000))
+    if kind == "hosts":
+        return st.lists(st.sampled_from(s.hosts), max_size=2).map(lambda h: [*h, "nope"])
+    if kind == "selector":
+        return st.sampled_from([{}, {"role": "web"}, {"role": "nope"}])
+    if kind == "reason":
+        return st.sampled_from(["", "kernel upgrade"])
+    if kind == "on_deadline":
+        return st.sampled_from(["", "fail", "force"])
+    if kind == "operation":
+        return st.just("op-999999")
     unknown = {"workload": "nope", "host": "nope", "instance": "web-1-000000"}
     known = () if method == "DeleteWorkload" else _existing(s, kind)
     return st.sampled_from([*known, unknown.get(kind, "workload/nope")])
@@ -359,6 +421,14 @@ def any_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
         return st.one_of(text, st.sampled_from(BAD_TOKENS))
     if kind in RANGES:
         return st.integers(-(2**31), 2**31 - 1)
+    if kind == "hosts":
+        return st.lists(st.one_of(text, st.sampled_from(s.hosts)), max_size=3).map(
+            lambda h: [*h, "nope"]
+        )
+    if kind == "selector":
+        return st.dictionaries(text, text, max_size=2)
+    if kind in ("reason", "on_deadline", "operation"):
+        return text
     spare = set(s.workloads) if method == "DeleteWorkload" else set()
     return st.one_of(text, valid_value(s, method, kind)).filter(lambda v: v not in spare)
 
@@ -369,7 +439,14 @@ def _strings(cls: Any, data: bytes) -> tuple[str, ...]:
         msg = cls.FromString(data)
     except (DecodeError, ValueError):
         return ()
-    return tuple(getattr(msg, f.name) for f in msg.DESCRIPTOR.fields if f.type == f.TYPE_STRING)
+    found: list[Any] = []
+    for f in msg.DESCRIPTOR.fields:
+        value = getattr(msg, f.name)
+        if f.type == f.TYPE_STRING:
+            found.append(list(value) if f.is_repeated else value)
+        elif f.message_type is not None and f.message_type.GetOptions().map_entry:
+            found.append(dict(value))  # a map<string, string>: its keys and values
+    return tuple(_texts(found))
 
 
 @st.composite
@@ -388,8 +465,19 @@ def fleet_request(draw: st.DrawFn, s: State, method: str) -> Case:
     refuse = branch >= 3
     pick = hostile_value if refuse else lambda s, k: any_value(s, method, k)
     values[target] = draw(pick(s, kinds[target]))
-    echoes = tuple(v for v in values.values() if isinstance(v, str))
+    echoes = tuple(_texts(values.values()))
     return Case(cls(**values).SerializeToString(), (target,), refuse=refuse, echoes=echoes)
+
+
+def _texts(values: Any) -> Iterator[str]:
+    """Every string in request values (lists and maps included): what a message may quote."""
+    for v in values:
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, list):
+            yield from _texts(v)
+        elif isinstance(v, dict):
+            yield from _texts([*v, *v.values()])
 
 
 # Valid-looking updates of `web` with one value a rule refuses: (path, value, field named).

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from controlplane.cache import FleetCache
 from controlplane.metrics import Metrics
-from controlplane.store import PlanResult, Store
+from controlplane.store import HostRow, PlanResult, Store
 
 
 async def write_plan(
@@ -44,3 +44,9 @@ async def until(check: Callable[[], Awaitable[bool]], *, within: float = 15.0, w
         if time.monotonic() > deadline:
             raise AssertionError(f"not reached within {within:g}s: {what}")
         await asyncio.sleep(0.02)
+
+
+async def all_hosts(store: Store) -> list[HostRow]:
+    """Every host, as an operator's get of each would show it."""
+    names = [r["name"] for r in await store.pool.fetch("SELECT name FROM host ORDER BY name")]
+    return await store.get_hosts(names)

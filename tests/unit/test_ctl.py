@@ -668,3 +668,18 @@ def test_tracing_and_describe_still_import_what_they_use(
     assert "yaml" in modules_after(addr, ["describe", "workload", "web"], tmp_path)
     json_out = modules_after(addr, ["-o", "json", "get", "hosts"], tmp_path)
     assert "google.protobuf.json_format" in json_out
+
+
+def test_a_list_of_replicas_fails_over_to_one_that_answers(
+    fleet: tuple[FakeFleet, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--controlplane A,B: A cannot be reached (nothing listens), so B answers."""
+    _, addr = fleet
+    assert main(["--controlplane", f"127.0.0.1:1, {addr}", "get", "hosts"]) == 0
+    assert "host-1" in capsys.readouterr().out
+
+
+def test_when_no_replica_answers_the_last_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every replica unreachable: exit 1, naming the last one tried."""
+    assert main(["--controlplane", "127.0.0.1:1,127.0.0.1:2", "get", "hosts"]) == 1
+    assert "cannot reach the control plane at 127.0.0.1:2" in capsys.readouterr().err

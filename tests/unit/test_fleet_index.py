@@ -73,6 +73,7 @@ def assert_consistent(index: FleetIndex[str]) -> None:
         assert {i.id for i in index.live_on_host(h)} == {
             v.id for v in views if v.live and v.host == h
         }
+        assert index.workloads_on(h) == sorted({v.workload for v in views if v.host == h})
     assert index.counts()["instance"] == len(views)
     records = [i for e in index.workloads() for i in e.instances.values()]
     assert {i.id for i in index.needing_attention()} == {

@@ -59,6 +59,16 @@ CONTROL_PLANE_METRICS = frozenset(
         # Heartbeats written in batches (the scale issue).
         "keel_heartbeat_batch_size",
         "keel_heartbeat_flush_duration_seconds",
+        # Operations and drains (the cordon/drain issue).
+        "keel_leader",
+        "keel_operations",
+        "keel_drain_remaining_instances",
+        "keel_drain_blocked_instances",
+        "keel_drain_eta_seconds",
+        "keel_drain_blocked_seconds",
+        "keel_drain_overdue_seconds",
+        "keel_drain_duration_seconds",
+        "keel_drain_moves_total",
     }
 )
 AGENT_METRICS = frozenset(
@@ -88,6 +98,7 @@ HISTOGRAMS = frozenset(
         "keel_event_loop_lag_seconds",
         "keel_heartbeat_batch_size",
         "keel_heartbeat_flush_duration_seconds",
+        "keel_drain_duration_seconds",
     }
 )
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")

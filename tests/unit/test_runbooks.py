@@ -37,6 +37,7 @@ PLACEHOLDERS = {
     "WORKLOAD": "web",
     "FILE": "examples/web.yaml",
     "OBJECT": "workload/web",
+    "OPERATION": "op-000001",
 }
 _PLACEHOLDER = re.compile(r"\b(" + "|".join(PLACEHOLDERS) + r")\b")
 _SH_BLOCK = re.compile(r"^[ \t]*```(?:sh|bash|shell)[ \t]*\n(.*?)^[ \t]*```", re.M | re.S)

@@ -1,0 +1,137 @@
+"""How `keelctl drain --wait` and `keelctl op watch` show an operation as it runs.
+
+On a terminal, a progress bar (rich: moved of total, what is under way and blocked, the ETA,
+and the current blocker beneath it); off a terminal, one plain line per change
+(`operation_output.progress_line`); with `-o json`, one JSON object per version of the record.
+rich is imported only here and only for a terminal, so the other commands start as fast as
+before. `keel.ctl.operations` feeds every version of the record to the view.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import sys
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol
+
+from google.protobuf.json_format import MessageToDict
+
+from keel.ctl.operation_output import progress_line, result_text, seconds_text
+from keel.v1 import fleet_pb2
+
+
+class View(Protocol):
+    def __enter__(self) -> View: ...
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+    def update(self, op: fleet_pb2.Operation, *, now: datetime | None) -> None: ...
+    def finish(self, op: fleet_pb2.Operation) -> None: ...
+
+
+def view(*, json: bool) -> View:
+    if json:
+        return JsonView()
+    if sys.stdout.isatty():
+        return BarView()
+    return LineView()
+
+
+class LineView:
+    """A line each time what it says changes."""
+
+    def __init__(self) -> None:
+        self._last = ""
+
+    def __enter__(self) -> LineView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, op: fleet_pb2.Operation, *, now: datetime | None) -> None:
+        line = progress_line(op)
+        if line != self._last:
+            print(line, flush=True)
+            self._last = line
+
+    def finish(self, op: fleet_pb2.Operation) -> None:
+        print(result_text(op), flush=True)
+
+
+class JsonView:
+    """One JSON object per version of the operation (for scripts)."""
+
+    def __enter__(self) -> JsonView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, op: fleet_pb2.Operation, *, now: datetime | None) -> None:
+        data = MessageToDict(
+            op,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+            unquote_int64_if_possible=True,
+        )
+        print(jsonlib.dumps(data, sort_keys=False), flush=True)
+
+    def finish(self, op: fleet_pb2.Operation) -> None:
+        return None
+
+
+class BarView:
+    """A rich progress bar: moved of total, the counts, the ETA, and the current blocker."""
+
+    def __init__(self, console: Any = None) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self._console = console if console is not None else Console()
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=self._console,
+            transient=False,
+        )
+        self._task: Any = None
+        self._blocker = ""
+
+    def __enter__(self) -> BarView:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, op: fleet_pb2.Operation, *, now: datetime | None) -> None:
+        p = op.progress
+        total = max(1, p.moved + p.remaining)
+        detail = f"{p.in_flight} under way, {p.blocked} blocked, eta {seconds_text(p.eta_s)}"
+        if self._task is None:
+            self._task = self._progress.add_task(
+                f"{op.id} {op.state}", total=total, completed=p.moved, detail=detail
+            )
+        else:
+            self._progress.update(
+                self._task,
+                description=f"{op.id} {op.state}",
+                total=total,
+                completed=p.moved,
+                detail=detail,
+            )
+        blocker = ""
+        if p.blockers:
+            b = p.blockers[0]
+            blocker = f"blocked: {b.instance} {b.reason}: {b.message} (next: {b.next_command})"
+        if blocker and blocker != self._blocker:
+            self._progress.console.print(blocker, style="yellow", markup=False)
+        self._blocker = blocker
+
+    def finish(self, op: fleet_pb2.Operation) -> None:
+        style = "green" if op.state == "SUCCEEDED" else "red"
+        self._console.print(result_text(op), style=style, markup=False)

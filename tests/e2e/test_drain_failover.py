@@ -1,0 +1,167 @@
+"""End-to-end: two control-plane replicas on one Postgres, and `kill -9` of the leading one in
+the middle of a drain: the standby takes the lead and finishes the drain.
+
+The agents and keelctl are given both replicas (`--controlplane A,B`) and fail over on their
+own; each replica's `keel_leader` says which one leads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DatabaseFactory
+from harness import KEEL_CONTROLPLANE, Fleet, wait_for
+from procs import Proc
+
+pytestmark = pytest.mark.e2e
+
+FAST = ["--drain-interval", "300ms", "--leader-retry", "300ms"]
+
+
+class TwoReplicas(Fleet):
+    """The harness's fleet with a second control-plane replica on the same database; agents
+    and keelctl get both addresses."""
+
+    def start(self) -> None:
+        self._start_cp(listen="127.0.0.1:0")
+        first = self.address
+        state = self.root / "controlplane-b"
+        state.mkdir(exist_ok=True)
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+        argv = list(self._cp.argv)
+        argv[argv.index("--state-dir") + 1] = str(state)
+        argv[argv.index("--listen") + 1] = "127.0.0.1:0"
+        self.second = Proc("controlplane-b", argv, self.logs / "controlplane-b.log", base_env)
+        self.second.start()
+        second = wait_for(
+            lambda: _grpc_address(state / "addresses.json"),
+            timeout=self.start_timeout,
+            message="the second replica's address",
+        )
+        self.replicas = {first: (self._cp, self.cp_state), second: (self.second, state)}
+        self.address = f"{first},{second}"
+        for agent in self._agents.values():
+            agent.argv[agent.argv.index("--controlplane") + 1] = self.address
+        for i in self._agents:
+            self.start_agent(i)
+        self.wait_hosts_ready()
+
+    def close(self) -> None:
+        second = getattr(self, "second", None)
+        if second is not None:
+            second.stop()
+        super().close()
+
+    def leader(self) -> str | None:
+        """The gRPC address of the replica whose keel_leader is 1."""
+        for address, (proc, state) in self.replicas.items():
+            if not proc.running():
+                continue
+            try:
+                metrics = _scrape(json.loads((state / "addresses.json").read_text())["metrics"])
+            except (OSError, ValueError, KeyError):
+                continue
+            if metrics.get("keel_leader") == 1:
+                return address
+        return None
+
+
+def _grpc_address(path: Path) -> str | None:
+    try:
+        return str(json.loads(path.read_text())["grpc"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _scrape(address: str) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, database_factory: DatabaseFactory) -> Iterator[TwoReplicas]:
+    with (
+        database_factory() as url,
+        TwoReplicas(
+            tmp_path,
+            database_url=url,
+            agents=4,
+            agent_args={1: ["--label", "disk=ssd"]},
+            controlplane_args=FAST,
+        ) as f,
+    ):
+        yield f
+
+
+def _op(fleet: Fleet, op_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = fleet.keelctl_json("op", "get", op_id)
+    return data
+
+
+def test_kill_9_of_the_leading_replica_mid_drain_and_the_standby_finishes_it(
+    replicas: TwoReplicas,
+) -> None:
+    """The leader killed mid-drain (web moved, a pinned instance still blocked): keelctl
+    reaches the standby (the same operation for a second drain), the standby leads, and once
+    the blocker is lifted it finishes the drain: SUCCEEDED, every instance of the host
+    replaced exactly once."""
+    fleet = replicas
+    assert KEEL_CONTROLPLANE.exists()
+    leader = wait_for(fleet.leader, timeout=30, message="a leading replica")
+    fleet.apply_ok(fleet.manifest("web", replicas=8))
+    pinned_doc = fleet.manifest("pinned", replicas=1, selector={"disk": "ssd"})
+    fleet.apply_ok(pinned_doc)
+    fleet.wait_running("web", 8)
+    fleet.wait_running("pinned", 1)
+    moving = sorted(i.id for i in fleet.instances() if i.host == "host-1")
+    op_id = fleet.keelctl_json("drain", "host-1")["operation"]["id"]
+    # Mid-drain: web has left host-1, the pinned instance cannot (NO_CAPACITY).
+    wait_for(
+        lambda: (
+            (o := _op(fleet, op_id))["progress"].get("remaining") == 1
+            and o["progress"].get("blockers")
+            and not [i for i in fleet.instances("web") if i.host == "host-1"]
+        ),
+        timeout=60,
+        message="web moved off host-1 and the pinned instance blocked",
+    )
+
+    proc, _ = fleet.replicas[leader]
+    killed_at = time.monotonic()
+    proc.signal_group(signal.SIGKILL)
+    assert proc.wait(15)
+    # A second drain request (keelctl fails over to the standby) returns the same operation.
+    again = fleet.keelctl_json("drain", "host-1")
+    assert again["operation"]["id"] == op_id, (_op(fleet, op_id), again)
+    standby = next(a for a in fleet.replicas if a != leader)
+    wait_for(lambda: fleet.leader() == standby, timeout=30, message="the standby leading")
+    took_over_s = time.monotonic() - killed_at
+    # Lift the blocker: the pinned workload may run anywhere now.
+    fleet.apply_ok({**pinned_doc, "selector": {}})
+    done = wait_for(
+        lambda: (o := _op(fleet, op_id))["state"] != "RUNNING" and o,
+        timeout=90,
+        message="the standby to finish the drain",
+    )
+    assert done["state"] == "SUCCEEDED", done
+    final = fleet.wait_running("web", 8) + fleet.wait_running("pinned", 1)
+    assert not [i for i in final if i.host == "host-1"]
+    replaced = Counter(i.raw.get("replaces", "") for i in final)
+    assert {x: replaced[x] for x in moving} == dict.fromkeys(moving, 1)
+    print(f"standby leading {took_over_s:.1f} s after kill -9 of the leader")
