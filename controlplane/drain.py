@@ -354,15 +354,19 @@ class _Acts:
             return None
         host = placement.hosts[0]
         if commit:
-            replacement = _replacement_view(w.view, inst, host)
+            replacement = pending_view(w.view, f"{inst.id}>{host}", host, replaces=inst.id)
             w.started.append(replacement)
             self.placed[host] = usage.get(host, HostUsage()).plus(replacement)
         return host
 
 
-def _replacement_view(w: WorkloadView, inst: InstanceRecord, host: str) -> InstanceView:
+def pending_view(
+    w: WorkloadView, instance_id: str, host: str, *, replaces: str = ""
+) -> InstanceView:
+    """An instance of the workload's current generation about to start on `host` (desired
+    RUNNING, not yet reported), replacing `replaces` if given: what a plan counts it as."""
     return InstanceView(
-        id=f"{inst.id}>{host}",
+        id=instance_id,
         workload=w.name,
         generation=w.generation,
         host=host,
@@ -370,7 +374,7 @@ def _replacement_view(w: WorkloadView, inst: InstanceRecord, host: str) -> Insta
         resources=w.resources,
         phase=Phase.PENDING,
         ready=False,
-        replaces=inst.id,
+        replaces=replaces,
     )
 
 

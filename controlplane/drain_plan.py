@@ -19,7 +19,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from controlplane.drain import Blocker, DrainFleet, MoveKind, Options, Step, plan_step
+from controlplane.drain import (
+    Blocker,
+    DrainFleet,
+    MoveKind,
+    Options,
+    Step,
+    pending_view,
+    plan_step,
+)
 from controlplane.fleet_index import InstanceRecord
 from controlplane.scheduler import NO_USAGE, HostUsage, place
 from controlplane.view import HostView, InstanceView
@@ -232,17 +240,7 @@ class _Simulation:
         w = self.fleet.workloads[workload]
         self.seq += 1
         record = InstanceRecord(
-            view=InstanceView(
-                id=f"{workload}-planned-{self.seq}",
-                workload=workload,
-                generation=w.generation,
-                host=host,
-                desired=Desired.RUNNING,
-                resources=w.resources,
-                phase=Phase.PENDING,
-                ready=False,
-                replaces=replaces,
-            ),
+            view=pending_view(w, f"{workload}-planned-{self.seq}", host, replaces=replaces),
             desired_changed_at=self._now(),
             unconverged_since=self._now(),
             observed=False,
