@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 import asyncpg
+from plans import all_hosts
 
 from controlplane.heartbeats import HeartbeatWriter
 from controlplane.hosts import Beat
@@ -131,8 +132,7 @@ async def test_only_the_hosts_current_open_stream_heartbeats(store: Store) -> No
     await store.pool.execute("UPDATE host SET last_heartbeat = now() - interval '10 seconds'")
 
     async def beats() -> dict[str, tuple[object, bool]]:
-        hosts = [await store.get_host(name) for name in ("h1", "h2")]
-        return {h.name: (h.last_heartbeat, h.connected) for h in hosts}
+        return {h.name: (h.last_heartbeat, h.connected) for h in await all_hosts(store)}
 
     before = await beats()
     assert await store.write_heartbeats([("h1", "s-h1"), ("h2", "s-h2")]) == []
