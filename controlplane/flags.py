@@ -80,6 +80,11 @@ DURATION_FLAGS = (
     ("--db-probe-timeout", "db_probe_timeout_s", "a probe slower than this: FleetService down"),
     ("--log-wait", "log_wait_s", "keelctl logs: how long the agent gets to answer"),
     (
+        "--log-relay-lease",
+        "log_relay_lease_s",
+        "keelctl logs relayed from another replica: how often a follow renews its lease",
+    ),
+    (
         "--loop-probe-interval",
         "loop_probe_interval_s",
         "how often the event loop's lateness is sampled (keel_event_loop_lag_seconds)",

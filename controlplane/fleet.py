@@ -6,7 +6,8 @@ problem is INVALID_ARGUMENT naming the field and the rule, an unknown name NOT_F
 it, the database away UNAVAILABLE). Request fields are checked and rows presented in
 `controlplane.convert`; lists are paged (`controlplane.paging`) and read, like every operator
 read, from Postgres through `controlplane.listing`, never from the leader's cache (any replica
-answers); logs come from the host's agent through `controlplane.logrelay`.
+answers); logs come from the host's agent through `controlplane.logrelay`, or through
+`controlplane.logbus` from the replica that holds the host's stream.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from controlplane import convert, operation_convert, paging
 from controlplane.actor import actor_of
 from controlplane.cache import FleetCache
 from controlplane.errors import FailedPrecondition, InvalidArgument
+from controlplane.logbus import LogBus
 from controlplane.logrelay import LogRelay
 from controlplane.operations_api import OperationsApi, OperationWatch
 from controlplane.status import StatusStore
@@ -46,6 +48,7 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         status: StatusStore,
         logs: LogRelay,
         log_wait_s: float,
+        logs_elsewhere: LogBus | None = None,
         cache: FleetCache | None = None,
         watch: OperationWatch | None = None,
         watch_poll_s: float = 2.0,
@@ -55,6 +58,7 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         self._status = status
         self._logs = logs
         self._log_wait_s = log_wait_s
+        self._logs_elsewhere = logs_elsewhere
         self._cache = cache
         self._watch = watch or OperationWatch()
         self._watch_poll_s = watch_poll_s
@@ -210,14 +214,21 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         wait_s = self._log_wait_s
         if remaining is not None:
             wait_s = max(0.1, min(wait_s, remaining * 0.8))
-        chunks = self._logs.fetch(
-            host.name,
-            inst.id,
-            tail_lines=tail,
-            follow=request.follow,
-            wait_s=wait_s,
-            last_heartbeat=host.last_heartbeat,
-        )
+        chunks: AsyncIterator[types_pb2.LogChunk]
+        elsewhere = self._logs_elsewhere
+        if host.connected and elsewhere is not None and not self._logs.holds(host.name):
+            chunks = elsewhere.fetch(
+                host.name, inst.id, tail_lines=tail, follow=request.follow, wait_s=wait_s
+            )
+        else:
+            chunks = self._logs.fetch(
+                host.name,
+                inst.id,
+                tail_lines=tail,
+                follow=request.follow,
+                wait_s=wait_s,
+                last_heartbeat=host.last_heartbeat,
+            )
         async for chunk in chunks:
             if chunk.error:
                 raise FailedPrecondition(chunk.error)

@@ -2,7 +2,8 @@
 
 `keel_host` notifications wake the Sync stream of that host; `keel_workload` ones go to the
 leader's cache (`controlplane.cache`), which reads what changed and wakes the controllers;
-`keel_operation` ones wake the operation's watchers and the drain controller. The
+`keel_operation` ones wake the operation's watchers and the drain controller; `keel_logs`
+ones carry log requests and chunks between replicas (`controlplane.logbus`). The
 connection is re-made with back-off if it drops, and everything is woken (and read) again
 then, since notifications sent meanwhile are lost.
 """
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
+from controlplane.sql import LOGS_CHANNEL
 from controlplane.store import HOST_CHANNEL, OPERATION_CHANNEL, WORKLOAD_CHANNEL
 
 log = structlog.get_logger("keel.listener")
@@ -31,12 +33,14 @@ class Listener:
         on_workload: Callable[[str], None],
         on_reconnect: Callable[[], None],
         on_operation: Callable[[str], None] = lambda op: None,
+        on_logs: Callable[[str], None] = lambda payload: None,
     ) -> None:
         self._url = database_url
         self._on_host = on_host
         self._on_workload = on_workload
         self._on_reconnect = on_reconnect
         self._on_operation = on_operation
+        self._on_logs = on_logs
 
     def _dispatch(self, conn: object, pid: int, channel: str, payload: object) -> None:
         assert isinstance(payload, str)
@@ -46,6 +50,8 @@ class Listener:
             self._on_workload(payload)
         elif channel == OPERATION_CHANNEL:
             self._on_operation(payload)
+        elif channel == LOGS_CHANNEL:
+            self._on_logs(payload)
 
     async def run(self) -> None:
         delay = 0.2
@@ -59,6 +65,7 @@ class Listener:
                 await conn.add_listener(HOST_CHANNEL, self._dispatch)
                 await conn.add_listener(WORKLOAD_CHANNEL, self._dispatch)
                 await conn.add_listener(OPERATION_CHANNEL, self._dispatch)
+                await conn.add_listener(LOGS_CHANNEL, self._dispatch)
                 if not first:
                     log.info("listening again; waking every stream and controller")
                     self._on_reconnect()

@@ -5,15 +5,16 @@ and yields the LogChunks the agent sends back (the messages are built in `conver
 here by request id (`deliver`, called by
 `controlplane.sync`). The streams are reached through `Streams`, a two-method view of
 `sync.StreamRegistry` passed at construction, so this module imports nothing of sync. Only the
-replica holding the host's stream can relay; a disconnected or silent agent is named in a
-clear error, never blamed on the control plane.
+replica holding the host's stream relays from it; another replica asks that one through
+`controlplane.logbus`. A disconnected or silent agent is named in a clear error, never
+blamed on the control plane.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -55,7 +56,7 @@ class LogRelay:
         follow: bool,
         wait_s: float,
         last_heartbeat: datetime | None = None,
-    ) -> AsyncIterator[types_pb2.LogChunk]:
+    ) -> AsyncGenerator[types_pb2.LogChunk, None]:
         """The instance's log chunks; an error chunk names the agent when it cannot answer.
 
         wait_s bounds the wait for the agent's first chunk (and every chunk unless following:
@@ -106,6 +107,10 @@ class LogRelay:
                 live = self._streams.get(host)
                 if live is not None:
                     live.send(convert.log_cancel_pb(rid))
+
+    def holds(self, host: str) -> bool:
+        """Whether the host's stream is open on this replica."""
+        return self._streams.get(host) is not None
 
     def deliver(self, chunk: types_pb2.LogChunk) -> None:
         entry = self._pending.get(chunk.request_id)

@@ -38,6 +38,7 @@ from controlplane.interceptors import ObservabilityInterceptor
 from controlplane.leader import Leadership
 from controlplane.listener import Listener
 from controlplane.liveness import LivenessController, Timings
+from controlplane.logbus import LogBus, publisher
 from controlplane.logrelay import LogRelay
 from controlplane.metrics import Metrics, serve_metrics
 from controlplane.operations_api import OperationWatch
@@ -228,12 +229,15 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         watch.changed(op)
         drains.add(op)
 
+    logs = LogRelay(registry)
+    logs_elsewhere = LogBus(logs, publish=publisher(store.pool), lease_s=settings.log_relay_lease_s)
     listener = Listener(
         url,
         on_host=registry.wake,
         on_workload=cache.notified,
         on_reconnect=wake_everything,
         on_operation=operation_changed,
+        on_logs=logs_elsewhere.received,
     )
     leadership = Leadership(
         store,
@@ -249,13 +253,13 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         interceptors=[ObservabilityInterceptor(metrics=metrics)],
         options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
     )
-    logs = LogRelay(registry)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(
         FleetApi(
             store,
             status=status,
             logs=logs,
             log_wait_s=settings.log_wait_s,
+            logs_elsewhere=logs_elsewhere,
             cache=cache,
             watch=watch,
             watch_poll_s=settings.watch_poll_s,
@@ -337,6 +341,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     for name in ("", AGENT_SERVICE, FLEET_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     registry.stop()  # agent streams end now; unary calls get the grace
+    logs_elsewhere.stop()
     await server.stop(settings.shutdown_grace_s)
     if not await reports.flush(settings.shutdown_grace_s):
         log.warning("stopped with reports unwritten; agents resend them on reconnect")

@@ -54,6 +54,9 @@ class Settings:
     # keelctl logs: how long the agent gets to send the first chunk (bounded by the caller's
     # deadline too, so a silent agent is named before the caller gives up).
     log_wait_s: float = 30.0
+    # keelctl logs through a replica that does not hold the host's stream: a following
+    # request renews its lease on the holder this often (the holder stops after 3 misses).
+    log_relay_lease_s: float = 10.0
     # A running drain is looked at again at least this often (and at once when an instance it
     # moves changes).
     drain_interval_s: float = 1.0

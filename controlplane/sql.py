@@ -41,6 +41,8 @@ WORKLOAD_CHANNEL = "keel_workload"
 # An operation's record changed (the payload is its id): watchers send it, the leader's drain
 # controller looks at it again.
 OPERATION_CHANNEL = "keel_operation"
+# Log requests and chunks between replicas (controlplane.logbus): JSON, one object each.
+LOGS_CHANNEL = "keel_logs"
 
 # A connection, whether held directly or borrowed from the pool.
 Conn = asyncpg.Connection | PoolConnectionProxy

@@ -373,10 +373,15 @@ class Fleet:
     # ----------------------------------------------------------------- keelctl
 
     def keelctl(
-        self, *args: str, json_output: bool = False, timeout: float = 30.0
+        self,
+        *args: str,
+        json_output: bool = False,
+        timeout: float = 30.0,
+        address: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Runs the real keelctl against this fleet; never raises on a non-zero exit."""
-        argv = [str(KEELCTL), "--controlplane", self.address]
+        """Runs the real keelctl against this fleet (or only the replica at `address`); never
+        raises on a non-zero exit."""
+        argv = [str(KEELCTL), "--controlplane", address or self.address]
         if json_output:
             argv += ["-o", "json"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}

@@ -7,8 +7,6 @@ own; each replica's `keel_leader` says which one leads.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import time
 from collections import Counter
@@ -19,79 +17,11 @@ from typing import Any
 import pytest
 from conftest import DatabaseFactory
 from harness import KEEL_CONTROLPLANE, Fleet, wait_for
-from procs import Proc
+from replicas import TwoReplicas
 
 pytestmark = pytest.mark.e2e
 
 FAST = ["--drain-interval", "300ms", "--leader-retry", "300ms"]
-
-
-class TwoReplicas(Fleet):
-    """The harness's fleet with a second control-plane replica on the same database; agents
-    and keelctl get both addresses."""
-
-    def start(self) -> None:
-        self._start_cp(listen="127.0.0.1:0")
-        first = self.address
-        state = self.root / "controlplane-b"
-        state.mkdir(exist_ok=True)
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-        argv = list(self._cp.argv)
-        argv[argv.index("--state-dir") + 1] = str(state)
-        argv[argv.index("--listen") + 1] = "127.0.0.1:0"
-        self.second = Proc("controlplane-b", argv, self.logs / "controlplane-b.log", base_env)
-        self.second.start()
-        second = wait_for(
-            lambda: _grpc_address(state / "addresses.json"),
-            timeout=self.start_timeout,
-            message="the second replica's address",
-        )
-        self.replicas = {first: (self._cp, self.cp_state), second: (self.second, state)}
-        self.address = f"{first},{second}"
-        for agent in self._agents.values():
-            agent.argv[agent.argv.index("--controlplane") + 1] = self.address
-        for i in self._agents:
-            self.start_agent(i)
-        self.wait_hosts_ready()
-
-    def close(self) -> None:
-        second = getattr(self, "second", None)
-        if second is not None:
-            second.stop()
-        super().close()
-
-    def leader(self) -> str | None:
-        """The gRPC address of the replica whose keel_leader is 1."""
-        for address, (proc, state) in self.replicas.items():
-            if not proc.running():
-                continue
-            try:
-                metrics = _scrape(json.loads((state / "addresses.json").read_text())["metrics"])
-            except (OSError, ValueError, KeyError):
-                continue
-            if metrics.get("keel_leader") == 1:
-                return address
-        return None
-
-
-def _grpc_address(path: Path) -> str | None:
-    try:
-        return str(json.loads(path.read_text())["grpc"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _scrape(address: str) -> dict[str, float]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
 
 
 @pytest.fixture

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from waiting import eventually
 
 from agent.health import always_healthy
 from agent.outcome import Outbox
@@ -75,14 +75,6 @@ class Servicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
 
     def ended(self, rid: str) -> bool:
         return any(c.eof for c in self.of(rid))
-
-
-async def eventually(cond: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import grpc
 import psutil
 import pytest
+from waiting import eventually
 
 from agent.main import main
 from keel.convert import spec_to_pb
@@ -63,14 +64,6 @@ class Servicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     def running_pid(self) -> int:
         running = [s for s in self.statuses if s.phase == types_pb2.PHASE_RUNNING]
         return running[-1].pid if running else 0
-
-
-async def eventually(cond: Callable[[], bool], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.05)
 
 
 def alive(pid: int) -> bool:

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import grpc
 import psutil
 import pytest
+from waiting import eventually
 
 from agent.metrics import NAMES
 from keel.convert import spec_to_pb
@@ -88,14 +88,6 @@ class Servicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     def last(self, iid: str) -> types_pb2.InstanceStatus | None:
         mine = [s for s in self.statuses if s.instance_id == iid]
         return mine[-1] if mine else None
-
-
-async def eventually(cond: Callable[[], bool], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from waiting import eventually
 
 from agent.errors import StartFailed
 from agent.health import probe
@@ -29,15 +30,6 @@ PY = sys.executable
 
 def spec(code: str, *args: str, **kw: object) -> WorkloadSpec:
     return WorkloadSpec(command=(PY, "-c", code, *args), **kw)  # type: ignore[arg-type]
-
-
-async def eventually(cond: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait until `cond` holds, or fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.02)
 
 
 def alive(pid: int) -> bool:
