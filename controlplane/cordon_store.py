@@ -19,6 +19,7 @@ from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.hosts import HostRow, HostStore
 from controlplane.scheduler import format_selector
 from controlplane.sql import WORKLOAD_CHANNEL, Conn
+from keel.text import first_of
 
 # How many host names a message lists before it says "and N more".
 _MESSAGE_HOSTS = 10
@@ -163,6 +164,4 @@ async def _record(conn: Conn, hosts: Sequence[str], kind: str, message: str, *, 
 
 
 def _names(names: Sequence[str]) -> str:
-    shown = ", ".join(f'"{n}"' for n in names[:_MESSAGE_HOSTS])
-    more = len(names) - _MESSAGE_HOSTS
-    return f"{shown} and {more} more" if more > 0 else shown
+    return first_of([f'"{n}"' for n in names], _MESSAGE_HOSTS)

@@ -36,6 +36,7 @@ from controlplane.sql import (
 from controlplane.view import StuckState
 from controlplane.workload_store import WorkloadRow, stuck_state
 from keel.model import Desired, Kind, Phase, WorkloadSpec, converged
+from keel.text import first_of
 
 
 @dataclass(frozen=True)
@@ -131,11 +132,6 @@ _LIST_WHERE = {
 
 # How many instance ids an event names before it says "and N more" (a pass may remove 1,000).
 _EVENT_IDS = 10
-
-
-def _some(ids: Sequence[str]) -> str:
-    shown = ", ".join(ids[:_EVENT_IDS])
-    return shown if len(ids) <= _EVENT_IDS else f"{shown} and {len(ids) - _EVENT_IDS} more"
 
 
 def change_clock(kind: Kind, *, workload_changed_at: datetime, host_since: datetime) -> datetime:
@@ -380,7 +376,7 @@ class InstanceStore:
             if created:
                 parts.append(f"placed {len(created)} on {', '.join(sorted(set(create_on)))}")
             if remove:
-                parts.append(f"removing {_some(sorted(remove))}")
+                parts.append(f"removing {first_of(sorted(remove), _EVENT_IDS)}")
             if parts:
                 await record_event(
                     conn, f"workload/{w.name}", "WorkloadReconciled", "; ".join(parts)

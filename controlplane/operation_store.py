@@ -35,9 +35,11 @@ from controlplane.sql import (
     bump_versions,
     check_epoch,
     decode_each,
+    notify,
     record_event,
     workload_payload,
 )
+from keel.text import first_of
 
 # `keelctl ops --all` lists at most this many, newest first.
 MAX_LISTED = 1000
@@ -72,13 +74,8 @@ def operation_row(r: asyncpg.Record) -> OperationRow:
     )
 
 
-def _hosts_text(hosts: Sequence[str]) -> str:
-    shown = ", ".join(hosts[:10])
-    return shown + (f" and {len(hosts) - 10} more" if len(hosts) > 10 else "")
-
-
-async def _notify(conn: Conn, op: str) -> None:
-    await conn.execute("SELECT pg_notify($1, $2)", OPERATION_CHANNEL, op)
+# Hosts named in a message, at most.
+_MESSAGE_HOSTS = 10
 
 
 class OperationStore:
@@ -112,8 +109,9 @@ class OperationStore:
             if running:
                 op = running[0]
                 overlap = sorted(set(op["hosts"]) & set(hosts))
+                named = first_of(overlap, _MESSAGE_HOSTS)
                 raise FailedPrecondition(
-                    f"{_hosts_text(overlap)} {'is' if len(overlap) == 1 else 'are'} being "
+                    f"{named} {'is' if len(overlap) == 1 else 'are'} being "
                     f"drained by {op['id']} (keelctl op get {op['id']}); drain the other hosts "
                     "on their own, or cancel it first; nothing was changed"
                 )
@@ -143,10 +141,10 @@ class OperationStore:
                 conn,
                 f"operation/{op_id}",
                 "DrainRequested",
-                f"drain of {_hosts_text(hosts)}{why}",
+                f"drain of {first_of(hosts, _MESSAGE_HOSTS)}{why}",
                 actor=actor,
             )
-            await _notify(conn, op_id)
+            await notify(conn, OPERATION_CHANNEL, [op_id])
             return operation_row(row), True
 
     async def get_operation(self, op_id: str) -> OperationRow:
@@ -200,7 +198,7 @@ class OperationStore:
             if uncordon:
                 await select_hosts(conn, op.hosts, {})  # locks them, in name order
                 await uncordon_hosts(conn, op.hosts, actor=actor)
-            await _notify(conn, op_id)
+            await notify(conn, OPERATION_CHANNEL, [op_id])
             return operation_row(row)
 
     # -- the drain controller's writes --------------------------------------------------------
@@ -266,7 +264,7 @@ class OperationStore:
                 await record_event(conn, f"operation/{op_id}", kind, text, actor=actor)
             if state is OperationState.FAILED:
                 await release_moves(conn, hosts)
-            await _notify(conn, op_id)
+            await notify(conn, OPERATION_CHANNEL, [op_id])
             return operation_row(row)
 
     async def mark_drained(self, op_id: str, hosts: Sequence[str], *, epoch: int | None) -> None:
