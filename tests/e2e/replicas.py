@@ -55,16 +55,20 @@ class TwoReplicas(Fleet):
 
     def leader(self) -> str | None:
         """The gRPC address of the replica whose keel_leader is 1."""
-        for address, (proc, state) in self.replicas.items():
-            if not proc.running():
-                continue
-            try:
-                metrics = _scrape(json.loads((state / "addresses.json").read_text())["metrics"])
-            except (OSError, ValueError, KeyError):
-                continue
-            if metrics.get("keel_leader") == 1:
+        for address in self.replicas:
+            if self.replica_metrics(address).get("keel_leader") == 1:
                 return address
         return None
+
+    def replica_metrics(self, address: str) -> dict[str, float]:
+        """The replica's /metrics, parsed; empty if it is not running or not answering."""
+        proc, state = self.replicas[address]
+        if not proc.running():
+            return {}
+        try:
+            return _scrape(json.loads((state / "addresses.json").read_text())["metrics"])
+        except (OSError, ValueError, KeyError):
+            return {}
 
 
 def _grpc_address(path: Path) -> str | None:
