@@ -25,6 +25,15 @@ CANONICAL = {
 }
 
 
+class WatchLost(Exception):
+    """The replica serving an operation's watch went away mid-stream: keelctl watches it on
+    another replica (the operation itself lives in Postgres and goes on)."""
+
+    def __init__(self, op_id: str) -> None:
+        super().__init__(op_id)
+        self.op_id = op_id
+
+
 class CtlError(Exception):
     """keelctl cannot run the command as given (a usage error, exit status 2)."""
 

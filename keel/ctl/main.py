@@ -25,7 +25,7 @@ import grpc
 
 from keel import traceconfig
 from keel.ctl import observe
-from keel.ctl.args import DEFAULT_CONTROLPLANE, CtlError, build_parser
+from keel.ctl.args import DEFAULT_CONTROLPLANE, CtlError, WatchLost, build_parser
 from keel.ctl.commands import Context, cmd_apply, cmd_delete, cmd_describe, cmd_get
 from keel.spec import format_duration
 from keel.v1 import fleet_pb2_grpc
@@ -105,6 +105,11 @@ def _operations() -> Any:
     return operations
 
 
+# A watch cut off mid-stream is taken up on another replica at most this many times (a
+# replica that accepts streams and dies at once must not keep keelctl looping).
+_WATCH_RESUMES = 5
+
+
 def addresses_of(text: str) -> list[str]:
     """`--controlplane` as a list: one address, or several comma-separated (replicas)."""
     return [a.strip() for a in text.split(",") if a.strip()] or [DEFAULT_CONTROLPLANE]
@@ -129,15 +134,40 @@ def _run(args: argparse.Namespace, *, interceptors: Sequence[Any] = ()) -> int:
     except CtlError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    # Replicas in the order given: the next is tried only when a call could not reach one.
-    for n, address in enumerate(addresses):
+    # Replicas in the order given: the next is tried only when a call could not reach one. A
+    # watch cut off mid-stream goes on as `op watch` on the replicas after that one, then the
+    # ones before it (the same one last: it may be back), each once.
+    order = list(addresses)
+    n = resumed = 0
+    while n < len(order):
+        address = order[n]
         try:
             return _run_on(args, address, manifest, interceptors)
+        except WatchLost as lost:
+            resumed += 1
+            if resumed > _WATCH_RESUMES:
+                print(
+                    f"error: lost the control plane at {address} while watching "
+                    f"{lost.op_id}, {_WATCH_RESUMES} times; it goes on: "
+                    f"keelctl op watch {lost.op_id}",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+            print(
+                f"lost the control plane at {address} while watching {lost.op_id}; "
+                "watching it on another replica",
+                file=sys.stderr,
+            )
+            args.command, args.op_command, args.id = "op", "watch", lost.op_id
+            i = addresses.index(address)
+            order = order[: n + 1] + addresses[i + 1 :] + addresses[: i + 1]
         except grpc.RpcError as e:
-            if cannot_connect(e) and n + 1 < len(addresses):
-                continue
-            print(rpc_error_line(e, address=address, timeout=args.timeout), file=sys.stderr)
-            return EXIT_ERROR
+            if not (cannot_connect(e) and n + 1 < len(order)):
+                print(rpc_error_line(e, address=address, timeout=args.timeout), file=sys.stderr)
+                if args.command == "op" and args.op_command == "watch":
+                    print(f"it goes on: keelctl op watch {args.id}", file=sys.stderr)
+                return EXIT_ERROR
+        n += 1
     return EXIT_ERROR
 
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import grpc
+
 from keel.convert import from_ts
 from keel.ctl import operation_output, output, progress
+from keel.ctl.args import WatchLost
 from keel.ctl.hostops import selection
 from keel.v1 import fleet_pb2
 
@@ -90,7 +93,8 @@ def cmd_op(ctx: Any) -> str | int:
 
 
 def watch(ctx: Any, op_id: str) -> int:
-    """Follows the operation until it ends; 0 if it succeeded, 1 otherwise."""
+    """Follows the operation until it ends; 0 if it succeeded, 1 otherwise. A stream cut off
+    by its replica going away raises WatchLost, so keelctl goes on watching on another."""
     stream = ctx.stub.WatchOperation(fleet_pb2.WatchOperationRequest(id=op_id), timeout=None)
     last = None
     view = progress.view(json=ctx.json)
@@ -99,6 +103,10 @@ def watch(ctx: Any, op_id: str) -> int:
             for op in stream:
                 last = op
                 view.update(op, now=from_ts(op.created_at))
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        raise WatchLost(op_id) from e
     except KeyboardInterrupt:
         stream.cancel()
         print(
