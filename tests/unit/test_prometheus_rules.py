@@ -325,6 +325,12 @@ REQUIRED_PANELS = [
     ("grpc", "requests"),
     ("grpc", "error"),
     ("grpc", "latency"),
+    ("operations by state",),
+    ("drains", "remaining", "blocked"),
+    ("drains", "eta"),
+    ("drain moves",),
+    ("drains finished on time",),
+    ("event loop lag",),
 ]
 
 
