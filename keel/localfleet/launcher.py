@@ -245,13 +245,13 @@ def run(
             return 0
 
         applied_at = time.monotonic()
-        result = _keelctl(listen, "apply", "-f", str(workload))
+        result = _keelctl(every, "apply", "-f", str(workload))
         if result.returncode != 0:
             raise LocalFleetError(f"keelctl apply -f {workload} failed: {result.stderr.strip()}")
         print(result.stdout.strip(), flush=True)
 
         def all_running() -> bool:
-            running, desired = _running(listen, name)
+            running, desired = _running(every, name)
             return desired > 0 and running >= desired
 
         if _wait(
@@ -261,10 +261,10 @@ def run(
             stop=stop,
             children=[*planes, *agents],
         ):
-            running, _ = _running(listen, name)
+            running, _ = _running(every, name)
             elapsed = time.monotonic() - applied_at
             print(f"{name}: {running} replicas RUNNING {elapsed:.1f}s after apply", flush=True)
-        print(_banner(listen, state_dir, logs, name, replicas), flush=True)
+        print(_banner(every, state_dir, logs, name, replicas), flush=True)
 
         reported: set[str] = set()
         while not stop.requested:

@@ -1,0 +1,102 @@
+"""End-to-end: `make run REPLICAS=2` as a newcomer runs it (`python -m keel.localfleet`).
+
+The local fleet starts two control-plane replicas on one embedded Postgres and three agents,
+applies the example workload, and prints how to reach it; the commands it prints, run as
+printed, list the three hosts READY; exactly one replica leads; Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from harness import wait_for
+from procs import Proc, kill_processes_mentioning
+
+from keel.localfleet.launcher import CONTROLPLANE_METRICS, REPLICA_METRICS_BASE_PORT
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _two_free_ports() -> int:
+    """A port p with p and p+1 free (the replicas listen on PORT, PORT+1)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports on loopback")
+
+
+def _leader(metrics: str) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("keel_leader "):
+            return float(line.split()[1])
+    return None
+
+
+def test_make_run_with_two_replicas_prints_commands_that_reach_the_fleet(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "keel"
+    port = _two_free_ports()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    argv = [sys.executable, "-m", "keel.localfleet", "--state-dir", str(state),
+            "--listen", f"127.0.0.1:{port}", "--replicas", "2"]  # fmt: skip
+    fleet = Proc("localfleet", argv, tmp_path / "localfleet.log", env)
+    fleet.start()
+    try:
+        banner = wait_for(
+            lambda: "Ctrl-C stops the fleet" in (text := fleet.log.read_text()) and text,
+            timeout=240,
+            interval=0.5,
+            message=f"the local fleet's banner:\n{fleet.tail()}",
+        )
+        assert fleet.running()
+        # The lines an operator copies: the exports, then a keelctl command.
+        lines = [
+            line.strip() for line in banner.split("The local Keel fleet is up")[1].splitlines()
+        ]
+        setup = [line for line in lines if line.startswith("export ")]
+        get_hosts = next(line for line in lines if line.endswith("get hosts"))
+        assert f"127.0.0.1:{port},127.0.0.1:{port + 1}" in "\n".join(setup)
+        script = "\n".join([*setup, f"{get_hosts} -o json"])
+        result = subprocess.run(
+            ["sh", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
+            env=env, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        hosts = {h["name"]: h["state"] for h in json.loads(result.stdout)["hosts"]}
+        assert hosts == {"host-1": "READY", "host-2": "READY", "host-3": "READY"}
+        second_metrics = f"127.0.0.1:{REPLICA_METRICS_BASE_PORT}"
+        wait_for(
+            lambda: sorted([_leader(CONTROLPLANE_METRICS), _leader(second_metrics)]) == [0.0, 1.0],
+            timeout=30,
+            message="exactly one of the two replicas leading (keel_leader)",
+        )
+
+        fleet.signal_group(signal.SIGINT)
+        assert fleet.wait(90), fleet.tail()
+        assert "the local fleet has stopped" in fleet.log.read_text()
+    finally:
+        fleet.stop()
+        kill_processes_mentioning(str(state))
