@@ -117,6 +117,16 @@ def workloads_table(workloads: Iterable[pb.Workload], *, now: datetime) -> str:
     return table(["NAME", "KIND", "GEN", "DESIRED", "READY", "UPDATED", "AGE"], rows)
 
 
+def _schedulable(h: pb.Host, *, now: datetime) -> str:
+    """`yes`, or since when the host is cordoned (drained: its daemons stopped too), as
+    `kubectl get nodes` shows SchedulingDisabled; who and why are in `describe host`."""
+    if h.schedulable:
+        return "yes"
+    cordoned = from_ts(h.cordoned_at)
+    since = f" {age(cordoned, now=now)} ago" if cordoned is not None else ""
+    return f"no ({'drained' if h.drained else 'cordoned'}{since})"
+
+
 def hosts_table(hosts: Iterable[pb.Host], *, now: datetime) -> str:
     rows = []
     for h in hosts:
@@ -125,7 +135,7 @@ def hosts_table(hosts: Iterable[pb.Host], *, now: datetime) -> str:
             [
                 h.name,
                 h.state or NONE,
-                yes_no(h.schedulable),
+                _schedulable(h, now=now),
                 f"{format_cpu(h.allocated.cpu_millis)}/{format_cpu(h.capacity.cpu_millis)}",
                 f"{h.allocated.memory_mib}Mi/{h.capacity.memory_mib}Mi",
                 str(h.instances),

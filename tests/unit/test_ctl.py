@@ -200,11 +200,19 @@ def test_instance_without_a_report_shows_dashes() -> None:
 
 def test_hosts_table_shows_allocation_and_heartbeat() -> None:
     """The hosts table shows state, schedulability, cpu/memory allocated of capacity."""
-    hosts = [a_host(1), a_host(2, schedulable=False, state="NOT_READY", last_heartbeat=None)]
+    hosts = [
+        a_host(1),
+        a_host(2, schedulable=False, state="NOT_READY", last_heartbeat=None),
+        a_host(3, schedulable=False, cordoned_at=ts(NOW - timedelta(minutes=7))),
+        a_host(4, schedulable=False, cordoned_at=ts(NOW - timedelta(hours=2)), drained=True),
+    ]
     assert output.hosts_table(hosts, now=NOW) == (
-        "NAME    STATE      SCHEDULABLE  CPU(alloc/cap)  MEMORY       INSTANCES  HEARTBEAT\n"
-        "host-1  READY      yes          100m/4000m      64Mi/8192Mi  1          3s ago\n"
-        "host-2  NOT_READY  no           100m/4000m      64Mi/8192Mi  1          -"
+        "NAME    STATE      SCHEDULABLE           CPU(alloc/cap)  MEMORY       INSTANCES  "
+        "HEARTBEAT\n"
+        "host-1  READY      yes                   100m/4000m      64Mi/8192Mi  1          3s ago\n"
+        "host-2  NOT_READY  no (cordoned)         100m/4000m      64Mi/8192Mi  1          -\n"
+        "host-3  READY      no (cordoned 7m ago)  100m/4000m      64Mi/8192Mi  1          3s ago\n"
+        "host-4  READY      no (drained 2h ago)   100m/4000m      64Mi/8192Mi  1          3s ago"
     )
 
 
