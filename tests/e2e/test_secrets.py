@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import uuid
@@ -23,7 +24,9 @@ from pathlib import Path
 
 import pytest
 from conftest import DatabaseFactory
-from harness import Fleet
+from harness import Fleet, hold_for, wait_for
+from procs import process_alive
+from views import InstanceView
 
 pytestmark = pytest.mark.e2e
 
@@ -168,3 +171,49 @@ def test_a_secret_is_only_in_the_workloads_environment(traced_fleet: Fleet) -> N
     found = [(name, v[:12]) for name, text in outputs for v in values if v in text]
     assert not found, f"secret values found in: {found}"
     assert os.path.getsize(fleet.root / "traces" / "controlplane.jsonl") > 0
+
+
+def test_a_replica_without_the_key_fails_the_stream_and_disturbs_no_workload(
+    fleet: Fleet,
+) -> None:
+    """A control plane restarted with another key cannot open the stored value when it must
+    send it (here: a drain's replacement): that host's stream fails (counted, logged by
+    workload and key id, never the value) rather than go without it, and the running instance
+    is not disturbed. With the right key back the drain goes through."""
+    secret = f"key-test-{uuid.uuid4().hex}"
+    doc = fleet.manifest("db", replicas=1)
+    doc["spec"]["secret_env"] = {"DB_PASS": secret}  # type: ignore[index]
+    fleet.apply_ok(doc)
+    (before,) = fleet.wait_running("db", 1)
+    key = fleet.cp_state / "secret.key"
+    right_key = key.read_bytes()
+
+    key.unlink()  # the restarted control plane creates a key of its own
+    fleet.restart_cp()
+    fleet.wait_hosts_ready()
+    # The drain places a replacement elsewhere: its assignment needs the value opened.
+    fleet.keelctl_ok("drain", before.host)
+    wait_for(
+        lambda: fleet.metrics().get("keel_secret_open_failures_total", 0) > 0,
+        timeout=30,
+        message="the stored value refused by a replica without its key",
+    )
+    log = (fleet.logs / "controlplane.log").read_text()
+    assert "secret_env cannot be opened" in log and secret not in log
+    hold_for(
+        lambda: process_alive(before.pid),
+        duration=3,
+        message="the workload keeps running while the replacement's host's stream fails",
+    )
+
+    fleet.kill_cp(signal.SIGTERM)
+    key.write_bytes(right_key)
+    fleet.restart_cp()
+    fleet.wait_hosts_ready()
+
+    def moved() -> list[InstanceView] | None:
+        running = fleet.wait_running("db", 1)
+        return running if running[0].host != before.host else None
+
+    (after,) = wait_for(moved, timeout=60, message="the drain's replacement running")
+    assert environ(after.pid)["DB_PASS"] == secret
