@@ -179,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
     m = sub.add_parser("migrate", help="move the schema up or down explicitly")
     m.add_argument("--to", type=int, default=None, help="target version (default: newest)")
+    sub.add_parser(
+        "reseal-secrets",
+        help="seal every stored secret_env value again with the first key of the key file "
+        "(key rotation: runbooks/secret-key.md)",
+    )
     return p
 
 

@@ -26,7 +26,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane import looplag, migrate, secrets
+from controlplane import looplag, migrate, reseal, secrets
 from controlplane.cache import FleetCache
 from controlplane.db import redact, resolve_database_url
 from controlplane.drainer import DrainController, DrainTimings
@@ -76,6 +76,28 @@ async def run_migrate(args: argparse.Namespace) -> int:
         await conn.close()
     print(f"schema at version {after} (was {before})")
     return 0
+
+
+async def run_reseal(args: argparse.Namespace) -> int:
+    key_file = args.secret_key_file or args.state_dir / secrets.KEY_FILE
+    if not key_file.exists():
+        # Never create a key here: sealing everything with a key no replica has would lock
+        # every replica out of every value.
+        raise secrets.SecretKeyError(f"no secret key file at {key_file}")
+    box = await asyncio.to_thread(secrets.load_or_create, key_file, on_open_failure=lambda: None)
+    url = await resolve_database_url(args.database_url, args.state_dir)
+    pool = await create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            done = await reseal.reseal(conn, box)
+    finally:
+        await pool.close()
+    print(
+        f"resealed with key {box.sealing_key_id}: {done.workloads} workloads, "
+        f"{done.instances} instances"
+        + (f"; {done.skipped} changed meanwhile, run again" if done.skipped else "")
+    )
+    return 1 if done.skipped else 0
 
 
 async def _probe_database(
@@ -370,6 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "migrate":
             code = uvloop.run(run_migrate(args))
+        elif args.command == "reseal-secrets":
+            code = uvloop.run(run_reseal(args))
         else:
             tracing.configure_tracing(
                 "keel-controlplane",

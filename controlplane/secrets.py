@@ -15,7 +15,8 @@ The associated data binds each text to its workload and variable: a text copied 
 row does not open. What a dump shows is only whether a value changed between revisions.
 
 The key file holds one key per line (base64); the first seals, every one opens, so a key can be
-rotated (runbooks/secret-key.md). Each sealed text names the key that sealed it.
+rotated (`controlplane.reseal` rewrites the stored texts; runbooks/secret-key.md). Each sealed
+text names the key that sealed it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,63 @@
+"""`keel-controlplane reseal-secrets`: every stored secret_env value sealed again with the
+sealing key (the first line of the key file), the step of a key rotation that lets the old key
+go (runbooks/secret-key.md).
+
+Neighbours: `controlplane.secrets` opens and seals; `controlplane.main` runs this as a
+subcommand, beside `migrate`. Each workload and instance row whose spec holds a value sealed
+with another key is rewritten, and nothing else moves: no generation, version or revision, so
+no workload rolls and no agent hears of it (the values themselves are the same). A row is
+rewritten only while it still holds the spec that was read, so an apply running meanwhile wins.
+The leader's cache keeps the texts it read until its replicas restart; they still open, as long
+as the old key stays in the file until then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controlplane.secrets import SecretBox
+from controlplane.sql import Conn
+from keel.model import WorkloadSpec
+
+# Rows that hold a sealed value (written only by SecretBox.seal, which always names its key).
+_WORKLOADS = "SELECT name, spec FROM workload WHERE spec ? 'secret_env'"
+_INSTANCES = "SELECT id, workload, spec FROM instance WHERE spec ? 'secret_env'"
+_SET_WORKLOAD = "UPDATE workload SET spec = $3 WHERE name = $1 AND spec = $2"
+_SET_INSTANCE = "UPDATE instance SET spec = $3 WHERE id = $1 AND spec = $2"
+
+
+@dataclass(frozen=True)
+class Resealed:
+    workloads: int
+    instances: int
+    skipped: int  # changed by someone else while this ran: run again
+
+
+async def reseal(conn: Conn, box: SecretBox) -> Resealed:
+    """Reseals every stored value not sealed with the box's sealing key; raises
+    SecretsUnopenable (naming the row and the key) for a value no key in the file opens."""
+    counts = {"workload": 0, "instance": 0, "skipped": 0}
+    for r in await conn.fetch(_WORKLOADS):
+        await _one(conn, box, _SET_WORKLOAD, r["name"], r["name"], r["spec"], "workload", counts)
+    for r in await conn.fetch(_INSTANCES):
+        await _one(conn, box, _SET_INSTANCE, r["id"], r["workload"], r["spec"], "instance", counts)
+    return Resealed(counts["workload"], counts["instance"], counts["skipped"])
+
+
+async def _one(
+    conn: Conn,
+    box: SecretBox,
+    statement: str,
+    key: str,
+    workload: str,
+    stored: dict[str, object],
+    table: str,
+    counts: dict[str, int],
+) -> None:
+    spec = WorkloadSpec.from_json(stored)
+    # Deterministic sealing: a value already sealed with the sealing key comes back the same.
+    again = box.seal(workload, box.open(workload, spec)).to_json()
+    if again == stored:
+        return
+    status = await conn.execute(statement, key, stored, again)
+    counts[table if status.endswith(" 1") else "skipped"] += 1
