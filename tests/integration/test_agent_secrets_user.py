@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from test_agent_process import reap, reconciler, settle, spec  # noqa: F401 (reap: a fixture)
 
+from agent.health import probe
+from agent.runtime.base import FIXED_PATH
 from agent.state import Assignment
-from keel.model import Desired, SecretValue, WorkloadSpec
+from keel.model import Desired, HealthCheck, SecretValue, WorkloadSpec
 from keel.stuck import Reason
 
 SECRET = "s3cret-value-for-agent-test"
@@ -120,3 +122,15 @@ async def test_a_missing_secret_file_is_start_failed_naming_it(
         assert f"secret_env.DB_PASS: cannot read {missing}" in message
     finally:
         await rec.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="probing as another user needs root")
+async def test_an_exec_probe_runs_as_the_workloads_user() -> None:
+    """The health check's command runs as spec.user, like the command it checks."""
+    uid = pwd.getpwnam("nobody").pw_uid
+    check = HealthCheck(exec=("/bin/sh", "-c", f'test "$(id -u)" = {uid}'))
+    env = {"PATH": FIXED_PATH}
+    assert (await probe(check, ports={}, env=env, timeout_s=10, user="nobody")).ok
+    assert not (await probe(check, ports={}, env=env, timeout_s=10)).ok
+    missing = await probe(check, ports={}, env=env, timeout_s=10, user="no-such-user-keel")
+    assert not missing.ok and "'no-such-user-keel' (spec.user) does not exist" in missing.message
