@@ -78,28 +78,6 @@ async def run_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def run_reseal(args: argparse.Namespace) -> int:
-    key_file = args.secret_key_file or args.state_dir / secrets.KEY_FILE
-    if not key_file.exists():
-        # Never create a key here: sealing everything with a key no replica has would lock
-        # every replica out of every value.
-        raise secrets.SecretKeyError(f"no secret key file at {key_file}")
-    box = await asyncio.to_thread(secrets.load_or_create, key_file, on_open_failure=lambda: None)
-    url = await resolve_database_url(args.database_url, args.state_dir)
-    pool = await create_pool(url, min_size=1, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            done = await reseal.reseal(conn, box)
-    finally:
-        await pool.close()
-    print(
-        f"resealed with key {box.sealing_key_id}: {done.workloads} workloads, "
-        f"{done.instances} instances"
-        + (f"; {done.skipped} changed meanwhile, run again" if done.skipped else "")
-    )
-    return 1 if done.skipped else 0
-
-
 async def _probe_database(
     store: Store,
     health_servicer: health.aio.HealthServicer,
@@ -393,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "migrate":
             code = uvloop.run(run_migrate(args))
         elif args.command == "reseal-secrets":
-            code = uvloop.run(run_reseal(args))
+            code = uvloop.run(reseal.run(args))
         else:
             tracing.configure_tracing(
                 "keel-controlplane",

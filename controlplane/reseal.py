@@ -2,7 +2,7 @@
 sealing key (the first line of the key file), the step of a key rotation that lets the old key
 go (runbooks/secret-key.md).
 
-Neighbours: `controlplane.secrets` opens and seals; `controlplane.main` runs this as a
+Neighbours: `controlplane.secrets` opens and seals; `controlplane.main` runs `run` as a
 subcommand, beside `migrate`. Each workload and instance row whose spec holds a value sealed
 with another key is rewritten, and nothing else moves: no generation, version or revision, so
 no workload rolls and no agent hears of it (the values themselves are the same). A row is
@@ -13,10 +13,14 @@ as the old key stays in the file until then.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 from dataclasses import dataclass
 
+from controlplane import secrets
+from controlplane.db import resolve_database_url
 from controlplane.secrets import SecretBox
-from controlplane.sql import Conn
+from controlplane.sql import Conn, create_pool
 from keel.model import WorkloadSpec
 
 # Rows that hold a sealed value (written only by SecretBox.seal, which always names its key).
@@ -24,6 +28,29 @@ _WORKLOADS = "SELECT name, spec FROM workload WHERE spec ? 'secret_env'"
 _INSTANCES = "SELECT id, workload, spec FROM instance WHERE spec ? 'secret_env'"
 _SET_WORKLOAD = "UPDATE workload SET spec = $3 WHERE name = $1 AND spec = $2"
 _SET_INSTANCE = "UPDATE instance SET spec = $3 WHERE id = $1 AND spec = $2"
+
+
+async def run(args: argparse.Namespace) -> int:
+    """The subcommand: reseal with the key file the flags name, report the counts."""
+    key_file = args.secret_key_file or args.state_dir / secrets.KEY_FILE
+    if not key_file.exists():
+        # Never create a key here: sealing everything with a key no replica has would lock
+        # every replica out of every value.
+        raise secrets.SecretKeyError(f"no secret key file at {key_file}")
+    box = await asyncio.to_thread(secrets.load_or_create, key_file, on_open_failure=lambda: None)
+    url = await resolve_database_url(args.database_url, args.state_dir)
+    pool = await create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            done = await reseal(conn, box)
+    finally:
+        await pool.close()
+    print(
+        f"resealed with key {box.sealing_key_id}: {done.workloads} workloads, "
+        f"{done.instances} instances"
+        + (f"; {done.skipped} changed meanwhile, run again" if done.skipped else "")
+    )
+    return 1 if done.skipped else 0
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from keel.fields import MAX_LIST, SpecError, check_fields, check_text, mapping, shown, type_name
+from keel.fields import (
+    MAX_LIST,
+    MAX_NAME,
+    SpecError,
+    check_fields,
+    check_text,
+    key_name,
+    mapping,
+    shown,
+    type_name,
+)
 from keel.model import SecretValue
 
 # What `keelctl describe` shows in place of a secret value.
@@ -36,11 +46,10 @@ def parse_secret_env(
         raise SpecError(field, f"must have at most {MAX_LIST} entries, got {len(m)}")
     out: dict[str, SecretValue] = {}
     for key, item in m.items():
-        if not isinstance(key, str) or not key_re.match(key):
-            name = key if isinstance(key, str) else type_name(key)
+        if not isinstance(key, str) or len(key) > MAX_NAME or not key_re.match(key):
             raise SpecError(
-                f"{field}.{shown(name)}",
-                f"not a valid name (must match {key_re.pattern})",
+                f"{field}.{key_name(key)}",
+                f"not a valid name (at most {MAX_NAME} characters matching {key_re.pattern})",
             )
         where = f"{field}.{key}"
         if key.startswith("KEEL_"):

@@ -35,7 +35,8 @@ def test_a_value_and_a_file_reference_parse() -> None:
 @pytest.mark.parametrize(
     ("secret_env", "field", "rule"),
     [
-        ({"1BAD": "x"}, "spec.secret_env.'1BAD'", "not a valid name"),
+        ({"1BAD": "x"}, "spec.secret_env.1BAD", "not a valid name"),
+        ({"A" * 300: "x"}, "spec.secret_env." + "'" + "A" * 40 + "...'", "at most 253"),
         ({"KEEL_X": "x"}, "spec.secret_env.KEEL_X", "reserved for Keel"),
         ({"A": 5}, "spec.secret_env.A", "must be a string or {file: PATH}, got integer"),
         ({"A": {"file": "rel/path"}}, "spec.secret_env.A.file", "must be an absolute path"),
