@@ -2,7 +2,8 @@
 
 The reconciler runs `probe` for every running instance with a health check on each tick
 (--probe-interval), each bounded by a timeout; readiness requires the last probe to pass.
-Probes go to 127.0.0.1 on the instance's allocated port for the named port.
+Probes go to 127.0.0.1 on the instance's allocated port for the named port; an exec probe runs
+as the workload's `spec.user` (`agent.runtime.identity`), like the command it checks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Protocol
 
 import structlog
 
+from agent.errors import StartFailed
+from agent.runtime import identity
 from agent.runtime.base import expand
 from keel.model import HealthCheck
 
@@ -40,6 +43,7 @@ class Prober(Protocol):
         ports: Mapping[str, int],
         env: Mapping[str, str],
         timeout_s: float,
+        user: str = "",
     ) -> ProbeResult: ...
 
 
@@ -52,6 +56,7 @@ class Target:
     ports: Mapping[str, int]
     env: Mapping[str, str]
     workload: str = ""
+    user: str = ""  # spec.user: an exec probe runs as the workload's user, like its command
 
 
 class HealthMonitor:
@@ -105,7 +110,9 @@ class HealthMonitor:
         epochs = {t.instance_id: self._forgotten.get(t.instance_id, 0) for t in targets}
         results = await asyncio.gather(
             *(
-                self._prober(t.check, ports=t.ports, env=t.env, timeout_s=self._timeout_s)
+                self._prober(
+                    t.check, ports=t.ports, env=t.env, timeout_s=self._timeout_s, user=t.user
+                )
                 for t in targets
             )
         )
@@ -134,32 +141,42 @@ class HealthMonitor:
 
 
 async def probe(
-    check: HealthCheck, *, ports: Mapping[str, int], env: Mapping[str, str], timeout_s: float
+    check: HealthCheck,
+    *,
+    ports: Mapping[str, int],
+    env: Mapping[str, str],
+    timeout_s: float,
+    user: str = "",
 ) -> ProbeResult:
     """Run one probe; never raises, a failure is a result with a message for a person."""
     try:
         async with asyncio.timeout(timeout_s):
-            return await _probe(check, ports, env)
+            return await _probe(check, ports, env, user)
     except TimeoutError:
         return ProbeResult(False, f"health check timed out after {timeout_s:g}s")
 
 
 async def always_healthy(
-    check: HealthCheck, *, ports: Mapping[str, int], env: Mapping[str, str], timeout_s: float
+    check: HealthCheck,
+    *,
+    ports: Mapping[str, int],
+    env: Mapping[str, str],
+    timeout_s: float,
+    user: str = "",
 ) -> ProbeResult:
     """The prober of the fake driver: simulated processes listen on nothing."""
     return ProbeResult(True)
 
 
 async def _probe(
-    check: HealthCheck, ports: Mapping[str, int], env: Mapping[str, str]
+    check: HealthCheck, ports: Mapping[str, int], env: Mapping[str, str], user: str
 ) -> ProbeResult:
     if check.tcp is not None:
         return await _tcp(check.tcp, ports)
     if check.http_port is not None:
         return await _http(check.http_port, check.http_path, ports)
     if check.exec is not None:
-        return await _exec(check.exec, env)
+        return await _exec(check.exec, env, user)
     return ProbeResult(True)
 
 
@@ -209,7 +226,7 @@ async def _http(port_name: str, path: str, ports: Mapping[str, int]) -> ProbeRes
     return ProbeResult(False, f"http probe: GET {url} returned {status}")
 
 
-async def _exec(command: tuple[str, ...], env: Mapping[str, str]) -> ProbeResult:
+async def _exec(command: tuple[str, ...], env: Mapping[str, str], user: str) -> ProbeResult:
     # Messages name the command as written in the spec: expanded, it may carry env values.
     shown = " ".join(command)
     argv = expand(command, env)
@@ -218,6 +235,10 @@ async def _exec(command: tuple[str, ...], env: Mapping[str, str]) -> ProbeResult
     # Resolved against the instance's PATH, as the process driver does for the command.
     argv[0] = shutil.which(argv[0], path=env.get("PATH", "")) or argv[0]
     try:
+        run_as = await asyncio.to_thread(identity.resolve, user)
+    except StartFailed as e:
+        return ProbeResult(False, f"exec probe: {e}")
+    try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             env=dict(env),
@@ -225,6 +246,7 @@ async def _exec(command: tuple[str, ...], env: Mapping[str, str]) -> ProbeResult
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=None if run_as is None else run_as.drop,
         )
     except OSError as e:
         return ProbeResult(False, f"exec probe: {command[0]}: {e.strerror or e}")

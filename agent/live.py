@@ -95,7 +95,9 @@ def probe_target(
     env = instance_env(
         a.spec, host=host, workload=a.workload, instance_id=a.instance_id, ports=record.ports
     )
-    return Target(a.instance_id, a.spec.health, dict(record.ports), env, a.workload)
+    return Target(
+        a.instance_id, a.spec.health, dict(record.ports), env, a.workload, user=a.spec.user
+    )
 
 
 def probe_targets(lives: Mapping[str, Live], state: LocalState, *, host: str) -> list[Target]:

@@ -6,11 +6,13 @@ can fail comes back as one error string for the instance's report (START_FAILED)
 exception: a driver's `StartFailed` carries the exec error, anything else is logged with its
 exception as well. A first start whose assignment carries the operator's trace context is a
 span "agent.start_instance" in that trace, so one trace runs from `keelctl apply` to the
-process. A stop asks the process to go, then kills its group after the grace period.
+process. The secret_env values join the environment here (`agent.secretenv`), at each start
+and nowhere else. A stop asks the process to go, then kills its group after the grace period.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from opentelemetry.trace import Status, StatusCode
 from agent.errors import StartFailed
 from agent.planner import Start
 from agent.runtime.base import Driver, ExitInfo, Handle, instance_env
+from agent.secretenv import secret_values
 from agent.state import InstanceRecord
 from keel import tracing
 
@@ -51,6 +54,12 @@ async def launch(
     env = instance_env(
         a.spec, host=host, workload=a.workload, instance_id=a.instance_id, ports=ports
     )
+    if a.spec.secret_env:
+        try:
+            # In a thread: a {file: PATH} value is read from disk at each start.
+            env.update(await asyncio.to_thread(secret_values, a.spec))
+        except StartFailed as e:
+            return Launched(ports, None, str(e))
     span = None
     if a.trace_context and not action.restart:
         # The first start of an operator's change joins that operator's trace.

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 import structlog
 
 from controlplane.listing import InstanceStatusRow, Tally
+from controlplane.secrets import SecretBox
 from controlplane.status import Event
 from controlplane.store import HostRow, InstanceRow, Report, StuckState, WorkloadRow
 from keel import convert, fields
@@ -321,22 +322,29 @@ def event_pb(e: Event) -> fleet_pb2.Event:
     )
 
 
-def assignment_pb(row: InstanceRow) -> agent_pb2.Assignment:
+def assignment_pb(row: InstanceRow, *, secrets: SecretBox) -> agent_pb2.Assignment:
+    """The one message that carries secret_env values opened: the agent starts with them. A
+    tombstone only stops, so it carries them sealed (redacted) and never needs the key."""
+    spec = row.spec if row.desired is Desired.REMOVED else secrets.open(row.workload, row.spec)
     return agent_pb2.Assignment(
         instance_id=row.id,
         workload=row.workload,
         generation=row.generation,
         desired=convert.desired_to_pb(row.desired),
-        spec=convert.spec_to_pb(row.spec),
+        spec=convert.spec_to_pb(spec),
         revision=row.revision,
         trace_context=row.trace_context,
     )
 
 
 def assignments_pb(
-    full: bool, revision: int, rows: Iterable[InstanceRow]
+    full: bool, revision: int, rows: Iterable[InstanceRow], *, secrets: SecretBox
 ) -> agent_pb2.ControlMessage:
-    assignments = each(rows, assignment_pb, what="instance", name=lambda r: r.id)
+    """Raises SecretsUnopenable rather than leave an assignment out: a full set without it
+    would make the agent stop that instance."""
+    assignments = each(
+        rows, lambda r: assignment_pb(r, secrets=secrets), what="instance", name=lambda r: r.id
+    )
     return agent_pb2.ControlMessage(
         assignments=agent_pb2.Assignments(full=full, revision=revision, assignments=assignments)
     )

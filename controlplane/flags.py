@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Postgres URL (env KEEL_DATABASE_URL); absent: embedded Postgres under --state-dir",
     )
     p.add_argument("--state-dir", type=Path, default=d.state_dir)
+    p.add_argument(
+        "--secret-key-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the key that seals secret_env values (default: <state-dir>/secret.key, created "
+        "0600 on first start; every replica needs the same one)",
+    )
     p.add_argument("--log-format", choices=logs.FORMATS, default=d.log_format)
     sub = p.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="run the control plane (the default)")
@@ -176,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
     m = sub.add_parser("migrate", help="move the schema up or down explicitly")
     m.add_argument("--to", type=int, default=None, help="target version (default: newest)")
+    sub.add_parser(
+        "reseal-secrets",
+        help="seal every stored secret_env value again with the first key of the key file "
+        "(key rotation: runbooks/secret-key.md)",
+    )
     return p
 
 
@@ -184,6 +197,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         listen=args.listen,
         database_url=args.database_url,
         state_dir=args.state_dir,
+        secret_key_file=args.secret_key_file,
         log_format=args.log_format,
         trace_file_max_mib=args.trace_file_max_mib,
         max_message_bytes=args.max_message_bytes,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 import structlog
@@ -25,6 +26,7 @@ from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.logbus import LogBus
 from controlplane.logrelay import LogRelay
 from controlplane.operations_api import OperationsApi, OperationWatch
+from controlplane.secrets import SecretBox
 from controlplane.status import StatusStore
 from controlplane.store import Store, WorkloadRow
 from keel import fields, spec
@@ -53,6 +55,7 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         watch: OperationWatch | None = None,
         watch_poll_s: float = 2.0,
         drain_blocked_after_s: float = 60.0,
+        secrets: SecretBox,
     ) -> None:
         self._store = store
         self._status = status
@@ -63,11 +66,15 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         self._watch = watch or OperationWatch()
         self._watch_poll_s = watch_poll_s
         self._drain_blocked_after_s = drain_blocked_after_s
+        self._secrets = secrets
 
     async def ApplyWorkload(
         self, request: fleet_pb2.ApplyWorkloadRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.ApplyWorkloadResponse:
-        workload = spec.parse_manifest(request.manifest_json, "manifest_json")
+        parsed = spec.parse_manifest(request.manifest_json, "manifest_json")
+        # Sealed before anything else sees it: the store, its events and every answer hold
+        # only ciphertext, and a changed value still changes what is stored (deterministic).
+        workload = replace(parsed, spec=self._secrets.seal(parsed.name, parsed.spec))
         # The RPC's span is current (controlplane.interceptors): its traceparent travels with
         # the desired change to the agent, so one trace runs from keelctl to the process start.
         row, result = await self._store.apply_workload(

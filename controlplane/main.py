@@ -26,7 +26,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane import looplag, migrate
+from controlplane import looplag, migrate, reseal, secrets
 from controlplane.cache import FleetCache
 from controlplane.db import redact, resolve_database_url
 from controlplane.drainer import DrainController, DrainTimings
@@ -137,6 +137,11 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     status = StatusStore(pool)
     metrics = Metrics()
     registry = StreamRegistry()
+    secret_key = settings.secret_key_file or settings.state_dir / secrets.KEY_FILE
+    secret_box = await asyncio.to_thread(
+        secrets.load_or_create, secret_key, on_open_failure=metrics.count_secret_open_failure
+    )
+    log.info("secret key loaded", key_file=str(secret_key), key_id=secret_box.sealing_key_id)
 
     def runner(controller: Controller) -> Runner:
         return Runner(
@@ -264,6 +269,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             watch=watch,
             watch_poll_s=settings.watch_poll_s,
             drain_blocked_after_s=settings.drain_blocked_after_s,
+            secrets=secret_box,
         ),
         server,
     )
@@ -275,6 +281,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         logs=logs,
         resync_period_s=settings.resync_period_s,
         hello_timeout_s=settings.hello_timeout_s,
+        secrets=secret_box,
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_sync, server)
     health_servicer = health.aio.HealthServicer()
@@ -368,6 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "migrate":
             code = uvloop.run(run_migrate(args))
+        elif args.command == "reseal-secrets":
+            code = uvloop.run(reseal.run(args))
         else:
             tracing.configure_tracing(
                 "keel-controlplane",

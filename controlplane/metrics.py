@@ -183,6 +183,12 @@ class Metrics:
             "Agent Sync streams open on this control-plane replica.",
             registry=r,
         )
+        self.secrets_unopenable = Counter(
+            "keel_secret_open_failures_total",
+            "secret_env values this replica could not open for an agent's assignment (a key "
+            "missing from its key file, or an altered value): the host's stream fails.",
+            registry=r,
+        )
         self.heartbeats_dropped = Counter(
             "keel_heartbeats_dropped_total",
             "Agent heartbeats that could not be recorded because the database was unavailable "
@@ -379,6 +385,9 @@ class Metrics:
     def observe_cache_resync(self, seconds: float) -> None:
         self.cache_resyncs.inc()
         self.cache_resync_duration.observe(seconds)
+
+    def count_secret_open_failure(self) -> None:
+        self.secrets_unopenable.inc()
 
     def count_stale_write(self, controller: str) -> None:
         """A write of `controller` was refused: what it was decided from had changed."""

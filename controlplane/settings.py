@@ -11,6 +11,8 @@ class Settings:
     listen: str = "127.0.0.1:7443"
     database_url: str | None = None
     state_dir: Path = Path(".keel/controlplane")
+    # The key that seals secret_env values (controlplane.secrets); None: <state-dir>/secret.key.
+    secret_key_file: Path | None = None
     log_format: str = "auto"
     # A host without a heartbeat for this long is NOT_READY (kubelet lease: 40 s).
     liveness_grace_s: float = 40.0

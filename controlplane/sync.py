@@ -34,6 +34,7 @@ from controlplane.errors import InvalidArgument, KeelError, Replaced, StreamFail
 from controlplane.heartbeats import HeartbeatWriter
 from controlplane.logrelay import LogRelay
 from controlplane.reports import ReportWriter
+from controlplane.secrets import SecretBox
 from controlplane.store import Store
 from keel.fields import SpecError
 from keel.v1 import agent_pb2, agent_pb2_grpc
@@ -173,8 +174,10 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         heartbeats: HeartbeatWriter,
         logs: LogRelay,
         resync_period_s: float,
+        secrets: SecretBox,
         hello_timeout_s: float = 10.0,
     ) -> None:
+        self._secrets = secrets
         self._hello_timeout_s = hello_timeout_s
         self._store = store
         self._logs = logs
@@ -228,12 +231,14 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                         elif checked is not None and checked <= sent:
                             # Nothing new since the agent was sent `sent` (the periodic check
                             # read the host's revision): no query of its own.
-                            message = convert.assignments_pb(False, sent, [])
+                            message = convert.assignments_pb(False, sent, [], secrets=self._secrets)
                         else:
                             revision, rows = await self._store.host_assignments(host, since=sent)
                             # Sent even when empty (each resync period at least): the agent then
                             # knows its desired state is current.
-                            message = convert.assignments_pb(False, max(sent, revision), rows)
+                            message = convert.assignments_pb(
+                                False, max(sent, revision), rows, secrets=self._secrets
+                            )
                     except Unavailable:
                         outage.failed("the assignments" if sent else "the agent's registration")
                     else:
@@ -309,7 +314,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             full=full,
             assignments=len(rows),
         )
-        return convert.assignments_pb(full, sent, rows)
+        return convert.assignments_pb(full, sent, rows, secrets=self._secrets)
 
     async def _next(
         self,

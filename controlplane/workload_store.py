@@ -114,6 +114,9 @@ class WorkloadStore:
         The generation moves only when the spec (what runs) changes; replicas, budgets,
         selector and deadline are updated in place, like a Deployment's pod template.
         """
+        if w.spec.plain_secrets():
+            # A guard, not a path: FleetApi seals before it calls. Never store one in clear.
+            raise ValueError("a secret_env value reached the store unsealed")
         spec = w.spec.to_json()
         async with self.pool.acquire() as conn, conn.transaction():
             old = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from keel.model import Desired, HealthCheck, Phase, Resources, WorkloadSpec
+from keel.model import Desired, HealthCheck, Phase, Resources, SecretValue, WorkloadSpec
 from keel.v1 import types_pb2 as pb
 
 _DESIRED_TO_PB = {
@@ -61,7 +61,10 @@ def spec_to_pb(s: WorkloadSpec) -> pb.WorkloadSpec:
         resources=resources_to_pb(s.resources),
         stop_grace_ms=s.stop_grace_ms,
         min_ready_ms=s.min_ready_ms,
+        user=s.user,
     )
+    for name, secret in s.secret_env.items():
+        secret_to_pb(secret, msg.secret_env[name])
     if s.health is not None:
         if s.health.tcp is not None:
             msg.health.tcp = s.health.tcp
@@ -90,7 +93,29 @@ def spec_from_pb(m: pb.WorkloadSpec) -> WorkloadSpec:
         health=health,
         stop_grace_ms=m.stop_grace_ms,
         min_ready_ms=m.min_ready_ms,
+        secret_env={k: secret_from_pb(v) for k, v in m.secret_env.items()},
+        user=m.user,
     )
+
+
+def secret_to_pb(s: SecretValue, msg: pb.SecretValue) -> None:
+    """Fills msg: the plain value when the spec holds it (the agent's assignment), the file
+    reference, or `redacted` for a sealed value (what an operator's answer carries)."""
+    if s.value is not None:
+        msg.value = s.value
+    elif s.file is not None:
+        msg.file = s.file
+    else:
+        msg.redacted = True
+
+
+def secret_from_pb(m: pb.SecretValue) -> SecretValue:
+    which = m.WhichOneof("source")
+    if which == "value":
+        return SecretValue(value=m.value)
+    if which == "file":
+        return SecretValue(file=m.file)
+    return SecretValue(sealed="")  # redacted: sealed where this side cannot see it
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -108,6 +108,33 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class SecretValue:
+    """One `secret_env` entry; exactly one of the three is set.
+
+    `value` is the plain text: it exists in the manifest the control plane parses (until it
+    seals it, `controlplane.secrets`), in the assignment sent to the agent, and on the agent.
+    `sealed` is the ciphertext the control plane stores; an operator's answer carries it empty
+    (redacted). `file` is a path on the host the agent reads at each start: that value never
+    leaves the host. `repr` never shows the plain text, so a logged spec holds no secret.
+    """
+
+    value: str | None = field(default=None, repr=False)
+    sealed: str | None = None
+    file: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        if self.value is not None:
+            return {"value": self.value}
+        if self.file is not None:
+            return {"file": self.file}
+        return {"sealed": self.sealed or ""}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> SecretValue:
+        return cls(value=data.get("value"), sealed=data.get("sealed"), file=data.get("file"))
+
+
+@dataclass(frozen=True)
 class WorkloadSpec:
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
@@ -116,6 +143,14 @@ class WorkloadSpec:
     health: HealthCheck | None = None
     stop_grace_ms: int = 10_000
     min_ready_ms: int = 10_000
+    # Environment variables whose values are secrets (see SecretValue).
+    secret_env: dict[str, SecretValue] = field(default_factory=dict)
+    # The user the agent starts the command as ("": the agent's own user).
+    user: str = ""
+
+    def plain_secrets(self) -> bool:
+        """Whether any secret_env value is held in plain text (never so in the store)."""
+        return any(s.value is not None for s in self.secret_env.values())
 
     def to_json(self) -> dict[str, Any]:
         health: dict[str, Any] | None = None
@@ -126,7 +161,7 @@ class WorkloadSpec:
                 "http_path": self.health.http_path,
                 "exec": list(self.health.exec) if self.health.exec is not None else None,
             }
-        return {
+        out: dict[str, Any] = {
             "command": list(self.command),
             "env": dict(self.env),
             "ports": list(self.ports),
@@ -138,6 +173,13 @@ class WorkloadSpec:
             "stop_grace_ms": self.stop_grace_ms,
             "min_ready_ms": self.min_ready_ms,
         }
+        # Written only when set: a spec stored before these fields existed compares equal to
+        # the same spec applied again (an unchanged spec must not roll the workload).
+        if self.secret_env:
+            out["secret_env"] = {k: v.to_json() for k, v in self.secret_env.items()}
+        if self.user:
+            out["user"] = self.user
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WorkloadSpec:
@@ -160,6 +202,10 @@ class WorkloadSpec:
             health=health,
             stop_grace_ms=int(data.get("stop_grace_ms", 10_000)),
             min_ready_ms=int(data.get("min_ready_ms", 10_000)),
+            secret_env={
+                k: SecretValue.from_json(v) for k, v in (data.get("secret_env") or {}).items()
+            },
+            user=str(data.get("user") or ""),
         )
 
 

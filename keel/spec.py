@@ -41,6 +41,7 @@ from keel.quantities import (
     parse_duration,
     parse_memory,
 )
+from keel.spec_secrets import parse_secret_env, parse_user, secret_env_doc
 
 # Limits: every input is bounded (DESIGN.md, Security). Generous enough for any real fleet.
 MAX_REPLICAS = 100_000
@@ -70,7 +71,17 @@ _TOP_FIELDS = (
     "deadline",
     "spec",
 )
-_SPEC_FIELDS = ("command", "env", "ports", "resources", "health", "stop_grace", "min_ready")
+_SPEC_FIELDS = (
+    "command",
+    "env",
+    "secret_env",
+    "user",
+    "ports",
+    "resources",
+    "health",
+    "stop_grace",
+    "min_ready",
+)
 
 # ---------------------------------------------------------------------------------------------
 # The manifest as sent: JSON text
@@ -220,6 +231,12 @@ def _parse_spec(doc: Mapping[Any, Any]) -> WorkloadSpec:
     for key in env:
         if key.startswith("KEEL_"):
             raise SpecError(f"spec.env.{key}", "names starting with KEEL_ are reserved for Keel")
+    secret_raw = _optional(doc, "secret_env")
+    secret_env = (
+        {} if secret_raw is None else parse_secret_env(secret_raw, env=env, key_re=ENV_NAME_RE)
+    )
+    user_raw = _optional(doc, "user")
+    user = "" if user_raw is None else parse_user(user_raw)
 
     ports_raw = _optional(doc, "ports")
     ports = () if ports_raw is None else string_list(ports_raw, "spec.ports", limit=MAX_PORTS)
@@ -254,7 +271,7 @@ def _parse_spec(doc: Mapping[Any, Any]) -> WorkloadSpec:
     if _optional(doc, "min_ready") is not None:
         min_ready_ms = parse_duration(doc["min_ready"], "spec.min_ready")
 
-    _check_references(command, env, ports)
+    _check_references(command, env, ports, secrets=tuple(secret_env))
 
     return WorkloadSpec(
         command=command,
@@ -264,6 +281,8 @@ def _parse_spec(doc: Mapping[Any, Any]) -> WorkloadSpec:
         health=health,
         stop_grace_ms=stop_grace_ms,
         min_ready_ms=min_ready_ms,
+        secret_env=secret_env,
+        user=user,
     )
 
 
@@ -312,11 +331,23 @@ def available_variables(env: Mapping[str, str], ports: tuple[str, ...]) -> list[
 
 
 def _check_references(
-    command: tuple[str, ...], env: Mapping[str, str], ports: tuple[str, ...]
+    command: tuple[str, ...],
+    env: Mapping[str, str],
+    ports: tuple[str, ...],
+    *,
+    secrets: tuple[str, ...],
 ) -> None:
     available = available_variables(env, ports)
     for i, arg in enumerate(command):
         for ref in _VAR_REF_RE.findall(arg):
+            if ref in secrets:
+                # Expanded, the secret would sit in the command line, which every user of the
+                # host can read (ps, /proc/PID/cmdline), and in start errors.
+                raise SpecError(
+                    f"spec.command[{i}]",
+                    f"${{{ref}}} is a secret_env variable; a command line is visible to every "
+                    f"user of the host, so read {ref} from the environment instead",
+                )
             if ref not in available:
                 raise SpecError(
                     f"spec.command[{i}]",
@@ -350,6 +381,11 @@ def workload_to_doc(w: Workload) -> dict[str, Any]:
             spec["health"] = {"exec": list(h.exec)}
     spec["stop_grace"] = format_duration(w.spec.stop_grace_ms)
     spec["min_ready"] = format_duration(w.spec.min_ready_ms)
+    # Shown only when set, so the documents of workloads without them read as before.
+    if w.spec.secret_env:
+        spec["secret_env"] = secret_env_doc(w.spec.secret_env)
+    if w.spec.user:
+        spec["user"] = w.spec.user
     return {
         "name": w.name,
         "kind": w.kind.value,

@@ -1,6 +1,8 @@
 """The real driver: each instance is a command in its own session and process group.
 
-The environment is exactly what `base.instance_env` built (never the agent's own), stdout and
+The environment is exactly what `base.instance_env` built plus the secret values
+(`agent.secretenv`), never the agent's own; with `spec.user` the command runs as that user
+(`identity`). Stdout and
 stderr go straight to files under `<state-dir>/logs/<instance>/` (`logs.py`), and stopping is
 SIGTERM to the whole group, then SIGKILL to the group once the grace period is over. Exits of
 our own children come from `wait()`; a process adopted from a previous agent is not our child,
@@ -24,8 +26,9 @@ import psutil
 import structlog
 
 from agent.errors import StartFailed
-from agent.runtime import logs
+from agent.runtime import identity, logs
 from agent.runtime.base import FIXED_PATH, ExitInfo, Handle, expand
+from agent.runtime.identity import RunAs
 from keel.model import WorkloadSpec
 
 log = structlog.get_logger("agent.runtime.process")
@@ -104,7 +107,8 @@ class ProcessDriver:
                 raise StartFailed(f"exec {named}: executable file not found in PATH ({where})")
             program = found
         workdir = self._work_dir / instance_id
-        out, err = await asyncio.to_thread(self._prepare, instance_id, workdir)
+        run_as = await asyncio.to_thread(identity.resolve, spec.user)
+        out, err = await asyncio.to_thread(self._prepare, instance_id, workdir, run_as)
         try:
             proc = await asyncio.create_subprocess_exec(
                 program,
@@ -117,9 +121,16 @@ class ProcessDriver:
                 # Own session and process group: a stop signals everything the command forked,
                 # and a signal to the agent's group (Ctrl-C) does not reach the workload.
                 start_new_session=True,
+                preexec_fn=None if run_as is None else run_as.drop,
             )
         except OSError as e:
-            raise StartFailed(f"exec {named}: {e.strerror or e}") from e
+            hint = ""
+            if run_as is not None and isinstance(e, PermissionError):
+                hint = (
+                    f" (as user {run_as.user}: it needs search permission on every directory "
+                    f"down to {workdir}, and execute permission on {program})"
+                )
+            raise StartFailed(f"exec {named}: {e.strerror or e}{hint}") from e
         finally:
             os.close(out)
             os.close(err)
@@ -134,8 +145,12 @@ class ProcessDriver:
             start_time = 0.0
         return Handle(instance_id=instance_id, pid=proc.pid, start_time=start_time)
 
-    def _prepare(self, instance_id: str, workdir: Path) -> tuple[int, int]:
+    def _prepare(self, instance_id: str, workdir: Path, run_as: RunAs | None) -> tuple[int, int]:
         workdir.mkdir(parents=True, exist_ok=True)
+        if run_as is not None:
+            # The working directory is the workload's own; its log files stay the agent's
+            # (the agent writes, rotates and serves them).
+            os.chown(workdir, run_as.uid, run_as.gid)
         return logs.open_logs(self._log_dir, instance_id)
 
     def poll(self, handle: Handle) -> ExitInfo | None:

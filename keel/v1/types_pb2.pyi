@@ -70,8 +70,18 @@ class HealthCheck(_message.Message):
     exec: ExecProbe
     def __init__(self, tcp: _Optional[str] = ..., http: _Optional[_Union[HttpProbe, _Mapping]] = ..., exec: _Optional[_Union[ExecProbe, _Mapping]] = ...) -> None: ...
 
+class SecretValue(_message.Message):
+    __slots__ = ("value", "file", "redacted")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    REDACTED_FIELD_NUMBER: _ClassVar[int]
+    value: str
+    file: str
+    redacted: bool
+    def __init__(self, value: _Optional[str] = ..., file: _Optional[str] = ..., redacted: _Optional[bool] = ...) -> None: ...
+
 class WorkloadSpec(_message.Message):
-    __slots__ = ("command", "env", "ports", "resources", "health", "stop_grace_ms", "min_ready_ms")
+    __slots__ = ("command", "env", "ports", "resources", "health", "stop_grace_ms", "min_ready_ms", "secret_env", "user")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +89,13 @@ class WorkloadSpec(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SecretEnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SecretValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SecretValue, _Mapping]] = ...) -> None: ...
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +103,8 @@ class WorkloadSpec(_message.Message):
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     STOP_GRACE_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_READY_MS_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     ports: _containers.RepeatedScalarFieldContainer[str]
@@ -93,7 +112,9 @@ class WorkloadSpec(_message.Message):
     health: HealthCheck
     stop_grace_ms: int
     min_ready_ms: int
-    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., health: _Optional[_Union[HealthCheck, _Mapping]] = ..., stop_grace_ms: _Optional[int] = ..., min_ready_ms: _Optional[int] = ...) -> None: ...
+    secret_env: _containers.MessageMap[str, SecretValue]
+    user: str
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., health: _Optional[_Union[HealthCheck, _Mapping]] = ..., stop_grace_ms: _Optional[int] = ..., min_ready_ms: _Optional[int] = ..., secret_env: _Optional[_Mapping[str, SecretValue]] = ..., user: _Optional[str] = ...) -> None: ...
 
 class Stuck(_message.Message):
     __slots__ = ("reason", "since", "message", "runbook", "next_command")

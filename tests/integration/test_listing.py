@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +19,7 @@ from controlplane.fleet import FleetApi
 from controlplane.interceptors import ObservabilityInterceptor
 from controlplane.logrelay import LogRelay
 from controlplane.metrics import Metrics
+from controlplane.secrets import load_or_create
 from controlplane.status import StatusStore
 from controlplane.store import Report, Store
 from controlplane.sync import StreamRegistry
@@ -40,11 +42,15 @@ async def _hosts(store: Store, n: int) -> list[str]:
 
 
 @pytest.fixture
-async def api(store: Store) -> AsyncIterator[Any]:
+async def api(store: Store, tmp_path: Path) -> AsyncIterator[Any]:
     """FleetService over the store, served in this process through the real interceptor."""
     server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics=Metrics())])
     fleet = FleetApi(
-        store, status=StatusStore(store.pool), logs=LogRelay(StreamRegistry()), log_wait_s=1.0
+        store,
+        status=StatusStore(store.pool),
+        logs=LogRelay(StreamRegistry()),
+        log_wait_s=1.0,
+        secrets=load_or_create(tmp_path / "secret.key", on_open_failure=lambda: None),
     )
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -15,7 +15,12 @@ async def test_a_probe_of_a_replaced_process_is_dropped() -> None:
     release = asyncio.Event()
 
     async def slow_failing_probe(
-        check: HealthCheck, *, ports: Mapping[str, int], env: Mapping[str, str], timeout_s: float
+        check: HealthCheck,
+        *,
+        ports: Mapping[str, int],
+        env: Mapping[str, str],
+        timeout_s: float,
+        user: str = "",
     ) -> ProbeResult:
         await release.wait()
         return ProbeResult(False, "connection refused")

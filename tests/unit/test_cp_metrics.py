@@ -37,6 +37,7 @@ EXPECTED = [
     # The database edge: the health probe's verdict and heartbeats dropped while it is away.
     ("keel_database_up", "gauge", set()),
     ("keel_heartbeats_dropped_total", "counter", set()),
+    ("keel_secret_open_failures_total", "counter", set()),
     ("keel_heartbeat_batch_size", "histogram", set()),
     ("keel_heartbeat_flush_duration_seconds", "histogram", set()),
     # The leader's cache of the fleet (controlplane.cache).

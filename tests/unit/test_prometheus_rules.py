@@ -49,6 +49,8 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_grpc_request_duration_seconds",
         "keel_database_up",
         "keel_heartbeats_dropped_total",
+        # Sealed secret_env values a replica could not open (the security issue).
+        "keel_secret_open_failures_total",
         # The leader's cache of the fleet (the scale issue).
         "keel_cache_objects",
         "keel_cache_resyncs_total",

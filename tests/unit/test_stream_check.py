@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from pathlib import Path
 
+from controlplane.secrets import load_or_create
 from controlplane.sync import CHECK_SLICE, AgentSync, StreamRegistry
 
 
@@ -69,7 +71,7 @@ class _Revisions:
         return dict.fromkeys(names, 1)
 
 
-async def test_a_period_checks_every_stream_once_in_slices_spread_over_it() -> None:
+async def test_a_period_checks_every_stream_once_in_slices_spread_over_it(tmp_path: Path) -> None:
     """250 streams and a 0.3 s period: three queries of at most CHECK_SLICE hosts, about a
     third of the period apart, and every stream woken once."""
     registry = StreamRegistry()
@@ -83,6 +85,7 @@ async def test_a_period_checks_every_stream_once_in_slices_spread_over_it() -> N
         heartbeats=None,  # type: ignore[arg-type]
         logs=None,  # type: ignore[arg-type]
         resync_period_s=0.3,
+        secrets=load_or_create(tmp_path / "secret.key", on_open_failure=lambda: None),
     )
     task = asyncio.create_task(sync.check_streams())
     try:
