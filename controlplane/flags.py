@@ -85,6 +85,11 @@ DURATION_FLAGS = (
         "keelctl logs relayed from another replica: how often a follow renews its lease",
     ),
     (
+        "--log-relay-ack",
+        "log_relay_ack_s",
+        "keelctl logs relayed from another replica: how long to wait for the holder's ack",
+    ),
+    (
         "--loop-probe-interval",
         "loop_probe_interval_s",
         "how often the event loop's lateness is sampled (keel_event_loop_lag_seconds)",

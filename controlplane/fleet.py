@@ -23,7 +23,7 @@ from controlplane import convert, operation_convert, paging
 from controlplane.actor import actor_of
 from controlplane.cache import FleetCache
 from controlplane.errors import FailedPrecondition, InvalidArgument
-from controlplane.logbus import LogBus
+from controlplane.logbus import LogBus, NoHolder
 from controlplane.logrelay import LogRelay
 from controlplane.operations_api import OperationsApi, OperationWatch
 from controlplane.secrets import SecretBox
@@ -221,21 +221,35 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         wait_s = self._log_wait_s
         if remaining is not None:
             wait_s = max(0.1, min(wait_s, remaining * 0.8))
-        chunks: AsyncIterator[types_pb2.LogChunk]
         elsewhere = self._logs_elsewhere
         if host.connected and elsewhere is not None and not self._logs.holds(host.name):
-            chunks = elsewhere.fetch(
-                host.name, inst.id, tail_lines=tail, follow=request.follow, wait_s=wait_s
-            )
-        else:
-            chunks = self._logs.fetch(
-                host.name,
-                inst.id,
-                tail_lines=tail,
-                follow=request.follow,
-                wait_s=wait_s,
-                last_heartbeat=host.last_heartbeat,
-            )
+            try:
+                remote = elsewhere.fetch(
+                    host.name, inst.id, tail_lines=tail, follow=request.follow, wait_s=wait_s
+                )
+                async for chunk in remote:
+                    if chunk.error:
+                        raise FailedPrecondition(chunk.error)
+                    yield chunk
+                return
+            except NoHolder:
+                # No replica holds the stream: it just closed (the host is being marked
+                # disconnected) or the agent is reconnecting. Read the host again to say which.
+                host = await self._store.get_host(inst.host)
+                if host.connected and not self._logs.holds(host.name):
+                    raise FailedPrecondition(
+                        f'no control-plane replica holds the stream of host "{host.name}" '
+                        "now; its agent may be reconnecting: try again in a few seconds "
+                        f"(keelctl describe host {host.name})"
+                    ) from None
+        chunks = self._logs.fetch(
+            host.name,
+            inst.id,
+            tail_lines=tail,
+            follow=request.follow,
+            wait_s=wait_s,
+            last_heartbeat=host.last_heartbeat,
+        )
         async for chunk in chunks:
             if chunk.error:
                 raise FailedPrecondition(chunk.error)

@@ -8,10 +8,13 @@ the `keel_logs` channel, the replica holding the stream (every replica listens, 
 and the asking replica yields them. No replica needs to know another's address or
 credentials: Postgres, which every replica already reaches, is the only path.
 
-The wire: one JSON object per notification (`kind` is `req`, `chunk`, `lease` or
-`cancel`). A NOTIFY payload is at most 8,000 bytes, so a chunk's data goes in parts, all of
-one chunk in one statement; the holder publishes a chunk only after the previous one
-committed, so chunks arrive in order (Postgres delivers notifications in commit order).
+The wire: one JSON object per notification (`kind` is `req`, `ack`, `chunk`, `lease` or
+`cancel`). The holder acks a request at once; no ack within `ack_s` means no replica holds
+the stream (it closed and the host is being marked disconnected, or it is reconnecting), and
+`fetch` raises `NoHolder` so the caller can say which. A NOTIFY payload is at most 8,000
+bytes, so a chunk's data goes in parts, all of one chunk in one statement; the holder
+publishes a chunk only after the previous one committed, so chunks arrive in order (Postgres
+delivers notifications in commit order).
 A following request stays open as long as the asker renews its lease; a holder whose asker
 went silent (that replica died) stops following after `lease_s` times `_LEASES_MISSED`.
 """
@@ -43,6 +46,10 @@ PART_BYTES = 5_000
 _LEASES_MISSED = 3
 
 Publish = Callable[[Sequence[str]], Awaitable[None]]
+
+
+class NoHolder(Exception):
+    """No replica acknowledged the request: none holds the host's stream."""
 
 
 def publisher(db: Database) -> Publish:
@@ -82,6 +89,7 @@ class _Asking:
     """A request this replica published: its chunks, reassembled from their parts."""
 
     queue: asyncio.Queue[types_pb2.LogChunk] = field(default_factory=asyncio.Queue)
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
     # The parts of the chunk being received, by index (one statement's notifications need
     # not arrive in the order of its array).
     parts: dict[int, bytes] = field(default_factory=dict)
@@ -103,10 +111,11 @@ class _Asking:
 
 
 class LogBus:
-    def __init__(self, relay: LogRelay, *, publish: Publish, lease_s: float) -> None:
+    def __init__(self, relay: LogRelay, *, publish: Publish, lease_s: float, ack_s: float) -> None:
         self._relay = relay
         self._publish = publish
         self._lease_s = lease_s
+        self._ack_s = ack_s
         self._asking: dict[str, _Asking] = {}
         # Requests this replica serves for another: rid -> the timeout that bounds its lease.
         self._serving: dict[str, asyncio.Timeout] = {}
@@ -125,9 +134,10 @@ class LogBus:
         follow: bool,
         wait_s: float,
     ) -> AsyncIterator[types_pb2.LogChunk]:
-        """The chunks of a host whose stream is on another replica; an error chunk if no
-        replica answers within wait_s (the holder gets a shorter wait, so that the agent's
-        own silence is named by the replica that sees it)."""
+        """The chunks of a host whose stream is on another replica. NoHolder (before any
+        chunk) if no replica acks within ack_s; an error chunk if the holder sends nothing
+        within wait_s (the holder gets a shorter wait, so that the agent's own silence is
+        named by the replica that sees it)."""
         rid = uuid.uuid4().hex
         asking = self._asking[rid] = _Asking()
         request = {
@@ -143,6 +153,11 @@ class LogBus:
         renew: asyncio.Task[None] | None = None
         try:
             await self._publish([json.dumps(request)])
+            try:
+                async with asyncio.timeout(min(self._ack_s, wait_s)):
+                    await asking.acked.wait()
+            except TimeoutError:
+                raise NoHolder(host) from None
             if follow:
                 renew = asyncio.create_task(self._renew(rid), name=f"log-lease-{rid}")
             first = True
@@ -189,7 +204,12 @@ class LogBus:
         if kind == "chunk":
             asking = self._asking.get(rid)
             if asking is not None:
+                asking.acked.set()
                 asking.add(msg)
+        elif kind == "ack":
+            asking = self._asking.get(rid)
+            if asking is not None:
+                asking.acked.set()
         elif kind == "req":
             if self._relay.holds(str(msg["host"])) and rid not in self._serving:
                 self._spawn(self._serve(rid, msg))
@@ -209,6 +229,7 @@ class LogBus:
         """Fetches from the local stream and publishes each chunk, in order."""
         host = str(msg["host"])
         try:
+            await self._publish([json.dumps({"kind": "ack", "rid": rid})])
             # The first chunk may take the agent up to the asker's wait.
             first = self._lease_deadline() + float(msg["wait"])
             async with asyncio.timeout(first) as lease:

@@ -235,7 +235,12 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         drains.add(op)
 
     logs = LogRelay(registry)
-    logs_elsewhere = LogBus(logs, publish=publisher(store.pool), lease_s=settings.log_relay_lease_s)
+    logs_elsewhere = LogBus(
+        logs,
+        publish=publisher(store.pool),
+        lease_s=settings.log_relay_lease_s,
+        ack_s=settings.log_relay_ack_s,
+    )
     listener = Listener(
         url,
         on_host=registry.wake,

@@ -59,6 +59,9 @@ class Settings:
     # keelctl logs through a replica that does not hold the host's stream: a following
     # request renews its lease on the holder this often (the holder stops after 3 misses).
     log_relay_lease_s: float = 10.0
+    # ... and how long it waits for the replica holding the stream to acknowledge a request
+    # before it concludes that none does (the agent is disconnecting or reconnecting).
+    log_relay_ack_s: float = 2.0
     # A running drain is looked at again at least this often (and at once when an instance it
     # moves changes).
     drain_interval_s: float = 1.0

@@ -50,9 +50,12 @@ def test_logs_and_follow_through_the_replica_that_does_not_hold_the_stream(
     holder, other = list(fleet.replicas)
     fleet.pin_agent(1, holder)
     fleet.wait_hosts_ready()
+    # A script under the test dir, so that teardown's sweep (by that path) finds the process.
+    ticker = fleet.root / "ticker.py"
+    ticker.write_text(TICKER)
     doc = fleet.manifest(
         "ticker",
-        command=[sys.executable, "-c", TICKER],
+        command=[sys.executable, str(ticker)],
         replicas=1,
         health=False,
         selector={"logs": "here"},

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import pytest
 from waiting import eventually
 
-from controlplane.logbus import PART_BYTES, LogBus, chunk_messages
+from controlplane.logbus import PART_BYTES, LogBus, NoHolder, chunk_messages
 from controlplane.logrelay import LogRelay
 from keel.v1 import agent_pb2, types_pb2
 
@@ -65,7 +65,7 @@ class Bus:
         relay = LogRelay(Streams(streams))
         for agent in streams.values():
             agent.relay = relay
-        bus = LogBus(relay, publish=self.publish, lease_s=lease_s)
+        bus = LogBus(relay, publish=self.publish, lease_s=lease_s, ack_s=0.5)
         self.replicas.append(bus)
         return bus
 
@@ -103,15 +103,27 @@ async def test_a_replica_without_the_stream_gets_the_chunks_whole_and_in_order()
     assert all(len(json.dumps(m)) < 8000 for m in bus.published)
 
 
-async def test_no_replica_holding_the_stream_is_named_within_the_wait() -> None:
+async def test_no_replica_holding_the_stream_is_told_apart_by_the_missing_ack() -> None:
     bus = Bus()
     asker = bus.replica({})
 
-    got = await collect(asker.fetch("host-9", "web-1", tail_lines=10, follow=False, wait_s=0.2))
+    with pytest.raises(NoHolder):
+        await collect(asker.fetch("host-9", "web-1", tail_lines=10, follow=False, wait_s=5))
+
+    await eventually(lambda: [m["kind"] for m in bus.published] == ["req", "cancel"])
+    assert len(asker) == 0
+
+
+async def test_a_holder_whose_agent_is_silent_is_named_within_the_wait() -> None:
+    """The holder acks, its agent sends nothing: the asker's wait ends in an error chunk."""
+    bus = Bus()
+    asker = bus.replica({})
+    bus.replica({"host-1": Agent(lambda rid: [])})
+
+    got = await collect(asker.fetch("host-1", "web-1", tail_lines=10, follow=False, wait_s=0.4))
 
     assert len(got) == 1 and got[0].eof
-    assert 'no control-plane replica answered for the stream of host "host-9"' in got[0].error
-    assert "keelctl describe host host-9" in got[0].error
+    assert 'the agent of host "host-1" did not answer the log request' in got[0].error
 
 
 async def test_the_agents_own_error_reaches_the_asker() -> None:
