@@ -52,6 +52,14 @@ def two_replicas(
         yield fleet
 
 
+def shell_server(fleet: Fleet, before: str) -> list[str]:
+    """The test's HTTP server run by /bin/sh after the shell text `before` (which may exit, or
+    wait: a first start counts as ready as soon as its health check passes, so a move is only
+    as slow as its replacement's start)."""
+    serve = " ".join(fleet.server_command()).replace("${KEEL_PORT_HTTP}", '"$KEEL_PORT_HTTP"')
+    return ["/bin/sh", "-c", f"{before}; exec {serve}"]
+
+
 def standby(fleet: TwoReplicas) -> str:
     """The address of the replica that does not lead."""
     leader = wait_for(fleet.leader, timeout=60, message="a leading replica")

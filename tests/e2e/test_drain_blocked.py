@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import DatabaseFactory
-from drains import blockers, host, standby, two_replicas
+from drains import blockers, host, shell_server, standby, two_replicas
 from harness import wait_for
 from procs import process_alive
 from replicas import TwoReplicas
@@ -43,12 +43,6 @@ def fleet4(tmp_path: Path, database_factory: DatabaseFactory) -> Iterator[TwoRep
     }
     with two_replicas(tmp_path, database_factory, agent_args=args) as f:
         yield f
-
-
-def _crashing_on_host_3(fleet: TwoReplicas) -> list[str]:
-    """The test's HTTP server, except on host-3, where it exits at once (a crash loop)."""
-    serve = " ".join(fleet.server_command()).replace("${KEEL_PORT_HTTP}", '"$KEEL_PORT_HTTP"')
-    return ["/bin/sh", "-c", f'[ "${{KEEL_HOST}}" = host-3 ] && exit 1; exec {serve}']
 
 
 def _web_with_one_crash_looping(fleet: TwoReplicas) -> dict[str, InstanceView]:
@@ -77,7 +71,8 @@ def test_a_drain_blocked_by_the_budget_and_by_capacity_fails_then_force_stops_wh
     fleet.apply_ok(
         fleet.manifest(
             "web",
-            command=_crashing_on_host_3(fleet),
+            # The test's HTTP server, except on host-3, where it exits at once (a crash loop).
+            command=shell_server(fleet, '[ "${KEEL_HOST}" = host-3 ] && exit 1'),
             replicas=3,
             max_surge=0,
             max_unavailable=1,

@@ -20,7 +20,13 @@ from typing import Any
 
 import pytest
 from conftest import DatabaseFactory
-from drains import assert_budget_held_in_history, event_index, history, two_replicas
+from drains import (
+    assert_budget_held_in_history,
+    event_index,
+    history,
+    shell_server,
+    two_replicas,
+)
 from harness import Fleet, InstanceSampler, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +55,8 @@ def test_a_drain_survives_kill_9_of_the_control_plane(fleet4: Fleet) -> None:
     of host-1 replaced exactly once, none lost, and no moment (sampled, or in the event
     history) with fewer ready than the budget allows."""
     fleet = fleet4
-    fleet.apply_ok(fleet.manifest("web", replicas=8, min_ready="2s"))
+    # Each instance listens 2 s after it starts: the kill lands while a replacement starts.
+    fleet.apply_ok(fleet.manifest("web", command=shell_server(fleet, "sleep 2"), replicas=8))
     fleet.wait_running("web", 8)
     moving = sorted(i.id for i in fleet.instances("web") if i.host == "host-1")
     assert moving
@@ -69,6 +76,7 @@ def test_a_drain_survives_kill_9_of_the_control_plane(fleet4: Fleet) -> None:
             message="the drain to end after the restart",
         )
     assert done["state"] == "SUCCEEDED", done
+    assert (done["progress"]["moved"], done["progress"]["remaining"]) == (len(moving), 0), done
     final = fleet.wait_running("web", 8)
     assert not [i for i in final if i.host == "host-1"]
     # Each instance that left host-1 has exactly one replacement, and it runs.

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 from conftest import DatabaseFactory
-from drains import assert_budget_held_in_history, available, ended, history, two_replicas
+from drains import (
+    assert_budget_held_in_history,
+    available,
+    ended,
+    history,
+    shell_server,
+    two_replicas,
+)
 from harness import InstanceSampler, wait_for
 from replicas import TwoReplicas
 from views import InstanceView
@@ -47,7 +54,9 @@ def test_kill_9_of_the_leading_replica_with_moves_in_flight_and_the_standby_fini
     (--max-parallel 2), never fewer than 11 of 12 ready; the recorded history agrees; a second
     drain through keelctl (now reaching the standby) returns the same operation."""
     fleet = replicas
-    fleet.apply_ok(fleet.manifest("web", replicas=REPLICAS, max_surge=2, min_ready="2s"))
+    # Each instance listens 2 s after it starts: a move takes that long at least.
+    slow = shell_server(fleet, "sleep 2")
+    fleet.apply_ok(fleet.manifest("web", command=slow, replicas=REPLICAS, max_surge=2))
     fleet.wait_running("web", REPLICAS, timeout=120)
     moving = {i.id for i in fleet.instances("web") if i.host == "host-1"}
     assert len(moving) >= 3, moving
@@ -83,6 +92,8 @@ def test_kill_9_of_the_leading_replica_with_moves_in_flight_and_the_standby_fini
         assert again["operation"]["id"] == op_id, again
         done = ended(fleet, op_id, timeout=180)
     assert done["state"] == "SUCCEEDED", done
+    # Its progress is counted across the failover: every instance of host-1, none left.
+    assert (done["progress"]["moved"], done["progress"]["remaining"]) == (len(moving), 0), done
     assert at_kill is not None
     # Killed mid-drain: instances still on host-1 and wanted, a move under way.
     assert [i for i in at_kill if i.host == "host-1" and i.desired == "RUNNING"], at_kill
@@ -98,4 +109,9 @@ def test_kill_9_of_the_leading_replica_with_moves_in_flight_and_the_standby_fini
         assert available(sample, "web") >= REPLICAS - 1, sample
         assert len(_in_flight(sample, moving)) <= 2, sample
     assert_budget_held_in_history(history(fleet), op_id, {"web": (REPLICAS, REPLICAS - 1)})
-    print(f"the standby resumed the drain {resumed_s:.2f} s after kill -9 of the leader")
+    most = max(len(_in_flight(sample, moving)) for sample in sampler.samples)
+    print(
+        f"the standby resumed the drain {resumed_s:.2f} s after kill -9 of the leader; "
+        f"{len(sampler.samples)} listings, at most {most} moves at once, "
+        f"{len(_in_flight(at_kill, moving))} under way at the kill"
+    )
