@@ -134,9 +134,10 @@ def test_cancel_mid_drain_with_uncordon_leaves_the_moved_instances_where_they_ar
 ) -> None:
     """Started without --wait, the drain prints its id and how to watch it; a second drain
     returns it; `keelctl ops` lists it while it runs; `op watch` through the replica that does
-    not lead follows it. Cancelled with --uncordon once web has moved and the pinned instance
-    blocks: CANCELLED, host-1 schedulable again, the moved instances stay where they are and
-    the pinned one keeps running; the watch ends with exit 1; `ops` lists nothing running."""
+    not lead follows it, as through the leader. Cancelled with --uncordon once web has moved
+    and the pinned instance blocks: CANCELLED, host-1 schedulable again, the moved instances
+    stay where they are and the pinned one keeps running; each watch ends with exit 1; `ops`
+    lists nothing running."""
     fleet = fleet4
     fleet.apply_ok(fleet.manifest("web", replicas=8, min_ready="500ms"))
     # Pinned to host-1 by its selector: no host can take a replacement, the drain stays open.
@@ -152,14 +153,16 @@ def test_cancel_mid_drain_with_uncordon_leaves_the_moved_instances_where_they_ar
     op_id = m.group(1)
     assert f"watch it:  keelctl op watch {op_id}" in text
     assert f"cancel it: keelctl op cancel {op_id}" in text
-    watched: list[subprocess.CompletedProcess[str]] = []
-    watcher = threading.Thread(
-        target=lambda: watched.append(
-            fleet.keelctl("op", "watch", op_id, address=standby(fleet), timeout=180)
-        ),
-        name="op-watch",
-    )
-    watcher.start()
+    # Watched through each replica: the one that leads and the one that relays.
+    leader = wait_for(fleet.leader, timeout=30, message="a leading replica")
+    watched: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def watch(address: str) -> None:
+        watched[address] = fleet.keelctl("op", "watch", op_id, address=address, timeout=180)
+
+    watchers = [threading.Thread(target=watch, args=(a,), name=a) for a in fleet.replicas]
+    for w in watchers:
+        w.start()
     try:
         again = fleet.keelctl_json("drain", "host-1")
         assert again["operation"]["id"] == op_id and not again.get("created", False)
@@ -180,11 +183,15 @@ def test_cancel_mid_drain_with_uncordon_leaves_the_moved_instances_where_they_ar
         cancelled = fleet.keelctl_ok("op", "cancel", op_id, "--uncordon")
         assert f"{op_id} CANCELLED" in cancelled.stdout
     finally:
-        watcher.join(timeout=180)
+        for w in watchers:
+            w.join(timeout=180)
     assert host(fleet, "host-1").schedulable
-    [watch] = watched
-    assert watch.returncode == 1, watch.stdout + watch.stderr
-    assert f"{op_id} RUNNING" in watch.stdout and f"{op_id} CANCELLED" in watch.stdout
+    assert sorted(watched) == sorted(fleet.replicas) and leader in watched
+    for address, seen in watched.items():
+        assert seen.returncode == 1, f"through {address}: {seen.stdout}{seen.stderr}"
+        # A line per change while it ran, up to every web instance moved, then how it ended.
+        assert f"{op_id} RUNNING: moved {len(web_moving)}/" in seen.stdout, seen.stdout
+        assert f"{op_id} CANCELLED" in seen.stdout, seen.stdout
     # Cancelling again changes nothing; only running operations are listed without --all.
     fleet.keelctl_ok("op", "cancel", op_id)
     assert fleet.keelctl_json("ops").get("operations", []) == []
