@@ -25,6 +25,7 @@ from controlplane.fleet_index import Delta, InstanceRecord
 from controlplane.records import INSTANCE_COLUMNS, instance_record
 from controlplane.sql import (
     WORKLOAD_CHANNEL,
+    Conn,
     Database,
     Versions,
     bump_versions,
@@ -36,7 +37,7 @@ from controlplane.sql import (
 from controlplane.store import Report
 from controlplane.view import StuckState
 from controlplane.workload_store import stuck_state
-from keel.model import Change, Desired, change_of, converged
+from keel.model import Change, Desired, Phase, change_of, converged
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,32 @@ def _cached_fields(r: asyncpg.Record | Report) -> tuple[object, ...]:
     if isinstance(r, Report):
         return (str(r.phase), r.ready, r.reason, r.message, r.agent_stuck, True)
     return (r["phase"], r["ready"], r["reason"], r["message"], r["agent_stuck"], r["observed"])
+
+
+def _serving(phase: str, ready: bool) -> bool:
+    return phase == Phase.RUNNING and ready
+
+
+async def _record_readiness(
+    conn: Conn, batch: Sequence[Report], before: dict[str, asyncpg.Record]
+) -> None:
+    """Each instance that starts or stops serving (RUNNING and ready) goes into the history,
+    in one statement: what served at every moment can be rebuilt from the events in order, and
+    a drain's or rollout's budget checked after the fact, not on its controller's word."""
+    turned = [
+        r
+        for r in batch
+        if _serving(r.phase, r.ready) != _serving((b := before[r.instance_id])["phase"], b["ready"])
+    ]
+    if not turned:
+        return
+    await conn.execute(
+        """INSERT INTO event (object, kind, message)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[])""",
+        [f"instance/{r.instance_id}" for r in turned],
+        ["InstanceReady" if _serving(r.phase, r.ready) else "InstanceNotReady" for r in turned],
+        [f"{r.phase} on {r.host}" + (f" (pid {r.pid})" if r.pid else "") for r in turned],
+    )
 
 
 def _deltas(
@@ -196,6 +223,7 @@ class StatusStore:
                 [r.agent_stuck for r in batch],
                 now_converged,
             )
+            await _record_readiness(conn, batch, before)
             workloads: set[str] = set()
             cached: set[str] = set()  # workloads whose cached instances changed
             done: list[tuple[str, float]] = []

@@ -53,6 +53,14 @@ class TwoReplicas(Fleet):
             second.stop()
         super().close()
 
+    def log_tails(self, lines: int = 60) -> list[tuple[str, str]]:
+        """The harness's tails, and the second replica's (a failed test's report needs both)."""
+        tails = super().log_tails(lines)
+        second = getattr(self, "second", None)
+        if second is not None:
+            tails.append((f"{second.name} ({second.log})", second.tail(lines)))
+        return tails
+
     def leader(self) -> str | None:
         """The gRPC address of the replica whose keel_leader is 1."""
         for address in self.replicas:

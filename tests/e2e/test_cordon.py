@@ -1,4 +1,5 @@
-"""End-to-end: cordon and uncordon through keelctl against a live fleet of four agents.
+"""End-to-end: cordon and uncordon through keelctl against two control-plane replicas and four
+agents; keelctl is given both replicas.
 
 The maintenance wave: three hosts cordoned in one call while a workload scales up; nothing is
 placed on any of them after the cordon committed, and uncordon lets placements back.
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import DatabaseFactory
+from drains import two_replicas
 from harness import Fleet
+from replicas import TwoReplicas
 from views import _time
 
 pytestmark = pytest.mark.e2e
@@ -22,9 +25,9 @@ WAVE = ["host-1", "host-2", "host-3"]
 
 
 @pytest.fixture
-def fleet4(tmp_path: Path, database_factory: DatabaseFactory) -> Iterator[Fleet]:
-    """A control plane and agents host-1..host-4, all hosts READY."""
-    with database_factory() as url, Fleet(tmp_path, database_url=url, agents=4) as f:
+def fleet4(tmp_path: Path, database_factory: DatabaseFactory) -> Iterator[TwoReplicas]:
+    """Two control-plane replicas and agents host-1..host-4, all hosts READY."""
+    with two_replicas(tmp_path, database_factory) as f:
         yield f
 
 
@@ -36,7 +39,7 @@ def _cordoned_at(fleet: Fleet) -> dict[str, datetime]:
 
 
 def test_a_maintenance_wave_cordons_three_hosts_at_once_while_a_workload_scales(
-    fleet4: Fleet,
+    fleet4: TwoReplicas,
 ) -> None:
     """No instance is placed on a host of the wave after its cordon committed, however the
     cordon interleaves with a scale-up; uncordon makes the hosts schedulable again."""
@@ -96,7 +99,7 @@ def test_a_maintenance_wave_cordons_three_hosts_at_once_while_a_workload_scales(
     assert {i.host for i in final} & set(WAVE)
 
 
-def test_cordon_of_an_unknown_host_changes_nothing(fleet4: Fleet) -> None:
+def test_cordon_of_an_unknown_host_changes_nothing(fleet4: TwoReplicas) -> None:
     """All or none: one unknown name fails the call (exit 1, the name given) and cordons none."""
     result = fleet4.keelctl("cordon", "host-1", "host-9")
     assert result.returncode == 1

@@ -1,15 +1,20 @@
-"""End-to-end: drains through keelctl against a live fleet of real agents (process driver).
+"""End-to-end: drains through keelctl against two control-plane replicas and four agents (real
+processes, process driver); keelctl is given both replicas and reaches whichever answers.
 
-A drain of a host running two workloads completes make-before-break, the budget sampled while
-it runs; a drain blocked by the budget says so while blocked and fails at its deadline with the
-host still cordoned and the instance still running, and `--on-deadline force` stops it; a
-second drain returns the same operation; cancel; a dry run changes nothing.
+A drain of a host running two workloads completes make-before-break, the budget checked while
+it runs (sampled) and afterwards over the recorded history in order; a drain started without
+`--wait` prints its id and how to watch it, a second drain returns the same operation,
+`keelctl ops` lists it while it runs, `op watch` follows it through the replica that does not
+lead, and `op cancel --uncordon` mid-drain leaves the moved instances where they are; a dry run
+changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import re
+import subprocess
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,23 +23,28 @@ from typing import Any
 import asyncpg
 import pytest
 from conftest import DatabaseFactory
-from harness import Fleet, InstanceSampler, wait_for
+from drains import (
+    assert_budget_held_in_history,
+    available,
+    blockers,
+    event_index,
+    history,
+    host,
+    op,
+    standby,
+    two_replicas,
+)
+from harness import InstanceSampler, hold_for, wait_for
+from replicas import TwoReplicas
 
 pytestmark = pytest.mark.e2e
 
-# Short waits, so blocked drains are judged within a test's time.
-FAST = ["--drain-interval", "300ms", "--drain-blocked-after", "2s"]
-
 
 @pytest.fixture
-def fleet4(tmp_path: Path, database_factory: DatabaseFactory) -> Iterator[Fleet]:
-    """A control plane and agents host-1..host-4, all hosts READY."""
-    # host-1 alone has disk=ssd: a workload pinned there has nowhere else to go.
-    args = {1: ["--label", "disk=ssd"]}
-    with (
-        database_factory() as url,
-        Fleet(tmp_path, database_url=url, agents=4, agent_args=args, controlplane_args=FAST) as f,
-    ):
+def fleet4(tmp_path: Path, database_factory: DatabaseFactory) -> Iterator[TwoReplicas]:
+    """Two replicas and agents host-1..host-4; host-1 alone has disk=ssd (a workload pinned
+    there has nowhere else to go)."""
+    with two_replicas(tmp_path, database_factory, agent_args={1: ["--label", "disk=ssd"]}) as f:
         yield f
 
 
@@ -60,96 +70,147 @@ def _desired_state(url: str) -> list[Any]:
     return asyncio.run(read())
 
 
-def _op(fleet: Fleet, op_id: str) -> dict[str, Any]:
-    data: dict[str, Any] = fleet.keelctl_json("op", "get", op_id)
-    return data
-
-
-def _started(fleet: Fleet, *args: str) -> str:
-    """Runs `keelctl drain ARGS -o json` and returns the operation's id."""
-    data = fleet.keelctl_json("drain", *args)
-    op_id: str = data["operation"]["id"]
-    return op_id
-
-
-def _available(instances: list[Any], workload: str) -> int:
-    return sum(
-        1 for i in instances if i.workload == workload and i.desired == "RUNNING" and i.serving
-    )
-
-
-def test_a_drain_of_two_workloads_moves_everything_make_before_break(fleet4: Fleet) -> None:
+def test_a_drain_of_two_workloads_moves_everything_make_before_break(fleet4: TwoReplicas) -> None:
     """Both workloads' instances leave host-1, each replacement ready before its instance
-    stops: no sample while it runs has fewer ready than the budget's floor; the operation
-    SUCCEEDED, the host is left cordoned and empty."""
+    stops. The budget (at least 3 of 4 ready) holds in every listing sampled while it runs and
+    at every point of the recorded history, rebuilt from the instances' own ready/not-ready
+    events in order. The operation SUCCEEDED, the host is left cordoned and empty."""
     fleet = fleet4
-    # Spread over four hosts: host-1 holds one or two of each.
     fleet.apply_ok(fleet.manifest("web", replicas=4, min_ready="500ms"))
     fleet.apply_ok(fleet.manifest("api", replicas=4, min_ready="500ms", max_surge=2))
-    fleet.wait_running("web", 4)
-    fleet.wait_running("api", 4)
-    on_host = Counter(i.workload for i in fleet.instances() if i.host == "host-1")
+    before = fleet.wait_running("web", 4) + fleet.wait_running("api", 4)
+    moving = sorted(i.id for i in before if i.host == "host-1")
+    on_host = Counter(i.workload for i in before if i.host == "host-1")
     assert on_host["web"] >= 1 and on_host["api"] >= 1, on_host
 
-    with InstanceSampler(fleet.address) as sampler:
+    with InstanceSampler(standby(fleet)) as sampler:
         sampler.start()
-        result = fleet.keelctl("drain", "host-1", "--reason", "kernel upgrade", "--wait")
+        result = fleet.keelctl(
+            "drain", "host-1", "--reason", "kernel upgrade", "--wait", timeout=180
+        )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCEEDED" in result.stdout and "runbooks/cordon-and-drain.md" in result.stdout
-    assert not sampler.errors
+    assert not sampler.errors and len(sampler.samples) > 10
     for sample in sampler.samples:
         # max_unavailable 1 of 4: at least 3 of each ready at every moment seen.
-        assert _available(sample, "web") >= 3, sample
-        assert _available(sample, "api") >= 3, sample
+        assert available(sample, "web") >= 3, sample
+        assert available(sample, "api") >= 3, sample
     final = fleet.wait_running("web", 4) + fleet.wait_running("api", 4)
     assert not [i for i in final if i.host == "host-1"]
-    host = next(h for h in fleet.hosts_status() if h.name == "host-1")
-    assert not host.schedulable
-    [op] = fleet.keelctl_json("ops", "--all")["operations"]
-    assert op["state"] == "SUCCEEDED" and op["progress"]["remaining"] == 0
-    assert op["progress"]["moved"] == on_host["web"] + on_host["api"]
-    # The drain's metrics: one finished on time, its moves, nothing left running.
+    assert not host(fleet, "host-1").schedulable
+    [done] = fleet.keelctl_json("ops", "--all")["operations"]
+    assert done["state"] == "SUCCEEDED" and done["progress"]["remaining"] == 0
+    assert done["progress"]["moved"] == len(moving)
+
+    # The history, in order: at every point at least 3 of each ready; each instance that left
+    # had exactly one replacement, which became ready before the instance stopped being so.
+    events = history(fleet)
+    assert_budget_held_in_history(events, done["id"], {"web": (4, 3), "api": (4, 3)})
+    replacement = {i.raw["replaces"]: i.id for i in final if i.raw.get("replaces")}
+    assert sorted(replacement) == moving
+    for old, new in replacement.items():
+        assert event_index(events, new, "InstanceReady") < event_index(
+            events, old, "InstanceNotReady"
+        ), f"{old} stopped serving before its replacement {new} was ready"
+
+    # The leader's drain metrics: one drain finished on time, its moves, nothing left.
+    leader = wait_for(fleet.leader, timeout=30, message="a leading replica")
     m = wait_for(
         lambda: (
-            (got := fleet.metrics())
+            (got := fleet.replica_metrics(leader))
             and got.get('keel_operations{kind="drain",state="SUCCEEDED"}') == 1
             and got
         ),
-        timeout=10,
+        timeout=15,
         message="keel_operations to count the drain",
     )
     assert m['keel_drain_duration_seconds_count{result="succeeded"}'] == 1
-    assert m['keel_drain_moves_total{result="replaced"}'] == on_host["web"] + on_host["api"]
+    assert m['keel_drain_moves_total{result="replaced"}'] == len(moving)
     assert m["keel_drain_remaining_instances"] == 0
-    assert m["keel_leader"] == 1
 
 
-def test_a_second_drain_returns_the_running_operation_and_cancel_stops_it(fleet4: Fleet) -> None:
-    """Drain twice: one operation. Cancel: CANCELLED, the host still cordoned; uncordon makes
-    it schedulable again."""
+def test_cancel_mid_drain_with_uncordon_leaves_the_moved_instances_where_they_are(
+    fleet4: TwoReplicas,
+) -> None:
+    """Started without --wait, the drain prints its id and how to watch it; a second drain
+    returns it; `keelctl ops` lists it while it runs; `op watch` through the replica that does
+    not lead follows it, as through the leader. Cancelled with --uncordon once web has moved
+    and the pinned instance blocks: CANCELLED, host-1 schedulable again, the moved instances
+    stay where they are and the pinned one keeps running; each watch ends with exit 1; `ops`
+    lists nothing running."""
     fleet = fleet4
-    # Pinned to host-1 by its selector: no host can take a replacement, the drain keeps running.
+    fleet.apply_ok(fleet.manifest("web", replicas=8, min_ready="500ms"))
+    # Pinned to host-1 by its selector: no host can take a replacement, the drain stays open.
     fleet.apply_ok(fleet.manifest("pinned", replicas=1, selector={"disk": "ssd"}))
-    fleet.wait_running("pinned", 1)
-    first = _started(fleet, "host-1")
-    second = fleet.keelctl_json("drain", "host-1")
-    assert second["operation"]["id"] == first and not second.get("created", False)
-    op = wait_for(
-        lambda: (o := _op(fleet, first))["progress"].get("blockers") and o,
-        message="the drain to report its blocker",
-    )
-    assert op["progress"]["blockers"][0]["reason"] == "NO_CAPACITY"
-    assert "disk=ssd" in op["progress"]["blockers"][0]["message"]
-    cancelled = fleet.keelctl_ok("op", "cancel", first)
-    assert f"{first} CANCELLED" in cancelled.stdout
-    assert not next(h for h in fleet.hosts_status() if h.name == "host-1").schedulable
-    # Cancelling again changes nothing; uncordon through keelctl.
-    fleet.keelctl_ok("op", "cancel", first)
-    fleet.keelctl_ok("uncordon", "host-1")
-    assert next(h for h in fleet.hosts_status() if h.name == "host-1").schedulable
+    fleet.wait_running("web", 8)
+    [pinned] = fleet.wait_running("pinned", 1)
+    web_moving = {i.id for i in fleet.instances("web") if i.host == "host-1"}
+    assert web_moving
+
+    text = fleet.keelctl_ok("drain", "host-1").stdout
+    m = re.search(r"^drain (\S+) started: host-1 cordoned", text, re.M)
+    assert m is not None, text
+    op_id = m.group(1)
+    assert f"watch it:  keelctl op watch {op_id}" in text
+    assert f"cancel it: keelctl op cancel {op_id}" in text
+    # Watched through each replica: the one that leads and the one that relays.
+    leader = wait_for(fleet.leader, timeout=30, message="a leading replica")
+    watched: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def watch(address: str) -> None:
+        watched[address] = fleet.keelctl("op", "watch", op_id, address=address, timeout=180)
+
+    watchers = [threading.Thread(target=watch, args=(a,), name=a) for a in fleet.replicas]
+    for w in watchers:
+        w.start()
+    try:
+        again = fleet.keelctl_json("drain", "host-1")
+        assert again["operation"]["id"] == op_id and not again.get("created", False)
+        running = fleet.keelctl_json("ops")["operations"]
+        assert [(o["id"], o["state"]) for o in running] == [(op_id, "RUNNING")]
+        # Mid-drain: every web instance moved, the pinned one blocked.
+        wait_for(
+            lambda: op(fleet, op_id)["progress"].get("moved") == len(web_moving),
+            timeout=90,
+            message="every web instance moved",
+        )
+        [blocker] = blockers(fleet, op_id).values()
+        assert (blocker["instance"], blocker["reason"]) == (pinned.id, "NO_CAPACITY")
+        assert "disk=ssd" in blocker["message"]
+        web = {i.id: (i.host, i.pid) for i in fleet.wait_running("web", 8)}
+        assert "host-1" not in {h for h, _ in web.values()}
+
+        cancelled = fleet.keelctl_ok("op", "cancel", op_id, "--uncordon")
+        assert f"{op_id} CANCELLED" in cancelled.stdout
+    finally:
+        for w in watchers:
+            w.join(timeout=180)
+    assert host(fleet, "host-1").schedulable
+    assert sorted(watched) == sorted(fleet.replicas) and leader in watched
+    for address, seen in watched.items():
+        assert seen.returncode == 1, f"through {address}: {seen.stdout}{seen.stderr}"
+        # A line per change while it ran, up to every web instance moved, then how it ended.
+        assert f"{op_id} RUNNING: moved {len(web_moving)}/" in seen.stdout, seen.stdout
+        assert f"{op_id} CANCELLED" in seen.stdout, seen.stdout
+    # Cancelling again changes nothing; only running operations are listed without --all.
+    fleet.keelctl_ok("op", "cancel", op_id)
+    assert fleet.keelctl_json("ops").get("operations", []) == []
+    [listed] = fleet.keelctl_json("ops", "--all")["operations"]
+    assert (listed["id"], listed["state"]) == (op_id, "CANCELLED")
+
+    # Nothing moves back: the same web instances on the same hosts with the same processes,
+    # and the pinned instance still runs on host-1.
+    def unchanged() -> bool:
+        now = {i.id: (i.host, i.pid) for i in fleet.instances("web") if i.serving}
+        [still] = fleet.instances("pinned")
+        return now == web and (still.id, still.pid, still.serving) == (pinned.id, pinned.pid, True)
+
+    hold_for(unchanged, duration=3, interval=0.5, message="the instances as the cancel left them")
 
 
-def test_a_dry_run_changes_nothing_and_says_where_each_instance_would_go(fleet4: Fleet) -> None:
+def test_a_dry_run_changes_nothing_and_says_where_each_instance_would_go(
+    fleet4: TwoReplicas,
+) -> None:
     """--dry-run: the database compared before and after; every instance on host-1 has a move
     to another host, and an estimate."""
     fleet = fleet4
@@ -166,87 +227,3 @@ def test_a_dry_run_changes_nothing_and_says_where_each_instance_would_go(fleet4:
     assert all(m["target"] not in ("", "host-1") for m in moves)
     assert plan["eta_s"] > 0
     assert "nothing was changed" in text and "Estimate:" in text
-
-
-def test_a_drain_blocked_by_the_budget_fails_at_its_deadline_then_force_stops_it(
-    fleet4: Fleet,
-) -> None:
-    """max_surge 0, max_unavailable 1, a replica elsewhere down (its host silent):
-    BUDGET_EXHAUSTED while blocked (keelctl op get -o json), DRAIN_BLOCKED in keelctl stuck;
-    FAILED at the deadline with the host cordoned and the instance running; a drain with
-    --on-deadline force stops it."""
-    fleet = fleet4
-    fleet.apply_ok(fleet.manifest("web", replicas=4, max_surge=0, max_unavailable=1))
-    fleet.wait_running("web", 4)
-    victim = next(i for i in fleet.instances("web") if i.host == "host-1")
-    broken_host = next(i.host for i in fleet.instances("web") if i.host != "host-1")
-    # One replica elsewhere down: its agent frozen, its host goes NOT_READY and the instance
-    # there counts as unavailable.
-    with fleet.freeze_agent(int(broken_host.split("-")[1])):
-        wait_for(
-            lambda: next(h for h in fleet.hosts_status() if h.name == broken_host).state != "READY",
-            timeout=30,
-            message=f"{broken_host} NOT_READY",
-        )
-        op_id = _started(fleet, "host-1", "--deadline", "8s")
-        blocked = wait_for(
-            lambda: (o := _op(fleet, op_id))["progress"].get("blockers") and o,
-            message="the blocker",
-        )
-        blocker = blocked["progress"]["blockers"][0]
-        assert (blocker["instance"], blocker["reason"]) == (victim.id, "BUDGET_EXHAUSTED")
-        assert blocker["runbook"] == "runbooks/drain/budget-exhausted.md"
-        assert blocker["next_command"] == "keelctl describe workload web"
-        assert "down now:" in blocker["message"] and broken_host in blocker["message"]
-        # Blocked past --drain-blocked-after (2s here): a stuck object with its next command.
-        stuck = wait_for(
-            lambda: [
-                o
-                for o in fleet.keelctl_json("stuck").get("objects", [])
-                if o["object"] == f"operation/{op_id}"
-            ],
-            timeout=20,
-            message="DRAIN_BLOCKED in keelctl stuck",
-        )
-        assert stuck[0]["stuck"]["reason"] == "DRAIN_BLOCKED"
-        assert stuck[0]["stuck"]["next_command"] == f"keelctl op get {op_id}"
-        failed = wait_for(
-            lambda: (o := _op(fleet, op_id))["state"] == "FAILED" and o,
-            timeout=30,
-            message="FAILED at the deadline",
-        )
-        assert "deadline" in failed["message"]
-        assert not next(h for h in fleet.hosts_status() if h.name == "host-1").schedulable
-        still = {i.id: i for i in fleet.instances("web")}
-        assert still[victim.id].desired == "RUNNING" and still[victim.id].serving
-        # Force: the remaining instance is stopped at the deadline.
-        forced = fleet.keelctl(
-            "drain", "host-1", "--deadline", "2s", "--on-deadline", "force", "--wait"
-        )
-        assert forced.returncode == 0, forced.stdout + forced.stderr
-        assert victim.id not in {i.id for i in fleet.instances("web")}
-        events = fleet.keelctl_json("events")["events"]
-        assert any(e["kind"] == "DrainForced" for e in events), events
-        assert json.dumps(events)  # the history is readable
-
-
-def test_a_drain_blocked_for_capacity_fails_at_its_deadline_leaving_the_host_cordoned(
-    fleet4: Fleet,
-) -> None:
-    """A workload pinned to host-1 by its selector: NO_CAPACITY naming the selector while
-    blocked; FAILED at the deadline (exit 1 with --wait), the host cordoned, the instance
-    running; the result names the runbook and the blocker."""
-    fleet = fleet4
-    fleet.apply_ok(fleet.manifest("pinned", replicas=1, selector={"disk": "ssd"}))
-    [pinned] = fleet.wait_running("pinned", 1)
-    result = fleet.keelctl("drain", "host-1", "--deadline", "4s", "--wait", timeout=60)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "FAILED" in result.stdout and "runbooks/cordon-and-drain.md" in result.stdout
-    assert f"{pinned.id} NO_CAPACITY" in result.stdout
-    assert "(next: keelctl get hosts)" in result.stdout
-    [op] = fleet.keelctl_json("ops", "--all")["operations"]
-    assert op["state"] == "FAILED"
-    assert op["progress"]["blockers"][0]["reason"] == "NO_CAPACITY"
-    [still] = fleet.instances("pinned")
-    assert (still.id, still.desired, still.serving) == (pinned.id, "RUNNING", True)
-    assert not next(h for h in fleet.hosts_status() if h.name == "host-1").schedulable

@@ -134,6 +134,30 @@ async def test_reports_batch_updates_only_the_reporting_hosts_instances(store: S
     assert (ib.phase, ib.pid) == ("PENDING", 0)
 
 
+async def test_reports_record_when_an_instance_starts_and_stops_serving(store: Store) -> None:
+    """The history says, in order, when each instance became ready and when it stopped being
+    so; a report that changes nothing of that records nothing."""
+    await _host(store, "h1")
+    row, _ = await store.apply_workload(_workload())
+    [a] = (await store.apply_plan(row, create_on=["h1"], remove=[], epoch=None)).created
+    status = StatusStore(store.pool)
+    for phase, ready in [("STARTING", False), ("RUNNING", False), ("RUNNING", True)]:
+        await status.write_reports(
+            [Report("h1", a, phase, 7, 0, "", "", "", {}, ready, False, None)]
+        )
+    await status.write_reports(
+        [Report("h1", a, "RUNNING", 7, 0, "", "", "", {}, True, False, None)]
+    )
+    await status.write_reports(
+        [Report("h1", a, "STOPPING", 7, 0, "", "", "", {}, True, False, None)]
+    )
+    events = await status.list_events(obj="workload/web", limit=100)
+    assert [(e.object, e.kind, e.message) for e in events if e.kind.startswith("Instance")] == [
+        (f"instance/{a}", "InstanceReady", "RUNNING on h1 (pid 7)"),
+        (f"instance/{a}", "InstanceNotReady", "STOPPING on h1 (pid 7)"),
+    ]
+
+
 async def _judge(store: Store) -> Decision:
     """Liveness' decision as the leader makes it: database time, the hosts as its cache holds
     them."""
