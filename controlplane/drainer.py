@@ -27,7 +27,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 
 import structlog
 
@@ -52,8 +51,8 @@ from controlplane.operations import (
     Progress,
 )
 from controlplane.plan_checks import Stale
+from controlplane.plan_write import PlanWrite
 from controlplane.reconcile import IDLE, Result, Term, requeue_after
-from controlplane.sql import Conn, record_event
 from controlplane.store import Store
 from controlplane.workload import hosts_seen
 from keel.model import Change
@@ -282,42 +281,38 @@ class DrainController:
     # -- writing ----------------------------------------------------------------------------
 
     async def _write(self, op: OperationRow, step: Step, *, epoch: int | None) -> bool:
-        """Writes the step, one workload per transaction; True if anything was written."""
+        """Writes the step, every workload in one transaction (each in a savepoint: one made
+        from a stale read is refused alone); True if anything was written."""
         creates: dict[str, list[tuple[str, str]]] = {}
         removes: dict[str, list[str]] = {}
         for start in step.starts:
             creates.setdefault(start.workload, []).append((start.host, start.replaces))
         for stop in step.stops:
             removes.setdefault(stop.workload, []).append(stop.instance)
-        wrote = False
+        plans: list[PlanWrite] = []
         for name in sorted(set(creates) | set(removes)):
             entry = self._cache.index.workload(name)
             if entry is None:
                 continue
             places = [host for host, _ in creates.get(name, ())]
-            gone = removes.get(name, [])
-            events = [
-                (replaces, f"drain {op.id}: replacement starting on {host}")
-                for host, replaces in creates.get(name, ())
-            ] + [
-                (
-                    stop.instance,
-                    f"drain {op.id}: stopping ({stop.kind.value}; {name} {stop.ready} ready "
-                    f"after it, at least {stop.floor} must stay)",
+            plans.append(
+                PlanWrite(
+                    entry.row,
+                    create_on=places,
+                    remove=removes.get(name, []),
+                    version=entry.version,
+                    hosts_read=hosts_seen(self._cache, entry, places=places),
+                    replaces=[replaces for _, replaces in creates.get(name, ())],
+                    events=_move_events(op.id, name, creates.get(name, ()), step),
+                    actor=op.actor,
                 )
-                for stop in step.stops
-                if stop.workload == name
-            ]
-            result = await self._store.apply_plan(
-                entry.row,
-                create_on=places,
-                remove=gone,
-                epoch=epoch,
-                version=entry.version,
-                hosts_read=hosts_seen(self._cache, entry, places=places),
-                replaces=[replaces for _, replaces in creates.get(name, ())],
-                guard=partial(_guard, op.id, events, actor=op.actor),
             )
+        results = await self._store.apply_plans(
+            plans, epoch=epoch, guard=lambda conn: guard_running(conn, op.id)
+        )
+        wrote = False
+        for plan, result in zip(plans, results, strict=True):
+            name, gone = plan.workload.workload.name, plan.remove
             if result.stale is not None:
                 self._metrics.count_stale_write(self.name)
                 self._metrics.drain.count_moves("stale")
@@ -376,11 +371,23 @@ class DrainController:
         )
 
 
-async def _guard(op_id: str, events: Sequence[tuple[str, str]], conn: Conn, *, actor: str) -> None:
-    """First in a drain's write: the operation still runs; the moves it makes are events."""
-    await guard_running(conn, op_id)
-    for instance, message in events:
-        await record_event(conn, f"instance/{instance}", "DrainMove", message, actor=actor)
+def _move_events(
+    op_id: str, name: str, creates: Sequence[tuple[str, str]], step: Step
+) -> list[tuple[str, str, str]]:
+    """The DrainMove events of one workload's moves in a step (recorded with its write)."""
+    return [
+        (f"instance/{replaces}", "DrainMove", f"drain {op_id}: replacement starting on {host}")
+        for host, replaces in creates
+    ] + [
+        (
+            f"instance/{stop.instance}",
+            "DrainMove",
+            f"drain {op_id}: stopping ({stop.kind.value}; {name} {stop.ready} ready "
+            f"after it, at least {stop.floor} must stay)",
+        )
+        for stop in step.stops
+        if stop.workload == name
+    ]
 
 
 _MOVE_RESULT = {

@@ -25,8 +25,9 @@ class Stale(Exception):
 async def moved_hosts(
     conn: Conn, hosts_read: Mapping[str, HostSeen], *, bumped: Mapping[str, int]
 ) -> tuple[str, ...]:
-    """The hosts no longer as the plan saw them. A host this write bumped is compared at the
-    revision before its bump (it is locked by then, so nothing else moves it)."""
+    """The hosts no longer as the plan saw them. `bumped` counts the bumps this transaction
+    made to each host (this write's, and a drain step's earlier ones): such a host is compared
+    at the revision before them (it is locked by then, so nothing else moves it)."""
     if not hosts_read:
         return ()
     rows = await conn.fetch(
@@ -39,6 +40,6 @@ async def moved_hosts(
         r = now.get(name)
         if r is None or (r["state"], r["schedulable"]) != (seen.state.value, seen.schedulable):
             return True
-        return seen.revision is not None and r["revision"] - (name in bumped) != seen.revision
+        return seen.revision is not None and r["revision"] - bumped.get(name, 0) != seen.revision
 
     return tuple(name for name, seen in sorted(hosts_read.items()) if moved(name, seen))

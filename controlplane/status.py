@@ -7,7 +7,7 @@ exports come from `backlog`, `count_slow` and the convergence list `write_report
 
 Convergence is timed in database time: from the desired change's `desired_changed_at` (when
 the change became desired: the operator's write of its workload, or the fencing decision; see
-`instance_store.change_clock`) to the report that shows it converged (`now()` of the report's
+`plan_write.change_clock`) to the report that shows it converged (`now()` of the report's
 transaction), so clocks of control-plane replicas and agents do not enter into it, and time
 waiting in the control plane's own queue counts.
 """
