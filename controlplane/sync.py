@@ -23,18 +23,28 @@ import asyncio
 import contextlib
 import enum
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
 import structlog
 
 from controlplane import convert
-from controlplane.errors import InvalidArgument, KeelError, Replaced, StreamFailed, Unavailable
+from controlplane.auth import caller
+from controlplane.errors import (
+    InvalidArgument,
+    KeelError,
+    PermissionDenied,
+    Replaced,
+    StreamFailed,
+    Unavailable,
+)
 from controlplane.heartbeats import HeartbeatWriter
 from controlplane.logrelay import LogRelay
 from controlplane.reports import ReportWriter
 from controlplane.store import Store
+from controlplane.tokens import TokenStore
+from controlplane.tokens_api import JoinApi
 from keel.fields import SpecError
 from keel.v1 import agent_pb2, agent_pb2_grpc
 
@@ -163,7 +173,7 @@ class _Outage:
             self.log.info("database available again; stream resumed")
 
 
-class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
+class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
         store: Store,
@@ -174,7 +184,11 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         logs: LogRelay,
         resync_period_s: float,
         hello_timeout_s: float = 10.0,
+        tokens: TokenStore | None = None,
+        on_denied: Callable[[str], None] = lambda reason: None,
     ) -> None:
+        self._tokens = tokens
+        self._on_denied = on_denied
         self._hello_timeout_s = hello_timeout_s
         self._store = store
         self._logs = logs
@@ -190,6 +204,13 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     ) -> AsyncIterator[agent_pb2.ControlMessage]:
         hello = await _hello(request_iterator, timeout_s=self._hello_timeout_s)
         host = hello.host
+        who = caller()  # None only when called without controlplane.auth (tests)
+        if who is not None and who.host != host:
+            self._on_denied("host")
+            log.warning("sync refused: credential of another host", host=host, caller=who.name)
+            raise PermissionDenied(
+                f"hello.host: this credential is {who.name!r}; it may sync only its own host"
+            )
         bound = log.bind(host=host)
         outage = _Outage(bound)
         session = self._registry.open(host)

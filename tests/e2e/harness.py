@@ -185,6 +185,9 @@ class Fleet:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.cp_state = self.root / "controlplane"
         self.cp_state.mkdir(exist_ok=True)
+        # The tokens the control plane writes on its first start (keelctl acts as admin).
+        self.admin_token_file = self.cp_state / "admin.token"
+        self.join_token_file = self.cp_state / "join.token"
         self.server_script = self.root / "serve.py"
         self.server_script.write_text(SERVER_SCRIPT)
         self.agent_only_value = f"agent-only-{uuid.uuid4().hex[:8]}"
@@ -222,6 +225,9 @@ class Fleet:
                 "1s",
                 "--metrics",
                 "127.0.0.1:0",
+                # Written by the control plane on its first start: the agent joins with it.
+                "--join-token-file",
+                str(self.join_token_file),
                 *(agent_args or {}).get(i, ()),
             ]
             self._agents[i] = Proc(f"host-{i}", argv, self.logs / f"host-{i}.log", env)
@@ -299,6 +305,7 @@ class Fleet:
                 )
             time.sleep(0.05)
         self.address = address
+        _ADMIN_TOKENS[address] = self.admin_token_file
         for agent in self._agents.values():
             agent.argv[agent.argv.index("--controlplane") + 1] = address
 
@@ -377,6 +384,7 @@ class Fleet:
     ) -> subprocess.CompletedProcess[str]:
         """Runs the real keelctl against this fleet; never raises on a non-zero exit."""
         argv = [str(KEELCTL), "--controlplane", self.address]
+        argv += ["--token-file", str(self.admin_token_file)]
         if json_output:
             argv += ["-o", "json"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
@@ -416,6 +424,25 @@ class Fleet:
 
     def workload(self, name: str) -> WorkloadView:
         return WorkloadView.parse(self.keelctl_json("describe", "workload", name))
+
+    def admin_token(self) -> str:
+        return self.admin_token_file.read_text().strip()
+
+    def join(self, host: str) -> str:
+        """Joins host as an agent would (the join token) and returns its credential."""
+        from keel.v1 import agent_pb2, agent_pb2_grpc
+
+        join_token = self.join_token_file.read_text().strip()
+        with self.channel(join_token) as channel:
+            reply = agent_pb2_grpc.AgentServiceStub(channel).Join(
+                agent_pb2.JoinRequest(host=host), timeout=10
+            )
+        return str(reply.credential)
+
+    def channel(self, token: str | None = None) -> Any:
+        """A gRPC channel to the control plane whose calls carry token (default: admin's;
+        "" for none)."""
+        return authorized_channel(self.address, token)
 
     def instances_rpc(self, workload: str | None = None) -> list[InstanceView]:
         """ListInstances over gRPC: the view `instances` gives, in milliseconds, not a process."""
@@ -493,6 +520,46 @@ class Fleet:
         )
 
 
+# The admin token file of each control plane a Fleet started, by its gRPC address: a channel a
+# test opens to that address carries the admin token unless the test says otherwise.
+_ADMIN_TOKENS: dict[str, Path] = {}
+
+
+def authorized_channel(address: str, token: str | None = None, *, options: Any = None) -> Any:
+    """A plain-text gRPC channel to address whose every call carries `Bearer token` (default:
+    the admin token of the Fleet serving there; "" for none)."""
+    import grpc
+
+    from keel.ctl.auth import TokenInterceptor
+
+    channel = grpc.insecure_channel(address, options=options)
+    if token is None and address in _ADMIN_TOKENS:
+        token = _ADMIN_TOKENS[address].read_text().strip()
+    if not token:
+        return channel
+    return _ClosingChannel(grpc.intercept_channel(channel, TokenInterceptor(token)), channel)
+
+
+class _ClosingChannel:
+    """An intercepted channel that closes the channel under it (grpc's does not, with `with`)."""
+
+    def __init__(self, intercepted: Any, raw: Any) -> None:
+        self._intercepted = intercepted
+        self._raw = raw
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._intercepted, name)
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class InstanceSampler:
     """Lists instances over gRPC, on demand or every `interval` in a background thread.
 
@@ -500,12 +567,17 @@ class InstanceSampler:
     taken while it ran, so a test can assert on what was true at every moment it saw.
     """
 
-    def __init__(self, address: str, workload: str | None = None, interval: float = 0.02):
-        import grpc
-
+    def __init__(
+        self,
+        address: str,
+        workload: str | None = None,
+        interval: float = 0.02,
+        *,
+        token: str | None = None,
+    ):
         from keel.v1 import fleet_pb2_grpc
 
-        self._channel = grpc.insecure_channel(address)
+        self._channel = authorized_channel(address, token)
         self._stub = fleet_pb2_grpc.FleetServiceStub(self._channel)
         self._workload = workload or ""
         self._interval = interval

@@ -58,6 +58,8 @@ MORE_EXAMPLES = settings(EXAMPLES, max_examples=200)
 # it is what the server answers when a handler fails unexpectedly.
 ALLOWED = {
     grpc.StatusCode.OK,
+    # A valid Hello naming another host than the credential's (controlplane.auth).
+    grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.FAILED_PRECONDITION,
@@ -159,7 +161,7 @@ def state(
             return sorted(i.id for i in found) if ok else None
 
         instances = wait_for(running, message="2 instances of web RUNNING")
-        with grpc.insecure_channel(f.address) as channel:
+        with f.channel(f.join(LONELY_HOST)) as channel:
             answer = sync_first(channel, hello(host=LONELY_HOST), timeout=10)
         assert answer.code == grpc.StatusCode.OK, answer
         with f.freeze_agent(1):
@@ -168,6 +170,11 @@ def state(
             assert hosts == {AGENT_HOST, LONELY_HOST}, hosts
             assert len(f.keelctl_json("events").get("events", [])) >= 3
             yield State(f, db, (WORKLOAD,), (AGENT_HOST, LONELY_HOST), tuple(instances))
+
+
+def _credential(state: State) -> str:
+    """The credential of the fleet's agent (host-1), which it keeps in its state dir."""
+    return (state.fleet.root / AGENT_HOST / "credential").read_text().strip()
 
 
 def _settled(db: Database) -> bool:
@@ -693,7 +700,7 @@ def test_no_fleet_rpc_answers_unknown_leaks_or_writes_for_hostile_input(
     method: str, state: State
 ) -> None:
     """Generated requests to one RPC: clear codes, the field named, database unchanged."""
-    with grpc.insecure_channel(state.fleet.address) as channel:
+    with state.fleet.channel() as channel:
 
         @MORE_EXAMPLES if method == "ApplyWorkload" else EXAMPLES
         @given(case=manifest() if method == "ApplyWorkload" else fleet_request(state, method))
@@ -710,7 +717,7 @@ def test_no_fleet_rpc_answers_unknown_leaks_or_writes_for_hostile_input(
 def test_every_plausible_update_of_an_existing_workload_is_refused(state: State) -> None:
     """Each valid-looking update of `web` with one value a rule refuses, not only a sample of
     them: INVALID_ARGUMENT naming the field, `web` and everything else as it was."""
-    with grpc.insecure_channel(state.fleet.address) as channel:
+    with state.fleet.channel() as channel:
         for path, value, field in PLAUSIBLE:
             doc = json.loads(json.dumps(BASE))
             _put(doc, path, value)
@@ -725,7 +732,7 @@ def test_every_plausible_update_of_an_existing_workload_is_refused(state: State)
 def test_no_hostile_hello_for_an_existing_host_is_accepted_leaks_or_writes(state: State) -> None:
     """Generated Hellos claiming an existing host with one bad field: INVALID_ARGUMENT naming
     it, the host's row as it was, the live agent's stream not replaced."""
-    with grpc.insecure_channel(state.fleet.address) as channel:
+    with state.fleet.channel(_credential(state)) as channel:
 
         @MORE_EXAMPLES
         @given(case=hostile_hello(state))
@@ -742,7 +749,7 @@ def test_no_hostile_hello_for_an_existing_host_is_accepted_leaks_or_writes(state
 def test_arbitrary_bytes_opening_a_sync_stream_are_refused_cleanly(state: State) -> None:
     """Any bytes as the first stream message: a clear code, nothing written unless valid."""
     cls = agent_pb2.AgentMessage
-    with grpc.insecure_channel(state.fleet.address) as channel:
+    with state.fleet.channel(_credential(state)) as channel:
 
         @EXAMPLES
         @given(first=st.one_of(st.sampled_from(GARBAGE), st.binary(max_size=64)))
