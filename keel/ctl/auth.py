@@ -31,7 +31,6 @@ UNAUTHENTICATED_HINT = (
     "first admin token to <state-dir>/admin.token (make run: .keel/controlplane/admin.token), "
     "and an admin issues more with `keelctl token create --role ROLE --name NAME`"
 )
-PERMISSION_HINT = "ask an admin for a token with that role (keelctl token create)"
 
 
 def token_of(args: argparse.Namespace) -> str | None:
@@ -101,11 +100,8 @@ class TokenInterceptor(
 
 def hint(code: grpc.StatusCode | None) -> str:
     """What to do about a refusal, appended to keelctl's error line."""
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return UNAUTHENTICATED_HINT
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return PERMISSION_HINT
-    return ""
+    # PERMISSION_DENIED needs none: the control plane names the role and how to get a token.
+    return UNAUTHENTICATED_HINT if code == grpc.StatusCode.UNAUTHENTICATED else ""
 
 
 # --- admin verbs ---------------------------------------------------------------------------
