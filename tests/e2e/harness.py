@@ -197,6 +197,7 @@ class Fleet:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
         self._cp = Proc("controlplane", [], self.logs / "controlplane.log", dict(base_env))
         self._agents: dict[int, Proc] = {}
+        self._extra: list[Proc] = []  # agents started by start_agent_as, stopped at close
         for i in range(1, agents + 1):
             env = dict(base_env)
             env[AGENT_ONLY_ENV] = self.agent_only_value
@@ -258,7 +259,7 @@ class Fleet:
 
     def close(self) -> None:
         """Stops everything: agents, control plane, then any process naming the test dir."""
-        for proc in [*self._agents.values(), self._cp]:
+        for proc in [*self._extra, *self._agents.values(), self._cp]:
             with contextlib.suppress(Exception):
                 proc.stop()
         kill_processes_mentioning(str(self.root) + os.sep)
@@ -323,6 +324,20 @@ class Fleet:
     def start_agent(self, i: int) -> None:
         self._agents[i].start()
 
+    def start_agent_as(self, host: str, name: str) -> Proc:
+        """Starts another agent (agent 1's flags and join token) claiming `host`, with a state
+        dir and log of its own named name: a second machine saying it is that host."""
+        template = self._agents[1]
+        state = self.root / name
+        state.mkdir(exist_ok=True)
+        argv = list(template.argv)
+        argv[argv.index("--host") + 1] = host
+        argv[argv.index("--state-dir") + 1] = str(state)
+        proc = Proc(name, argv, self.logs / f"{name}.log", dict(template.env))
+        self._extra.append(proc)
+        proc.start()
+        return proc
+
     def kill_agent(self, i: int, sig: int = signal.SIGKILL) -> None:
         """Sends sig to agent i's process group (not its workloads' groups) and waits for it."""
         self._agents[i].signal_group(sig)
@@ -380,14 +395,18 @@ class Fleet:
     # ----------------------------------------------------------------- keelctl
 
     def keelctl(
-        self, *args: str, json_output: bool = False, timeout: float = 30.0
+        self, *args: str, json_output: bool = False, timeout: float = 30.0, token: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Runs the real keelctl against this fleet; never raises on a non-zero exit."""
+        """Runs the real keelctl against this fleet; never raises on a non-zero exit. It sends
+        the admin token the control plane wrote on its first start, or `token` (in KEEL_TOKEN)."""
         argv = [str(KEELCTL), "--controlplane", self.address]
-        argv += ["--token-file", str(self.admin_token_file)]
+        if token is None:
+            argv += ["--token-file", str(self.admin_token_file)]
         if json_output:
             argv += ["-o", "json"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+        if token is not None:
+            env["KEEL_TOKEN"] = token
         return subprocess.run(
             [*argv, *args],
             capture_output=True,
