@@ -38,6 +38,7 @@ from controlplane.errors import (
     Unavailable,
 )
 from controlplane.sql import Conn, Database, record_event
+from keel import fields
 from keel.secretfile import write_secret
 
 log = structlog.get_logger("keel.tokens")
@@ -104,6 +105,14 @@ def check_name(name: str) -> str:
 
 def host_name(host: str) -> str:
     return f"host/{host}"
+
+
+def check_revocable(name: str) -> str:
+    """An operator token's name, or `host/HOST` (a host's credential)."""
+    if name.startswith("host/"):
+        fields.host_name(name.removeprefix("host/"), "name")
+        return name
+    return check_name(name)
 
 
 _COLUMNS = "id, name, role, host, hash, created_at, created_by, revoked_at"
@@ -227,6 +236,7 @@ class TokenStore:
 
     async def revoke(self, name: str, *, actor: str) -> TokenInfo:
         """Revokes the live token called name; revoking one already revoked changes nothing."""
+        check_revocable(name)
         async with self._db.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"""UPDATE token SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL

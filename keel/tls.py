@@ -58,6 +58,13 @@ class ClientTLS:
             raise TLSError("--tls-cert and --tls-key go together (a client certificate)")
         if self.cert is not None and self.ca is None:
             raise TLSError("--tls-cert needs --tls-ca (the CA that signed the control plane's)")
+        for path, flag in (
+            (self.ca, "--tls-ca"),
+            (self.cert, "--tls-cert"),
+            (self.key, "--tls-key"),
+        ):
+            if path is not None:
+                read_pem(path, flag)  # a missing or wrong file is named at start, not per call
         return self
 
     @property

@@ -45,11 +45,8 @@ def token_of(args: argparse.Namespace) -> str | None:
 
 def open_channel(address: str, args: argparse.Namespace, options: Any) -> grpc.Channel:
     try:
-        tls = ClientTLS(
-            ca=getattr(args, "tls_ca", None),
-            cert=getattr(args, "tls_cert", None),
-            key=getattr(args, "tls_key", None),
-        ).check()
+        given = {f: getattr(args, f"tls_{f}", None) for f in ("ca", "cert", "key")}
+        tls = ClientTLS(**{f: Path(v) if v else None for f, v in given.items()}).check()
         if tls.enabled:
             return grpc.secure_channel(address, channel_credentials(tls), options=options)
     except TLSError as exc:

@@ -177,8 +177,18 @@ class Fleet:
         agent_args: Mapping[int, Sequence[str]] | None = None,
         controlplane_args: Sequence[str] = (),
         start_timeout: float = 30.0,
+        tls_ca: Path | None = None,
+        tls_client: tuple[Path, Path] | None = None,
     ) -> None:
         self.root = root.resolve()
+        # With the control plane serving TLS (its flags in controlplane_args): the CA that
+        # signed its certificate, given to every agent, keelctl and channel of this fleet.
+        self.tls_ca = tls_ca
+        # With mutual TLS: the client certificate and key they present.
+        tls = ["--tls-ca", str(tls_ca)] if tls_ca else []
+        if tls_client is not None:
+            tls += ["--tls-cert", str(tls_client[0]), "--tls-key", str(tls_client[1])]
+        self._tls = tls
         self.database_url = database_url
         self.start_timeout = start_timeout
         self.logs = self.root / "logs"
@@ -229,6 +239,7 @@ class Fleet:
                 # Written by the control plane on its first start: the agent joins with it.
                 "--join-token-file",
                 str(self.join_token_file),
+                *tls,
                 *(agent_args or {}).get(i, ()),
             ]
             self._agents[i] = Proc(f"host-{i}", argv, self.logs / f"host-{i}.log", env)
@@ -307,6 +318,8 @@ class Fleet:
             time.sleep(0.05)
         self.address = address
         _ADMIN_TOKENS[address] = self.admin_token_file
+        if self.tls_ca is not None:
+            _TLS_CAS[address] = self.tls_ca
         for agent in self._agents.values():
             agent.argv[agent.argv.index("--controlplane") + 1] = address
 
@@ -402,6 +415,7 @@ class Fleet:
         argv = [str(KEELCTL), "--controlplane", self.address]
         if token is None:
             argv += ["--token-file", str(self.admin_token_file)]
+        argv += self._tls
         if json_output:
             argv += ["-o", "json"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
@@ -542,6 +556,8 @@ class Fleet:
 # The admin token file of each control plane a Fleet started, by its gRPC address: a channel a
 # test opens to that address carries the admin token unless the test says otherwise.
 _ADMIN_TOKENS: dict[str, Path] = {}
+# The CA of each control plane a Fleet started with TLS, by address.
+_TLS_CAS: dict[str, Path] = {}
 
 
 def authorized_channel(address: str, token: str | None = None, *, options: Any = None) -> Any:
@@ -551,7 +567,12 @@ def authorized_channel(address: str, token: str | None = None, *, options: Any =
 
     from keel.ctl.auth import TokenInterceptor
 
-    channel = grpc.insecure_channel(address, options=options)
+    ca = _TLS_CAS.get(address)
+    channel = (
+        grpc.secure_channel(address, grpc.ssl_channel_credentials(ca.read_bytes()), options=options)
+        if ca is not None
+        else grpc.insecure_channel(address, options=options)
+    )
     if token is None and address in _ADMIN_TOKENS:
         token = _ADMIN_TOKENS[address].read_text().strip()
     if not token:
