@@ -214,3 +214,36 @@ def test_refusals_are_counted_by_reason_and_no_token_reaches_the_log(state: Stat
     for who, token in state.tokens.items():
         if token and who != "malformed token":
             assert token.split(".")[-1] not in logs, f"the {who}'s secret is in a log"
+
+
+def test_health_and_reflection_need_no_token(state: State) -> None:
+    """Load balancers and grpcurl find the service without a credential."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with state.fleet.channel("") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_reset_host_rejoins_with_the_join_token(tmp_path: Path) -> None:
+    """After `keelctl host reset-credential`, the host's agent is refused with its old
+    credential at its next connection, joins again with the join token, and is READY; the
+    old credential no longer works."""
+    with Fleet(tmp_path, database_url=None, agents=1, start_timeout=120) as fleet:
+        credential = tmp_path / "host-1" / "credential"
+        old = credential.read_text().strip()
+        reset = fleet.keelctl_ok("host", "reset-credential", "host-1")
+        assert "credential revoked" in reset.stdout
+        fleet.restart_agent(1)
+        wait_for(
+            lambda: credential.exists() and credential.read_text().strip() != old,
+            timeout=30,
+            message="host-1 joined again",
+        )
+        fleet.wait_hosts_ready()
+        with fleet.channel(old) as channel:
+            assert call(channel, "Sync host-1").code == grpc.StatusCode.UNAUTHENTICATED
+        kinds = [e["kind"] for e in fleet.keelctl_json("events", "--for", "host/host-1")["events"]]
+        assert kinds.count("HostJoined") == 2 and "HostCredentialReset" in kinds

@@ -46,7 +46,7 @@ WEB = {
 }
 
 
-def test_a_tls_fleet_converges_and_plain_text_is_refused(tmp_path: Path, postgres_uri: str) -> None:
+def test_a_tls_fleet_converges_and_plain_text_is_refused(tmp_path: Path) -> None:
     """Agents and keelctl with --tls-ca reach a TLS control plane; without it they cannot."""
     certs = make_certificates(tmp_path / "certs")
     args = ["--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"])]
