@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import structlog
 
-from controlplane.errors import Unavailable
+from controlplane.errors import PermissionDenied, Unavailable
 from controlplane.metrics import Metrics
 from controlplane.tokens import (
     ADMIN,
@@ -80,6 +80,18 @@ _caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("keel_ca
 def caller() -> Caller | None:
     """The verified caller of the RPC being handled (None outside an authenticated call)."""
     return _caller.get()
+
+
+def require_host(host: str, *, on_denied: Callable[[str], None]) -> None:
+    """PermissionDenied unless the caller's credential is host's own (AgentSync calls this with
+    the host its Hello names). No caller: the servicer was called without this interceptor."""
+    who = caller()
+    if who is not None and who.host != host:
+        on_denied("host")
+        log.warning("sync refused: credential of another host", host=host, caller=who.name)
+        raise PermissionDenied(
+            f"hello.host: this credential is {who.name!r}; it may sync only its own host"
+        )
 
 
 def permits(required: str, role: str) -> bool:

@@ -30,15 +30,8 @@ import grpc
 import structlog
 
 from controlplane import convert
-from controlplane.auth import caller
-from controlplane.errors import (
-    InvalidArgument,
-    KeelError,
-    PermissionDenied,
-    Replaced,
-    StreamFailed,
-    Unavailable,
-)
+from controlplane.auth import require_host
+from controlplane.errors import InvalidArgument, KeelError, Replaced, StreamFailed, Unavailable
 from controlplane.heartbeats import HeartbeatWriter
 from controlplane.logrelay import LogRelay
 from controlplane.reports import ReportWriter
@@ -204,13 +197,7 @@ class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[m
     ) -> AsyncIterator[agent_pb2.ControlMessage]:
         hello = await _hello(request_iterator, timeout_s=self._hello_timeout_s)
         host = hello.host
-        who = caller()  # None only when called without controlplane.auth (tests)
-        if who is not None and who.host != host:
-            self._on_denied("host")
-            log.warning("sync refused: credential of another host", host=host, caller=who.name)
-            raise PermissionDenied(
-                f"hello.host: this credential is {who.name!r}; it may sync only its own host"
-            )
+        require_host(host, on_denied=self._on_denied)  # before anything is registered
         bound = log.bind(host=host)
         outage = _Outage(bound)
         session = self._registry.open(host)
