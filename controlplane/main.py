@@ -149,7 +149,9 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     store = Store(pool)
     status = StatusStore(pool)
     metrics = Metrics()
-    tokens = TokenStore(pool, cache_s=settings.auth_cache_s)
+    tokens = TokenStore(
+        pool, cache_s=settings.auth_cache_s, refresh_timeout_s=settings.db_probe_timeout_s
+    )
     await tokens.bootstrap(settings.state_dir)
     registry = StreamRegistry()
 

@@ -17,6 +17,7 @@ Neighbours: `controlplane.auth` (the interceptor that checks every call with `ve
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -135,15 +136,21 @@ class TokenStore:
 
     A checked token is kept for `cache_s` (a setting), so every call does not read the table;
     a revocation made on another replica therefore takes up to `cache_s` to reach this one
-    (on this replica, at once). With Postgres away, a token checked before stays usable: only
-    a new one cannot be checked (UNAVAILABLE).
+    (on this replica, at once). With Postgres away, a token checked before stays usable (its
+    re-check waits at most `refresh_timeout_s`): only a new one cannot be checked (UNAVAILABLE).
     """
 
     def __init__(
-        self, db: Database, *, cache_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        db: Database,
+        *,
+        cache_s: float,
+        refresh_timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
         self._cache_s = cache_s
+        self._refresh_timeout_s = refresh_timeout_s
         self._clock = clock
         self._checked: dict[str, tuple[float, Caller, bytes, bool]] = {}
 
@@ -156,11 +163,16 @@ class TokenStore:
         cached = self._checked.get(token_id)
         if cached is None or now - cached[0] >= self._cache_s:
             try:
-                row = await self._db.fetchrow(f"{_SELECT} WHERE id = $1", token_id)
-            except Unavailable:
+                # A token checked before waits at most refresh_timeout_s for the database: with
+                # Postgres frozen, a call must not spend its deadline on its credential.
+                async with asyncio.timeout(None if cached is None else self._refresh_timeout_s):
+                    row = await self._db.fetchrow(f"{_SELECT} WHERE id = $1", token_id)
+            except (Unavailable, TimeoutError):
                 if cached is None:
-                    raise
-                row = None  # the database is away: what was checked before still holds
+                    raise Unavailable(
+                        "the database is unreachable or did not answer in time; try again shortly"
+                    ) from None
+                # The database is away: what was checked before still holds.
             else:
                 if row is None:
                     self._checked.pop(token_id, None)
@@ -286,8 +298,9 @@ class TokenStore:
                 token, _ = await self._insert(
                     conn, name=name, role=role, host=None, actor="bootstrap"
                 )
-                # Written before the commit: a token nobody can read is never issued.
-                write_secret(path, token)
+                # Written before the commit: a token nobody can read is never issued. In a
+                # thread: a file write and its fsync.
+                await asyncio.to_thread(write_secret, path, token)
             log.info("token created on first start", token_name=name, role=role, path=str(path))
 
     async def reset(self, name: str, state_dir: Path) -> Path:
@@ -308,5 +321,5 @@ class TokenStore:
                 conn, f"token/{name}", "TokenReset", f"{role} token replaced on the control "
                 "plane's host", actor="keel-controlplane reset-token",
             )  # fmt: skip
-            write_secret(path, token)
+            await asyncio.to_thread(write_secret, path, token)
         return path
