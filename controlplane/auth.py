@@ -160,7 +160,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             try:
                 verdict = await self._tokens.verify(token)
             except Unavailable as exc:
-                return _refusing(handler, grpc.StatusCode.UNAVAILABLE, str(exc))
+                return _refusing(handler, grpc.StatusCode.UNAVAILABLE, str(exc), on_refused=None)
             if isinstance(verdict, Caller) and not permits(required, verdict.role):
                 code = grpc.StatusCode.PERMISSION_DENIED
                 verdict = Denied(
@@ -170,9 +170,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     f"{verdict.name!r} has role {verdict.role}: {_how_to_get(required)}",
                 )
         if isinstance(verdict, Denied):
-            self._metrics.count_auth_denied(verdict.reason)
-            log.warning("call refused", rpc=method.lstrip("/"), reason=verdict.reason)
-            return _refusing(handler, code, verdict.message)
+            denied = verdict
+            self._metrics.count_auth_denied(denied.reason)
+
+            def refused() -> None:
+                # Run in the call, so the log line carries its rpc and peer (and no token).
+                log.warning("call refused", reason=denied.reason, code=code.name)
+
+            return _refusing(handler, code, denied.message, on_refused=refused)
         return _as(handler, verdict)
 
 
@@ -193,18 +198,28 @@ def _rebuilt(handler: grpc.RpcMethodHandler, kind: str, behaviour: Behaviour) ->
     )
 
 
-def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> Any:
+def _refusing(
+    handler: grpc.RpcMethodHandler,
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    on_refused: Callable[[], None] | None,
+) -> Any:
     """The handler with its behaviour replaced by one that ends the call with code."""
     kind, _ = _kind(handler)
     if kind.endswith("_stream"):
 
         async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if on_refused is not None:
+                on_refused()
             await context.abort(code, message)
             yield  # pragma: no cover - abort raises; the yield makes this a generator
 
         return _rebuilt(handler, kind, refuse_stream)
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if on_refused is not None:
+            on_refused()
         await context.abort(code, message)
 
     return _rebuilt(handler, kind, refuse)
