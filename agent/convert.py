@@ -90,6 +90,14 @@ def control_from_pb(msg: agent_pb2.ControlMessage) -> DesiredUpdate | LogRequest
     return None
 
 
+def join_request_pb(host: str) -> agent_pb2.JoinRequest:
+    return agent_pb2.JoinRequest(host=host)
+
+
+def credential_from_pb(reply: agent_pb2.JoinResponse) -> str:
+    return str(reply.credential)
+
+
 def hello_to_pb(h: Hello) -> Outgoing:
     return agent_pb2.AgentMessage(
         hello=agent_pb2.Hello(

@@ -20,7 +20,7 @@ import psutil
 import structlog
 import uvloop
 
-from agent import lock
+from agent import credentials, lock
 from agent.errors import AgentError, ConfigError, StateDirLocked
 from agent.health import always_healthy, probe
 from agent.metrics import AgentMetrics
@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: JSON lines unless stdout is a terminal (default: auto)",
     )
+    credentials.add_arguments(p)
     return p
 
 
@@ -273,6 +274,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         port_range=port_range,
         stop_workloads_on_exit=args.stop_workloads_on_exit,
         log_format=args.log_format,
+        join_token=credentials.join_token_from(args),
+        tls=credentials.tls_from(args),
     )
 
 

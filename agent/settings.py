@@ -13,6 +13,7 @@ from agent.errors import ConfigError
 from keel.endpoint import EndpointError, parse_address
 from keel.model import Resources
 from keel.spec import SpecError, parse_duration
+from keel.tls import ClientTLS
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class Settings:
     fake_start_gate: Path | None = None
     # While cut off from the control plane, a warning says so this often.
     degraded_log_interval_s: float = 30.0
+    # The control plane's join token, used when the state dir holds no credential yet.
+    join_token: str | None = field(default=None, repr=False)
+    tls: ClientTLS = field(default_factory=ClientTLS)
 
     @property
     def state_file(self) -> Path:

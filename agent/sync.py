@@ -36,11 +36,13 @@ import structlog
 from agent import convert, logread
 from agent.backoff import Reconnects
 from agent.convert import DesiredUpdate, LogRequest, Outgoing
+from agent.credentials import Credentials, NoCredential
 from agent.metrics import AgentMetrics
 from agent.outcome import Outbox
 from agent.settings import Settings
 from agent.state import Assignment
 from agent.status import InstanceReport
+from keel.grpctls import channel_credentials
 from keel.v1 import agent_pb2_grpc
 
 log = structlog.get_logger("agent.sync")
@@ -50,6 +52,18 @@ _ESTABLISHED_EXCEPTIONS = (grpc.aio.AioRpcError, TimeoutError, OSError, Connecti
 # only as fast as the stream takes it.
 _LOG_QUEUE_HIGH = 16
 _LOG_QUEUE_POLL_S = 0.01
+
+
+def _channel(address: str, settings: Settings) -> grpc.aio.Channel:
+    """Plain text, or TLS with --tls-ca (and a client certificate for mutual TLS)."""
+    if settings.tls.enabled:
+        return grpc.aio.secure_channel(address, channel_credentials(settings.tls))
+    return grpc.aio.insecure_channel(address)
+
+
+def _bearer(token: str) -> tuple[tuple[str, str]]:
+    """The call metadata that carries a token (never logged)."""
+    return (("authorization", f"Bearer {token}"),)
 
 
 def first_address(host: str, count: int) -> int:
@@ -102,6 +116,9 @@ class SyncClient:
         self._queue: asyncio.Queue[Outgoing] | None = None
         self._opened_at: float | None = None  # when the current attempt's stream opened
         self._log = log.bind(host=settings.host)
+        self._credentials = Credentials(
+            host=settings.host, state_dir=settings.state_dir, join_token=settings.join_token
+        )
 
     @property
     def connected(self) -> bool:
@@ -136,7 +153,7 @@ class SyncClient:
                 await self._session(address, alog)
             except _ESTABLISHED_EXCEPTIONS as e:
                 error = describe(e)
-            except grpc.aio.UsageError as e:
+            except (grpc.aio.UsageError, NoCredential) as e:
                 error = str(e)
             except Exception as e:
                 # Not a connection failure we know: still one failed attempt that backs off
@@ -171,11 +188,21 @@ class SyncClient:
     async def _session(self, address: str, alog: Any) -> None:
         """One stream; returns (or raises) when it ends."""
         s = self._settings
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with _channel(address, s) as channel:
             async with asyncio.timeout(s.connect_timeout_s):
                 await connect(channel)
             stub = agent_pb2_grpc.AgentServiceStub(channel)
-            call = stub.Sync()
+            credential = await self._credentials.load()
+            if credential is None:
+                reply = await stub.Join(
+                    convert.join_request_pb(s.host),
+                    metadata=_bearer(self._credentials.join_token()),
+                    timeout=s.connect_timeout_s,
+                )
+                credential = convert.credential_from_pb(reply)
+                await self._credentials.store(credential)
+                alog.info("joined the fleet; the host's credential is kept in the state dir")
+            call = stub.Sync(metadata=_bearer(credential))
             try:
                 hello = convert.Hello(
                     host=s.host,
@@ -193,6 +220,12 @@ class SyncClient:
                 self._send_reports(self._target.full_report())
                 self._outbox.open(self._send_reports)
                 await self._pump(call, self._queue)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    alog.warning("the control plane refused this host's credential; "
+                                 "joining again at the next attempt")  # fmt: skip
+                    self._credentials.refused()
+                raise
             finally:
                 self._outbox.close()
                 if self._queue is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from bench import auth
 from bench.changes import manifest
 from bench.fleet import Run, Stage
 from bench.procs import BIN, STEP_FAILURES, first_line
@@ -34,7 +35,7 @@ async def run(run: Run, profile: Profile) -> Outcome:
         cp = stage.controlplanes[0]
         argv = [str(BIN / "keel-agent"), "--controlplane", cp.grpc, "--host", HOST,
                 "--state-dir", str(stage.dir / "agent"), "--driver", "process",
-                "--metrics", "off", "--log-format", "json"]  # fmt: skip
+                "--metrics", "off", "--log-format", "json", *auth.join_args(cp.grpc)]  # fmt: skip
         stage.extra["agent"] = stage.children.start("agent", argv)
         await stage.hosts_ready(1, within_s=profile.setup_timeout_s)
         for n in profile.agent_instances:

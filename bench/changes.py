@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from bench import auth
 from bench.procs import BenchError
 from keel.v1 import fleet_pb2, fleet_pb2_grpc
 
@@ -73,7 +74,7 @@ async def apply_changes(
     written: dict[str, list[tuple[int, datetime]]] = {name: [] for name in names}
     latencies: list[float] = []
     failures: list[str] = []
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with auth.aio_channel(address) as channel:
         stub = fleet_pb2_grpc.FleetServiceStub(channel)
 
         async def one(name: str, target: int) -> None:

@@ -33,8 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC
 from pathlib import Path
 
-import grpc
-
+from bench import auth
 from bench.changes import apply_changes, manifest, pair_changes
 from bench.measure import percentile
 from bench.procs import BIN, Children, wait_for
@@ -72,12 +71,13 @@ class Fleet:
 
         addresses = wait_for(bound, timeout=START_TIMEOUT_S, what="the control plane to listen")
         self.grpc, self.metrics = addresses["grpc"], addresses["metrics"]
+        auth.remember([self.grpc], state)
         for host in self.hosts:
             self.children.start(
                 host,
                 [str(BIN / "keel-agent"), "--controlplane", self.grpc, "--host", host,
                  "--state-dir", str(self.root / host), "--driver", "fake",
-                 "--metrics", "127.0.0.1:0", "--log-format", "json"],
+                 "--metrics", "127.0.0.1:0", "--log-format", "json", *auth.join_args(self.grpc)],
             )  # fmt: skip
 
 
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> None:
     names = [f"bench-{n:04d}" for n in range(args.workloads)]
     cp_args = ["--resync-period", args.resync_period]
     with running_fleet(agents=args.agents, controlplane_args=cp_args, keep=args.keep) as fleet:
-        channel = grpc.insecure_channel(fleet.grpc)
+        channel = auth.channel(fleet.grpc)
         stub = fleet_pb2_grpc.FleetServiceStub(channel)
 
         def hosts_ready() -> bool:

@@ -28,6 +28,7 @@ import asyncpg
 import grpc
 import psutil
 
+from bench import auth
 from bench.measure import Window, tree
 from bench.postgres import Postgres
 from bench.procs import BIN, Child, Children, await_for
@@ -56,7 +57,13 @@ class ControlPlane:
 
     @classmethod
     async def start(
-        cls, children: Children, *, name: str, database_url: str, args: Sequence[str]
+        cls,
+        children: Children,
+        *,
+        name: str,
+        database_url: str,
+        args: Sequence[str],
+        tokens: Path | None = None,
     ) -> ControlPlane:
         state = children.root / name
         argv = [str(BIN / "keel-controlplane"), "--database-url", database_url,
@@ -71,6 +78,8 @@ class ControlPlane:
 
         addresses = await await_for(bound, within_s=START_TIMEOUT_S, what=f"{name} to listen")
         cp.grpc, cp.metrics = addresses["grpc"], addresses["metrics"]
+        # The first replica of a database writes the tokens; the others share them.
+        auth.remember([cp.grpc], tokens or state)
         return cp
 
     def processes(self) -> list[psutil.Process]:
@@ -122,6 +131,7 @@ class HollowFleet:
             argv = [sys.executable, "-m", "bench.hollow", "--controlplane", self._addresses,
                     "--prefix", self._prefix, "--first", str(self.count), "--count", str(n),
                     "--stats", str(stats), "--heartbeat-interval", str(self._heartbeat_s),
+                    *auth.join_args(self._addresses.split(",")[0]),
                     ]  # fmt: skip
             self._procs.append((self._children.start(f"hollow-{index}", argv), stats))
             self.count += n
@@ -176,6 +186,7 @@ class Stage:
                 cp = await ControlPlane.start(
                     self.children, name=f"controlplane-{n}", database_url=self.database_url,
                     args=self._cp_args,
+                    tokens=self.controlplanes[0].state if self.controlplanes else None,
                 )  # fmt: skip
                 self.controlplanes.append(cp)
             self.api = self.client(self.controlplanes[0])
@@ -203,7 +214,7 @@ class Stage:
 
     def client(self, cp: ControlPlane) -> Any:
         """A FleetServiceStub on `cp` (its channel is closed with the stage)."""
-        channel = grpc.aio.insecure_channel(cp.grpc)
+        channel = auth.aio_channel(cp.grpc)
         self._channels.append(channel)
         return fleet_pb2_grpc.FleetServiceStub(channel)
 

@@ -61,6 +61,9 @@ class Config:
         default_factory=lambda: Resources(cpu_millis=16_000, memory_mib=65_536)
     )
     labels: dict[str, str] = field(default_factory=lambda: {"fleet": "hollow"})
+    # The control plane's join token: each hollow agent joins its host once, as an agent does,
+    # and keeps the credential in memory (a hollow agent has no state dir).
+    join_token: str | None = field(default=None, repr=False)
 
 
 class Tally:
@@ -73,6 +76,10 @@ class Tally:
     def error(self, text: str) -> None:
         self.counts["errors"] += 1
         self.errors = [*self.errors[-(_ERRORS_KEPT - 1) :], text]
+
+
+def _bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
 
 
 class HollowAgent:
@@ -97,6 +104,7 @@ class HollowAgent:
         self.resynced_at = 0.0
         self.lost_at = 0.0
         self._write_lock = asyncio.Lock()
+        self._credential: str | None = None
 
     @property
     def running(self) -> int:
@@ -133,7 +141,15 @@ class HollowAgent:
         async with grpc.aio.insecure_channel(self._config.addresses[index], options=options) as ch:
             async with asyncio.timeout(self._config.connect_timeout_s):
                 await connect(ch)
-            call = agent_pb2_grpc.AgentServiceStub(ch).Sync()
+            stub = agent_pb2_grpc.AgentServiceStub(ch)
+            if self._credential is None and self._config.join_token:
+                reply = await stub.Join(
+                    convert.join_request_pb(self.host),
+                    metadata=_bearer(self._config.join_token),
+                    timeout=self._config.connect_timeout_s,
+                )
+                self._credential = convert.credential_from_pb(reply)
+            call = stub.Sync(metadata=_bearer(self._credential) if self._credential else None)
             try:
                 hello = convert.Hello(
                     host=self.host,
@@ -265,6 +281,7 @@ async def run_fleet(args: argparse.Namespace) -> None:
         addresses=tuple(a.strip() for a in args.controlplane.split(",") if a.strip()),
         heartbeat_interval_s=args.heartbeat_interval,
         reconnect_max_s=args.reconnect_max,
+        join_token=args.join_token,
     )
     tally = Tally()
     agents = [
@@ -310,7 +327,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--heartbeat-interval", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--reconnect-max", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--connect-rate", type=float, default=500.0, help="new streams per second")
-    uvloop.run(run_fleet(p.parse_args(argv)))
+    p.add_argument("--join-token-file", default=None, help="the control plane's join token")
+    args = p.parse_args(argv)
+    args.join_token = (
+        Path(args.join_token_file).read_text().strip() if args.join_token_file else None
+    )
+    uvloop.run(run_fleet(args))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from bench import auth
 from bench.procs import BIN, BenchError
 from keel.v1 import fleet_pb2, fleet_pb2_grpc
 
@@ -79,7 +80,7 @@ class Prober:
         self.errors: list[str] = []
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with grpc.aio.insecure_channel(self._address) as channel:
+        async with auth.aio_channel(self._address) as channel:
             stub = fleet_pb2_grpc.FleetServiceStub(channel)
             loops = [
                 asyncio.create_task(self._gets(stub, stop), name="probe gets"),
@@ -142,7 +143,8 @@ class Prober:
             wait = self._keelctl_every_s
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
-                str(BIN / "keelctl"), "--controlplane", self._address, "get", "hosts",
+                str(BIN / "keelctl"), "--controlplane", self._address,
+                *auth.keelctl_args(self._address), "get", "hosts",
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             _, err = await proc.communicate()

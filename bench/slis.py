@@ -22,8 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import TypeVar
 
-import grpc
-
+from bench import auth
 from keel.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 T = TypeVar("T")
@@ -174,7 +173,7 @@ def main() -> None:
     p.add_argument("--metrics", default="127.0.0.1:9464", help="the control plane's /metrics")
     p.add_argument("--creates", type=int, default=100)
     args = p.parse_args()
-    with grpc.insecure_channel(args.controlplane) as channel:
+    with auth.channel(args.controlplane) as channel:
         stub = fleet_pb2_grpc.FleetServiceStub(channel)
         measure_creates(stub, args.metrics, args.creates)
         measure_crash_loop(stub)

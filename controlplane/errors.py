@@ -40,6 +40,10 @@ class Conflict(KeelError):
     again (it is safe to repeat)."""
 
 
+class PermissionDenied(KeelError):
+    """The caller's credential does not allow this call."""
+
+
 class Replaced(KeelError):
     """A newer stream for the same host took over this one."""
 
@@ -63,6 +67,7 @@ STATUS: tuple[tuple[type[Exception], str], ...] = (
     (NotFound, "NOT_FOUND"),
     (FailedPrecondition, "FAILED_PRECONDITION"),
     (SchemaTooNew, "FAILED_PRECONDITION"),
+    (PermissionDenied, "PERMISSION_DENIED"),
     (Conflict, "ABORTED"),
     (Replaced, "ABORTED"),
     (Unavailable, "UNAVAILABLE"),

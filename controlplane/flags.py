@@ -111,6 +111,11 @@ DURATION_FLAGS = (
         "a drain blocked this long with no move finishing: DRAIN_BLOCKED",
     ),
     ("--watch-poll", "watch_poll_s", "op watch: how often the operation is read again"),
+    (
+        "--auth-cache",
+        "auth_cache_s",
+        "a checked token is trusted this long (a revocation elsewhere takes effect within it)",
+    ),
 )
 
 
@@ -187,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
             help="past this size the trace file is renamed to PATH.1 and a new one begun "
             f"(default: {format_memory(d.trace_file_max_mib)})",
         )
+        for flag, what in (
+            ("--tls-cert", "TLS certificate (PEM) of the gRPC port"),
+            ("--tls-key", "its private key (PEM)"),
+            ("--tls-client-ca", "require client certificates signed by this CA (mutual TLS)"),
+        ):
+            target.add_argument(flag, type=Path, default=default(None), metavar="PATH", help=what)
+        target.add_argument(
+            "--insecure",
+            action="store_true",
+            default=default(False),
+            help="allow listening on a non-loopback address without TLS (tokens in clear text)",
+        )
     m = sub.add_parser("migrate", help="move the schema up or down explicitly")
     m.add_argument("--to", type=int, default=None, help="target version (default: newest)")
     sub.add_parser(
@@ -194,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seal every stored secret_env value again with the first key of the key file "
         "(key rotation: runbooks/secret-key.md)",
     )
+    r = sub.add_parser(
+        "reset-token",
+        help="replace the admin or join token (a lost one) and write it under --state-dir",
+    )
+    r.add_argument("name", choices=("admin", "join"))
     return p
 
 
@@ -206,5 +228,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         log_format=args.log_format,
         trace_file_max_mib=args.trace_file_max_mib,
         max_message_bytes=args.max_message_bytes,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        insecure=args.insecure,
         **{field: getattr(args, field) for _, field, _ in DURATION_FLAGS},
     )

@@ -29,6 +29,8 @@ from controlplane.operations_api import OperationsApi, OperationWatch
 from controlplane.secrets import SecretBox
 from controlplane.status import StatusStore
 from controlplane.store import Store, WorkloadRow
+from controlplane.tokens import TokenStore
+from controlplane.tokens_api import TokensApi
 from keel import fields, spec
 from keel.tracing import inject_traceparent
 from keel.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
@@ -38,11 +40,11 @@ log = structlog.get_logger("keel.fleet")
 DEFAULT_EVENTS = 100
 # What `keelctl events --for` may name; the store turns a workload into a pattern, so the name
 # must not carry regular-expression syntax.
-_OBJECT = re.compile(r"^(workload|host|instance|operation)/[a-z0-9][-a-z0-9_.]{0,252}\Z")
+_OBJECT = re.compile(r"^(workload|host|instance|operation|token)/[a-z0-9][-a-z0-9_.]{0,252}\Z")
 MAX_EVENTS = 10_000
 
 
-class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
+class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
         store: Store,
@@ -56,8 +58,10 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         watch_poll_s: float = 2.0,
         drain_blocked_after_s: float = 60.0,
         secrets: SecretBox,
+        tokens: TokenStore | None = None,
     ) -> None:
         self._store = store
+        self._tokens = tokens
         self._status = status
         self._logs = logs
         self._log_wait_s = log_wait_s

@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane import looplag, migrate, reseal, secrets
+from controlplane.auth import AuthInterceptor
 from controlplane.cache import FleetCache
 from controlplane.db import redact, resolve_database_url
 from controlplane.drainer import DrainController, DrainTimings
@@ -44,15 +45,19 @@ from controlplane.metrics import Metrics, serve_metrics
 from controlplane.operations_api import OperationWatch
 from controlplane.reconcile import Controller, Runner
 from controlplane.reports import ReportWriter
+from controlplane.security import port_credentials as _port_credentials
+from controlplane.security import run_reset_token
 from controlplane.settings import Settings
 from controlplane.sql import Database
 from controlplane.status import ReportOutcome, StatusStore
 from controlplane.store import Store, create_pool
 from controlplane.stuck import StuckDetector
 from controlplane.sync import AgentSync, StreamRegistry
+from controlplane.tokens import TokenStore
 from controlplane.workload import WorkloadController
 from keel import logs, tracing
 from keel.endpoint import write_addresses
+from keel.tls import is_loopback, listen_host
 from keel.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 log = structlog.get_logger("keel.controlplane")
@@ -120,8 +125,17 @@ async def _probe_database(
 
 
 async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
+    port_credentials = _port_credentials(settings)
     url = await resolve_database_url(settings.database_url, settings.state_dir)
-    log.info("starting", database=redact(url), listen=settings.listen)
+    log.info(
+        "starting",
+        database=redact(url),
+        listen=settings.listen,
+        tls=port_credentials is not None,
+        client_certificates=settings.tls_client_ca is not None,
+    )
+    if port_credentials is None and not is_loopback(listen_host(settings.listen)):
+        log.warning("serving without TLS on a non-loopback address (--insecure)")
     conn = await asyncpg.connect(url)
     try:
         before, after = await migrate.migrate(conn)
@@ -136,6 +150,10 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     store = Store(pool)
     status = StatusStore(pool)
     metrics = Metrics()
+    tokens = TokenStore(
+        pool, cache_s=settings.auth_cache_s, refresh_timeout_s=settings.db_probe_timeout_s
+    )
+    await tokens.bootstrap(settings.state_dir)
     registry = StreamRegistry()
     secret_key = settings.secret_key_file or settings.state_dir / secrets.KEY_FILE
     secret_box = await asyncio.to_thread(
@@ -260,7 +278,10 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
 
     metrics.track_sync_streams(lambda: len(registry))
     server = grpc.aio.server(
-        interceptors=[ObservabilityInterceptor(metrics=metrics)],
+        interceptors=[
+            ObservabilityInterceptor(metrics=metrics),
+            AuthInterceptor(tokens=tokens, metrics=metrics),
+        ],
         options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
     )
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(
@@ -275,6 +296,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             watch_poll_s=settings.watch_poll_s,
             drain_blocked_after_s=settings.drain_blocked_after_s,
             secrets=secret_box,
+            tokens=tokens,
         ),
         server,
     )
@@ -287,6 +309,8 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         resync_period_s=settings.resync_period_s,
         hello_timeout_s=settings.hello_timeout_s,
         secrets=secret_box,
+        tokens=tokens,
+        on_denied=metrics.count_auth_denied,
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_sync, server)
     health_servicer = health.aio.HealthServicer()
@@ -294,7 +318,11 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     reflection.enable_server_reflection(
         (FLEET_SERVICE, AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(settings.listen)
+    port = (
+        server.add_insecure_port(settings.listen)
+        if port_credentials is None
+        else server.add_secure_port(settings.listen, port_credentials)
+    )
     if port == 0:
         raise KeelError(f"cannot listen on {settings.listen}: the address is taken or invalid")
     host = settings.listen.rsplit(":", 1)[0]
@@ -382,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
             code = uvloop.run(run_migrate(args))
         elif args.command == "reseal-secrets":
             code = uvloop.run(reseal.run(args))
+        elif args.command == "reset-token":
+            code = uvloop.run(run_reset_token(args))
         else:
             tracing.configure_tracing(
                 "keel-controlplane",

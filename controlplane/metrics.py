@@ -77,6 +77,9 @@ CACHE_KINDS = ("workload", "instance", "host")
 DEFAULT_ADDRESS = "127.0.0.1:9464"
 
 
+AUTH_DENIED_REASONS = ("missing", "malformed", "unknown", "revoked", "role", "host", "unlisted")
+
+
 class MetricsError(KeelError):
     """The --metrics address is not HOST:PORT or off."""
 
@@ -274,6 +277,17 @@ class Metrics:
             self.cache_objects.labels(kind)
         for controller in CONTROLLERS:
             self.cache_stale_writes.labels(controller)
+        self.auth_denied = Counter(
+            "keel_auth_denied_total",
+            "Calls refused by authentication or authorization (controlplane.auth), by reason: "
+            "missing (no token), malformed, unknown (no such token, or a wrong secret), "
+            "revoked, role (too low for the call), host (a host credential naming another "
+            "host), unlisted (a method no role may call).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in AUTH_DENIED_REASONS:
+            self.auth_denied.labels(reason)
         # Operations and drains (controlplane.drain_metrics, fed by the drain controller).
         self.drain = DrainMetrics(r)
         # Standard process_* and python_info series: memory, CPU, open fds of this replica.
@@ -411,6 +425,9 @@ class Metrics:
         self.database_up.set(1 if up else 0)
 
     # --- gRPC (called by the server interceptor) ------------------------------------------------
+
+    def count_auth_denied(self, reason: str) -> None:
+        self.auth_denied.labels(reason).inc()
 
     def observe_rpc(self, service: str, method: str, code: str, seconds: float) -> None:
         """One call ended with status `code` (a grpc.StatusCode name, e.g. "OK", "NOT_FOUND")."""

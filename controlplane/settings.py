@@ -76,3 +76,14 @@ class Settings:
     # The largest request the gRPC server accepts (an ApplyWorkload manifest is far smaller:
     # keel.spec.MAX_MANIFEST_BYTES; an agent's full status report of a large host is not).
     max_message_bytes: int = 4 * 1024 * 1024
+    # A verified token is trusted this long before it is read again: a token revoked on
+    # another replica stops working here within this time (on the replica that revoked it, at
+    # once); with Postgres away, tokens already checked keep working.
+    auth_cache_s: float = 5.0
+    # TLS on the gRPC port: certificate and key (PEM); with a client CA, agents and keelctl
+    # must present a certificate it signed (mutual TLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Listen on a non-loopback address without TLS (tokens would cross the network in clear).
+    insecure: bool = False

@@ -23,19 +23,22 @@ import asyncio
 import contextlib
 import enum
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
 import structlog
 
 from controlplane import convert
+from controlplane.auth import require_host
 from controlplane.errors import InvalidArgument, KeelError, Replaced, StreamFailed, Unavailable
 from controlplane.heartbeats import HeartbeatWriter
 from controlplane.logrelay import LogRelay
 from controlplane.reports import ReportWriter
 from controlplane.secrets import SecretBox
 from controlplane.store import Store
+from controlplane.tokens import TokenStore
+from controlplane.tokens_api import JoinApi
 from keel.fields import SpecError
 from keel.v1 import agent_pb2, agent_pb2_grpc
 
@@ -164,7 +167,7 @@ class _Outage:
             self.log.info("database available again; stream resumed")
 
 
-class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
+class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
         store: Store,
@@ -176,8 +179,12 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         resync_period_s: float,
         secrets: SecretBox,
         hello_timeout_s: float = 10.0,
+        tokens: TokenStore | None = None,
+        on_denied: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self._secrets = secrets
+        self._tokens = tokens
+        self._on_denied = on_denied
         self._hello_timeout_s = hello_timeout_s
         self._store = store
         self._logs = logs
@@ -193,6 +200,7 @@ class AgentSync(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     ) -> AsyncIterator[agent_pb2.ControlMessage]:
         hello = await _hello(request_iterator, timeout_s=self._hello_timeout_s)
         host = hello.host
+        require_host(host, on_denied=self._on_denied)  # before anything is registered
         bound = log.bind(host=host)
         outage = _Outage(bound)
         session = self._registry.open(host)

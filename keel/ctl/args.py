@@ -81,6 +81,18 @@ def _add_globals(p: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
         default=default(None),
         help="append this command's spans as JSON lines (default: $KEEL_TRACE_FILE)",
     )
+    p.add_argument(
+        "--token-file",
+        metavar="PATH",
+        default=default(None),
+        help="send the token in this file (default: $KEEL_TOKEN)",
+    )
+    for flag, what in (
+        ("--tls-ca", "connect with TLS, trusting this CA (PEM)"),
+        ("--tls-cert", "client certificate (PEM), for mutual TLS"),
+        ("--tls-key", "its private key (PEM)"),
+    ):
+        p.add_argument(flag, metavar="PATH", default=default(None), help=what)
 
 
 def _deadline_arg(text: str) -> int:
@@ -262,6 +274,32 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--uncordon", action="store_true", help="also make its hosts schedulable again"
             )
+
+    token = sub.add_parser("token", help="operator tokens (admin): create, list, revoke")
+    _add_globals(token, on_subcommand=True)
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="VERB")
+    create = token_sub.add_parser("create", help="a new token; printed once, never again")
+    _add_globals(create, on_subcommand=True)
+    create.add_argument(
+        "--role", required=True, choices=("viewer", "operator", "admin", "join"),
+        help="viewer: read; operator: also change; admin: also tokens; join: agents join",
+    )  # fmt: skip
+    create.add_argument("--name", required=True, help="its name: the actor of what it changes")
+    _add_globals(token_sub.add_parser("list", help="every token (never their values)"),
+                 on_subcommand=True)  # fmt: skip
+    revoke = token_sub.add_parser("revoke", help="revoke a token by name")
+    _add_globals(revoke, on_subcommand=True)
+    revoke.add_argument("name", metavar="NAME")
+
+    host = sub.add_parser("host", help="host identity (admin)")
+    _add_globals(host, on_subcommand=True)
+    host_sub = host.add_subparsers(dest="host_command", required=True, metavar="VERB")
+    reset = host_sub.add_parser(
+        "reset-credential",
+        help="revoke a host's credential so its (re)installed agent may join again",
+    )
+    _add_globals(reset, on_subcommand=True)
+    reset.add_argument("host", metavar="HOST")
 
     delete = sub.add_parser("delete", help="delete a workload (its instances are stopped)")
     _add_globals(delete, on_subcommand=True)

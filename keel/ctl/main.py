@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from keel import traceconfig
-from keel.ctl import observe
+from keel.ctl import auth, observe
 from keel.ctl.args import DEFAULT_CONTROLPLANE, CtlError, WatchLost, build_parser
 from keel.ctl.commands import Context, cmd_apply, cmd_delete, cmd_describe, cmd_get
 from keel.spec import format_duration
@@ -71,7 +71,8 @@ def rpc_error_line(err: grpc.RpcError, *, address: str, timeout: float) -> str:
             f"error: the control plane at {address} did not answer within "
             f"{format_duration(round(timeout * 1000))} (DEADLINE_EXCEEDED)"
         )
-    return f"error: {details} ({name})"
+    refused = auth.hint(code)
+    return f"error: {details} ({name})" + (f"\n  {refused}" if refused else "")
 
 
 # --- entry point -------------------------------------------------------------------------------
@@ -179,11 +180,13 @@ def _run_on(
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # Names keelctl at the head of its user agent: the control plane records
-            # `keelctl@PEER` as the actor of what it changes (until operators authenticate).
+            # Names keelctl at the head of its user agent (in the control plane's logs).
             ("grpc.primary_user_agent", "keelctl"),
         ]
-        with grpc.insecure_channel(address, options=options) as raw_channel:
+        token = auth.token_of(args)
+        if token is not None:
+            interceptors = [*interceptors, auth.TokenInterceptor(token)]
+        with auth.open_channel(address, args, options) as raw_channel:
             channel = grpc.intercept_channel(raw_channel, *interceptors)
             ctx = Context(_STUB(channel), args, now=datetime.now(UTC))
             commands: dict[str, Callable[[], str | int]] = {
@@ -199,6 +202,8 @@ def _run_on(
                 "drain": lambda: _operations().cmd_drain(ctx),
                 "ops": lambda: _operations().cmd_ops(ctx),
                 "op": lambda: _operations().cmd_op(ctx),
+                "token": lambda: auth.cmd_token(ctx),
+                "host": lambda: auth.cmd_host(ctx),
             }
             result = commands[args.command]()
     except CtlError as e:

@@ -71,10 +71,16 @@ def _wait(
     return False
 
 
+# The admin token the control plane writes on its first start (under the state dir `run` was
+# given): every keelctl the launcher runs sends it.
+_admin_token: list[Path] = []
+
+
 def _keelctl(address: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "KEEL_CONTROLPLANE"}
+    env = {k: v for k, v in os.environ.items() if k not in ("KEEL_CONTROLPLANE", "KEEL_TOKEN")}
+    token = ["--token-file", str(_admin_token[-1])] if _admin_token else []
     return subprocess.run(
-        [str(BIN / "keelctl"), "--controlplane", address, *args],
+        [str(BIN / "keelctl"), "--controlplane", address, *token, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -123,6 +129,7 @@ def _banner(address: str, state_dir: Path, logs: Path, workload: str, replicas: 
 The local Keel fleet is up: {_planes(address, replicas)} and agents {", ".join(HOSTS)}.
 
   export KEEL_CONTROLPLANE={address}
+  export KEEL_TOKEN=$(cat {_shown(state_dir / "controlplane" / "admin.token")})
   {rel} get hosts
   {rel} get workloads
   {rel} get instances
@@ -134,8 +141,15 @@ The local Keel fleet is up: {_planes(address, replicas)} and agents {", ".join(H
 Metrics: http://{CONTROLPLANE_METRICS}/metrics (control plane{_replica_metrics(replicas)}), \
 http://127.0.0.1:{agent_ports}/metrics (agents)
 State: {state_dir}    Logs: {logs}/{{controlplane,{",".join(HOSTS)}}}.log
+The gRPC port is on loopback without TLS (fine on this machine; off it, the control plane
+needs --tls-cert/--tls-key). KEEL_TOKEN is the admin token; `keelctl token create` issues others.
 Ctrl-C stops the fleet and its workloads; `make run` again picks up the same state.
 """
+
+
+def _shown(path: Path) -> str:
+    """path relative to the working directory when it is under it (shorter to copy)."""
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def _planes(address: str, replicas: int) -> str:
@@ -179,6 +193,7 @@ def run(
         raise LocalFleetError(f"no workload file at {workload}")
     name = _workload_name(workload)
 
+    _admin_token.append(state_dir / "controlplane" / "admin.token")
     stop = StopRequest()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -200,6 +215,9 @@ def run(
                 "--state-dir",
                 str(state_dir / h),
                 "--stop-workloads-on-exit",
+                # Used once, to join: the host's credential is kept in its state dir.
+                "--join-token-file",
+                str(state_dir / "controlplane" / "join.token"),
                 # examples/web.yaml selects role=web hosts.
                 "--label",
                 "role=web",
@@ -221,7 +239,8 @@ def run(
     status = 0
     try:
         for n, (plane, address) in enumerate(zip(planes, listens, strict=True)):
-            print(f"starting {plane.name} on {address} (log: {plane.log}) ...", flush=True)
+            where = f"{address}, loopback without TLS"
+            print(f"starting {plane.name} on {where} (log: {plane.log}) ...", flush=True)
             plane.start()
             if not _wait(
                 functools.partial(_answers, address),

@@ -39,6 +39,11 @@ class AgentServiceStub:
                 request_serializer=keel_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
                 response_deserializer=keel_dot_v1_dot_agent__pb2.ControlMessage.FromString,
                 _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/keel.v1.AgentService/Join',
+                request_serializer=keel_dot_v1_dot_agent__pb2.JoinRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_agent__pb2.JoinResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -54,6 +59,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Join(self, request, context):
+        """With the join token: the credential of this host, for this agent alone (refused while
+        the host has one: `keelctl host reset-credential HOST` clears it). Sync then uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +74,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Sync,
                     request_deserializer=keel_dot_v1_dot_agent__pb2.AgentMessage.FromString,
                     response_serializer=keel_dot_v1_dot_agent__pb2.ControlMessage.SerializeToString,
+            ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=keel_dot_v1_dot_agent__pb2.JoinRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_agent__pb2.JoinResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +108,33 @@ class AgentService:
             '/keel.v1.AgentService/Sync',
             keel_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
             keel_dot_v1_dot_agent__pb2.ControlMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.AgentService/Join',
+            keel_dot_v1_dot_agent__pb2.JoinRequest.SerializeToString,
+            keel_dot_v1_dot_agent__pb2.JoinResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -130,6 +130,26 @@ class FleetServiceStub:
                 request_serializer=keel_dot_v1_dot_fleet__pb2.WatchOperationRequest.SerializeToString,
                 response_deserializer=keel_dot_v1_dot_fleet__pb2.Operation.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/keel.v1.FleetService/CreateToken',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/keel.v1.FleetService/ListTokens',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/keel.v1.FleetService/RevokeToken',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.Token.FromString,
+                _registered_method=True)
+        self.ResetHostCredential = channel.unary_unary(
+                '/keel.v1.FleetService/ResetHostCredential',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.ResetHostCredentialRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.ResetHostCredentialResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -258,6 +278,33 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Identities (admin): a new operator or join token (its value is in this answer only),
+        the tokens (never their values), revoking one, and clearing a host's credential so that
+        its reinstalled agent may join again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetHostCredential(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -355,6 +402,26 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.WatchOperation,
                     request_deserializer=keel_dot_v1_dot_fleet__pb2.WatchOperationRequest.FromString,
                     response_serializer=keel_dot_v1_dot_fleet__pb2.Operation.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.CreateTokenRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.ListTokensRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.Token.SerializeToString,
+            ),
+            'ResetHostCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetHostCredential,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.ResetHostCredentialRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.ResetHostCredentialResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -870,6 +937,114 @@ class FleetService:
             '/keel.v1.FleetService/WatchOperation',
             keel_dot_v1_dot_fleet__pb2.WatchOperationRequest.SerializeToString,
             keel_dot_v1_dot_fleet__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/CreateToken',
+            keel_dot_v1_dot_fleet__pb2.CreateTokenRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/ListTokens',
+            keel_dot_v1_dot_fleet__pb2.ListTokensRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/RevokeToken',
+            keel_dot_v1_dot_fleet__pb2.RevokeTokenRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.Token.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetHostCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/ResetHostCredential',
+            keel_dot_v1_dot_fleet__pb2.ResetHostCredentialRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.ResetHostCredentialResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -177,14 +177,27 @@ class Fleet:
         agent_args: Mapping[int, Sequence[str]] | None = None,
         controlplane_args: Sequence[str] = (),
         start_timeout: float = 30.0,
+        tls_ca: Path | None = None,
+        tls_client: tuple[Path, Path] | None = None,
     ) -> None:
         self.root = root.resolve()
+        # With the control plane serving TLS (its flags in controlplane_args): the CA that
+        # signed its certificate, given to every agent, keelctl and channel of this fleet.
+        self.tls_ca = tls_ca
+        # With mutual TLS: the client certificate and key they present.
+        tls = ["--tls-ca", str(tls_ca)] if tls_ca else []
+        if tls_client is not None:
+            tls += ["--tls-cert", str(tls_client[0]), "--tls-key", str(tls_client[1])]
+        self._tls = tls
         self.database_url = database_url
         self.start_timeout = start_timeout
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.cp_state = self.root / "controlplane"
         self.cp_state.mkdir(exist_ok=True)
+        # The tokens the control plane writes on its first start (keelctl acts as admin).
+        self.admin_token_file = self.cp_state / "admin.token"
+        self.join_token_file = self.cp_state / "join.token"
         self.server_script = self.root / "serve.py"
         self.server_script.write_text(SERVER_SCRIPT)
         self.agent_only_value = f"agent-only-{uuid.uuid4().hex[:8]}"
@@ -194,6 +207,7 @@ class Fleet:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
         self._cp = Proc("controlplane", [], self.logs / "controlplane.log", dict(base_env))
         self._agents: dict[int, Proc] = {}
+        self._extra: list[Proc] = []  # agents started by start_agent_as, stopped at close
         for i in range(1, agents + 1):
             env = dict(base_env)
             env[AGENT_ONLY_ENV] = self.agent_only_value
@@ -222,6 +236,10 @@ class Fleet:
                 "1s",
                 "--metrics",
                 "127.0.0.1:0",
+                # Written by the control plane on its first start: the agent joins with it.
+                "--join-token-file",
+                str(self.join_token_file),
+                *tls,
                 *(agent_args or {}).get(i, ()),
             ]
             self._agents[i] = Proc(f"host-{i}", argv, self.logs / f"host-{i}.log", env)
@@ -252,7 +270,7 @@ class Fleet:
 
     def close(self) -> None:
         """Stops everything: agents, control plane, then any process naming the test dir."""
-        for proc in [*self._agents.values(), self._cp]:
+        for proc in [*self._extra, *self._agents.values(), self._cp]:
             with contextlib.suppress(Exception):
                 proc.stop()
         kill_processes_mentioning(str(self.root) + os.sep)
@@ -299,6 +317,9 @@ class Fleet:
                 )
             time.sleep(0.05)
         self.address = address
+        _ADMIN_TOKENS[address] = self.admin_token_file
+        if self.tls_ca is not None:
+            _TLS_CAS[address] = self.tls_ca
         for agent in self._agents.values():
             agent.argv[agent.argv.index("--controlplane") + 1] = address
 
@@ -315,6 +336,20 @@ class Fleet:
 
     def start_agent(self, i: int) -> None:
         self._agents[i].start()
+
+    def start_agent_as(self, host: str, name: str) -> Proc:
+        """Starts another agent (agent 1's flags and join token) claiming `host`, with a state
+        dir and log of its own named name: a second machine saying it is that host."""
+        template = self._agents[1]
+        state = self.root / name
+        state.mkdir(exist_ok=True)
+        argv = list(template.argv)
+        argv[argv.index("--host") + 1] = host
+        argv[argv.index("--state-dir") + 1] = str(state)
+        proc = Proc(name, argv, self.logs / f"{name}.log", dict(template.env))
+        self._extra.append(proc)
+        proc.start()
+        return proc
 
     def kill_agent(self, i: int, sig: int = signal.SIGKILL) -> None:
         """Sends sig to agent i's process group (not its workloads' groups) and waits for it."""
@@ -377,14 +412,21 @@ class Fleet:
         *args: str,
         json_output: bool = False,
         timeout: float = 30.0,
+        token: str | None = None,
         address: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Runs the real keelctl against this fleet (or only the replica at `address`); never
-        raises on a non-zero exit."""
+        raises on a non-zero exit. It sends the admin token the control plane wrote on its
+        first start, or `token` (in KEEL_TOKEN)."""
         argv = [str(KEELCTL), "--controlplane", address or self.address]
+        if token is None:
+            argv += ["--token-file", str(self.admin_token_file)]
+        argv += self._tls
         if json_output:
             argv += ["-o", "json"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+        if token is not None:
+            env["KEEL_TOKEN"] = token
         return subprocess.run(
             [*argv, *args],
             capture_output=True,
@@ -421,6 +463,25 @@ class Fleet:
 
     def workload(self, name: str) -> WorkloadView:
         return WorkloadView.parse(self.keelctl_json("describe", "workload", name))
+
+    def admin_token(self) -> str:
+        return self.admin_token_file.read_text().strip()
+
+    def join(self, host: str) -> str:
+        """Joins host as an agent would (the join token) and returns its credential."""
+        from keel.v1 import agent_pb2, agent_pb2_grpc
+
+        join_token = self.join_token_file.read_text().strip()
+        with self.channel(join_token) as channel:
+            reply = agent_pb2_grpc.AgentServiceStub(channel).Join(
+                agent_pb2.JoinRequest(host=host), timeout=10
+            )
+        return str(reply.credential)
+
+    def channel(self, token: str | None = None) -> Any:
+        """A gRPC channel to the control plane whose calls carry token (default: admin's;
+        "" for none)."""
+        return authorized_channel(self.address, token)
 
     def instances_rpc(self, workload: str | None = None) -> list[InstanceView]:
         """ListInstances over gRPC: the view `instances` gives, in milliseconds, not a process."""
@@ -498,6 +559,53 @@ class Fleet:
         )
 
 
+# The admin token file of each control plane a Fleet started, by its gRPC address: a channel a
+# test opens to that address carries the admin token unless the test says otherwise.
+_ADMIN_TOKENS: dict[str, Path] = {}
+# The CA of each control plane a Fleet started with TLS, by address.
+_TLS_CAS: dict[str, Path] = {}
+
+
+def authorized_channel(address: str, token: str | None = None, *, options: Any = None) -> Any:
+    """A plain-text gRPC channel to address whose every call carries `Bearer token` (default:
+    the admin token of the Fleet serving there; "" for none)."""
+    import grpc
+
+    from keel.ctl.auth import TokenInterceptor
+
+    ca = _TLS_CAS.get(address)
+    channel = (
+        grpc.secure_channel(address, grpc.ssl_channel_credentials(ca.read_bytes()), options=options)
+        if ca is not None
+        else grpc.insecure_channel(address, options=options)
+    )
+    if token is None and address in _ADMIN_TOKENS:
+        token = _ADMIN_TOKENS[address].read_text().strip()
+    if not token:
+        return channel
+    return _ClosingChannel(grpc.intercept_channel(channel, TokenInterceptor(token)), channel)
+
+
+class _ClosingChannel:
+    """An intercepted channel that closes the channel under it (grpc's does not, with `with`)."""
+
+    def __init__(self, intercepted: Any, raw: Any) -> None:
+        self._intercepted = intercepted
+        self._raw = raw
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._intercepted, name)
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class InstanceSampler:
     """Lists instances over gRPC, on demand or every `interval` in a background thread.
 
@@ -505,12 +613,17 @@ class InstanceSampler:
     taken while it ran, so a test can assert on what was true at every moment it saw.
     """
 
-    def __init__(self, address: str, workload: str | None = None, interval: float = 0.02):
-        import grpc
-
+    def __init__(
+        self,
+        address: str,
+        workload: str | None = None,
+        interval: float = 0.02,
+        *,
+        token: str | None = None,
+    ):
         from keel.v1 import fleet_pb2_grpc
 
-        self._channel = grpc.insecure_channel(address)
+        self._channel = authorized_channel(address, token)
         self._stub = fleet_pb2_grpc.FleetServiceStub(self._channel)
         self._workload = workload or ""
         self._interval = interval

@@ -19,7 +19,7 @@ from keel.v1 import agent_pb2, fleet_pb2
 
 FLEET = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"]
 AGENT = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
-TABLES = ("host", "workload", "instance", "event", "leader")
+TABLES = ("host", "workload", "instance", "event", "leader", "token")
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def embedded_fleet() -> Iterator[Fleet]:
 
 
 def _health(fleet: Fleet, service: str) -> str:
-    with grpc.insecure_channel(fleet.address) as channel:
+    with fleet.channel() as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=service), timeout=5
         )
@@ -107,7 +107,7 @@ def test_health_reports_fleet_not_serving_while_postgres_is_frozen(embedded_flee
     assert processes, f"no postgres serving {fleet.embedded_pgdata}"
     assert _health(fleet, FLEET) == "SERVING"
 
-    with frozen(processes), grpc.insecure_channel(fleet.address) as channel:
+    with frozen(processes), fleet.channel() as channel:
         # More calls than the pool has connections, all waiting on the frozen database: the
         # probe must not queue behind them for a connection.
         stub = fleet_pb2_grpc.FleetServiceStub(channel)

@@ -83,8 +83,10 @@ class ControlPlane:
             time.sleep(0.05)
 
     def keelctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        # The admin token the control plane wrote under its state dir on first start.
+        token = ["--token-file", str(self.state_dir / "admin.token")]
         return subprocess.run(
-            [str(KEELCTL), "--controlplane", self.address, "--timeout", "10s", *args],
+            [str(KEELCTL), "--controlplane", self.address, "--timeout", "10s", *token, *args],
             capture_output=True,
             text=True,
             timeout=30,

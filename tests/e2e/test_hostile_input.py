@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from harness import Fleet
+from harness import Fleet, authorized_channel
 from hostile import FLEET, Answer, Database, call, database, hello, sync_first
 
 from keel.v1 import agent_pb2, fleet_pb2
@@ -36,9 +36,16 @@ def db(quiet_fleet: Fleet) -> Iterator[Database]:
 
 @pytest.fixture(scope="module")
 def channel(quiet_fleet: Fleet) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(
+    with authorized_channel(
         quiet_fleet.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
     ) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def agent_channel(quiet_fleet: Fleet) -> Iterator[grpc.Channel]:
+    """A channel carrying the credential of a host joined for these tests (good-host)."""
+    with authorized_channel(quiet_fleet.address, quiet_fleet.join("good-host")) as ch:
         yield ch
 
 
@@ -165,22 +172,22 @@ def test_undecodable_request_bytes_are_invalid_argument_for_every_rpc(
     ],
 )
 def test_a_hostile_hello_is_refused_naming_the_field(
-    channel: grpc.Channel, db: Database, fields: dict[str, Any], field: str, rule: str
+    agent_channel: grpc.Channel, db: Database, fields: dict[str, Any], field: str, rule: str
 ) -> None:
     """The Sync stream's Hello is checked like any request, before the host is registered."""
     before = db.snapshot()
-    assert_refused(sync_first(channel, hello(**fields)), field, rule)
+    assert_refused(sync_first(agent_channel, hello(**fields)), field, rule)
     assert db.snapshot() == before
 
 
 def test_a_stream_that_does_not_open_with_hello_or_is_undecodable_is_refused(
-    channel: grpc.Channel, db: Database
+    agent_channel: grpc.Channel, db: Database
 ) -> None:
     """A heartbeat first, or bytes that are no AgentMessage: INVALID_ARGUMENT."""
     before = db.snapshot()
     heartbeat = agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat()).SerializeToString()
-    assert_refused(sync_first(channel, heartbeat), "hello", "must be Hello")
-    assert_refused(sync_first(channel, b"\x0a\x05ab"), "request", "not a valid")
+    assert_refused(sync_first(agent_channel, heartbeat), "hello", "must be Hello")
+    assert_refused(sync_first(agent_channel, b"\x0a\x05ab"), "request", "not a valid")
     assert db.snapshot() == before
 
 
@@ -278,9 +285,9 @@ def test_a_trailing_newline_in_a_request_name_is_refused(
     [({"host": "good-host\n"}, "hello.host"), ({"labels": {"role\n": "a"}}, "hello.labels")],
 )
 def test_a_trailing_newline_in_a_hello_is_refused(
-    channel: grpc.Channel, db: Database, fields: dict[str, Any], field: str
+    agent_channel: grpc.Channel, db: Database, fields: dict[str, Any], field: str
 ) -> None:
     before = db.snapshot()
-    answer = sync_first(channel, hello(**fields))
+    answer = sync_first(agent_channel, hello(**fields))
     assert db.snapshot() == before, f"registered: {answer}"
     assert answer.code == INVALID and answer.details.startswith(field), answer

@@ -20,7 +20,6 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 
-import grpc
 import pytest
 from harness import Fleet, wait_for
 
@@ -79,7 +78,7 @@ def test_a_fresh_apply_is_placed_ahead_of_a_resync_of_every_workload(busy_fleet:
     in a small part of the time the resync takes to drain."""
     fleet = busy_fleet
     names = [f"w{n:03d}" for n in range(WORKLOADS)]
-    with grpc.insecure_channel(fleet.address) as channel:
+    with fleet.channel() as channel:
         stub = fleet_pb2_grpc.FleetServiceStub(channel)
 
         def apply(name: str) -> fleet_pb2.ApplyWorkloadResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -22,3 +23,13 @@ async def store(fresh_database: str) -> AsyncIterator[Store]:
         yield Store(pool)
     finally:
         await pool.close()
+
+
+@pytest.fixture(autouse=True)
+def host_credential(tmp_path: Path) -> None:
+    """The agents here talk to fake control planes that check no credential: their state dir
+    (the test's tmp_path, or its `state` for a keel-agent process) holds one already, as after
+    a join, so they never call Join."""
+    for state in (tmp_path, tmp_path / "state"):
+        state.mkdir(exist_ok=True)
+        (state / "credential").write_text("test-credential\n")

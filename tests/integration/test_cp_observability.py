@@ -356,8 +356,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 class ControlPlane:
-    def __init__(self, addresses: dict[str, str], spans: Path, log: Path) -> None:
+    def __init__(self, addresses: dict[str, str], spans: Path, log: Path, state: Path) -> None:
         self.grpc = addresses["grpc"]
+        self.state = state
         self.metrics = addresses["metrics"]
         self.addresses = addresses
         self.spans = spans
@@ -369,8 +370,10 @@ class ControlPlane:
             return str(resp.read().decode())
 
     def keelctl(self, *args: str, env: dict[str, str] | None = None) -> None:
+        # The admin token the control plane wrote under its state dir on its first start.
+        token = ["--token-file", str(self.state / "admin.token")]
         result = subprocess.run(
-            [str(KEELCTL), "--controlplane", self.grpc, *args],
+            [str(KEELCTL), "--controlplane", self.grpc, *token, *args],
             capture_output=True,
             text=True,
             timeout=30,
@@ -430,7 +433,7 @@ def controlplane(
                 return found if isinstance(found, dict) else None
 
             found = poll(written, timeout=30, message=f"{addresses}")
-            yield ControlPlane(found, spans, log)
+            yield ControlPlane(found, spans, log, state)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)

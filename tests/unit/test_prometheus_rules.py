@@ -71,6 +71,7 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_drain_overdue_seconds",
         "keel_drain_duration_seconds",
         "keel_drain_moves_total",
+        "keel_auth_denied_total",
     }
 )
 AGENT_METRICS = frozenset(
