@@ -562,6 +562,12 @@ class Fleet:
 # The admin token file of each control plane a Fleet started, by its gRPC address: a channel a
 # test opens to that address carries the admin token unless the test says otherwise.
 _ADMIN_TOKENS: dict[str, Path] = {}
+
+
+def admin_token_for(address: str, token_file: Path) -> None:
+    """Raw channels to `address` carry the admin token in `token_file` (another replica of a
+    fleet shares its first replica's database, and so its tokens)."""
+    _ADMIN_TOKENS[address] = token_file
 # The CA of each control plane a Fleet started with TLS, by address.
 _TLS_CAS: dict[str, Path] = {}
 

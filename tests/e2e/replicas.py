@@ -9,7 +9,7 @@ import os
 import urllib.request
 from pathlib import Path
 
-from harness import Fleet, wait_for
+from harness import Fleet, admin_token_for, wait_for
 from procs import Proc
 
 
@@ -35,6 +35,9 @@ class TwoReplicas(Fleet):
         )
         self.replicas = {first: (self._cp, self.cp_state), second: (self.second, state)}
         self.address = f"{first},{second}"
+        # Both replicas share the database, so the first's admin token works on either; raw
+        # channels to the second (samplers) carry it as they do to the first.
+        admin_token_for(second, self.admin_token_file)
         for agent in self._agents.values():
             agent.argv[agent.argv.index("--controlplane") + 1] = self.address
         for i in self._agents:
