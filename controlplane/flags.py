@@ -101,6 +101,16 @@ DURATION_FLAGS = (
         "a drain blocked this long with no move finishing: DRAIN_BLOCKED",
     ),
     ("--watch-poll", "watch_poll_s", "op watch: how often the operation is read again"),
+    (
+        "--request-retention",
+        "request_retention_s",
+        "a retry with the same keel-request-id within this is answered from the first attempt",
+    ),
+    (
+        "--request-prune-interval",
+        "request_prune_interval_s",
+        "how often request-id records past --request-retention are deleted",
+    ),
 )
 
 

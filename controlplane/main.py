@@ -34,6 +34,7 @@ from controlplane.errors import KeelError
 from controlplane.flags import build_parser, settings_from
 from controlplane.fleet import FleetApi
 from controlplane.heartbeats import HeartbeatWriter
+from controlplane.idempotency import Requests, prune_forever
 from controlplane.interceptors import ObservabilityInterceptor
 from controlplane.leader import Leadership
 from controlplane.listener import Listener
@@ -250,6 +251,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
     )
     logs = LogRelay(registry)
+    requests = Requests(on_replay=metrics.count_replay)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(
         FleetApi(
             store,
@@ -260,6 +262,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             watch=watch,
             watch_poll_s=settings.watch_poll_s,
             drain_blocked_after_s=settings.drain_blocked_after_s,
+            requests=requests,
         ),
         server,
     )
@@ -310,6 +313,15 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             ),
             name="loop-lag",
         ),
+        asyncio.create_task(
+            prune_forever(
+                pool,
+                retention_s=settings.request_retention_s,
+                interval_s=settings.request_prune_interval_s,
+                on_pruned=metrics.count_pruned_requests,
+            ),
+            name="request-prune",
+        ),
     ]
     addresses = {"grpc": address}
     if metrics_server is not None:
@@ -338,6 +350,9 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     registry.stop()  # agent streams end now; unary calls get the grace
     await server.stop(settings.shutdown_grace_s)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(settings.shutdown_grace_s):
+            await requests.drain()  # writes whose callers went away: to their end
     if not await reports.flush(settings.shutdown_grace_s):
         log.warning("stopped with reports unwritten; agents resend them on reconnect")
     for t in tasks:

@@ -68,3 +68,8 @@ class Settings:
     # The largest request the gRPC server accepts (an ApplyWorkload manifest is far smaller:
     # keel.spec.MAX_MANIFEST_BYTES; an agent's full status report of a large host is not).
     max_message_bytes: int = 4 * 1024 * 1024
+    # A mutating call's request-id record is kept this long: a retry with the same id within
+    # it is answered from the record (controlplane/idempotency.py), a later one runs again.
+    request_retention_s: float = 24 * 3600.0
+    # How often records past the retention are deleted.
+    request_prune_interval_s: float = 60.0

@@ -8,6 +8,7 @@ commands out. A command given wrongly is a `CtlError` (exit status 2).
 from __future__ import annotations
 
 import argparse
+import re
 
 from keel.spec import SpecError, parse_duration
 
@@ -37,6 +38,19 @@ def _timeout_arg(text: str) -> float:
     if ms <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got '{text}'")
     return ms / 1000
+
+
+# What the control plane accepts as a request id (controlplane/idempotency.py).
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+
+
+def _request_id_arg(text: str) -> str:
+    if not _REQUEST_ID.match(text):
+        raise argparse.ArgumentTypeError(
+            "must be 1 to 128 of A-Z, a-z, 0-9, '.', '_', ':' and '-', starting with a letter "
+            f"or digit, got '{text}'"
+        )
+    return text
 
 
 def _add_globals(p: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
@@ -71,6 +85,14 @@ def _add_globals(p: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
         metavar="PATH",
         default=default(None),
         help="append this command's spans as JSON lines (default: $KEEL_TRACE_FILE)",
+    )
+    p.add_argument(
+        "--request-id",
+        type=_request_id_arg,
+        metavar="ID",
+        default=default(None),
+        help="name this request (keel-request-id): run again with the same id, a change that "
+        "was already made is answered as it was, not made twice (default: a new UUID)",
     )
 
 

@@ -27,6 +27,7 @@ from keel import traceconfig
 from keel.ctl import observe
 from keel.ctl.args import DEFAULT_CONTROLPLANE, CtlError, build_parser
 from keel.ctl.commands import Context, cmd_apply, cmd_delete, cmd_describe, cmd_get
+from keel.ctl.requestid import RequestIdInterceptor, new_request_id
 from keel.spec import format_duration
 from keel.v1 import fleet_pb2_grpc
 
@@ -129,7 +130,9 @@ def _run(args: argparse.Namespace, *, interceptors: Sequence[Any] = ()) -> int:
     except CtlError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    # Replicas in the order given: the next is tried only when a call could not reach one.
+    # Replicas in the order given: the next is tried only when a call could not reach one,
+    # with the same request id (a write the first got through with is not made twice).
+    interceptors = (*interceptors, RequestIdInterceptor(args.request_id or new_request_id()))
     for n, address in enumerate(addresses):
         try:
             return _run_on(args, address, manifest, interceptors)
