@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -300,3 +301,52 @@ def test_writes_while_postgres_is_stopped_fail_unavailable_and_apply_once(
         lost=f"nothing ({len(names)} of {len(names)} writes present, each applied once)",
         recover_s=first_ack_at - back_at,
     )
+
+
+def _since_last_start(log: Path) -> list[dict[str, Any]]:
+    """The JSON lines a process logged since the harness last started it."""
+    text = log.read_text(errors="replace")
+    tail = text.rsplit("\n===== ", 1)[-1]
+    return [json.loads(x) for x in tail.splitlines() if x[:1] == "{"]
+
+
+def test_an_agent_restarted_while_postgres_is_stopped_keeps_its_workloads(
+    embedded_fleet: Fleet,
+) -> None:
+    """Postgres stopped, then agent 1 killed (-9) and started again: its stream opens and stays
+    open though its registration cannot be written, its workloads keep running untouched (it
+    runs the desired state it kept on disk); once Postgres is back it is registered and adopts
+    them (same pids, no restart counted)."""
+    fleet = embedded_fleet
+    fleet.apply_ok(fleet.manifest("web", replicas=2))
+    before = fleet.wait_running("web", 2)
+    with stopped_postgres(fleet.embedded_pgdata):
+        wait_for(lambda: fleet.metrics()["keel_database_up"] == 0, timeout=10, message="db down")
+        fleet.kill_agent(1, signal.SIGKILL)
+        fleet.start_agent(1)
+
+        def registration_waits() -> bool:
+            return any(
+                x.get("event", "").startswith("database unavailable; the stream stays open")
+                and x.get("host") == "host-1"
+                and x.get("during") == "the agent's registration"
+                for x in _since_last_start(fleet.logs / "controlplane.log")
+            )
+
+        wait_for(registration_waits, timeout=15, message="host-1's registration waiting")
+        assert any(
+            x.get("event") == "connected" for x in _since_last_start(fleet.logs / "host-1.log")
+        )
+        hold_for(
+            lambda: all(process_alive(i.pid) for i in before),
+            duration=5,
+            interval=0.5,
+            message="every workload running while its agent cannot sync",
+        )
+    restarted = wait_for(
+        lambda: (now := fleet.instances("web")) and pids_of(now) == pids_of(before) and now,
+        timeout=30,
+        message="the same instances reported again",
+    )
+    assert [i.restart_count for i in restarted] == [i.restart_count for i in before]
+    fleet.wait_hosts_ready()
