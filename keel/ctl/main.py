@@ -111,11 +111,13 @@ def addresses_of(text: str) -> list[str]:
     return [a.strip() for a in text.split(",") if a.strip()] or [DEFAULT_CONTROLPLANE]
 
 
-def cannot_connect(err: grpc.RpcError) -> bool:
-    """The call never reached a control plane (so trying the next replica repeats nothing)."""
+def worth_another_replica(err: grpc.RpcError) -> bool:
+    """UNAVAILABLE: the call never reached this control plane, its connection broke, or the
+    replica could not serve it now (its database away). Trying the next replica repeats no
+    change: the same request id goes with it, and a change the first made is answered as it
+    was (`keel.ctl.requestid`)."""
     code = err.code() if callable(getattr(err, "code", None)) else None
-    details = str(err.details() if callable(getattr(err, "details", None)) else "").lower()
-    return code == grpc.StatusCode.UNAVAILABLE and any(s in details for s in _CANNOT_CONNECT)
+    return bool(code == grpc.StatusCode.UNAVAILABLE)
 
 
 def _run(args: argparse.Namespace, *, interceptors: Sequence[Any] = ()) -> int:
@@ -130,14 +132,14 @@ def _run(args: argparse.Namespace, *, interceptors: Sequence[Any] = ()) -> int:
     except CtlError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    # Replicas in the order given: the next is tried only when a call could not reach one,
-    # with the same request id (a write the first got through with is not made twice).
+    # Replicas in the order given: the next is tried when one could not be reached or could
+    # not serve the call, with the same request id (a write the first made is not made twice).
     interceptors = (*interceptors, RequestIdInterceptor(args.request_id or new_request_id()))
     for n, address in enumerate(addresses):
         try:
             return _run_on(args, address, manifest, interceptors)
         except grpc.RpcError as e:
-            if cannot_connect(e) and n + 1 < len(addresses):
+            if worth_another_replica(e) and n + 1 < len(addresses):
                 continue
             print(rpc_error_line(e, address=address, timeout=args.timeout), file=sys.stderr)
             return EXIT_ERROR

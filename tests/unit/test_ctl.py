@@ -709,3 +709,34 @@ def test_a_malformed_request_id_is_a_usage_error(capsys: pytest.CaptureFixture[s
     """An id the control plane would refuse is refused before any call: exit status 2."""
     assert main(["--request-id", "a/b", "get", "hosts"]) == 2
     assert "--request-id" in capsys.readouterr().err
+
+
+class _AwayFleet(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
+    """A replica whose database is away: every call answers UNAVAILABLE; records the ids."""
+
+    def __init__(self) -> None:
+        self.request_ids: list[str] = []
+
+    def ApplyWorkload(self, request: Any, context: Any) -> fleet_pb2.ApplyWorkloadResponse:
+        self.request_ids.append(dict(context.invocation_metadata()).get("keel-request-id", ""))
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the control plane's database is unreachable")
+
+
+def test_a_replica_that_cannot_serve_hands_the_call_to_the_next_with_the_same_id(
+    fleet: tuple[FakeFleet, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--controlplane A,B with A answering UNAVAILABLE: B applies it, under the id A got."""
+    servicer, addr = fleet
+    away = _AwayFleet()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    fleet_pb2_grpc.add_FleetServiceServicer_to_server(away, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        path = str(ROOT / "examples" / "web.yaml")
+        assert main(["--controlplane", f"127.0.0.1:{port},{addr}", "apply", "-f", path]) == 0
+    finally:
+        server.stop(grace=None).wait(5)
+    assert "workload/web" in capsys.readouterr().out
+    assert len(away.request_ids) == 1
+    assert servicer.request_ids[-1] == away.request_ids[0]
