@@ -64,7 +64,8 @@ def _add_globals(p: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
         metavar="ADDR",
         default=default(None),
         help="control plane address, or several replicas comma-separated (tried in order when "
-        f"one cannot be reached or answers UNAVAILABLE; default: $KEEL_CONTROLPLANE, else {DEFAULT_CONTROLPLANE})",
+        "one cannot be reached or answers UNAVAILABLE; default: $KEEL_CONTROLPLANE, else "
+        f"{DEFAULT_CONTROLPLANE})",
     )
     p.add_argument(
         "-o",
