@@ -6,7 +6,9 @@ problem is INVALID_ARGUMENT naming the field and the rule, an unknown name NOT_F
 it, the database away UNAVAILABLE). Request fields are checked and rows presented in
 `controlplane.convert`; lists are paged (`controlplane.paging`) and read, like every operator
 read, from Postgres through `controlplane.listing`, never from the leader's cache (any replica
-answers); logs come from the host's agent through `controlplane.logrelay`.
+answers); logs come from the host's agent through `controlplane.logrelay`. Every mutating call
+runs through `controlplane.idempotency.Requests`: its answer is built, and recorded under the
+caller's request id, in the write's own transaction.
 """
 
 from __future__ import annotations
@@ -85,11 +87,11 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         reply = await self._requests.run(
             context,
             request,
-            fleet_pb2.ApplyWorkloadResponse,
-            lambda once: self._store.apply_workload(
+            reply=fleet_pb2.ApplyWorkloadResponse,
+            write=lambda once: self._store.apply_workload(
                 workload, actor=actor, trace_context=trace_context, once=once
             ),
-            respond,
+            respond=respond,
         )
         log.info("workload applied", workload=workload.name, result=reply.result,
                  generation=reply.workload.generation)  # fmt: skip
@@ -129,9 +131,9 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         reply = await self._requests.run(
             context,
             request,
-            fleet_pb2.DeleteWorkloadResponse,
-            lambda once: self._store.delete_workload(name, actor=actor, once=once),
-            respond,
+            reply=fleet_pb2.DeleteWorkloadResponse,
+            write=lambda once: self._store.delete_workload(name, actor=actor, once=once),
+            respond=respond,
         )
         log.info("workload deleting", workload=name)
         return reply
@@ -212,11 +214,11 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         reply = await self._requests.run(
             context,
             request,
-            fleet_pb2.CordonResponse,
-            lambda once: self._store.cordon(
+            reply=fleet_pb2.CordonResponse,
+            write=lambda once: self._store.cordon(
                 selection.names, selection.selector, reason=reason, actor=actor, once=once
             ),
-            _cordon_pb,
+            respond=_cordon_pb,
         )
         log.info("hosts cordoned", hosts=list(reply.changed), reason=reason, actor=actor,
                  already=len(reply.hosts) - len(reply.changed))  # fmt: skip
@@ -230,11 +232,11 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         reply = await self._requests.run(
             context,
             request,
-            fleet_pb2.UncordonResponse,
-            lambda once: self._store.uncordon(
+            reply=fleet_pb2.UncordonResponse,
+            write=lambda once: self._store.uncordon(
                 selection.names, selection.selector, actor=actor, once=once
             ),
-            _uncordon_pb,
+            respond=_uncordon_pb,
         )
         log.info("hosts uncordoned", hosts=list(reply.changed), actor=actor,
                  already=len(reply.hosts) - len(reply.changed))  # fmt: skip

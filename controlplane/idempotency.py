@@ -148,6 +148,7 @@ class Requests:
         self,
         context: grpc.aio.ServicerContext,
         request: Message,
+        *,
         reply: type[R],
         write: Callable[[Once[T]], Awaitable[T]],
         respond: Callable[[Conn, T], Awaitable[R]],

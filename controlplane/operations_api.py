@@ -7,7 +7,8 @@ ends, woken on this replica by the `keel_operation` NOTIFY (`OperationWatch`) an
 again every `--watch-poll` whatever happens, so a lost notification only delays it. A dry run
 reads the leader's cache when this replica leads, else the hosts and the drained hosts'
 workloads from Postgres, and runs the planner forward (`drain_plan.plan_drain`); it writes
-nothing.
+nothing. Drain and CancelOperation run through `controlplane.idempotency.Requests` like every
+mutating call (a retry with the same request id is answered from the first attempt's record).
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ class OperationsApi:
         reply = await self._requests.run(
             context,
             request,
-            fleet_pb2.DrainResponse,
-            lambda once: self._store.begin_drain(
+            reply=fleet_pb2.DrainResponse,
+            write=lambda once: self._store.begin_drain(
                 selection.names,
                 selection.selector,
                 params=params,
@@ -92,7 +93,7 @@ class OperationsApi:
                 actor=actor,
                 once=once,
             ),
-            _drain_pb,
+            respond=_drain_pb,
         )
         op = reply.operation
         log.info("drain requested" if reply.created else "drain requested again: already running",
@@ -130,11 +131,11 @@ class OperationsApi:
         reply = await self._requests.run(
             context,
             request,
-            fleet_pb2.Operation,
-            lambda once: self._store.cancel_operation(
+            reply=fleet_pb2.Operation,
+            write=lambda once: self._store.cancel_operation(
                 op_id, uncordon=request.uncordon, actor=actor, once=once
             ),
-            _operation_pb,
+            respond=_operation_pb,
         )
         log.info("operation cancelled", operation=op_id, uncordon=request.uncordon, actor=actor)
         return reply
