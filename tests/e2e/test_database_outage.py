@@ -263,12 +263,15 @@ def test_writes_while_postgres_is_stopped_fail_unavailable_and_apply_once(
             )
         back_at = time.monotonic()
         wait_for(lambda: load.acknowledged_since(back_at) >= 1, timeout=30, message="a write")
-        first_ack_at = min(w.done_at for w in load.writes if w.sent_at >= back_at and w.done_at)
+        first_ack_at = min(
+            w.done_at for w in load.writes if w.sent_at >= back_at and w.acknowledged
+        )
         wait_for(lambda: load.acknowledged_since(back_at) >= 3, timeout=30, message="3 writes")
     writes = list(load.writes)
     failed = [w for w in writes if not w.acknowledged]
     during = [w for w in writes if stopped_at + 2 <= w.sent_at <= back_at - 1]
-    assert len(during) >= 15, f"only {len(during)} writes sent during the outage"
+    # One a second when keelctl starts fast; fewer on a loaded machine, still many.
+    assert len(during) >= 8, f"only {len(during)} writes sent during the outage"
     assert all(not w.acknowledged for w in during), "a write succeeded with Postgres stopped"
     for w in failed:
         assert w.result is not None and w.result.returncode == 1, w.result
