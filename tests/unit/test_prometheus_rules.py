@@ -49,6 +49,9 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_grpc_request_duration_seconds",
         "keel_database_up",
         "keel_heartbeats_dropped_total",
+        # Request ids (controlplane/idempotency.py).
+        "keel_requests_replayed_total",
+        "keel_request_records_pruned_total",
         # The leader's cache of the fleet (the scale issue).
         "keel_cache_objects",
         "keel_cache_resyncs_total",
