@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from controlplane.errors import FailedPrecondition, NotFound
-from controlplane.hosts import HostRow, HostStore
+from controlplane.hosts import HostRow, HostStore, hosts_on
+from controlplane.idempotency import Once, once_in
 from controlplane.scheduler import format_selector
 from controlplane.sql import WORKLOAD_CHANNEL, Conn
 from keel.text import first_of
@@ -43,15 +44,20 @@ class CordonStore(HostStore):
         *,
         reason: str,
         actor: str,
+        once: Once[CordonResult] | None = None,
     ) -> CordonResult:
         """Marks the hosts named and those matching `selector` unschedulable, with `reason` and
         `actor`. A host already cordoned keeps its cordon (reason, actor, time) as it was:
         cordoning twice is one cordon. NotFound, and nothing changed, if a named host does not
-        exist or nothing is selected."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        exist or nothing is selected. `once`: the request id's record (`idempotency`)."""
+
+        async def write() -> CordonResult:
             selected = await select_hosts(conn, names, selector)
             changed = await cordon_hosts(conn, selected, reason=reason, actor=actor)
-        return CordonResult(await self.get_hosts(selected), changed)
+            return CordonResult(await hosts_on(conn, selected), changed)
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await once_in(conn, once, write)
 
     async def resolve_hosts(self, names: Sequence[str], selector: Mapping[str, str]) -> list[str]:
         """The hosts named and those matching `selector`, as `cordon` would select them, read
@@ -60,13 +66,19 @@ class CordonStore(HostStore):
             return await select_hosts(conn, names, selector, lock=False)
 
     async def uncordon(
-        self, names: Sequence[str], selector: Mapping[str, str], *, actor: str
+        self,
+        names: Sequence[str],
+        selector: Mapping[str, str],
+        *,
+        actor: str,
+        once: Once[CordonResult] | None = None,
     ) -> CordonResult:
         """Makes the hosts named and those matching `selector` schedulable again and forgets
         their cordon (a drained host runs its daemons again); a host already schedulable is
         left as it is. NotFound, and nothing changed, if a named host does not exist or nothing
         is selected; FailedPrecondition if a drain runs on one of them (cancel it first)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+
+        async def write() -> CordonResult:
             selected = await select_hosts(conn, names, selector)
             draining = await conn.fetch(
                 """SELECT id, hosts FROM operation
@@ -83,7 +95,10 @@ class CordonStore(HostStore):
                     "nothing was changed"
                 )
             changed = await uncordon_hosts(conn, selected, actor=actor)
-        return CordonResult(await self.get_hosts(selected), changed)
+            return CordonResult(await hosts_on(conn, selected), changed)
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await once_in(conn, once, write)
 
 
 async def cordon_hosts(

@@ -116,6 +116,16 @@ DURATION_FLAGS = (
         "auth_cache_s",
         "a checked token is trusted this long (a revocation elsewhere takes effect within it)",
     ),
+    (
+        "--request-retention",
+        "request_retention_s",
+        "a retry with the same keel-request-id within this is answered from the first attempt",
+    ),
+    (
+        "--request-prune-interval",
+        "request_prune_interval_s",
+        "how often request-id records past --request-retention are deleted",
+    ),
 )
 
 

@@ -7,7 +7,9 @@ it, the database away UNAVAILABLE). Request fields are checked and rows presente
 `controlplane.convert`; lists are paged (`controlplane.paging`) and read, like every operator
 read, from Postgres through `controlplane.listing`, never from the leader's cache (any replica
 answers); logs come from the host's agent through `controlplane.logrelay`, or through
-`controlplane.logbus` from the replica that holds the host's stream.
+`controlplane.logbus` from the replica that holds the host's stream. Every mutating call runs
+through `controlplane.idempotency.Requests`: its answer is built, and recorded under the
+caller's request id, in the write's own transaction.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from controlplane import convert, operation_convert, paging
 from controlplane.actor import actor_of
 from controlplane.cache import FleetCache
 from controlplane.errors import FailedPrecondition, InvalidArgument
+from controlplane.idempotency import Requests
+from controlplane.listing import tallies_on
 from controlplane.logbus import LogBus, NoHolder
 from controlplane.logrelay import LogRelay
 from controlplane.operations_api import OperationsApi, OperationWatch
 from controlplane.secrets import SecretBox
+from controlplane.sql import Conn
 from controlplane.status import StatusStore
-from controlplane.store import Store, WorkloadRow
+from controlplane.store import CordonResult, Store, WorkloadRow
 from controlplane.tokens import TokenStore
 from controlplane.tokens_api import TokensApi
 from keel import fields, spec
@@ -59,9 +64,11 @@ class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  
         drain_blocked_after_s: float = 60.0,
         secrets: SecretBox,
         tokens: TokenStore | None = None,
+        requests: Requests | None = None,
     ) -> None:
         self._store = store
         self._tokens = tokens
+        self._requests = requests or Requests()
         self._status = status
         self._logs = logs
         self._log_wait_s = log_wait_s
@@ -79,15 +86,31 @@ class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  
         # Sealed before anything else sees it: the store, its events and every answer hold
         # only ciphertext, and a changed value still changes what is stored (deterministic).
         workload = replace(parsed, spec=self._secrets.seal(parsed.name, parsed.spec))
+        actor = actor_of(context)
         # The RPC's span is current (controlplane.interceptors): its traceparent travels with
         # the desired change to the agent, so one trace runs from keelctl to the process start.
-        row, result = await self._store.apply_workload(
-            workload, actor=actor_of(context), trace_context=inject_traceparent()
+        trace_context = inject_traceparent()
+
+        async def respond(
+            conn: Conn, done: tuple[WorkloadRow, str]
+        ) -> fleet_pb2.ApplyWorkloadResponse:
+            row, result = done
+            return fleet_pb2.ApplyWorkloadResponse(
+                workload=await _workload_pb(conn, row), result=result
+            )
+
+        reply = await self._requests.run(
+            context,
+            request,
+            reply=fleet_pb2.ApplyWorkloadResponse,
+            write=lambda once: self._store.apply_workload(
+                workload, actor=actor, trace_context=trace_context, once=once
+            ),
+            respond=respond,
         )
-        log.info(
-            "workload applied", workload=workload.name, result=result, generation=row.generation
-        )
-        return fleet_pb2.ApplyWorkloadResponse(workload=await self._workload_pb(row), result=result)
+        log.info("workload applied", workload=workload.name, result=reply.result,
+                 generation=reply.workload.generation)  # fmt: skip
+        return reply
 
     async def GetWorkload(
         self, request: fleet_pb2.GetWorkloadRequest, context: grpc.aio.ServicerContext
@@ -115,9 +138,20 @@ class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  
         self, request: fleet_pb2.DeleteWorkloadRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.DeleteWorkloadResponse:
         name = convert.workload_name(request.name)
-        row = await self._store.delete_workload(name, actor=actor_of(context))
+        actor = actor_of(context)
+
+        async def respond(conn: Conn, row: WorkloadRow) -> fleet_pb2.DeleteWorkloadResponse:
+            return fleet_pb2.DeleteWorkloadResponse(workload=await _workload_pb(conn, row))
+
+        reply = await self._requests.run(
+            context,
+            request,
+            reply=fleet_pb2.DeleteWorkloadResponse,
+            write=lambda once: self._store.delete_workload(name, actor=actor, once=once),
+            respond=respond,
+        )
         log.info("workload deleting", workload=name)
-        return fleet_pb2.DeleteWorkloadResponse(workload=await self._workload_pb(row))
+        return reply
 
     async def GetHost(
         self, request: fleet_pb2.GetHostRequest, context: grpc.aio.ServicerContext
@@ -192,26 +226,36 @@ class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  
         selection = convert.host_selection(request.hosts, request.selector)
         reason = convert.reason(request.reason)
         actor = actor_of(context)
-        result = await self._store.cordon(
-            selection.names, selection.selector, reason=reason, actor=actor
+        reply = await self._requests.run(
+            context,
+            request,
+            reply=fleet_pb2.CordonResponse,
+            write=lambda once: self._store.cordon(
+                selection.names, selection.selector, reason=reason, actor=actor, once=once
+            ),
+            respond=_cordon_pb,
         )
-        log.info("hosts cordoned", hosts=result.changed, reason=reason, actor=actor,
-                 already=len(result.hosts) - len(result.changed))  # fmt: skip
-        return fleet_pb2.CordonResponse(
-            hosts=convert.hosts_pb(result.hosts), changed=result.changed
-        )
+        log.info("hosts cordoned", hosts=list(reply.changed), reason=reason, actor=actor,
+                 already=len(reply.hosts) - len(reply.changed))  # fmt: skip
+        return reply
 
     async def Uncordon(
         self, request: fleet_pb2.UncordonRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.UncordonResponse:
         selection = convert.host_selection(request.hosts, request.selector)
         actor = actor_of(context)
-        result = await self._store.uncordon(selection.names, selection.selector, actor=actor)
-        log.info("hosts uncordoned", hosts=result.changed, actor=actor,
-                 already=len(result.hosts) - len(result.changed))  # fmt: skip
-        return fleet_pb2.UncordonResponse(
-            hosts=convert.hosts_pb(result.hosts), changed=result.changed
+        reply = await self._requests.run(
+            context,
+            request,
+            reply=fleet_pb2.UncordonResponse,
+            write=lambda once: self._store.uncordon(
+                selection.names, selection.selector, actor=actor, once=once
+            ),
+            respond=_uncordon_pb,
         )
+        log.info("hosts uncordoned", hosts=list(reply.changed), actor=actor,
+                 already=len(reply.hosts) - len(reply.changed))  # fmt: skip
+        return reply
 
     async def GetLogs(
         self, request: fleet_pb2.GetLogsRequest, context: grpc.aio.ServicerContext
@@ -258,3 +302,17 @@ class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  
             if chunk.error:
                 raise FailedPrecondition(chunk.error)
             yield chunk
+
+
+async def _workload_pb(conn: Conn, row: WorkloadRow) -> types_pb2.Workload:
+    """A write's answer: the workload with its status, as the write's transaction sees it."""
+    tallies = await tallies_on(conn, [row])
+    return convert.workload_pb(row, tallies[row.workload.name])
+
+
+async def _cordon_pb(conn: Conn, result: CordonResult) -> fleet_pb2.CordonResponse:
+    return fleet_pb2.CordonResponse(hosts=convert.hosts_pb(result.hosts), changed=result.changed)
+
+
+async def _uncordon_pb(conn: Conn, result: CordonResult) -> fleet_pb2.UncordonResponse:
+    return fleet_pb2.UncordonResponse(hosts=convert.hosts_pb(result.hosts), changed=result.changed)

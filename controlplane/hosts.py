@@ -19,6 +19,7 @@ from controlplane.liveness import Transition
 from controlplane.sql import (
     HOST_CHANNEL,
     WORKLOAD_CHANNEL,
+    Conn,
     Database,
     bump_revisions,
     bump_versions,
@@ -267,11 +268,7 @@ class HostStore:
     async def get_hosts(self, names: Sequence[str]) -> list[HostRow]:
         """The named hosts that exist, in name order, from one snapshot."""
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            rows = await conn.fetch(
-                "SELECT * FROM host WHERE name = ANY($1::text[]) ORDER BY name", list(names)
-            )
-            usage = await conn.fetch(USAGE_OF, list(names))
-        return _hosts(rows, usage)
+            return await hosts_on(conn, names)
 
     async def fence_host(
         self,
@@ -355,3 +352,12 @@ class HostStore:
                 conn, WORKLOAD_CHANNEL, [workload_payload(v.workload, v.version) for v in versions]
             )
             return len(ids)
+
+
+async def hosts_on(conn: Conn, names: Sequence[str]) -> list[HostRow]:
+    """The named hosts that exist, in name order, as `conn`'s transaction sees them."""
+    rows = await conn.fetch(
+        "SELECT * FROM host WHERE name = ANY($1::text[]) ORDER BY name", list(names)
+    )
+    usage = await conn.fetch(USAGE_OF, list(names))
+    return _hosts(rows, usage)

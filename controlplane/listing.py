@@ -206,16 +206,16 @@ class ListingStore:
             )
             kept = paging.page_of(paging.WORKLOADS, records, size=page.size, key=_name_key)
             rows = decode_each(kept.rows, workload_row, what="workload")
-            tallies = await _tallies(conn, rows)
+            tallies = await tallies_on(conn, rows)
         return Page(rows, kept.next_token), tallies
 
     async def tallies(self, workloads: Sequence[WorkloadRow]) -> dict[str, list[Tally]]:
         """Each workload's instances, counted (a workload without any maps to [])."""
         async with self.pool.acquire() as conn:
-            return await _tallies(conn, workloads)
+            return await tallies_on(conn, workloads)
 
 
-async def _tallies(conn: Conn, rows: Sequence[WorkloadRow]) -> dict[str, list[Tally]]:
+async def tallies_on(conn: Conn, rows: Sequence[WorkloadRow]) -> dict[str, list[Tally]]:
     names = [r.workload.name for r in rows]
     daemons = [r.workload.name for r in rows if r.workload.kind is Kind.DAEMON]
     out: dict[str, list[Tally]] = {name: [] for name in names}

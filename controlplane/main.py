@@ -35,6 +35,7 @@ from controlplane.errors import KeelError
 from controlplane.flags import build_parser, settings_from
 from controlplane.fleet import FleetApi
 from controlplane.heartbeats import HeartbeatWriter
+from controlplane.idempotency import Requests, prune_forever
 from controlplane.interceptors import ObservabilityInterceptor
 from controlplane.leader import Leadership
 from controlplane.listener import Listener
@@ -284,6 +285,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         ],
         options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
     )
+    requests = Requests(on_replay=metrics.count_replay)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(
         FleetApi(
             store,
@@ -297,6 +299,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             drain_blocked_after_s=settings.drain_blocked_after_s,
             secrets=secret_box,
             tokens=tokens,
+            requests=requests,
         ),
         server,
     )
@@ -354,6 +357,15 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             ),
             name="loop-lag",
         ),
+        asyncio.create_task(
+            prune_forever(
+                pool,
+                retention_s=settings.request_retention_s,
+                interval_s=settings.request_prune_interval_s,
+                on_pruned=metrics.count_pruned_requests,
+            ),
+            name="request-prune",
+        ),
     ]
     addresses = {"grpc": address}
     if metrics_server is not None:
@@ -383,6 +395,9 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     registry.stop()  # agent streams end now; unary calls get the grace
     logs_elsewhere.stop()
     await server.stop(settings.shutdown_grace_s)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(settings.shutdown_grace_s):
+            await requests.drain()  # writes whose callers went away: to their end
     if not await reports.flush(settings.shutdown_grace_s):
         log.warning("stopped with reports unwritten; agents resend them on reconnect")
     for t in tasks:

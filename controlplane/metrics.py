@@ -198,6 +198,18 @@ class Metrics:
             "(the stream stays open; the next heartbeat that lands counts).",
             registry=r,
         )
+        self.requests_replayed = Counter(
+            "keel_requests_replayed_total",
+            "Mutating calls answered from the record of an earlier attempt with the same request "
+            "id (keel-request-id): a retry of a write that had committed, not applied twice.",
+            ["method"],
+            registry=r,
+        )
+        self.request_records_pruned = Counter(
+            "keel_request_records_pruned_total",
+            "Request-id records deleted for being older than --request-retention.",
+            registry=r,
+        )
         self.heartbeat_batch_size = Histogram(
             "keel_heartbeat_batch_size",
             "Heartbeats written per batch (one statement each; a batch goes out as soon as the "
@@ -417,6 +429,13 @@ class Metrics:
         """A batch of `size` heartbeats was written in `seconds`."""
         self.heartbeat_batch_size.observe(size)
         self.heartbeat_flush_duration.observe(seconds)
+
+    def count_replay(self, method: str) -> None:
+        """A retried call was answered from its request id's record."""
+        self.requests_replayed.labels(method).inc()
+
+    def count_pruned_requests(self, n: int) -> None:
+        self.request_records_pruned.inc(n)
 
     def set_leader(self, leading: bool) -> None:
         self.leader.set(1 if leading else 0)

@@ -18,6 +18,7 @@ import asyncpg
 
 from controlplane.cordon_store import cordon_hosts, select_hosts, uncordon_hosts
 from controlplane.errors import FailedPrecondition, NotFound
+from controlplane.idempotency import Once, once_in
 from controlplane.operations import (
     ACTIVE,
     RUNBOOK,
@@ -91,11 +92,14 @@ class OperationStore:
         params: DrainParams,
         reason: str,
         actor: str,
+        once: Once[tuple[OperationRow, bool]] | None = None,
     ) -> tuple[OperationRow, bool]:
         """Cordons the hosts and records their drain, in one transaction. If every host is being
         drained already by one operation, that operation is returned (False: not created);
-        FailedPrecondition if only some are (nothing changed). NotFound like a cordon."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        FailedPrecondition if only some are (nothing changed). NotFound like a cordon. `once`:
+        the request id's record (`idempotency`)."""
+
+        async def write() -> tuple[OperationRow, bool]:
             hosts = await select_hosts(conn, names, selector)
             running = await conn.fetch(
                 """SELECT * FROM operation WHERE state = ANY($2::text[]) AND hosts && $1::text[]
@@ -147,6 +151,9 @@ class OperationStore:
             await notify(conn, OPERATION_CHANNEL, [op_id])
             return operation_row(row), True
 
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await once_in(conn, once, write)
+
     async def get_operation(self, op_id: str) -> OperationRow:
         row = await self.pool.fetchrow("SELECT * FROM operation WHERE id = $1", op_id)
         if row is None:
@@ -166,11 +173,20 @@ class OperationStore:
             )
         return decode_each(rows, operation_row, what="operation")
 
-    async def cancel_operation(self, op_id: str, *, uncordon: bool, actor: str) -> OperationRow:
+    async def cancel_operation(
+        self,
+        op_id: str,
+        *,
+        uncordon: bool,
+        actor: str,
+        once: Once[OperationRow] | None = None,
+    ) -> OperationRow:
         """Ends a running operation CANCELLED: nothing more moves, what moved stays moved, and
         its hosts stay cordoned unless `uncordon`. Cancelling a cancelled operation changes
-        nothing; one that ended otherwise is FailedPrecondition."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        nothing; one that ended otherwise is FailedPrecondition. `once`: the request id's
+        record (`idempotency`)."""
+
+        async def write() -> OperationRow:
             row = await conn.fetchrow("SELECT * FROM operation WHERE id = $1 FOR UPDATE", op_id)
             if row is None:
                 raise NotFound(f'operation "{op_id}" not found')
@@ -200,6 +216,9 @@ class OperationStore:
                 await uncordon_hosts(conn, op.hosts, actor=actor)
             await notify(conn, OPERATION_CHANNEL, [op_id])
             return operation_row(row)
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await once_in(conn, once, write)
 
     # -- the drain controller's writes --------------------------------------------------------
 

@@ -7,7 +7,8 @@ ends, woken on this replica by the `keel_operation` NOTIFY (`OperationWatch`) an
 again every `--watch-poll` whatever happens, so a lost notification only delays it. A dry run
 reads the leader's cache when this replica leads, else the hosts and the drained hosts'
 workloads from Postgres, and runs the planner forward (`drain_plan.plan_drain`); it writes
-nothing.
+nothing. Drain and CancelOperation run through `controlplane.idempotency.Requests` like every
+mutating call (a retry with the same request id is answered from the first attempt's record).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from controlplane.cache import FleetCache, NotLoaded
 from controlplane.drain import DrainFleet, Options
 from controlplane.drain_plan import Timing, plan_drain, timing_of
 from controlplane.fleet_index import InstanceRecord
+from controlplane.idempotency import Requests
+from controlplane.operations import OperationRow
+from controlplane.sql import Conn
 from controlplane.store import Store
 from controlplane.view import HostView, WorkloadView
 from keel.v1 import fleet_pb2
@@ -68,6 +72,7 @@ class OperationsApi:
     _cache: FleetCache | None
     _watch: OperationWatch
     _watch_poll_s: float
+    _requests: Requests
 
     async def Drain(
         self, request: fleet_pb2.DrainRequest, context: grpc.aio.ServicerContext
@@ -76,14 +81,24 @@ class OperationsApi:
         params = operation_convert.drain_params(request)
         reason = convert.reason(request.reason)
         actor = actor_of(context)
-        op, created = await self._store.begin_drain(
-            selection.names, selection.selector, params=params, reason=reason, actor=actor
+        reply = await self._requests.run(
+            context,
+            request,
+            reply=fleet_pb2.DrainResponse,
+            write=lambda once: self._store.begin_drain(
+                selection.names,
+                selection.selector,
+                params=params,
+                reason=reason,
+                actor=actor,
+                once=once,
+            ),
+            respond=_drain_pb,
         )
-        log.info("drain requested" if created else "drain requested again: already running",
+        op = reply.operation
+        log.info("drain requested" if reply.created else "drain requested again: already running",
                  operation=op.id, hosts=list(op.hosts), actor=actor)  # fmt: skip
-        return fleet_pb2.DrainResponse(
-            operation=operation_convert.operation_pb(op), created=created
-        )
+        return reply
 
     async def PlanDrain(
         self, request: fleet_pb2.PlanDrainRequest, context: grpc.aio.ServicerContext
@@ -113,9 +128,17 @@ class OperationsApi:
     ) -> fleet_pb2.Operation:
         op_id = operation_convert.operation_id(request.id)
         actor = actor_of(context)
-        op = await self._store.cancel_operation(op_id, uncordon=request.uncordon, actor=actor)
-        log.info("operation cancelled", operation=op.id, uncordon=request.uncordon, actor=actor)
-        return operation_convert.operation_pb(op)
+        reply = await self._requests.run(
+            context,
+            request,
+            reply=fleet_pb2.Operation,
+            write=lambda once: self._store.cancel_operation(
+                op_id, uncordon=request.uncordon, actor=actor, once=once
+            ),
+            respond=_operation_pb,
+        )
+        log.info("operation cancelled", operation=op_id, uncordon=request.uncordon, actor=actor)
+        return reply
 
     async def WatchOperation(
         self, request: fleet_pb2.WatchOperationRequest, context: grpc.aio.ServicerContext
@@ -179,3 +202,12 @@ class OperationsApi:
             usage=usage,
         )
         return fleet, timings
+
+
+async def _drain_pb(conn: Conn, done: tuple[OperationRow, bool]) -> fleet_pb2.DrainResponse:
+    op, created = done
+    return fleet_pb2.DrainResponse(operation=operation_convert.operation_pb(op), created=created)
+
+
+async def _operation_pb(conn: Conn, op: OperationRow) -> fleet_pb2.Operation:
+    return operation_convert.operation_pb(op)

@@ -87,3 +87,8 @@ class Settings:
     tls_client_ca: Path | None = None
     # Listen on a non-loopback address without TLS (tokens would cross the network in clear).
     insecure: bool = False
+    # A mutating call's request-id record is kept this long: a retry with the same id within
+    # it is answered from the record (controlplane/idempotency.py), a later one runs again.
+    request_retention_s: float = 24 * 3600.0
+    # How often records past the retention are deleted.
+    request_prune_interval_s: float = 60.0

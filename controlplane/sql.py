@@ -129,7 +129,8 @@ def translated() -> Iterator[None]:
         ) from exc
     except _AWAY as exc:
         raise Unavailable(
-            "the database is unreachable or did not answer in time; try again shortly"
+            "the control plane's database (Postgres) is unreachable or did not answer in "
+            "time; try again shortly (with the same request id, a change is made once)"
         ) from exc
 
 

@@ -15,8 +15,10 @@ from datetime import datetime
 import asyncpg
 
 from controlplane.errors import FailedPrecondition, NotFound
+from controlplane.idempotency import Once, once_in
 from controlplane.sql import (
     WORKLOAD_CHANNEL,
+    Conn,
     Database,
     check_epoch,
     decode_each,
@@ -107,112 +109,123 @@ class WorkloadStore:
     pool: Database
 
     async def apply_workload(
-        self, w: Workload, *, actor: str = "", trace_context: str = ""
+        self,
+        w: Workload,
+        *,
+        actor: str = "",
+        trace_context: str = "",
+        once: Once[tuple[WorkloadRow, str]] | None = None,
     ) -> tuple[WorkloadRow, str]:
         """Creates or updates a workload. Returns it and `created`, `configured` or `unchanged`.
 
         The generation moves only when the spec (what runs) changes; replicas, budgets,
-        selector and deadline are updated in place, like a Deployment's pod template.
+        selector and deadline are updated in place, like a Deployment's pod template. `once`:
+        the request id's record, in the same transaction (`idempotency`).
         """
         if w.spec.plain_secrets():
             # A guard, not a path: FleetApi seals before it calls. Never store one in clear.
             raise ValueError("a secret_env value reached the store unsealed")
-        spec = w.spec.to_json()
         async with self.pool.acquire() as conn, conn.transaction():
-            old = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name)
-            row = None
-            if old is None:
-                # FOR UPDATE locks nothing for a name not yet there: two first applies of one
-                # name race to this INSERT. The loser inserts nothing, then waits on the
-                # winner's row and applies as an update on top of it.
-                row = await conn.fetchrow(
-                    """INSERT INTO workload (name, kind, replicas, max_unavailable, max_surge,
-                                             selector, deadline_ms, spec, trace_context,
-                                             desired_changed_at, desired_pending)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp(), true)
-                       ON CONFLICT (name) DO NOTHING
-                       RETURNING *""",
-                    w.name,
-                    w.kind.value,
-                    w.replicas,
-                    w.max_unavailable,
-                    w.max_surge,
-                    w.selector,
-                    w.deadline_ms,
-                    spec,
-                    trace_context,
+            return await once_in(
+                conn, once, lambda: self._apply(conn, w, actor=actor, trace_context=trace_context)
+            )
+
+    async def _apply(
+        self, conn: Conn, w: Workload, *, actor: str, trace_context: str
+    ) -> tuple[WorkloadRow, str]:
+        spec = w.spec.to_json()
+        old = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name)
+        row = None
+        if old is None:
+            # FOR UPDATE locks nothing for a name not yet there: two first applies of one
+            # name race to this INSERT. The loser inserts nothing, then waits on the
+            # winner's row and applies as an update on top of it.
+            row = await conn.fetchrow(
+                """INSERT INTO workload (name, kind, replicas, max_unavailable, max_surge,
+                                         selector, deadline_ms, spec, trace_context,
+                                         desired_changed_at, desired_pending)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp(), true)
+                   ON CONFLICT (name) DO NOTHING
+                   RETURNING *""",
+                w.name,
+                w.kind.value,
+                w.replicas,
+                w.max_unavailable,
+                w.max_surge,
+                w.selector,
+                w.deadline_ms,
+                spec,
+                trace_context,
+            )
+            result = "created"
+            if row is None:
+                old = await conn.fetchrow(
+                    "SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name
                 )
-                result = "created"
-                if row is None:
-                    old = await conn.fetchrow(
-                        "SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name
-                    )
-            if old is None and row is None:
+        if old is None and row is None:
+            raise FailedPrecondition(
+                f'workload "{w.name}" was created and removed while this apply ran; apply again'
+            )
+        if old is not None and row is None:
+            if old["deleting"]:
                 raise FailedPrecondition(
-                    f'workload "{w.name}" was created and removed while this apply ran; apply again'
+                    f'workload "{w.name}" is being deleted; wait until `keelctl get '
+                    f"workloads` no longer lists it, then apply again"
                 )
-            if old is not None and row is None:
-                if old["deleting"]:
-                    raise FailedPrecondition(
-                        f'workload "{w.name}" is being deleted; wait until `keelctl get '
-                        f"workloads` no longer lists it, then apply again"
-                    )
-                new_values = {
-                    "kind": w.kind.value,
-                    "replicas": w.replicas,
-                    "max_unavailable": w.max_unavailable,
-                    "max_surge": w.max_surge,
-                    "selector": w.selector,
-                    "deadline_ms": w.deadline_ms,
-                }
-                if old["kind"] != w.kind.value:
-                    raise FailedPrecondition(
-                        f'workload "{w.name}" is a {old["kind"]}; kind cannot change — delete it '
-                        f"and apply it again as a {w.kind.value}"
-                    )
-                spec_changed = old["spec"] != spec
-                if not spec_changed and all(old[k] == new_values[k] for k in _IN_PLACE_FIELDS):
-                    return workload_row(old), "unchanged"
-                desired_changed = spec_changed or any(
-                    old[k] != new_values[k] for k in _DESIRED_FIELDS
+            new_values = {
+                "kind": w.kind.value,
+                "replicas": w.replicas,
+                "max_unavailable": w.max_unavailable,
+                "max_surge": w.max_surge,
+                "selector": w.selector,
+                "deadline_ms": w.deadline_ms,
+            }
+            if old["kind"] != w.kind.value:
+                raise FailedPrecondition(
+                    f'workload "{w.name}" is a {old["kind"]}; kind cannot change — delete it '
+                    f"and apply it again as a {w.kind.value}"
                 )
-                row = await conn.fetchrow(
-                    """UPDATE workload SET replicas = $2, max_unavailable = $3, max_surge = $4,
-                              selector = $5, deadline_ms = $6, spec = $7,
-                              generation = generation + $8::int, updated_at = now(),
-                              trace_context = $9, version = nextval('workload_version'),
-                              desired_version = nextval('workload_version'),
-                              desired_changed_at = CASE WHEN $10 AND NOT desired_pending
-                                                        THEN clock_timestamp()
-                                                        ELSE desired_changed_at END,
-                              desired_pending = desired_pending OR $10
-                       WHERE name = $1 RETURNING *""",
-                    w.name,
-                    w.replicas,
-                    w.max_unavailable,
-                    w.max_surge,
-                    w.selector,
-                    w.deadline_ms,
-                    spec,
-                    1 if spec_changed else 0,
-                    trace_context,
-                    desired_changed,
-                )
-                result = "configured"
-            assert row is not None
-            await record_event(
-                conn,
-                f"workload/{w.name}",
-                "WorkloadApplied",
-                f"{result}, generation {row['generation']}, replicas {w.replicas}",
-                actor=actor,
+            spec_changed = old["spec"] != spec
+            if not spec_changed and all(old[k] == new_values[k] for k in _IN_PLACE_FIELDS):
+                return workload_row(old), "unchanged"
+            desired_changed = spec_changed or any(old[k] != new_values[k] for k in _DESIRED_FIELDS)
+            row = await conn.fetchrow(
+                """UPDATE workload SET replicas = $2, max_unavailable = $3, max_surge = $4,
+                          selector = $5, deadline_ms = $6, spec = $7,
+                          generation = generation + $8::int, updated_at = now(),
+                          trace_context = $9, version = nextval('workload_version'),
+                          desired_version = nextval('workload_version'),
+                          desired_changed_at = CASE WHEN $10 AND NOT desired_pending
+                                                    THEN clock_timestamp()
+                                                    ELSE desired_changed_at END,
+                          desired_pending = desired_pending OR $10
+                   WHERE name = $1 RETURNING *""",
+                w.name,
+                w.replicas,
+                w.max_unavailable,
+                w.max_surge,
+                w.selector,
+                w.deadline_ms,
+                spec,
+                1 if spec_changed else 0,
+                trace_context,
+                desired_changed,
             )
-            await conn.execute(
-                "SELECT pg_notify($1, $2)",
-                WORKLOAD_CHANNEL,
-                workload_payload(w.name, row["version"]),
-            )
-            return workload_row(row), result
+            result = "configured"
+        assert row is not None
+        await record_event(
+            conn,
+            f"workload/{w.name}",
+            "WorkloadApplied",
+            f"{result}, generation {row['generation']}, replicas {w.replicas}",
+            actor=actor,
+        )
+        await conn.execute(
+            "SELECT pg_notify($1, $2)",
+            WORKLOAD_CHANNEL,
+            workload_payload(w.name, row["version"]),
+        )
+        return workload_row(row), result
 
     async def get_workload(self, name: str) -> WorkloadRow:
         row = await self.pool.fetchrow("SELECT * FROM workload WHERE name = $1", name)
@@ -227,29 +240,34 @@ class WorkloadStore:
     async def workload_names(self) -> list[str]:
         return [r["name"] for r in await self.pool.fetch("SELECT name FROM workload")]
 
-    async def delete_workload(self, name: str, *, actor: str = "") -> WorkloadRow:
+    async def delete_workload(
+        self, name: str, *, actor: str = "", once: Once[WorkloadRow] | None = None
+    ) -> WorkloadRow:
         """Marks the workload deleting; the controller removes its instances, then the row."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                # A second delete changes nothing the first did not: the clock stays.
-                """UPDATE workload SET deleting = true, updated_at = now(),
-                          desired_changed_at = CASE WHEN deleting THEN desired_changed_at
-                                                    ELSE clock_timestamp() END,
-                          desired_pending = true,
-                          version = CASE WHEN deleting THEN version
-                                         ELSE nextval('workload_version') END,
-                          desired_version = CASE WHEN deleting THEN desired_version
-                                                 ELSE nextval('workload_version') END
-                   WHERE name = $1 RETURNING *""",
-                name,
-            )
-            if row is None:
-                raise NotFound(f'workload "{name}" not found')
-            await record_event(conn, f"workload/{name}", "WorkloadDeleted", "deleting", actor=actor)
-            await conn.execute(
-                "SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, workload_payload(name, row["version"])
-            )
-            return workload_row(row)
+            return await once_in(conn, once, lambda: self._delete(conn, name, actor=actor))
+
+    async def _delete(self, conn: Conn, name: str, *, actor: str) -> WorkloadRow:
+        row = await conn.fetchrow(
+            # A second delete changes nothing the first did not: the clock stays.
+            """UPDATE workload SET deleting = true, updated_at = now(),
+                      desired_changed_at = CASE WHEN deleting THEN desired_changed_at
+                                                ELSE clock_timestamp() END,
+                      desired_pending = true,
+                      version = CASE WHEN deleting THEN version
+                                     ELSE nextval('workload_version') END,
+                      desired_version = CASE WHEN deleting THEN desired_version
+                                             ELSE nextval('workload_version') END
+               WHERE name = $1 RETURNING *""",
+            name,
+        )
+        if row is None:
+            raise NotFound(f'workload "{name}" not found')
+        await record_event(conn, f"workload/{name}", "WorkloadDeleted", "deleting", actor=actor)
+        await conn.execute(
+            "SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, workload_payload(name, row["version"])
+        )
+        return workload_row(row)
 
     async def finish_deleted_workload(self, name: str, *, epoch: int | None) -> bool:
         """Drops a deleting workload whose instances are all gone. True when it did."""

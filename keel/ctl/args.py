@@ -8,6 +8,7 @@ commands out. A command given wrongly is a `CtlError` (exit status 2).
 from __future__ import annotations
 
 import argparse
+import re
 
 from keel.spec import SpecError, parse_duration
 
@@ -48,6 +49,19 @@ def _timeout_arg(text: str) -> float:
     return ms / 1000
 
 
+# What the control plane accepts as a request id (controlplane/idempotency.py).
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+
+
+def _request_id_arg(text: str) -> str:
+    if not _REQUEST_ID.match(text):
+        raise argparse.ArgumentTypeError(
+            "must be 1 to 128 of A-Z, a-z, 0-9, '.', '_', ':' and '-', starting with a letter "
+            f"or digit, got '{text}'"
+        )
+    return text
+
+
 def _add_globals(p: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
     # The same options are accepted after the subcommand (`keelctl get hosts -o json`); there
     # their default is SUPPRESS so that an option given before the subcommand is not reset.
@@ -59,7 +73,8 @@ def _add_globals(p: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
         metavar="ADDR",
         default=default(None),
         help="control plane address, or several replicas comma-separated (tried in order when "
-        f"one cannot be reached; default: $KEEL_CONTROLPLANE, else {DEFAULT_CONTROLPLANE})",
+        "one cannot be reached or answers UNAVAILABLE; default: $KEEL_CONTROLPLANE, else "
+        f"{DEFAULT_CONTROLPLANE})",
     )
     p.add_argument(
         "-o",
@@ -93,6 +108,14 @@ def _add_globals(p: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
         ("--tls-key", "its private key (PEM)"),
     ):
         p.add_argument(flag, metavar="PATH", default=default(None), help=what)
+    p.add_argument(
+        "--request-id",
+        type=_request_id_arg,
+        metavar="ID",
+        default=default(None),
+        help="name this request (keel-request-id): run again with the same id, a change that "
+        "was already made is answered as it was, not made twice (default: a new UUID)",
+    )
 
 
 def _deadline_arg(text: str) -> int:

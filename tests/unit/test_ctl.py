@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent import futures
 from datetime import UTC, datetime, timedelta
@@ -293,12 +294,14 @@ class FakeFleet(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
 
     def __init__(self) -> None:
         self.applied: list[str] = []
+        self.request_ids: list[str] = []
         self.instance_requests: list[fleet_pb2.ListInstancesRequest] = []
         self.lock = threading.Lock()
 
     def ApplyWorkload(self, request: Any, context: Any) -> fleet_pb2.ApplyWorkloadResponse:
         with self.lock:
             self.applied.append(request.manifest_json)
+            self.request_ids.append(dict(context.invocation_metadata()).get("keel-request-id", ""))
         try:
             w = parse_workload(json.loads(request.manifest_json))
         except SpecError as e:
@@ -691,3 +694,57 @@ def test_when_no_replica_answers_the_last_is_named(capsys: pytest.CaptureFixture
     """Every replica unreachable: exit 1, naming the last one tried."""
     assert main(["--controlplane", "127.0.0.1:1,127.0.0.1:2", "get", "hosts"]) == 1
     assert "cannot reach the control plane at 127.0.0.1:2" in capsys.readouterr().err
+
+
+def test_each_invocation_sends_its_own_request_id_or_the_one_given(
+    fleet: tuple[FakeFleet, str],
+) -> None:
+    """Two applies send two fresh ids (UUIDs); --request-id sends the one named, every time."""
+    servicer, addr = fleet
+    path = ROOT / "examples" / "web.yaml"
+    before = len(servicer.request_ids)
+    for argv in (["apply", "-f", str(path)], ["apply", "-f", str(path)]):
+        assert run(addr, *argv) == 0
+    assert run(addr, "--request-id", "release-42", "apply", "-f", str(path)) == 0
+    assert run(addr, "apply", "-f", str(path), "--request-id", "release-42") == 0
+    fresh_1, fresh_2, named_1, named_2 = servicer.request_ids[before:]
+    assert fresh_1 != fresh_2
+    assert str(uuid.UUID(fresh_1)) == fresh_1
+    assert named_1 == named_2 == "release-42"
+
+
+def test_a_malformed_request_id_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """An id the control plane would refuse is refused before any call: exit status 2."""
+    assert main(["--request-id", "a/b", "get", "hosts"]) == 2
+    assert "--request-id" in capsys.readouterr().err
+
+
+class _AwayFleet(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
+    """A replica whose database is away: every call answers UNAVAILABLE; records the ids."""
+
+    def __init__(self) -> None:
+        self.request_ids: list[str] = []
+
+    def ApplyWorkload(self, request: Any, context: Any) -> fleet_pb2.ApplyWorkloadResponse:
+        self.request_ids.append(dict(context.invocation_metadata()).get("keel-request-id", ""))
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the control plane's database is unreachable")
+
+
+def test_a_replica_that_cannot_serve_hands_the_call_to_the_next_with_the_same_id(
+    fleet: tuple[FakeFleet, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--controlplane A,B with A answering UNAVAILABLE: B applies it, under the id A got."""
+    servicer, addr = fleet
+    away = _AwayFleet()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    fleet_pb2_grpc.add_FleetServiceServicer_to_server(away, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        path = str(ROOT / "examples" / "web.yaml")
+        assert main(["--controlplane", f"127.0.0.1:{port},{addr}", "apply", "-f", path]) == 0
+    finally:
+        server.stop(grace=None).wait(5)
+    assert "workload/web" in capsys.readouterr().out
+    assert len(away.request_ids) == 1
+    assert servicer.request_ids[-1] == away.request_ids[0]

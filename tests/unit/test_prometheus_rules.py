@@ -51,6 +51,9 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_heartbeats_dropped_total",
         # Sealed secret_env values a replica could not open (the security issue).
         "keel_secret_open_failures_total",
+        # Request ids (controlplane/idempotency.py).
+        "keel_requests_replayed_total",
+        "keel_request_records_pruned_total",
         # The leader's cache of the fleet (the scale issue).
         "keel_cache_objects",
         "keel_cache_resyncs_total",

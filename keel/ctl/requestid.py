@@ -1,0 +1,54 @@
+"""keelctl's request id: one per invocation, sent with its calls as `keel-request-id`.
+
+The control plane records a mutating call's id in the same transaction as its write
+(`controlplane/idempotency.py`), so when keelctl tries the call again (on the next replica, see
+`keel.ctl.main`) with the same id, a first attempt that committed is answered from its record
+instead of being applied twice. `--request-id` names it (a script that runs keelctl again
+after a failure passes the same one); otherwise each invocation takes a fresh UUID. An
+invocation makes at most one mutating call, so one id per invocation names one request.
+"""
+
+from __future__ import annotations
+
+import collections
+import uuid
+from typing import Any
+
+import grpc
+
+REQUEST_ID_KEY = "keel-request-id"
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,  # type: ignore[misc]
+):
+    """grpc.ClientCallDetails with the metadata replaced (grpc offers no constructor)."""
+
+
+class RequestIdInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Sends `keel-request-id` with every unary call (reads ignore it)."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), (REQUEST_ID_KEY, self.request_id)]
+        return continuation(
+            _CallDetails(
+                details.method,
+                details.timeout,
+                metadata,
+                details.credentials,
+                getattr(details, "wait_for_ready", None),
+                getattr(details, "compression", None),
+            ),
+            request,
+        )
