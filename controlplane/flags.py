@@ -55,7 +55,12 @@ DURATION_FLAGS = (
     (
         "--reschedule-after",
         "reschedule_after_s",
-        "not READY this long: its service instances are replaced elsewhere",
+        "not READY this long: its service instances are fenced and replaced elsewhere",
+    ),
+    (
+        "--self-fence-margin",
+        "self_fence_margin_s",
+        "on_disconnect.stop_after + stop grace + this since the last heartbeat: presumed stopped",
     ),
     (
         "--resync-period",
@@ -104,6 +109,16 @@ DURATION_FLAGS = (
 )
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share above 0 and at most 1, got '{text}'")
+    return value
+
+
 def _as_is(value: object) -> object:
     return value
 
@@ -140,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="D",
                 help=f"{help_text} (default: {format_duration(round(getattr(d, field) * 1000))})",
             )
+        target.add_argument(
+            "--max-unready-share",
+            type=_share,
+            default=default(d.max_unready_share),
+            metavar="F",
+            help="mass-failure brake: more than this share of hosts not READY (or none READY) "
+            "fences nothing (default: %(default)s)",
+        )
         target.add_argument(
             "--max-message-bytes",
             type=int,
@@ -182,5 +205,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         log_format=args.log_format,
         trace_file_max_mib=args.trace_file_max_mib,
         max_message_bytes=args.max_message_bytes,
+        max_unready_share=args.max_unready_share,
         **{field: getattr(args, field) for _, field, _ in DURATION_FLAGS},
     )

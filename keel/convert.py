@@ -61,6 +61,7 @@ def spec_to_pb(s: WorkloadSpec) -> pb.WorkloadSpec:
         resources=resources_to_pb(s.resources),
         stop_grace_ms=s.stop_grace_ms,
         min_ready_ms=s.min_ready_ms,
+        stop_after_disconnect_ms=s.stop_after_disconnect_ms,
     )
     if s.health is not None:
         if s.health.tcp is not None:
@@ -90,6 +91,7 @@ def spec_from_pb(m: pb.WorkloadSpec) -> WorkloadSpec:
         health=health,
         stop_grace_ms=m.stop_grace_ms,
         min_ready_ms=m.min_ready_ms,
+        stop_after_disconnect_ms=m.stop_after_disconnect_ms,
     )
 
 

@@ -116,6 +116,11 @@ class WorkloadSpec:
     health: HealthCheck | None = None
     stop_grace_ms: int = 10_000
     min_ready_ms: int = 10_000
+    # on_disconnect.stop_after: the agent stops the instance once it has lost the control
+    # plane this long, so the replacement the control plane places after that time never runs
+    # beside it (0: it keeps running, and is counted as possibly running until its agent says
+    # it stopped).
+    stop_after_disconnect_ms: int = 0
 
     def to_json(self) -> dict[str, Any]:
         health: dict[str, Any] | None = None
@@ -137,6 +142,7 @@ class WorkloadSpec:
             "health": health,
             "stop_grace_ms": self.stop_grace_ms,
             "min_ready_ms": self.min_ready_ms,
+            "stop_after_disconnect_ms": self.stop_after_disconnect_ms,
         }
 
     @classmethod
@@ -160,6 +166,7 @@ class WorkloadSpec:
             health=health,
             stop_grace_ms=int(data.get("stop_grace_ms", 10_000)),
             min_ready_ms=int(data.get("min_ready_ms", 10_000)),
+            stop_after_disconnect_ms=int(data.get("stop_after_disconnect_ms", 0)),
         )
 
 

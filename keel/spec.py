@@ -70,7 +70,16 @@ _TOP_FIELDS = (
     "deadline",
     "spec",
 )
-_SPEC_FIELDS = ("command", "env", "ports", "resources", "health", "stop_grace", "min_ready")
+_SPEC_FIELDS = (
+    "command",
+    "env",
+    "ports",
+    "resources",
+    "health",
+    "stop_grace",
+    "min_ready",
+    "on_disconnect",
+)
 
 # ---------------------------------------------------------------------------------------------
 # The manifest as sent: JSON text
@@ -253,6 +262,8 @@ def _parse_spec(doc: Mapping[Any, Any]) -> WorkloadSpec:
     min_ready_ms = 10_000
     if _optional(doc, "min_ready") is not None:
         min_ready_ms = parse_duration(doc["min_ready"], "spec.min_ready")
+    on_disconnect_raw = _optional(doc, "on_disconnect")
+    stop_after_ms = 0 if on_disconnect_raw is None else _parse_on_disconnect(on_disconnect_raw)
 
     _check_references(command, env, ports)
 
@@ -264,7 +275,25 @@ def _parse_spec(doc: Mapping[Any, Any]) -> WorkloadSpec:
         health=health,
         stop_grace_ms=stop_grace_ms,
         min_ready_ms=min_ready_ms,
+        stop_after_disconnect_ms=stop_after_ms,
     )
+
+
+def _parse_on_disconnect(value: object) -> int:
+    """`on_disconnect: {stop_after: 30s}`: how long an instance keeps running on a host that
+    has lost the control plane (milliseconds)."""
+    d = mapping(value, "spec.on_disconnect")
+    check_fields(d, ("stop_after",), "spec.on_disconnect")
+    if d.get("stop_after") is None:
+        raise SpecError("spec.on_disconnect.stop_after", "required")
+    stop_after_ms = parse_duration(d["stop_after"], "spec.on_disconnect.stop_after")
+    if stop_after_ms <= 0:
+        raise SpecError(
+            "spec.on_disconnect.stop_after",
+            f"must be > 0 (leave on_disconnect out to keep running), "
+            f"got {shown(str(d['stop_after']))}",
+        )
+    return stop_after_ms
 
 
 def _parse_health(value: object, ports: tuple[str, ...]) -> HealthCheck:
@@ -350,6 +379,8 @@ def workload_to_doc(w: Workload) -> dict[str, Any]:
             spec["health"] = {"exec": list(h.exec)}
     spec["stop_grace"] = format_duration(w.spec.stop_grace_ms)
     spec["min_ready"] = format_duration(w.spec.min_ready_ms)
+    if w.spec.stop_after_disconnect_ms:
+        spec["on_disconnect"] = {"stop_after": format_duration(w.spec.stop_after_disconnect_ms)}
     return {
         "name": w.name,
         "kind": w.kind.value,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from keel.v1 import types_pb2 as keel_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13keel/v1/agent.proto\x12\x07keel.v1\x1a\x13keel/v1/types.proto\"\xbf\x01\n\x05Hello\x12\x0c\n\x04host\x18\x01 \x01(\t\x12*\n\x06labels\x18\x02 \x03(\x0b\x32\x1a.keel.v1.Hello.LabelsEntry\x12$\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x12.keel.v1.Resources\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x0cStatusReport\x12*\n\tinstances\x18\x01 \x03(\x0b\x32\x17.keel.v1.InstanceStatus\"\x1d\n\tHeartbeat\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\xb0\x01\n\x0c\x41gentMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.keel.v1.HelloH\x00\x12\'\n\x06report\x18\x02 \x01(\x0b\x32\x15.keel.v1.StatusReportH\x00\x12\'\n\theartbeat\x18\x03 \x01(\x0b\x32\x12.keel.v1.HeartbeatH\x00\x12&\n\tlog_chunk\x18\x04 \x01(\x0b\x32\x11.keel.v1.LogChunkH\x00\x42\x05\n\x03msg\"\xbd\x01\n\nAssignment\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08workload\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12&\n\x07\x64\x65sired\x18\x04 \x01(\x0e\x32\x15.keel.v1.DesiredState\x12#\n\x04spec\x18\x05 \x01(\x0b\x32\x15.keel.v1.WorkloadSpec\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12\x15\n\rtrace_context\x18\x07 \x01(\t\"W\n\x0b\x41ssignments\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12(\n\x0b\x61ssignments\x18\x03 \x03(\x0b\x32\x13.keel.v1.Assignment\"i\n\nLogRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x12\n\ntail_lines\x18\x03 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x0e\n\x06\x63\x61ncel\x18\x05 \x01(\x08\"p\n\x0e\x43ontrolMessage\x12+\n\x0b\x61ssignments\x18\x01 \x01(\x0b\x32\x14.keel.v1.AssignmentsH\x00\x12*\n\x0blog_request\x18\x02 \x01(\x0b\x32\x13.keel.v1.LogRequestH\x00\x42\x05\n\x03msg2J\n\x0c\x41gentService\x12:\n\x04Sync\x12\x15.keel.v1.AgentMessage\x1a\x17.keel.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13keel/v1/agent.proto\x12\x07keel.v1\x1a\x13keel/v1/types.proto\"\xbf\x01\n\x05Hello\x12\x0c\n\x04host\x18\x01 \x01(\t\x12*\n\x06labels\x18\x02 \x03(\x0b\x32\x1a.keel.v1.Hello.LabelsEntry\x12$\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x12.keel.v1.Resources\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x0cStatusReport\x12*\n\tinstances\x18\x01 \x03(\x0b\x32\x17.keel.v1.InstanceStatus\"/\n\tHeartbeat\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x10\n\x08sequence\x18\x02 \x01(\x03\" \n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x03\"\xb0\x01\n\x0c\x41gentMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.keel.v1.HelloH\x00\x12\'\n\x06report\x18\x02 \x01(\x0b\x32\x15.keel.v1.StatusReportH\x00\x12\'\n\theartbeat\x18\x03 \x01(\x0b\x32\x12.keel.v1.HeartbeatH\x00\x12&\n\tlog_chunk\x18\x04 \x01(\x0b\x32\x11.keel.v1.LogChunkH\x00\x42\x05\n\x03msg\"\xbd\x01\n\nAssignment\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08workload\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12&\n\x07\x64\x65sired\x18\x04 \x01(\x0e\x32\x15.keel.v1.DesiredState\x12#\n\x04spec\x18\x05 \x01(\x0b\x32\x15.keel.v1.WorkloadSpec\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12\x15\n\rtrace_context\x18\x07 \x01(\t\"W\n\x0b\x41ssignments\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12(\n\x0b\x61ssignments\x18\x03 \x03(\x0b\x32\x13.keel.v1.Assignment\"i\n\nLogRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x12\n\ntail_lines\x18\x03 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x0e\n\x06\x63\x61ncel\x18\x05 \x01(\x08\"\xa0\x01\n\x0e\x43ontrolMessage\x12+\n\x0b\x61ssignments\x18\x01 \x01(\x0b\x32\x14.keel.v1.AssignmentsH\x00\x12*\n\x0blog_request\x18\x02 \x01(\x0b\x32\x13.keel.v1.LogRequestH\x00\x12.\n\rheartbeat_ack\x18\x03 \x01(\x0b\x32\x15.keel.v1.HeartbeatAckH\x00\x42\x05\n\x03msg2J\n\x0c\x41gentService\x12:\n\x04Sync\x12\x15.keel.v1.AgentMessage\x1a\x17.keel.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,17 +41,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREPORT']._serialized_start=247
   _globals['_STATUSREPORT']._serialized_end=305
   _globals['_HEARTBEAT']._serialized_start=307
-  _globals['_HEARTBEAT']._serialized_end=336
-  _globals['_AGENTMESSAGE']._serialized_start=339
-  _globals['_AGENTMESSAGE']._serialized_end=515
-  _globals['_ASSIGNMENT']._serialized_start=518
-  _globals['_ASSIGNMENT']._serialized_end=707
-  _globals['_ASSIGNMENTS']._serialized_start=709
-  _globals['_ASSIGNMENTS']._serialized_end=796
-  _globals['_LOGREQUEST']._serialized_start=798
-  _globals['_LOGREQUEST']._serialized_end=903
-  _globals['_CONTROLMESSAGE']._serialized_start=905
-  _globals['_CONTROLMESSAGE']._serialized_end=1017
-  _globals['_AGENTSERVICE']._serialized_start=1019
-  _globals['_AGENTSERVICE']._serialized_end=1093
+  _globals['_HEARTBEAT']._serialized_end=354
+  _globals['_HEARTBEATACK']._serialized_start=356
+  _globals['_HEARTBEATACK']._serialized_end=388
+  _globals['_AGENTMESSAGE']._serialized_start=391
+  _globals['_AGENTMESSAGE']._serialized_end=567
+  _globals['_ASSIGNMENT']._serialized_start=570
+  _globals['_ASSIGNMENT']._serialized_end=759
+  _globals['_ASSIGNMENTS']._serialized_start=761
+  _globals['_ASSIGNMENTS']._serialized_end=848
+  _globals['_LOGREQUEST']._serialized_start=850
+  _globals['_LOGREQUEST']._serialized_end=955
+  _globals['_CONTROLMESSAGE']._serialized_start=958
+  _globals['_CONTROLMESSAGE']._serialized_end=1118
+  _globals['_AGENTSERVICE']._serialized_start=1120
+  _globals['_AGENTSERVICE']._serialized_end=1194
 # @@protoc_insertion_point(module_scope)

@@ -71,7 +71,7 @@ class HealthCheck(_message.Message):
     def __init__(self, tcp: _Optional[str] = ..., http: _Optional[_Union[HttpProbe, _Mapping]] = ..., exec: _Optional[_Union[ExecProbe, _Mapping]] = ...) -> None: ...
 
 class WorkloadSpec(_message.Message):
-    __slots__ = ("command", "env", "ports", "resources", "health", "stop_grace_ms", "min_ready_ms")
+    __slots__ = ("command", "env", "ports", "resources", "health", "stop_grace_ms", "min_ready_ms", "stop_after_disconnect_ms")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class WorkloadSpec(_message.Message):
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     STOP_GRACE_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_READY_MS_FIELD_NUMBER: _ClassVar[int]
+    STOP_AFTER_DISCONNECT_MS_FIELD_NUMBER: _ClassVar[int]
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     ports: _containers.RepeatedScalarFieldContainer[str]
@@ -93,7 +94,8 @@ class WorkloadSpec(_message.Message):
     health: HealthCheck
     stop_grace_ms: int
     min_ready_ms: int
-    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., health: _Optional[_Union[HealthCheck, _Mapping]] = ..., stop_grace_ms: _Optional[int] = ..., min_ready_ms: _Optional[int] = ...) -> None: ...
+    stop_after_disconnect_ms: int
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., health: _Optional[_Union[HealthCheck, _Mapping]] = ..., stop_grace_ms: _Optional[int] = ..., min_ready_ms: _Optional[int] = ..., stop_after_disconnect_ms: _Optional[int] = ...) -> None: ...
 
 class Stuck(_message.Message):
     __slots__ = ("reason", "since", "message", "runbook", "next_command")
