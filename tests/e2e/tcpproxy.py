@@ -109,11 +109,34 @@ class TcpProxy:
             w.close()
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await reader.read(_CHUNK):
+        """Forwards what `reader` gives, each chunk `delay` after it arrived (a latency, not a
+        bandwidth limit: chunks in flight wait together), never while cut."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def forward() -> None:
+            while True:
+                arrived, data = await queue.get()
+                if not data:
+                    return  # the peer closed its side, and what it sent before went through
+                due = arrived + self._delay_s
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
                 await self._open.wait()
-                if self._delay_s:
-                    await asyncio.sleep(self._delay_s)
-                    await self._open.wait()  # cut while it waited: held until resumed
                 writer.write(data)
                 await writer.drain()
+
+        sender = asyncio.create_task(forward())
+        try:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await reader.read(_CHUNK):
+                    if sender.done():
+                        return
+                    queue.put_nowait((loop.time(), data))
+            queue.put_nowait((loop.time(), b""))
+            with contextlib.suppress(OSError):
+                await sender
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await sender

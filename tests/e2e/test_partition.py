@@ -5,6 +5,7 @@ issue), through a TCP proxy on loopback in front of each agent's stream (`tcppro
   are replaced within replicas + max_surge, and when the cut heals it stops them before it is
   READY; a singleton with `on_disconnect.stop_after` stops by itself on the cut host first, and
   its replacement starts only after that, never two at once.
+- A slow network (every chunk 500 ms late each way), below the liveness grace: nothing changes.
 - Every host cut past the reschedule time: the mass-failure brake holds (nothing fenced,
   `keel_liveness_brake_engaged` 1, a LivenessPaused event), and when the cut heals nothing
   restarts (same pids), except what chose `on_disconnect.stop_after`: stopped by itself during
@@ -206,3 +207,22 @@ def test_every_host_cut_fences_nothing_and_nothing_restarts_when_it_heals(
         f"fault 4 (every host cut): nothing fenced; hosts READY {recovered_s:.1f}s after the "
         f"heal; web pids unchanged; most processes at once: {dict(watch.most)}"
     )
+
+
+def test_a_slow_network_below_the_grace_changes_nothing(cut_fleet: CutFleet) -> None:
+    """Every chunk between agents and control plane 500 ms late each way: hosts stay READY,
+    nothing is fenced or restarted, and a change still reaches the agents."""
+    fleet = cut_fleet.fleet
+    fleet.apply_ok(fleet.manifest("web", replicas=3))
+    before = fleet.wait_running("web", 3)
+    for proxy in cut_fleet.proxies.values():
+        proxy.delay(0.5)
+    hold_for(
+        lambda: all(h.state == "READY" for h in fleet.hosts_status()),
+        duration=3 + 4 + 1,  # past the grace and the reschedule time
+        message="every host READY on a slow network",
+    )
+    fleet.apply_ok(fleet.manifest("web", replicas=4))
+    after = fleet.wait_running("web", 4)
+    assert {i.id: i.pid for i in after if i.id in pids_of(before)} == pids_of(before)
+    assert fleet.metrics().get("keel_liveness_brake_engaged") == 0.0
