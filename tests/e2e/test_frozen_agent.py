@@ -134,7 +134,7 @@ def test_a_frozen_agent_is_replaced_within_the_surge_and_stops_its_fenced_instan
             fenced = [e for e in events(fleet, "host/host-1") if e["kind"] == "InstancesFenced"]
             assert fenced and "replaced elsewhere" not in fenced[-1]["message"], fenced
             recovered_after_s = time.time() - frozen_at
-        resumed_at = time.time()
+            resumed_at = time.time()  # just before the SIGCONT
 
         def ready_again() -> dict[str, str] | None:
             back = [

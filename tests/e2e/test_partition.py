@@ -28,9 +28,6 @@ from views import InstanceView
 
 pytestmark = pytest.mark.e2e
 
-# stop_after 2 s: a cut host stops it 2 s after its last acknowledged heartbeat.
-GUARDED = {"on_disconnect": {"stop_after": "2s"}}
-
 
 class CutFleet:
     """A fleet whose agents reach the control plane through one proxy each."""
@@ -72,9 +69,10 @@ def cut_fleet(
         yield CutFleet(fleet, proxies)
 
 
-def _guarded(fleet: Fleet, name: str, **kwargs: object) -> dict[str, object]:
+def _guarded(fleet: Fleet, name: str, stop_after: str, **kwargs: object) -> dict[str, object]:
+    """A workload that stops on a host cut off from the control plane for `stop_after`."""
     doc = fleet.manifest(name, **kwargs)
-    doc["spec"].update(GUARDED)  # type: ignore[union-attr]
+    doc["spec"]["on_disconnect"] = {"stop_after": stop_after}  # type: ignore[index]
     return doc
 
 
@@ -91,20 +89,31 @@ def test_one_host_cut_is_replaced_within_the_surge_and_a_guarded_singleton_never
     fleet = cut_fleet.fleet
     fleet.apply_ok(fleet.manifest("web", replicas=3, max_surge=1))
     fleet.wait_running("web", 3)
-    place_on(fleet, "host-1", _guarded(fleet, "single", replicas=1, max_surge=0), 1)
+    # stop_after 9 s, past the fence (3 s grace + 4 s): the replacement must wait for it, then
+    # for its stop grace (2 s) and the margin (1 s).
+    single_doc = _guarded(fleet, "single", "9s", replicas=1, max_surge=0)
+    place_on(fleet, "host-1", single_doc, 1)
     [old_web] = _on(fleet, "web", "host-1")
     [old_single] = _on(fleet, "single", "host-1")
 
     with ProcessWatch(fleet) as watch:
         cut_at = time.time()
         cut_fleet.cut(1)
+        # Fenced at about 7 s, but its replacement waits while it may still run.
+        wait_for(
+            lambda: [i.desired for i in fleet.instances("single")] == ["REMOVED"],
+            timeout=20,
+            message="the singleton fenced",
+        )
         # The cut host stops the singleton by itself, while it is still cut off.
         wait_for(
             lambda: not process_alive(old_single.pid),
-            timeout=15,
+            timeout=20,
             message="the singleton stopped by its cut-off agent",
         )
         self_stopped_s = watch.gone_at.get(old_single.pid, time.time()) - cut_at
+        # From its last acknowledged heartbeat, at most a heartbeat (500 ms) before the cut.
+        assert 8 < self_stopped_s < 12, self_stopped_s
 
         def replaced() -> bool:
             web = [i for i in fleet.instances("web") if i.desired == "RUNNING"]
@@ -153,7 +162,7 @@ def test_every_host_cut_fences_nothing_and_nothing_restarts_when_it_heals(
     it stopped by itself and starts again)."""
     fleet = cut_fleet.fleet
     fleet.apply_ok(fleet.manifest("web", replicas=3))
-    fleet.apply_ok(_guarded(fleet, "guarded", replicas=2))
+    fleet.apply_ok(_guarded(fleet, "guarded", "2s", replicas=2))
     before = fleet.wait_running("web", 3)
     guarded_before = fleet.wait_running("guarded", 2)
 
