@@ -24,12 +24,13 @@ heartbeat facts in database time it decides which hosts change state and which a
 
 `LivenessController` is the leader's periodic pass, run by `reconcile.Runner`: it takes the
 facts from the leader's cache (`HostSource`: `cache.FleetCache`, no fleet-wide query) and
-writes the decision through `LivenessStore` (`hosts.HostStore` implements it: the SQL writes
-decisions, it decides nothing). The cache's heartbeat is never newer than the database's, so a
-decision on it can only come too early; the write refuses a transition or a fence whose host
-has heartbeated since (`keel_cache_stale_writes_total{controller="liveness"}`), and the pass
-reads those hosts again. A heartbeat makes a host READY again (`hosts.HostStore.heartbeat`,
-called by `sync`); the stuck detector (`stuck`) names instances of hosts that stay unreachable.
+writes the decision through `LivenessStore` (`hosts.HostStore` and `fencing.FencingStore`
+implement it: the SQL writes decisions, it decides nothing). The cache's heartbeat is never
+newer than the database's, so a decision on it can only come too early; the write refuses a
+transition or a fence whose host has heartbeated since
+(`keel_cache_stale_writes_total{controller="liveness"}`), and the pass reads those hosts
+again. A heartbeat makes a host READY again (`hosts.HostStore.write_heartbeats`, called by
+`sync`); the stuck detector (`stuck`) names instances of hosts that stay unreachable.
 """
 
 from __future__ import annotations
