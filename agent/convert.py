@@ -50,6 +50,13 @@ class LogRequest:
 
 
 @dataclass(frozen=True)
+class HeartbeatAck:
+    """The control plane recorded the heartbeat `sequence`."""
+
+    sequence: int
+
+
+@dataclass(frozen=True)
 class Hello:
     """What the agent says about itself when a stream opens."""
 
@@ -72,7 +79,9 @@ def assignment_from_pb(m: agent_pb2.Assignment) -> Assignment:
     )
 
 
-def control_from_pb(msg: agent_pb2.ControlMessage) -> DesiredUpdate | LogRequest | None:
+def control_from_pb(
+    msg: agent_pb2.ControlMessage,
+) -> DesiredUpdate | LogRequest | HeartbeatAck | None:
     """What a message from the control plane asks for (None: nothing this agent knows)."""
     if msg.HasField("assignments"):
         m = msg.assignments
@@ -87,6 +96,8 @@ def control_from_pb(msg: agent_pb2.ControlMessage) -> DesiredUpdate | LogRequest
     if msg.HasField("log_request"):
         r = msg.log_request
         return LogRequest(r.request_id, r.instance_id, r.tail_lines, r.follow, r.cancel)
+    if msg.HasField("heartbeat_ack"):
+        return HeartbeatAck(msg.heartbeat_ack.sequence)
     return None
 
 
@@ -110,8 +121,11 @@ def hello_to_pb(h: Hello) -> Outgoing:
     )
 
 
-def heartbeat_to_pb(revision: int) -> Outgoing:
-    return agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(revision=revision))
+def heartbeat_to_pb(revision: int, sequence: int = 0) -> Outgoing:
+    """A heartbeat: `revision` is the one the agent has acted on (see the proto)."""
+    return agent_pb2.AgentMessage(
+        heartbeat=agent_pb2.Heartbeat(revision=revision, sequence=sequence)
+    )
 
 
 def reports_to_pb(reports: Sequence[InstanceReport], *, observed_at: float) -> Outgoing:

@@ -9,7 +9,10 @@ rule; what is reported about an instance, `agent.status`, with the stuck verdict
 Rules (per instance):
 - an exit not yet recorded is recorded first, with what `agent.restart` decides about it
   (the back-off before a restart, the crash streak);
-- desired RUNNING: start when not running and `agent.restart` says a start is due;
+- desired RUNNING: start when not running and `agent.restart` says a start is due; but with
+  `on_disconnect.stop_after` and the control plane out of contact that long (`cut_off_s`):
+  stop it, and start nothing, until the control plane is heard again (it may have replaced
+  the instance elsewhere by then: `controlplane.liveness.self_fence_due`);
 - desired STOPPED: stop when running;
 - desired REMOVED (a tombstone): stop when running, then confirm the removal;
 - not desired at all (an orphan, e.g. absent from a full set): stop, then forget;
@@ -99,17 +102,31 @@ def plan(
     *,
     now: float,
     settings: Settings,
+    cut_off_s: float | None = None,
 ) -> list[Action]:
-    """Everything to do now, in instance-id order; each instance's actions in sequence."""
+    """Everything to do now, in instance-id order; each instance's actions in sequence.
+    `cut_off_s`: how long the control plane has not recorded this host alive (None: not
+    known, as before the first contact)."""
     policy = restart.Policy.of(settings)
     actions: list[Action] = []
     for iid in sorted(desired.keys() | actual.keys()):
-        actions.extend(_plan_one(iid, desired.get(iid), actual.get(iid), now, policy))
+        actions.extend(_plan_one(iid, desired.get(iid), actual.get(iid), now, policy, cut_off_s))
     return actions
 
 
+def self_fenced(a: Assignment, cut_off_s: float | None) -> bool:
+    """The instance must not run: its workload stops on a host cut off this long."""
+    limit_ms = a.spec.stop_after_disconnect_ms
+    return bool(limit_ms) and cut_off_s is not None and cut_off_s * 1000 >= limit_ms
+
+
 def _plan_one(
-    iid: str, a: Assignment | None, x: Actual | None, now: float, policy: restart.Policy
+    iid: str,
+    a: Assignment | None,
+    x: Actual | None,
+    now: float,
+    policy: restart.Policy,
+    cut_off_s: float | None = None,
 ) -> list[Action]:
     if x is not None and x.transition is not None:
         return []  # a start or stop is under way; look again when it is done
@@ -139,7 +156,11 @@ def _plan_one(
         out.append(Stop(iid, x.record.stop_grace_s, "not desired") if running else Forget(iid))
         return out
     grace_s = a.spec.stop_grace_ms / 1000.0
-    if a.desired is Desired.RUNNING:
+    if a.desired is Desired.RUNNING and self_fenced(a, cut_off_s):
+        if running:
+            why = f"no contact with the control plane for {cut_off_s:.0f}s (on_disconnect)"
+            out.append(Stop(iid, grace_s, why))
+    elif a.desired is Desired.RUNNING:
         if not running and restart.start_due(next_start_at, now=now):
             record = x.record if x is not None else None
             retry = record is not None and bool(record.start_error)

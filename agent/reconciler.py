@@ -48,6 +48,7 @@ from agent.startstop import halt, launch
 from agent.state import Assignment, InstanceRecord, LocalState, StateStore
 from agent.status import InstanceReport, removal_confirmed, status_of
 from agent.tasks import TaskGroup
+from keel.model import Desired
 from keel.stuck import STDERR_TAIL_BYTES
 
 log = structlog.get_logger("agent.reconciler")
@@ -83,6 +84,9 @@ class Reconciler:
         self._tasks = TaskGroup()
         self._health_task: asyncio.Task[Any] | None = None
         self._log = log.bind(host=settings.host)
+        # The revision of the desired set whose unwanted processes were all stopped at the end
+        # of a pass: what heartbeats say the agent has acted on.
+        self._acted_revision = 0
         self._health = HealthMonitor(
             targets=lambda: probe_targets(self._live, self.state, host=settings.host),
             on_change=self.wake,
@@ -97,6 +101,23 @@ class Reconciler:
     @property
     def revision(self) -> int:
         return self.state.revision
+
+    @property
+    def acted_revision(self) -> int:
+        """The last revision acted on: no process runs that its desired set does not want
+        running (a host comes back READY only by a heartbeat at its current revision)."""
+        return self._acted_revision
+
+    def heard(self, at: float) -> None:
+        """The control plane recorded this host alive at `at` or later (epoch s): the
+        on_disconnect clock starts over from there."""
+        if self.state.contact_at is None or at > self.state.contact_at:
+            self.state = replace(self.state, contact_at=at)
+
+    def cut_off_s(self, now: float) -> float | None:
+        """How long the control plane has not recorded this host alive (None: never did)."""
+        contact = self.state.contact_at
+        return None if contact is None else max(0.0, now - contact)
 
     def wake(self) -> None:
         self._wake.set()
@@ -190,6 +211,7 @@ class Reconciler:
         actions: list[Action] = []
         retries = 0
         ok = False
+        revision = self.state.revision
         try:
             actual = {iid: self._actual_of(iid) for iid in self.state.instances}
             actions = plan(
@@ -197,12 +219,15 @@ class Reconciler:
                 {k: v for k, v in actual.items() if v is not None},
                 now=now,
                 settings=self._settings,
+                cut_off_s=self.cut_off_s(now),
             )
             retries = sum(1 for a in actions if isinstance(a, Start) and a.retry)
             for action in actions:
                 await self._execute(action, now)
             await self._driver.maintain()
             ok = await self._persist()
+            if not self._unwanted_running():
+                self._acted_revision = max(self._acted_revision, revision)
         finally:
             # The one place a pass's outcome goes: metrics, convergence, reports, its span.
             self._outcomes.pass_done(
@@ -215,6 +240,16 @@ class Reconciler:
                 started_ns=started_ns,
                 now=self._clock(),
             )
+
+    def _unwanted_running(self) -> bool:
+        """A process runs, starts or stops that the desired set does not want running."""
+        for iid, live in self._live.items():
+            a = self.state.desired.get(iid)
+            if a is not None and a.desired is Desired.RUNNING:
+                continue
+            if live.transition is not None or (live.handle is not None and live.exited is None):
+                return True
+        return False
 
     def _statuses(self, now: float) -> dict[str, InstanceReport]:
         return {

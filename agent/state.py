@@ -149,6 +149,10 @@ class LocalState:
     revision: int = 0
     desired: dict[str, Assignment] = field(default_factory=dict)
     instances: dict[str, InstanceRecord] = field(default_factory=dict)
+    # When the control plane last recorded this host alive, as far as the agent knows (epoch
+    # s: the sending of its last acknowledged heartbeat or answered Hello). Kept on disk so a
+    # restarted agent still counts on_disconnect.stop_after from it. None: never.
+    contact_at: float | None = None
 
     def with_desired(
         self, *, full: bool, revision: int, assignments: Sequence[Assignment]
@@ -179,6 +183,7 @@ class LocalState:
         return {
             "version": FORMAT_VERSION,
             "revision": self.revision,
+            "contact_at": self.contact_at,
             "desired": {
                 k: {
                     "workload": a.workload,
@@ -249,7 +254,13 @@ class LocalState:
             )
             for k, v in data.get("instances", {}).items()
         }
-        return cls(revision=int(data.get("revision", 0)), desired=desired, instances=instances)
+        contact = data.get("contact_at")
+        return cls(
+            revision=int(data.get("revision", 0)),
+            desired=desired,
+            instances=instances,
+            contact_at=None if contact is None else float(contact),
+        )
 
 
 class StateStore:

@@ -15,6 +15,13 @@ reconciler keeps running the last desired state, and a warning every --degraded-
 says for how long (`degraded_for_s`); keel_agent_connected and keel_agent_disconnected_seconds
 show it too.
 
+Contact, for `on_disconnect.stop_after`: each heartbeat carries a sequence number and the
+revision the reconciler has acted on; the control plane acknowledges it once recorded, and
+the sending time of the last heartbeat acknowledged (or of the Hello the control plane
+answered) is when it last recorded this host alive (`SyncTarget.heard`): never later than the
+host's last heartbeat in the database, so the agent stops a self-fencing instance no later than
+the control plane presumes it stopped (`controlplane.liveness.self_fence_due`).
+
 It also answers the control plane's LogRequests on the same stream (no extra port on hosts):
 the last lines of the instance's stdout then stderr, across rotated files (`agent.logread`),
 then, when following, what is appended, until cancelled or the stream ends.
@@ -35,7 +42,7 @@ import structlog
 
 from agent import convert, logread
 from agent.backoff import Reconnects
-from agent.convert import DesiredUpdate, LogRequest, Outgoing
+from agent.convert import DesiredUpdate, HeartbeatAck, LogRequest, Outgoing
 from agent.credentials import Credentials, NoCredential
 from agent.metrics import AgentMetrics
 from agent.outcome import Outbox
@@ -52,6 +59,8 @@ _ESTABLISHED_EXCEPTIONS = (grpc.aio.AioRpcError, TimeoutError, OSError, Connecti
 # only as fast as the stream takes it.
 _LOG_QUEUE_HIGH = 16
 _LOG_QUEUE_POLL_S = 0.01
+# Unacknowledged heartbeats remembered per stream.
+_UNACKED_KEPT = 64
 
 
 def _channel(address: str, settings: Settings) -> grpc.aio.Channel:
@@ -78,6 +87,11 @@ class SyncTarget(Protocol):
 
     @property
     def revision(self) -> int: ...
+
+    @property
+    def acted_revision(self) -> int: ...
+
+    def heard(self, at: float) -> None: ...
 
     def apply_assignments(
         self, *, full: bool, revision: int, assignments: Sequence[Assignment]
@@ -115,6 +129,10 @@ class SyncClient:
         )
         self._queue: asyncio.Queue[Outgoing] | None = None
         self._opened_at: float | None = None  # when the current attempt's stream opened
+        # Heartbeats sent on the current stream and not acknowledged yet: sequence -> sent at.
+        self._unacked: dict[int, float] = {}
+        self._sequence = 0
+        self._hello_at: float | None = None  # set until the Hello is answered
         self._log = log.bind(host=settings.host)
         self._credentials = Credentials(
             host=settings.host, state_dir=settings.state_dir, join_token=settings.join_token
@@ -211,6 +229,8 @@ class SyncClient:
                     labels=dict(s.labels),
                     capacity=s.capacity,
                 )
+                self._unacked.clear()
+                self._hello_at = self._clock()
                 async with asyncio.timeout(s.connect_timeout_s):
                     await call.write(convert.hello_to_pb(hello))
                 self._queue = asyncio.Queue()
@@ -267,8 +287,22 @@ class SyncClient:
             asked = convert.control_from_pb(msg)
             if isinstance(asked, DesiredUpdate):
                 self._apply(asked)
+                if self._hello_at is not None:
+                    # The answer to Hello: the control plane recorded the host at Hello.
+                    self._target.heard(self._hello_at)
+                    self._hello_at = None
+            elif isinstance(asked, HeartbeatAck):
+                self._acknowledged(asked.sequence)
             elif isinstance(asked, LogRequest):
                 self._on_log_request(asked)
+
+    def _acknowledged(self, sequence: int) -> None:
+        sent_at = self._unacked.get(sequence)
+        if sent_at is None:
+            return
+        for older in [q for q in self._unacked if q <= sequence]:
+            del self._unacked[older]
+        self._target.heard(sent_at)
 
     def _apply(self, update: DesiredUpdate) -> None:
         for instance, error in update.rejected:
@@ -290,7 +324,15 @@ class SyncClient:
         # that reconnect together after a control-plane restart do not heartbeat in lockstep.
         await asyncio.sleep(random.random() * self._settings.heartbeat_interval_s)
         while True:
-            queue.put_nowait(convert.heartbeat_to_pb(self._target.revision))
+            self._sequence += 1
+            self._unacked[self._sequence] = self._clock()
+            if len(self._unacked) > _UNACKED_KEPT:
+                # A control plane that records none of them (its database away): keep the
+                # latest; an acknowledgement of an older one no longer matters.
+                del self._unacked[min(self._unacked)]
+            queue.put_nowait(
+                convert.heartbeat_to_pb(self._target.acted_revision, sequence=self._sequence)
+            )
             await asyncio.sleep(self._settings.heartbeat_interval_s)
 
     # Logs --------------------------------------------------------------------------------

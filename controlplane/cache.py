@@ -45,7 +45,7 @@ import structlog
 from controlplane.errors import KeelError
 from controlplane.fleet_index import Delta, FleetIndex, HostRecord, WorkloadEntry
 from controlplane.hosts import Beat
-from controlplane.liveness import HostFacts
+from controlplane.liveness import HostFacts, SelfFencing
 from controlplane.metrics import Metrics
 from controlplane.scheduler import HostUsage
 from controlplane.status import ReportOutcome
@@ -204,7 +204,7 @@ class FleetCache:
         index = self._index
         if index is None:
             return
-        index.heartbeats((b.host, b.state_since, b.last_heartbeat) for b in beats)
+        index.heartbeats((b.host, b.state, b.state_since, b.last_heartbeat) for b in beats)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -275,6 +275,12 @@ class FleetCache:
                 state_since=h.state_since,
                 last_heartbeat=h.last_heartbeat,
                 has_service_instances=index.has_service_instances(h.name),
+                self_fencing=()
+                if h.view.state is HostState.READY
+                else tuple(
+                    SelfFencing(i.id, i.stop_after_disconnect_ms / 1000, i.stop_grace_ms / 1000)
+                    for i in index.self_fencing_on(h.name)
+                ),
             )
             for h in index.host_records()
             if silent_before is None
@@ -284,6 +290,9 @@ class FleetCache:
 
     def host(self, name: str) -> HostRecord | None:
         return self.index.host(name)
+
+    def host_count(self) -> int:
+        return len(self.index.hosts)
 
     # -- the leader's own writes ------------------------------------------------------------
 

@@ -12,9 +12,12 @@ stop-before-start with max_surge 0) and fencing ask the same questions of the sa
   already down counts, wherever it is: a drain on one host never takes a workload further down
   than its budget because of trouble on another.
 - **May still run** (`may_still_run`): a live instance (desired RUNNING or STOPPED), or a
-  removed one not yet reported STOPPED on a READY host. A removed instance on a host that is
-  not READY does not count: its agent is gone, and liveness chose (reschedule-after) to replace
-  it; fencing decides how many that may be.
+  removed one not yet STOPPED, wherever it is. A removed instance on a host that is not READY
+  (fenced by liveness) counts too: its agent is out of sight, not known to have stopped it, so
+  its replacement waits for room under the ceiling. It stops counting when its agent reports
+  it STOPPED, or when liveness presumes it so because its workload's
+  `on_disconnect.stop_after` (and stop grace) has passed since the host's last heartbeat
+  (`liveness.self_fence_due`): the agent stops such instances by itself.
 - **May start** = target + max_surge - may still run, never below 0. With max_surge 0 a
   replacement starts only after the instance it replaces has stopped (stop-before-start).
 
@@ -36,10 +39,10 @@ def is_available(inst: InstanceView, ready_hosts: Set[str]) -> bool:
     return inst.ready and inst.desired is Desired.RUNNING and inst.host in ready_hosts
 
 
-def may_still_run(inst: InstanceView, ready_hosts: Set[str]) -> bool:
-    """Its process may be running now or soon: live, or removed but not yet seen STOPPED on a
-    host whose agent is there to stop it."""
-    return inst.live or (inst.phase is not Phase.STOPPED and inst.host in ready_hosts)
+def may_still_run(inst: InstanceView) -> bool:
+    """Its process may be running now or soon: live, or removed but not yet STOPPED (by its
+    agent's report, or presumed so by liveness once its self-fencing time has passed)."""
+    return inst.live or inst.phase is not Phase.STOPPED
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ def service_budget(
         max_surge=workload.max_surge,
         available=sum(1 for i in mine if is_available(i, ready_hosts)),
         live=sum(1 for i in mine if i.live),
-        stopping=sum(1 for i in mine if not i.live and may_still_run(i, ready_hosts)),
+        stopping=sum(1 for i in mine if not i.live and may_still_run(i)),
     )
 
 
@@ -136,5 +139,5 @@ def daemon_budget(
         max_surge=workload.max_surge,
         available=len({i.host for i in mine if is_available(i, ready_hosts)}),
         live=sum(1 for i in mine if i.live),
-        stopping=sum(1 for i in mine if not i.live and may_still_run(i, ready_hosts)),
+        stopping=sum(1 for i in mine if not i.live and may_still_run(i)),
     )

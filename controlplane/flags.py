@@ -55,7 +55,12 @@ DURATION_FLAGS = (
     (
         "--reschedule-after",
         "reschedule_after_s",
-        "not READY this long: its service instances are replaced elsewhere",
+        "not READY this long: its service instances are fenced and replaced elsewhere",
+    ),
+    (
+        "--self-fence-margin",
+        "self_fence_margin_s",
+        "on_disconnect.stop_after + stop grace + this since the last heartbeat: presumed stopped",
     ),
     (
         "--resync-period",
@@ -129,6 +134,16 @@ DURATION_FLAGS = (
 )
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share above 0 and at most 1, got '{text}'")
+    return value
+
+
 def _as_is(value: object) -> object:
     return value
 
@@ -173,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="D",
                 help=f"{help_text} (default: {format_duration(round(getattr(d, field) * 1000))})",
             )
+        target.add_argument(
+            "--max-unready-share",
+            type=_share,
+            default=default(d.max_unready_share),
+            metavar="F",
+            help="mass-failure brake: more than this share of hosts not READY (or none READY) "
+            "fences nothing (default: %(default)s)",
+        )
         target.add_argument(
             "--max-message-bytes",
             type=int,
@@ -242,5 +265,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         insecure=args.insecure,
+        max_unready_share=args.max_unready_share,
         **{field: getattr(args, field) for _, field, _ in DURATION_FLAGS},
     )

@@ -45,7 +45,10 @@ log = structlog.get_logger("keel.fleet")
 DEFAULT_EVENTS = 100
 # What `keelctl events --for` may name; the store turns a workload into a pattern, so the name
 # must not carry regular-expression syntax.
-_OBJECT = re.compile(r"^(workload|host|instance|operation|token)/[a-z0-9][-a-z0-9_.]{0,252}\Z")
+# `fleet/liveness`: the mass-failure brake's pauses and resumes (`liveness`).
+_OBJECT = re.compile(
+    r"^(workload|host|instance|operation|token|fleet)/[a-z0-9][-a-z0-9_.]{0,252}\Z"
+)
 MAX_EVENTS = 10_000
 
 
@@ -210,7 +213,8 @@ class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  
             raise InvalidArgument(f"limit: must be between 0 and {MAX_EVENTS}, got {request.limit}")
         if request.object and not _OBJECT.match(request.object):
             raise InvalidArgument(
-                f"object: must be KIND/NAME with KIND workload, host, instance or operation and "
+                f"object: must be KIND/NAME with KIND workload, host, instance, operation or "
+                "fleet and "
                 f"NAME made "
                 f"of a-z, 0-9, '-', '_' and '.' (e.g. workload/web), got "
                 f"{fields.shown(request.object)}"

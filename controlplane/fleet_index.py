@@ -51,6 +51,7 @@ class InstanceRecord:
     agent_stuck: bool
     stop_grace_ms: int
     stuck: StuckState | None = None
+    stop_after_disconnect_ms: int = 0  # its spec's on_disconnect.stop_after; 0: none
 
     @property
     def id(self) -> str:
@@ -218,6 +219,21 @@ class FleetIndex(Generic[W]):
             if i.host == host and i.view.live
         ]
 
+    def self_fencing_on(self, host: str) -> list[InstanceRecord]:
+        """The host's service instances that set on_disconnect.stop_after and are not known
+        STOPPED yet: those liveness may presume stopped by their agent."""
+        out: list[InstanceRecord] = []
+        for name in self._present.get(host, ()):
+            entry = self._workloads.get(name)
+            if entry is None or entry.view.kind is not Kind.SERVICE:
+                continue
+            out.extend(
+                i
+                for i in entry.instances.values()
+                if i.host == host and i.stop_after_disconnect_ms and i.phase is not Phase.STOPPED
+            )
+        return out
+
     def has_service_instances(self, host: str) -> bool:
         """Service instances are placed on the host and not yet removed (what fencing takes)."""
         for name, count in self.live_on(host).items():
@@ -361,20 +377,20 @@ class FleetIndex(Generic[W]):
         if changed:
             self.hosts_generation += 1
 
-    def heartbeats(self, beats: Iterable[tuple[str, datetime, datetime]]) -> None:
-        """Heartbeats this replica wrote: (host, READY since, heartbeat), as their statement
+    def heartbeats(self, beats: Iterable[tuple[str, HostState, datetime, datetime]]) -> None:
+        """Heartbeats this replica wrote: (host, state, since, heartbeat), as their statement
         returned them. Applied only over an older heartbeat: a host read since the write
         committed holds it already (and perhaps more)."""
         changed = False
-        for name, since, heartbeat in beats:
+        for name, state, since, heartbeat in beats:
             host = self._hosts.get(name)
             if host is None or (
                 host.last_heartbeat is not None and host.last_heartbeat >= heartbeat
             ):
                 continue
             view = host.view
-            if view.state is not HostState.READY:
-                view = dataclasses.replace(view, state=HostState.READY)
+            if view.state is not state:
+                view = dataclasses.replace(view, state=state)
                 self._host_views[name] = view
                 changed = True
             # Built, not dataclasses.replace: this runs for every heartbeat the leader writes.

@@ -40,25 +40,34 @@ log = structlog.get_logger("keel.heartbeats")
 
 
 class HeartbeatStore(Protocol):
-    async def write_heartbeats(self, beats: Sequence[tuple[str, str]]) -> list[Beat]:
-        """Writes (host, stream id) heartbeats in one statement; returns the hosts written."""
+    async def write_heartbeats(self, beats: Sequence[tuple[str, str, int]]) -> list[Beat]:
+        """Writes (host, stream id, revision acted on) heartbeats in one statement; returns
+        the hosts written."""
         ...
+
+
+def _nothing() -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     """A heartbeat waiting for the next batch. `count`: the heartbeats of this host it stands
     for (a newer one replaces an older one not written yet); `dropped` is called when it could
-    not be written."""
+    not be written, `written` once it is recorded (the stream acknowledges it)."""
 
     host: str
     stream_id: str
     dropped: Callable[[], None]
     count: int = 1
+    revision: int = 0
+    written: Callable[[], None] = _nothing
 
 
 def _merge(old: Heartbeat, new: Heartbeat) -> Heartbeat:
-    return Heartbeat(new.host, new.stream_id, new.dropped, old.count + new.count)
+    return Heartbeat(
+        new.host, new.stream_id, new.dropped, old.count + new.count, new.revision, new.written
+    )
 
 
 class HeartbeatWriter:
@@ -76,9 +85,18 @@ class HeartbeatWriter:
         self._clock = clock
         self._batches: Batches[str, Heartbeat] = Batches(key=lambda b: b.host, merge=_merge)
 
-    def submit(self, host: str, *, stream_id: str, dropped: Callable[[], None]) -> None:
-        """A heartbeat from the stream `stream_id` of `host`."""
-        self._batches.submit((Heartbeat(host, stream_id, dropped),))
+    def submit(
+        self,
+        host: str,
+        *,
+        stream_id: str,
+        dropped: Callable[[], None],
+        revision: int = 0,
+        written: Callable[[], None] = _nothing,
+    ) -> None:
+        """A heartbeat from the stream `stream_id` of `host`, whose agent has acted on
+        `revision`."""
+        self._batches.submit((Heartbeat(host, stream_id, dropped, 1, revision, written),))
 
     @property
     def pending(self) -> int:
@@ -91,15 +109,21 @@ class HeartbeatWriter:
             batch = await self._batches.take()
             started = self._clock()
             try:
-                written = await self._store.write_heartbeats([(b.host, b.stream_id) for b in batch])
+                written = await self._store.write_heartbeats(
+                    [(b.host, b.stream_id, b.revision) for b in batch]
+                )
             except Exception as exc:
                 self._drop(batch, exc)
             else:
                 self._metrics.observe_heartbeat_batch(len(batch), self._clock() - started)
                 for beat in written:
-                    if beat.was is not HostState.READY:
+                    if beat.was is not HostState.READY and beat.state is HostState.READY:
                         log.info("host ready again", host=beat.host, was=beat.was.value)
                 self._on_written(written)
+                recorded = {beat.host for beat in written}
+                for b in batch:
+                    if b.host in recorded:
+                        b.written()
             self._batches.written()
 
     def _drop(self, batch: Sequence[Heartbeat], exc: Exception) -> None:

@@ -1,14 +1,14 @@
-"""Hosts in Postgres: registration, heartbeats, liveness and fencing.
+"""Hosts in Postgres: registration, heartbeats and liveness transitions.
 
 Neighbours: `sync` registers hosts; `heartbeats.HeartbeatWriter` writes their heartbeats here in
-batches; `liveness` decides which silent hosts change state and which are fenced, from the
-leader's cache (here: write its decisions, fence); `store.Store` inherits these queries, so
-callers hold one store.
+batches; `liveness` decides which silent hosts change state, from the leader's cache (here: write
+its decisions), and which are fenced (`fencing` writes that); `store.Store` inherits these
+queries, so callers hold one store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,29 +17,26 @@ import asyncpg
 from controlplane.errors import NotFound
 from controlplane.liveness import Transition
 from controlplane.sql import (
-    HOST_CHANNEL,
     WORKLOAD_CHANNEL,
     Conn,
     Database,
-    bump_revisions,
-    bump_versions,
     check_epoch,
-    notify,
     record_event,
-    workload_payload,
 )
-from keel.model import Desired, HostState, Kind, Phase, Resources, holds_resources
+from keel.model import Desired, HostState, Phase, Resources, holds_resources
 
 
 @dataclass(frozen=True, slots=True)
 class Beat:
-    """A heartbeat as written: the host is READY since `state_since`, heartbeated at
-    `last_heartbeat` (database time); `was` is its state before."""
+    """A heartbeat as written: the host is `state` (READY unless its agent has not acted on
+    the host's revision yet) since `state_since`, heartbeated at `last_heartbeat` (database
+    time); `was` is its state before."""
 
     host: str
     was: HostState
     state_since: datetime
     last_heartbeat: datetime
+    state: HostState = HostState.READY
 
 
 @dataclass(frozen=True)
@@ -122,6 +119,11 @@ class HostStore:
     ) -> int:
         """Records an agent's Hello (a heartbeat too); returns the host's current revision.
 
+        A new host is READY at once (it has nothing to catch up on). A known host keeps its
+        state: one that is not READY becomes READY only by a heartbeat saying its agent has
+        acted on the host's current revision (`write_heartbeats`), so an agent back from a
+        partition stops its fenced instances before its host is READY again.
+
         `stream_id` names the stream that said Hello: only that stream's end disconnects the
         host (`disconnect_host`)."""
         async with self.pool.acquire() as conn, conn.transaction():
@@ -133,9 +135,7 @@ class HostStore:
                    ON CONFLICT (name) DO UPDATE SET
                        labels = EXCLUDED.labels, cpu_millis = EXCLUDED.cpu_millis,
                        memory_mib = EXCLUDED.memory_mib, agent_version = EXCLUDED.agent_version,
-                       connected = true, last_heartbeat = now(), stream_id = EXCLUDED.stream_id,
-                       state_since = CASE WHEN h.state = 'READY' THEN h.state_since ELSE now() END,
-                       state = 'READY'
+                       connected = true, last_heartbeat = now(), stream_id = EXCLUDED.stream_id
                    RETURNING revision, (xmax = 0) AS inserted""",
                 name,
                 labels,
@@ -150,13 +150,15 @@ class HostStore:
             await conn.execute("SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, "*")
             return int(row["revision"])
 
-    async def write_heartbeats(self, beats: Sequence[tuple[str, str]]) -> list[Beat]:
-        """Records a batch of heartbeats, (host, stream id) each, in one statement: each host
-        whose current registration is that stream (`register_host`) and still connected. A
-        heartbeat from a stream replaced since, or written after its stream ended
-        (`disconnect_host`), changes nothing. A host that was not READY becomes READY again,
-        with its HostReady event and the `*` notification, in the same statement. Returns
-        the hosts written, as they are now."""
+    async def write_heartbeats(self, beats: Sequence[tuple[str, str, int]]) -> list[Beat]:
+        """Records a batch of heartbeats, (host, stream id, revision acted on) each, in one
+        statement: each host whose current registration is that stream (`register_host`) and
+        still connected. A heartbeat from a stream replaced since, or written after its stream
+        ended (`disconnect_host`), changes nothing. A host that was not READY becomes READY
+        again, with its HostReady event and the `*` notification, in the same statement, if
+        the heartbeat's revision is the host's: its agent has stopped what the host's desired
+        set no longer wants running (fenced instances among them); an agent still behind only
+        refreshes the heartbeat. Returns the hosts written, as they are now."""
         if not beats:
             return []
         # One statement, so one round trip and no BEGIN/COMMIT (a batch goes out every few
@@ -167,28 +169,31 @@ class HostStore:
         # WITH runs whether or not it is read, the notification only if a host came back.
         rows = await self.pool.fetch(
             """WITH before AS (
-                   SELECT o.name, o.state FROM host o
-                   JOIN unnest($1::text[], $2::text[]) AS u(name, stream_id)
+                   SELECT o.name, o.state, o.state = 'READY' OR u.acted >= o.revision AS ready
+                   FROM host o
+                   JOIN unnest($1::text[], $2::text[], $4::bigint[]) AS u(name, stream_id, acted)
                      ON o.name = u.name AND o.stream_id = u.stream_id
                    WHERE o.connected
                    ORDER BY o.name FOR UPDATE OF o),
                beat AS (
                    UPDATE host h SET last_heartbeat = now(),
-                          state_since = CASE WHEN h.state = 'READY' THEN h.state_since
-                                             ELSE now() END,
-                          state = 'READY'
+                          state_since = CASE WHEN h.state = 'READY' OR NOT before.ready
+                                             THEN h.state_since ELSE now() END,
+                          state = CASE WHEN before.ready THEN 'READY' ELSE h.state END
                    FROM before WHERE h.name = before.name
-                   RETURNING h.name, before.state AS was, h.state_since, h.last_heartbeat),
+                   RETURNING h.name, before.state AS was, h.state, h.state_since,
+                             h.last_heartbeat),
                back AS (
                    INSERT INTO event (object, kind, actor, message)
                    SELECT 'host/' || name, 'HostReady', '', 'heartbeat after ' || was
-                   FROM beat WHERE was <> 'READY' ORDER BY name
+                   FROM beat WHERE was <> 'READY' AND state = 'READY' ORDER BY name
                    RETURNING id)
                SELECT beat.*, (SELECT pg_notify($3, '*') FROM back LIMIT 1) IS NULL AS quiet
                FROM beat""",
-            [name for name, _ in beats],
-            [stream for _, stream in beats],
+            [name for name, _, _ in beats],
+            [stream for _, stream, _ in beats],
             WORKLOAD_CHANNEL,
+            [acted for _, _, acted in beats],
         )
         return [
             Beat(
@@ -197,6 +202,7 @@ class HostStore:
                 HostState.READY if r["was"] == "READY" else HostState(r["was"]),
                 r["state_since"],
                 r["last_heartbeat"],
+                HostState.READY if r["state"] == "READY" else HostState(r["state"]),
             )
             for r in rows
         ]
@@ -269,89 +275,6 @@ class HostStore:
         """The named hosts that exist, in name order, from one snapshot."""
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             return await hosts_on(conn, names)
-
-    async def fence_host(
-        self,
-        host: str,
-        kinds: Iterable[Kind],
-        *,
-        epoch: int | None,
-        down_since: datetime | None = None,
-    ) -> int:
-        """Tombstones the given kinds' instances on a lost host so they are replaced elsewhere.
-
-        Only while the host is not READY (and, given `down_since`, has not been READY since
-        then, as the decision judged): a heartbeat that came back after the decision was made,
-        seen or not by whoever decided, wins. The fencing decision is when the replacements
-        became desired: the tombstones and their workloads' `desired_changed_at` get its time,
-        so the replacements the next plans place carry it (their convergence clock starts
-        here, not at placement). Each workload fenced takes a new version.
-        """
-        kind_values = [k.value for k in kinds]
-        async with self.pool.acquire() as conn, conn.transaction():
-            await check_epoch(conn, epoch)
-            # Lock order, as plans take them (`instance_store.apply_plan`): the workloads (in
-            # name order), then the host. A lost host gets no new placements, so the workloads
-            # found here before the locks are all the ones that can have instances to fence.
-            await conn.execute(
-                """SELECT 1 FROM workload WHERE name IN (
-                       SELECT i.workload FROM instance i JOIN workload w ON w.name = i.workload
-                       WHERE i.host = $1 AND i.desired <> 'REMOVED'
-                         AND w.kind = ANY($2::text[]))
-                   ORDER BY name FOR UPDATE""",
-                host,
-                kind_values,
-            )
-            # Then the host: a plan writing to this host (which takes it too) cannot tombstone
-            # these rows between the SELECT and the UPDATE, nor a heartbeat make it READY.
-            lost = await conn.fetchval(
-                """SELECT state <> 'READY' AND ($2::timestamptz IS NULL OR state_since = $2)
-                   FROM host WHERE name = $1 FOR UPDATE""",
-                host,
-                down_since,
-            )
-            if not lost:
-                return 0
-            ids = await conn.fetch(
-                """SELECT i.id, i.workload FROM instance i JOIN workload w ON w.name = i.workload
-                   WHERE i.host = $1 AND i.desired <> 'REMOVED' AND w.kind = ANY($2::text[])""",
-                host,
-                kind_values,
-            )
-            if not ids:
-                return 0
-            revision = (await bump_revisions(conn, [host]))[host]
-            decided_at = await conn.fetchval("SELECT clock_timestamp()")
-            await conn.execute(
-                """UPDATE instance SET desired = 'REMOVED', revision = $2, ready = false,
-                          desired_changed_at = $3, converged_at = NULL,
-                          unconverged_since = $3, slow_counted = false
-                   WHERE id = ANY($1::text[]) AND desired <> 'REMOVED'""",
-                [r["id"] for r in ids],
-                revision,
-                decided_at,
-            )
-            await conn.execute(
-                """UPDATE workload SET desired_changed_at = CASE WHEN desired_pending
-                                                         THEN desired_changed_at ELSE $2 END,
-                                      desired_pending = true
-                   WHERE name = ANY($1::text[])""",
-                sorted({r["workload"] for r in ids}),
-                decided_at,
-            )
-            versions = await bump_versions(conn, sorted({r["workload"] for r in ids}), desired=True)
-            await record_event(
-                conn,
-                f"host/{host}",
-                "InstancesFenced",
-                f"{len(ids)} instance(s) replaced elsewhere after the host stayed unreachable",
-            )
-            await conn.execute("SELECT pg_notify($1, $2)", HOST_CHANNEL, host)
-            # By name: each replacement is a fresh change for its workload, not a resync.
-            await notify(
-                conn, WORKLOAD_CHANNEL, [workload_payload(v.workload, v.version) for v in versions]
-            )
-            return len(ids)
 
 
 async def hosts_on(conn: Conn, names: Sequence[str]) -> list[HostRow]:

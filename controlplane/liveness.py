@@ -9,17 +9,28 @@ heartbeat facts in database time it decides which hosts change state and which a
 - NOT_READY for longer than `unknown_after`: UNKNOWN. `state_since` keeps when the host stopped
   being READY, so fencing and HOST_UNREACHABLE count from the first missed deadline.
 - Not READY for longer than `reschedule_after`, with service instances still placed on it: its
-  service instances are fenced (tombstoned) so they are replaced elsewhere; the agent stops
-  them if it comes back, before it reports READY.
+  service instances are fenced (tombstoned). Their replacements are placed by the workload
+  controller within the budget (`disruption`): a fenced instance still counts as possibly
+  running until its agent reports it STOPPED, or, for a workload with
+  `on_disconnect.stop_after`, until that long (plus its stop grace and `self_fence_margin`)
+  has passed since the host's last heartbeat (`self_fence_due`): its agent has stopped it by
+  itself by then, and the fence marks it so. The agent stops fenced instances if it comes back
+  before it may report READY (`hosts.HostStore.write_heartbeats`).
+- The mass-failure brake (`brake_of`): when more than `max_unready_share` of the hosts are not
+  READY, or none is, the fault is more likely on the control plane's side of the network than
+  on that many hosts at once: nothing is fenced (and nothing marked self-fenced, so nothing is
+  replaced) until the share recovers. The controller records the pause and the resume as
+  events and sets `keel_liveness_brake_engaged` (alert `KeelMassHostFailure`).
 
 `LivenessController` is the leader's periodic pass, run by `reconcile.Runner`: it takes the
 facts from the leader's cache (`HostSource`: `cache.FleetCache`, no fleet-wide query) and
-writes the decision through `LivenessStore` (`hosts.HostStore` implements it: the SQL writes
-decisions, it decides nothing). The cache's heartbeat is never newer than the database's, so a
-decision on it can only come too early; the write refuses a transition or a fence whose host
-has heartbeated since (`keel_cache_stale_writes_total{controller="liveness"}`), and the pass
-reads those hosts again. A heartbeat makes a host READY again (`hosts.HostStore.heartbeat`,
-called by `sync`); the stuck detector (`stuck`) names instances of hosts that stay unreachable.
+writes the decision through `LivenessStore` (`hosts.HostStore` and `fencing.FencingStore`
+implement it: the SQL writes decisions, it decides nothing). The cache's heartbeat is never
+newer than the database's, so a decision on it can only come too early; the write refuses a
+transition or a fence whose host has heartbeated since
+(`keel_cache_stale_writes_total{controller="liveness"}`), and the pass reads those hosts
+again. A heartbeat makes a host READY again (`hosts.HostStore.write_heartbeats`, called by
+`sync`); the stuck detector (`stuck`) names instances of hosts that stay unreachable.
 """
 
 from __future__ import annotations
@@ -43,6 +54,16 @@ KEY = "hosts"
 
 
 @dataclass(frozen=True)
+class SelfFencing:
+    """A service instance whose agent stops it by itself after losing the control plane
+    (`on_disconnect.stop_after`), not yet counted as stopped."""
+
+    instance_id: str
+    stop_after_s: float
+    stop_grace_s: float
+
+
+@dataclass(frozen=True)
 class HostFacts:
     """What liveness knows of a host, in database time."""
 
@@ -51,6 +72,7 @@ class HostFacts:
     state_since: datetime
     last_heartbeat: datetime | None
     has_service_instances: bool  # service instances placed on it and not yet REMOVED
+    self_fencing: tuple[SelfFencing, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,6 +80,11 @@ class Timings:
     grace_s: float  # no heartbeat this long: NOT_READY (and a new leader's wait)
     unknown_after_s: float  # NOT_READY this long more: UNKNOWN
     reschedule_after_s: float  # not READY this long: service instances fenced
+    # More than this share of the hosts not READY (or none READY): fence nothing.
+    max_unready_share: float = 0.55
+    # What the agent may take past `stop_after` to begin its stop (its reconcile pass, a late
+    # event loop) on top of the stop grace.
+    self_fence_margin_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -73,20 +100,81 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class Fence:
+    """A lost host to fence: its service instances are tombstoned (if not yet), and those in
+    `self_fenced` are from now on counted as stopped by their agent. Written only if the host
+    is still down since `down_since` with no heartbeat after `last_heartbeat`."""
+
+    host: str
+    down_since: datetime
+    last_heartbeat: datetime | None
+    self_fenced: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Brake:
+    """The mass-failure brake: `down` of `hosts` are not READY."""
+
+    down: int
+    hosts: int
+
+    @property
+    def share(self) -> float:
+        return self.down / self.hosts if self.hosts else 0.0
+
+    def describe(self, max_share: float) -> str:
+        return (
+            f"{self.down} of {self.hosts} hosts are not READY ({self.share:.0%}; the brake "
+            f"holds above {max_share:.0%} or when none is READY)"
+        )
+
+
+@dataclass(frozen=True)
 class Decision:
     transitions: tuple[Transition, ...] = ()
-    fence: tuple[str, ...] = ()  # hosts whose service instances are to be replaced elsewhere
+    fence: tuple[Fence, ...] = ()  # lost hosts whose service instances are fenced
     wait_s: float | None = None  # a new leader: judge nothing for this long yet
+    brake: Brake | None = None  # engaged: nothing is fenced
+    down: int = 0  # hosts not READY after this decision
+
+
+def brake_of(down: int, hosts: int, *, max_share: float) -> Brake | None:
+    """The brake, engaged when more than `max_share` of `hosts` are not READY or none is."""
+    if hosts == 0 or down == 0:
+        return None
+    if down == hosts or down / hosts > max_share:
+        return Brake(down, hosts)
+    return None
+
+
+def self_fence_due(
+    last_heartbeat: datetime, inst: SelfFencing, *, now: datetime, margin_s: float
+) -> bool:
+    """Whether the agent has stopped the instance by itself by `now`: it stops it once it has
+    had no recorded heartbeat for `stop_after` (it counts from the sending of its last
+    acknowledged heartbeat, never later than its recording), and the stop takes at most the
+    stop grace; `margin_s` covers its reaction."""
+    allowed_s = inst.stop_after_s + inst.stop_grace_s + margin_s
+    return (now - last_heartbeat).total_seconds() > allowed_s
 
 
 def judge(
-    hosts: Iterable[HostFacts], *, now: datetime, term_age_s: float, timings: Timings
+    hosts: Iterable[HostFacts],
+    *,
+    now: datetime,
+    term_age_s: float,
+    timings: Timings,
+    fleet_size: int | None = None,
 ) -> Decision:
-    """Which hosts change state and which are fenced now."""
+    """Which hosts change state and which are fenced now. `hosts` may leave out READY hosts
+    that heartbeated within the grace (they keep their state); `fleet_size` counts every host
+    (None: `hosts` is the whole fleet)."""
     if term_age_s < timings.grace_s:
         return Decision(wait_s=timings.grace_s - term_age_s)
+    hosts = list(hosts)
     transitions: list[Transition] = []
-    fence: list[str] = []
+    fence: list[Fence] = []
+    down = 0
     for h in hosts:
         state, since = h.state, h.state_since
         if state is HostState.READY:
@@ -101,14 +189,27 @@ def judge(
             state = HostState.UNKNOWN
         if state is not h.state:
             transitions.append(Transition(h.name, h.state, state, since, h.last_heartbeat))
-        down_s = (now - since).total_seconds()
-        if (
-            state is not HostState.READY
-            and down_s > timings.reschedule_after_s
-            and h.has_service_instances
-        ):
-            fence.append(h.name)
-    return Decision(transitions=tuple(transitions), fence=tuple(fence))
+        if state is HostState.READY:
+            continue
+        down += 1
+        if (now - since).total_seconds() <= timings.reschedule_after_s:
+            continue
+        heard = h.last_heartbeat or h.state_since
+        due = tuple(
+            i.instance_id
+            for i in h.self_fencing
+            if self_fence_due(heard, i, now=now, margin_s=timings.self_fence_margin_s)
+        )
+        if h.has_service_instances or due:
+            fence.append(Fence(h.name, since, h.last_heartbeat, due))
+    size = len(hosts) if fleet_size is None else max(fleet_size, len(hosts))
+    brake = brake_of(down, size, max_share=timings.max_unready_share)
+    return Decision(
+        transitions=tuple(transitions),
+        fence=() if brake is not None else tuple(fence),
+        brake=brake,
+        down=down,
+    )
 
 
 class LivenessStore(Protocol):
@@ -129,8 +230,16 @@ class LivenessStore(Protocol):
         *,
         epoch: int | None,
         down_since: datetime | None = None,
+        last_heartbeat: datetime | None = None,
+        self_fenced: Sequence[str] = (),
     ) -> int:
-        """Fences the host's instances of `kinds` if it is still down since `down_since`."""
+        """Fences the host's instances of `kinds` if it is still down since `down_since` and
+        marks `self_fenced` as stopped by their agent if it has not heartbeated since
+        `last_heartbeat`; returns the instances newly fenced."""
+        ...
+
+    async def record_brake(self, engaged: bool, message: str, *, epoch: int | None) -> None:
+        """Records the mass-failure brake engaging or releasing (an event)."""
         ...
 
 
@@ -138,6 +247,10 @@ class HostSource(Protocol):
     def liveness_facts(self, *, silent_before: datetime | None = None) -> list[HostFacts]:
         """Every host's facts, as last read; with `silent_before`, only those of hosts not
         READY or READY without a heartbeat after it (the others `judge` leaves as they are)."""
+        ...
+
+    def host_count(self) -> int:
+        """How many hosts there are."""
         ...
 
     async def refresh_hosts(self, names: Sequence[str] | None = None) -> None:
@@ -170,6 +283,9 @@ class LivenessController:
         # them: agents get one grace period from the database's return, as from a new term.
         self._blind = False
         self._sighted_at: float | None = None
+        # Whether the brake was engaged at the last pass whose event was recorded (a new
+        # leader starts released: an engaged brake is recorded again by whoever leads).
+        self._braked = False
 
     async def keys(self) -> list[str]:
         return [KEY]
@@ -191,7 +307,13 @@ class LivenessController:
         # so the pass looks only at the others: a few records, not one per host of the fleet.
         silent_before = now - timedelta(seconds=self._timings.grace_s)
         hosts = self._hosts.liveness_facts(silent_before=silent_before)
-        decision = judge(hosts, now=now, term_age_s=watched_s, timings=self._timings)
+        decision = judge(
+            hosts,
+            now=now,
+            term_age_s=watched_s,
+            timings=self._timings,
+            fleet_size=self._hosts.host_count(),
+        )
         if decision.wait_s is not None:
             return requeue_after(decision.wait_s, idle=True)
         written = await self._store.record_liveness(decision.transitions, epoch=term.epoch)
@@ -200,21 +322,55 @@ class LivenessController:
         for _ in range(len(decision.transitions) - len(written)):
             # Judged on a heartbeat the cache had not read yet: the host spoke since.
             self._metrics.count_stale_write(self.name)
-        since = {h.name: h.state_since for h in hosts}
+        await self._brake(decision, epoch=term.epoch)
         fenced = 0
-        for host in decision.fence:
+        for f in decision.fence:
             n = await self._store.fence_host(
-                host, [Kind.SERVICE], epoch=term.epoch, down_since=since[host]
+                f.host,
+                [Kind.SERVICE],
+                epoch=term.epoch,
+                down_since=f.down_since,
+                last_heartbeat=f.last_heartbeat,
+                self_fenced=f.self_fenced,
             )
             self._metrics.count_changes(Change.REMOVE, n)
-            if n:
+            if n or f.self_fenced:
                 # Their workloads are woken by the fence's NOTIFY: the replacements are
                 # fresh changes, clocked from this decision.
-                log.warning("fenced instances of an unreachable host", host=host, instances=n)
+                log.warning(
+                    "fenced instances of an unreachable host",
+                    host=f.host,
+                    instances=n,
+                    self_fenced=len(f.self_fenced),
+                )
             fenced += n
-        judged = sorted({t.host for t in decision.transitions} | set(decision.fence))
+        judged = sorted({t.host for t in decision.transitions} | {f.host for f in decision.fence})
         if judged:
             # What was written, or what refused it, is read now rather than at the next
             # notification: the next pass judges from it.
             await self._hosts.refresh_hosts(judged)
         return requeue_after(self._interval_s, idle=not written and not fenced)
+
+    async def _brake(self, decision: Decision, *, epoch: int | None) -> None:
+        """Sets the brake's gauges; records its engaging and its release once each."""
+        brake = decision.brake
+        size = self._hosts.host_count()
+        self._metrics.set_liveness_brake(brake is not None, decision.down / size if size else 0.0)
+        max_share = self._timings.max_unready_share
+        if brake is not None and not self._braked:
+            message = (
+                f"{brake.describe(max_share)}: fencing and replacing paused; the fault is more "
+                "likely on the control plane's side of the network "
+                "(runbooks/alerts/KeelMassHostFailure.md)"
+            )
+            await self._store.record_brake(True, message, epoch=epoch)
+            self._braked = True
+            log.error("mass host failure: fencing paused", down=brake.down, hosts=brake.hosts)
+        elif brake is None and self._braked:
+            message = (
+                f"{decision.down} of {size} hosts are not READY (at most {max_share:.0%} with "
+                "one READY): fencing resumed"
+            )
+            await self._store.record_brake(False, message, epoch=epoch)
+            self._braked = False
+            log.warning("mass host failure over: fencing resumed", down=decision.down, hosts=size)

@@ -206,6 +206,8 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         grace_s=settings.liveness_grace_s,
         unknown_after_s=settings.unknown_after_s,
         reschedule_after_s=settings.reschedule_after_s,
+        max_unready_share=settings.max_unready_share,
+        self_fence_margin_s=settings.self_fence_margin_s,
     )
     liveness = runner(
         LivenessController(

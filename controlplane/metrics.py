@@ -285,6 +285,18 @@ class Metrics:
             ["controller"],
             registry=r,
         )
+        self.liveness_brake = Gauge(
+            "keel_liveness_brake_engaged",
+            "1 while the mass-failure brake holds (more than --max-unready-share of the hosts "
+            "not READY, or none READY): nothing is fenced or replaced; else 0. Set by the leader.",
+            registry=r,
+        )
+        self.hosts_unready_share = Gauge(
+            "keel_hosts_unready_share",
+            "Share of the hosts that are not READY (0 to 1), as the leader's liveness last "
+            "judged them.",
+            registry=r,
+        )
         for kind in CACHE_KINDS:
             self.cache_objects.labels(kind)
         for controller in CONTROLLERS:
@@ -362,6 +374,10 @@ class Metrics:
                 key = (state, _bool_label(schedulable))
                 if key not in seen:
                     self.hosts.labels(*key).set(0)
+
+    def set_liveness_brake(self, engaged: bool, unready_share: float) -> None:
+        self.liveness_brake.set(1 if engaged else 0)
+        self.hosts_unready_share.set(unready_share)
 
     def set_stuck(self, counts: Mapping[str, int]) -> None:
         """Stuck objects by reason; every reason ever seen but not in counts is set to 0."""

@@ -18,8 +18,16 @@ class Settings:
     liveness_grace_s: float = 40.0
     # NOT_READY for this long more: UNKNOWN.
     unknown_after_s: float = 60.0
-    # A host NOT_READY/UNKNOWN this long has its service instances replaced elsewhere.
+    # A host NOT_READY/UNKNOWN this long has its service instances fenced, to be replaced
+    # elsewhere within each workload's max_surge.
     reschedule_after_s: float = 300.0
+    # The mass-failure brake: with more than this share of the hosts not READY (or none READY)
+    # nothing is fenced (the Kubernetes node lifecycle controller's unhealthy threshold: 0.55).
+    max_unready_share: float = 0.55
+    # A fenced instance of a workload with on_disconnect.stop_after is presumed stopped by its
+    # agent once stop_after + its stop grace + this long have passed since the host's last
+    # heartbeat (the agent's reaction: its reconcile pass, a late event loop).
+    self_fence_margin_s: float = 5.0
     # Every stream resends what changed even without a notification, every controller
     # re-examines every workload, and the leader's cache reads every host and every workload
     # whose version moved unread, this often (lost NOTIFYs are harmless).

@@ -2,9 +2,9 @@
 
 `Store` is what callers hold: it inherits the workload queries (`workload_store`), the
 instance and plan queries (`instance_store`), the host queries (`hosts`, with cordon and
-uncordon: `cordon_store`), the operations (`operation_store`), the leader's cache's reads
-(`cache_store`) and the operator's paged reads (`listing`), and adds database time and
-leadership. Neighbours: `fleet`
+uncordon: `cordon_store`; fencing: `fencing`), the operations (`operation_store`), the
+leader's cache's reads (`cache_store`) and the operator's paged reads (`listing`), and adds
+database time and leadership. Neighbours: `fleet`
 (operator RPCs) and `sync` (agent streams) call it; the leader's cache (`cache`) reads the
 fleet through it, and the workload controller (`workload`) writes its plans back through it;
 observed state (reports, stuck marks, events) lives in `status`. The row types are
@@ -20,6 +20,7 @@ import asyncpg
 
 from controlplane.cache_store import CacheStore
 from controlplane.cordon_store import CordonResult, CordonStore
+from controlplane.fencing import FencingStore
 from controlplane.hosts import HostRow
 from controlplane.instance_store import InstanceRow, InstanceStore, PlanResult
 from controlplane.listing import InstanceStatusRow, ListingStore, Tally
@@ -73,7 +74,15 @@ class Report:
     agent_stuck: bool = False  # the agent's own verdict (CRASH_LOOP, START_FAILED, ...)
 
 
-class Store(WorkloadStore, InstanceStore, CordonStore, OperationStore, CacheStore, ListingStore):
+class Store(
+    WorkloadStore,
+    InstanceStore,
+    CordonStore,
+    FencingStore,
+    OperationStore,
+    CacheStore,
+    ListingStore,
+):
     """Postgres-backed desired and observed state. One instance per process, sharing a pool."""
 
     def __init__(self, pool: asyncpg.Pool | Database) -> None:

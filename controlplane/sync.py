@@ -373,7 +373,13 @@ class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[m
         async for msg in request_iterator:
             which = msg.WhichOneof("msg")
             if which == "heartbeat":
-                self._heartbeats.submit(host, stream_id=session.stream_id, dropped=dropped)
+                self._heartbeats.submit(
+                    host,
+                    stream_id=session.stream_id,
+                    dropped=dropped,
+                    revision=msg.heartbeat.revision,
+                    written=_acknowledge(session, msg.heartbeat.sequence),
+                )
             elif which == "report":
                 self._reports.submit(
                     [convert.report_from_pb(host, s) for s in msg.report.instances]
@@ -382,6 +388,18 @@ class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[m
                 self._logs.deliver(msg.log_chunk)
             elif which == "hello":
                 outage.log.warning("ignoring a second Hello on an open stream")
+
+
+def _acknowledge(session: _Session, sequence: int) -> Callable[[], None]:
+    """Tells the agent its heartbeat `sequence` is recorded: its on_disconnect clock starts
+    over from the heartbeat's sending."""
+
+    def written() -> None:
+        session.send(
+            agent_pb2.ControlMessage(heartbeat_ack=agent_pb2.HeartbeatAck(sequence=sequence))
+        )
+
+    return written
 
 
 async def _hello(

@@ -100,8 +100,8 @@ def judge_instance(
                 Reason.HOST_UNREACHABLE,
                 f"host {host.name} is {host.state.value} for {_ago(down_s)} "
                 f"({_heartbeat(host, now)}); "
-                f"its state is unknown. Service instances are replaced elsewhere after "
-                f"--reschedule-after",
+                f"its state is unknown. Service instances are fenced and replaced elsewhere "
+                f"(within max_surge) after --reschedule-after, unless most hosts are silent",
             )
     if inst.converged:
         return None

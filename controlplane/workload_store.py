@@ -98,7 +98,7 @@ class WorkloadStore:
 
     `desired_changed_at` is stamped (clock_timestamp(): as close to the commit as a statement
     gets) by the writes that change what should run: a create, an apply that changes the
-    spec, replicas or selector, a delete; and by fencing (`hosts.HostStore.fence_host`).
+    spec, replicas or selector, a delete; and by fencing (`fencing.FencingStore.fence_host`).
     An apply or fencing while the last change is still `desired_pending` (no plan has carried
     it out in full yet) keeps the earlier time: what was wanted then is still waiting. A
     delete restarts the clock: what it asks for (removals) is new.

@@ -62,6 +62,7 @@ def spec_to_pb(s: WorkloadSpec) -> pb.WorkloadSpec:
         stop_grace_ms=s.stop_grace_ms,
         min_ready_ms=s.min_ready_ms,
         user=s.user,
+        stop_after_disconnect_ms=s.stop_after_disconnect_ms,
     )
     for name, secret in s.secret_env.items():
         secret_to_pb(secret, msg.secret_env[name])
@@ -95,6 +96,7 @@ def spec_from_pb(m: pb.WorkloadSpec) -> WorkloadSpec:
         min_ready_ms=m.min_ready_ms,
         secret_env={k: secret_from_pb(v) for k, v in m.secret_env.items()},
         user=m.user,
+        stop_after_disconnect_ms=m.stop_after_disconnect_ms,
     )
 
 

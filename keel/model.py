@@ -152,6 +152,12 @@ class WorkloadSpec:
         """Whether any secret_env value is held in plain text (never so in the store)."""
         return any(s.value is not None for s in self.secret_env.values())
 
+    # on_disconnect.stop_after: the agent stops the instance once it has lost the control
+    # plane this long, so the replacement the control plane places after that time never runs
+    # beside it (0: it keeps running, and is counted as possibly running until its agent says
+    # it stopped).
+    stop_after_disconnect_ms: int = 0
+
     def to_json(self) -> dict[str, Any]:
         health: dict[str, Any] | None = None
         if self.health is not None:
@@ -172,6 +178,7 @@ class WorkloadSpec:
             "health": health,
             "stop_grace_ms": self.stop_grace_ms,
             "min_ready_ms": self.min_ready_ms,
+            "stop_after_disconnect_ms": self.stop_after_disconnect_ms,
         }
         # Written only when set: a spec stored before these fields existed compares equal to
         # the same spec applied again (an unchanged spec must not roll the workload).
@@ -206,6 +213,7 @@ class WorkloadSpec:
                 k: SecretValue.from_json(v) for k, v in (data.get("secret_env") or {}).items()
             },
             user=str(data.get("user") or ""),
+            stop_after_disconnect_ms=int(data.get("stop_after_disconnect_ms", 0)),
         )
 
 

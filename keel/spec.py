@@ -81,6 +81,7 @@ _SPEC_FIELDS = (
     "health",
     "stop_grace",
     "min_ready",
+    "on_disconnect",
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +271,8 @@ def _parse_spec(doc: Mapping[Any, Any]) -> WorkloadSpec:
     min_ready_ms = 10_000
     if _optional(doc, "min_ready") is not None:
         min_ready_ms = parse_duration(doc["min_ready"], "spec.min_ready")
+    on_disconnect_raw = _optional(doc, "on_disconnect")
+    stop_after_ms = 0 if on_disconnect_raw is None else _parse_on_disconnect(on_disconnect_raw)
 
     _check_references(command, env, ports, secrets=tuple(secret_env))
 
@@ -283,7 +286,25 @@ def _parse_spec(doc: Mapping[Any, Any]) -> WorkloadSpec:
         min_ready_ms=min_ready_ms,
         secret_env=secret_env,
         user=user,
+        stop_after_disconnect_ms=stop_after_ms,
     )
+
+
+def _parse_on_disconnect(value: object) -> int:
+    """`on_disconnect: {stop_after: 30s}`: how long an instance keeps running on a host that
+    has lost the control plane (milliseconds)."""
+    d = mapping(value, "spec.on_disconnect")
+    check_fields(d, ("stop_after",), "spec.on_disconnect")
+    if d.get("stop_after") is None:
+        raise SpecError("spec.on_disconnect.stop_after", "required")
+    stop_after_ms = parse_duration(d["stop_after"], "spec.on_disconnect.stop_after")
+    if stop_after_ms <= 0:
+        raise SpecError(
+            "spec.on_disconnect.stop_after",
+            f"must be > 0 (leave on_disconnect out to keep running), "
+            f"got {shown(str(d['stop_after']))}",
+        )
+    return stop_after_ms
 
 
 def _parse_health(value: object, ports: tuple[str, ...]) -> HealthCheck:
@@ -386,6 +407,8 @@ def workload_to_doc(w: Workload) -> dict[str, Any]:
         spec["secret_env"] = secret_env_doc(w.spec.secret_env)
     if w.spec.user:
         spec["user"] = w.spec.user
+    if w.spec.stop_after_disconnect_ms:
+        spec["on_disconnect"] = {"stop_after": format_duration(w.spec.stop_after_disconnect_ms)}
     return {
         "name": w.name,
         "kind": w.kind.value,

@@ -81,7 +81,7 @@ class SecretValue(_message.Message):
     def __init__(self, value: _Optional[str] = ..., file: _Optional[str] = ..., redacted: _Optional[bool] = ...) -> None: ...
 
 class WorkloadSpec(_message.Message):
-    __slots__ = ("command", "env", "ports", "resources", "health", "stop_grace_ms", "min_ready_ms", "secret_env", "user")
+    __slots__ = ("command", "env", "ports", "resources", "health", "stop_grace_ms", "min_ready_ms", "secret_env", "user", "stop_after_disconnect_ms")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class WorkloadSpec(_message.Message):
     MIN_READY_MS_FIELD_NUMBER: _ClassVar[int]
     SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
+    STOP_AFTER_DISCONNECT_MS_FIELD_NUMBER: _ClassVar[int]
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     ports: _containers.RepeatedScalarFieldContainer[str]
@@ -114,7 +115,8 @@ class WorkloadSpec(_message.Message):
     min_ready_ms: int
     secret_env: _containers.MessageMap[str, SecretValue]
     user: str
-    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., health: _Optional[_Union[HealthCheck, _Mapping]] = ..., stop_grace_ms: _Optional[int] = ..., min_ready_ms: _Optional[int] = ..., secret_env: _Optional[_Mapping[str, SecretValue]] = ..., user: _Optional[str] = ...) -> None: ...
+    stop_after_disconnect_ms: int
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., health: _Optional[_Union[HealthCheck, _Mapping]] = ..., stop_grace_ms: _Optional[int] = ..., min_ready_ms: _Optional[int] = ..., secret_env: _Optional[_Mapping[str, SecretValue]] = ..., user: _Optional[str] = ..., stop_after_disconnect_ms: _Optional[int] = ...) -> None: ...
 
 class Stuck(_message.Message):
     __slots__ = ("reason", "since", "message", "runbook", "next_command")

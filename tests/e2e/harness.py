@@ -179,6 +179,7 @@ class Fleet:
         start_timeout: float = 30.0,
         tls_ca: Path | None = None,
         tls_client: tuple[Path, Path] | None = None,
+        agent_route: Callable[[int, str], str] | None = None,
     ) -> None:
         self.root = root.resolve()
         # With the control plane serving TLS (its flags in controlplane_args): the CA that
@@ -204,6 +205,10 @@ class Fleet:
         self.address = ""
         self._manifests = 0
         self._controlplane_args = list(controlplane_args)
+        # What agent i is given as --controlplane, from the control plane's address (a proxy
+        # in front of it, say); decided once, at the first start of the control plane.
+        self._agent_route = agent_route
+        self._agent_addresses: dict[int, str] = {}
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
         self._cp = Proc("controlplane", [], self.logs / "controlplane.log", dict(base_env))
         self._agents: dict[int, Proc] = {}
@@ -320,8 +325,11 @@ class Fleet:
         _ADMIN_TOKENS[address] = self.admin_token_file
         if self.tls_ca is not None:
             _TLS_CAS[address] = self.tls_ca
-        for agent in self._agents.values():
-            agent.argv[agent.argv.index("--controlplane") + 1] = address
+        for i, agent in self._agents.items():
+            if i not in self._agent_addresses:
+                route = self._agent_route
+                self._agent_addresses[i] = route(i, address) if route else address
+            agent.argv[agent.argv.index("--controlplane") + 1] = self._agent_addresses[i]
 
     def kill_cp(self, sig: int = signal.SIGKILL) -> None:
         """Sends sig to the control plane's process group and waits for it to exit."""

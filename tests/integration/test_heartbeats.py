@@ -29,7 +29,7 @@ class Counted:
         self.store = store
         self.writes: list[int] = []
 
-    async def write_heartbeats(self, beats: Sequence[tuple[str, str]]) -> list[Beat]:
+    async def write_heartbeats(self, beats: Sequence[tuple[str, str, int]]) -> list[Beat]:
         self.writes.append(len(beats))
         return await self.store.write_heartbeats(beats)
 
@@ -96,12 +96,16 @@ async def test_a_heartbeat_makes_a_silent_host_ready_with_its_event_and_notifica
     heard: asyncio.Queue[str] = asyncio.Queue()
     await listener.add_listener(WORKLOAD_CHANNEL, lambda *args: heard.put_nowait(args[3]))
     try:
-        beats = await store.write_heartbeats([("h1", "s-h1"), ("h2", "s-h2"), ("h3", "s-h3")])
+        beats = await store.write_heartbeats(
+            [("h1", "s-h1", 0), ("h2", "s-h2", 0), ("h3", "s-h3", 0)]
+        )
         async with asyncio.timeout(10):
             assert await heard.get() == "*"
         # A batch in which no host came back notifies nothing (notifications arrive in commit
         # order: the next one heard is the marker sent after it).
-        assert [b.was for b in await store.write_heartbeats([("h3", "s-h3")])] == [HostState.READY]
+        assert [b.was for b in await store.write_heartbeats([("h3", "s-h3", 0)])] == [
+            HostState.READY
+        ]
         await store.pool.execute("SELECT pg_notify($1, 'marker')", WORKLOAD_CHANNEL)
         async with asyncio.timeout(10):
             assert await heard.get() == "marker"
@@ -135,10 +139,10 @@ async def test_only_the_hosts_current_open_stream_heartbeats(store: Store) -> No
         return {h.name: (h.last_heartbeat, h.connected) for h in await all_hosts(store)}
 
     before = await beats()
-    assert await store.write_heartbeats([("h1", "s-h1"), ("h2", "s-h2")]) == []
+    assert await store.write_heartbeats([("h1", "s-h1", 0), ("h2", "s-h2", 0)]) == []
     assert await beats() == before
     assert before["h2"][1] is False
-    [beat] = await store.write_heartbeats([("h1", "new")])
+    [beat] = await store.write_heartbeats([("h1", "new", 0)])
     assert beat.host == "h1" and (await store.get_host("h1")).last_heartbeat == beat.last_heartbeat
 
 
@@ -185,7 +189,7 @@ async def test_the_leaders_cache_learns_the_heartbeats_it_wrote(store: Store) ->
     )
     cache = await loaded_cache(store)
     generation = cache.index.hosts_generation
-    beats = await store.write_heartbeats([("h1", "s-h1"), ("h2", "s-h2")])
+    beats = await store.write_heartbeats([("h1", "s-h1", 0), ("h2", "s-h2", 0)])
     cache.heartbeats_written(beats)
     facts = {f.name: f for f in cache.liveness_facts()}
     for b in beats:
@@ -198,7 +202,7 @@ async def test_the_leaders_cache_learns_the_heartbeats_it_wrote(store: Store) ->
     await cache.refresh_hosts()
     newer = {f.name: f.last_heartbeat for f in cache.liveness_facts()}
     old = [Beat(b.host, b.was, b.state_since, b.last_heartbeat) for b in beats]
-    await store.write_heartbeats([("h1", "s-h1")])
+    await store.write_heartbeats([("h1", "s-h1", 0)])
     await cache.refresh_hosts()
     latest = cache.host("h1")
     assert latest is not None and newer["h1"] is not None

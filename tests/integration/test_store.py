@@ -181,7 +181,7 @@ async def test_liveness_marks_silent_hosts_not_ready_then_ready_on_heartbeat(sto
     assert (await store.get_host("h1")).state is HostState.NOT_READY
     events = await StatusStore(store.pool).list_events(obj="host/h1", limit=10)
     assert events[-1].kind == "HostNotReady"
-    [beat] = await store.write_heartbeats([("h1", "")])
+    [beat] = await store.write_heartbeats([("h1", "", 0)])
     assert beat.was is HostState.NOT_READY
     assert (await store.get_host("h1")).state is HostState.READY
 
@@ -204,7 +204,9 @@ async def test_a_liveness_pass_reads_only_the_hosts_it_can_judge(store: Store) -
     some = cache.liveness_facts(silent_before=now - timedelta(seconds=timings.grace_s))
     assert sorted(f.name for f in some) == ["down", "silent"]
     every = cache.liveness_facts()
-    assert judge(some, now=now, term_age_s=3600, timings=timings) == judge(
+    size = cache.host_count()
+    assert size == 3
+    assert judge(some, now=now, term_age_s=3600, timings=timings, fleet_size=size) == judge(
         every, now=now, term_age_s=3600, timings=timings
     )
 
@@ -217,7 +219,7 @@ async def test_a_heartbeat_racing_the_liveness_pass_wins(store: Store) -> None:
     )
     decision = await _judge(store)
     assert decision.transitions
-    await store.write_heartbeats([("h1", "")])
+    await store.write_heartbeats([("h1", "", 0)])
     assert await store.record_liveness(decision.transitions, epoch=None) == []
     assert (await store.get_host("h1")).state is HostState.READY
 

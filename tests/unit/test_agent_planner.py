@@ -248,3 +248,38 @@ def test_plan_orders_instances_and_keeps_each_independent() -> None:
     other = Assignment("a-other", "web", 1, Desired.RUNNING, SPEC)
     actions = plan({ID: want(), "a-other": other}, {ID: running()}, now=200.0, settings=S)
     assert actions == [Start("a-other", other, restart=False)]
+
+
+SINGLETON = Assignment(
+    ID,
+    "web",
+    1,
+    Desired.RUNNING,
+    WorkloadSpec(command=("sleep", "1000"), stop_after_disconnect_ms=30_000),
+)
+WHY = "no contact with the control plane for {:.0f}s (on_disconnect)"
+
+# (id, assignment, actual, seconds the control plane has not recorded the host, actions)
+SELF_FENCE_CASES: list[tuple[str, Assignment, Actual | None, float | None, list[Action]]] = [
+    ("in contact: keeps running", SINGLETON, running(), 5.0, []),
+    ("never in contact yet: keeps running", SINGLETON, running(), None, []),
+    ("just under stop_after: keeps running", SINGLETON, running(), 29.9, []),
+    ("cut off stop_after: stops", SINGLETON, running(), 30.0, [Stop(ID, 10.0, WHY.format(30))]),
+    ("cut off and stopped: does not start", SINGLETON, Actual(record=rec()), 60.0, []),
+    ("not running, in contact again: starts", SINGLETON, None, 1.0, [Start(ID, SINGLETON, False)]),
+    ("without on_disconnect: keeps running", want(), running(), 3600.0, []),
+]
+
+
+@pytest.mark.parametrize(
+    ("desired", "actual", "cut_off_s", "expected"),
+    [c[1:] for c in SELF_FENCE_CASES],
+    ids=[c[0] for c in SELF_FENCE_CASES],
+)
+def test_self_fencing(
+    desired: Assignment, actual: Actual | None, cut_off_s: float | None, expected: list[Action]
+) -> None:
+    """An instance with on_disconnect.stop_after stops on a host cut off that long, and starts
+    again only once the control plane is heard."""
+    a = {ID: actual} if actual is not None else {}
+    assert plan({ID: desired}, a, now=200.0, settings=S, cut_off_s=cut_off_s) == expected

@@ -377,3 +377,43 @@ async def test_start_gate_holds_convergence_and_the_backlog_shows_it(tmp_path: P
     assert sample(rec, "keel_agent_convergence_seconds_bucket", change="create", le="5.0") == 1
     assert sample(rec, "keel_agent_desired_revision") == 4
     await rec.close()
+
+
+async def test_acted_revision_moves_only_once_the_tombstone_is_stopped(tmp_path: Path) -> None:
+    """Heartbeats say the agent acted on a revision only once no process runs that the
+    desired set at that revision does not want (a fenced instance is stopped first)."""
+    clock, sink = Clock(), Sink()
+    rec, driver = await make(tmp_path, clock, sink)
+    rec.apply_assignments(full=True, revision=1, assignments=[assignment()])
+    await until(rec, lambda: "web-1" in driver.running() and rec.acted_revision == 1)
+    rec.apply_assignments(full=False, revision=2, assignments=[assignment(desired=Desired.REMOVED)])
+    assert rec.acted_revision == 1  # received, not acted on
+    await until(rec, lambda: rec.acted_revision == 2)
+    assert "web-1" not in driver.running()
+    await rec.close()
+
+
+async def test_a_cut_off_host_stops_a_self_fencing_instance_and_remembers_contact(
+    tmp_path: Path,
+) -> None:
+    """With on_disconnect.stop_after, the instance stops once the control plane has not recorded
+    the host for that long, starts again once it is heard, and the contact time survives a
+    restart of the agent (state.json)."""
+    clock, sink = Clock(), Sink()
+    rec, driver = await make(tmp_path, clock, sink)
+    guarded = replace(assignment(), spec=replace(SPEC, stop_after_disconnect_ms=30_000))
+    rec.heard(clock.now)
+    rec.apply_assignments(full=True, revision=1, assignments=[guarded])
+    await until(rec, lambda: "web-1" in driver.running())
+    clock.now += 29
+    await rec.reconcile_once()
+    assert "web-1" in driver.running()
+    clock.now += 1
+    await until(rec, lambda: "web-1" not in driver.running())
+    await until(rec, lambda: json.loads((tmp_path / "state.json").read_text())["contact_at"])
+    again, _ = await make(tmp_path, clock, Sink())
+    assert again.cut_off_s(clock.now) == 30
+    await again.close()
+    rec.heard(clock.now)
+    await until(rec, lambda: "web-1" in driver.running())
+    await rec.close()

@@ -105,9 +105,16 @@ SERVICE_CASES: list[
         (3, 3, 0, 1, 1),
     ),
     (
-        "removed-on-a-silent-host-is-presumed-gone",
+        "fenced-on-a-silent-host-still-holds-the-surge",
         web(),
         [*THREE, inst("o", "h4", desired=GONE, phase=Phase.RUNNING, generation=1)],
+        frozenset({"h1", "h2", "h3"}),
+        (3, 3, 1, 1, 0),
+    ),
+    (
+        "fenced-and-presumed-self-stopped-frees-the-surge",
+        web(),
+        [*THREE, inst("o", "h4", desired=GONE, phase=Phase.STOPPED, generation=1)],
         frozenset({"h1", "h2", "h3"}),
         (3, 3, 0, 1, 1),
     ),
@@ -236,7 +243,8 @@ def test_daemon_budget(
         (inst("a", "h1", desired=STOP, phase=Phase.STOPPED), UP, False, True),
         (inst("a", "h1", desired=GONE, phase=Phase.RUNNING, ready=True), UP, False, True),
         (inst("a", "h1", desired=GONE, phase=Phase.STOPPED), UP, False, False),
-        (inst("a", "h1", desired=GONE, phase=Phase.RUNNING), frozenset(), False, False),
+        (inst("a", "h1", desired=GONE, phase=Phase.RUNNING), frozenset(), False, True),
+        (inst("a", "h1", desired=GONE, phase=Phase.FAILED), frozenset(), False, True),
     ],
     ids=[
         "serving",
@@ -245,7 +253,8 @@ def test_daemon_budget(
         "desired-stopped",
         "removed-still-running",
         "removed-stopped",
-        "removed-on-a-silent-host",
+        "fenced-on-a-silent-host",
+        "fenced-crashed-on-a-silent-host-may-restart",
     ],
 )
 def test_instance_rules(
@@ -253,7 +262,7 @@ def test_instance_rules(
 ) -> None:
     """Available and may-still-run, one instance at a time."""
     assert is_available(instance, ready_hosts) is available
-    assert may_still_run(instance, ready_hosts) is may_run
+    assert may_still_run(instance) is may_run
 
 
 def test_drain_make_before_break_never_passes_the_budget() -> None:
@@ -287,6 +296,42 @@ def test_fencing_replaces_a_lost_host_only_within_the_surge() -> None:
     lost = frozenset({"h2", "h3"})  # h1 went silent with a on it
     assert service_budget(web(), THREE, lost).may_start == 1
     assert service_budget(web(max_surge=0), THREE, lost).may_start == 0
+
+
+# Fencing a silent host (h1 holds `on_lost` of the workload's instances, already fenced:
+# REMOVED, still RUNNING as last reported): (replicas, max_surge, on_lost, self-stopped,
+# replacements that may start now). A replacement never takes the instances that may still
+# run past replicas + max_surge.
+FENCE_CASES = [
+    ("one-lost-of-three-surge-1", 3, 1, 1, 0, 1),
+    ("two-lost-of-three-surge-1-one-waits", 3, 1, 2, 0, 1),
+    ("two-lost-of-three-surge-2", 3, 2, 2, 0, 2),
+    ("singleton-surge-0-waits-for-its-agent", 1, 0, 1, 0, 0),
+    ("singleton-surge-0-after-stop-after", 1, 0, 1, 1, 1),
+    ("two-lost-one-self-stopped-surge-0", 2, 0, 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("replicas", "surge", "lost", "self_stopped", "may_start"),
+    [case[1:] for case in FENCE_CASES],
+    ids=[case[0] for case in FENCE_CASES],
+)
+def test_fenced_instances_hold_the_surge_until_stopped(
+    replicas: int, surge: int, lost: int, self_stopped: int, may_start: int
+) -> None:
+    """Fenced instances count as possibly running until their agent (or their on_disconnect
+    time, presumed by liveness as STOPPED) says they stopped."""
+    w = web(replicas=replicas, max_surge=surge, max_unavailable=1)
+    fleet = [inst(f"k{n}", f"h{n + 2}") for n in range(replicas - lost)]
+    for n in range(lost):
+        phase = Phase.STOPPED if n < self_stopped else Phase.RUNNING
+        fleet.append(inst(f"f{n}", "h1", desired=GONE, phase=phase))
+    up = frozenset(f"h{n}" for n in range(2, 10))
+    b = service_budget(w, fleet, up)
+    assert b.may_start == may_start
+    # Whatever starts now, the processes that may run stay within the ceiling.
+    assert b.started(b.may_start).may_run <= replicas + surge
 
 
 def test_took_down_spends_the_budget() -> None:

@@ -10,12 +10,17 @@ import pytest
 from controlplane.errors import Unavailable
 from controlplane.liveness import (
     KEY,
+    Brake,
     Decision,
+    Fence,
     HostFacts,
     LivenessController,
+    SelfFencing,
     Timings,
     Transition,
+    brake_of,
     judge,
+    self_fence_due,
 )
 from controlplane.metrics import Metrics
 from controlplane.reconcile import Term
@@ -24,6 +29,8 @@ from keel.model import HostState, Kind
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 TIMINGS = Timings(grace_s=40, unknown_after_s=60, reschedule_after_s=300)
 LEADING_FOR_S = 3600.0
+# The one-host cases are judged as one host of a large fleet, so the brake stays released.
+FLEET = 10
 
 READY, NOT_READY, UNKNOWN = HostState.READY, HostState.NOT_READY, HostState.UNKNOWN
 
@@ -38,14 +45,21 @@ def host(
     since_s: float = 3600,
     heartbeat_s: float | None = 1,
     services: bool = True,
+    self_fencing: tuple[SelfFencing, ...] = (),
+    name: str = "host-1",
 ) -> HostFacts:
     return HostFacts(
-        name="host-1",
+        name=name,
         state=state,
         state_since=ago(since_s),
         last_heartbeat=None if heartbeat_s is None else ago(heartbeat_s),
         has_service_instances=services,
+        self_fencing=self_fencing,
     )
+
+
+def fence(h: HostFacts, *self_fenced: str) -> Fence:
+    return Fence(h.name, h.state_since, h.last_heartbeat, self_fenced)
 
 
 def becomes(was: HostFacts, to: HostState, since: datetime) -> Transition:
@@ -78,7 +92,7 @@ CASES = [
     pytest.param(host(UNKNOWN, since_s=200, heartbeat_s=240), Decision(), id="UNKNOWN stays"),
     pytest.param(
         DOWN_PAST_RESCHEDULE,
-        Decision(fence=("host-1",)),
+        Decision(fence=(fence(DOWN_PAST_RESCHEDULE),)),
         id="not READY past reschedule-after: fenced",
     ),
     pytest.param(
@@ -100,7 +114,94 @@ CASES = [
 @pytest.mark.parametrize(("facts", "expected"), CASES)
 def test_liveness_rule(facts: HostFacts, expected: Decision) -> None:
     """One host's facts in database time give its transition and whether it is fenced."""
-    assert judge([facts], now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS) == expected
+    got = judge([facts], now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS, fleet_size=FLEET)
+    assert (got.transitions, got.fence, got.brake) == (expected.transitions, expected.fence, None)
+
+
+# Self-fencing: stop_after 30s, stop grace 10s, margin 5s: presumed stopped past 45s of silence.
+WEB = SelfFencing("web-1", stop_after_s=30, stop_grace_s=10)
+
+
+@pytest.mark.parametrize(
+    ("silent_s", "due"),
+    [(10, False), (30, False), (45, False), (46, True), (3600, True)],
+    ids=["just-silent", "at-stop-after", "at-the-margin", "past-it", "an-hour"],
+)
+def test_self_fence_is_due_after_stop_after_grace_and_margin(silent_s: float, due: bool) -> None:
+    """An instance is presumed stopped by its agent only once stop_after, its stop grace and
+    the margin have all passed since the host's last heartbeat."""
+    assert self_fence_due(ago(silent_s), WEB, now=NOW, margin_s=5) is due
+
+
+SELF_TIMINGS = Timings(grace_s=40, unknown_after_s=60, reschedule_after_s=20, self_fence_margin_s=5)
+
+
+@pytest.mark.parametrize(
+    ("facts", "self_fenced"),
+    [
+        (host(NOT_READY, since_s=25, heartbeat_s=40, self_fencing=(WEB,)), ()),
+        (host(NOT_READY, since_s=25, heartbeat_s=46, self_fencing=(WEB,)), ("web-1",)),
+        (host(NOT_READY, since_s=15, heartbeat_s=60, self_fencing=(WEB,)), None),
+    ],
+    ids=["fenced-not-yet-self-stopped", "fenced-and-self-stopped", "not-fenced-before-reschedule"],
+)
+def test_fence_marks_instances_past_their_self_fencing_time(
+    facts: HostFacts, self_fenced: tuple[str, ...] | None
+) -> None:
+    """The fence names the instances whose agent has stopped them by now; none before the
+    host is past reschedule-after."""
+    got = judge([facts], now=NOW, term_age_s=LEADING_FOR_S, timings=SELF_TIMINGS, fleet_size=10)
+    assert got.fence == (() if self_fenced is None else (fence(facts, *self_fenced),))
+
+
+@pytest.mark.parametrize(
+    ("down", "hosts", "engaged"),
+    [
+        (0, 0, False),
+        (0, 5, False),
+        (1, 1, True),
+        (1, 2, False),
+        (2, 3, True),
+        (5, 10, False),
+        (6, 10, True),
+        (10, 10, True),
+        (55, 100, False),
+        (56, 100, True),
+    ],
+    ids=[
+        "no-hosts",
+        "all-ready",
+        "the-only-host-down",
+        "half-of-two",
+        "two-of-three",
+        "half-of-ten",
+        "six-of-ten",
+        "all-of-ten",
+        "exactly-the-share",
+        "just-past-the-share",
+    ],
+)
+def test_brake_engages_past_the_share_or_with_none_ready(
+    down: int, hosts: int, engaged: bool
+) -> None:
+    """More than 55% of the hosts not READY, or none READY: the brake holds."""
+    assert (brake_of(down, hosts, max_share=0.55) is not None) is engaged
+
+
+def test_brake_fences_nothing_while_most_hosts_are_silent() -> None:
+    """Every host silent past reschedule-after: nothing is fenced, the states still change."""
+    hosts = [
+        host(UNKNOWN, since_s=301, heartbeat_s=341, name=f"h{n}", self_fencing=(WEB,))
+        for n in range(3)
+    ]
+    got = judge(hosts, now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS, fleet_size=3)
+    assert (got.fence, got.brake, got.down) == ((), Brake(3, 3), 3)
+    # One host back: 2 of 3 still down, above 55%: still held.
+    got = judge(hosts[:2], now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS, fleet_size=3)
+    assert (got.fence, got.brake) == ((), Brake(2, 3))
+    # Two back: one of three down is a host failure, not a partition: it is fenced.
+    got = judge(hosts[:1], now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS, fleet_size=3)
+    assert got.brake is None and [f.host for f in got.fence] == ["h0"]
 
 
 def test_a_new_leader_judges_no_one_for_one_grace() -> None:
@@ -114,9 +215,11 @@ def test_hosts_are_judged_each_on_its_own_facts() -> None:
     a = HostFacts("a", READY, ago(3600), ago(41), True)
     b = HostFacts("b", READY, ago(3600), ago(1), True)
     c = HostFacts("c", UNKNOWN, ago(400), ago(440), True)
-    decision = judge([a, b, c], now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS)
+    decision = judge([a, b, c], now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS, fleet_size=5)
     assert decision == Decision(
-        transitions=(Transition("a", READY, NOT_READY, NOW, ago(41)),), fence=("c",)
+        transitions=(Transition("a", READY, NOT_READY, NOW, ago(41)),),
+        fence=(Fence("c", ago(400), ago(440)),),
+        down=2,
     )
 
 
@@ -128,6 +231,7 @@ class _Store:
         self.away = False
         self.written: list[Transition] = []
         self.refreshed: list[str] = []
+        self.brakes: list[tuple[bool, str]] = []
 
     async def now(self) -> datetime:
         if self.away:
@@ -136,6 +240,12 @@ class _Store:
 
     def liveness_facts(self, *, silent_before: datetime | None = None) -> list[HostFacts]:
         return [SILENT]
+
+    def host_count(self) -> int:
+        return FLEET
+
+    async def record_brake(self, engaged: bool, message: str, *, epoch: int | None) -> None:
+        self.brakes.append((engaged, message))
 
     async def refresh_hosts(self, names: Sequence[str] | None = None) -> None:
         self.refreshed += names or []
@@ -153,6 +263,8 @@ class _Store:
         *,
         epoch: int | None,
         down_since: datetime | None = None,
+        last_heartbeat: datetime | None = None,
+        self_fenced: Sequence[str] = (),
     ) -> int:
         return 0
 
@@ -176,3 +288,55 @@ async def test_after_a_database_outage_hosts_get_one_grace_before_they_are_judge
     clock[0] += TIMINGS.grace_s
     await controller.reconcile(KEY, term=term)
     assert [t.to for t in store.written] == [NOT_READY]
+
+
+class _OneHostStore(_Store):
+    """A fleet of one host, silent past reschedule-after, until it is back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.facts = [DOWN_PAST_RESCHEDULE]
+        self.fenced: list[str] = []
+
+    def liveness_facts(self, *, silent_before: datetime | None = None) -> list[HostFacts]:
+        return self.facts
+
+    def host_count(self) -> int:
+        return 1
+
+    async def fence_host(
+        self,
+        host: str,
+        kinds: Iterable[Kind],
+        *,
+        epoch: int | None,
+        down_since: datetime | None = None,
+        last_heartbeat: datetime | None = None,
+        self_fenced: Sequence[str] = (),
+    ) -> int:
+        self.fenced.append(host)
+        return 1
+
+
+async def test_the_brake_is_recorded_once_when_it_engages_and_once_when_it_lets_go() -> None:
+    """With no host READY nothing is fenced; the pause and the resume are one event each, and
+    the gauges say so."""
+    store = _OneHostStore()
+    metrics = Metrics()
+    term = Term(epoch=1, started_at=0.0, clock=lambda: 10_000.0)
+    controller = LivenessController(
+        store, hosts=store, timings=TIMINGS, interval_s=1.0, metrics=metrics
+    )
+    for _ in range(3):
+        await controller.reconcile(KEY, term=term)
+    assert store.fenced == []
+    [(engaged, message)] = store.brakes
+    assert engaged and message.startswith("1 of 1 hosts are not READY (100%")
+    assert "runbooks/alerts/KeelMassHostFailure.md" in message
+    assert metrics.liveness_brake._value.get() == 1
+    assert metrics.hosts_unready_share._value.get() == 1.0
+    store.facts = []  # the host heartbeats again
+    await controller.reconcile(KEY, term=term)
+    await controller.reconcile(KEY, term=term)
+    assert [e for e, _ in store.brakes] == [True, False]
+    assert metrics.liveness_brake._value.get() == 0

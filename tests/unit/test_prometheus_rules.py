@@ -75,6 +75,9 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_drain_duration_seconds",
         "keel_drain_moves_total",
         "keel_auth_denied_total",
+        # The mass-failure brake (issue 9: liveness without self-inflicted outages).
+        "keel_liveness_brake_engaged",
+        "keel_hosts_unready_share",
     }
 )
 AGENT_METRICS = frozenset(

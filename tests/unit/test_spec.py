@@ -261,6 +261,12 @@ def test_example_file_is_the_design_workload() -> None:
         ("spec.stop_grace", "0s", lambda w: w.spec.stop_grace_ms == 0),
         ("spec.min_ready", "500ms", lambda w: w.spec.min_ready_ms == 500),
         (
+            "spec.on_disconnect",
+            {"stop_after": "30s"},
+            lambda w: w.spec.stop_after_disconnect_ms == 30_000,
+        ),
+        ("spec.on_disconnect", None, lambda w: w.spec.stop_after_disconnect_ms == 0),
+        (
             "spec.command",
             ["sh", "-c", "echo ${GREETING} on ${KEEL_HOST}/${KEEL_WORKLOAD}/${KEEL_INSTANCE}"],
             lambda w: w.spec.command[0] == "sh",
@@ -313,6 +319,20 @@ def test_max_unavailable_is_not_clamped_for_daemons() -> None:
         ("spec", "run it", "spec: must be a mapping, got string"),
         ("bogus", 1, "bogus: unknown field"),
         ("spec.bogus", 1, "spec.bogus: unknown field"),
+        ("spec.on_disconnect", "30s", "spec.on_disconnect: must be a mapping, got string"),
+        ("spec.on_disconnect", {}, "spec.on_disconnect.stop_after: required"),
+        ("spec.on_disconnect", {"after": "3s"}, "spec.on_disconnect.after: unknown field"),
+        (
+            "spec.on_disconnect",
+            {"stop_after": 30},
+            "spec.on_disconnect.stop_after: duration needs a unit (ms, s, m, h), got '30'",
+        ),
+        (
+            "spec.on_disconnect",
+            {"stop_after": "0s"},
+            "spec.on_disconnect.stop_after: must be > 0 (leave on_disconnect out to keep "
+            "running), got '0s'",
+        ),
         ("spec.command", DELETE, "spec.command: required"),
         ("spec.command", [], "spec.command: must not be empty"),
         ("spec.command", "python3 -m http.server", None),
@@ -456,6 +476,7 @@ def test_parse_workload_does_not_change_its_input() -> None:
         with_("spec.resources", {"cpu": "250m", "memory": "100M"}),
         with_("spec.stop_grace", "1m30s"),
         with_("spec.min_ready", "1.5s"),
+        with_("spec.on_disconnect", {"stop_after": "2m"}),
         with_("deadline", "1h"),
         {"name": "d", "kind": "daemon", "max_unavailable": 3, "spec": {"command": ["x"]}},
         {"name": "single", "max_surge": 0, "spec": {"command": ["x"]}},
