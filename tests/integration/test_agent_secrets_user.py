@@ -74,8 +74,10 @@ async def test_the_process_gets_its_secrets_and_runs_as_the_user(user_state_dir:
         # The process may print before the reconciler has recorded its pid.
         await settle(
             rec,
-            lambda: printed(user_state_dir, "db-1") is not None
-            and rec.state.instances["db-1"].pid is not None,
+            lambda: (
+                printed(user_state_dir, "db-1") is not None
+                and rec.state.instances["db-1"].pid is not None
+            ),
         )
         ids = (str(nobody.pw_uid), str(nobody.pw_gid))
         assert printed(user_state_dir, "db-1") == [SECRET, "from-a-file", *ids]
