@@ -43,6 +43,8 @@ from controlplane.metrics import Metrics, serve_metrics
 from controlplane.operations_api import OperationWatch
 from controlplane.reconcile import Controller, Runner
 from controlplane.reports import ReportWriter
+from controlplane.retention import Retention, RetentionController
+from controlplane.retention_store import RetentionStore
 from controlplane.settings import Settings
 from controlplane.sql import Database
 from controlplane.status import ReportOutcome, StatusStore
@@ -202,7 +204,24 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             drains_blocked=drainer.blocked,
         )
     )
-    runners = (workloads, liveness, stuck, drains)
+    # Its own period only: the resync period would prune far more often than asked.
+    retention = Runner(
+        RetentionController(
+            RetentionStore(pool),
+            now=store.now,
+            settings=Retention(
+                retention_s=settings.retention_s,
+                interval_s=settings.prune_interval_s,
+                batch=settings.prune_batch,
+            ),
+            metrics=metrics.growth,
+        ),
+        metrics=metrics,
+        retry_base_s=settings.retry_base_s,
+        retry_max_s=settings.retry_max_s,
+        resync_period_s=None,
+    )
+    runners = (workloads, liveness, stuck, drains, retention)
 
     def reports_written(outcome: ReportOutcome) -> None:
         cache.reported(outcome)  # applies the batch and wakes its workloads, when leading

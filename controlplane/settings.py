@@ -68,3 +68,10 @@ class Settings:
     # The largest request the gRPC server accepts (an ApplyWorkload manifest is far smaller:
     # keel.spec.MAX_MANIFEST_BYTES; an agent's full status report of a large host is not).
     max_message_bytes: int = 4 * 1024 * 1024
+    # Retention: events, ended operations and confirmed tombstones older than this are deleted
+    # by the leader, every prune interval, at most prune_batch rows per transaction.
+    retention_s: float = 7 * 24 * 3600.0
+    prune_interval_s: float = 600.0
+    prune_batch: int = 1000
+    # A host not READY for this long is listed GONE (removable with `keelctl delete host`).
+    gone_after_s: float = 24 * 3600.0
