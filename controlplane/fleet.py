@@ -12,20 +12,22 @@ answers); logs come from the host's agent through `controlplane.logrelay`.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import structlog
 
-from controlplane import convert, operation_convert, paging
+from controlplane import convert, liveness, operation_convert, paging
 from controlplane.actor import actor_of
 from controlplane.cache import FleetCache
 from controlplane.errors import FailedPrecondition, InvalidArgument
+from controlplane.host_delete import delete_host
 from controlplane.logrelay import LogRelay
 from controlplane.operations_api import OperationsApi, OperationWatch
 from controlplane.status import StatusStore
-from controlplane.store import Store, WorkloadRow
+from controlplane.store import HostRow, Store, WorkloadRow
 from keel import fields, spec
+from keel.model import HostState
 from keel.tracing import inject_traceparent
 from keel.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
@@ -50,6 +52,7 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         watch: OperationWatch | None = None,
         watch_poll_s: float = 2.0,
         drain_blocked_after_s: float = 60.0,
+        gone_after_s: float = 24 * 3600.0,
     ) -> None:
         self._store = store
         self._status = status
@@ -59,6 +62,7 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         self._watch = watch or OperationWatch()
         self._watch_poll_s = watch_poll_s
         self._drain_blocked_after_s = drain_blocked_after_s
+        self._gone_after_s = gone_after_s
 
     async def ApplyWorkload(
         self, request: fleet_pb2.ApplyWorkloadRequest, context: grpc.aio.ServicerContext
@@ -107,7 +111,29 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
     async def GetHost(
         self, request: fleet_pb2.GetHostRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.Host:
-        return convert.host_pb(await self._store.get_host(fields.host_name(request.name, "name")))
+        row = await self._store.get_host(fields.host_name(request.name, "name"))
+        return convert.host_pb(row, gone=bool(await self._gone([row])))
+
+    async def _gone(self, rows: Sequence[HostRow]) -> set[str]:
+        """The hosts among `rows` that are gone (`liveness.gone`), by database time."""
+        if all(r.state is HostState.READY for r in rows):
+            return set()
+        now = await self._store.now()
+        return {
+            r.name
+            for r in rows
+            if liveness.gone(r.state, r.state_since, now=now, gone_after_s=self._gone_after_s)
+        }
+
+    async def DeleteHost(
+        self, request: fleet_pb2.DeleteHostRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.DeleteHostResponse:
+        name = fields.host_name(request.name, "name")
+        actor = actor_of(context)
+        deleted = await delete_host(self._store.pool, name, force=request.force, actor=actor)
+        log.warning("host deleted", host=name, actor=actor, force=request.force,
+                    instances_removed=len(deleted.removed))  # fmt: skip
+        return fleet_pb2.DeleteHostResponse(name=name, removed_instances=deleted.removed)
 
     async def ListHosts(
         self, request: fleet_pb2.ListHostsRequest, context: grpc.aio.ServicerContext
@@ -117,7 +143,8 @@ class FleetApi(OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ign
         )
         hosts = await self._store.page_hosts(page)
         return fleet_pb2.ListHostsResponse(
-            hosts=convert.hosts_pb(hosts.rows), next_page_token=hosts.next_token
+            hosts=convert.hosts_pb(hosts.rows, gone=await self._gone(hosts.rows)),
+            next_page_token=hosts.next_token,
         )
 
     async def GetInstance(

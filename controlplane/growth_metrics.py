@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from controlplane.retention_store import TABLES
+# The tables the retention pass prunes (`retention_store`), as the `table` label names them.
+EVENT = "event"
+OPERATION = "operation"
+TOMBSTONE = "instance"
+TABLES = (EVENT, OPERATION, TOMBSTONE)
 
 
 class GrowthMetrics:

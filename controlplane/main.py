@@ -213,6 +213,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
                 retention_s=settings.retention_s,
                 interval_s=settings.prune_interval_s,
                 batch=settings.prune_batch,
+                gone_after_s=settings.gone_after_s,
             ),
             metrics=metrics.growth,
         ),
@@ -279,6 +280,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             watch=watch,
             watch_poll_s=settings.watch_poll_s,
             drain_blocked_after_s=settings.drain_blocked_after_s,
+            gone_after_s=settings.gone_after_s,
         ),
         server,
     )

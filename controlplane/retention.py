@@ -6,7 +6,9 @@ why the others stay). It deletes in batches of at most `batch` rows, each its ow
 transaction fenced by the leader epoch, until a batch comes back short; so one prune never
 holds a long lock, and a deposed leader stops at its next batch. Run by `reconcile.Runner`
 while this replica leads (`leader.Leadership`), so only the leader prunes. Counts what it
-deleted in `keel_pruned_rows_total{table}` (`growth_metrics`) and logs each table it pruned.
+deleted in `keel_pruned_rows_total{table}` (`growth_metrics`) and logs each table it pruned;
+it also counts the hosts gone past `--gone-after` (`keel_hosts_gone`), which an operator
+removes (`host_delete`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from controlplane.growth_metrics import GrowthMetrics
+from controlplane.growth_metrics import TABLES, GrowthMetrics
 from controlplane.reconcile import Result, Term, requeue_after
-from controlplane.retention_store import TABLES, RetentionStore
+from controlplane.retention_store import RetentionStore, count_gone
 
 log = structlog.get_logger("keel.retention")
 
@@ -32,6 +34,7 @@ class Retention:
     retention_s: float  # rows older than this go
     interval_s: float  # how often the pass runs
     batch: int  # the most rows one transaction deletes
+    gone_after_s: float  # hosts not READY this long are counted gone (keel_hosts_gone)
 
 
 class RetentionController:
@@ -79,4 +82,8 @@ class RetentionController:
                     retention_s=s.retention_s,
                 )
             total += rows
+        # The hosts an operator may remove, counted here: they are part of what grows.
+        self._metrics.set_gone_hosts(
+            await count_gone(self._store.pool, gone_after_s=s.gone_after_s)
+        )
         return requeue_after(s.interval_s, idle=total == 0)

@@ -20,6 +20,7 @@ from datetime import datetime
 
 import asyncpg
 
+from controlplane.growth_metrics import EVENT, OPERATION, TOMBSTONE
 from controlplane.sql import (
     WORKLOAD_CHANNEL,
     Database,
@@ -28,12 +29,6 @@ from controlplane.sql import (
     notify,
     workload_payload,
 )
-
-# The tables pruned, as the `table` label of keel_pruned_rows_total names them.
-EVENT = "event"
-OPERATION = "operation"
-TOMBSTONE = "instance"
-TABLES = (EVENT, OPERATION, TOMBSTONE)
 
 # The oldest `batch` events by id (the primary key: no index on `at` to keep up on every
 # write), those among them past the retention. Ids follow time: an event's `at` is its
@@ -76,7 +71,8 @@ class RetentionStore:
     async def prune_batch(
         self, table: str, *, before: datetime, batch: int, epoch: int | None
     ) -> int:
-        """Deletes at most `batch` rows of `table` older than `before`; returns how many."""
+        """Deletes at most `batch` rows of `table` (one of `TABLES`) older than `before`;
+        returns how many."""
         async with self.pool.acquire() as conn, conn.transaction():
             await check_epoch(conn, epoch)
             if table == EVENT:
@@ -103,6 +99,16 @@ class RetentionStore:
                 conn, WORKLOAD_CHANNEL, [workload_payload(v.workload, v.version) for v in versions]
             )
             return len(rows)
+
+
+async def count_gone(db: Database, *, gone_after_s: float) -> int:
+    """How many hosts are gone (`liveness.gone`: not READY for longer than `gone_after_s`)."""
+    n: int = await db.fetchval(
+        """SELECT count(*) FROM host
+           WHERE state <> 'READY' AND state_since < now() - make_interval(secs => $1)""",
+        gone_after_s,
+    )
+    return n
 
 
 def _count(status: str) -> int:

@@ -7,11 +7,12 @@ import pytest
 from plans import write_plan
 
 from controlplane.errors import NotLeader
+from controlplane.growth_metrics import EVENT, OPERATION, TOMBSTONE
 from controlplane.metrics import Metrics
 from controlplane.operations import DrainParams
 from controlplane.reconcile import Term
 from controlplane.retention import Retention, RetentionController
-from controlplane.retention_store import EVENT, OPERATION, TOMBSTONE, RetentionStore
+from controlplane.retention_store import RetentionStore
 from controlplane.status import StatusStore
 from controlplane.store import Report, Store
 from keel.model import Phase, Resources, Workload, WorkloadSpec
@@ -24,7 +25,9 @@ def _controller(store: Store, metrics: Metrics, *, batch: int = 1000) -> Retenti
     return RetentionController(
         RetentionStore(store.pool),
         now=store.now,
-        settings=Retention(retention_s=7 * DAY_S, interval_s=600.0, batch=batch),
+        settings=Retention(
+            retention_s=7 * DAY_S, interval_s=600.0, batch=batch, gone_after_s=DAY_S
+        ),
         metrics=metrics.growth,
     )
 
