@@ -69,6 +69,9 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_drain_overdue_seconds",
         "keel_drain_duration_seconds",
         "keel_drain_moves_total",
+        # Bounded growth: retention and gone hosts.
+        "keel_pruned_rows_total",
+        "keel_hosts_gone",
     }
 )
 AGENT_METRICS = frozenset(
