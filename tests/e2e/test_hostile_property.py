@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -255,6 +255,7 @@ GARBAGE = [b"\x00", b"\x0c", b"\x0a\x05ab"]
 KINDS: dict[str, dict[str, str]] = {
     "GetWorkload": {"name": "workload"},
     "DeleteWorkload": {"name": "workload"},
+    "DeleteHost": {"name": "host", "force": "bool"},
     "GetHost": {"name": "host"},
     "GetInstance": {"id": "instance"},
     "ListInstances": {
@@ -390,8 +391,16 @@ def hostile_value(s: State, kind: str) -> st.SearchStrategy[Any]:
     return st.one_of(st.sampled_from(names), with_nul)
 
 
+# The deletes: what each must never be given an existing name of (the property checks that
+# hostile input writes nothing; deleting what exists is a write).
+DELETES: dict[str, Callable[[State], Iterable[str]]] = {
+    "DeleteWorkload": lambda s: s.workloads,
+    "DeleteHost": lambda s: s.hosts,
+}
+
+
 def valid_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
-    """Values that break no rule: existing names (not for DeleteWorkload) and unknown ones."""
+    """Values that break no rule: existing names (not for the deletes) and unknown ones."""
     if kind == "bool":
         return st.booleans()
     if kind == "token":
@@ -409,7 +418,7 @@ def valid_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
     if kind == "operation":
         return st.just("op-999999")
     unknown = {"workload": "nope", "host": "nope", "instance": "web-1-000000"}
-    known = () if method == "DeleteWorkload" else _existing(s, kind)
+    known = () if method in DELETES else _existing(s, kind)
     return st.sampled_from([*known, unknown.get(kind, "workload/nope")])
 
 
@@ -429,7 +438,7 @@ def any_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
         return st.dictionaries(text, text, max_size=2)
     if kind in ("reason", "on_deadline", "operation"):
         return text
-    spare = set(s.workloads) if method == "DeleteWorkload" else set()
+    spare = set(DELETES.get(method, lambda _: ())(s))
     return st.one_of(text, valid_value(s, method, kind)).filter(lambda v: v not in spare)
 
 
