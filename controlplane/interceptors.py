@@ -166,7 +166,9 @@ class _Undecodable:
     """What a wrapped deserializer returns for bytes that are not a valid message."""
 
     def __init__(self, method: str) -> None:
-        self.error = InvalidArgument(
+        # The message, not the error: an error kept here would be raised from a frame holding
+        # this object, a reference cycle (see `_refuse`).
+        self.message = (
             f"request: the bytes sent are not a valid {method} request message "
             "(protobuf could not decode them)"
         )
@@ -187,7 +189,7 @@ def _decoding(deserializer: Callable[[bytes], Any] | None, method: str) -> Any:
 
 def _checked(request: Any) -> Any:
     if isinstance(request, _Undecodable):
-        raise request.error
+        raise InvalidArgument(request.message)
     return request
 
 

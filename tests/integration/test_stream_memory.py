@@ -36,6 +36,7 @@ WARM_UP = 5
 FRAMES = 30  # deep enough to see the control plane's frame under asyncio's and grpc's
 REFUSED = 60
 REPLACED = 30
+BROKEN = 30
 # Python memory allocated under the control plane's frames that the streams may leave once
 # collected: ~0.7 KB a stream is measured here (on the default event loop; the control plane's
 # RSS levels off over 6,500 streams, bench/streams.py). Before the fix each refused stream also
@@ -98,6 +99,20 @@ async def _replaced(address: str, host: str) -> None:
         second.cancel()
 
 
+async def _broken(address: str, host: str) -> None:
+    """A stream whose agent sends bytes that are not a message after its Hello."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        sync = channel.stream_stream("/keel.v1.AgentService/Sync")  # raw bytes both ways
+        call = sync()
+        await call.write(_hello(host).SerializeToString())
+        await call.read()
+        await call.write(b"\xff\xff\xff")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
 def _server_garbage() -> list[str]:
     """What the cyclic collector finds of the control plane's calls: their frames and gRPC's
     server-side call objects."""
@@ -118,16 +133,17 @@ def _server_garbage() -> list[str]:
         gc.collect()  # what was saved is still cyclic: free it now
 
 
-async def test_refused_and_replaced_streams_are_freed_when_they_end(
+async def test_refused_replaced_and_broken_streams_are_freed_when_they_end(
     address: tuple[str, StreamRegistry, Metrics],
 ) -> None:
-    """No refused or replaced stream waits for the cyclic collector to be freed, no registry
-    keeps it, and Python memory does not grow with the number of streams."""
+    """No refused, replaced or broken stream waits for the cyclic collector to be freed, no
+    registry keeps it, and Python memory does not grow with the number of streams."""
     addr, registry, metrics = address
     for i in range(WARM_UP):  # grpc's and the store's one-time allocations
         await _refused(addr)
         await _replaced(addr, f"warm-{i}")
-    await _all_ended(registry, metrics, 3 * WARM_UP)
+        await _broken(addr, f"warm-{i}")
+    await _all_ended(registry, metrics, 4 * WARM_UP)
     gc.collect()
     gc.disable()
     tracemalloc.start(FRAMES)
@@ -136,7 +152,9 @@ async def test_refused_and_replaced_streams_are_freed_when_they_end(
             await _refused(addr)
         for i in range(REPLACED):
             await _replaced(addr, f"host-{i}")
-        await _all_ended(registry, metrics, 3 * WARM_UP + REFUSED + 2 * REPLACED)
+        for i in range(BROKEN):
+            await _broken(addr, f"host-{i}")
+        await _all_ended(registry, metrics, 4 * WARM_UP + REFUSED + 2 * REPLACED + BROKEN)
         garbage = _server_garbage()  # collects too
         held = tracemalloc.take_snapshot().filter_traces(
             [tracemalloc.Filter(True, f"{CONTROLPLANE}/*", all_frames=True)]
@@ -145,8 +163,8 @@ async def test_refused_and_replaced_streams_are_freed_when_they_end(
     finally:
         tracemalloc.stop()
         gc.enable()
-    assert garbage == []
-    assert kept < (REFUSED + REPLACED) * MAX_GROWTH_PER_STREAM
+    assert not garbage, garbage
+    assert kept < (REFUSED + REPLACED + BROKEN) * MAX_GROWTH_PER_STREAM
 
 
 async def _all_ended(registry: StreamRegistry, metrics: Metrics, streams: int) -> None:
