@@ -64,6 +64,7 @@ REQUIRED: dict[str, str] = {
         _FLEET + m: OPERATOR
         for m in (
             "ApplyWorkload", "DeleteWorkload", "Cordon", "Uncordon", "Drain", "CancelOperation",
+            "DeleteHost",
         )
     },
     **{
@@ -205,22 +206,31 @@ def _refusing(
     *,
     on_refused: Callable[[], None] | None,
 ) -> Any:
-    """The handler with its behaviour replaced by one that ends the call with code."""
+    """The handler with its behaviour replaced by one that ends the call with code.
+
+    It sets the code and returns rather than `context.abort()`, whose error grpc keeps on the
+    call in a reference cycle that only a full collection frees (`interceptors._refuse` says
+    more): a control plane refusing many calls (a script with a revoked token, someone trying
+    credentials) must not grow by every one of them."""
     kind, _ = _kind(handler)
     if kind.endswith("_stream"):
 
         async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if on_refused is not None:
                 on_refused()
-            await context.abort(code, message)
-            yield  # pragma: no cover - abort raises; the yield makes this a generator
+            context.set_code(code)
+            context.set_details(message)
+            return
+            yield  # pragma: no cover - the yield makes this a generator
 
         return _rebuilt(handler, kind, refuse_stream)
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if on_refused is not None:
             on_refused()
-        await context.abort(code, message)
+        context.set_code(code)
+        context.set_details(message)
+        return None  # grpc sends no message with a code other than OK
 
     return _rebuilt(handler, kind, refuse)
 

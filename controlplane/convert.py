@@ -12,7 +12,7 @@ own; shared pieces (specs, phases, timestamps) come from `keel.convert`, which t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -275,7 +275,7 @@ def instances_into(
             log.error("instance cannot be presented; left out", instance=row.id, error=str(exc))
 
 
-def host_pb(row: HostRow) -> types_pb2.Host:
+def host_pb(row: HostRow, *, gone: bool = False) -> types_pb2.Host:
     return types_pb2.Host(
         name=row.name,
         labels=row.labels,
@@ -292,11 +292,14 @@ def host_pb(row: HostRow) -> types_pb2.Host:
         cordon_actor=row.cordon_actor,
         cordoned_at=convert.ts(row.cordoned_at),
         drained=row.drained,
+        gone=gone,
+        state_since=convert.ts(row.state_since),
     )
 
 
-def hosts_pb(rows: Iterable[HostRow]) -> list[types_pb2.Host]:
-    return each(rows, host_pb, what="host", name=lambda r: r.name)
+def hosts_pb(rows: Iterable[HostRow], *, gone: Container[str] = ()) -> list[types_pb2.Host]:
+    """The hosts, those named in `gone` marked so (`liveness.gone`)."""
+    return each(rows, lambda r: host_pb(r, gone=r.name in gone), what="host", name=lambda r: r.name)
 
 
 def stuck_objects_pb(

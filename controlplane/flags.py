@@ -40,6 +40,16 @@ def _mib(flag: str):  # type: ignore[no-untyped-def]
     return parse
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'")
+    return value
+
+
 def _metrics_address(text: str) -> str:
     try:
         parse_address(text)
@@ -131,6 +141,13 @@ DURATION_FLAGS = (
         "request_prune_interval_s",
         "how often request-id records past --request-retention are deleted",
     ),
+    (
+        "--retention",
+        "retention_s",
+        "events, ended operations and confirmed tombstones older than this are deleted",
+    ),
+    ("--prune-interval", "prune_interval_s", "how often the leader deletes what is past retention"),
+    ("--gone-after", "gone_after_s", "a host not READY this long is listed GONE"),
 )
 
 
@@ -204,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="the largest request accepted (default: %(default)s)",
         )
         target.add_argument(
+            "--prune-batch",
+            type=_positive,
+            default=default(d.prune_batch),
+            metavar="N",
+            help="the most rows one retention transaction deletes (default: %(default)s)",
+        )
+        target.add_argument(
             "--metrics",
             type=_metrics_address,
             default=default(DEFAULT_METRICS),
@@ -266,5 +290,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tls_client_ca=args.tls_client_ca,
         insecure=args.insecure,
         max_unready_share=args.max_unready_share,
+        prune_batch=args.prune_batch,
         **{field: getattr(args, field) for _, field, _ in DURATION_FLAGS},
     )

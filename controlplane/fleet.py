@@ -15,16 +15,17 @@ caller's request id, in the write's own transaction.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
 import grpc
 import structlog
 
-from controlplane import convert, operation_convert, paging
+from controlplane import convert, liveness, operation_convert, paging
 from controlplane.actor import actor_of
 from controlplane.cache import FleetCache
 from controlplane.errors import FailedPrecondition, InvalidArgument
+from controlplane.host_delete import HostDeleted, delete_host
 from controlplane.idempotency import Requests
 from controlplane.listing import tallies_on
 from controlplane.logbus import LogBus, NoHolder
@@ -33,10 +34,11 @@ from controlplane.operations_api import OperationsApi, OperationWatch
 from controlplane.secrets import SecretBox
 from controlplane.sql import Conn
 from controlplane.status import StatusStore
-from controlplane.store import CordonResult, Store, WorkloadRow
+from controlplane.store import CordonResult, HostRow, Store, WorkloadRow
 from controlplane.tokens import TokenStore
 from controlplane.tokens_api import TokensApi
 from keel import fields, spec
+from keel.model import HostState
 from keel.tracing import inject_traceparent
 from keel.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
@@ -68,6 +70,7 @@ class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  
         secrets: SecretBox,
         tokens: TokenStore | None = None,
         requests: Requests | None = None,
+        gone_after_s: float = 24 * 3600.0,
     ) -> None:
         self._store = store
         self._tokens = tokens
@@ -81,6 +84,7 @@ class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  
         self._watch_poll_s = watch_poll_s
         self._drain_blocked_after_s = drain_blocked_after_s
         self._secrets = secrets
+        self._gone_after_s = gone_after_s
 
     async def ApplyWorkload(
         self, request: fleet_pb2.ApplyWorkloadRequest, context: grpc.aio.ServicerContext
@@ -159,7 +163,41 @@ class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  
     async def GetHost(
         self, request: fleet_pb2.GetHostRequest, context: grpc.aio.ServicerContext
     ) -> types_pb2.Host:
-        return convert.host_pb(await self._store.get_host(fields.host_name(request.name, "name")))
+        row = await self._store.get_host(fields.host_name(request.name, "name"))
+        return convert.host_pb(row, gone=bool(await self._gone([row])))
+
+    async def _gone(self, rows: Sequence[HostRow]) -> set[str]:
+        """The hosts among `rows` that are gone (`liveness.gone`), by database time."""
+        if all(r.state is HostState.READY for r in rows):
+            return set()
+        now = await self._store.now()
+        return {
+            r.name
+            for r in rows
+            if liveness.gone(r.state, r.state_since, now=now, gone_after_s=self._gone_after_s)
+        }
+
+    async def DeleteHost(
+        self, request: fleet_pb2.DeleteHostRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.DeleteHostResponse:
+        name = fields.host_name(request.name, "name")
+        actor = actor_of(context)
+
+        async def respond(conn: Conn, deleted: HostDeleted) -> fleet_pb2.DeleteHostResponse:
+            return fleet_pb2.DeleteHostResponse(name=name, removed_instances=deleted.removed)
+
+        reply = await self._requests.run(
+            context,
+            request,
+            reply=fleet_pb2.DeleteHostResponse,
+            write=lambda once: delete_host(
+                self._store.pool, name, force=request.force, actor=actor, once=once
+            ),
+            respond=respond,
+        )
+        log.warning("host deleted", host=name, actor=actor, force=request.force,
+                    instances_removed=len(reply.removed_instances))  # fmt: skip
+        return reply
 
     async def ListHosts(
         self, request: fleet_pb2.ListHostsRequest, context: grpc.aio.ServicerContext
@@ -169,7 +207,8 @@ class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  
         )
         hosts = await self._store.page_hosts(page)
         return fleet_pb2.ListHostsResponse(
-            hosts=convert.hosts_pb(hosts.rows), next_page_token=hosts.next_token
+            hosts=convert.hosts_pb(hosts.rows, gone=await self._gone(hosts.rows)),
+            next_page_token=hosts.next_token,
         )
 
     async def GetInstance(

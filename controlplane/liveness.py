@@ -212,6 +212,12 @@ def judge(
     )
 
 
+def gone(state: HostState, state_since: datetime, *, now: datetime, gone_after_s: float) -> bool:
+    """Not READY for longer than `gone_after_s` (`--gone-after`): the host is listed GONE and
+    may be removed (`host_delete`). Nothing is done to a gone host by itself."""
+    return state is not HostState.READY and (now - state_since).total_seconds() > gone_after_s
+
+
 class LivenessStore(Protocol):
     async def now(self) -> datetime:
         """Database time: the clock heartbeats are stamped with."""

@@ -46,6 +46,8 @@ from controlplane.metrics import Metrics, serve_metrics
 from controlplane.operations_api import OperationWatch
 from controlplane.reconcile import Controller, Runner
 from controlplane.reports import ReportWriter
+from controlplane.retention import Retention, RetentionController
+from controlplane.retention_store import RetentionStore
 from controlplane.security import port_credentials as _port_credentials
 from controlplane.security import run_reset_token
 from controlplane.settings import Settings
@@ -229,7 +231,25 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             drains_blocked=drainer.blocked,
         )
     )
-    runners = (workloads, liveness, stuck, drains)
+    # Its own period only: the resync period would prune far more often than asked.
+    retention = Runner(
+        RetentionController(
+            RetentionStore(pool),
+            now=store.now,
+            settings=Retention(
+                retention_s=settings.retention_s,
+                interval_s=settings.prune_interval_s,
+                batch=settings.prune_batch,
+                gone_after_s=settings.gone_after_s,
+            ),
+            metrics=metrics.growth,
+        ),
+        metrics=metrics,
+        retry_base_s=settings.retry_base_s,
+        retry_max_s=settings.retry_max_s,
+        resync_period_s=None,
+    )
+    runners = (workloads, liveness, stuck, drains, retention)
 
     def reports_written(outcome: ReportOutcome) -> None:
         cache.reported(outcome)  # applies the batch and wakes its workloads, when leading
@@ -302,6 +322,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             secrets=secret_box,
             tokens=tokens,
             requests=requests,
+            gone_after_s=settings.gone_after_s,
         ),
         server,
     )

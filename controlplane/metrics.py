@@ -38,6 +38,7 @@ from prometheus_client import (
 
 from controlplane.drain_metrics import DrainMetrics
 from controlplane.errors import KeelError
+from controlplane.growth_metrics import GrowthMetrics
 from keel import endpoint
 from keel.endpoint import CONVERGENCE_BUCKETS
 from keel.model import Change, HostState
@@ -70,7 +71,7 @@ HEARTBEAT_BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
 
 CHANGES = tuple(Change)
 KINDS = ("instance", "workload")
-CONTROLLERS = ("workload", "liveness", "stuck", "drain")
+CONTROLLERS = ("workload", "liveness", "stuck", "drain", "retention")
 RESULTS = ("success", "error")
 HOST_STATES = tuple(s.value for s in HostState)
 CACHE_KINDS = ("workload", "instance", "host")
@@ -314,6 +315,8 @@ class Metrics:
             self.auth_denied.labels(reason)
         # Operations and drains (controlplane.drain_metrics, fed by the drain controller).
         self.drain = DrainMetrics(r)
+        # Retention and gone hosts (controlplane.growth_metrics).
+        self.growth = GrowthMetrics(r)
         # Standard process_* and python_info series: memory, CPU, open fds of this replica.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

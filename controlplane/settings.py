@@ -100,3 +100,10 @@ class Settings:
     request_retention_s: float = 24 * 3600.0
     # How often records past the retention are deleted.
     request_prune_interval_s: float = 60.0
+    # Retention: events, ended operations and confirmed tombstones older than this are deleted
+    # by the leader, every prune interval, at most prune_batch rows per transaction.
+    retention_s: float = 7 * 24 * 3600.0
+    prune_interval_s: float = 600.0
+    prune_batch: int = 1000
+    # A host not READY for this long is listed GONE (removable with `keelctl delete host`).
+    gone_after_s: float = 24 * 3600.0

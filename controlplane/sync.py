@@ -211,6 +211,7 @@ class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[m
             session.outbox.get()
         )
         sent: int | None = None  # the revision the agent has been sent; None: nothing yet
+        error: BaseException | None = None  # why the agent's side failed
         try:
             event = _Event.LOOK
             while True:
@@ -259,6 +260,11 @@ class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[m
             outgoing.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            # The agent's error, raised here, holds this frame in its traceback, and this frame
+            # holds it (through `reader` too): a reference cycle that would keep the whole call
+            # until the cyclic collector runs (see `interceptors._refuse`). Broken now.
+            error = None
+            del reader
             self._logs.session_closed(session)
             if self._registry.close(session):
                 with contextlib.suppress(Exception):

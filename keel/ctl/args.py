@@ -324,8 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_globals(reset, on_subcommand=True)
     reset.add_argument("host", metavar="HOST")
 
-    delete = sub.add_parser("delete", help="delete a workload (its instances are stopped)")
+    delete = sub.add_parser(
+        "delete",
+        help="delete a workload (its instances are stopped) or a host that is not READY",
+    )
     _add_globals(delete, on_subcommand=True)
-    delete.add_argument("resource", choices=WORKLOAD_NAMES, metavar="RESOURCE")
+    delete.add_argument("resource", choices=WORKLOAD_NAMES + HOST_NAMES, metavar="RESOURCE")
     delete.add_argument("name", metavar="NAME")
+    delete.add_argument(
+        "--force",
+        action="store_true",
+        help="host: remove the instances placed on it too (their workloads replace them)",
+    )
     return parser

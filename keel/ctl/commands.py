@@ -121,9 +121,24 @@ def _instances(ctx: Context, *, workload: str = "", host: str = "") -> list[Any]
 
 
 def cmd_delete(ctx: Context) -> str:
+    if CANONICAL[ctx.args.resource] == "host":
+        return _delete_host(ctx)
+    if ctx.args.force:
+        raise CtlError("--force: only `delete host` takes it")
     resp = ctx.stub.DeleteWorkload(
         fleet_pb2.DeleteWorkloadRequest(name=ctx.args.name), timeout=ctx.timeout
     )
     if ctx.json:
         return output.to_json(resp)
     return f"workload/{ctx.args.name} deleted (its instances are being stopped and removed)"
+
+
+def _delete_host(ctx: Context) -> str:
+    request = fleet_pb2.DeleteHostRequest(name=ctx.args.name, force=ctx.args.force)
+    resp = ctx.stub.DeleteHost(request, timeout=ctx.timeout)
+    if ctx.json:
+        return output.to_json(resp)
+    removed = list(resp.removed_instances)
+    if not removed:
+        return f"host/{resp.name} deleted"
+    return f"host/{resp.name} deleted with {len(removed)} instance(s): " + ", ".join(removed)

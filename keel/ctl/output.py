@@ -127,6 +127,11 @@ def _schedulable(h: pb.Host, *, now: datetime) -> str:
     return f"no ({'drained' if h.drained else 'cordoned'}{since})"
 
 
+def host_state(h: pb.Host) -> str:
+    """READY, NOT_READY, UNKNOWN; GONE once not READY past the control plane's --gone-after."""
+    return "GONE" if h.gone else (h.state or NONE)
+
+
 def hosts_table(hosts: Iterable[pb.Host], *, now: datetime) -> str:
     rows = []
     for h in hosts:
@@ -134,7 +139,7 @@ def hosts_table(hosts: Iterable[pb.Host], *, now: datetime) -> str:
         rows.append(
             [
                 h.name,
-                h.state or NONE,
+                host_state(h),
                 _schedulable(h, now=now),
                 f"{format_cpu(h.allocated.cpu_millis)}/{format_cpu(h.capacity.cpu_millis)}",
                 f"{h.allocated.memory_mib}Mi/{h.capacity.memory_mib}Mi",
@@ -268,6 +273,8 @@ def describe_host(h: pb.Host, instances: Iterable[pb.Instance], *, now: datetime
     pairs = [
         ("Name", h.name),
         ("State", _or_none(h.state)),
+        ("State since", when(from_ts(h.state_since), now=now)),
+        *_gone(h),
         ("Schedulable", schedulable),
         *cordon,
         ("Connected", yes_no(h.connected)),
@@ -287,6 +294,13 @@ def describe_host(h: pb.Host, instances: Iterable[pb.Instance], *, now: datetime
     ]
     title = f"Instances on {h.name}"
     return block(pairs) + "\n" + _instances_section(instances, now=now, title=title)
+
+
+def _gone(h: pb.Host) -> list[tuple[str, str]]:
+    if not h.gone:
+        return []
+    remove = f"keelctl delete host {h.name}" + (" --force" if h.instances else "")
+    return [("Gone", f"yes: not READY for longer than --gone-after; remove it: {remove}")]
 
 
 def _instances_section(

@@ -80,6 +80,22 @@ class ListHostsResponse(_message.Message):
     next_page_token: str
     def __init__(self, hosts: _Optional[_Iterable[_Union[_types_pb2.Host, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class DeleteHostRequest(_message.Message):
+    __slots__ = ("name", "force")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class DeleteHostResponse(_message.Message):
+    __slots__ = ("name", "removed_instances")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    removed_instances: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., removed_instances: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class GetInstanceRequest(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -65,6 +65,11 @@ class FleetServiceStub:
                 request_serializer=keel_dot_v1_dot_fleet__pb2.ListHostsRequest.SerializeToString,
                 response_deserializer=keel_dot_v1_dot_fleet__pb2.ListHostsResponse.FromString,
                 _registered_method=True)
+        self.DeleteHost = channel.unary_unary(
+                '/keel.v1.FleetService/DeleteHost',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.DeleteHostRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.DeleteHostResponse.FromString,
+                _registered_method=True)
         self.GetInstance = channel.unary_unary(
                 '/keel.v1.FleetService/GetInstance',
                 request_serializer=keel_dot_v1_dot_fleet__pb2.GetInstanceRequest.SerializeToString,
@@ -187,6 +192,16 @@ class FleetServiceServicer:
 
     def ListHosts(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteHost(self, request, context):
+        """Removes a host that is not READY. Refused (FAILED_PRECONDITION, naming them) while
+        instances are placed on it, unless force: then they are removed with it, in one
+        transaction, and their workloads replace them elsewhere. Its agent, if it comes back,
+        registers as a new host.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -337,6 +352,11 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.ListHosts,
                     request_deserializer=keel_dot_v1_dot_fleet__pb2.ListHostsRequest.FromString,
                     response_serializer=keel_dot_v1_dot_fleet__pb2.ListHostsResponse.SerializeToString,
+            ),
+            'DeleteHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteHost,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.DeleteHostRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.DeleteHostResponse.SerializeToString,
             ),
             'GetInstance': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInstance,
@@ -586,6 +606,33 @@ class FleetService:
             '/keel.v1.FleetService/ListHosts',
             keel_dot_v1_dot_fleet__pb2.ListHostsRequest.SerializeToString,
             keel_dot_v1_dot_fleet__pb2.ListHostsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/DeleteHost',
+            keel_dot_v1_dot_fleet__pb2.DeleteHostRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.DeleteHostResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -249,7 +249,7 @@ class Instance(_message.Message):
     def __init__(self, id: _Optional[str] = ..., workload: _Optional[str] = ..., generation: _Optional[int] = ..., host: _Optional[str] = ..., desired: _Optional[_Union[DesiredState, str]] = ..., desired_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[InstanceStatus, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., converged: _Optional[bool] = ..., stuck: _Optional[_Union[Stuck, _Mapping]] = ..., replaces: _Optional[str] = ...) -> None: ...
 
 class Host(_message.Message):
-    __slots__ = ("name", "labels", "capacity", "allocated", "schedulable", "cordon_reason", "state", "last_heartbeat", "connected", "agent_version", "instances", "revision", "cordon_actor", "cordoned_at", "drained")
+    __slots__ = ("name", "labels", "capacity", "allocated", "schedulable", "cordon_reason", "state", "last_heartbeat", "connected", "agent_version", "instances", "revision", "cordon_actor", "cordoned_at", "drained", "gone", "state_since")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +272,8 @@ class Host(_message.Message):
     CORDON_ACTOR_FIELD_NUMBER: _ClassVar[int]
     CORDONED_AT_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
+    GONE_FIELD_NUMBER: _ClassVar[int]
+    STATE_SINCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     capacity: Resources
@@ -287,7 +289,9 @@ class Host(_message.Message):
     cordon_actor: str
     cordoned_at: _timestamp_pb2.Timestamp
     drained: bool
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., schedulable: _Optional[bool] = ..., cordon_reason: _Optional[str] = ..., state: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected: _Optional[bool] = ..., agent_version: _Optional[str] = ..., instances: _Optional[int] = ..., revision: _Optional[int] = ..., cordon_actor: _Optional[str] = ..., cordoned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drained: _Optional[bool] = ...) -> None: ...
+    gone: bool
+    state_since: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., schedulable: _Optional[bool] = ..., cordon_reason: _Optional[str] = ..., state: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected: _Optional[bool] = ..., agent_version: _Optional[str] = ..., instances: _Optional[int] = ..., revision: _Optional[int] = ..., cordon_actor: _Optional[str] = ..., cordoned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drained: _Optional[bool] = ..., gone: _Optional[bool] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class LogChunk(_message.Message):
     __slots__ = ("request_id", "stream", "data", "eof", "error")

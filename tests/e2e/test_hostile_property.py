@@ -262,6 +262,7 @@ GARBAGE = [b"\x00", b"\x0c", b"\x0a\x05ab"]
 KINDS: dict[str, dict[str, str]] = {
     "GetWorkload": {"name": "workload"},
     "DeleteWorkload": {"name": "workload"},
+    "DeleteHost": {"name": "host", "force": "bool"},
     "GetHost": {"name": "host"},
     "GetInstance": {"id": "instance"},
     "ListInstances": {
@@ -301,9 +302,9 @@ KINDS: dict[str, dict[str, str]] = {
     "RevokeToken": {"name": "workload"},
     "ResetHostCredential": {"host": "host"},
 }
-# Valid requests of these would change the fleet (a token revoked, a host's credential reset),
-# so their valid values name nothing that exists.
-SPARING = {"DeleteWorkload", "RevokeToken", "ResetHostCredential"}
+# Valid requests of these would change the fleet (a workload or host deleted, a token revoked,
+# a host's credential reset), so their valid values name nothing that exists.
+SPARING = {"DeleteWorkload", "DeleteHost", "RevokeToken", "ResetHostCredential"}
 # CreateToken writes whenever its request is valid: its refusals are checked in
 # tests/integration/test_tokens.py instead.
 UNCOVERED = {"ApplyWorkload", "CreateToken"}
@@ -408,7 +409,7 @@ def hostile_value(s: State, kind: str) -> st.SearchStrategy[Any]:
 
 
 def valid_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
-    """Values that break no rule: existing names (not for DeleteWorkload) and unknown ones."""
+    """Values that break no rule: existing names (not for the deletes) and unknown ones."""
     if kind == "bool":
         return st.booleans()
     if kind == "token":

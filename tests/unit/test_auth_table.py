@@ -34,6 +34,7 @@ ROLES = {
     },
     "operator": {
         "ApplyWorkload", "DeleteWorkload", "Cordon", "Uncordon", "Drain", "CancelOperation",
+        "DeleteHost",
     },
     "admin": {"CreateToken", "ListTokens", "RevokeToken", "ResetHostCredential"},
 }  # fmt: skip

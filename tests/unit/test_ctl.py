@@ -130,7 +130,7 @@ def test_parser_accepts_valid_commands(argv: list[str], expected: dict[str, Any]
         ["apply"],
         ["apply", "x.yaml"],
         ["describe", "workload"],
-        ["delete", "host", "host-1"],
+        ["delete", "instance", "web-1-a"],
         ["delete", "workload"],
         ["-o", "yaml", "get", "hosts"],
         ["--timeout", "10", "get", "hosts"],

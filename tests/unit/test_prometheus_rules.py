@@ -78,6 +78,9 @@ CONTROL_PLANE_METRICS = frozenset(
         # The mass-failure brake (issue 9: liveness without self-inflicted outages).
         "keel_liveness_brake_engaged",
         "keel_hosts_unready_share",
+        # Bounded growth: retention and gone hosts.
+        "keel_pruned_rows_total",
+        "keel_hosts_gone",
     }
 )
 AGENT_METRICS = frozenset(
