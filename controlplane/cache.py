@@ -42,6 +42,7 @@ from datetime import datetime
 
 import structlog
 
+from controlplane.cancelling import end_if_cancelled
 from controlplane.errors import KeelError
 from controlplane.fleet_index import Delta, FleetIndex, HostRecord, WorkloadEntry
 from controlplane.hosts import Beat
@@ -155,6 +156,7 @@ class FleetCache:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                end_if_cancelled()  # a cancel the read swallowed (see `cancelling`)
                 # The database is away, or a read failed: what was due stays due.
                 failures += 1
                 delay = min(0.1 * 2**failures, _RETRY_MAX_S) * (0.5 + random.random() / 2)

@@ -23,6 +23,7 @@ import asyncpg
 import structlog
 
 from controlplane.cache import FleetCache
+from controlplane.cancelling import end_if_cancelled
 from controlplane.reconcile import Runner
 from controlplane.settings import Settings
 from controlplane.store import Store
@@ -66,6 +67,7 @@ class Leadership:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                end_if_cancelled()  # a cancel swallowed on the way (see `cancelling`)
                 log.warning("leadership lost or unavailable", error=str(exc))
             finally:
                 self.epoch = None

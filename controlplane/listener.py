@@ -18,6 +18,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
+from controlplane.cancelling import end_if_cancelled
 from controlplane.sql import LOGS_CHANNEL
 from controlplane.store import HOST_CHANNEL, OPERATION_CHANNEL, WORKLOAD_CHANNEL
 
@@ -80,6 +81,7 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                end_if_cancelled()  # a cancel swallowed on the way (see `cancelling`)
                 log.warning("notification listener lost", error=str(exc))
             finally:
                 if conn is not None:

@@ -34,6 +34,7 @@ from typing import Protocol
 import structlog
 from opentelemetry.trace import Status, StatusCode
 
+from controlplane.cancelling import end_if_cancelled
 from controlplane.errors import KeelError, NotLeader
 from controlplane.metrics import Metrics
 from controlplane.workqueue import WorkQueue
@@ -239,6 +240,7 @@ class Runner:
                 failures = 0
                 for key in keys:
                     self.queue.add_resync(key)
+            end_if_cancelled()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_s):
                     await self._resync_wanted.wait()
@@ -248,6 +250,7 @@ class Runner:
         while True:
             key = await self.queue.get()
             await self.process(key, term=term)
+            end_if_cancelled()  # a cancel the pass swallowed (see `cancelling`)
 
     async def process(self, key: str, *, term: Term) -> None:
         """One pass over `key` and its outcome: the key's next turn, metrics, span, log line."""

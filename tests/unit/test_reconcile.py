@@ -409,3 +409,28 @@ async def test_a_named_change_is_fresh_and_a_resync_request_goes_behind() -> Non
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         r.close()
+
+
+async def test_a_term_ends_even_when_a_pass_swallows_its_cancel() -> None:
+    """On Python 3.11 a cancel that lands as `asyncio.wait_for` times out (asyncpg's acquire)
+    comes out as a TimeoutError: the pass fails as if the database were slow and the cancel is
+    lost. The runner must still end when its term does, or the leader waits for it forever
+    (a Postgres freeze once left the leader holding its lock with no controller running)."""
+    swallowed = asyncio.Event()
+
+    async def swallows_cancel() -> Result:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()
+            raise TimeoutError("the database did not answer in time") from None
+        raise AssertionError("unreachable")
+
+    script = Script(passes=[swallows_cancel], all_keys=["web"])
+    r = runner(script)
+    term = asyncio.create_task(r.run(1))
+    await script.started(1)
+    term.cancel()
+    done, _ = await asyncio.wait([term], timeout=5)
+    assert term in done, "the runner did not end when its term was cancelled"
+    assert term.cancelled() and swallowed.is_set()
