@@ -37,21 +37,21 @@ _CODE = {"OK": OK, "U": U, "P": P, "-": ALLOWED}
 
 COLUMNS = (
     "ListHosts", "ApplyWorkload", "DeleteWorkload", "Cordon", "Uncordon", "Drain",
-    "CancelOperation", "CreateToken", "RevokeToken", "ResetHostCredential",
+    "CancelOperation", "DeleteHost", "CreateToken", "RevokeToken", "ResetHostCredential",
     "Join host-1", "Join new-host", "Sync host-1", "Sync host-2",
 )  # fmt: skip
 # credential -> the result of each call in COLUMNS (U: UNAUTHENTICATED, P: PERMISSION_DENIED,
 # -: allowed and not called).
 MATRIX = {
-    "no token":        "U  U U U U U U  U U U  U U  U U",
-    "malformed token": "U  U U U U U U  U U U  U U  U U",
-    "wrong secret":    "U  U U U U U U  U U U  U U  U U",
-    "revoked token":   "U  U U U U U U  U U U  U U  U U",
-    "viewer":          "OK P P P P P P  P P P  P P  P P",
-    "operator":        "OK - - - - - -  P P P  P P  P P",
-    "admin":           "OK - - - - - -  - - -  P P  P P",
-    "join token":      "P  P P P P P P  P P P  P -  P P",
-    "host-1 credential": "P  P P P P P P  P P P  P P  - P",
+    "no token":        "U  U U U U U U U  U U U  U U  U U",
+    "malformed token": "U  U U U U U U U  U U U  U U  U U",
+    "wrong secret":    "U  U U U U U U U  U U U  U U  U U",
+    "revoked token":   "U  U U U U U U U  U U U  U U  U U",
+    "viewer":          "OK P P P P P P P  P P P  P P  P P",
+    "operator":        "OK - - - - - - -  P P P  P P  P P",
+    "admin":           "OK - - - - - - -  - - -  P P  P P",
+    "join token":      "P  P P P P P P P  P P P  P -  P P",
+    "host-1 credential": "P  P P P P P P P  P P P  P P  - P",
 }  # fmt: skip
 
 WEB = {
@@ -74,6 +74,7 @@ def _requests() -> dict[str, tuple[str, bytes]]:
         "Uncordon": fleet_pb2.UncordonRequest(hosts=["host-2"]),
         "Drain": fleet_pb2.DrainRequest(hosts=["host-1"]),
         "CancelOperation": fleet_pb2.CancelOperationRequest(id="op-0001"),
+        "DeleteHost": fleet_pb2.DeleteHostRequest(name="host-2", force=True),
         "CreateToken": fleet_pb2.CreateTokenRequest(name="intruder", role="admin"),
         "RevokeToken": fleet_pb2.RevokeTokenRequest(name="viewer"),
         "ResetHostCredential": fleet_pb2.ResetHostCredentialRequest(host="host-1"),
