@@ -56,13 +56,11 @@ def _hello(host: str) -> Any:
     return convert.hello_to_pb(hello)
 
 
-@pytest.fixture
-async def address(
-    store: Store, tmp_path: Path
-) -> AsyncIterator[tuple[str, StreamRegistry, Metrics]]:
-    registry = StreamRegistry()
-    metrics = Metrics()
-    sync = AgentSync(
+def _agent_sync(
+    store: Store, registry: StreamRegistry, metrics: Metrics, tmp_path: Path
+) -> AgentSync:
+    """The real AgentService over the store, as the control plane builds it."""
+    return AgentSync(
         store,
         registry=registry,
         reports=ReportWriter(StatusStore(store.pool), on_written=lambda _: None),
@@ -71,6 +69,15 @@ async def address(
         resync_period_s=30.0,
         secrets=load_or_create(tmp_path / "secret.key", on_open_failure=lambda: None),
     )
+
+
+@pytest.fixture
+async def address(
+    store: Store, tmp_path: Path
+) -> AsyncIterator[tuple[str, StreamRegistry, Metrics]]:
+    registry = StreamRegistry()
+    metrics = Metrics()
+    sync = _agent_sync(store, registry, metrics, tmp_path)
     server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics=metrics)])
     agent_pb2_grpc.add_AgentServiceServicer_to_server(sync, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -205,15 +212,7 @@ async def test_calls_refused_for_their_credential_are_freed_when_they_end(
     collector either: a script retrying with a revoked token must not grow the control plane."""
     metrics = Metrics()
     registry = StreamRegistry()
-    sync = AgentSync(
-        store,
-        registry=registry,
-        reports=ReportWriter(StatusStore(store.pool), on_written=lambda _: None),
-        heartbeats=HeartbeatWriter(store, metrics=metrics, on_written=lambda _: None),
-        logs=LogRelay(registry),
-        resync_period_s=30.0,
-        secrets=load_or_create(tmp_path / "secret.key", on_open_failure=lambda: None),
-    )
+    sync = _agent_sync(store, registry, metrics, tmp_path)
     tokens = TokenStore(store.pool, cache_s=5.0)
     server = grpc.aio.server(
         interceptors=[
