@@ -101,8 +101,8 @@ def control_from_pb(
     return None
 
 
-def join_request_pb(host: str) -> agent_pb2.JoinRequest:
-    return agent_pb2.JoinRequest(host=host)
+def join_request_pb(host: str, secret: str = "") -> agent_pb2.JoinRequest:
+    return agent_pb2.JoinRequest(host=host, secret=secret)
 
 
 def credential_from_pb(reply: agent_pb2.JoinResponse) -> str:

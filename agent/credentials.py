@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 from pathlib import Path
 
 from agent.errors import ConfigError
@@ -25,6 +26,9 @@ from keel.tls import ClientTLS, TLSError
 
 JOIN_TOKEN_ENV = "KEEL_JOIN_TOKEN"
 CREDENTIAL_FILE = "credential"
+# The secret of the credential a Join asks for, kept before the call: a Join whose answer was
+# lost is retried with it and gets the same credential (the control plane refuses any other).
+JOIN_SECRET_FILE = "credential.joining"
 
 
 class NoCredential(Exception):
@@ -71,6 +75,7 @@ class Credentials:
     def __init__(self, *, host: str, state_dir: Path, join_token: str | None) -> None:
         self._host = host
         self._path = state_dir / CREDENTIAL_FILE
+        self._joining = state_dir / JOIN_SECRET_FILE
         self._join_token = join_token
         self._credential: str | None = None
 
@@ -91,12 +96,29 @@ class Credentials:
             )
         return self._join_token
 
+    async def join_secret(self) -> str:
+        """The secret to join with: the one kept from an earlier attempt, or a new one kept
+        (0600) before it is sent, so a Join retried after its answer was lost gets the same
+        credential."""
+
+        def kept() -> str:
+            if self._joining.exists():
+                return read_secret(self._joining, what="join secret")
+            secret = secrets.token_urlsafe(32)
+            write_secret(self._joining, secret)
+            return secret
+
+        return await asyncio.to_thread(kept)
+
     async def store(self, credential: str) -> None:
         """Keeps the credential Join gave, mode 0600, before it is used."""
         await asyncio.to_thread(write_secret, self._path, credential)
         self._credential = credential
+        self._joining.unlink(missing_ok=True)
 
     def refused(self) -> None:
-        """The control plane does not know this credential (any more): join again next time."""
+        """The control plane does not know this credential (any more): join again next time,
+        with a new secret."""
         self._credential = None
         self._path.unlink(missing_ok=True)
+        self._joining.unlink(missing_ok=True)

@@ -213,7 +213,7 @@ class SyncClient:
             credential = await self._credentials.load()
             if credential is None:
                 reply = await stub.Join(
-                    convert.join_request_pb(s.host),
+                    convert.join_request_pb(s.host, await self._credentials.join_secret()),
                     metadata=_bearer(self._credentials.join_token()),
                     timeout=s.connect_timeout_s,
                 )

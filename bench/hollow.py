@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import signal
 import time
 import zlib
@@ -105,6 +106,8 @@ class HollowAgent:
         self.lost_at = 0.0
         self._write_lock = asyncio.Lock()
         self._credential: str | None = None
+        # Its own credential secret, the same for every Join it retries (`agent.credentials`).
+        self._join_secret = secrets.token_urlsafe(32)
 
     @property
     def running(self) -> int:
@@ -144,7 +147,7 @@ class HollowAgent:
             stub = agent_pb2_grpc.AgentServiceStub(ch)
             if self._credential is None and self._config.join_token:
                 reply = await stub.Join(
-                    convert.join_request_pb(self.host),
+                    convert.join_request_pb(self.host, self._join_secret),
                     metadata=_bearer(self._config.join_token),
                     timeout=self._config.connect_timeout_s,
                 )

@@ -89,10 +89,27 @@ def digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def new_token() -> tuple[str, str, bytes]:
-    """(token as handed out, its id, the hash stored)."""
-    token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+def new_token(secret: str | None = None) -> tuple[str, str, bytes]:
+    """(token as handed out, its id, the hash stored). With `secret` (an agent's own, for its
+    host's credential), the id is derived from it, so the same secret gives the same token."""
+    if secret is None:
+        token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    else:
+        token_id = hashlib.sha256(b"keel-join\0" + secret.encode()).hexdigest()[:16]
     return f"{token_id}.{secret}", token_id, digest(secret)
+
+
+# An agent's own credential secret: enough entropy, and nothing a token's text cannot carry.
+_JOIN_SECRET = re.compile(r"[A-Za-z0-9_-]{32,128}")
+
+
+def check_join_secret(secret: str) -> str:
+    if not _JOIN_SECRET.fullmatch(secret):
+        raise InvalidArgument(
+            "secret: must be 32 to 128 of A-Z, a-z, 0-9, '-' and '_' (the agent's own random "
+            "credential secret), or empty"
+        )
+    return secret
 
 
 def check_name(name: str) -> str:
@@ -193,9 +210,16 @@ class TokenStore:
                 del self._checked[token_id]
 
     async def _insert(
-        self, conn: Conn, *, name: str, role: str, host: str | None, actor: str
+        self,
+        conn: Conn,
+        *,
+        name: str,
+        role: str,
+        host: str | None,
+        actor: str,
+        secret: str | None = None,
     ) -> tuple[str, TokenInfo]:
-        token, token_id, hashed = new_token()
+        token, token_id, hashed = new_token(secret)
         inserted = await conn.fetchrow(
             f"""INSERT INTO token (id, name, role, host, hash, created_by)
                 VALUES ($1, $2, $3, $4, $5, $6)
@@ -204,6 +228,13 @@ class TokenStore:
             token_id, name, role, host, hashed, actor,
         )  # fmt: skip
         if inserted is None:
+            if role == HOST and secret is not None:
+                # The same agent again (its first Join's answer was lost): the same credential.
+                live = await conn.fetchrow(
+                    f"{_SELECT} WHERE name = $1 AND revoked_at IS NULL", name
+                )
+                if live is not None and hmac.compare_digest(bytes(live["hash"]), hashed):
+                    return token, _info(live)
             if role == HOST:
                 raise PermissionDenied(
                     f"host {host!r} already has a credential: a second agent cannot take a host "
@@ -229,12 +260,20 @@ class TokenStore:
         log.info("token created", token_name=name, role=role, actor=actor)
         return token, info
 
-    async def join(self, host: str, *, actor: str) -> str:
-        """The credential of `host` for the agent that joins it; refused while one is live."""
+    async def join(self, host: str, *, actor: str, secret: str = "") -> str:
+        """The credential of `host` for the agent that joins it; refused while one is live,
+        unless it is the one the same `secret` (the agent's own) made: a retried Join."""
+        own = check_join_secret(secret) if secret else None
         async with self._db.acquire() as conn, conn.transaction():
-            token, _ = await self._insert(
-                conn, name=host_name(host), role=HOST, host=host, actor=actor
+            existed = own is not None and await conn.fetchval(
+                "SELECT true FROM token WHERE name = $1 AND revoked_at IS NULL", host_name(host)
             )
+            token, _ = await self._insert(
+                conn, name=host_name(host), role=HOST, host=host, actor=actor, secret=own
+            )
+            if existed:
+                log.info("host joined again with its own secret", host=host, actor=actor)
+                return token
             await record_event(
                 conn, f"host/{host}", "HostJoined", "the agent joined and got a credential",
                 actor=actor,

@@ -77,5 +77,7 @@ class JoinApi:
         self, request: agent_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.JoinResponse:
         host = fields.host_name(request.host, "host")
-        credential = await _store(self._tokens).join(host, actor=actor_of(context))
+        credential = await _store(self._tokens).join(
+            host, actor=actor_of(context), secret=request.secret
+        )
         return agent_pb2.JoinResponse(credential=credential)

@@ -122,6 +122,30 @@ async def test_a_host_joins_once_until_its_credential_is_reset(store: Store) -> 
     assert kinds == ["HostJoined", "HostCredentialReset", "HostJoined"]
 
 
+async def test_a_join_retried_with_the_agents_own_secret_gets_the_same_credential(
+    store: Store,
+) -> None:
+    """An agent's first Join committed but its answer was lost: the same Join (its own secret,
+    kept before the call) gets the same credential, once recorded; another secret is a
+    takeover and refused; a secret that is too short names the field."""
+    tokens = tokens_of(store)
+    mine = "a" * 20 + "B-_c" * 5
+    first = await tokens.join("h1", actor="join", secret=mine)
+    again = await tokens.join("h1", actor="join", secret=mine)
+    assert again == first
+    assert await tokens.verify(again) == Caller("host/h1", "host", "h1")
+    with pytest.raises(PermissionDenied, match="host 'h1' already has a credential"):
+        await tokens.join("h1", actor="join", secret="z" * 40)
+    with pytest.raises(PermissionDenied, match="host 'h1' already has a credential"):
+        await tokens.join("h1", actor="join")
+    with pytest.raises(InvalidArgument, match=r"^secret: must be 32 to 128"):
+        await tokens.join("h2", actor="join", secret="short")
+    joined = await store.pool.fetchval(
+        "SELECT count(*) FROM event WHERE kind = 'HostJoined' AND object = 'host/h1'"
+    )
+    assert joined == 1
+
+
 async def test_first_start_writes_admin_and_join_tokens_0600_once(
     store: Store, tmp_path: Path
 ) -> None:

@@ -96,3 +96,22 @@ def test_tls_flags_that_do_not_fit_are_named(tls: ClientTLS, message: str) -> No
 )
 def test_only_loopback_addresses_may_serve_without_tls(address: str, loopback: bool) -> None:
     assert is_loopback(listen_host(address)) is loopback
+
+
+def test_the_agent_joins_with_a_secret_it_kept_first_until_it_has_its_credential(
+    tmp_path: Path,
+) -> None:
+    """The join secret is written (0600) before the Join is sent and the same one is sent
+    again after a lost answer, even by a restarted agent; once the credential is kept, or
+    refused, the next join uses a new one."""
+    creds = Credentials(host="h1", state_dir=tmp_path, join_token="j")
+    first = asyncio.run(creds.join_secret())
+    assert len(first) >= 32
+    kept = tmp_path / "credential.joining"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    restarted = Credentials(host="h1", state_dir=tmp_path, join_token="j")
+    assert asyncio.run(restarted.join_secret()) == first
+    asyncio.run(restarted.store(f"0123456789abcdef.{first}"))
+    assert not kept.exists()
+    restarted.refused()
+    assert asyncio.run(restarted.join_secret()) != first
