@@ -10,7 +10,6 @@ uses `keel.tls`. Neighbours: `keel.ctl.main` (runs these), `keel.ctl.args` (the 
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import grpc
 
 from keel.ctl import output
 from keel.ctl.args import CtlError
+from keel.ctl.calldetails import with_metadata
 from keel.grpctls import channel_credentials
 from keel.secretfile import SecretFileError, read_secret
 from keel.tls import ClientTLS, TLSError
@@ -54,16 +54,6 @@ def open_channel(address: str, args: argparse.Namespace, options: Any) -> grpc.C
     return grpc.insecure_channel(address, options=options)
 
 
-class _CallDetails(
-    collections.namedtuple(
-        "_CallDetails",
-        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
-    ),
-    grpc.ClientCallDetails,  # type: ignore[misc]
-):
-    """grpc.ClientCallDetails with the metadata replaced (grpc offers no constructor)."""
-
-
 class TokenInterceptor(
     grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
     grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
@@ -73,17 +63,10 @@ class TokenInterceptor(
     open an agent's stream use it)."""
 
     def __init__(self, token: str) -> None:
-        self._metadata = ("authorization", f"Bearer {token}")
+        self._authorization = f"Bearer {token}"
 
     def _details(self, details: Any) -> Any:
-        return _CallDetails(
-            details.method,
-            details.timeout,
-            [*(details.metadata or ()), self._metadata],
-            details.credentials,
-            getattr(details, "wait_for_ready", None),
-            getattr(details, "compression", None),
-        )
+        return with_metadata(details, "authorization", self._authorization)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(self._details(details), request)

@@ -10,27 +10,18 @@ invocation makes at most one mutating call, so one id per invocation names one r
 
 from __future__ import annotations
 
-import collections
 import uuid
 from typing import Any
 
 import grpc
+
+from keel.ctl.calldetails import with_metadata
 
 REQUEST_ID_KEY = "keel-request-id"
 
 
 def new_request_id() -> str:
     return str(uuid.uuid4())
-
-
-class _CallDetails(
-    collections.namedtuple(
-        "_CallDetails",
-        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
-    ),
-    grpc.ClientCallDetails,  # type: ignore[misc]
-):
-    """grpc.ClientCallDetails with the metadata replaced (grpc offers no constructor)."""
 
 
 class RequestIdInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
@@ -40,15 +31,4 @@ class RequestIdInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[mi
         self.request_id = request_id
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        metadata = [*(details.metadata or ()), (REQUEST_ID_KEY, self.request_id)]
-        return continuation(
-            _CallDetails(
-                details.method,
-                details.timeout,
-                metadata,
-                details.credentials,
-                getattr(details, "wait_for_ready", None),
-                getattr(details, "compression", None),
-            ),
-            request,
-        )
+        return continuation(with_metadata(details, REQUEST_ID_KEY, self.request_id), request)

@@ -9,7 +9,6 @@ continues it, and so does the desired change an apply stores.
 from __future__ import annotations
 
 import argparse
-import collections
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,19 +16,10 @@ import grpc
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from keel import tracing
+from keel.ctl.calldetails import with_metadata
 
 # What runs the command: keel.ctl.main's, given the channel interceptors to install.
 Runner = Callable[..., int]
-
-
-class _CallDetails(
-    collections.namedtuple(
-        "_CallDetails",
-        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
-    ),
-    grpc.ClientCallDetails,  # type: ignore[misc]
-):
-    """grpc.ClientCallDetails with the metadata replaced (grpc offers no constructor)."""
 
 
 class TraceparentInterceptor(
@@ -43,15 +33,7 @@ class TraceparentInterceptor(
         traceparent = tracing.inject_traceparent()
         if not traceparent:
             return details
-        metadata = [*(details.metadata or ()), ("traceparent", traceparent)]
-        return _CallDetails(
-            details.method,
-            details.timeout,
-            metadata,
-            details.credentials,
-            getattr(details, "wait_for_ready", None),
-            getattr(details, "compression", None),
-        )
+        return with_metadata(details, "traceparent", traceparent)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(self._details(details), request)
