@@ -57,14 +57,16 @@ REQUIRED: dict[str, str] = {
         for m in (
             "GetWorkload", "ListWorkloads", "GetHost", "ListHosts", "GetInstance",
             "ListInstances", "ListStuck", "ListEvents", "GetLogs", "PlanDrain",
-            "GetOperation", "ListOperations", "WatchOperation",
+            "GetOperation", "ListOperations", "WatchOperation", "GetRolloutHistory",
+            "GetRolloutStatus", "GetFreeze",
         )
     },
     **{
         _FLEET + m: OPERATOR
         for m in (
             "ApplyWorkload", "DeleteWorkload", "Cordon", "Uncordon", "Drain", "CancelOperation",
-            "DeleteHost",
+            "DeleteHost", "PauseRollout", "ResumeRollout", "UndoRollout", "PromoteRollout",
+            "AbortRollout", "Freeze", "Unfreeze",
         )
     },
     **{

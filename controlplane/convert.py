@@ -189,7 +189,7 @@ def workload_status(row: WorkloadRow, tallies: Sequence[Tally]) -> types_pb2.Wor
         instances=sum(t.count for t in live),
         running=sum(t.count for t in live if t.phase is Phase.RUNNING),
         ready=sum(t.count for t in live if converged(Desired.RUNNING, t.phase, t.ready)),
-        updated=sum(t.count for t in live if t.generation == row.generation),
+        updated=sum(t.count for t in live if row.is_current(t.generation)),
     )
 
 
@@ -210,6 +210,10 @@ def workload_pb(row: WorkloadRow, tallies: Sequence[Tally]) -> types_pb2.Workloa
         updated_at=convert.ts(row.updated_at),
         status=workload_status(row, tallies),
         stuck=stuck_pb(row.stuck, workload=w.name),
+        rollout=convert.rollout_to_pb(w.rollout),
+        paused=row.paused,
+        paused_by=row.paused_by,
+        paused_at=convert.ts(row.paused_at),
     )
 
 

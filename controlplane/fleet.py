@@ -90,6 +90,7 @@ class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  
         self, request: fleet_pb2.ApplyWorkloadRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.ApplyWorkloadResponse:
         parsed = spec.parse_manifest(request.manifest_json, "manifest_json")
+        reason = convert.reason(request.reason)
         # Sealed before anything else sees it: the store, its events and every answer hold
         # only ciphertext, and a changed value still changes what is stored (deterministic).
         workload = replace(parsed, spec=self._secrets.seal(parsed.name, parsed.spec))
@@ -111,7 +112,7 @@ class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  
             request,
             reply=fleet_pb2.ApplyWorkloadResponse,
             write=lambda once: self._store.apply_workload(
-                workload, actor=actor, trace_context=trace_context, once=once
+                workload, actor=actor, reason=reason, trace_context=trace_context, once=once
             ),
             respond=respond,
         )

@@ -176,7 +176,7 @@ class _State:
         return is_available(inst, self.ready)
 
     def current(self, inst: InstanceView) -> bool:
-        return inst.generation == self.workload.generation
+        return self.workload.is_current(inst.generation)
 
     def counted(self, inst: InstanceView) -> bool:
         """Of the current generation and not being replaced by a drain: a replica it counts."""

@@ -27,6 +27,9 @@ def workload_view(row: WorkloadRow) -> WorkloadView:
         selector=w.selector,
         resources=w.spec.resources,
         deleting=row.deleting,
+        spec_generations=row.spec_generations,
+        paused=row.paused,
+        canary=w.rollout.canary if row.canary_pending else 0,
     )
 
 

@@ -145,7 +145,7 @@ def place(
     mine = [i for i in mine if i.workload == workload.name and i.live]
     # Spread the current generation first: mid-rollout, old instances are on their way out,
     # and counting them equally would pile the new generation onto the hosts they left.
-    current = Counter(i.host for i in mine if i.generation == workload.generation)
+    current = Counter(i.host for i in mine if workload.is_current(i.generation))
     spread = Counter(i.host for i in mine)
     # Every host once in a heap by its rank; only the picked host's rank changes, so each pick
     # is a pop and a push (placing R instances on H hosts costs (H + R) log H, not R x H). A

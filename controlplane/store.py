@@ -25,6 +25,7 @@ from controlplane.hosts import HostRow
 from controlplane.instance_store import InstanceRow, InstanceStore, PlanResult
 from controlplane.listing import InstanceStatusRow, ListingStore, Tally
 from controlplane.operation_store import OperationStore
+from controlplane.revision_store import RevisionStore
 from controlplane.sql import (
     HOST_CHANNEL,
     OPERATION_CHANNEL,
@@ -34,7 +35,7 @@ from controlplane.sql import (
     create_pool,
 )
 from controlplane.view import StuckState
-from controlplane.workload_store import WorkloadRow, WorkloadStore
+from controlplane.workload_store import WorkloadRow
 from keel.model import Phase
 
 __all__ = [
@@ -75,7 +76,7 @@ class Report:
 
 
 class Store(
-    WorkloadStore,
+    RevisionStore,
     InstanceStore,
     CordonStore,
     FencingStore,

@@ -162,7 +162,7 @@ def workload_converged(row: WorkloadRow, plan: WorkloadPlan, own: Sequence[Insta
     if plan.create or plan.remove or plan.unschedulable or plan.blocked:
         return False
     live = [i for i in own if i.desired is not Desired.REMOVED]
-    return all(i.converged and i.generation == row.generation for i in live)
+    return all(i.converged and row.is_current(i.generation) for i in live)
 
 
 class Converging(Protocol):
@@ -181,7 +181,7 @@ def surely_unconverged(workload: WorkloadView, own: Sequence[Converging]) -> boo
     instance not converged or of an older generation, or a service without as many live
     instances as it wants. Only otherwise does convergence need the plan."""
     live = [i for i in own if i.desired is not Desired.REMOVED]
-    if any(not i.converged or i.generation != workload.generation for i in live):
+    if any(not i.converged or not workload.is_current(i.generation) for i in live):
         return True
     wanted = 0 if workload.deleting else workload.replicas
     return workload.kind is Kind.SERVICE and len(live) != wanted
@@ -236,7 +236,7 @@ def judge_workload(
             f"{plan.unschedulable.code.value}: {plan.unschedulable.message}",
         )
     live = [i for i in own if i.desired is not Desired.REMOVED]
-    old = [i for i in live if i.generation != row.generation]
+    old = [i for i in live if not row.is_current(i.generation)]
     if old or plan.blocked:
         waiting = sorted(i.id for i in live if i.id in stuck_instances)
         detail = plan.blocked or f"{len(old)} instance(s) of older generations remain"

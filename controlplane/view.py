@@ -73,6 +73,18 @@ class WorkloadView:
     selector: Mapping[str, str]
     resources: Resources
     deleting: bool
+    # Earlier generations whose spec is the current one (a rollback to it): their instances
+    # are current too.
+    spec_generations: frozenset[int] = frozenset()
+    # A paused rollout holds where it is: old instances are neither removed nor replaced.
+    paused: bool = False
+    # Canaries the current revision runs beside the old instances while it waits to be
+    # promoted (0: not a canary rollout, or promoted).
+    canary: int = 0
+
+    def is_current(self, generation: int) -> bool:
+        """Whether an instance of `generation` runs the current spec."""
+        return generation == self.generation or generation in self.spec_generations
 
 
 @dataclass(frozen=True, slots=True)

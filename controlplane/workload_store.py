@@ -26,7 +26,7 @@ from controlplane.sql import (
     workload_payload,
 )
 from controlplane.view import StuckState
-from keel.model import Kind, Workload, WorkloadSpec
+from keel.model import Kind, RolloutPolicy, Workload, WorkloadSpec
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,19 @@ class WorkloadRow:
     # Its last desired change still waits for a plan that carries it out in full (migration
     # 0007): a change meanwhile keeps `desired_changed_at`.
     desired_pending: bool = False
+    # The generations whose spec is the current one (migration 0012): their instances are
+    # current, so a rollback to an earlier spec keeps the instances that already run it.
+    spec_generations: frozenset[int] = frozenset()
+    # A paused rollout holds where it is (`keelctl rollout pause`).
+    paused: bool = False
+    paused_by: str = ""
+    paused_at: datetime | None = None
+    # The current revision's canaries wait to be promoted (`rollout.canary`).
+    canary_pending: bool = False
+
+    def is_current(self, generation: int) -> bool:
+        """Whether an instance of `generation` runs the current spec."""
+        return generation == self.generation or generation in self.spec_generations
 
 
 def stuck_state(r: asyncpg.Record) -> StuckState | None:
@@ -70,6 +83,7 @@ def workload_row(r: asyncpg.Record) -> WorkloadRow:
             selector=dict(r["selector"]),
             deadline_ms=r["deadline_ms"],
             spec=WorkloadSpec.from_json(r["spec"]),
+            rollout=RolloutPolicy.from_json(r["rollout"]),
         ),
         generation=r["generation"],
         deleting=r["deleting"],
@@ -82,6 +96,11 @@ def workload_row(r: asyncpg.Record) -> WorkloadRow:
         version=r["version"],
         desired_version=r["desired_version"],
         desired_pending=r["desired_pending"],
+        spec_generations=frozenset(r["spec_generations"]),
+        paused=r["paused"],
+        paused_by=r["paused_by"],
+        paused_at=r["paused_at"],
+        canary_pending=r["canary_pending"],
     )
 
 
@@ -113,13 +132,17 @@ class WorkloadStore:
         w: Workload,
         *,
         actor: str = "",
+        reason: str = "",
         trace_context: str = "",
         once: Once[tuple[WorkloadRow, str]] | None = None,
     ) -> tuple[WorkloadRow, str]:
         """Creates or updates a workload. Returns it and `created`, `configured` or `unchanged`.
 
-        The generation moves only when the spec (what runs) changes; replicas, budgets,
-        selector and deadline are updated in place, like a Deployment's pod template. `once`:
+        The generation moves only when the spec (what runs) changes, and each such change is
+        a new revision (`workload_revision`) kept with its spec, actor and `reason`;
+        replicas, budgets, selector, deadline and rollout policy are updated in place, like a
+        Deployment's pod template. A spec equal to an earlier revision's is a rollback to it:
+        the instances already running that spec stay current (`spec_generations`). `once`:
         the request id's record, in the same transaction (`idempotency`).
         """
         if w.spec.plain_secrets():
@@ -127,15 +150,20 @@ class WorkloadStore:
             raise ValueError("a secret_env value reached the store unsealed")
         async with self.pool.acquire() as conn, conn.transaction():
             return await once_in(
-                conn, once, lambda: self._apply(conn, w, actor=actor, trace_context=trace_context)
+                conn,
+                once,
+                lambda: self._apply(
+                    conn, w, actor=actor, reason=reason, trace_context=trace_context
+                ),
             )
 
     async def _apply(
-        self, conn: Conn, w: Workload, *, actor: str, trace_context: str
+        self, conn: Conn, w: Workload, *, actor: str, reason: str, trace_context: str
     ) -> tuple[WorkloadRow, str]:
         spec = w.spec.to_json()
         old = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name)
         row = None
+        same_as: int | None = None
         if old is None:
             # FOR UPDATE locks nothing for a name not yet there: two first applies of one
             # name race to this INSERT. The loser inserts nothing, then waits on the
@@ -143,8 +171,10 @@ class WorkloadStore:
             row = await conn.fetchrow(
                 """INSERT INTO workload (name, kind, replicas, max_unavailable, max_surge,
                                          selector, deadline_ms, spec, trace_context,
-                                         desired_changed_at, desired_pending)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp(), true)
+                                         desired_changed_at, desired_pending, rollout,
+                                         spec_generations)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp(), true, $10,
+                           ARRAY[1::bigint])
                    ON CONFLICT (name) DO NOTHING
                    RETURNING *""",
                 w.name,
@@ -156,12 +186,15 @@ class WorkloadStore:
                 w.deadline_ms,
                 spec,
                 trace_context,
+                w.rollout.to_json(),
             )
             result = "created"
             if row is None:
                 old = await conn.fetchrow(
                     "SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name
                 )
+            else:
+                await _record_revision(conn, row, actor=actor, reason=reason, same_as=None)
         if old is None and row is None:
             raise FailedPrecondition(
                 f'workload "{w.name}" was created and removed while this apply ran; apply again'
@@ -186,9 +219,36 @@ class WorkloadStore:
                     f"and apply it again as a {w.kind.value}"
                 )
             spec_changed = old["spec"] != spec
-            if not spec_changed and all(old[k] == new_values[k] for k in _IN_PLACE_FIELDS):
+            policy_changed = RolloutPolicy.from_json(old["rollout"]) != w.rollout
+            if (
+                not spec_changed
+                and not policy_changed
+                and all(old[k] == new_values[k] for k in _IN_PLACE_FIELDS)
+            ):
                 return workload_row(old), "unchanged"
             desired_changed = spec_changed or any(old[k] != new_values[k] for k in _DESIRED_FIELDS)
+            generations = list(old["spec_generations"])
+            canary = old["canary_pending"]
+            if spec_changed:
+                same = await conn.fetch(
+                    """SELECT revision FROM workload_revision
+                       WHERE workload = $1 AND spec = $2::jsonb ORDER BY revision""",
+                    w.name,
+                    spec,
+                )
+                same_as = same[0]["revision"] if same else None
+                generations = [r["revision"] for r in same] + [old["generation"] + 1]
+                # A rollback returns to a spec that ran before: no canary. A first rollout
+                # has nothing to run beside.
+                canary = (
+                    w.rollout.canary > 0
+                    and same_as is None
+                    and await conn.fetchval(
+                        """SELECT EXISTS (SELECT 1 FROM instance
+                                          WHERE workload = $1 AND desired <> 'REMOVED')""",
+                        w.name,
+                    )
+                )
             row = await conn.fetchrow(
                 """UPDATE workload SET replicas = $2, max_unavailable = $3, max_surge = $4,
                           selector = $5, deadline_ms = $6, spec = $7,
@@ -198,7 +258,8 @@ class WorkloadStore:
                           desired_changed_at = CASE WHEN $10 AND NOT desired_pending
                                                     THEN clock_timestamp()
                                                     ELSE desired_changed_at END,
-                          desired_pending = desired_pending OR $10
+                          desired_pending = desired_pending OR $10,
+                          rollout = $11, spec_generations = $12, canary_pending = $13
                    WHERE name = $1 RETURNING *""",
                 w.name,
                 w.replicas,
@@ -210,16 +271,20 @@ class WorkloadStore:
                 1 if spec_changed else 0,
                 trace_context,
                 desired_changed,
+                w.rollout.to_json(),
+                generations,
+                canary,
             )
+            if spec_changed and row is not None:
+                await _record_revision(conn, row, actor=actor, reason=reason, same_as=same_as)
             result = "configured"
         assert row is not None
-        await record_event(
-            conn,
-            f"workload/{w.name}",
-            "WorkloadApplied",
-            f"{result}, generation {row['generation']}, replicas {w.replicas}",
-            actor=actor,
-        )
+        message = f"{result}, generation {row['generation']}, replicas {w.replicas}"
+        if same_as is not None:
+            message += f", the spec of revision {same_as} (a rollback: its instances are kept)"
+        if reason:
+            message += f": {reason}"
+        await record_event(conn, f"workload/{w.name}", "WorkloadApplied", message, actor=actor)
         await conn.execute(
             "SELECT pg_notify($1, $2)",
             WORKLOAD_CHANNEL,
@@ -284,3 +349,29 @@ class WorkloadStore:
                 )
                 return True
             return False
+
+
+async def _record_revision(
+    conn: Conn, row: asyncpg.Record, *, actor: str, reason: str, same_as: int | None
+) -> None:
+    """Keeps the workload's new spec as its revision `row.generation`; the revision it
+    replaces, if still rolling out, is superseded."""
+    await conn.execute(
+        """UPDATE workload_revision SET state = 'SUPERSEDED', state_since = now()
+           WHERE workload = $1 AND revision < $2
+             AND state IN ('PROGRESSING', 'AWAITING_PROMOTION')""",
+        row["name"],
+        row["generation"],
+    )
+    await conn.execute(
+        """INSERT INTO workload_revision (workload, revision, spec, actor, reason, same_as,
+                                          state)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        row["name"],
+        row["generation"],
+        row["spec"],
+        actor,
+        reason,
+        same_as,
+        "AWAITING_PROMOTION" if row["canary_pending"] else "PROGRESSING",
+    )

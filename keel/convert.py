@@ -6,7 +6,15 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from keel.model import Desired, HealthCheck, Phase, Resources, SecretValue, WorkloadSpec
+from keel.model import (
+    Desired,
+    HealthCheck,
+    Phase,
+    Resources,
+    RolloutPolicy,
+    SecretValue,
+    WorkloadSpec,
+)
 from keel.v1 import types_pb2 as pb
 
 _DESIRED_TO_PB = {
@@ -97,6 +105,27 @@ def spec_from_pb(m: pb.WorkloadSpec) -> WorkloadSpec:
         secret_env={k: secret_from_pb(v) for k, v in m.secret_env.items()},
         user=m.user,
         stop_after_disconnect_ms=m.stop_after_disconnect_ms,
+    )
+
+
+def rollout_to_pb(r: RolloutPolicy) -> pb.RolloutPolicy:
+    return pb.RolloutPolicy(
+        progress_deadline_ms=r.progress_deadline_ms,
+        auto_rollback=r.auto_rollback,
+        canary=r.canary,
+        auto_promote=r.auto_promote,
+    )
+
+
+def rollout_from_pb(m: pb.RolloutPolicy) -> RolloutPolicy:
+    # An answer from a server without rollout policies leaves it unset: the defaults.
+    if m.progress_deadline_ms <= 0:
+        return RolloutPolicy()
+    return RolloutPolicy(
+        progress_deadline_ms=m.progress_deadline_ms,
+        auto_rollback=m.auto_rollback,
+        canary=m.canary,
+        auto_promote=m.auto_promote,
     )
 
 

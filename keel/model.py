@@ -218,6 +218,42 @@ class WorkloadSpec:
 
 
 @dataclass(frozen=True)
+class RolloutPolicy:
+    """How a new revision of a workload rolls out (the manifest's `rollout:`).
+
+    `progress_deadline_ms`: a rollout that has made no progress (no new instance became
+    ready) for this long has failed. `auto_rollback`: a failed rollout returns to the last
+    revision that was fully ready; without it, it holds. `canary`: a new revision first starts
+    this many extra instances beside the old ones and waits to be promoted; `auto_promote`
+    promotes once they have stayed ready for `min_ready`. Changing these changes how the
+    workload rolls, not what runs: like the budgets, they are updated in place.
+    """
+
+    progress_deadline_ms: int = 600_000
+    auto_rollback: bool = False
+    canary: int = 0
+    auto_promote: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "progress_deadline_ms": self.progress_deadline_ms,
+            "auto_rollback": self.auto_rollback,
+            "canary": self.canary,
+            "auto_promote": self.auto_promote,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> RolloutPolicy:
+        d = data or {}
+        return cls(
+            progress_deadline_ms=int(d.get("progress_deadline_ms", 600_000)),
+            auto_rollback=bool(d.get("auto_rollback", False)),
+            canary=int(d.get("canary", 0)),
+            auto_promote=bool(d.get("auto_promote", False)),
+        )
+
+
+@dataclass(frozen=True)
 class Workload:
     """A workload as the operator asked for it (no generation: the store owns that)."""
 
@@ -229,3 +265,4 @@ class Workload:
     max_surge: int = 1
     selector: dict[str, str] = field(default_factory=dict)
     deadline_ms: int = 120_000
+    rollout: RolloutPolicy = RolloutPolicy()

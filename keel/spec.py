@@ -27,9 +27,10 @@ from keel.fields import (
     string,
     string_list,
     string_map,
+    type_name,
 )
 from keel.fields import integer as _int
-from keel.model import HealthCheck, Kind, Resources, Workload, WorkloadSpec
+from keel.model import HealthCheck, Kind, Resources, RolloutPolicy, Workload, WorkloadSpec
 from keel.quantities import (
     MAX_CPU_MILLIS,
     MAX_DURATION_MS,
@@ -69,8 +70,10 @@ _TOP_FIELDS = (
     "max_surge",
     "selector",
     "deadline",
+    "rollout",
     "spec",
 )
+_ROLLOUT_FIELDS = ("progress_deadline", "auto_rollback", "canary", "auto_promote")
 _SPEC_FIELDS = (
     "command",
     "env",
@@ -178,6 +181,8 @@ def parse_workload(doc: object) -> Workload:
     if spec_raw is None:
         raise SpecError("spec", "required")
     spec = _parse_spec(mapping(spec_raw, "spec"))
+    rollout_raw = _optional(top, "rollout")
+    rollout = RolloutPolicy() if rollout_raw is None else _parse_rollout(rollout_raw, kind)
 
     if kind is Kind.SERVICE:
         # A budget above the replica count means "all of them"; clamping keeps the stored
@@ -200,7 +205,51 @@ def parse_workload(doc: object) -> Workload:
         max_surge=max_surge,
         selector=selector,
         deadline_ms=deadline_ms,
+        rollout=rollout,
     )
+
+
+def _parse_rollout(value: object, kind: Kind) -> RolloutPolicy:
+    """`rollout: {progress_deadline: 10m, auto_rollback: true, canary: 1, auto_promote: false}`."""
+    d = mapping(value, "rollout")
+    check_fields(d, _ROLLOUT_FIELDS, "rollout")
+    deadline_ms = RolloutPolicy.progress_deadline_ms
+    if _optional(d, "progress_deadline") is not None:
+        deadline_ms = parse_duration(d["progress_deadline"], "rollout.progress_deadline")
+        if deadline_ms <= 0:
+            raise SpecError(
+                "rollout.progress_deadline",
+                f"must be > 0, got {shown(str(d['progress_deadline']))}",
+            )
+    canary_raw = _optional(d, "canary")
+    canary = (
+        0
+        if canary_raw is None
+        else _int(canary_raw, "rollout.canary", minimum=0, maximum=MAX_REPLICAS)
+    )
+    if canary and kind is Kind.DAEMON:
+        raise SpecError(
+            "rollout.canary",
+            "only a service can have canaries (a daemon runs one instance per host)",
+        )
+    auto_promote = _bool_or(d, "auto_promote", "rollout.auto_promote")
+    if auto_promote and not canary:
+        raise SpecError("rollout.auto_promote", "needs rollout.canary > 0 (nothing to promote)")
+    return RolloutPolicy(
+        progress_deadline_ms=deadline_ms,
+        auto_rollback=_bool_or(d, "auto_rollback", "rollout.auto_rollback"),
+        canary=canary,
+        auto_promote=auto_promote,
+    )
+
+
+def _bool_or(doc: Mapping[Any, Any], key: str, field: str) -> bool:
+    value = _optional(doc, key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise SpecError(field, f"must be true or false, got {type_name(value)}")
+    return value
 
 
 def _optional(doc: Mapping[Any, Any], key: str) -> object:
@@ -409,7 +458,7 @@ def workload_to_doc(w: Workload) -> dict[str, Any]:
         spec["user"] = w.spec.user
     if w.spec.stop_after_disconnect_ms:
         spec["on_disconnect"] = {"stop_after": format_duration(w.spec.stop_after_disconnect_ms)}
-    return {
+    doc: dict[str, Any] = {
         "name": w.name,
         "kind": w.kind.value,
         "replicas": w.replicas,
@@ -417,8 +466,18 @@ def workload_to_doc(w: Workload) -> dict[str, Any]:
         "max_surge": w.max_surge,
         "selector": dict(w.selector),
         "deadline": format_duration(w.deadline_ms),
-        "spec": spec,
     }
+    # Shown only when set, like the spec's optional fields.
+    if w.rollout != RolloutPolicy():
+        r = w.rollout
+        doc["rollout"] = {
+            "progress_deadline": format_duration(r.progress_deadline_ms),
+            "auto_rollback": r.auto_rollback,
+            "canary": r.canary,
+            "auto_promote": r.auto_promote,
+        }
+    doc["spec"] = spec
+    return doc
 
 
 # Exported for the agent's `${VAR}` expansion and for messages; the quantity parsers and

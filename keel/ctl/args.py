@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument(
         "-f", "--filename", required=True, metavar="FILE", help="the manifest; '-' reads stdin"
     )
+    apply.add_argument(
+        "--reason",
+        default="",
+        metavar="TEXT",
+        help="the change cause, kept with the revision (keelctl rollout history)",
+    )
 
     get = sub.add_parser("get", help="list workloads, hosts or instances")
     _add_globals(get, on_subcommand=True)

@@ -41,7 +41,8 @@ def cmd_apply(ctx: Context, manifest: object) -> str:
     # `default=str` keeps YAML's dates and such sendable; the server says if they are wrong.
     body = json.dumps(manifest, default=str)
     resp = ctx.stub.ApplyWorkload(
-        fleet_pb2.ApplyWorkloadRequest(manifest_json=body), timeout=ctx.timeout
+        fleet_pb2.ApplyWorkloadRequest(manifest_json=body, reason=ctx.args.reason),
+        timeout=ctx.timeout,
     )
     if ctx.json:
         return output.to_json(resp)

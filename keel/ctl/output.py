@@ -15,7 +15,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from keel.convert import from_ts, spec_from_pb
+from keel.convert import from_ts, rollout_from_pb, spec_from_pb
 from keel.model import Kind, Workload
 from keel.spec import format_cpu, format_duration, workload_to_doc
 from keel.v1 import types_pb2 as pb
@@ -327,6 +327,7 @@ def spec_document(w: pb.Workload) -> dict[str, Any]:
         max_surge=w.max_surge,
         selector=dict(w.selector),
         deadline_ms=w.deadline_ms,
+        rollout=rollout_from_pb(w.rollout),
     )
     return workload_to_doc(model)
 

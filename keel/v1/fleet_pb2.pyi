@@ -11,10 +11,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ApplyWorkloadRequest(_message.Message):
-    __slots__ = ("manifest_json",)
+    __slots__ = ("manifest_json", "reason", "override_freeze")
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDE_FREEZE_FIELD_NUMBER: _ClassVar[int]
     manifest_json: str
-    def __init__(self, manifest_json: _Optional[str] = ...) -> None: ...
+    reason: str
+    override_freeze: bool
+    def __init__(self, manifest_json: _Optional[str] = ..., reason: _Optional[str] = ..., override_freeze: _Optional[bool] = ...) -> None: ...
 
 class ApplyWorkloadResponse(_message.Message):
     __slots__ = ("workload", "result")
@@ -495,3 +499,177 @@ class ResetHostCredentialResponse(_message.Message):
     HAD_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     had_credential: bool
     def __init__(self, had_credential: _Optional[bool] = ...) -> None: ...
+
+class Revision(_message.Message):
+    __slots__ = ("number", "actor", "reason", "created_at", "same_as", "state", "state_since", "completed_at", "spec", "current", "failure")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SAME_AS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    actor: str
+    reason: str
+    created_at: _timestamp_pb2.Timestamp
+    same_as: int
+    state: str
+    state_since: _timestamp_pb2.Timestamp
+    completed_at: _timestamp_pb2.Timestamp
+    spec: _types_pb2.WorkloadSpec
+    current: bool
+    failure: RolloutFailure
+    def __init__(self, number: _Optional[int] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., same_as: _Optional[int] = ..., state: _Optional[str] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[_types_pb2.WorkloadSpec, _Mapping]] = ..., current: _Optional[bool] = ..., failure: _Optional[_Union[RolloutFailure, _Mapping]] = ...) -> None: ...
+
+class RolloutFailure(_message.Message):
+    __slots__ = ("reason", "message", "evidence", "runbook", "next_command", "at", "rolled_back_to")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    RUNBOOK_FIELD_NUMBER: _ClassVar[int]
+    NEXT_COMMAND_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_TO_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    message: str
+    evidence: _containers.RepeatedCompositeFieldContainer[RolloutEvidence]
+    runbook: str
+    next_command: str
+    at: _timestamp_pb2.Timestamp
+    rolled_back_to: int
+    def __init__(self, reason: _Optional[str] = ..., message: _Optional[str] = ..., evidence: _Optional[_Iterable[_Union[RolloutEvidence, _Mapping]]] = ..., runbook: _Optional[str] = ..., next_command: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rolled_back_to: _Optional[int] = ...) -> None: ...
+
+class RolloutEvidence(_message.Message):
+    __slots__ = ("instance", "host", "reason", "last_exit", "message")
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_EXIT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    instance: str
+    host: str
+    reason: str
+    last_exit: str
+    message: str
+    def __init__(self, instance: _Optional[str] = ..., host: _Optional[str] = ..., reason: _Optional[str] = ..., last_exit: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetRolloutHistoryRequest(_message.Message):
+    __slots__ = ("workload",)
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    workload: str
+    def __init__(self, workload: _Optional[str] = ...) -> None: ...
+
+class GetRolloutHistoryResponse(_message.Message):
+    __slots__ = ("revisions",)
+    REVISIONS_FIELD_NUMBER: _ClassVar[int]
+    revisions: _containers.RepeatedCompositeFieldContainer[Revision]
+    def __init__(self, revisions: _Optional[_Iterable[_Union[Revision, _Mapping]]] = ...) -> None: ...
+
+class GetRolloutStatusRequest(_message.Message):
+    __slots__ = ("workload",)
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    workload: str
+    def __init__(self, workload: _Optional[str] = ...) -> None: ...
+
+class RolloutStatus(_message.Message):
+    __slots__ = ("workload", "revision", "state", "desired", "updated", "ready", "old_remaining", "canaries", "paused", "paused_by", "paused_at", "message", "failure", "since")
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    OLD_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    CANARIES_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_BY_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_AT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    workload: str
+    revision: int
+    state: str
+    desired: int
+    updated: int
+    ready: int
+    old_remaining: int
+    canaries: int
+    paused: bool
+    paused_by: str
+    paused_at: _timestamp_pb2.Timestamp
+    message: str
+    failure: RolloutFailure
+    since: _timestamp_pb2.Timestamp
+    def __init__(self, workload: _Optional[str] = ..., revision: _Optional[int] = ..., state: _Optional[str] = ..., desired: _Optional[int] = ..., updated: _Optional[int] = ..., ready: _Optional[int] = ..., old_remaining: _Optional[int] = ..., canaries: _Optional[int] = ..., paused: _Optional[bool] = ..., paused_by: _Optional[str] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., failure: _Optional[_Union[RolloutFailure, _Mapping]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RolloutActionRequest(_message.Message):
+    __slots__ = ("workload", "reason")
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    workload: str
+    reason: str
+    def __init__(self, workload: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class UndoRolloutRequest(_message.Message):
+    __slots__ = ("workload", "to_revision", "reason")
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    TO_REVISION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    workload: str
+    to_revision: int
+    reason: str
+    def __init__(self, workload: _Optional[str] = ..., to_revision: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class UndoRolloutResponse(_message.Message):
+    __slots__ = ("workload", "revision", "to_revision")
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TO_REVISION_FIELD_NUMBER: _ClassVar[int]
+    workload: _types_pb2.Workload
+    revision: int
+    to_revision: int
+    def __init__(self, workload: _Optional[_Union[_types_pb2.Workload, _Mapping]] = ..., revision: _Optional[int] = ..., to_revision: _Optional[int] = ...) -> None: ...
+
+class FreezeRequest(_message.Message):
+    __slots__ = ("reason", "until")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    until: _timestamp_pb2.Timestamp
+    def __init__(self, reason: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UnfreezeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetFreezeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeployFreeze(_message.Message):
+    __slots__ = ("source", "reason", "actor", "since", "until")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    reason: str
+    actor: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    def __init__(self, source: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class FreezeStatus(_message.Message):
+    __slots__ = ("frozen", "freezes")
+    FROZEN_FIELD_NUMBER: _ClassVar[int]
+    FREEZES_FIELD_NUMBER: _ClassVar[int]
+    frozen: bool
+    freezes: _containers.RepeatedCompositeFieldContainer[DeployFreeze]
+    def __init__(self, frozen: _Optional[bool] = ..., freezes: _Optional[_Iterable[_Union[DeployFreeze, _Mapping]]] = ...) -> None: ...

@@ -155,6 +155,56 @@ class FleetServiceStub:
                 request_serializer=keel_dot_v1_dot_fleet__pb2.ResetHostCredentialRequest.SerializeToString,
                 response_deserializer=keel_dot_v1_dot_fleet__pb2.ResetHostCredentialResponse.FromString,
                 _registered_method=True)
+        self.GetRolloutHistory = channel.unary_unary(
+                '/keel.v1.FleetService/GetRolloutHistory',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.GetRolloutHistoryRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.GetRolloutHistoryResponse.FromString,
+                _registered_method=True)
+        self.GetRolloutStatus = channel.unary_unary(
+                '/keel.v1.FleetService/GetRolloutStatus',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.GetRolloutStatusRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.PauseRollout = channel.unary_unary(
+                '/keel.v1.FleetService/PauseRollout',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.RolloutActionRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.ResumeRollout = channel.unary_unary(
+                '/keel.v1.FleetService/ResumeRollout',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.RolloutActionRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.UndoRollout = channel.unary_unary(
+                '/keel.v1.FleetService/UndoRollout',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.UndoRolloutRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.UndoRolloutResponse.FromString,
+                _registered_method=True)
+        self.PromoteRollout = channel.unary_unary(
+                '/keel.v1.FleetService/PromoteRollout',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.RolloutActionRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/keel.v1.FleetService/AbortRollout',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.RolloutActionRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.Freeze = channel.unary_unary(
+                '/keel.v1.FleetService/Freeze',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.FreezeRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.FreezeStatus.FromString,
+                _registered_method=True)
+        self.Unfreeze = channel.unary_unary(
+                '/keel.v1.FleetService/Unfreeze',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.UnfreezeRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.FreezeStatus.FromString,
+                _registered_method=True)
+        self.GetFreeze = channel.unary_unary(
+                '/keel.v1.FleetService/GetFreeze',
+                request_serializer=keel_dot_v1_dot_fleet__pb2.GetFreezeRequest.SerializeToString,
+                response_deserializer=keel_dot_v1_dot_fleet__pb2.FreezeStatus.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -320,6 +370,71 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRolloutHistory(self, request, context):
+        """Rollouts: a workload's revisions (every spec change), its rollout now, and the operator's
+        hand on it. Undo applies an earlier revision's spec again (a rollback: the instances
+        already running that spec are kept); abort removes a canary and returns to the revision
+        before it; promote lets a canary's rollout continue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRolloutStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndoRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Freeze(self, request, context):
+        """The deploy freeze: while frozen, applies that change a spec are refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unfreeze(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFreeze(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -442,6 +557,56 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.ResetHostCredential,
                     request_deserializer=keel_dot_v1_dot_fleet__pb2.ResetHostCredentialRequest.FromString,
                     response_serializer=keel_dot_v1_dot_fleet__pb2.ResetHostCredentialResponse.SerializeToString,
+            ),
+            'GetRolloutHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRolloutHistory,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.GetRolloutHistoryRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.GetRolloutHistoryResponse.SerializeToString,
+            ),
+            'GetRolloutStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRolloutStatus,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.GetRolloutStatusRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.RolloutStatus.SerializeToString,
+            ),
+            'PauseRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRollout,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.RolloutActionRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.RolloutStatus.SerializeToString,
+            ),
+            'ResumeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRollout,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.RolloutActionRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.RolloutStatus.SerializeToString,
+            ),
+            'UndoRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndoRollout,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.UndoRolloutRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.UndoRolloutResponse.SerializeToString,
+            ),
+            'PromoteRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteRollout,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.RolloutActionRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.RolloutStatus.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.RolloutActionRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.RolloutStatus.SerializeToString,
+            ),
+            'Freeze': grpc.unary_unary_rpc_method_handler(
+                    servicer.Freeze,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.FreezeRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.FreezeStatus.SerializeToString,
+            ),
+            'Unfreeze': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unfreeze,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.UnfreezeRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.FreezeStatus.SerializeToString,
+            ),
+            'GetFreeze': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFreeze,
+                    request_deserializer=keel_dot_v1_dot_fleet__pb2.GetFreezeRequest.FromString,
+                    response_serializer=keel_dot_v1_dot_fleet__pb2.FreezeStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1092,6 +1257,276 @@ class FleetService:
             '/keel.v1.FleetService/ResetHostCredential',
             keel_dot_v1_dot_fleet__pb2.ResetHostCredentialRequest.SerializeToString,
             keel_dot_v1_dot_fleet__pb2.ResetHostCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRolloutHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/GetRolloutHistory',
+            keel_dot_v1_dot_fleet__pb2.GetRolloutHistoryRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.GetRolloutHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRolloutStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/GetRolloutStatus',
+            keel_dot_v1_dot_fleet__pb2.GetRolloutStatusRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/PauseRollout',
+            keel_dot_v1_dot_fleet__pb2.RolloutActionRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/ResumeRollout',
+            keel_dot_v1_dot_fleet__pb2.RolloutActionRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndoRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/UndoRollout',
+            keel_dot_v1_dot_fleet__pb2.UndoRolloutRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.UndoRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/PromoteRollout',
+            keel_dot_v1_dot_fleet__pb2.RolloutActionRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/AbortRollout',
+            keel_dot_v1_dot_fleet__pb2.RolloutActionRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Freeze(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/Freeze',
+            keel_dot_v1_dot_fleet__pb2.FreezeRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.FreezeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unfreeze(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/Unfreeze',
+            keel_dot_v1_dot_fleet__pb2.UnfreezeRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.FreezeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFreeze(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.v1.FleetService/GetFreeze',
+            keel_dot_v1_dot_fleet__pb2.GetFreezeRequest.SerializeToString,
+            keel_dot_v1_dot_fleet__pb2.FreezeStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -147,7 +147,7 @@ class WorkloadStatus(_message.Message):
     def __init__(self, desired: _Optional[int] = ..., instances: _Optional[int] = ..., running: _Optional[int] = ..., ready: _Optional[int] = ..., updated: _Optional[int] = ...) -> None: ...
 
 class Workload(_message.Message):
-    __slots__ = ("name", "kind", "replicas", "max_unavailable", "max_surge", "selector", "deadline_ms", "spec", "generation", "deleting", "created_at", "updated_at", "status", "stuck")
+    __slots__ = ("name", "kind", "replicas", "max_unavailable", "max_surge", "selector", "deadline_ms", "spec", "generation", "deleting", "created_at", "updated_at", "status", "stuck", "rollout", "paused", "paused_by", "paused_at")
     class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,10 @@ class Workload(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     STUCK_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_BY_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     replicas: int
@@ -183,7 +187,23 @@ class Workload(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     status: WorkloadStatus
     stuck: Stuck
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., replicas: _Optional[int] = ..., max_unavailable: _Optional[int] = ..., max_surge: _Optional[int] = ..., selector: _Optional[_Mapping[str, str]] = ..., deadline_ms: _Optional[int] = ..., spec: _Optional[_Union[WorkloadSpec, _Mapping]] = ..., generation: _Optional[int] = ..., deleting: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[WorkloadStatus, _Mapping]] = ..., stuck: _Optional[_Union[Stuck, _Mapping]] = ...) -> None: ...
+    rollout: RolloutPolicy
+    paused: bool
+    paused_by: str
+    paused_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., replicas: _Optional[int] = ..., max_unavailable: _Optional[int] = ..., max_surge: _Optional[int] = ..., selector: _Optional[_Mapping[str, str]] = ..., deadline_ms: _Optional[int] = ..., spec: _Optional[_Union[WorkloadSpec, _Mapping]] = ..., generation: _Optional[int] = ..., deleting: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[WorkloadStatus, _Mapping]] = ..., stuck: _Optional[_Union[Stuck, _Mapping]] = ..., rollout: _Optional[_Union[RolloutPolicy, _Mapping]] = ..., paused: _Optional[bool] = ..., paused_by: _Optional[str] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RolloutPolicy(_message.Message):
+    __slots__ = ("progress_deadline_ms", "auto_rollback", "canary", "auto_promote")
+    PROGRESS_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    AUTO_PROMOTE_FIELD_NUMBER: _ClassVar[int]
+    progress_deadline_ms: int
+    auto_rollback: bool
+    canary: int
+    auto_promote: bool
+    def __init__(self, progress_deadline_ms: _Optional[int] = ..., auto_rollback: _Optional[bool] = ..., canary: _Optional[int] = ..., auto_promote: _Optional[bool] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
     __slots__ = ("instance_id", "phase", "pid", "restart_count", "last_exit", "reason", "message", "ports", "ready", "removed", "started_at", "observed_at", "stuck")

@@ -30,11 +30,12 @@ ROLES = {
     "viewer": {
         "GetWorkload", "ListWorkloads", "GetHost", "ListHosts", "GetInstance", "ListInstances",
         "ListStuck", "ListEvents", "GetLogs", "PlanDrain", "GetOperation", "ListOperations",
-        "WatchOperation",
+        "WatchOperation", "GetRolloutHistory", "GetRolloutStatus", "GetFreeze",
     },
     "operator": {
         "ApplyWorkload", "DeleteWorkload", "Cordon", "Uncordon", "Drain", "CancelOperation",
-        "DeleteHost",
+        "DeleteHost", "PauseRollout", "ResumeRollout", "UndoRollout", "PromoteRollout",
+        "AbortRollout", "Freeze", "Unfreeze",
     },
     "admin": {"CreateToken", "ListTokens", "RevokeToken", "ResetHostCredential"},
 }  # fmt: skip

@@ -944,5 +944,5 @@ def test_surely_unconverged_never_contradicts_the_plan(seed: int) -> None:
     for fleet in (instances, _settled(workload, instances)):
         if surely_unconverged(workload, _facts(fleet)):
             plan = Fleet(fleet_hosts, fleet).plan(workload)
-            row = cast(WorkloadRow, SimpleNamespace(generation=workload.generation))
+            row = cast(WorkloadRow, SimpleNamespace(is_current=workload.is_current))
             assert not workload_converged(row, plan, _facts(fleet)), plan  # type: ignore[arg-type]
