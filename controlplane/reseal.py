@@ -3,7 +3,8 @@ sealing key (the first line of the key file), the step of a key rotation that le
 go (runbooks/secret-key.md).
 
 Neighbours: `controlplane.secrets` opens and seals; `controlplane.main` runs `run` as a
-subcommand, beside `migrate`. Each workload and instance row whose spec holds a value sealed
+subcommand, beside `migrate`. Each workload, instance and revision row whose spec holds a value
+sealed
 with another key is rewritten, and nothing else moves: no generation, version or revision, so
 no workload rolls and no agent hears of it (the values themselves are the same). A row is
 rewritten only while it still holds the spec that was read, so an apply running meanwhile wins.
@@ -28,6 +29,13 @@ _WORKLOADS = "SELECT name, spec FROM workload WHERE spec ? 'secret_env'"
 _INSTANCES = "SELECT id, workload, spec FROM instance WHERE spec ? 'secret_env'"
 _SET_WORKLOAD = "UPDATE workload SET spec = $3 WHERE name = $1 AND spec = $2"
 _SET_INSTANCE = "UPDATE instance SET spec = $3 WHERE id = $1 AND spec = $2"
+# Revisions too: an undo applies a revision's spec again, and a spec equal to an earlier
+# revision's (compared as stored) is what keeps that revision's instances (`revision_store`).
+_REVISIONS = """SELECT workload || '/' || revision AS key, workload, spec FROM workload_revision
+                WHERE spec ? 'secret_env'"""
+_SET_REVISION = """UPDATE workload_revision SET spec = $3
+                   WHERE workload = split_part($1, '/', 1)
+                     AND revision = split_part($1, '/', 2)::bigint AND spec = $2"""
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -47,7 +55,7 @@ async def run(args: argparse.Namespace) -> int:
         await pool.close()
     print(
         f"resealed with key {box.sealing_key_id}: {done.workloads} workloads, "
-        f"{done.instances} instances"
+        f"{done.instances} instances, {done.revisions} revisions"
         + (f"; {done.skipped} changed meanwhile, run again" if done.skipped else "")
     )
     return 1 if done.skipped else 0
@@ -58,17 +66,20 @@ class Resealed:
     workloads: int
     instances: int
     skipped: int  # changed by someone else while this ran: run again
+    revisions: int = 0
 
 
 async def reseal(conn: Conn, box: SecretBox) -> Resealed:
     """Reseals every stored value not sealed with the box's sealing key; raises
     SecretsUnopenable (naming the row and the key) for a value no key in the file opens."""
-    counts = {"workload": 0, "instance": 0, "skipped": 0}
+    counts = {"workload": 0, "instance": 0, "revision": 0, "skipped": 0}
     for r in await conn.fetch(_WORKLOADS):
         await _one(conn, box, _SET_WORKLOAD, r["name"], r["name"], r["spec"], "workload", counts)
     for r in await conn.fetch(_INSTANCES):
         await _one(conn, box, _SET_INSTANCE, r["id"], r["workload"], r["spec"], "instance", counts)
-    return Resealed(counts["workload"], counts["instance"], counts["skipped"])
+    for r in await conn.fetch(_REVISIONS):
+        await _one(conn, box, _SET_REVISION, r["key"], r["workload"], r["spec"], "revision", counts)
+    return Resealed(counts["workload"], counts["instance"], counts["skipped"], counts["revision"])
 
 
 async def _one(

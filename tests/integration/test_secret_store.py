@@ -121,12 +121,16 @@ async def test_reseal_moves_every_value_to_the_new_key_and_nothing_else(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "1 workloads, 1 instances" in done.stdout and SECRET not in done.stdout
+    assert "1 workloads, 1 instances, 1 revisions" in done.stdout and SECRET not in done.stdout
 
     rotated = load_or_create(key, on_open_failure=lambda: None)
     texts = [
         r["spec"] for r in await store.pool.fetch("SELECT spec::text AS spec FROM workload")
-    ] + [r["spec"] for r in await store.pool.fetch("SELECT spec::text AS spec FROM instance")]
+    ] + [
+        r["spec"]
+        for table in ("instance", "workload_revision")
+        for r in await store.pool.fetch(f"SELECT spec::text AS spec FROM {table}")
+    ]
     assert all(f"keel1:{rotated.sealing_key_id}:" in t and SECRET not in t for t in texts)
     assert (
         await store.pool.fetch("SELECT w.generation, w.version, h.revision FROM workload w, host h")
