@@ -289,13 +289,14 @@ def _canary_split(s: _State, target: int) -> tuple[int, int]:
     Ordinarily every old instance goes and `target` current ones are wanted. While canaries
     await promotion the old instances (those a drain is not replacing) are the replicas: only
     those past `target` go (a scale-down), and the current instances wanted are the canaries
-    plus the replicas the old ones do not make up (a scale-up, or a drain's replacement).
+    plus the replicas the old ones do not make up (a scale-up, or a drain's replacement). A
+    workload scaled to zero runs no canary: there is nothing to run it beside.
     """
     w = s.workload
     if not w.canary:
         return len(s.remaining), target
     old = sum(1 for i in s.remaining if s.replaceable(i))
-    return max(0, old - target), w.canary + max(0, target - old)
+    return max(0, old - target), (w.canary if target else 0) + max(0, target - old)
 
 
 def _more(want: int, room: int, unplaced: int) -> bool:

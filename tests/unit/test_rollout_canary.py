@@ -109,6 +109,14 @@ STEPS: list[
     ),
     (canary(replicas=4), H3, [*OLD3, new("n", "host-1")], ("host-2",), (), None),
     (
+        canary(replicas=0, max_unavailable=0),
+        H3,
+        [*OLD3, new("n", "host-1")],
+        (),
+        ("a", "b", "c", "n"),
+        None,
+    ),
+    (
         canary(),
         H3,
         [*OLD3, new("n", "host-2"), dataclasses.replace(new("r", "host-3"), replaces="a")],
@@ -173,6 +181,7 @@ STEP_IDS = [
     "scale-down-while-waiting-removes-old-surplus",
     "scale-down-while-waiting-takes-the-not-ready-old-first",
     "scale-up-while-waiting-adds-current",
+    "scale-to-zero-while-waiting-removes-the-canary-too",
     "drain-replacement-while-waiting-is-a-replica",
     "promoted-canary-counts-as-updated",
     "rollback-keeps-instances-of-the-spec-it-returns-to",
