@@ -20,6 +20,9 @@ stop-before-start with max_surge 0) and fencing ask the same questions of the sa
   (`liveness.self_fence_due`): the agent stops such instances by itself.
 - **May start** = target + max_surge - may still run, never below 0. With max_surge 0 a
   replacement starts only after the instance it replaces has stopped (stop-before-start).
+- **Canaries**: while a service's new revision awaits promotion, the `canary` instances it runs
+  beside the old ones are wanted on top of the target: the ceiling holds them (target + canary
+  + max_surge); the floor does not count on them (target - max_unavailable).
 
 `target` is the replica count of a service, or the number of hosts a daemon should run on.
 """
@@ -55,6 +58,7 @@ class Budget:
     available: int  # instances (services) or hosts (daemons) serving now
     live: int  # live instances, whose processes may run
     stopping: int  # removed instances whose processes may still run
+    canary: int = 0  # canaries wanted on top of the target (a service awaiting promotion)
 
     @property
     def floor(self) -> int:
@@ -69,7 +73,7 @@ class Budget:
     @property
     def ceiling(self) -> int:
         """The most instances whose processes may run at once."""
-        return self.target + self.max_surge
+        return self.target + self.canary + self.max_surge
 
     @property
     def may_run(self) -> int:
@@ -121,6 +125,7 @@ def service_budget(
         available=sum(1 for i in mine if is_available(i, ready_hosts)),
         live=sum(1 for i in mine if i.live),
         stopping=sum(1 for i in mine if not i.live and may_still_run(i)),
+        canary=workload.canary,
     )
 
 

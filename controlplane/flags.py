@@ -125,6 +125,11 @@ DURATION_FLAGS = (
         "drain_blocked_after_s",
         "a drain blocked this long with no move finishing: DRAIN_BLOCKED",
     ),
+    (
+        "--canary-waiting-after",
+        "canary_waiting_after_s",
+        "canaries awaiting promotion this long: CANARY_AWAITING_PROMOTION",
+    ),
     ("--watch-poll", "watch_poll_s", "op watch: how often the operation is read again"),
     (
         "--auth-cache",

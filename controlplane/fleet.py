@@ -24,6 +24,7 @@ import structlog
 from controlplane import convert, liveness, operation_convert, paging
 from controlplane.actor import actor_of
 from controlplane.cache import FleetCache
+from controlplane.canary_api import CanaryApi
 from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.host_delete import HostDeleted, delete_host
 from controlplane.idempotency import Requests
@@ -54,7 +55,7 @@ _OBJECT = re.compile(
 MAX_EVENTS = 10_000
 
 
-class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
+class FleetApi(CanaryApi, TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
         store: Store,

@@ -152,50 +152,72 @@ class RevisionStore(WorkloadStore):
         return applied, int(target["revision"])
 
     async def promote(
-        self, name: str, *, actor: str, revision: int | None = None, epoch: int | None = None
+        self,
+        name: str,
+        *,
+        actor: str,
+        revision: int | None = None,
+        epoch: int | None = None,
+        reason: str = "",
+        once: Once[WorkloadRow] | None = None,
     ) -> WorkloadRow:
         """Lets the current revision's canary rollout continue (`keelctl rollout promote`, or
         the rollout controller for `auto_promote`: then `revision` is the one it judged and
         `epoch` its leadership, and a revision applied since is not promoted).
 
         FailedPrecondition when no canary waits; a write like an apply's (new versions and a
-        NOTIFY), so the leader's cache reads it and the workload controller plans again.
+        NOTIFY), so the leader's cache reads it and the workload controller plans again. What
+        should run changes now: the convergence clock of the instances the rollout goes on to
+        replace starts at the promotion, not at the apply the canaries waited after.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             await check_epoch(conn, epoch)
-            current = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", name)
-            if current is None:
-                raise NotFound(f'workload "{name}" not found')
-            number = current["generation"]
-            if not current["canary_pending"] or (revision is not None and revision != number):
-                raise FailedPrecondition(
-                    f'workload "{name}" has no canary awaiting promotion (revision {number}); '
-                    f"see `keelctl rollout status {name}`"
-                )
-            row = await conn.fetchrow(
-                """UPDATE workload SET canary_pending = false, updated_at = now(),
-                          version = nextval('workload_version'),
-                          desired_version = nextval('workload_version')
-                   WHERE name = $1 RETURNING *""",
-                name,
-            )
-            assert row is not None  # locked above
-            await conn.execute(
-                """UPDATE workload_revision SET promoted_at = now(), promoted_by = $3,
-                          state = 'PROGRESSING', state_since = now()
-                   WHERE workload = $1 AND revision = $2""",
-                name,
-                number,
-                actor,
-            )
-            await record_event(
+            return await once_in(
                 conn,
-                f"workload/{name}",
-                "RolloutPromoted",
-                f"revision {number}: canaries promoted, the rollout continues",
-                actor=actor,
+                once,
+                lambda: self._promote(conn, name, actor=actor, revision=revision, reason=reason),
             )
-            await conn.execute(
-                "SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, workload_payload(name, row["version"])
+
+    async def _promote(
+        self, conn: Conn, name: str, *, actor: str, revision: int | None, reason: str
+    ) -> WorkloadRow:
+        current = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", name)
+        if current is None:
+            raise NotFound(f'workload "{name}" not found')
+        number = current["generation"]
+        if not current["canary_pending"] or (revision is not None and revision != number):
+            raise FailedPrecondition(
+                f'workload "{name}" has no canary awaiting promotion (revision {number}); '
+                f"see `keelctl rollout status {name}`"
             )
+        row = await conn.fetchrow(
+            """UPDATE workload SET canary_pending = false, updated_at = now(),
+                      version = nextval('workload_version'),
+                      desired_version = nextval('workload_version'),
+                      desired_changed_at = CASE WHEN desired_pending THEN desired_changed_at
+                                                ELSE clock_timestamp() END,
+                      desired_pending = true
+               WHERE name = $1 RETURNING *""",
+            name,
+        )
+        assert row is not None  # locked above
+        await conn.execute(
+            """UPDATE workload_revision SET promoted_at = now(), promoted_by = $3,
+                      state = 'PROGRESSING', state_since = now()
+               WHERE workload = $1 AND revision = $2""",
+            name,
+            number,
+            actor,
+        )
+        await record_event(
+            conn,
+            f"workload/{name}",
+            "RolloutPromoted",
+            f"revision {number}: canaries promoted, the rollout continues"
+            + (f": {reason}" if reason else ""),
+            actor=actor,
+        )
+        await conn.execute(
+            "SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, workload_payload(name, row["version"])
+        )
         return workload_row(row)

@@ -18,8 +18,19 @@ it again when anything changes. Placement itself is
   may run at once, removed ones still stopping included: with max_surge 0 a replacement
   starts only after the instance it replaces has stopped).
 
+- canaries: while the current revision awaits promotion (`WorkloadView.canary` > 0), its old
+  instances are the replicas and are kept (none is removed or replaced for being old; only a
+  scale-down removes those past `replicas`), and `canary` current instances run beside them.
+  They come on top of the surge: the budget's ceiling is replicas + canary + max_surge
+  (`controlplane.disruption`), so the canaries start at once, a failing one is replaced like
+  any instance, and max_surge still bounds what else may start (a canary's replacement while
+  the failed one stops). Once promoted (canary 0) the rollout goes on as usual and the
+  canaries count as updated replicas.
+
 `blocked` says what remaining work is waiting for (the budget, instances still stopping);
 it is not an error by itself: the stuck detector judges it against the workload deadline.
+Canaries awaiting promotion are not `blocked`: the stuck detector judges that wait against
+`--canary-waiting-after`.
 
 One pass creates and removes at most `MAX_CHANGES_PER_PASS` instances each (`more` says
 there is work left for the next pass), so one transaction never grows with the replica count
@@ -178,6 +189,11 @@ class _State:
     def current(self, inst: InstanceView) -> bool:
         return self.workload.is_current(inst.generation)
 
+    def replaceable(self, inst: InstanceView) -> bool:
+        """An old instance the rollout replaces; while canaries await promotion, not one a
+        drain is replacing (the drain stops it once its replacement is ready)."""
+        return not self.current(inst) and not (self.workload.canary and inst.id in self.leaving)
+
     def counted(self, inst: InstanceView) -> bool:
         """Of the current generation and not being replaced by a drain: a replica it counts."""
         return self.current(inst) and inst.id not in self.leaving
@@ -223,20 +239,23 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     w = s.workload
     target = w.replicas
     budget = service_budget(w, s.remaining, s.ready)
+    old_may_go, wanted = _canary_split(s, target)
 
     # 1. Old instances that are not available cost nothing to remove.
-    for inst in [i for i in s.remaining if not s.current(i) and not s.available(i)]:
-        s.remove(inst)
+    remover = _Remover(s, [i for i in s.remaining if s.replaceable(i) and not s.available(i)])
+    while old_may_go > 0 and remover.remove_next():
+        old_may_go -= 1
     # 2. Surplus current instances (scale down), not available first.
-    surplus = sum(1 for i in s.remaining if s.counted(i)) - target
+    surplus = sum(1 for i in s.remaining if s.counted(i)) - wanted
     remover = _Remover(s, [i for i in s.remaining if s.counted(i) and not s.available(i)])
     while surplus > 0 and remover.remove_next():
         surplus -= 1
     # 3. Available old instances, within the disruption budget (the old ones left are all
     # available: step 1 took the others).
-    remover = _Remover(s, [i for i in s.remaining if not s.current(i)])
-    while budget.may_go_down and remover.remove_next():
+    remover = _Remover(s, [i for i in s.remaining if s.replaceable(i)])
+    while old_may_go > 0 and budget.may_go_down and remover.remove_next():
         budget = budget.took_down()
+        old_may_go -= 1
     # 4. Available surplus current instances, within the budget.
     remover = _Remover(s, [i for i in s.remaining if s.counted(i)])
     while surplus > 0 and budget.may_go_down and remover.remove_next():
@@ -244,14 +263,14 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
         surplus -= 1
 
     current = sum(1 for i in s.remaining if s.counted(i))
-    missing = target - current
+    missing = wanted - current
     after = service_budget(w, s.after(), s.ready)
     room = max(0, min(missing, after.may_start))
     want = min(room, s.max_changes)
     placement = place(w, want, hosts.values(), s.remaining, s.usage_after())
 
     blocked: list[str] = []
-    old_left = sum(1 for i in s.remaining if not s.current(i))
+    old_left = min(old_may_go, sum(1 for i in s.remaining if not s.current(i)))
     if old_left or surplus > 0:
         blocked.append(_budget_text(budget, old_left, max(surplus, 0), "ready"))
         not_ready = sum(1 for i in s.remaining if s.current(i) and not s.available(i))
@@ -262,6 +281,22 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     return s.plan(
         placement.hosts, placement.reason, blocked, more=_more(want, room, placement.unplaced)
     )
+
+
+def _canary_split(s: _State, target: int) -> tuple[int, int]:
+    """How many old instances the rollout may remove, and how many current ones it wants.
+
+    Ordinarily every old instance goes and `target` current ones are wanted. While canaries
+    await promotion the old instances (those a drain is not replacing) are the replicas: only
+    those past `target` go (a scale-down), and the current instances wanted are the canaries
+    plus the replicas the old ones do not make up (a scale-up, or a drain's replacement). A
+    workload scaled to zero runs no canary: there is nothing to run it beside.
+    """
+    w = s.workload
+    if not w.canary:
+        return len(s.remaining), target
+    old = sum(1 for i in s.remaining if s.replaceable(i))
+    return max(0, old - target), (w.canary if target else 0) + max(0, target - old)
 
 
 def _more(want: int, room: int, unplaced: int) -> bool:

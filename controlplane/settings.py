@@ -79,6 +79,8 @@ class Settings:
     drain_stop_slack_s: float = 10.0
     # A drain blocked this long without a move finishing is stuck: DRAIN_BLOCKED.
     drain_blocked_after_s: float = 60.0
+    # Canaries awaiting promotion this long are stuck: CANARY_AWAITING_PROMOTION.
+    canary_waiting_after_s: float = 3600.0
     # WatchOperation reads the record at least this often (NOTIFY wakes it sooner).
     watch_poll_s: float = 2.0
     # The largest request the gRPC server accepts (an ApplyWorkload manifest is far smaller:

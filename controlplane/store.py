@@ -19,6 +19,7 @@ from datetime import datetime
 import asyncpg
 
 from controlplane.cache_store import CacheStore
+from controlplane.canary_store import CanaryStore
 from controlplane.cordon_store import CordonResult, CordonStore
 from controlplane.fencing import FencingStore
 from controlplane.hosts import HostRow
@@ -76,6 +77,7 @@ class Report:
 
 
 class Store(
+    CanaryStore,
     RevisionStore,
     InstanceStore,
     CordonStore,

@@ -72,6 +72,7 @@ class StuckDetector:
         reconcile_failures: Callable[[], Mapping[str, ReconcileFailure]] = dict,
         slow_after_s: float = SLOW_AFTER_S,
         drains_blocked: Callable[[], int] = lambda: 0,
+        canary_waiting_after_s: float = 3600.0,
     ) -> None:
         self._store = store
         self._status = status
@@ -83,6 +84,7 @@ class StuckDetector:
         # The drain controller judges its own operations (`drainer`): how many are
         # DRAIN_BLOCKED now, counted with the rest.
         self._drains_blocked = drains_blocked
+        self._canary_waiting_after_s = canary_waiting_after_s
         # Each workload's last plan, with the cache entry and host generation it was made
         # from: see `_plan`.
         self._plans: dict[str, tuple[WorkloadEntry[WorkloadRow], int, WorkloadPlan]] = {}
@@ -120,6 +122,8 @@ class StuckDetector:
 
         unconverged: dict[str, bool] = {}
         workloads_unconverged = 0
+        # When each waiting canary's revision was applied: read only while any waits.
+        canaries = await self._store.waiting_since() if any(e.view.canary for e in entries) else {}
         for entry in entries:
             w = entry.row
             own = list(entry.instances.values())
@@ -134,7 +138,16 @@ class StuckDetector:
             verdict = None
             if may_be_stuck(w, now=now, failure=failure):
                 plan = plan or self._plan(entry, index)
-                verdict = judge_workload(w, plan, own, stuck_ids, now=now, failure=failure)
+                verdict = judge_workload(
+                    w,
+                    plan,
+                    own,
+                    stuck_ids,
+                    now=now,
+                    failure=failure,
+                    canary_since=canaries.get(w.workload.name) if entry.view.canary else None,
+                    canary_waiting_after_s=self._canary_waiting_after_s,
+                )
             marks += _mark("workload", w.workload.name, w.stuck, verdict)
             if verdict is not None:
                 stuck_now[verdict.reason.value] += 1

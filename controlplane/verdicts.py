@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from controlplane.reconcile import ReconcileFailure
@@ -188,9 +188,10 @@ def surely_unconverged(workload: WorkloadView, own: Sequence[Converging]) -> boo
 
 
 def may_be_stuck(row: WorkloadRow, *, now: datetime, failure: ReconcileFailure | None) -> bool:
-    """Whether `judge_workload` can find anything: a reconcile failing, or unconverged for
-    longer than its deadline. Otherwise it returns None without looking at the plan."""
-    if failure is not None:
+    """Whether `judge_workload` can find anything: a reconcile failing, canaries awaiting
+    promotion, or unconverged for longer than its deadline. Otherwise it returns None without
+    looking at the plan."""
+    if failure is not None or row.canary_pending:
         return True
     if row.unconverged_since is None:
         return False
@@ -205,12 +206,16 @@ def judge_workload(
     *,
     now: datetime,
     failure: ReconcileFailure | None = None,
+    canary_since: datetime | None = None,
+    canary_waiting_after_s: float = 3600.0,
 ) -> Verdict | None:
     """Why this workload is stuck (its reconcile, placement or rollout), or None.
 
     Instance-level trouble is reported on the instances; the workload is stuck itself only
     when the control plane cannot reconcile it, cannot place instances, or a rollout cannot
-    progress.
+    progress. Canaries awaiting promotion (`canary_since`: when their revision was applied,
+    given while they wait) hold the rollout by design: that is no ROLLOUT_BLOCKED, but past
+    `canary_waiting_after_s` it is CANARY_AWAITING_PROMOTION, so that a canary is not forgotten.
     """
     deadline_s = row.workload.deadline_ms / 1000
     if failure is not None and failure.permanent:
@@ -225,10 +230,12 @@ def judge_workload(
             f"the control plane has failed to reconcile this workload for longer than its "
             f"deadline ({_ago(deadline_s)}) and keeps retrying with back-off: {failure.error}",
         )
-    if row.unconverged_since is None:
-        return None
-    age_s = (now - row.unconverged_since).total_seconds()
-    if age_s <= deadline_s:
+    age_s = (now - row.unconverged_since).total_seconds() if row.unconverged_since else 0.0
+    awaiting = row.canary_pending and row.workload.rollout.canary > 0
+    # Waiting is by design: only canaries that cannot be placed are stuck otherwise.
+    if canary_since is not None and awaiting and (age_s <= deadline_s or not plan.unschedulable):
+        return _awaiting(row, own, canary_since, now, canary_waiting_after_s)
+    if row.unconverged_since is None or age_s <= deadline_s:
         return None
     if plan.unschedulable is not None:
         return Verdict(
@@ -249,3 +256,27 @@ def judge_workload(
             f"max_surge {row.workload.max_surge}): {detail}",
         )
     return None
+
+
+def _awaiting(
+    row: WorkloadRow, own: Sequence[InstanceFacts], since: datetime, now: datetime, after_s: float
+) -> Verdict | None:
+    """CANARY_AWAITING_PROMOTION once the canaries have waited past `after_s`, else None. The
+    message holds no age (it would change every pass, and each change is recorded): `since`
+    says when."""
+    if (now - since).total_seconds() <= after_s:
+        return None
+    live = [i for i in own if i.desired is not Desired.REMOVED]
+    canaries = [i for i in live if row.is_current(i.generation)]
+    ready = sum(1 for i in canaries if i.converged)
+    name = row.workload.name
+    return Verdict(
+        Reason.CANARY_AWAITING_PROMOTION,
+        f"revision {row.generation} has awaited promotion since "
+        f"{since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC (longer than "
+        f"--canary-waiting-after {_ago(after_s)}): {len(canaries)} of "
+        f"{row.workload.rollout.canary} canaries live, {ready} ready and "
+        f"{len(canaries) - ready} not, beside {len(live) - len(canaries)} old instance(s); "
+        f"`keelctl rollout promote {name}` lets the rollout continue, "
+        f"`keelctl rollout abort {name}` removes the canaries",
+    )

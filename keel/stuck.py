@@ -22,6 +22,7 @@ class Reason(enum.StrEnum):
     RECONCILE_FAILING = "RECONCILE_FAILING"
     NOT_STARTED = "NOT_STARTED"
     DRAIN_BLOCKED = "DRAIN_BLOCKED"
+    CANARY_AWAITING_PROMOTION = "CANARY_AWAITING_PROMOTION"
 
 
 # Reasons the agent sees for itself and that are stuck at once, without waiting for the deadline.
@@ -94,6 +95,11 @@ GUIDES: dict[Reason, Guide] = {
         "a drain has had blockers and no move finishing for longer than --drain-blocked-after",
         "runbooks/stuck/drain-blocked.md",
         "keelctl ops",
+    ),
+    Reason.CANARY_AWAITING_PROMOTION: Guide(
+        "a canary rollout has waited for promotion longer than --canary-waiting-after",
+        "runbooks/stuck/canary-awaiting-promotion.md",
+        "keelctl rollout promote {workload}",
     ),
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from keel.ctl import canary
 from keel.spec import SpecError, parse_duration
 
 DEFAULT_CONTROLPLANE = "127.0.0.1:7443"
@@ -329,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_globals(reset, on_subcommand=True)
     reset.add_argument("host", metavar="HOST")
+
+    rollout = sub.add_parser("rollout", help="a workload's rollout: promote or abort canaries")
+    _add_globals(rollout, on_subcommand=True)
+    rollout_sub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="VERB")
+    canary.add_verbs(rollout_sub, _add_globals)
 
     delete = sub.add_parser(
         "delete",

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from keel import traceconfig
-from keel.ctl import auth, observe
+from keel.ctl import auth, canary, observe
 from keel.ctl.args import DEFAULT_CONTROLPLANE, CtlError, WatchLost, build_parser
 from keel.ctl.commands import Context, cmd_apply, cmd_delete, cmd_describe, cmd_get
 from keel.ctl.requestid import RequestIdInterceptor, new_request_id
@@ -209,6 +209,7 @@ def _run_on(
                 "op": lambda: _operations().cmd_op(ctx),
                 "token": lambda: auth.cmd_token(ctx),
                 "host": lambda: auth.cmd_host(ctx),
+                "rollout": lambda: canary.cmd_canary(ctx),
             }
             result = commands[args.command]()
     except CtlError as e:
