@@ -25,6 +25,7 @@ from controlplane import convert, liveness, operation_convert, paging
 from controlplane.actor import actor_of
 from controlplane.cache import FleetCache
 from controlplane.errors import FailedPrecondition, InvalidArgument
+from controlplane.freeze_api import FreezeApi
 from controlplane.host_delete import HostDeleted, delete_host
 from controlplane.idempotency import Requests
 from controlplane.listing import tallies_on
@@ -54,7 +55,7 @@ _OBJECT = re.compile(
 MAX_EVENTS = 10_000
 
 
-class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
+class FleetApi(TokensApi, OperationsApi, FreezeApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
         store: Store,
@@ -112,7 +113,12 @@ class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  
             request,
             reply=fleet_pb2.ApplyWorkloadResponse,
             write=lambda once: self._store.apply_workload(
-                workload, actor=actor, reason=reason, trace_context=trace_context, once=once
+                workload,
+                actor=actor,
+                reason=reason,
+                trace_context=trace_context,
+                override_freeze=request.override_freeze,
+                once=once,
             ),
             respond=respond,
         )
