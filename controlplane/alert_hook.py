@@ -224,8 +224,11 @@ class AlertHook:
         except OSError:  # the client went away or stalled past the read timeout
             return Answer(400, "the body could not be read in full\n", "bad_request")
         authorization = environ.get("HTTP_AUTHORIZATION")
+        peer = str(environ.get("REMOTE_ADDR", ""))
         try:
-            future = asyncio.run_coroutine_threadsafe(self.handle(authorization, body), self._loop)
+            future = asyncio.run_coroutine_threadsafe(
+                self.handle(authorization, body, peer=peer), self._loop
+            )
         except RuntimeError:  # the loop has stopped: the control plane is stopping
             return Answer(503, "the control plane is stopping; try again\n", "unavailable")
         try:
@@ -235,14 +238,14 @@ class AlertHook:
             return Answer(503, "the control plane did not finish in time; try again\n",
                           "unavailable")  # fmt: skip
         except Exception as exc:  # never a 500 with a stack; the log has what happened
-            log.error("webhook delivery failed", error=repr(exc))
+            log.error("webhook delivery failed", error=repr(exc), peer=peer)
             return Answer(503, "the control plane could not take this delivery; try again\n",
                           "unavailable")  # fmt: skip
 
-    async def handle(self, authorization: str | None, body: bytes) -> Answer:
+    async def handle(self, authorization: str | None, body: bytes, *, peer: str = "") -> Answer:
         """Checks the token, reads the payload and writes its freezes (on the event loop)."""
         try:
-            who = await self._caller(authorization)
+            who = await self._caller(authorization, peer=peer)
         except Unavailable:
             return Answer(503, "the database is unavailable; try again\n", "unavailable")
         if who is None:
@@ -250,7 +253,7 @@ class AlertHook:
         try:
             delivery = parse(body)
         except BadPayload as exc:
-            log.warning("webhook payload refused", error=str(exc))
+            log.warning("webhook payload refused", error=str(exc), peer=peer, caller=who.name)
             return Answer(400, f"{exc}\n", "bad_request")
         try:
             outcome = await freeze.alerts_changed(
@@ -258,6 +261,8 @@ class AlertHook:
             )
         except Unavailable:
             return Answer(503, "the database is unavailable; try again\n", "unavailable")
+        log.info("webhook delivery", peer=peer, caller=who.name, set=outcome.set,
+                 lifted=outcome.lifted, ignored=delivery.ignored)  # fmt: skip
         reply = {
             "set": outcome.set,
             "lifted": outcome.lifted,
@@ -266,7 +271,7 @@ class AlertHook:
         }
         return Answer(200, json.dumps(reply) + "\n", "ok")
 
-    async def _caller(self, authorization: str | None) -> Caller | None:
+    async def _caller(self, authorization: str | None, *, peer: str) -> Caller | None:
         token = bearer(authorization)
         if token is None:
             reason = "missing"
@@ -278,5 +283,5 @@ class AlertHook:
                 return verdict
             reason = verdict.reason if not isinstance(verdict, Caller) else "role"
         self._on_denied(reason)
-        log.warning("webhook call refused", reason=reason)
+        log.warning("webhook call refused", reason=reason, peer=peer)
         return None
