@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: run test lint typecheck layers promtool unit proto bench clean
+.PHONY: run test lint typecheck layers promtool alertmanager unit proto bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(PY) -m keel.localfleet --state-dir .keel --workload examples/web.yaml $(if $(REPLICAS),--replicas $(REPLICAS))
 
 # The whole suite: the static checks first (quick, and they name the line), then every test.
-test: lint typecheck layers promtool
+test: lint typecheck layers promtool alertmanager
 	$(PYTEST)
 
 lint: $(STAMP)
@@ -35,6 +35,12 @@ layers: $(STAMP)
 # installs it from Debian's prometheus package where it can, else says how.
 promtool:
 	sh deploy/prometheus/ensure-promtool
+
+# amtool check-config on deploy/alertmanager/ and the end-to-end deploy-freeze webhook test use
+# Alertmanager; ensure-alertmanager installs Debian's prometheus-alertmanager where it can (as
+# root with apt-get), else says how (those tests then skip, saying why).
+alertmanager:
+	sh deploy/alertmanager/ensure-alertmanager
 
 unit: $(STAMP) promtool
 	$(PYTEST) tests/unit

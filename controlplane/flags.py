@@ -93,6 +93,12 @@ DURATION_FLAGS = (
     ("--db-timeout", "db_timeout_s", "a statement or a wait for a connection: then UNAVAILABLE"),
     ("--db-probe-interval", "db_probe_interval_s", "how often health probes Postgres"),
     ("--db-probe-timeout", "db_probe_timeout_s", "a probe slower than this: FleetService down"),
+    ("--freeze-poll", "freeze_poll_s", "how often the deploy freeze is read (keel_deploy_frozen)"),
+    (
+        "--hook-timeout",
+        "hook_timeout_s",
+        "an Alertmanager webhook delivery not done within this is answered 503 (retried)",
+    ),
     ("--log-wait", "log_wait_s", "keelctl logs: how long the agent gets to answer"),
     (
         "--log-relay-lease",
@@ -275,9 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r = sub.add_parser(
         "reset-token",
-        help="replace the admin or join token (a lost one) and write it under --state-dir",
+        help="replace the admin, join or webhook token (a lost one) and write it under --state-dir",
     )
-    r.add_argument("name", choices=("admin", "join"))
+    r.add_argument("name", choices=("admin", "join", "webhook"))
     return p
 
 

@@ -26,6 +26,7 @@ from controlplane.actor import actor_of
 from controlplane.cache import FleetCache
 from controlplane.canary_api import CanaryApi
 from controlplane.errors import FailedPrecondition, InvalidArgument
+from controlplane.freeze_api import FreezeApi
 from controlplane.host_delete import HostDeleted, delete_host
 from controlplane.idempotency import Requests
 from controlplane.listing import tallies_on
@@ -55,7 +56,7 @@ _OBJECT = re.compile(
 MAX_EVENTS = 10_000
 
 
-class FleetApi(CanaryApi, TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
+class FleetApi(CanaryApi, TokensApi, OperationsApi, FreezeApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
         store: Store,
@@ -113,7 +114,12 @@ class FleetApi(CanaryApi, TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceS
             request,
             reply=fleet_pb2.ApplyWorkloadResponse,
             write=lambda once: self._store.apply_workload(
-                workload, actor=actor, reason=reason, trace_context=trace_context, once=once
+                workload,
+                actor=actor,
+                reason=reason,
+                trace_context=trace_context,
+                override_freeze=request.override_freeze,
+                once=once,
             ),
             respond=respond,
         )

@@ -26,7 +26,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane import looplag, migrate, reseal, secrets
+from controlplane import alert_hook, freeze, looplag, migrate, reseal, secrets
 from controlplane.auth import AuthInterceptor
 from controlplane.cache import FleetCache
 from controlplane.db import redact, resolve_database_url
@@ -354,7 +354,21 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         raise KeelError(f"cannot listen on {settings.listen}: the address is taken or invalid")
     host = settings.listen.rsplit(":", 1)[0]
     address = f"{host}:{port}"
-    metrics_server = serve_metrics(metrics, metrics_address)
+    # Beside /metrics: the Alertmanager webhook that freezes deploys (controlplane.alert_hook).
+    hook = alert_hook.AlertHook(
+        db=pool,
+        tokens=tokens,
+        metrics=metrics.freeze,
+        on_denied=metrics.count_auth_denied,
+        loop=asyncio.get_running_loop(),
+        timeout_s=settings.hook_timeout_s,
+    )
+    metrics_server = serve_metrics(
+        metrics,
+        metrics_address,
+        routes={alert_hook.PATH: hook},
+        read_timeout_s=settings.hook_timeout_s,
+    )
     await server.start()
     for name in ("", AGENT_SERVICE, FLEET_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -389,6 +403,14 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
                 on_pruned=metrics.count_pruned_requests,
             ),
             name="request-prune",
+        ),
+        asyncio.create_task(
+            freeze.watch(
+                pool,
+                interval_s=settings.freeze_poll_s,
+                on_freezes=lambda fs: metrics.freeze.set_freezes([(f.source, f.since) for f in fs]),
+            ),
+            name="freeze-watch",
         ),
     ]
     addresses = {"grpc": address}

@@ -25,6 +25,7 @@ exported (at 0) from the first scrape; `rate()` and absent-series alerts need th
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from wsgiref.types import WSGIApplication
 
 import prometheus_client
 from prometheus_client import (
@@ -38,6 +39,7 @@ from prometheus_client import (
 
 from controlplane.drain_metrics import DrainMetrics
 from controlplane.errors import KeelError
+from controlplane.freeze_metrics import FreezeMetrics
 from controlplane.growth_metrics import GrowthMetrics
 from keel import endpoint
 from keel.endpoint import CONVERGENCE_BUCKETS
@@ -317,6 +319,8 @@ class Metrics:
         self.drain = DrainMetrics(r)
         # Retention and gone hosts (controlplane.growth_metrics).
         self.growth = GrowthMetrics(r)
+        # The deploy freeze and its webhook (controlplane.freeze_metrics).
+        self.freeze = FreezeMetrics(r)
         # Standard process_* and python_info series: memory, CPU, open fds of this replica.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -488,17 +492,26 @@ format_address = endpoint.format_address
 MetricsServer = endpoint.MetricsServer
 
 
-def serve_metrics(metrics: Metrics, address: str) -> MetricsServer | None:
+def serve_metrics(
+    metrics: Metrics,
+    address: str,
+    *,
+    routes: Mapping[str, WSGIApplication] | None = None,
+    read_timeout_s: float | None = None,
+) -> MetricsServer | None:
     """Serves metrics.registry on address (`HOST:PORT`, port 0 = any free port, or `off`).
 
     The server answers scrapes on its own thread, so a busy event loop never delays a scrape
     (and the scrape reads gauges and callbacks that are safe to read from another thread).
-    Raises MetricsError if the address is malformed or cannot be bound.
+    Raises MetricsError if the address is malformed or cannot be bound. `routes`: other
+    paths it serves (the Alertmanager webhook: `alert_hook`).
     """
     parsed = parse_address(address)
     if parsed is None:
         return None
     try:
-        return endpoint.serve_metrics(metrics.registry, *parsed)
+        return endpoint.serve_metrics(
+            metrics.registry, *parsed, routes=routes, read_timeout_s=read_timeout_s
+        )
     except endpoint.EndpointError as exc:
         raise MetricsError(str(exc)) from exc

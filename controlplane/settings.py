@@ -60,6 +60,12 @@ class Settings:
     # Health: how often Postgres is probed, and how long a probe may take before
     # keel.v1.FleetService is NOT_SERVING.
     db_probe_interval_s: float = 2.0
+    # How often every replica reads the deploy freeze for keel_deploy_frozen (a freeze with an
+    # `until` ends with no write to notice).
+    freeze_poll_s: float = 10.0
+    # An Alertmanager webhook delivery (reading its body, then its write) gets this long
+    # before it is answered 503, which Alertmanager retries.
+    hook_timeout_s: float = 10.0
     db_probe_timeout_s: float = 2.0
     # keelctl logs: how long the agent gets to send the first chunk (bounded by the caller's
     # deadline too, so a silent agent is named before the caller gives up).

@@ -8,8 +8,9 @@ compared with `hmac.compare_digest` (constant time). The secret itself is never 
 or put in an error.
 
 Roles: `viewer` < `operator` < `admin` for people and tools (each includes the ones before),
-`join` (may only join a host: `AgentService.Join`) and `host` (one host's credential: may only
-sync that host). Which call needs which role is the one table in `controlplane.auth`.
+`join` (may only join a host: `AgentService.Join`), `host` (one host's credential: may only
+sync that host) and `webhook` (may call no RPC: only the Alertmanager webhook,
+`controlplane.alert_hook`). Which call needs which role is the one table in `controlplane.auth`.
 
 Neighbours: `controlplane.auth` (the interceptor that checks every call with `verify`),
 `controlplane.tokens_api` (the admin calls and Join), `controlplane.main` (`bootstrap` on start).
@@ -45,12 +46,18 @@ from keel.secretfile import write_secret
 log = structlog.get_logger("keel.tokens")
 
 VIEWER, OPERATOR, ADMIN, JOIN, HOST = "viewer", "operator", "admin", "join", "host"
+WEBHOOK = "webhook"
 # People and tools, lowest first: each role may do what the ones before it may.
 OPERATOR_ROLES = (VIEWER, OPERATOR, ADMIN)
 # What `keelctl token create --role` may issue (host credentials come from Join only).
-ISSUABLE = (*OPERATOR_ROLES, JOIN)
+ISSUABLE = (*OPERATOR_ROLES, JOIN, WEBHOOK)
 # The tokens written under the state dir on first start: (name, role, file).
-BOOTSTRAP = (("admin", ADMIN, "admin.token"), ("join", JOIN, "join.token"))
+BOOTSTRAP = (
+    ("admin", ADMIN, "admin.token"),
+    ("join", JOIN, "join.token"),
+    # Alertmanager's (http_config.authorization.credentials_file) for /hooks/alertmanager.
+    ("webhook", WEBHOOK, "hooks.token"),
+)
 
 _TOKEN = re.compile(r"^([0-9a-f]{16})\.([A-Za-z0-9_-]{16,128})\Z")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9_.@]{0,62}[a-z0-9])?\Z")
@@ -320,7 +327,7 @@ class TokenStore:
         return info.revoked_at is not None
 
     async def bootstrap(self, state_dir: Path) -> None:
-        """First start: the admin and join tokens, each written 0600 under the state dir.
+        """First start: the admin, join and webhook tokens, each written 0600 under the state dir.
 
         Only once per database: a bootstrap name that was ever issued is not issued again (an
         admin who revoked `admin` meant it). A lost token: `keel-controlplane reset-token`.
@@ -343,7 +350,8 @@ class TokenStore:
             log.info("token created on first start", token_name=name, role=role, path=str(path))
 
     async def reset(self, name: str, state_dir: Path) -> Path:
-        """Replaces the bootstrap token `name` (admin or join) and writes it under state_dir."""
+        """Replaces the bootstrap token `name` (admin, join or webhook) and writes it under
+        state_dir."""
         by_name = {n: (role, f) for n, role, f in BOOTSTRAP}
         if name not in by_name:
             raise InvalidArgument(f"name: only {', '.join(by_name)} can be reset here")

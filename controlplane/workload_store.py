@@ -14,6 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
+from controlplane import freeze
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.idempotency import Once, once_in
 from controlplane.sql import (
@@ -134,6 +135,7 @@ class WorkloadStore:
         actor: str = "",
         reason: str = "",
         trace_context: str = "",
+        override_freeze: bool = False,
         once: Once[tuple[WorkloadRow, str]] | None = None,
     ) -> tuple[WorkloadRow, str]:
         """Creates or updates a workload. Returns it and `created`, `configured` or `unchanged`.
@@ -143,8 +145,10 @@ class WorkloadStore:
         replicas, budgets, selector, deadline and rollout policy are updated in place, like a
         Deployment's pod template. A spec equal to an earlier revision's is a rollback to it:
         the instances already running that spec stay current (`spec_generations`). `once`:
-        the request id's record, in the same transaction (`idempotency`).
+        the request id's record, in the same transaction (`idempotency`). While deploys are
+        frozen, a new spec (not a rollback) is refused unless `override_freeze` (`freeze`).
         """
+        freeze.check_override(override_freeze, reason)
         if w.spec.plain_secrets():
             # A guard, not a path: FleetApi seals before it calls. Never store one in clear.
             raise ValueError("a secret_env value reached the store unsealed")
@@ -153,12 +157,24 @@ class WorkloadStore:
                 conn,
                 once,
                 lambda: self._apply(
-                    conn, w, actor=actor, reason=reason, trace_context=trace_context
+                    conn,
+                    w,
+                    actor=actor,
+                    reason=reason,
+                    trace_context=trace_context,
+                    override_freeze=override_freeze,
                 ),
             )
 
     async def _apply(
-        self, conn: Conn, w: Workload, *, actor: str, reason: str, trace_context: str
+        self,
+        conn: Conn,
+        w: Workload,
+        *,
+        actor: str,
+        reason: str,
+        trace_context: str,
+        override_freeze: bool = False,
     ) -> tuple[WorkloadRow, str]:
         spec = w.spec.to_json()
         old = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name)
@@ -194,6 +210,11 @@ class WorkloadStore:
                     "SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name
                 )
             else:
+                # A new workload deploys a new spec: frozen like a change (refused after the
+                # INSERT, whose row the refusal rolls back).
+                await freeze.gate(
+                    conn, w.name, override=override_freeze, reason=reason, actor=actor
+                )
                 await _record_revision(conn, row, actor=actor, reason=reason, same_as=None)
         if old is None and row is None:
             raise FailedPrecondition(
@@ -237,6 +258,10 @@ class WorkloadStore:
                     spec,
                 )
                 same_as = same[0]["revision"] if same else None
+                if same_as is None:  # a rollback is never frozen
+                    await freeze.gate(
+                        conn, w.name, override=override_freeze, reason=reason, actor=actor
+                    )
                 generations = [r["revision"] for r in same] + [old["generation"] + 1]
                 # A rollback returns to a spec that ran before: no canary. A first rollout
                 # has nothing to run beside.

@@ -2,19 +2,24 @@
 
 `--metrics HOST:PORT|off` parsing (port 0 = any free port; IPv6 as `[::1]:PORT`), the
 /metrics HTTP server (prometheus-client's, on a daemon thread, so a busy event loop never
-delays a scrape) and `<state-dir>/addresses.json`, where a process records what it bound.
+delays a scrape; the control plane adds its webhook beside it: `routes`) and
+`<state-dir>/addresses.json`, where a process records what it bound.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import WSGIApplication
 
 import prometheus_client
 from prometheus_client import CollectorRegistry
@@ -61,15 +66,62 @@ class MetricsServer:
 
 
 def serve_metrics(
-    registry: CollectorRegistry, host: str, port: int, *, flag: str = "--metrics"
+    registry: CollectorRegistry,
+    host: str,
+    port: int,
+    *,
+    flag: str = "--metrics",
+    routes: Mapping[str, WSGIApplication] | None = None,
+    read_timeout_s: float | None = None,
 ) -> MetricsServer:
-    """Serves the registry on host:port; EndpointError if it cannot be bound."""
+    """Serves the registry on host:port; EndpointError if it cannot be bound.
+
+    `routes`: other applications by exact path (every other path is the metrics, as
+    prometheus-client serves them); `read_timeout_s` bounds each wait for a client's bytes, so
+    a stalled client does not hold a thread."""
     try:
-        httpd, thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
+        if routes:
+            httpd, thread = _serve_routes(registry, host, port, routes, read_timeout_s)
+        else:
+            httpd, thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         where = format_address(host, port)
         raise EndpointError(f"{flag}: cannot listen on {where}: {exc.strerror or exc}") from exc
     return MetricsServer(format_address(host, int(httpd.server_address[1])), httpd, thread)
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # as prometheus-client's: a stuck request never blocks the exit
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Requests are not logged (the handlers log what matters, structured)."""
+
+
+def _serve_routes(
+    registry: CollectorRegistry,
+    host: str,
+    port: int,
+    routes: Mapping[str, WSGIApplication],
+    read_timeout_s: float | None,
+) -> tuple[WSGIServer, threading.Thread]:
+    metrics: WSGIApplication = prometheus_client.make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        chosen = routes.get(environ.get("PATH_INFO", ""), metrics)
+        return chosen(environ, start_response)
+
+    class Server(_ThreadingServer):
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    class Handler(_QuietHandler):
+        timeout = read_timeout_s
+
+    httpd = make_server(host, port, app, Server, handler_class=Handler)
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return httpd, thread
 
 
 def write_addresses(path: Path, entries: Mapping[str, str], *, merge: bool = True) -> None:

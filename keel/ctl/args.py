@@ -183,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="the change cause, kept with the revision (keelctl rollout history)",
     )
+    apply.add_argument(
+        "--override-freeze",
+        action="store_true",
+        help="apply a spec change while deploys are frozen (needs --reason; recorded)",
+    )
 
     get = sub.add_parser("get", help="list workloads, hosts or instances")
     _add_globals(get, on_subcommand=True)
@@ -311,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = token_sub.add_parser("create", help="a new token; printed once, never again")
     _add_globals(create, on_subcommand=True)
     create.add_argument(
-        "--role", required=True, choices=("viewer", "operator", "admin", "join"),
-        help="viewer: read; operator: also change; admin: also tokens; join: agents join",
+        "--role", required=True, choices=("viewer", "operator", "admin", "join", "webhook"),
+        help="viewer: read; operator: also change; admin: also tokens; join: agents join; "
+        "webhook: Alertmanager's, for /hooks/alertmanager",
     )  # fmt: skip
     create.add_argument("--name", required=True, help="its name: the actor of what it changes")
     _add_globals(token_sub.add_parser("list", help="every token (never their values)"),
@@ -348,4 +354,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="host: remove the instances placed on it too (their workloads replace them)",
     )
+
+    freeze = sub.add_parser(
+        "freeze", help="freeze deploys: spec changes are refused until unfrozen (or --until)"
+    )
+    _add_globals(freeze, on_subcommand=True)
+    freeze.add_argument("--reason", default="", metavar="TEXT", help="why (shown to everyone)")
+    freeze.add_argument(
+        "--until",
+        default="",
+        metavar="TIME",
+        help="lift by itself then: an RFC 3339 time (2030-01-02T15:04:05Z) or a duration (2h)",
+    )
+    freeze.add_argument(
+        "--status", action="store_true", help="change nothing: show what freezes deploys"
+    )
+    unfreeze = sub.add_parser(
+        "unfreeze", help="lift the operator's deploy freeze (alerts' freezes lift on resolve)"
+    )
+    _add_globals(unfreeze, on_subcommand=True)
     return parser

@@ -41,7 +41,11 @@ def cmd_apply(ctx: Context, manifest: object) -> str:
     # `default=str` keeps YAML's dates and such sendable; the server says if they are wrong.
     body = json.dumps(manifest, default=str)
     resp = ctx.stub.ApplyWorkload(
-        fleet_pb2.ApplyWorkloadRequest(manifest_json=body, reason=ctx.args.reason),
+        fleet_pb2.ApplyWorkloadRequest(
+            manifest_json=body,
+            reason=ctx.args.reason,
+            override_freeze=ctx.args.override_freeze,
+        ),
         timeout=ctx.timeout,
     )
     if ctx.json:

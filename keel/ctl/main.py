@@ -107,6 +107,12 @@ def _operations() -> Any:
     return operations
 
 
+def _freeze() -> Any:
+    from keel.ctl import freeze  # the deploy-freeze verbs: only they
+
+    return freeze
+
+
 # A watch cut off mid-stream is taken up on another replica at most this many times (a
 # replica that accepts streams and dies at once must not keep keelctl looping).
 _WATCH_RESUMES = 5
@@ -210,6 +216,8 @@ def _run_on(
                 "token": lambda: auth.cmd_token(ctx),
                 "host": lambda: auth.cmd_host(ctx),
                 "rollout": lambda: canary.cmd_canary(ctx),
+                "freeze": lambda: _freeze().cmd_freeze(ctx),
+                "unfreeze": lambda: _freeze().cmd_unfreeze(ctx),
             }
             result = commands[args.command]()
     except CtlError as e:

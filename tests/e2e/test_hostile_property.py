@@ -301,13 +301,16 @@ KINDS: dict[str, dict[str, str]] = {
     # Token names follow workload names' rules closely enough for their hostile variants.
     "RevokeToken": {"name": "workload"},
     "ResetHostCredential": {"host": "host"},
+    # With no operator freeze (the state has none), Unfreeze changes nothing.
+    "Unfreeze": {},
+    "GetFreeze": {},
 }
 # Valid requests of these would change the fleet (a workload or host deleted, a token revoked,
 # a host's credential reset), so their valid values name nothing that exists.
 SPARING = {"DeleteWorkload", "DeleteHost", "RevokeToken", "ResetHostCredential"}
-# CreateToken writes whenever its request is valid: its refusals are checked in
-# tests/integration/test_tokens.py instead.
-UNCOVERED = {"ApplyWorkload", "CreateToken"}
+# CreateToken and Freeze write whenever their request is valid: their refusals are checked in
+# tests/integration/test_tokens.py and tests/integration/test_freeze.py instead.
+UNCOVERED = {"ApplyWorkload", "CreateToken", "Freeze"}
 # Verbs that change the hosts they select: every list of hosts their cases send names a host
 # that does not exist too, so the call changes nothing (all or none) whatever else it names.
 SELECTING = {"Cordon", "Uncordon", "Drain", "PlanDrain"}

@@ -146,16 +146,17 @@ async def test_a_join_retried_with_the_agents_own_secret_gets_the_same_credentia
     assert joined == 1
 
 
-async def test_first_start_writes_admin_and_join_tokens_0600_once(
+async def test_first_start_writes_admin_join_and_webhook_tokens_0600_once(
     store: Store, tmp_path: Path
 ) -> None:
     """Bootstrap issues each token once per database, writes it 0600, and never again: a
     second start (or replica) leaves them; revoking `admin` is not undone by a restart."""
     tokens = tokens_of(store)
     await tokens.bootstrap(tmp_path)
-    written = {n: (tmp_path / f"{n}.token").read_text().strip() for n in ("admin", "join")}
+    files = {"admin": "admin.token", "join": "join.token", "webhook": "hooks.token"}
+    written = {n: (tmp_path / f).read_text().strip() for n, f in files.items()}
     for name, token in written.items():
-        assert stat.S_IMODE((tmp_path / f"{name}.token").stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / files[name]).stat().st_mode) == 0o600
         verdict = await tokens.verify(token)
         assert isinstance(verdict, Caller) and verdict.role == name
     await tokens.revoke("admin", actor="admin")

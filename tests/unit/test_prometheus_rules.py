@@ -81,6 +81,11 @@ CONTROL_PLANE_METRICS = frozenset(
         # Bounded growth: retention and gone hosts.
         "keel_pruned_rows_total",
         "keel_hosts_gone",
+        # The deploy freeze and its Alertmanager webhook (controlplane/freeze_metrics.py).
+        "keel_deploy_frozen",
+        "keel_deploy_frozen_since_seconds",
+        "keel_deploy_freezes",
+        "keel_alert_webhook_requests_total",
     }
 )
 AGENT_METRICS = frozenset(
@@ -268,11 +273,14 @@ def test_burn_rate_alerts_follow_the_sre_workbook(
     ]
     assert len(rules) == 1
     (rule,) = rules
+    # The pages also freeze deploys (deploy/alertmanager/, docs/slos.md's budget policy).
+    freeze = {"keel_action": "freeze"} if severity == "page" else {}
     assert rule["labels"] == {
         "severity": severity,
         "long_window": long,
         "short_window": short,
         "burn_rate": burn,
+        **freeze,
     }
     expr = " ".join(rule["expr"].split())
     assert expr == (
@@ -343,6 +351,7 @@ REQUIRED_PANELS = [
     ("drain moves",),
     ("drains finished on time",),
     ("event loop lag",),
+    ("deploy freeze",),
 ]
 
 

@@ -1,0 +1,289 @@
+"""The deploy freeze in Postgres: who froze deploys, why, since and until when; and the gate.
+
+Deploys are frozen while any `deploy_freeze` row holds (no `until`, or `until` still ahead,
+by database time). There is one row per reason to be frozen: the operator's (`keelctl
+freeze`, source `operator`) and one per firing alert the Alertmanager webhook received with
+`keel_action=freeze` (source `alert:<alertname>`, keyed by the alert's fingerprint, so its
+resolve lifts exactly the row its firing set). Every change is an event on `fleet/freeze`.
+
+The gate (`gate`) runs inside `WorkloadStore._apply`, in the apply's transaction, for an apply
+that changes the spec and is not a rollback: while frozen it refuses (FailedPrecondition:
+nothing is changed) unless the apply overrides the freeze with a reason, which is recorded
+(`FreezeOverridden`). Scale changes, deletes, rollbacks and drains never reach it: they
+deploy nothing new. An apply reads the rows as they stand when it reaches the gate, so a
+freeze committed while it runs takes effect from the next apply.
+
+Neighbours: `workload_store` (calls the gate), `freeze_api` (Freeze, Unfreeze, GetFreeze),
+`alert_hook` (the webhook), `freeze_metrics` (`keel_deploy_frozen`, fed by `watch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+from controlplane.errors import FailedPrecondition, InvalidArgument, Unavailable
+from controlplane.idempotency import Once, once_in
+from controlplane.sql import Conn, Database, record_event
+
+log = structlog.get_logger("keel.freeze")
+
+OPERATOR = "operator"
+ALERT_PREFIX = "alert:"
+# Where the freeze's events go (`keelctl events --for fleet/freeze`).
+OBJECT = "fleet/freeze"
+RUNBOOK = "runbooks/deploy-freeze.md"
+OVERRIDE = "keelctl apply --override-freeze --reason TEXT"
+
+_HOLDING = "(until IS NULL OR until > now())"
+_COLUMNS = "source, fingerprint, reason, actor, since, until"
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """One reason deploys are frozen."""
+
+    source: str  # "operator" or "alert:<alertname>"
+    fingerprint: str  # the alert's; "" for the operator's
+    reason: str
+    actor: str
+    since: datetime
+    until: datetime | None
+
+    def describe(self) -> str:
+        """One line a person reads: what froze deploys, who, since when, until when, why."""
+        text = f"{self.source} freeze by {self.actor or 'unknown'} since {_when(self.since)}"
+        if self.until is not None:
+            text += f" until {_when(self.until)}"
+        return text + f': "{self.reason}"' if self.reason else text + " (no reason given)"
+
+
+@dataclass(frozen=True)
+class AlertFreeze:
+    """A firing alert with `keel_action=freeze`, as the webhook read it."""
+
+    alertname: str
+    fingerprint: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    """What one webhook delivery changed: how many alert freezes it set and lifted."""
+
+    set: int
+    lifted: int
+    freezes: list[Freeze]
+
+
+def _when(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _freeze(r: asyncpg.Record) -> Freeze:
+    return Freeze(
+        source=r["source"],
+        fingerprint=r["fingerprint"],
+        reason=r["reason"],
+        actor=r["actor"],
+        since=r["since"],
+        until=r["until"],
+    )
+
+
+async def holding(conn: Conn) -> list[Freeze]:
+    """The freezes that hold now, oldest first."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM deploy_freeze WHERE {_HOLDING} ORDER BY since, source, fingerprint"
+    )
+    return [_freeze(r) for r in rows]
+
+
+async def status(db: Database) -> list[Freeze]:
+    """GetFreeze: the freezes that hold now (none: deploys are not frozen)."""
+    async with db.acquire() as conn:
+        return await holding(conn)
+
+
+async def freeze(
+    db: Database,
+    *,
+    reason: str,
+    until: datetime | None,
+    actor: str,
+    once: Once[list[Freeze]] | None = None,
+) -> list[Freeze]:
+    """The operator's freeze, set or changed (a second freeze is the same freeze with its new
+    reason and end: still frozen since the first). Returns the freezes that hold."""
+    async with db.acquire() as conn, conn.transaction():
+        return await once_in(
+            conn, once, lambda: _freeze_operator(conn, reason=reason, until=until, actor=actor)
+        )
+
+
+async def _freeze_operator(
+    conn: Conn, *, reason: str, until: datetime | None, actor: str
+) -> list[Freeze]:
+    if until is not None and await conn.fetchval("SELECT $1::timestamptz <= now()", until):
+        raise InvalidArgument(
+            f"until: must be in the future, got {_when(until)} (a time like 2030-01-02T15:04:05Z "
+            "or a duration like 2h from now); leave it out to freeze until `keelctl unfreeze`"
+        )
+    row = await conn.fetchrow(
+        f"""INSERT INTO deploy_freeze (source, fingerprint, reason, actor, since, until)
+            VALUES ($1, '', $2, $3, now(), $4)
+            ON CONFLICT (source, fingerprint) DO UPDATE
+                SET reason = EXCLUDED.reason, actor = EXCLUDED.actor, until = EXCLUDED.until,
+                    -- Still frozen since the first freeze, unless that one had run out.
+                    since = CASE WHEN deploy_freeze.until IS NULL OR deploy_freeze.until > now()
+                                 THEN deploy_freeze.since ELSE now() END
+            RETURNING {_COLUMNS}""",
+        OPERATOR,
+        reason,
+        actor,
+        until,
+    )
+    assert row is not None
+    current = _freeze(row)
+    await record_event(conn, OBJECT, "DeployFrozen", current.describe(), actor=actor)
+    log.warning("deploys frozen", source=OPERATOR, actor=actor, reason=reason,
+                until=_when(until) if until else "")  # fmt: skip
+    return await holding(conn)
+
+
+async def unfreeze(
+    db: Database, *, actor: str, once: Once[list[Freeze]] | None = None
+) -> list[Freeze]:
+    """Lifts the operator's freeze (none: nothing changes). Returns the freezes that still
+    hold: the alerts' lift only when they resolve."""
+    async with db.acquire() as conn, conn.transaction():
+        return await once_in(conn, once, lambda: _unfreeze_operator(conn, actor=actor))
+
+
+async def _unfreeze_operator(conn: Conn, *, actor: str) -> list[Freeze]:
+    row = await conn.fetchrow(
+        f"""DELETE FROM deploy_freeze WHERE source = $1 AND fingerprint = ''
+            RETURNING {_COLUMNS}, {_HOLDING} AS held""",
+        OPERATOR,
+    )
+    remaining = await holding(conn)
+    if row is not None and row["held"]:
+        lifted = _freeze(row)
+        message = f"lifted the {lifted.describe()}"
+        if remaining:
+            message += "; still frozen by " + "; ".join(f.describe() for f in remaining)
+        await record_event(conn, OBJECT, "DeployUnfrozen", message, actor=actor)
+        log.warning("operator freeze lifted", actor=actor, still_frozen=len(remaining))
+    return remaining
+
+
+async def alerts_changed(
+    db: Database,
+    *,
+    firing: Sequence[AlertFreeze],
+    resolved: Sequence[tuple[str, str]],
+    actor: str,
+) -> HookOutcome:
+    """One webhook delivery, in one transaction: a freeze for each firing alert, and the freeze
+    of each resolved one (alertname, fingerprint) lifted. Alertmanager sends the same
+    notification again (its repeat interval, a retry): a firing alert that already froze
+    deploys and a resolved one already lifted change nothing, and record no event again."""
+    async with db.acquire() as conn, conn.transaction():
+        added = 0
+        for alert in firing:
+            source = ALERT_PREFIX + alert.alertname
+            row = await conn.fetchrow(
+                f"""INSERT INTO deploy_freeze (source, fingerprint, reason, actor)
+                    VALUES ($1, $2, $3, $4)
+                    ON CONFLICT (source, fingerprint) DO NOTHING
+                    RETURNING {_COLUMNS}""",
+                source,
+                alert.fingerprint,
+                alert.reason,
+                actor,
+            )
+            if row is not None:
+                added += 1
+                await record_event(
+                    conn, OBJECT, "DeployFrozen", f"{_freeze(row).describe()} (the alert fires)",
+                    actor=actor,
+                )  # fmt: skip
+        lifted = 0
+        for alertname, fingerprint in resolved:
+            row = await conn.fetchrow(
+                f"""DELETE FROM deploy_freeze WHERE source = $1 AND fingerprint = $2
+                    RETURNING {_COLUMNS}""",
+                ALERT_PREFIX + alertname,
+                fingerprint,
+            )
+            if row is not None:
+                lifted += 1
+                await record_event(
+                    conn, OBJECT, "DeployUnfrozen",
+                    f"lifted the {_freeze(row).describe()} (the alert resolved)", actor=actor,
+                )  # fmt: skip
+        freezes = await holding(conn)
+    if added or lifted:
+        log.warning("deploy freeze changed by alerts", set=added, lifted=lifted,
+                    still_frozen=len(freezes))  # fmt: skip
+    return HookOutcome(set=added, lifted=lifted, freezes=freezes)
+
+
+def check_override(override: bool, reason: str) -> None:
+    """An override of the freeze must say why: it is recorded with its actor."""
+    if override and not reason.strip():
+        raise InvalidArgument(
+            "reason: --override-freeze needs a reason (--reason TEXT): an apply through a "
+            "deploy freeze is recorded with who made it and why; nothing was changed"
+        )
+
+
+async def gate(conn: Conn, workload: str, *, override: bool, reason: str, actor: str) -> None:
+    """Refuses a spec change while deploys are frozen, unless `override` (then records it).
+
+    Called in the apply's transaction, before anything is written or after it is written
+    (the refusal rolls the transaction back): either way the apply changes nothing."""
+    freezes = await holding(conn)
+    if not freezes:
+        return
+    what = "; ".join(f.describe() for f in freezes)
+    if override:
+        await record_event(
+            conn,
+            f"workload/{workload}",
+            "FreezeOverridden",
+            f"spec change applied through the deploy freeze ({what}): {reason}",
+            actor=actor,
+        )
+        log.warning("deploy freeze overridden", workload=workload, actor=actor, reason=reason)
+        return
+    lift = (
+        "lift it with `keelctl unfreeze`"
+        if any(f.source == OPERATOR for f in freezes)
+        else "an alert's freeze lifts when the alert resolves"
+    )
+    raise FailedPrecondition(
+        f'workload "{workload}": deploys are frozen ({what}); a spec change is refused while '
+        f"frozen (scale changes, deletes, rollbacks and drains still work). Deploy anyway, "
+        f"recorded with your reason: `{OVERRIDE}`; or {lift} (see `keelctl freeze --status`, "
+        f"{RUNBOOK})"
+    )
+
+
+async def watch(
+    db: Database, *, interval_s: float, on_freezes: Callable[[list[Freeze]], None]
+) -> None:
+    """Reads the freezes that hold every `interval_s` for `keel_deploy_frozen` (every replica
+    exports it; a freeze with an `until` lifts by itself, with no write to notice)."""
+    while True:
+        try:
+            on_freezes(await status(db))
+        except Unavailable as exc:
+            # The database is away: the gauge keeps its last value; the probe reports it.
+            log.debug("freeze not read", error=str(exc))
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,90 @@
+"""FleetService's deploy-freeze calls: Freeze, Unfreeze (operator) and GetFreeze (viewer).
+
+`FreezeApi` is a base of `fleet.FleetApi`; the freezes live in `controlplane.freeze` (the
+store queries, the events and the gate that applies consult). Freeze and Unfreeze run through
+`idempotency.Requests` like every mutating call, so a retried call is answered, not applied
+twice; both answer the freezes that hold afterwards, so Unfreeze says which alert freezes
+still hold. The alerts' freezes come from the webhook (`controlplane.alert_hook`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import grpc
+
+from controlplane import convert, freeze
+from controlplane.actor import actor_of
+from controlplane.errors import InvalidArgument
+from controlplane.idempotency import Requests
+from controlplane.sql import Conn
+from controlplane.store import Store
+from keel.convert import set_ts
+from keel.v1 import fleet_pb2
+
+
+def status_pb(freezes: Sequence[freeze.Freeze]) -> fleet_pb2.FreezeStatus:
+    reply = fleet_pb2.FreezeStatus(frozen=bool(freezes))
+    for f in freezes:
+        item = reply.freezes.add(source=f.source, reason=f.reason, actor=f.actor)
+        set_ts(item.since, f.since)
+        set_ts(item.until, f.until)
+    return reply
+
+
+async def _status_pb(conn: Conn, freezes: list[freeze.Freeze]) -> fleet_pb2.FreezeStatus:
+    return status_pb(freezes)
+
+
+def until_of(request: fleet_pb2.FreezeRequest) -> datetime | None:
+    """The request's `until`, or None (until unfrozen); whether it is ahead is the store's
+    question (database time)."""
+    if not request.HasField("until"):
+        return None
+    try:
+        return request.until.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            "until: not a time that can be stored (seconds since 1970 within years 1-9999)"
+        ) from None
+
+
+class FreezeApi:
+    """Freeze, Unfreeze and GetFreeze; see the module docstring."""
+
+    _store: Store
+    _requests: Requests
+
+    async def Freeze(
+        self, request: fleet_pb2.FreezeRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.FreezeStatus:
+        reason = convert.reason(request.reason)
+        until = until_of(request)
+        actor = actor_of(context)
+        return await self._requests.run(
+            context,
+            request,
+            reply=fleet_pb2.FreezeStatus,
+            write=lambda once: freeze.freeze(
+                self._store.pool, reason=reason, until=until, actor=actor, once=once
+            ),
+            respond=_status_pb,
+        )
+
+    async def Unfreeze(
+        self, request: fleet_pb2.UnfreezeRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.FreezeStatus:
+        actor = actor_of(context)
+        return await self._requests.run(
+            context,
+            request,
+            reply=fleet_pb2.FreezeStatus,
+            write=lambda once: freeze.unfreeze(self._store.pool, actor=actor, once=once),
+            respond=_status_pb,
+        )
+
+    async def GetFreeze(
+        self, request: fleet_pb2.GetFreezeRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.FreezeStatus:
+        return status_pb(await freeze.status(self._store.pool))

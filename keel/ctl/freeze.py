@@ -1,0 +1,104 @@
+"""keelctl's deploy-freeze verbs: `freeze [--reason TEXT] [--until TIME]`, `freeze --status` and
+`unfreeze`.
+
+While deploys are frozen the control plane refuses applies that change a workload's spec
+(scale changes, deletes, rollbacks and drains go through); `keelctl apply --override-freeze
+--reason TEXT` deploys anyway, recorded. A freeze comes from an operator (these verbs) or from
+a firing alert (the Alertmanager webhook); `unfreeze` lifts only the operator's and says which
+alerts still hold deploys. Argument parsing lives in `keel.ctl.args`, tables in
+`keel.ctl.output`; the runbook is runbooks/deploy-freeze.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from keel.convert import from_ts, set_ts
+from keel.ctl import output
+from keel.ctl.args import CtlError
+from keel.fields import SpecError
+from keel.quantities import parse_duration
+from keel.v1 import fleet_pb2
+
+RUNBOOK = "runbooks/deploy-freeze.md"
+
+
+def until_of(text: str, *, now: datetime) -> datetime:
+    """--until: an RFC 3339 time with its zone (2030-01-02T15:04:05Z) or a duration from now
+    (2h, 90m, 1h30m)."""
+    try:
+        return now + timedelta(milliseconds=parse_duration(text, "--until"))
+    except SpecError:
+        pass
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CtlError(
+            f"--until: expected an RFC 3339 time (2030-01-02T15:04:05Z) or a duration from now "
+            f"(2h, 90m, 1h30m), got {text!r}"
+        ) from None
+    if at.tzinfo is None:
+        raise CtlError(f"--until: give the time's zone (Z or +01:00), got {text!r}")
+    return at.astimezone(UTC)
+
+
+def cmd_freeze(ctx: Any) -> str:
+    if ctx.args.status:
+        if ctx.args.reason or ctx.args.until:
+            raise CtlError("--status shows the freeze: it takes no --reason or --until")
+        resp = ctx.stub.GetFreeze(fleet_pb2.GetFreezeRequest(), timeout=ctx.timeout)
+        return output.to_json(resp) if ctx.json else status_text(resp, now=ctx.now)
+    request = fleet_pb2.FreezeRequest(reason=ctx.args.reason or "")
+    if ctx.args.until:
+        set_ts(request.until, until_of(ctx.args.until, now=ctx.now))
+    resp = ctx.stub.Freeze(request, timeout=ctx.timeout)
+    if ctx.json:
+        return output.to_json(resp)
+    return (
+        "deploys frozen: spec changes are refused (scale, delete, rollback and drain still "
+        "work; `keelctl apply --override-freeze --reason TEXT` deploys anyway)\n"
+        + _table(resp.freezes, now=ctx.now)
+        + "\nlift it: keelctl unfreeze"
+    )
+
+
+def cmd_unfreeze(ctx: Any) -> str:
+    resp = ctx.stub.Unfreeze(fleet_pb2.UnfreezeRequest(), timeout=ctx.timeout)
+    if ctx.json:
+        return output.to_json(resp)
+    if not resp.frozen:
+        return "deploys are not frozen"
+    return (
+        "the operator's freeze is lifted, but deploys are still frozen by alerts (each lifts "
+        f"when its alert resolves; see {RUNBOOK}):\n" + _table(resp.freezes, now=ctx.now)
+    )
+
+
+def status_text(resp: fleet_pb2.FreezeStatus, *, now: datetime) -> str:
+    if not resp.frozen:
+        return "deploys are not frozen"
+    return (
+        "deploys are frozen: spec changes are refused (scale, delete, rollback and drain still "
+        "work)\n"
+        + _table(resp.freezes, now=now)
+        + "\ndeploy anyway: keelctl apply --override-freeze --reason TEXT -f FILE; lift the "
+        f"operator's freeze: keelctl unfreeze; an alert's lifts when it resolves ({RUNBOOK})"
+    )
+
+
+def _table(freezes: Iterable[fleet_pb2.DeployFreeze], *, now: datetime) -> str:
+    rows = []
+    for f in freezes:
+        until = from_ts(f.until)
+        rows.append(
+            [
+                f.source,
+                f.actor or "-",
+                output.when(from_ts(f.since), now=now),
+                until.strftime("%Y-%m-%dT%H:%M:%SZ") if until else "until lifted",
+                f.reason or "-",
+            ]
+        )
+    return output.table(["SOURCE", "BY", "SINCE", "UNTIL", "REASON"], rows)

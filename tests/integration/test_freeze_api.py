@@ -1,0 +1,121 @@
+"""Freeze, Unfreeze, GetFreeze and ApplyWorkload's override over gRPC, on a real Postgres: the
+codes a caller gets (FAILED_PRECONDITION while frozen, INVALID_ARGUMENT naming `reason` or
+`until`), a retried Freeze answered from its request id's record and applied once, and
+Unfreeze naming the alert freezes that still hold."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from controlplane import freeze
+from controlplane.fleet import FleetApi
+from controlplane.idempotency import REQUEST_ID_KEY, Requests
+from controlplane.interceptors import ObservabilityInterceptor
+from controlplane.logrelay import LogRelay
+from controlplane.metrics import Metrics
+from controlplane.secrets import load_or_create
+from controlplane.status import StatusStore
+from controlplane.store import Store
+from controlplane.sync import StreamRegistry
+from keel.convert import set_ts
+from keel.v1 import fleet_pb2, fleet_pb2_grpc
+
+
+@pytest.fixture
+async def stub(store: Store, tmp_path: Path) -> AsyncIterator[Any]:
+    metrics = Metrics()
+    server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics=metrics)])
+    fleet = FleetApi(
+        store,
+        status=StatusStore(store.pool),
+        logs=LogRelay(StreamRegistry()),
+        log_wait_s=1.0,
+        requests=Requests(on_replay=metrics.count_replay),
+        secrets=load_or_create(tmp_path / "secret.key", on_open_failure=lambda: None),
+    )
+    fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield fleet_pb2_grpc.FleetServiceStub(channel)
+    finally:
+        await server.stop(None)
+
+
+def _apply(version: str, **fields: Any) -> fleet_pb2.ApplyWorkloadRequest:
+    doc = {
+        "name": "web",
+        "replicas": 2,
+        "spec": {"command": ["sleep", "1000"], "env": {"V": version}},
+    }
+    return fleet_pb2.ApplyWorkloadRequest(manifest_json=json.dumps(doc), **fields)
+
+
+async def _refused(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    return err.value
+
+
+async def test_frozen_applies_get_failed_precondition_and_overrides_need_a_reason(
+    store: Store, stub: Any
+) -> None:
+    await stub.ApplyWorkload(_apply("1"), timeout=10)
+    frozen = await stub.Freeze(fleet_pb2.FreezeRequest(reason="INC-9"), timeout=10)
+    assert frozen.frozen and [f.source for f in frozen.freezes] == ["operator"]
+    err = await _refused(stub.ApplyWorkload(_apply("2"), timeout=10))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "deploys are frozen" in (err.details() or "")
+    err = await _refused(stub.ApplyWorkload(_apply("2", override_freeze=True), timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.details() or "").startswith("reason: ")
+    done = await stub.ApplyWorkload(
+        _apply("2", override_freeze=True, reason="INC-9 fix"), timeout=10
+    )
+    assert done.workload.generation == 2
+
+
+async def test_an_until_in_the_past_is_invalid_argument_naming_until(stub: Any) -> None:
+    request = fleet_pb2.FreezeRequest()
+    set_ts(request.until, datetime.now(UTC) - timedelta(seconds=5))
+    err = await _refused(stub.Freeze(request, timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.details() or "").startswith("until: must be in the future")
+    assert not (await stub.GetFreeze(fleet_pb2.GetFreezeRequest(), timeout=10)).frozen
+
+
+async def test_a_retried_freeze_is_answered_from_its_record_and_applied_once(
+    store: Store, stub: Any
+) -> None:
+    metadata = [(REQUEST_ID_KEY, "freeze-1")]
+    request = fleet_pb2.FreezeRequest(reason="window")
+    first = await stub.Freeze(request, metadata=metadata, timeout=10)
+    again = await stub.Freeze(request, metadata=metadata, timeout=10)
+    assert again == first
+    kinds = await store.pool.fetch("SELECT kind FROM event WHERE object = 'fleet/freeze'")
+    assert [r["kind"] for r in kinds] == ["DeployFrozen"]
+
+
+async def test_unfreeze_answers_the_alert_freezes_that_still_hold(store: Store, stub: Any) -> None:
+    await stub.Freeze(fleet_pb2.FreezeRequest(reason="ops"), timeout=10)
+    await freeze.alerts_changed(
+        store.pool,
+        firing=[freeze.AlertFreeze("KeelBurn", "f00d", "KeelBurn: burning")],
+        resolved=[],
+        actor="webhook",
+    )
+    left = await stub.Unfreeze(fleet_pb2.UnfreezeRequest(), timeout=10)
+    assert left.frozen
+    assert [(f.source, f.actor, f.reason) for f in left.freezes] == [
+        ("alert:KeelBurn", "webhook", "KeelBurn: burning")
+    ]
+    status = await stub.GetFreeze(fleet_pb2.GetFreezeRequest(), timeout=10)
+    assert status == left

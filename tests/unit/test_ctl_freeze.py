@@ -1,0 +1,68 @@
+"""keelctl's deploy-freeze verbs: --until as a time or a duration, usage errors, and the status
+an operator reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from keel.convert import set_ts
+from keel.ctl.args import CtlError
+from keel.ctl.freeze import status_text, until_of
+from keel.ctl.main import main
+from keel.v1 import fleet_pb2
+
+NOW = datetime(2026, 12, 2, 1, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2h", NOW + timedelta(hours=2)),
+        ("1h30m", NOW + timedelta(minutes=90)),
+        ("2030-01-02T15:04:05Z", datetime(2030, 1, 2, 15, 4, 5, tzinfo=UTC)),
+        ("2030-01-02T16:04:05+01:00", datetime(2030, 1, 2, 15, 4, 5, tzinfo=UTC)),
+    ],
+)
+def test_until_is_an_rfc3339_time_or_a_duration_from_now(text: str, expected: datetime) -> None:
+    assert until_of(text, now=NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tomorrow", r"^--until: expected an RFC 3339 time"),
+        ("2", r"^--until: expected an RFC 3339 time"),
+        ("2030-01-02T15:04:05", r"^--until: give the time's zone"),
+    ],
+)
+def test_an_until_that_is_neither_is_a_usage_error(text: str, message: str) -> None:
+    with pytest.raises(CtlError, match=message):
+        until_of(text, now=NOW)
+
+
+def test_status_with_a_change_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--controlplane", "127.0.0.1:1", "freeze", "--status", "--reason", "x"]) == 2
+    assert "--status shows the freeze" in capsys.readouterr().err
+
+
+def test_the_status_names_each_freeze_and_the_ways_through() -> None:
+    resp = fleet_pb2.FreezeStatus(frozen=True)
+    item = resp.freezes.add(source="operator", actor="oncall", reason="incident 42")
+    set_ts(item.since, NOW - timedelta(minutes=5))
+    alert = resp.freezes.add(source="alert:KeelBurn", actor="webhook", reason="KeelBurn: burn")
+    set_ts(alert.since, NOW - timedelta(minutes=1))
+    set_ts(alert.until, NOW + timedelta(hours=1))
+    text = status_text(resp, now=NOW)
+    assert text.startswith("deploys are frozen: spec changes are refused")
+    rows = [line.split() for line in text.splitlines()[2:4]]
+    assert rows[0] == [
+        "operator", "oncall", "2026-12-02T00:55:00Z", "(5m", "ago)", "until", "lifted",
+        "incident", "42",
+    ]  # fmt: skip
+    assert rows[1][0] == "alert:KeelBurn" and rows[1][5:] == [
+        "2026-12-02T02:00:00Z", "KeelBurn:", "burn",
+    ]  # fmt: skip
+    assert "keelctl apply --override-freeze --reason TEXT" in text
+    assert status_text(fleet_pb2.FreezeStatus(), now=NOW) == "deploys are not frozen"
