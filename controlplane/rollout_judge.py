@@ -243,7 +243,7 @@ def rollout_state(state: str, *, paused: bool, keel_rollback: bool) -> str | Non
         return "ROLLED_BACK"
     if state == State.PROGRESSING and paused:
         return "PAUSED"
-    return state if state in ROLLOUT_STATES else None
+    return str(state) if state in ROLLOUT_STATES else None
 
 
 def next_command(workload: str, fail: Fail, *, rolled_back: bool) -> str:

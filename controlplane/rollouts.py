@@ -30,7 +30,7 @@ from controlplane.cache import FleetCache, NotLoaded
 from controlplane.errors import FailedPrecondition
 from controlplane.fleet_index import InstanceRecord, WorkloadEntry
 from controlplane.metrics import Metrics
-from controlplane.reconcile import DONE, IDLE, Result, Term, requeue_after
+from controlplane.reconcile import IDLE, Result, Term, requeue_after
 from controlplane.rollout import plan_workload
 from controlplane.rollout_judge import (
     ACTOR,
@@ -96,7 +96,6 @@ class RolloutController:
         if revision is None:
             return IDLE  # deleted meanwhile, or a revision not yet visible: the next change
         keel_rollback = revision.actor == ACTOR and revision.same_as is not None
-        wrote = False
         if (
             row.paused
             and row.paused_by == ACTOR
@@ -104,12 +103,12 @@ class RolloutController:
             and await self._store.lift_hold(name, epoch=term.epoch)
         ):
             log.info("rollout hold lifted", workload=name, revision=row.generation)
-            wrote = True
+            return requeue_after(0)  # judged on the row as it is now
         if revision.state in SETTLED:
             self._settled[name] = (row.generation, revision.state, keel_rollback)
             self._tracks.pop(name, None)
             self._state(name, revision.state, row, keel_rollback=keel_rollback)
-            return DONE if wrote else IDLE
+            return IDLE
         self._settled.pop(name, None)
         facts = self._facts(entry, revision, keel_rollback=keel_rollback)
         judgement = judge(facts, self._tracks.get(name))
@@ -140,8 +139,8 @@ class RolloutController:
             return requeue_after(0)
         waits = [s for s in (judgement.recheck_s, self._verdict_due_s(entry, revision.now)) if s]
         if waits:
-            return requeue_after(min(waits), idle=not wrote)
-        return DONE if wrote else IDLE
+            return requeue_after(min(waits), idle=True)
+        return IDLE
 
     def _facts(
         self, entry: WorkloadEntry[WorkloadRow], revision: RevisionNow, *, keel_rollback: bool
@@ -211,6 +210,8 @@ class RolloutController:
         if failed is None:
             bound.info("rollout failure not written: the revision moved meanwhile")
             return
+        # Counted as it is now, before the pass that follows reads it back.
+        self._states_now(name, "ROLLED_BACK" if failed.rolled_back_to is not None else "FAILED")
         if failed.rolled_back_to is not None:
             self._metrics.rollouts.count_rollback(fail.reason)
             bound.warning("rollout failed; rolled back", to_revision=failed.rolled_back_to,
@@ -231,7 +232,9 @@ class RolloutController:
         return min(future) if future else None
 
     def _state(self, name: str, state: str, row: WorkloadRow, *, keel_rollback: bool) -> None:
-        counted = rollout_state(state, paused=row.paused, keel_rollback=keel_rollback)
+        self._states_now(name, rollout_state(state, paused=row.paused, keel_rollback=keel_rollback))
+
+    def _states_now(self, name: str, counted: str | None) -> None:
         before = self._states.get(name)
         if counted == before:
             return
@@ -257,7 +260,7 @@ class RolloutController:
             self._cache.index  # noqa: B018 (raises NotLoaded while not leading)
         except NotLoaded:
             return {}
-        return self._counts
+        return {state: n for state, n in self._counts.items() if n}
 
 
 def _unready_current(row: WorkloadRow, instances: Iterable[InstanceRecord]) -> list[InstanceRecord]:
