@@ -81,6 +81,9 @@ CONTROL_PLANE_METRICS = frozenset(
         # Bounded growth: retention and gone hosts.
         "keel_pruned_rows_total",
         "keel_hosts_gone",
+        # Rollouts and automatic rollbacks (change management).
+        "keel_rollouts",
+        "keel_rollbacks_total",
     }
 )
 AGENT_METRICS = frozenset(
