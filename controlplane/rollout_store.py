@@ -10,9 +10,10 @@ this transaction); `store.Store` inherits these queries.
 
 The hold: a failed rollout without auto_rollback pauses the workload as `keel/rollout`, so the
 workload controller replaces no more old instances by the failing revision (a paused rollout
-holds where it is: what the budget let go down before the failure stays down, nothing more).
-The hold lasts while that revision is current and failed: an apply of another spec, an undo,
-or `keelctl rollout resume` ends it (`lift_hold`).
+holds where it is: what the budget let go down before the failure stays down, nothing more),
+while instances of another spec remain (a first rollout has nothing to keep). The hold lasts
+while that revision is current and failed: an apply of another spec, an undo, or `keelctl
+rollout resume` ends it (`lift_hold`).
 """
 
 from __future__ import annotations
@@ -158,14 +159,19 @@ class RolloutStore(RevisionStore):
         self, conn: Conn, name: str, revision: int, fail: Fail, record: dict[str, Any]
     ) -> Failed:
         await _write_failure(conn, name, revision, State.FAILED, record)
-        # Paused as keel/rollout unless an operator paused it already; a write like a
-        # pause's (new versions and a NOTIFY), so the leader's cache reads it and the
-        # workload controller holds.
+        # Paused as keel/rollout, unless an operator paused it already or no instance of
+        # another spec is left to keep (a first rollout: a pause would protect nothing and
+        # hold back its placements); a write like a pause's (new versions and a NOTIFY), so
+        # the leader's cache reads it and the workload controller holds.
         held = await conn.fetchrow(
-            """UPDATE workload SET paused = true, paused_by = $2, paused_at = now(),
+            """UPDATE workload w SET paused = true, paused_by = $2, paused_at = now(),
                       updated_at = now(), version = nextval('workload_version'),
                       desired_version = nextval('workload_version')
-               WHERE name = $1 AND NOT paused RETURNING version""",
+               WHERE name = $1 AND NOT paused
+                 AND EXISTS (SELECT 1 FROM instance i
+                             WHERE i.workload = w.name AND i.desired <> 'REMOVED'
+                               AND NOT i.generation = ANY (w.spec_generations))
+               RETURNING version""",
             name,
             ACTOR,
         )
@@ -175,12 +181,13 @@ class RolloutStore(RevisionStore):
                 WORKLOAD_CHANNEL,
                 workload_payload(name, held["version"]),
             )
+        how = "the rollout holds (paused as keel/rollout)" if held is not None else "it stays"
         why = "" if not fail.roll_back else " (auto_rollback: no earlier revision was fully ready)"
         await record_event(
             conn,
             f"workload/{name}",
             "RolloutFailed",
-            f"{_summary(record)}; the rollout holds{why}; next: {record['next_command']}",
+            f"{_summary(record)}; {how}{why}; next: {record['next_command']}",
             actor=ACTOR,
         )
         return Failed(record)

@@ -134,7 +134,8 @@ class RolloutController:
                     name, actor=ACTOR, revision=row.generation, epoch=term.epoch
                 )
             except FailedPrecondition:
-                return requeue_after(0)  # promoted or replaced meanwhile: judge again
+                # Promoted, aborted or replaced meanwhile: that write wakes the key again.
+                return IDLE
             bound.info("canaries promoted", canaries=len(facts.members))
             return requeue_after(0)
         waits = [s for s in (judgement.recheck_s, self._verdict_due_s(entry, revision.now)) if s]

@@ -209,6 +209,9 @@ async def test_auto_rollback_with_no_fully_ready_revision_holds(leader: Leader) 
     assert rev.state == "FAILED"
     [event] = await _events(leader.store, "RolloutFailed")
     assert "no earlier revision was fully ready" in event["message"]
+    # A first rollout has no old instance to keep: not paused (its placements go on).
+    assert "it stays" in event["message"]
+    assert not (await leader.store.get_workload("web")).paused
 
 
 async def test_no_progress_for_the_deadline_fails_with_progress_deadline(leader: Leader) -> None:
