@@ -96,6 +96,9 @@ def _ready(sample: list[InstanceView]) -> int:
 def test_a_crashing_revision_is_rolled_back_keeping_the_good_instances(
     fleet: Fleet, sampled: TimedSampler
 ) -> None:
+    """Revision 2 crash-loops: Keel returns to revision 1's spec; the revision-1 instances still
+    running keep their pids in every listing; at least 2 of 3 ready in every listing; the
+    record and the event name CRASH_LOOP with the stderr line."""
     fleet.apply_ok(fleet.manifest("web", replicas=3, max_unavailable=1, max_surge=1))
     good = {i.id: i.pid for i in fleet.wait_running("web", 3, generation=1)}
     exits = fleet.root / "crash-exits"
