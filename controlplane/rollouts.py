@@ -11,11 +11,12 @@ What it reads: the leader's cache (`cache.FleetCache`: the workload, its instanc
 agent's reason and message, the hosts), the stuck detector's own verdict rule
 (`verdicts.judge_instance`) and convergence rule (`verdicts.workload_converged`, over
 `rollout.plan_workload`'s plan), and the current revision's row (one indexed read). A workload
-whose current revision is settled (COMPLETE, ROLLED_BACK, SUPERSEDED, ABORTED) costs a lookup
-in memory, no query, until its generation moves. Woken like the workload controller (the
-cache's notifications and report batches, `main`), and requeued at the times it waits for: the
-progress deadline, a canary's min_ready, the deadline after which an instance's verdict can
-become HEALTH_CHECK_FAILING. It also keeps `keel_rollouts{state}` (`rollout_metrics`).
+whose current revision is settled (COMPLETE, ROLLED_BACK, SUPERSEDED, ABORTED, or FAILED and
+held) costs a lookup in memory, no query, until its generation or its pause moves. Woken like
+the workload controller (the cache's notifications and report batches, `main`), and requeued at
+the times it waits for: the progress deadline, a canary's min_ready, the deadline after which an
+instance's verdict can become HEALTH_CHECK_FAILING. It also keeps `keel_rollouts{state}`
+(`rollout_metrics`).
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ class RolloutController:
         self._cache = cache
         self._metrics = metrics
         self._tracks: dict[str, Track] = {}
-        # name -> (generation, state, keel's rollback): a settled current revision.
-        self._settled: dict[str, tuple[int, str, bool]] = {}
+        # name -> (generation, paused, state, keel's rollback): a current revision with nothing
+        # left to decide while the workload stays at that generation and pause.
+        self._settled: dict[str, tuple[int, bool, str, bool]] = {}
         # name -> its keel_rollouts state, and the counts over them (kept as they change).
         self._states: dict[str, str] = {}
         self._counts: Counter[str] = Counter()
@@ -84,8 +86,8 @@ class RolloutController:
         cached = self._cache.index.workload(name)
         if cached is not None and not cached.row.deleting:
             settled = self._settled.get(name)
-            if settled is not None and settled[0] == cached.row.generation:
-                self._state(name, settled[1], cached.row, keel_rollback=settled[2])
+            if settled is not None and settled[:2] == (cached.row.generation, cached.row.paused):
+                self._state(name, settled[2], cached.row, keel_rollback=settled[3])
                 return IDLE
         entry = await self._cache.current(name)
         if entry is None or entry.row.deleting:
@@ -104,8 +106,9 @@ class RolloutController:
         ):
             log.info("rollout hold lifted", workload=name, revision=row.generation)
             return requeue_after(0)  # judged on the row as it is now
-        if revision.state in SETTLED:
-            self._settled[name] = (row.generation, revision.state, keel_rollback)
+        if revision.state in SETTLED or (revision.state == State.FAILED and row.paused):
+            # A held rollout too: only a resume (the pause) or a new revision moves it.
+            self._settled[name] = (row.generation, row.paused, revision.state, keel_rollback)
             self._tracks.pop(name, None)
             self._state(name, revision.state, row, keel_rollback=keel_rollback)
             return IDLE
@@ -122,7 +125,7 @@ class RolloutController:
                 name, row.generation, ready=ready, epoch=term.epoch
             ):
                 bound.info("rollout complete", ready=ready)
-                self._settled[name] = (row.generation, State.COMPLETE, keel_rollback)
+                self._settled[name] = (row.generation, row.paused, State.COMPLETE, keel_rollback)
                 self._state(name, State.COMPLETE, row, keel_rollback=keel_rollback)
             return requeue_after(0)  # looked at again: settled, or judged on what moved
         if isinstance(action, Fail):

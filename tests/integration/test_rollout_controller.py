@@ -189,6 +189,7 @@ async def test_without_auto_rollback_a_failed_rollout_holds(leader: Leader) -> N
     assert len(await _events(leader.store, "RolloutFailed")) == 1
 
     await leader.store.apply_workload(_web("3"), actor="bob", reason="fix forward")
+    await leader.cache.refresh(["web"])  # as the apply's NOTIFY has the cache do
     lifted = await leader.judge()
     assert lifted.requeue_after_s == 0  # looked at again at once, on the row as it is now
     await leader.judge()
