@@ -72,6 +72,7 @@ class RolloutController:
         # name -> its keel_rollouts state, and the counts over them (kept as they change).
         self._states: dict[str, str] = {}
         self._counts: Counter[str] = Counter()
+        self._term: Term | None = None
         metrics.rollouts.track_states(self.counts)
 
     async def keys(self) -> list[str]:
@@ -83,6 +84,12 @@ class RolloutController:
         return names
 
     async def reconcile(self, name: str, *, term: Term) -> Result:
+        if term != self._term:
+            # A new term: what another leader saw meanwhile is not in these tracks, and a
+            # clock kept from before would fail a rollout early.
+            self._term = term
+            self._tracks.clear()
+            self._settled.clear()
         cached = self._cache.index.workload(name)
         if cached is not None and not cached.row.deleting:
             settled = self._settled.get(name)

@@ -267,6 +267,20 @@ async def test_a_deposed_leader_writes_nothing(leader: Leader) -> None:
     assert (await _revisions(leader.store))[1].state == "COMPLETE"
 
 
+async def test_a_new_term_starts_the_clock_again(leader: Leader) -> None:
+    """A leader that leads again judges the deadline from its new term's first look, not from
+    a clock kept from before (another leader may have seen progress meanwhile)."""
+    policy = RolloutPolicy(progress_deadline_ms=300)
+    await _good_revision_one(leader, policy)
+    await leader.store.apply_workload(_web("2", policy=policy))
+    await leader.plan()
+    await leader.judge(term=Term(epoch=None, started_at=1.0))
+    await asyncio.sleep(0.4)  # past the deadline as the first term counted it
+    again = await leader.judge(term=Term(epoch=None, started_at=2.0))
+    assert again.requeue_after_s is not None and again.requeue_after_s > 0.2
+    assert (await _revisions(leader.store))[2].state == "PROGRESSING"
+
+
 async def test_a_new_apply_meanwhile_wins(leader: Leader) -> None:
     """A failure judged on revision 2 is not written once revision 3 is current."""
     from controlplane.rollout_judge import Fail
