@@ -6,11 +6,12 @@ Like Kubernetes' kubemark hollow nodes: each hollow agent is a host of its own t
 plane (its own connection, stream and host name), says Hello with capacity and labels, sends a
 heartbeat every --heartbeat-interval, and answers every assignment at once, as an agent whose
 processes start in no time would: STARTING then RUNNING and ready for desired RUNNING, STOPPED
-for STOPPED, STOPPED with the removal confirmed for a tombstone. It runs no process and keeps
-no state on disk. Its messages are built and read by the real agent's edge (`agent.convert`),
-and it reconnects as the agent does (`agent.backoff`, round-robin over the addresses, starting
-at a different one per host so a fleet spreads over the replicas), saying Hello with the
-revision it holds and then a full report of what it runs.
+for STOPPED, STOPPED with the removal confirmed for a tombstone; an instance whose spec sets
+`HOLLOW_CRASH` is reported in a crash loop instead, with that value as its stderr. It runs no
+process and keeps no state on disk. Its messages are built and read by the real agent's edge
+(`agent.convert`), and it reconnects as the agent does (`agent.backoff`, round-robin over the
+addresses, starting at a different one per host so a fleet spreads over the replicas), saying Hello
+with the revision it holds and then a full report of what it runs.
 
 The process writes what its agents did to --stats (JSON, atomically) every --stats-interval
 and at exit, for `bench.fleet`: counters, and per host its stream's replica, when it opened,
@@ -41,12 +42,18 @@ import uvloop
 from agent import convert
 from agent.backoff import Reconnects
 from agent.convert import DesiredUpdate, LogRequest
+from agent.state import Assignment
 from agent.status import InstanceReport
+from agent.stuck import StuckInfo
 from agent.sync import connect, describe
 from keel.model import Desired, Phase, Resources
+from keel.stuck import GUIDES, Reason, next_command
 from keel.v1 import agent_pb2_grpc
 
 VERSION = "hollow"
+# A workload whose spec sets this variable crashes at once on a hollow agent, with the value as
+# its stderr (bench.rollback): the rollout controller's input, without a process.
+CRASH_ENV = "HOLLOW_CRASH"
 _ERRORS_KEPT = 5
 
 
@@ -235,7 +242,8 @@ class HollowAgent:
                     self._started.add(iid)
                     self.instances[iid] = Desired.RUNNING
                     starting.append(InstanceReport(iid, Phase.STARTING))
-                    done.append(_running(iid, now))
+                    crash = a.spec.env.get(CRASH_ENV)
+                    done.append(_crash_loop(a, now, crash) if crash else _running(iid, now))
             elif a.desired is Desired.STOPPED:
                 if had is not Desired.STOPPED:
                     self._stopped(had)
@@ -251,6 +259,31 @@ class HollowAgent:
     def _stopped(self, was: Desired | None) -> None:
         if was is Desired.RUNNING:
             self._tally.counts["stops"] += 1
+
+
+def _crash_loop(a: Assignment, now: float, stderr: str) -> InstanceReport:
+    """What an agent reports of a process that exits at once, from its second exit on: a
+    crash loop with the agent's own verdict and the stderr tail (`agent.stuck`). The hollow
+    agent reports it at once: its back-off between the two exits takes no time."""
+    last_exit, restarts = "exit code 1", 1
+    message = f"last exit: {last_exit}; restarts: {restarts}\nstderr (last lines):\n{stderr}"
+    guide = GUIDES[Reason.CRASH_LOOP]
+    verdict = StuckInfo(
+        Reason.CRASH_LOOP.value,
+        now,
+        message,
+        guide.runbook,
+        next_command(Reason.CRASH_LOOP, instance=a.instance_id, workload=a.workload),
+    )
+    return InstanceReport(
+        a.instance_id,
+        Phase.FAILED,
+        restart_count=restarts,
+        last_exit=last_exit,
+        reason=Reason.CRASH_LOOP.value,
+        message=message,
+        stuck=verdict,
+    )
 
 
 def _running(instance_id: str, now: float) -> InstanceReport:

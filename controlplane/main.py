@@ -48,6 +48,7 @@ from controlplane.reconcile import Controller, Runner
 from controlplane.reports import ReportWriter
 from controlplane.retention import Retention, RetentionController
 from controlplane.retention_store import RetentionStore
+from controlplane.rollouts import RolloutController
 from controlplane.security import port_credentials as _port_credentials
 from controlplane.security import run_reset_token
 from controlplane.settings import Settings
@@ -177,6 +178,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     # wakes the workload controller; `*` (hosts changed) looks at every workload again.
     def workload_changed(name: str) -> None:
         workloads.add(name)
+        rollouts.add(name)
         for op in drainer.involving(name):
             drains.add(op)
 
@@ -192,6 +194,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         on_hosts=hosts_changed,
     )
     workloads = runner(WorkloadController(store, cache=cache, metrics=metrics))
+    rollouts = runner(RolloutController(store, cache=cache, metrics=metrics))
     drainer = DrainController(
         store,
         cache=cache,
@@ -250,7 +253,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         retry_max_s=settings.retry_max_s,
         resync_period_s=None,
     )
-    runners = (workloads, liveness, stuck, drains, retention)
+    runners = (workloads, liveness, stuck, drains, retention, rollouts)
 
     def reports_written(outcome: ReportOutcome) -> None:
         cache.reported(outcome)  # applies the batch and wakes its workloads, when leading
@@ -270,6 +273,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         cache.resync_now()
         workloads.resync_now()
         drains.resync_now()
+        rollouts.resync_now()
         watch.changed_all()
 
     def operation_changed(op: str) -> None:

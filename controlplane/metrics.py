@@ -41,6 +41,7 @@ from controlplane.drain_metrics import DrainMetrics
 from controlplane.errors import KeelError
 from controlplane.freeze_metrics import FreezeMetrics
 from controlplane.growth_metrics import GrowthMetrics
+from controlplane.rollout_metrics import RolloutMetrics
 from keel import endpoint
 from keel.endpoint import CONVERGENCE_BUCKETS
 from keel.model import Change, HostState
@@ -73,7 +74,7 @@ HEARTBEAT_BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
 
 CHANGES = tuple(Change)
 KINDS = ("instance", "workload")
-CONTROLLERS = ("workload", "liveness", "stuck", "drain", "retention")
+CONTROLLERS = ("workload", "liveness", "stuck", "drain", "retention", "rollout")
 RESULTS = ("success", "error")
 HOST_STATES = tuple(s.value for s in HostState)
 CACHE_KINDS = ("workload", "instance", "host")
@@ -321,6 +322,9 @@ class Metrics:
         self.growth = GrowthMetrics(r)
         # The deploy freeze and its webhook (controlplane.freeze_metrics).
         self.freeze = FreezeMetrics(r)
+        # Rollouts and automatic rollbacks (controlplane.rollout_metrics, fed by the rollout
+        # controller).
+        self.rollouts = RolloutMetrics(r)
         # Standard process_* and python_info series: memory, CPU, open fds of this replica.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

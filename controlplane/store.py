@@ -27,6 +27,7 @@ from controlplane.instance_store import InstanceRow, InstanceStore, PlanResult
 from controlplane.listing import InstanceStatusRow, ListingStore, Tally
 from controlplane.operation_store import OperationStore
 from controlplane.revision_store import RevisionStore
+from controlplane.rollout_store import RolloutStore
 from controlplane.sql import (
     HOST_CHANNEL,
     OPERATION_CHANNEL,
@@ -78,6 +79,7 @@ class Report:
 
 class Store(
     CanaryStore,
+    RolloutStore,
     RevisionStore,
     InstanceStore,
     CordonStore,

@@ -12,7 +12,7 @@ from agent.convert import DesiredUpdate
 from agent.state import Assignment
 from bench.changes import pair_changes
 from bench.churn import _histogram, _same_bucket, _zeros
-from bench.hollow import Config, HollowAgent, Tally
+from bench.hollow import CRASH_ENV, Config, HollowAgent, Tally
 from bench.measure import percentile
 from bench.report import FAILED, MET, MISSED, NO_TARGET, NOT_BUILT, Figure, Outcome, Target
 from bench.slis import quantile
@@ -39,6 +39,17 @@ def test_a_new_instance_is_reported_starting_then_running_and_ready() -> None:
     assert [(r.instance_id, r.phase) for r in starting] == [("a", Phase.STARTING)]
     assert [(r.instance_id, r.phase, r.ready) for r in done] == [("a", Phase.RUNNING, True)]
     assert agent.revision == 7 and agent.running == 1 and tally.counts["starts"] == 1
+
+
+def test_an_instance_whose_spec_says_crash_is_reported_in_a_crash_loop() -> None:
+    """HOLLOW_CRASH: FAILED, the agent's own CRASH_LOOP verdict, the value as its stderr."""
+    agent, _ = _agent()
+    spec = WorkloadSpec(("sleep",), env={CRASH_ENV: "boom"})
+    crashing = Assignment("a", "w", 2, Desired.RUNNING, spec)
+    _, [report] = agent.apply(DesiredUpdate(False, 7, (crashing,)))
+    assert (report.phase, report.ready, report.reason) == (Phase.FAILED, False, "CRASH_LOOP")
+    assert report.stuck is not None and report.stuck.reason == "CRASH_LOOP"
+    assert report.message.endswith("stderr (last lines):\nboom")
 
 
 def test_an_instance_already_running_is_not_started_again() -> None:

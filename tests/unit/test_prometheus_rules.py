@@ -86,6 +86,9 @@ CONTROL_PLANE_METRICS = frozenset(
         "keel_deploy_frozen_since_seconds",
         "keel_deploy_freezes",
         "keel_alert_webhook_requests_total",
+        # Rollouts and automatic rollbacks (change management).
+        "keel_rollouts",
+        "keel_rollbacks_total",
     }
 )
 AGENT_METRICS = frozenset(

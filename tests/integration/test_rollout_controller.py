@@ -1,0 +1,297 @@
+"""The rollout controller on a real Postgres, over the leader's cache: a revision completes, a
+crashing one is rolled back (keeping the instances that run the good spec) or held, one that
+makes no progress fails with PROGRESS_DEADLINE, a waiting canary is promoted; every write is
+fenced by the leader's epoch and by the revision still being current."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from plans import loaded_cache, write_plan
+
+from controlplane.cache import FleetCache
+from controlplane.errors import NotLeader
+from controlplane.metrics import Metrics
+from controlplane.reconcile import Result, Term
+from controlplane.rollouts import RolloutController
+from controlplane.status import StatusStore
+from controlplane.store import Report, Store
+from controlplane.workload import WorkloadController
+from keel.model import Phase, Resources, RolloutPolicy, Workload, WorkloadSpec
+
+TERM = Term(epoch=None, started_at=0.0)
+STDERR = "stderr (last lines):\nboom: config.yaml not found"
+
+
+class Leader:
+    """The workload and rollout controllers on one loaded cache, as a leader runs them."""
+
+    def __init__(self, store: Store, cache: FleetCache) -> None:
+        self.store = store
+        self.cache = cache
+        self.metrics = Metrics()
+        self.workloads = WorkloadController(store, cache=cache, metrics=self.metrics)
+        self.rollouts = RolloutController(store, cache=cache, metrics=self.metrics)
+
+    async def plan(self, name: str = "web") -> None:
+        await self.workloads.reconcile(name, term=TERM)
+
+    async def judge(self, name: str = "web", *, term: Term = TERM) -> Result:
+        return await self.rollouts.reconcile(name, term=term)
+
+    async def report(self, iid: str, *, ready: bool = True, crash: bool = False) -> None:
+        """The agent's word on an instance: running and ready, running and not ready, or in a
+        crash loop (the agent's own verdict, with the stderr tail)."""
+        [inst] = [i for i in await self.store.list_instances() if i.id == iid]
+        if crash:
+            report = Report(inst.host, iid, Phase.FAILED, 0, 2, "exit 1", "CRASH_LOOP",
+                            f"last exit: exit 1; restarts: 2\n{STDERR}", {}, False, False, None,
+                            agent_stuck=True)  # fmt: skip
+        else:
+            report = Report(inst.host, iid, Phase.RUNNING, 7, 0, "", "", "", {}, ready, False,
+                            None)  # fmt: skip
+        self.cache.reported(await StatusStore(self.store.pool).write_reports([report]))
+
+    async def live(self, name: str = "web") -> list[Any]:
+        return [i for i in await self.store.list_instances() if i.desired.value != "REMOVED"]
+
+
+@pytest.fixture
+async def leader(store: Store) -> Leader:
+    for h in ("h1", "h2", "h3", "h4"):
+        await store.register_host(h, labels={}, capacity=Resources(4000, 8192), agent_version="t")
+    return Leader(store, await loaded_cache(store))
+
+
+def _web(
+    version: str, *, policy: RolloutPolicy | None = None, replicas: int = 3, min_ready_ms: int = 0
+) -> Workload:
+    spec = WorkloadSpec(
+        command=("sleep", "1000"),
+        env={"V": version},
+        resources=Resources(10, 16),
+        min_ready_ms=min_ready_ms,
+    )
+    return Workload(
+        name="web", replicas=replicas, spec=spec, rollout=policy or RolloutPolicy(),
+        deadline_ms=300_000,
+    )  # fmt: skip
+
+
+async def _good_revision_one(leader: Leader, policy: RolloutPolicy | None = None) -> list[str]:
+    await leader.store.apply_workload(_web("1", policy=policy))
+    await leader.plan()
+    ids = sorted(i.id for i in await leader.live())
+    for iid in ids:
+        await leader.report(iid)
+    await leader.judge()
+    return ids
+
+
+async def _revisions(store: Store) -> dict[int, Any]:
+    return {r.number: r for r in await store.revisions("web")}
+
+
+async def _events(store: Store, kind: str) -> list[Any]:
+    return await store.pool.fetch(
+        "SELECT actor, message FROM event WHERE kind = $1 ORDER BY id", kind
+    )
+
+
+async def test_a_revision_completes_once_the_workload_converged_on_it(leader: Leader) -> None:
+    await leader.store.apply_workload(_web("1"))
+    await leader.plan()
+    ids = sorted(i.id for i in await leader.live())
+    for iid in ids[:2]:
+        await leader.report(iid)
+    await leader.judge()
+    assert (await _revisions(leader.store))[1].state == "PROGRESSING"
+    await leader.report(ids[2])
+    await leader.judge()
+    rev = (await _revisions(leader.store))[1]
+    assert rev.state == "COMPLETE" and rev.completed_at is not None
+    [event] = await _events(leader.store, "RolloutComplete")
+    assert event["actor"] == "keel/rollout"
+    assert event["message"] == "revision 1 complete: 3 instances ready"
+    assert leader.rollouts.counts() == {"COMPLETE": 1}
+    # Settled: judged again, nothing is read or written.
+    assert (await leader.judge()).idle
+
+
+async def test_a_crash_looping_revision_is_rolled_back_keeping_the_good_instances(
+    leader: Leader,
+) -> None:
+    """Revision 2 crashes: it ends ROLLED_BACK with a CRASH_LOOP record carrying the stderr
+    tail; revision 3 runs revision 1's spec, so the revision-1 instances still running stay
+    current (the workload controller then removes only revision 2's)."""
+    policy = RolloutPolicy(auto_rollback=True)
+    good = await _good_revision_one(leader, policy)
+    await leader.store.apply_workload(_web("2", policy=policy), actor="alice")
+    await leader.plan()
+    new = [i for i in await leader.live() if i.generation == 2]
+    assert len(new) == 1
+    kept = sorted(i.id for i in await leader.live() if i.generation == 1)
+    assert len(kept) == 2 and set(kept) <= set(good)  # max_unavailable 1 went down
+    await leader.report(new[0].id, crash=True)
+    await leader.judge()
+
+    revs = await _revisions(leader.store)
+    assert revs[2].state == "ROLLED_BACK"
+    failure = revs[2].failure
+    assert failure is not None
+    assert failure["reason"] == "CRASH_LOOP"
+    assert failure["rolled_back_to"] == 1
+    assert failure["runbook"] == "runbooks/rollout-failed.md"
+    assert failure["next_command"] == f"keelctl logs {new[0].id} --tail 50"
+    [evidence] = failure["evidence"]
+    assert evidence["instance"] == new[0].id and evidence["reason"] == "CRASH_LOOP"
+    assert evidence["last_exit"] == "exit 1"
+    assert "boom: config.yaml not found" in evidence["message"]
+    assert (revs[3].same_as, revs[3].actor) == (1, "keel/rollout")
+    [event] = await _events(leader.store, "RolloutRolledBack")
+    assert event["actor"] == "keel/rollout"
+    assert "CRASH_LOOP" in event["message"] and "boom: config.yaml not found" in event["message"]
+    assert "rolled back to revision 1 (as revision 3)" in event["message"]
+    assert leader.metrics.rollouts.rollbacks.labels("CRASH_LOOP")._value.get() == 1
+    assert leader.rollouts.counts() == {"ROLLED_BACK": 1}
+
+    # The workload controller removes the crashing instance and keeps the good ones.
+    await leader.plan()
+    live = await leader.live()
+    assert not [i for i in live if i.generation == 2]
+    assert set(kept) <= {i.id for i in live}
+    row = await leader.store.get_workload("web")
+    assert row.generation == 3 and row.spec_generations == frozenset({1, 3})
+    assert not row.paused
+
+
+async def test_without_auto_rollback_a_failed_rollout_holds(leader: Leader) -> None:
+    """FAILED, paused as keel/rollout (nothing more replaced); the next apply lifts the hold."""
+    await _good_revision_one(leader)
+    await leader.store.apply_workload(_web("2"))
+    await leader.plan()
+    [new] = [i for i in await leader.live() if i.generation == 2]
+    await leader.report(new.id, crash=True)
+    await leader.judge()
+    rev = (await _revisions(leader.store))[2]
+    assert rev.state == "FAILED" and rev.failure is not None
+    assert rev.failure["rolled_back_to"] == 0
+    assert rev.failure["next_command"] == "keelctl rollout undo web"
+    row = await leader.store.get_workload("web")
+    assert (row.paused, row.paused_by, row.generation) == (True, "keel/rollout", 2)
+    [event] = await _events(leader.store, "RolloutFailed")
+    assert "the rollout holds" in event["message"]
+    assert leader.rollouts.counts() == {"FAILED": 1}
+    # Judged again: nothing more is written.
+    await leader.judge()
+    assert len(await _events(leader.store, "RolloutFailed")) == 1
+
+    await leader.store.apply_workload(_web("3"), actor="bob", reason="fix forward")
+    await leader.cache.refresh(["web"])  # as the apply's NOTIFY has the cache do
+    lifted = await leader.judge()
+    assert lifted.requeue_after_s == 0  # looked at again at once, on the row as it is now
+    await leader.judge()
+    row = await leader.store.get_workload("web")
+    assert not row.paused and row.generation == 3
+    assert len(await _events(leader.store, "RolloutResumed")) == 1
+    assert leader.rollouts.counts() == {"PROGRESSING": 1}
+
+
+async def test_auto_rollback_with_no_fully_ready_revision_holds(leader: Leader) -> None:
+    policy = RolloutPolicy(auto_rollback=True)
+    await leader.store.apply_workload(_web("1", policy=policy))
+    await leader.plan()
+    for inst in await leader.live():
+        await leader.report(inst.id, crash=True)
+    await leader.judge()
+    rev = (await _revisions(leader.store))[1]
+    assert rev.state == "FAILED"
+    [event] = await _events(leader.store, "RolloutFailed")
+    assert "no earlier revision was fully ready" in event["message"]
+    # A first rollout has no old instance to keep: not paused (its placements go on).
+    assert "it stays" in event["message"]
+    assert not (await leader.store.get_workload("web")).paused
+
+
+async def test_no_progress_for_the_deadline_fails_with_progress_deadline(leader: Leader) -> None:
+    """New instances never ready: looked at again at the deadline, then FAILED."""
+    policy = RolloutPolicy(progress_deadline_ms=300)
+    await _good_revision_one(leader, policy)
+    await leader.store.apply_workload(_web("2", policy=policy))
+    await leader.plan()
+    [new] = [i for i in await leader.live() if i.generation == 2]
+    await leader.report(new.id, ready=False)
+    first = await leader.judge()
+    assert first.requeue_after_s is not None and 0 < first.requeue_after_s <= 0.3
+    await asyncio.sleep(first.requeue_after_s + 0.05)  # the requeue the runner would wait
+    await leader.judge()
+    rev = (await _revisions(leader.store))[2]
+    assert rev.state == "FAILED" and rev.failure is not None
+    assert rev.failure["reason"] == "PROGRESS_DEADLINE"
+    assert [e["instance"] for e in rev.failure["evidence"]] == [new.id]
+
+
+async def test_a_canary_is_promoted_once_it_stayed_ready(leader: Leader) -> None:
+    """auto_promote: the canary ready, looked at again after min_ready, then promoted."""
+    policy = RolloutPolicy(canary=1, auto_promote=True)
+    await _good_revision_one(leader, policy)
+    row, _ = await leader.store.apply_workload(_web("2", policy=policy, min_ready_ms=300))
+    assert row.canary_pending
+    # The canary, as the planner places it beside the old instances.
+    await write_plan(leader.store, "web", create_on=["h4"])
+    await leader.cache.refresh(["web"])  # as the NOTIFY of those writes has the cache do
+    [canary] = [i for i in await leader.live() if i.generation == 2]
+    await leader.report(canary.id)
+    first = await leader.judge()
+    assert first.requeue_after_s is not None and 0 < first.requeue_after_s <= 0.3
+    assert (await leader.store.get_workload("web")).canary_pending
+    await asyncio.sleep(first.requeue_after_s + 0.05)  # the requeue the runner would wait
+    await leader.judge()
+    assert not (await leader.store.get_workload("web")).canary_pending
+    rev = (await _revisions(leader.store))[2]
+    assert (rev.state, rev.promoted_by) == ("PROGRESSING", "keel/rollout")
+
+
+async def test_a_deposed_leader_writes_nothing(leader: Leader) -> None:
+    await leader.store.apply_workload(_web("1"))
+    await leader.plan()
+    for inst in await leader.live():
+        await leader.report(inst.id)
+    epoch = await leader.store.pool.fetchval("UPDATE leader SET epoch = 7 RETURNING epoch")
+    with pytest.raises(NotLeader):
+        await leader.judge(term=Term(epoch=epoch - 1, started_at=0.0))
+    assert (await _revisions(leader.store))[1].state == "PROGRESSING"
+    await leader.judge(term=Term(epoch=epoch, started_at=0.0))
+    assert (await _revisions(leader.store))[1].state == "COMPLETE"
+
+
+async def test_a_new_term_starts_the_clock_again(leader: Leader) -> None:
+    """A leader that leads again judges the deadline from its new term's first look, not from
+    a clock kept from before (another leader may have seen progress meanwhile)."""
+    policy = RolloutPolicy(progress_deadline_ms=300)
+    await _good_revision_one(leader, policy)
+    await leader.store.apply_workload(_web("2", policy=policy))
+    await leader.plan()
+    await leader.judge(term=Term(epoch=None, started_at=1.0))
+    await asyncio.sleep(0.4)  # past the deadline as the first term counted it
+    again = await leader.judge(term=Term(epoch=None, started_at=2.0))
+    assert again.requeue_after_s is not None and again.requeue_after_s > 0.2
+    assert (await _revisions(leader.store))[2].state == "PROGRESSING"
+
+
+async def test_a_new_apply_meanwhile_wins(leader: Leader) -> None:
+    """A failure judged on revision 2 is not written once revision 3 is current."""
+    from controlplane.rollout_judge import Fail
+
+    await _good_revision_one(leader)
+    await leader.store.apply_workload(_web("2"))
+    await leader.store.apply_workload(_web("3"))
+    fail = Fail("CRASH_LOOP", "m", (), roll_back=True)
+    assert (
+        await leader.store.fail_revision("web", 2, fail, judged_in="PROGRESSING", epoch=None)
+        is None
+    )
+    revs = await _revisions(leader.store)
+    assert revs[2].state == "SUPERSEDED" and revs[2].failure is None
