@@ -31,6 +31,7 @@ from controlplane.listing import tallies_on
 from controlplane.logbus import LogBus, NoHolder
 from controlplane.logrelay import LogRelay
 from controlplane.operations_api import OperationsApi, OperationWatch
+from controlplane.rollouts_api import RolloutsApi
 from controlplane.secrets import SecretBox
 from controlplane.sql import Conn
 from controlplane.status import StatusStore
@@ -54,7 +55,7 @@ _OBJECT = re.compile(
 MAX_EVENTS = 10_000
 
 
-class FleetApi(TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
+class FleetApi(RolloutsApi, TokensApi, OperationsApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
         store: Store,
