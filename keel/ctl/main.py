@@ -10,6 +10,7 @@ is most of a command's time: what only some commands use (YAML, OpenTelemetry) i
 when one of them runs. With tracing on (`--trace-file` / KEEL_TRACE_FILE, or OTLP; see
 `keel.traceconfig`), each command is one span (`keel.ctl.traced`) whose traceparent goes with
 every call so the control plane continues it.
+The rollout verbs are `keel.ctl.rollout`.
 """
 
 from __future__ import annotations
@@ -105,6 +106,12 @@ def _operations() -> Any:
     from keel.ctl import operations  # drains and operations (progress, JSON): only they
 
     return operations
+
+
+def _rollout() -> Any:
+    from keel.ctl import rollout  # the rollout verbs (and rich, for --wait on a terminal)
+
+    return rollout
 
 
 # A watch cut off mid-stream is taken up on another replica at most this many times (a
@@ -207,6 +214,7 @@ def _run_on(
                 "drain": lambda: _operations().cmd_drain(ctx),
                 "ops": lambda: _operations().cmd_ops(ctx),
                 "op": lambda: _operations().cmd_op(ctx),
+                "rollout": lambda: _rollout().cmd_rollout(ctx),
                 "token": lambda: auth.cmd_token(ctx),
                 "host": lambda: auth.cmd_host(ctx),
             }
