@@ -229,6 +229,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             interval_s=settings.stuck_interval_s,
             reconcile_failures=workloads.failures,
             drains_blocked=drainer.blocked,
+            rollout_paused_after_s=settings.rollout_paused_after_s,
         )
     )
     # Its own period only: the resync period would prune far more often than asked.

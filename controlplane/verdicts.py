@@ -6,13 +6,17 @@ workload is converged.
 changed. `judge_instance` and `judge_workload` return a `Verdict`; `workload_converged` says
 whether nothing is left to do; `surely_unconverged` and `may_be_stuck` are the cheap checks that
 let the detector skip planning a workload whose plan could not change the answer.
+
+A paused rollout (`keelctl rollout pause`) holds on purpose: it is never ROLLOUT_BLOCKED for
+that. Paused for longer than `--rollout-paused-after` it is ROLLOUT_PAUSED, converged or not,
+naming who paused it and since when, so a forgotten pause is seen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from controlplane.reconcile import ReconcileFailure
@@ -20,6 +24,7 @@ from controlplane.rollout import WorkloadPlan
 from controlplane.store import WorkloadRow
 from controlplane.view import WorkloadView
 from keel.model import Desired, HostState, Kind, Phase
+from keel.spec import format_duration
 from keel.stuck import IMMEDIATE, Reason
 
 
@@ -187,10 +192,21 @@ def surely_unconverged(workload: WorkloadView, own: Sequence[Converging]) -> boo
     return workload.kind is Kind.SERVICE and len(live) != wanted
 
 
-def may_be_stuck(row: WorkloadRow, *, now: datetime, failure: ReconcileFailure | None) -> bool:
-    """Whether `judge_workload` can find anything: a reconcile failing, or unconverged for
-    longer than its deadline. Otherwise it returns None without looking at the plan."""
-    if failure is not None:
+# How long a rollout may stay paused before `keelctl stuck` shows it (--rollout-paused-after).
+PAUSED_AFTER_S = 3600.0
+
+
+def may_be_stuck(
+    row: WorkloadRow,
+    *,
+    now: datetime,
+    failure: ReconcileFailure | None,
+    paused_after_s: float = PAUSED_AFTER_S,
+) -> bool:
+    """Whether `judge_workload` can find anything: a reconcile failing, paused too long, or
+    unconverged for longer than its deadline. Otherwise it returns None without looking at the
+    plan."""
+    if failure is not None or _paused_too_long(row, now=now, after_s=paused_after_s):
         return True
     if row.unconverged_since is None:
         return False
@@ -205,12 +221,13 @@ def judge_workload(
     *,
     now: datetime,
     failure: ReconcileFailure | None = None,
+    paused_after_s: float = PAUSED_AFTER_S,
 ) -> Verdict | None:
     """Why this workload is stuck (its reconcile, placement or rollout), or None.
 
     Instance-level trouble is reported on the instances; the workload is stuck itself only
-    when the control plane cannot reconcile it, cannot place instances, or a rollout cannot
-    progress.
+    when the control plane cannot reconcile it, cannot place instances, a rollout cannot
+    progress, or its rollout has been paused for longer than `paused_after_s`.
     """
     deadline_s = row.workload.deadline_ms / 1000
     if failure is not None and failure.permanent:
@@ -225,18 +242,21 @@ def judge_workload(
             f"the control plane has failed to reconcile this workload for longer than its "
             f"deadline ({_ago(deadline_s)}) and keeps retrying with back-off: {failure.error}",
         )
+    live = [i for i in own if i.desired is not Desired.REMOVED]
+    old = [i for i in live if not row.is_current(i.generation)]
+    paused = _paused_verdict(row, len(old), now=now, after_s=paused_after_s)
     if row.unconverged_since is None:
-        return None
+        return paused
     age_s = (now - row.unconverged_since).total_seconds()
     if age_s <= deadline_s:
-        return None
+        return paused
     if plan.unschedulable is not None:
         return Verdict(
             Reason.UNSCHEDULABLE,
             f"{plan.unschedulable.code.value}: {plan.unschedulable.message}",
         )
-    live = [i for i in own if i.desired is not Desired.REMOVED]
-    old = [i for i in live if not row.is_current(i.generation)]
+    if row.paused:
+        return paused  # held on purpose: not blocked
     if old or plan.blocked:
         waiting = sorted(i.id for i in live if i.id in stuck_instances)
         detail = plan.blocked or f"{len(old)} instance(s) of older generations remain"
@@ -249,3 +269,27 @@ def judge_workload(
             f"max_surge {row.workload.max_surge}): {detail}",
         )
     return None
+
+
+def _paused_too_long(row: WorkloadRow, *, now: datetime, after_s: float) -> bool:
+    if not row.paused:
+        return False
+    # A pause with no time (never so when written by PauseRollout) counts from the epoch.
+    since = row.paused_at or datetime.fromtimestamp(0, UTC)
+    return (now - since).total_seconds() > after_s
+
+
+def _paused_verdict(row: WorkloadRow, old: int, *, now: datetime, after_s: float) -> Verdict | None:
+    """ROLLOUT_PAUSED once paused longer than `after_s`. The message names who paused it and
+    since when (a time, not an age: an age would change the record at every pass)."""
+    if not _paused_too_long(row, now=now, after_s=after_s):
+        return None
+    since = row.paused_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if row.paused_at else "?"
+    held = f"{old} old instance(s) held" if old else "nothing to roll out now"
+    setting = format_duration(round(after_s * 1000))
+    return Verdict(
+        Reason.ROLLOUT_PAUSED,
+        f"rollout of generation {row.generation} paused by {row.paused_by or 'unknown'} since "
+        f"{since} (longer than --rollout-paused-after {setting}): {held}; a spec change "
+        f"waits until it is resumed",
+    )

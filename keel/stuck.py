@@ -22,6 +22,7 @@ class Reason(enum.StrEnum):
     RECONCILE_FAILING = "RECONCILE_FAILING"
     NOT_STARTED = "NOT_STARTED"
     DRAIN_BLOCKED = "DRAIN_BLOCKED"
+    ROLLOUT_PAUSED = "ROLLOUT_PAUSED"
 
 
 # Reasons the agent sees for itself and that are stuck at once, without waiting for the deadline.
@@ -94,6 +95,11 @@ GUIDES: dict[Reason, Guide] = {
         "a drain has had blockers and no move finishing for longer than --drain-blocked-after",
         "runbooks/stuck/drain-blocked.md",
         "keelctl ops",
+    ),
+    Reason.ROLLOUT_PAUSED: Guide(
+        "the workload's rollout has been paused for longer than --rollout-paused-after",
+        "runbooks/stuck/rollout-paused.md",
+        "keelctl rollout resume {workload}",
     ),
 }
 
