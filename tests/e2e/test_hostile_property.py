@@ -301,10 +301,16 @@ KINDS: dict[str, dict[str, str]] = {
     # Token names follow workload names' rules closely enough for their hostile variants.
     "RevokeToken": {"name": "workload"},
     "ResetHostCredential": {"host": "host"},
+    "GetRolloutHistory": {"workload": "workload"},
+    "GetRolloutStatus": {"workload": "workload"},
+    "PauseRollout": {"workload": "workload", "reason": "reason"},
+    "ResumeRollout": {"workload": "workload", "reason": "reason"},
+    "UndoRollout": {"workload": "workload", "to_revision": "revision", "reason": "reason"},
 }
 # Valid requests of these would change the fleet (a workload or host deleted, a token revoked,
 # a host's credential reset), so their valid values name nothing that exists.
-SPARING = {"DeleteWorkload", "DeleteHost", "RevokeToken", "ResetHostCredential"}
+SPARING = {"DeleteWorkload", "DeleteHost", "RevokeToken", "ResetHostCredential", "PauseRollout",
+           "ResumeRollout", "UndoRollout"}  # fmt: skip
 # CreateToken writes whenever its request is valid: its refusals are checked in
 # tests/integration/test_tokens.py instead.
 UNCOVERED = {"ApplyWorkload", "CreateToken"}
@@ -397,6 +403,8 @@ def hostile_value(s: State, kind: str) -> st.SearchStrategy[Any]:
         return st.one_of(with_nul, st.sampled_from(["Force", "kill", "fail ", "x" * 300]))
     if kind == "operation":
         return st.one_of(with_nul, st.sampled_from(HOSTILE_OPERATIONS))
+    if kind == "revision":  # a revision number, or 0 for the default: never negative
+        return st.integers(-(2**63), -1)
     if kind in RANGES:
         low, high = RANGES[kind]
         return st.one_of(
@@ -426,6 +434,8 @@ def valid_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
         return st.sampled_from(["", "fail", "force"])
     if kind == "operation":
         return st.just("op-999999")
+    if kind == "revision":
+        return st.integers(0, 1000)
     unknown = {"workload": "nope", "host": "nope", "instance": "web-1-000000"}
     known = () if method in SPARING else _existing(s, kind)
     return st.sampled_from([*known, unknown.get(kind, "workload/nope")])
@@ -439,6 +449,8 @@ def any_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
         return st.one_of(text, st.sampled_from(BAD_TOKENS))
     if kind in RANGES:
         return st.integers(-(2**31), 2**31 - 1)
+    if kind == "revision":
+        return st.integers(-(2**63), 2**63 - 1)
     if kind == "hosts":
         return st.lists(st.one_of(text, st.sampled_from(s.hosts)), max_size=3).map(
             lambda h: [*h, "nope"]
