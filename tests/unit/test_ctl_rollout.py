@@ -318,3 +318,16 @@ def test_the_progress_bar_shows_counts_messages_and_the_outcome_on_a_terminal() 
     assert "updated 1/3, ready 1/3, old remaining 2" in text
     assert "workload/web revision 3 FAILED: revision 3 failed" in text
     assert "runbook:  runbooks/rollout-failed.md" in text
+
+
+def test_describe_workload_says_who_paused_its_rollout_and_when() -> None:
+    """A paused workload's describe names the pause; an unpaused one has no such line."""
+    from keel.ctl import output
+
+    spec = types_pb2.WorkloadSpec(command=["sleep", "1"])
+    w = types_pb2.Workload(name="web", generation=2, spec=spec)
+    assert "Rollout:" not in output.describe_workload(w, [], now=NOW)
+    w.paused, w.paused_by = True, "alice"
+    w.paused_at.CopyFrom(ts(NOW - timedelta(minutes=3)))
+    lines = output.describe_workload(w, [], now=NOW).splitlines()
+    assert "Rollout:          paused by alice 2026-12-02T00:57:00Z (3m ago)" in lines
