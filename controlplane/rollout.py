@@ -22,12 +22,13 @@ it again when anything changes. Placement itself is
 it is not an error by itself: the stuck detector judges it against the workload deadline.
 
 Paused (`keelctl rollout pause`): the rollout holds where it is. No instance is removed or
-replaced for being old, old ones count as replicas (nothing starts in their place), a surge in
-flight stays. A scale change still works, as for a paused Deployment: a scale-up starts current
-instances (never an old spec); a scale-down removes what is beyond replicas (+ max_surge while
-old ones remain: the held rollout's room), old ones first, since the rollout would replace them
-anyway and the revision being watched keeps what it has. Removals not for age (a daemon host
-leaving the selector, a duplicate) go on.
+replaced for being old, and old ones count as replicas, so nothing starts in their place. A
+scale change still works, as for a paused Deployment: a scale-up starts current instances
+(never an old spec); a scale-down removes what is beyond replicas, those not available first
+(they cost nothing), then current ones before old ones, so a pause never moves the rollout on
+(a surge in flight beyond replicas is given back the same way; an available old instance goes
+only once more of them than replicas are left). Removals not for age (a daemon host leaving
+the selector, a duplicate) go on.
 
 One pass creates and removes at most `MAX_CHANGES_PER_PASS` instances each (`more` says
 there is work left for the next pass), so one transaction never grows with the replica count
@@ -240,12 +241,10 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     # 1. Old instances that are not available cost nothing to remove (none while paused).
     for inst in [i for i in s.remaining if not s.held(i) and not s.available(i)]:
         s.remove(inst)
-    # 2. Surplus instances (scale down), not available first. While paused, the old ones
-    # count too, and the surge the held rollout had in flight is no surplus.
-    paused_old = w.paused and any(not s.current(i) for i in s.remaining)
-    held_surge = w.max_surge if paused_old else 0
-    surplus = sum(1 for i in s.remaining if s.counted(i)) - target - held_surge
-    for group in _oldest_first(s, [i for i in s.remaining if s.counted(i)], available=False):
+    # 2. Surplus instances (scale down), not available first (while paused the old ones
+    # count too, and go last).
+    surplus = sum(1 for i in s.remaining if s.counted(i)) - target
+    for group in _newest_first(s, [i for i in s.remaining if s.counted(i)], available=False):
         remover = _Remover(s, group)
         while surplus > 0 and remover.remove_next():
             surplus -= 1
@@ -255,7 +254,7 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     while budget.may_go_down and remover.remove_next():
         budget = budget.took_down()
     # 4. Available surplus instances, within the budget.
-    for group in _oldest_first(s, [i for i in s.remaining if s.counted(i)], available=True):
+    for group in _newest_first(s, [i for i in s.remaining if s.counted(i)], available=True):
         remover = _Remover(s, group)
         while surplus > 0 and budget.may_go_down and remover.remove_next():
             budget = budget.took_down()
@@ -284,15 +283,15 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     )
 
 
-def _oldest_first(
+def _newest_first(
     s: _State, candidates: Sequence[InstanceView], *, available: bool
 ) -> list[list[InstanceView]]:
     """The surplus candidates that are (or are not) available, in the groups they are removed
-    in: while paused the old ones before the current ones (see the module docstring)."""
+    in: while paused the current ones before the old ones (see the module docstring)."""
     chosen = [i for i in candidates if s.available(i) == available]
     if not s.workload.paused:
         return [chosen]
-    return [[i for i in chosen if not s.current(i)], [i for i in chosen if s.current(i)]]
+    return [[i for i in chosen if s.current(i)], [i for i in chosen if not s.current(i)]]
 
 
 def _more(want: int, room: int, unplaced: int) -> bool:

@@ -1,9 +1,10 @@
 """A paused rollout in the planner and the stuck detector (`keelctl rollout pause`).
 
 Paused, a rollout holds where it is: no old instance is removed or replaced for being old
-(services and daemons), old instances count as replicas, and a scale change still works (old
-instances go first on a scale-down). The stuck detector never calls a paused workload
-ROLLOUT_BLOCKED; paused for longer than --rollout-paused-after it is ROLLOUT_PAUSED.
+(services and daemons), old instances count as replicas, and a scale change still works
+(current instances go first on a scale-down, so a pause never moves the rollout on). The
+stuck detector never calls a paused workload ROLLOUT_BLOCKED; paused for longer than
+--rollout-paused-after it is ROLLOUT_PAUSED.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from test_rollout import (
     H3,
     NEW3,
     OLD3,
+    RUN,
+    SVC,
     Fleet,
+    _random_case,
     host,
     hosts,
     inst,
@@ -30,7 +34,7 @@ from test_rollout import (
 from test_stuck_verdicts import INSTANCE, NO_HOST, NOW, WORKLOAD, ago
 
 from controlplane.rollout import WorkloadPlan, plan_workload
-from controlplane.scheduler import usage_of
+from controlplane.scheduler import daemon_hosts, matches, usage_of
 from controlplane.store import WorkloadRow
 from controlplane.verdicts import judge_workload, may_be_stuck
 from controlplane.view import HostView, InstanceView, WorkloadView
@@ -67,13 +71,27 @@ CASES: list[
         "rollout paused: 2 old instances held",
     ),
     (
-        "a surge in flight stays, and is no surplus",
+        "a surge in flight beyond replicas is given back, not an old instance",
         paused(web(generation=2)),
         H3,
         [*OLD3, inst("n", "host-1", gen=2, phase=Phase.STARTING)],
         (),
-        (),
+        ("n",),
         "3 old instances held",
+    ),
+    (
+        "paused after a first step: the new instance beyond replicas goes, the old ones stay",
+        paused(web(generation=2)),
+        H3,
+        [
+            old("b", "host-2"),
+            old("c", "host-3"),
+            inst("n", "host-1", gen=2),
+            inst("s", "host-2", gen=2, phase=Phase.STARTING),
+        ],
+        (),
+        ("s",),
+        "2 old instances held",
     ),
     (
         "an old instance that is not available is not removed for being old",
@@ -103,26 +121,26 @@ CASES: list[
         "3 old instances held",
     ),
     (
-        "a scale-down removes old instances first",
-        paused(web(generation=2, replicas=2, max_surge=0)),
+        "a scale-down removes current instances first",
+        paused(web(generation=2, replicas=2)),
         H3,
         [old("a", "host-1"), old("b", "host-2"), inst("n", "host-3", gen=2)],
         (),
-        ("a",),
-        "1 old instance held",
-    ),
-    (
-        "a scale-down keeps the held rollout's surge room",
-        paused(web(generation=2, replicas=2, max_surge=1)),
-        H3,
-        [old("a", "host-1"), old("b", "host-2"), inst("n", "host-3", gen=2)],
-        (),
-        (),
+        ("n",),
         "2 old instances held",
     ),
     (
-        "a scale-down takes an unavailable old instance before an available one",
-        paused(web(generation=2, replicas=2, max_surge=0)),
+        "old instances go only once more of them than replicas are left",
+        paused(web(generation=2, replicas=1, max_unavailable=2)),
+        H3,
+        [old("a", "host-1"), old("b", "host-2"), inst("n", "host-3", gen=2)],
+        (),
+        ("a", "n"),
+        "1 old instance held",
+    ),
+    (
+        "a scale-down takes an unavailable instance before an available one",
+        paused(web(generation=2, replicas=2)),
         H3,
         [old("a", "host-1"), old("b", "host-2", ready=False), inst("n", "host-3", gen=2)],
         (),
@@ -260,6 +278,46 @@ def test_a_rollback_while_paused_keeps_the_instances_already_running_its_spec() 
     assert plan.empty and "1 old instance held" in (plan.blocked or ""), plan
     resumed = plan_workload(rolled_back, instances, {h.name: h for h in H3}, usage_of(instances))
     assert resumed.remove == ("n",)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_a_paused_plan_removes_old_instances_only_for_a_scale_down(seed: int) -> None:
+    """For random fleets, paused: replanning after applying is empty, availability holds, and
+    an available old instance goes only as a service's surplus (never while at most replicas
+    of them are available) or from a daemon host that is no longer a target."""
+    workload, fleet_hosts, instances = _random_case(seed)
+    workload = paused(workload)
+    fleet = Fleet(fleet_hosts, instances)
+    mine = [i for i in instances if i.workload == "web" and i.live]
+    plan = fleet.plan(workload)
+    fleet.apply(workload, plan)
+    assert fleet.plan(workload).empty, plan
+    if workload.deleting:
+        return
+    by_id = {i.id: i for i in mine}
+    old_removed = [by_id[r] for r in plan.remove if not workload.is_current(by_id[r].generation)]
+    if workload.kind is SVC:
+        up = {h.name for h in fleet_hosts if h.state is HostState.READY}
+
+        def available(i: InstanceView) -> bool:
+            return i.ready and i.desired is RUN and i.host in up
+
+        if sum(available(i) for i in mine if not workload.is_current(i.generation)) <= (
+            workload.replicas
+        ):
+            assert not [i for i in old_removed if available(i)], plan
+        ready_before = len([i for i in Fleet(fleet_hosts, mine).available()])
+        after = [i for i in fleet.instances if i.workload == "web"]
+        ready_after = len(Fleet(fleet_hosts, after).available())
+        assert ready_after >= min(workload.replicas - workload.max_unavailable, ready_before)
+    else:
+        targets = set(daemon_hosts(workload, fleet_hosts))
+        by_host = {h.name: h for h in fleet_hosts}
+        for inst in old_removed:
+            h = by_host.get(inst.host)
+            assert inst.host not in targets and (
+                h is None or not matches(h.labels, workload.selector) or h.drained
+            ), (inst, plan)
 
 
 # --- the stuck detector -------------------------------------------------------------------------
