@@ -136,11 +136,11 @@ class StuckDetector:
                 unconverged[w.workload.name] = not converged
             failure = failures.get(w.workload.name)
             verdict = None
-            paused_after_s = self._paused_after_s
-            if may_be_stuck(w, now=now, failure=failure, paused_after_s=paused_after_s):
+            after_s = self._paused_after_s
+            if may_be_stuck(w, now=now, failure=failure, paused_after_s=after_s):
                 plan = plan or self._plan(entry, index)
                 verdict = judge_workload(
-                    w, plan, own, stuck_ids, now=now, failure=failure, paused_after_s=paused_after_s
+                    w, plan, own, stuck_ids, now=now, failure=failure, paused_after_s=after_s
                 )
             marks += _mark("workload", w.workload.name, w.stuck, verdict)
             if verdict is not None:
