@@ -159,6 +159,11 @@ DURATION_FLAGS = (
     ),
     ("--prune-interval", "prune_interval_s", "how often the leader deletes what is past retention"),
     ("--gone-after", "gone_after_s", "a host not READY this long is listed GONE"),
+    (
+        "--rollout-paused-after",
+        "rollout_paused_after_s",
+        "a rollout paused this long is shown by keelctl stuck: ROLLOUT_PAUSED",
+    ),
 )
 
 

@@ -33,6 +33,7 @@ from controlplane.listing import tallies_on
 from controlplane.logbus import LogBus, NoHolder
 from controlplane.logrelay import LogRelay
 from controlplane.operations_api import OperationsApi, OperationWatch
+from controlplane.rollouts_api import RolloutsApi
 from controlplane.secrets import SecretBox
 from controlplane.sql import Conn
 from controlplane.status import StatusStore
@@ -56,7 +57,14 @@ _OBJECT = re.compile(
 MAX_EVENTS = 10_000
 
 
-class FleetApi(CanaryApi, TokensApi, OperationsApi, FreezeApi, fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
+class FleetApi(
+    RolloutsApi,
+    CanaryApi,
+    FreezeApi,
+    TokensApi,
+    OperationsApi,
+    fleet_pb2_grpc.FleetServiceServicer,  # type: ignore[misc]
+):
     def __init__(
         self,
         store: Store,

@@ -233,6 +233,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             reconcile_failures=workloads.failures,
             drains_blocked=drainer.blocked,
             canary_waiting_after_s=settings.canary_waiting_after_s,
+            rollout_paused_after_s=settings.rollout_paused_after_s,
         )
     )
     # Its own period only: the resync period would prune far more often than asked.

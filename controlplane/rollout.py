@@ -29,6 +29,16 @@ it again when anything changes. Placement itself is
 
 `blocked` says what remaining work is waiting for (the budget, instances still stopping);
 it is not an error by itself: the stuck detector judges it against the workload deadline.
+Paused (`keelctl rollout pause`): the rollout holds where it is. No instance is removed or
+replaced for being old, and old ones count as replicas, so nothing starts in their place. A
+scale change still works, as for a paused Deployment: a scale-up starts current instances
+(never an old spec); a scale-down removes what is beyond replicas, those not available first
+(they cost nothing), then current ones before old ones, so a pause never moves the rollout on
+(a surge in flight beyond replicas is given back the same way; an available old instance goes
+only once more of them than replicas are left). Removals not for age (a daemon host leaving
+the selector, a duplicate) go on.
+While paused, canaries awaiting promotion are held like the rest.
+
 Canaries awaiting promotion are not `blocked`: the stuck detector judges that wait against
 `--canary-waiting-after`.
 
@@ -194,9 +204,14 @@ class _State:
         drain is replacing (the drain stops it once its replacement is ready)."""
         return not self.current(inst) and not (self.workload.canary and inst.id in self.leaving)
 
+    def held(self, inst: InstanceView) -> bool:
+        """Kept for its spec: current, or any instance while the rollout is paused (it holds
+        where it is: nothing is removed or replaced for being old)."""
+        return self.workload.paused or self.current(inst)
+
     def counted(self, inst: InstanceView) -> bool:
-        """Of the current generation and not being replaced by a drain: a replica it counts."""
-        return self.current(inst) and inst.id not in self.leaving
+        """Held (current, or any while paused) and not being replaced by a drain: a replica."""
+        return self.held(inst) and inst.id not in self.leaving
 
     def remove(self, inst: InstanceView) -> None:
         del self._remaining[inst.id]
@@ -240,27 +255,33 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     target = w.replicas
     budget = service_budget(w, s.remaining, s.ready)
     old_may_go, wanted = _canary_split(s, target)
+    if w.paused:
+        # Held where it is: nothing goes for being old, and waiting canaries stay.
+        old_may_go, wanted = 0, target + (w.canary if target else 0)
 
-    # 1. Old instances that are not available cost nothing to remove.
+    # 1. Old instances that are not available cost nothing to remove (none while paused).
     remover = _Remover(s, [i for i in s.remaining if s.replaceable(i) and not s.available(i)])
     while old_may_go > 0 and remover.remove_next():
         old_may_go -= 1
-    # 2. Surplus current instances (scale down), not available first.
+    # 2. Surplus instances (scale down), not available first (while paused the old ones
+    # count too, and go last).
     surplus = sum(1 for i in s.remaining if s.counted(i)) - wanted
-    remover = _Remover(s, [i for i in s.remaining if s.counted(i) and not s.available(i)])
-    while surplus > 0 and remover.remove_next():
-        surplus -= 1
+    for group in _newest_first(s, [i for i in s.remaining if s.counted(i)], available=False):
+        remover = _Remover(s, group)
+        while surplus > 0 and remover.remove_next():
+            surplus -= 1
     # 3. Available old instances, within the disruption budget (the old ones left are all
-    # available: step 1 took the others).
+    # available: step 1 took the others; none while paused).
     remover = _Remover(s, [i for i in s.remaining if s.replaceable(i)])
     while old_may_go > 0 and budget.may_go_down and remover.remove_next():
         budget = budget.took_down()
         old_may_go -= 1
-    # 4. Available surplus current instances, within the budget.
-    remover = _Remover(s, [i for i in s.remaining if s.counted(i)])
-    while surplus > 0 and budget.may_go_down and remover.remove_next():
-        budget = budget.took_down()
-        surplus -= 1
+    # 4. Available surplus instances, within the budget.
+    for group in _newest_first(s, [i for i in s.remaining if s.counted(i)], available=True):
+        remover = _Remover(s, group)
+        while surplus > 0 and budget.may_go_down and remover.remove_next():
+            budget = budget.took_down()
+            surplus -= 1
 
     current = sum(1 for i in s.remaining if s.counted(i))
     missing = wanted - current
@@ -270,7 +291,10 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     placement = place(w, want, hosts.values(), s.remaining, s.usage_after())
 
     blocked: list[str] = []
-    old_left = min(old_may_go, sum(1 for i in s.remaining if not s.current(i)))
+    old = sum(1 for i in s.remaining if not s.current(i))
+    if w.paused and old:
+        blocked.append(_paused_text(old))
+    old_left = 0 if w.paused else min(old_may_go, old)
     if old_left or surplus > 0:
         blocked.append(_budget_text(budget, old_left, max(surplus, 0), "ready"))
         not_ready = sum(1 for i in s.remaining if s.current(i) and not s.available(i))
@@ -281,6 +305,17 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     return s.plan(
         placement.hosts, placement.reason, blocked, more=_more(want, room, placement.unplaced)
     )
+
+
+def _newest_first(
+    s: _State, candidates: Sequence[InstanceView], *, available: bool
+) -> list[list[InstanceView]]:
+    """The surplus candidates that are (or are not) available, in the groups they are removed
+    in: while paused the current ones before the old ones (see the module docstring)."""
+    chosen = [i for i in candidates if s.available(i) == available]
+    if not s.workload.paused:
+        return [chosen]
+    return [[i for i in chosen if s.current(i)], [i for i in chosen if not s.current(i)]]
 
 
 def _canary_split(s: _State, target: int) -> tuple[int, int]:
@@ -356,14 +391,14 @@ def _plan_daemon(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     for inst in list(s.remaining):
         if inst.host in target_set:
             continue
-        if inst.host not in matching or not s.current(inst):
+        if inst.host not in matching or not s.held(inst):
             s.remove(inst)
     for name in sorted(matching - target_set):
         _remove_duplicates(s, name)
 
     for name in targets:
         _remove_duplicates(s, name)
-        for inst in [i for i in s.remaining if i.host == name and not s.current(i)]:
+        for inst in [i for i in s.remaining if i.host == name and not s.held(i)]:
             if not s.available(inst):
                 s.remove(inst)  # 1. not available: free
             elif any(s.available(o) for o in s.remaining if o.host == name and o is not inst):
@@ -372,14 +407,14 @@ def _plan_daemon(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     # 3. Old instances that are their host's only available one, within the budget (steps 1
     # and 2 took the others): each removal takes one host down.
     budget = daemon_budget(w, s.remaining, target_set, s.ready)
-    for inst in [i for i in s.remaining if i.host in target_set and not s.current(i)]:
+    for inst in [i for i in s.remaining if i.host in target_set and not s.held(i)]:
         if not budget.may_go_down:
             break
         s.remove(inst)
         budget = budget.took_down()
 
     on_targets = [i for i in s.remaining if i.host in target_set]
-    has_current = {i.host for i in on_targets if s.current(i)}
+    has_current = {i.host for i in on_targets if s.held(i)}
     occupied = {i.host for i in on_targets}
     # Hosts with nothing running first: a replacement there needs no surge room.
     lacking = sorted((n for n in targets if n not in has_current), key=lambda n: (n in occupied, n))
@@ -390,7 +425,9 @@ def _plan_daemon(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
 
     blocked: list[str] = []
     old_left = sum(1 for i in on_targets if not s.current(i))
-    if old_left:
+    if old_left and w.paused:
+        blocked.append(_paused_text(old_left))
+    elif old_left:
         blocked.append(_budget_text(budget, old_left, 0, "hosts available"))
         not_ready = sum(1 for i in on_targets if s.current(i) and not s.available(i))
         if not_ready:
@@ -424,3 +461,8 @@ def _budget_text(budget: Budget, old: int, surplus: int, unit: str) -> str:
 
 def _plural(n: int, word: str) -> str:
     return word if n == 1 else word + "s"
+
+
+def _paused_text(old: int) -> str:
+    """What a paused rollout waits for (the stuck detector does not call it blocked)."""
+    return f"rollout paused: {old} old {_plural(old, 'instance')} held until it is resumed"

@@ -115,3 +115,6 @@ class Settings:
     prune_batch: int = 1000
     # A host not READY for this long is listed GONE (removable with `keelctl delete host`).
     gone_after_s: float = 24 * 3600.0
+    # A rollout paused this long is shown by `keelctl stuck` (ROLLOUT_PAUSED), with who paused
+    # it and since when: a forgotten pause holds every later spec change.
+    rollout_paused_after_s: float = 3600.0

@@ -32,6 +32,7 @@ from controlplane.rollout import WorkloadPlan, plan_workload
 from controlplane.status import StatusStore, StuckMark
 from controlplane.store import Store, StuckState, WorkloadRow
 from controlplane.verdicts import (
+    PAUSED_AFTER_S,
     Verdict,
     judge_instance,
     judge_workload,
@@ -73,6 +74,7 @@ class StuckDetector:
         slow_after_s: float = SLOW_AFTER_S,
         drains_blocked: Callable[[], int] = lambda: 0,
         canary_waiting_after_s: float = 3600.0,
+        rollout_paused_after_s: float = PAUSED_AFTER_S,
     ) -> None:
         self._store = store
         self._status = status
@@ -85,6 +87,8 @@ class StuckDetector:
         # DRAIN_BLOCKED now, counted with the rest.
         self._drains_blocked = drains_blocked
         self._canary_waiting_after_s = canary_waiting_after_s
+        # A rollout paused longer than this is shown as ROLLOUT_PAUSED (never ROLLOUT_BLOCKED).
+        self._paused_after_s = rollout_paused_after_s
         # Each workload's last plan, with the cache entry and host generation it was made
         # from: see `_plan`.
         self._plans: dict[str, tuple[WorkloadEntry[WorkloadRow], int, WorkloadPlan]] = {}
@@ -136,7 +140,8 @@ class StuckDetector:
                 unconverged[w.workload.name] = not converged
             failure = failures.get(w.workload.name)
             verdict = None
-            if may_be_stuck(w, now=now, failure=failure):
+            after_s = self._paused_after_s
+            if may_be_stuck(w, now=now, failure=failure, paused_after_s=after_s):
                 plan = plan or self._plan(entry, index)
                 verdict = judge_workload(
                     w,
@@ -147,6 +152,7 @@ class StuckDetector:
                     failure=failure,
                     canary_since=canaries.get(w.workload.name) if entry.view.canary else None,
                     canary_waiting_after_s=self._canary_waiting_after_s,
+                    paused_after_s=after_s,
                 )
             marks += _mark("workload", w.workload.name, w.stuck, verdict)
             if verdict is not None:

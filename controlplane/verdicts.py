@@ -6,6 +6,10 @@ workload is converged.
 changed. `judge_instance` and `judge_workload` return a `Verdict`; `workload_converged` says
 whether nothing is left to do; `surely_unconverged` and `may_be_stuck` are the cheap checks that
 let the detector skip planning a workload whose plan could not change the answer.
+
+A paused rollout (`keelctl rollout pause`) holds on purpose: it is never ROLLOUT_BLOCKED for
+that. Paused for longer than `--rollout-paused-after` it is ROLLOUT_PAUSED, converged or not,
+naming who paused it and since when, so a forgotten pause is seen.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from controlplane.rollout import WorkloadPlan
 from controlplane.store import WorkloadRow
 from controlplane.view import WorkloadView
 from keel.model import Desired, HostState, Kind, Phase
+from keel.spec import format_duration
 from keel.stuck import IMMEDIATE, Reason
 
 
@@ -187,11 +192,25 @@ def surely_unconverged(workload: WorkloadView, own: Sequence[Converging]) -> boo
     return workload.kind is Kind.SERVICE and len(live) != wanted
 
 
-def may_be_stuck(row: WorkloadRow, *, now: datetime, failure: ReconcileFailure | None) -> bool:
+# How long a rollout may stay paused before `keelctl stuck` shows it (--rollout-paused-after).
+PAUSED_AFTER_S = 3600.0
+
+
+def may_be_stuck(
+    row: WorkloadRow,
+    *,
+    now: datetime,
+    failure: ReconcileFailure | None,
+    paused_after_s: float = PAUSED_AFTER_S,
+) -> bool:
     """Whether `judge_workload` can find anything: a reconcile failing, canaries awaiting
-    promotion, or unconverged for longer than its deadline. Otherwise it returns None without
-    looking at the plan."""
-    if failure is not None or row.canary_pending:
+    promotion, paused too long, or unconverged for longer than its deadline. Otherwise it
+    returns None without looking at the plan."""
+    if (
+        failure is not None
+        or row.canary_pending
+        or _paused_too_long(row, now=now, after_s=paused_after_s)
+    ):
         return True
     if row.unconverged_since is None:
         return False
@@ -208,14 +227,17 @@ def judge_workload(
     failure: ReconcileFailure | None = None,
     canary_since: datetime | None = None,
     canary_waiting_after_s: float = 3600.0,
+    paused_after_s: float = PAUSED_AFTER_S,
 ) -> Verdict | None:
     """Why this workload is stuck (its reconcile, placement or rollout), or None.
 
     Instance-level trouble is reported on the instances; the workload is stuck itself only
-    when the control plane cannot reconcile it, cannot place instances, or a rollout cannot
-    progress. Canaries awaiting promotion (`canary_since`: when their revision was applied,
-    given while they wait) hold the rollout by design: that is no ROLLOUT_BLOCKED, but past
+    when the control plane cannot reconcile it, cannot place instances, a rollout cannot
+    progress, or its rollout has been paused for longer than `paused_after_s`. Canaries
+    awaiting promotion (`canary_since`: when their revision was applied, given while they
+    wait) hold the rollout by design: that is no ROLLOUT_BLOCKED, but past
     `canary_waiting_after_s` it is CANARY_AWAITING_PROMOTION, so that a canary is not forgotten.
+    A pause holds everything, canaries included: a paused workload is judged as paused.
     """
     deadline_s = row.workload.deadline_ms / 1000
     if failure is not None and failure.permanent:
@@ -231,19 +253,22 @@ def judge_workload(
             f"deadline ({_ago(deadline_s)}) and keeps retrying with back-off: {failure.error}",
         )
     age_s = (now - row.unconverged_since).total_seconds() if row.unconverged_since else 0.0
-    awaiting = row.canary_pending and row.workload.rollout.canary > 0
+    live = [i for i in own if i.desired is not Desired.REMOVED]
+    old = [i for i in live if not row.is_current(i.generation)]
+    paused = _paused_verdict(row, len(old), now=now, after_s=paused_after_s)
+    awaiting = row.canary_pending and row.workload.rollout.canary > 0 and not row.paused
     # Waiting is by design: only canaries that cannot be placed are stuck otherwise.
     if canary_since is not None and awaiting and (age_s <= deadline_s or not plan.unschedulable):
         return _awaiting(row, own, canary_since, now, canary_waiting_after_s)
     if row.unconverged_since is None or age_s <= deadline_s:
-        return None
+        return paused
     if plan.unschedulable is not None:
         return Verdict(
             Reason.UNSCHEDULABLE,
             f"{plan.unschedulable.code.value}: {plan.unschedulable.message}",
         )
-    live = [i for i in own if i.desired is not Desired.REMOVED]
-    old = [i for i in live if not row.is_current(i.generation)]
+    if row.paused:
+        return paused  # held on purpose: not blocked
     if old or plan.blocked:
         waiting = sorted(i.id for i in live if i.id in stuck_instances)
         detail = plan.blocked or f"{len(old)} instance(s) of older generations remain"
@@ -279,4 +304,28 @@ def _awaiting(
         f"{len(canaries) - ready} not, beside {len(live) - len(canaries)} old instance(s); "
         f"`keelctl rollout promote {name}` lets the rollout continue, "
         f"`keelctl rollout abort {name}` removes the canaries",
+    )
+
+
+def _paused_too_long(row: WorkloadRow, *, now: datetime, after_s: float) -> bool:
+    if not row.paused:
+        return False
+    # A pause with no time (never so when written by PauseRollout) counts from the epoch.
+    since = row.paused_at or datetime.fromtimestamp(0, UTC)
+    return (now - since).total_seconds() > after_s
+
+
+def _paused_verdict(row: WorkloadRow, old: int, *, now: datetime, after_s: float) -> Verdict | None:
+    """ROLLOUT_PAUSED once paused longer than `after_s`. The message names who paused it and
+    since when (a time, not an age: an age would change the record at every pass)."""
+    if not _paused_too_long(row, now=now, after_s=after_s):
+        return None
+    since = row.paused_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if row.paused_at else "?"
+    held = f"{old} old instance(s) held" if old else "nothing to roll out now"
+    setting = format_duration(round(after_s * 1000))
+    return Verdict(
+        Reason.ROLLOUT_PAUSED,
+        f"rollout of generation {row.generation} paused by {row.paused_by or 'unknown'} since "
+        f"{since} (longer than --rollout-paused-after {setting}): {held}; a spec change "
+        f"waits until it is resumed",
     )

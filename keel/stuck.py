@@ -23,6 +23,7 @@ class Reason(enum.StrEnum):
     NOT_STARTED = "NOT_STARTED"
     DRAIN_BLOCKED = "DRAIN_BLOCKED"
     CANARY_AWAITING_PROMOTION = "CANARY_AWAITING_PROMOTION"
+    ROLLOUT_PAUSED = "ROLLOUT_PAUSED"
 
 
 # Reasons the agent sees for itself and that are stuck at once, without waiting for the deadline.
@@ -100,6 +101,11 @@ GUIDES: dict[Reason, Guide] = {
         "a canary rollout has waited for promotion longer than --canary-waiting-after",
         "runbooks/stuck/canary-awaiting-promotion.md",
         "keelctl rollout promote {workload}",
+    ),
+    Reason.ROLLOUT_PAUSED: Guide(
+        "the workload's rollout has been paused for longer than --rollout-paused-after",
+        "runbooks/stuck/rollout-paused.md",
+        "keelctl rollout resume {workload}",
     ),
 }
 

@@ -139,6 +139,92 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _duration_arg(flag: str, *, zero: bool):  # type: ignore[no-untyped-def]
+    """A DURATION option (`2s`, `5m`); 0 allowed only where it means "no limit"."""
+
+    def parse(text: str) -> float:
+        if zero and text.strip() == "0":
+            return 0.0
+        try:
+            ms = parse_duration(text, flag)
+        except SpecError as e:
+            raise argparse.ArgumentTypeError(e.rule) from None
+        if ms <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got '{text}'")
+        return ms / 1000
+
+    return parse
+
+
+def rollout_verb(
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser],
+    verb: str,
+    text: str,
+    *,
+    reason: bool = False,
+) -> argparse.ArgumentParser:
+    """One `keelctl rollout VERB WORKLOAD` command (with `--reason` when it changes
+    something); `keel.ctl.rollout.VERBS` runs it. A new verb is one call here and one entry
+    there."""
+    p = verbs.add_parser(verb, help=text)
+    _add_globals(p, on_subcommand=True)
+    p.add_argument("workload", metavar="WORKLOAD")
+    if reason:
+        p.add_argument(
+            "--reason", default="", metavar="TEXT", help="why (kept in the workload's events)"
+        )
+    return p
+
+
+def _add_rollout(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rollout = sub.add_parser(
+        "rollout",
+        help="a workload's rollout: history, status, pause, resume, undo, promote, abort",
+    )
+    _add_globals(rollout, on_subcommand=True)
+    verbs = rollout.add_subparsers(dest="rollout_command", required=True, metavar="VERB")
+    rollout_verb(verbs, "history", "every revision: state, when, who applied it and why")
+    status = rollout_verb(
+        verbs, "status", "how far the rollout is: updated, ready and old instances left"
+    )
+    status.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow it to the end; exit 0 when complete, 1 when it failed or was rolled back",
+    )
+    status.add_argument(
+        "--wait-timeout",
+        type=_duration_arg("--wait-timeout", zero=True),
+        default=0.0,
+        metavar="DURATION",
+        help="with --wait: give up (exit 1) after this long; the rollout goes on (default 0: "
+        "no limit)",
+    )
+    status.add_argument(
+        "--interval",
+        type=_duration_arg("--interval", zero=False),
+        default=2.0,
+        metavar="DURATION",
+        help="with --wait: how often the status is read (default 2s)",
+    )
+    rollout_verb(verbs, "pause", "hold the rollout where it is (scaling still works)", reason=True)
+    rollout_verb(verbs, "resume", "let a paused rollout go on", reason=True)
+    undo = rollout_verb(
+        verbs,
+        "undo",
+        "return to an earlier revision's spec; instances already running it are kept",
+        reason=True,
+    )
+    undo.add_argument(
+        "--to-revision",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="the revision to return to (default: the last one that was fully ready)",
+    )
+    canary.add_verbs(verbs, _add_globals)
+
+
 def _selector_arg(text: str) -> dict[str, str]:
     """`k=v` or `k=v,k2=v2` (the control plane checks the keys and values)."""
     out: dict[str, str] = {}
@@ -310,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--uncordon", action="store_true", help="also make its hosts schedulable again"
             )
 
+    _add_rollout(sub)
+
     token = sub.add_parser("token", help="operator tokens (admin): create, list, revoke")
     _add_globals(token, on_subcommand=True)
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="VERB")
@@ -336,11 +424,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_globals(reset, on_subcommand=True)
     reset.add_argument("host", metavar="HOST")
-
-    rollout = sub.add_parser("rollout", help="a workload's rollout: promote or abort canaries")
-    _add_globals(rollout, on_subcommand=True)
-    rollout_sub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="VERB")
-    canary.add_verbs(rollout_sub, _add_globals)
 
     delete = sub.add_parser(
         "delete",

@@ -10,6 +10,7 @@ is most of a command's time: what only some commands use (YAML, OpenTelemetry) i
 when one of them runs. With tracing on (`--trace-file` / KEEL_TRACE_FILE, or OTLP; see
 `keel.traceconfig`), each command is one span (`keel.ctl.traced`) whose traceparent goes with
 every call so the control plane continues it.
+The rollout verbs are `keel.ctl.rollout`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import grpc
 
 from keel import traceconfig
-from keel.ctl import auth, canary, observe
+from keel.ctl import auth, observe
 from keel.ctl.args import DEFAULT_CONTROLPLANE, CtlError, WatchLost, build_parser
 from keel.ctl.commands import Context, cmd_apply, cmd_delete, cmd_describe, cmd_get
 from keel.ctl.requestid import RequestIdInterceptor, new_request_id
@@ -111,6 +112,12 @@ def _freeze() -> Any:
     from keel.ctl import freeze  # the deploy-freeze verbs: only they
 
     return freeze
+
+
+def _rollout() -> Any:
+    from keel.ctl import rollout  # the rollout verbs (and rich, for --wait on a terminal)
+
+    return rollout
 
 
 # A watch cut off mid-stream is taken up on another replica at most this many times (a
@@ -213,9 +220,9 @@ def _run_on(
                 "drain": lambda: _operations().cmd_drain(ctx),
                 "ops": lambda: _operations().cmd_ops(ctx),
                 "op": lambda: _operations().cmd_op(ctx),
+                "rollout": lambda: _rollout().cmd_rollout(ctx),
                 "token": lambda: auth.cmd_token(ctx),
                 "host": lambda: auth.cmd_host(ctx),
-                "rollout": lambda: canary.cmd_canary(ctx),
                 "freeze": lambda: _freeze().cmd_freeze(ctx),
                 "unfreeze": lambda: _freeze().cmd_unfreeze(ctx),
             }

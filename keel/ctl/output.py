@@ -352,6 +352,11 @@ def describe_workload(w: pb.Workload, instances: Iterable[pb.Instance], *, now: 
             f"ready {st.ready}, updated {st.updated}",
         ),
     ]
+    if w.paused:
+        # The rollout holds until `keelctl rollout resume`.
+        pairs.append(
+            ("Rollout", f"paused by {_or_none(w.paused_by)} {when(from_ts(w.paused_at), now=now)}")
+        )
     import yaml  # only describe workload shows YAML (see to_json)
 
     spec_yaml = yaml.safe_dump(

@@ -304,10 +304,19 @@ KINDS: dict[str, dict[str, str]] = {
     # With no operator freeze (the state has none), Unfreeze changes nothing.
     "Unfreeze": {},
     "GetFreeze": {},
+    "GetRolloutHistory": {"workload": "workload"},
+    "GetRolloutStatus": {"workload": "workload"},
+    "PauseRollout": {"workload": "workload", "reason": "reason"},
+    "ResumeRollout": {"workload": "workload", "reason": "reason"},
+    "UndoRollout": {"workload": "workload", "to_revision": "revision", "reason": "reason"},
+    "PromoteRollout": {"workload": "workload", "reason": "reason"},
+    "AbortRollout": {"workload": "workload", "reason": "reason"},
 }
 # Valid requests of these would change the fleet (a workload or host deleted, a token revoked,
-# a host's credential reset), so their valid values name nothing that exists.
-SPARING = {"DeleteWorkload", "DeleteHost", "RevokeToken", "ResetHostCredential"}
+# a host's credential reset, a rollout paused, undone, promoted or aborted), so their valid
+# values name nothing that exists.
+SPARING = {"DeleteWorkload", "DeleteHost", "RevokeToken", "ResetHostCredential", "PauseRollout",
+           "ResumeRollout", "UndoRollout", "PromoteRollout", "AbortRollout"}  # fmt: skip
 # CreateToken and Freeze write whenever their request is valid: their refusals are checked in
 # tests/integration/test_tokens.py and tests/integration/test_freeze.py instead.
 UNCOVERED = {"ApplyWorkload", "CreateToken", "Freeze"}
@@ -400,6 +409,8 @@ def hostile_value(s: State, kind: str) -> st.SearchStrategy[Any]:
         return st.one_of(with_nul, st.sampled_from(["Force", "kill", "fail ", "x" * 300]))
     if kind == "operation":
         return st.one_of(with_nul, st.sampled_from(HOSTILE_OPERATIONS))
+    if kind == "revision":  # a revision number, or 0 for the default: never negative
+        return st.integers(-(2**63), -1)
     if kind in RANGES:
         low, high = RANGES[kind]
         return st.one_of(
@@ -429,6 +440,8 @@ def valid_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
         return st.sampled_from(["", "fail", "force"])
     if kind == "operation":
         return st.just("op-999999")
+    if kind == "revision":
+        return st.integers(0, 1000)
     unknown = {"workload": "nope", "host": "nope", "instance": "web-1-000000"}
     known = () if method in SPARING else _existing(s, kind)
     return st.sampled_from([*known, unknown.get(kind, "workload/nope")])
@@ -442,6 +455,8 @@ def any_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
         return st.one_of(text, st.sampled_from(BAD_TOKENS))
     if kind in RANGES:
         return st.integers(-(2**31), 2**31 - 1)
+    if kind == "revision":
+        return st.integers(-(2**63), 2**63 - 1)
     if kind == "hosts":
         return st.lists(st.one_of(text, st.sampled_from(s.hosts)), max_size=3).map(
             lambda h: [*h, "nope"]

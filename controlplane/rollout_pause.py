@@ -1,0 +1,76 @@
+"""Pausing and resuming a workload's rollout: `keelctl rollout pause|resume`, one transaction.
+
+A paused rollout holds where it is (`controlplane.rollout`: nothing is removed or replaced for
+being old; a scale change still works) and is never reported stuck for it
+(`controlplane.verdicts`; past `--rollout-paused-after` it is shown as ROLLOUT_PAUSED). The
+write sets `paused`, `paused_by` (the caller's token name) and `paused_at` (database time), or
+clears them, and records RolloutPaused / RolloutResumed on `workload/NAME` with the actor and
+the reason. Like `revision_store.RevisionStore.promote` it takes new workload versions and
+NOTIFYs, so the leader's cache reads the row again and the workload controller plans with it.
+
+Safe to repeat: pausing a paused rollout (or resuming one not paused) changes nothing and
+records nothing. Neighbours: `rollouts_api` (the RPCs), `rollout_status` (their answer).
+"""
+
+from __future__ import annotations
+
+from controlplane.errors import FailedPrecondition, NotFound
+from controlplane.idempotency import Once, once_in
+from controlplane.sql import WORKLOAD_CHANNEL, Conn, Database, record_event, workload_payload
+from controlplane.workload_store import WorkloadRow, workload_row
+
+
+async def set_paused(
+    db: Database,
+    name: str,
+    *,
+    paused: bool,
+    actor: str,
+    reason: str = "",
+    once: Once[WorkloadRow] | None = None,
+) -> WorkloadRow:
+    """Pauses (`paused`) or resumes the workload's rollout; returns the workload. `once`: the
+    request id's record, in the same transaction (`idempotency`)."""
+    async with db.acquire() as conn, conn.transaction():
+        return await once_in(
+            conn, once, lambda: _set_paused(conn, name, paused=paused, actor=actor, reason=reason)
+        )
+
+
+async def _set_paused(
+    conn: Conn, name: str, *, paused: bool, actor: str, reason: str
+) -> WorkloadRow:
+    current = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", name)
+    if current is None:
+        raise NotFound(f'workload "{name}" not found')
+    if current["paused"] == paused:
+        return workload_row(current)  # already so: nothing to change, nothing to record
+    if current["deleting"] and paused:
+        raise FailedPrecondition(
+            f'workload "{name}" is being deleted; there is no rollout to pause'
+        )
+    row = await conn.fetchrow(
+        """UPDATE workload SET paused = $2,
+                  paused_by = CASE WHEN $2 THEN $3 ELSE '' END,
+                  paused_at = CASE WHEN $2 THEN now() END,
+                  updated_at = now(),
+                  version = nextval('workload_version'),
+                  desired_version = nextval('workload_version')
+           WHERE name = $1 RETURNING *""",
+        name,
+        paused,
+        actor,
+    )
+    assert row is not None  # locked above
+    revision = row["generation"]
+    if paused:
+        kind, what = "RolloutPaused", f"revision {revision}: rollout paused, it holds where it is"
+    else:
+        kind, what = "RolloutResumed", f"revision {revision}: rollout resumed"
+    await record_event(
+        conn, f"workload/{name}", kind, what + (f": {reason}" if reason else ""), actor=actor
+    )
+    await conn.execute(
+        "SELECT pg_notify($1, $2)", WORKLOAD_CHANNEL, workload_payload(name, row["version"])
+    )
+    return workload_row(row)

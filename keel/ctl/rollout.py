@@ -1,0 +1,169 @@
+"""keelctl's rollout commands: `rollout history|status|pause|resume|undo WORKLOAD`.
+
+Each verb is one entry of `VERBS` (the command line is `keel.ctl.args.rollout_verb`), taking
+the `Context` and returning the text to print or an exit status. `status --wait` reads
+GetRolloutStatus every `--interval` until the rollout ends: 0 when it is complete, 1 when it
+failed, was aborted or rolled back (a newer revision that returns to an earlier spec: Keel's
+automatic rollback or an operator's undo), or `--wait-timeout` passed; a newer revision that is
+not a rollback is followed. Without --wait, `status` exits 1 too when the rollout has failed or
+was rolled back, so a script can check either way. Text is `keel.ctl.rollout_output`; the
+progress while waiting is `keel.ctl.rollout_progress`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from keel.ctl import canary, output, rollout_output, rollout_progress
+from keel.v1 import fleet_pb2
+
+SUCCEEDED = 0
+NOT_SUCCEEDED = 1
+
+# While waiting, a read that fails for these is tried again at the next interval: the
+# rollout goes on in the control plane whatever keelctl sees.
+_PASSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def cmd_rollout(ctx: Any) -> str | int:
+    return VERBS[ctx.args.rollout_command](ctx)
+
+
+def cmd_history(ctx: Any) -> str:
+    request = fleet_pb2.GetRolloutHistoryRequest(workload=ctx.args.workload)
+    reply = ctx.stub.GetRolloutHistory(request, timeout=ctx.timeout)
+    if ctx.json:
+        return output.to_json(reply)
+    return rollout_output.history_table(reply.revisions, now=ctx.now)
+
+
+def _status(ctx: Any) -> fleet_pb2.RolloutStatus:
+    request = fleet_pb2.GetRolloutStatusRequest(workload=ctx.args.workload)
+    status: fleet_pb2.RolloutStatus = ctx.stub.GetRolloutStatus(request, timeout=ctx.timeout)
+    return status
+
+
+def cmd_status(ctx: Any) -> str | int:
+    status = _status(ctx)
+    if ctx.args.wait:
+        return wait(ctx, status, clock=time.monotonic, sleep=time.sleep)
+    print(output.to_json(status) if ctx.json else rollout_output.status_text(status, now=ctx.now))
+    ok = status.state not in rollout_progress.ENDED or status.state in rollout_progress.SUCCEEDED
+    return SUCCEEDED if ok else NOT_SUCCEEDED
+
+
+def wait(
+    ctx: Any,
+    status: fleet_pb2.RolloutStatus,
+    *,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> int:
+    """Follows the rollout from `status` to its end (see the module docstring)."""
+    name = ctx.args.workload
+    limit = ctx.args.wait_timeout
+    started = clock()
+    watched = status.revision
+    view = rollout_progress.view(json=ctx.json)
+    try:
+        with view:
+            while True:
+                view.update(status)
+                if status.revision != watched:
+                    rolled_back = _rolled_back(ctx, view, watched, status)
+                    if rolled_back:
+                        return NOT_SUCCEEDED
+                    watched = status.revision
+                if status.state in rollout_progress.ENDED:
+                    view.finish(status, now=datetime.now(UTC))
+                    ok = status.state in rollout_progress.SUCCEEDED
+                    return SUCCEEDED if ok else NOT_SUCCEEDED
+                if limit and clock() - started >= limit:
+                    print(
+                        f"error: revision {status.revision} of {name} is still {status.state} "
+                        f"after --wait-timeout; it goes on: keelctl rollout status {name} --wait",
+                        file=sys.stderr,
+                    )
+                    return NOT_SUCCEEDED
+                sleep(ctx.args.interval)
+                try:
+                    status = _status(ctx)
+                except grpc.RpcError as e:
+                    if e.code() not in _PASSING:
+                        raise
+                    view.say(f"cannot read the rollout now ({e.code().name}); trying again")
+    except KeyboardInterrupt:
+        print(
+            f"stopped waiting; the rollout goes on (keelctl rollout status {name} --wait)",
+            file=sys.stderr,
+        )
+        return NOT_SUCCEEDED
+
+
+def _rolled_back(
+    ctx: Any, view: rollout_progress.View, watched: int, status: fleet_pb2.RolloutStatus
+) -> bool:
+    """A newer revision replaced the one being followed: True (and says so) when it is a
+    rollback, so the one followed will never complete; else it is followed instead."""
+    request = fleet_pb2.GetRolloutHistoryRequest(workload=ctx.args.workload)
+    history = ctx.stub.GetRolloutHistory(request, timeout=ctx.timeout).revisions
+    newest = next((r for r in history if r.number == status.revision), None)
+    old = next((r for r in history if r.number == watched), None)
+    now = datetime.now(UTC)
+    if newest is None or not newest.same_as:
+        view.say(f"revision {watched} was superseded by revision {status.revision}; following it")
+        return False
+    text = (
+        f"revision {watched} was rolled back: revision {status.revision} returns to revision "
+        f"{newest.same_as} ({newest.actor or 'unknown'}: {rollout_output.cause(newest)})"
+    )
+    if old is not None and old.HasField("failure"):
+        text += "\n" + rollout_output.failure_text(old.failure, now=now)
+    if ctx.json:
+        print(output.to_json(old if old is not None else newest))
+    view.say(text)
+    return True
+
+
+def cmd_pause(ctx: Any) -> str:
+    return _pause(ctx, ctx.stub.PauseRollout)
+
+
+def cmd_resume(ctx: Any) -> str:
+    return _pause(ctx, ctx.stub.ResumeRollout)
+
+
+def _pause(ctx: Any, call: Any) -> str:
+    request = fleet_pb2.RolloutActionRequest(workload=ctx.args.workload, reason=ctx.args.reason)
+    status = call(request, timeout=ctx.timeout)
+    if ctx.json:
+        return output.to_json(status)
+    return rollout_output.pause_text(status, now=ctx.now)
+
+
+def cmd_undo(ctx: Any) -> str:
+    request = fleet_pb2.UndoRolloutRequest(
+        workload=ctx.args.workload, to_revision=ctx.args.to_revision, reason=ctx.args.reason
+    )
+    reply = ctx.stub.UndoRollout(request, timeout=ctx.timeout)
+    if ctx.json:
+        return output.to_json(reply)
+    return rollout_output.undo_text(reply)
+
+
+# `keelctl rollout VERB`: what runs each verb (`keel.ctl.args.rollout_verb` parses it).
+VERBS: dict[str, Callable[[Any], str | int]] = {
+    "history": cmd_history,
+    "status": cmd_status,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+    "undo": cmd_undo,
+    "promote": canary.cmd_canary,
+    "abort": canary.cmd_canary,
+}

@@ -1,0 +1,152 @@
+"""How `keelctl rollout status --wait` shows a rollout as it goes.
+
+On a terminal, a rich progress bar (ready of desired, with updated and old remaining beside
+it, the message beneath when it changes), as `keel.ctl.progress` does for operations; off a
+terminal, one plain line per change (`rollout_output.progress_line`); with `-o json`, one JSON
+object per change. rich is imported only here and only for a terminal. `keel.ctl.rollout`
+feeds every status it reads to the view.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import sys
+from datetime import datetime
+from typing import Any, Protocol
+
+from google.protobuf.json_format import MessageToDict
+
+from keel.ctl.rollout_output import counts, failure_text, progress_line
+from keel.v1 import fleet_pb2
+
+# States a rollout ends in: complete, or not.
+SUCCEEDED = frozenset({"COMPLETE"})
+ENDED = frozenset({"COMPLETE", "FAILED", "ROLLED_BACK", "ABORTED"})
+
+
+class View(Protocol):
+    def __enter__(self) -> View: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def update(self, s: fleet_pb2.RolloutStatus) -> None: ...
+    def say(self, text: str) -> None: ...
+    def finish(self, s: fleet_pb2.RolloutStatus, *, now: datetime) -> None: ...
+
+
+def view(*, json: bool) -> View:
+    if json:
+        return JsonView()
+    if sys.stdout.isatty():
+        return BarView()
+    return LineView()
+
+
+def _outcome(s: fleet_pb2.RolloutStatus, *, now: datetime) -> str:
+    text = f"workload/{s.workload} revision {s.revision} {s.state}: {s.message}"
+    if s.HasField("failure"):
+        text += "\n" + failure_text(s.failure, now=now)
+    return text
+
+
+class LineView:
+    """A line each time what it says changes."""
+
+    def __init__(self) -> None:
+        self._last = ""
+
+    def __enter__(self) -> LineView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, s: fleet_pb2.RolloutStatus) -> None:
+        line = progress_line(s)
+        if line != self._last:
+            print(line, flush=True)
+            self._last = line
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def finish(self, s: fleet_pb2.RolloutStatus, *, now: datetime) -> None:
+        print(_outcome(s, now=now), flush=True)
+
+
+class JsonView:
+    """One JSON object per change of the status (for scripts); the last is the outcome."""
+
+    def __init__(self) -> None:
+        self._last: fleet_pb2.RolloutStatus | None = None
+
+    def __enter__(self) -> JsonView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, s: fleet_pb2.RolloutStatus) -> None:
+        if s == self._last:
+            return
+        self._last = s
+        data = MessageToDict(
+            s,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+            unquote_int64_if_possible=True,
+        )
+        print(jsonlib.dumps(data), flush=True)
+
+    def say(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def finish(self, s: fleet_pb2.RolloutStatus, *, now: datetime) -> None:
+        return None
+
+
+class BarView:
+    """A rich progress bar: ready of desired, the counts, and the message when it changes."""
+
+    def __init__(self, console: Any = None) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self._console = console if console is not None else Console()
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=self._console,
+            transient=False,
+        )
+        self._task: Any = None
+        self._message = ""
+
+    def __enter__(self) -> BarView:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, s: fleet_pb2.RolloutStatus) -> None:
+        description = f"{s.workload} r{s.revision} {s.state}"
+        total, done = max(1, s.desired), min(s.ready, s.desired)
+        if self._task is None:
+            self._task = self._progress.add_task(
+                description, total=total, completed=done, detail=counts(s)
+            )
+        else:
+            self._progress.update(
+                self._task, description=description, total=total, completed=done, detail=counts(s)
+            )
+        if s.message and s.message != self._message:
+            self._progress.console.print(s.message, style="dim", markup=False)
+        self._message = s.message
+
+    def say(self, text: str) -> None:
+        self._progress.console.print(text, style="yellow", markup=False)
+
+    def finish(self, s: fleet_pb2.RolloutStatus, *, now: datetime) -> None:
+        style = "green" if s.state in SUCCEEDED else "red"
+        self._console.print(_outcome(s, now=now), style=style, markup=False)
