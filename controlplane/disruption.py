@@ -6,7 +6,11 @@ instances: `controlplane.rollout` (rollouts, scale-downs, replacements) asks it 
 removal and creation; a drain planner (make-before-break moves off a cordoned host, or
 stop-before-start with max_surge 0) and fencing ask the same questions of the same `Budget`.
 
-- **Available** (`is_available`): ready by the agent's word, desired RUNNING, on a READY host.
+- **Available** (`is_available`): ready by the agent's word, desired RUNNING, on a READY host;
+  in a rollout, a new revision's instance only once it has been ready for its `min_ready`
+  (`controlplane.settling`: the agent counts a first start ready at once, and a revision that
+  crashes a moment after it starts would otherwise roll through the whole workload before its
+  first exit is reported).
   A daemon's unit is a host: a target host with at least one available instance.
 - **May go down** = available - (target - max_unavailable), never below 0. Every instance
   already down counts, wherever it is: a drain on one host never takes a workload further down
@@ -38,8 +42,14 @@ from keel.model import Desired, Phase
 
 
 def is_available(inst: InstanceView, ready_hosts: Set[str]) -> bool:
-    """Serving now: ready by the agent's word, wanted RUNNING, on a READY host."""
-    return inst.ready and inst.desired is Desired.RUNNING and inst.host in ready_hosts
+    """Serving now: ready by the agent's word (and, in a rollout, up for min_ready: not
+    `settling`), wanted RUNNING, on a READY host."""
+    return (
+        inst.ready
+        and not inst.settling
+        and inst.desired is Desired.RUNNING
+        and inst.host in ready_hosts
+    )
 
 
 def may_still_run(inst: InstanceView) -> bool:

@@ -52,6 +52,8 @@ class InstanceRecord:
     stop_grace_ms: int
     stuck: StuckState | None = None
     stop_after_disconnect_ms: int = 0  # its spec's on_disconnect.stop_after; 0: none
+    # When it first converged since its last desired change (ready, for a RUNNING one).
+    converged_at: datetime | None = None
 
     @property
     def id(self) -> str:

@@ -22,7 +22,7 @@ INSTANCE_COLUMNS = """id, workload, generation, host, desired, cpu_millis, memor
     ready, desired_changed_at, unconverged_since, observed_at IS NOT NULL AS observed, reason,
     message, agent_stuck, (spec ->> 'stop_grace_ms')::bigint AS stop_grace_ms, stuck_reason,
     stuck_since, stuck_message, replaces,
-    (spec ->> 'stop_after_disconnect_ms')::bigint AS stop_after_disconnect_ms"""
+    (spec ->> 'stop_after_disconnect_ms')::bigint AS stop_after_disconnect_ms, converged_at"""
 
 HOST_COLUMNS = """name, labels, cpu_millis, memory_mib, state, schedulable, state_since,
     last_heartbeat, connected, revision, drained"""
@@ -60,6 +60,7 @@ def instance_record(r: asyncpg.Record) -> InstanceRecord:
         stop_grace_ms=WorkloadSpec.stop_grace_ms if grace is None else grace,
         stuck=stuck,
         stop_after_disconnect_ms=r["stop_after_disconnect_ms"] or 0,
+        converged_at=r["converged_at"],
     )
 
 

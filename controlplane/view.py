@@ -48,6 +48,9 @@ class InstanceView:
     # A drain's replacement names the instance it replaces (make-before-break): the two count
     # as one replica until the one replaced is gone.
     replaces: str = ""
+    # Ready, but a new revision's instance up for less than its min_ready while old instances
+    # remain: a rollout does not count it available yet (`controlplane.settling`).
+    settling: bool = False
 
     @property
     def live(self) -> bool:

@@ -34,6 +34,7 @@ from controlplane.reconcile import (
     requeue_after,
 )
 from controlplane.rollout import WorkloadPlan, plan_workload
+from controlplane.settling import may_settle, settled_views
 from controlplane.store import PlanResult, Store, WorkloadRow
 from keel import tracing
 from keel.model import Change, HostState
@@ -62,12 +63,17 @@ class WorkloadController:
             entry = await self._cache.current(name)
             if entry is None:
                 return IDLE
-            plan = plan_workload(
-                entry.view,
-                [i.view for i in entry.instances.values()],
-                self._cache.hosts,
-                self._cache.usage,
-            )
+            views = [i.view for i in entry.instances.values()]
+            settle_in: float | None = None
+            min_ready_ms = entry.row.workload.spec.min_ready_ms
+            if may_settle(entry.view, views, min_ready_ms=min_ready_ms):
+                views, settle_in = settled_views(
+                    entry.view,
+                    entry.instances.values(),
+                    min_ready_ms=min_ready_ms,
+                    now=await self._store.now(),
+                )
+            plan = plan_workload(entry.view, views, self._cache.hosts, self._cache.usage)
             bound = log.bind(workload=name, generation=entry.row.generation)
             wrote = False
             # Nothing left for later passes (nothing more to place, nothing unplaceable, no
@@ -118,6 +124,9 @@ class WorkloadController:
                 # back of the fresh keys, so other workloads' changes are not held behind a huge
                 # scale-up, and each transaction stays bounded.
                 return requeue_after(0)
+            if settle_in is not None:
+                # A new instance becomes available to the rollout then: nothing else wakes it.
+                return requeue_after(settle_in, idle=not wrote)
             return DONE if wrote else IDLE
         raise TemporaryError(
             f"workload {name} kept changing while it was planned ({STALE_ATTEMPTS} plans refused "
