@@ -41,6 +41,7 @@ from agent.planner import (
     Stop,
     Transition,
     plan,
+    self_fences,
 )
 from agent.runtime.base import Driver, Handle
 from agent.settings import Settings
@@ -124,6 +125,11 @@ class Reconciler:
                 # Kept in memory all the same; a restart would count from an older contact,
                 # which stops a self-fencing workload sooner, never later.
                 self._log.warning("cannot keep the contact time", error=str(e))
+
+    @property
+    def self_fencing(self) -> bool:
+        """True while a desired instance may stop itself when cut off (on_disconnect)."""
+        return any(self_fences(a) for a in self.state.desired.values())
 
     def cut_off_s(self, now: float) -> float | None:
         """How long the control plane has not recorded this host alive (None: never did)."""
