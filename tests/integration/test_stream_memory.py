@@ -227,8 +227,9 @@ async def test_calls_refused_for_their_credential_are_freed_when_they_end(
     async def refused(metadata: tuple[tuple[str, str], ...]) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Sync(metadata=metadata)
-            await call.write(_hello("host-1"))
             with pytest.raises(grpc.aio.AioRpcError) as denied:
+                # The refusal may end the call before the Hello is written: the write fails.
+                await call.write(_hello("host-1"))
                 await call.read()
             assert denied.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
