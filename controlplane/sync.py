@@ -7,7 +7,9 @@ so a lost notification only delays a change (`check_streams` reads the revisions
 streaming here, one query per slice of streams spread over the period, so a look that finds
 nothing new costs no query of its own and the streams never all wake at once). Status reports go
 to the batching `ReportWriter`; heartbeats to the batching `HeartbeatWriter` (with this stream's
-id: a heartbeat of a replaced or ended stream changes nothing); log chunks to
+id: a heartbeat of a replaced or ended stream changes nothing), which acknowledges it on the
+stream once recorded: at once when its agent runs a self-fencing instance, otherwise just
+before the stream next sends assignments (`_acknowledge`); log chunks to
 `controlplane.logrelay`. A second stream for the same host replaces the first.
 
 While the database is away a stream stays open: the agent keeps running its last desired
