@@ -121,10 +121,13 @@ def hello_to_pb(h: Hello) -> Outgoing:
     )
 
 
-def heartbeat_to_pb(revision: int, sequence: int = 0) -> Outgoing:
-    """A heartbeat: `revision` is the one the agent has acted on (see the proto)."""
+def heartbeat_to_pb(revision: int, sequence: int = 0, *, ack_deferred: bool = False) -> Outgoing:
+    """A heartbeat: `revision` is the one the agent has acted on; `ack_deferred`: no
+    self-fencing instance here needs its acknowledgement at once (see the proto)."""
     return agent_pb2.AgentMessage(
-        heartbeat=agent_pb2.Heartbeat(revision=revision, sequence=sequence)
+        heartbeat=agent_pb2.Heartbeat(
+            revision=revision, sequence=sequence, ack_deferred=ack_deferred
+        )
     )
 
 

@@ -120,6 +120,12 @@ def self_fenced(a: Assignment, cut_off_s: float | None) -> bool:
     return bool(limit_ms) and cut_off_s is not None and cut_off_s * 1000 >= limit_ms
 
 
+def self_fences(a: Assignment) -> bool:
+    """The instance is one the planner stops when the host is cut off (`self_fenced`): its
+    agent needs each heartbeat acknowledged to keep counting from a fresh contact."""
+    return a.desired is Desired.RUNNING and bool(a.spec.stop_after_disconnect_ms)
+
+
 def _plan_one(
     iid: str,
     a: Assignment | None,

@@ -41,6 +41,7 @@ from agent.planner import (
     Stop,
     Transition,
     plan,
+    self_fences,
 )
 from agent.runtime.base import Driver, Handle
 from agent.settings import Settings
@@ -87,6 +88,11 @@ class Reconciler:
         # The revision of the desired set whose unwanted processes were all stopped at the end
         # of a pass: what heartbeats say the agent has acted on.
         self._acted_revision = 0
+        # When the control plane last recorded this host alive, as far as the agent knows
+        # (epoch s: the sending of its last acknowledged heartbeat or answered Hello); kept in
+        # the state dir (`StateStore.save_contact`) so a restarted agent still counts
+        # on_disconnect.stop_after from it. None: never.
+        self._contact_at: float | None = None
         self._health = HealthMonitor(
             targets=lambda: probe_targets(self._live, self.state, host=settings.host),
             on_change=self.wake,
@@ -111,12 +117,23 @@ class Reconciler:
     def heard(self, at: float) -> None:
         """The control plane recorded this host alive at `at` or later (epoch s): the
         on_disconnect clock starts over from there."""
-        if self.state.contact_at is None or at > self.state.contact_at:
-            self.state = replace(self.state, contact_at=at)
+        if self._contact_at is None or at > self._contact_at:
+            self._contact_at = at
+            try:
+                self._store.save_contact(at)
+            except StateError as e:
+                # Kept in memory all the same; a restart would count from an older contact,
+                # which stops a self-fencing workload sooner, never later.
+                self._log.warning("cannot keep the contact time", error=str(e))
+
+    @property
+    def self_fencing(self) -> bool:
+        """True while a desired instance may stop itself when cut off (on_disconnect)."""
+        return any(self_fences(a) for a in self.state.desired.values())
 
     def cut_off_s(self, now: float) -> float | None:
         """How long the control plane has not recorded this host alive (None: never did)."""
-        contact = self.state.contact_at
+        contact = self._contact_at
         return None if contact is None else max(0.0, now - contact)
 
     def wake(self) -> None:
@@ -155,6 +172,7 @@ class Reconciler:
     async def open(self) -> None:
         """Load local state and adopt the processes a previous agent started."""
         self.state = await asyncio.to_thread(self._store.load)
+        self._contact_at = await asyncio.to_thread(self._store.load_contact)
         now = self._clock()
         for iid, record in self.state.instances.items():
             if record.pid is None:

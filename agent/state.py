@@ -4,7 +4,14 @@ It holds what the agent must remember across its own restarts: the last desired 
 revision (so it keeps running workloads while the control plane is away, and resumes the watch
 from that revision), and per instance what it started (pid plus process start time, to tell a
 reused pid apart at adoption), its ports, restart count, last exit and back-off. The reconciler
-is the only writer; `StateStore.save` runs the blocking write-fsync-rename in a thread.
+is the only writer; `StateStore.save` runs the blocking write-fsync-rename in a thread, and only
+when one of these changed.
+
+When the control plane last recorded the host alive (what `on_disconnect.stop_after` counts
+from) moves at every acknowledged heartbeat, so it is not in state.json (which would then be
+rewritten and fsynced at every heartbeat): it is the modification time of `<state-dir>/contact`
+(`StateStore.load_contact`, `save_contact`), set with one utime call and never fsynced. A crash
+can only leave it older than the truth, so a restarted agent fences no later than it should.
 """
 
 from __future__ import annotations
@@ -149,10 +156,6 @@ class LocalState:
     revision: int = 0
     desired: dict[str, Assignment] = field(default_factory=dict)
     instances: dict[str, InstanceRecord] = field(default_factory=dict)
-    # When the control plane last recorded this host alive, as far as the agent knows (epoch
-    # s: the sending of its last acknowledged heartbeat or answered Hello). Kept on disk so a
-    # restarted agent still counts on_disconnect.stop_after from it. None: never.
-    contact_at: float | None = None
 
     def with_desired(
         self, *, full: bool, revision: int, assignments: Sequence[Assignment]
@@ -183,7 +186,6 @@ class LocalState:
         return {
             "version": FORMAT_VERSION,
             "revision": self.revision,
-            "contact_at": self.contact_at,
             "desired": {
                 k: {
                     "workload": a.workload,
@@ -254,13 +256,7 @@ class LocalState:
             )
             for k, v in data.get("instances", {}).items()
         }
-        contact = data.get("contact_at")
-        return cls(
-            revision=int(data.get("revision", 0)),
-            desired=desired,
-            instances=instances,
-            contact_at=None if contact is None else float(contact),
-        )
+        return cls(revision=int(data.get("revision", 0)), desired=desired, instances=instances)
 
 
 class StateStore:
@@ -268,8 +264,11 @@ class StateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.contact_path = path.with_name("contact")
         self._saved: LocalState | None = None  # what the file holds, once loaded or saved
         self._lock = asyncio.Lock()  # one save at a time, so an older one never lands last
+        # The contact time an older agent kept in state.json, until the contact file has one.
+        self._legacy_contact: float | None = None
 
     def load(self) -> LocalState:
         """The saved state, or an empty one on first start. Blocking: call before serving."""
@@ -281,10 +280,37 @@ class StateStore:
         except OSError as e:
             raise StateError(f"cannot read {self.path}: {e}") from e
         try:
-            self._saved = LocalState.from_json(json.loads(text))
+            data = json.loads(text)
+            self._saved = LocalState.from_json(data)
+            contact = data.get("contact_at")
+            self._legacy_contact = None if contact is None else float(contact)
         except (ValueError, KeyError, TypeError) as e:
             raise StateError(f"{self.path} is corrupt ({e}); move it aside to start empty") from e
         return self._saved
+
+    def load_contact(self) -> float | None:
+        """When the control plane last recorded this host alive (epoch s), as kept by
+        `save_contact` (or by an older agent in state.json; call `load` first); None: never."""
+        try:
+            return self.contact_path.stat().st_mtime
+        except FileNotFoundError:
+            return self._legacy_contact
+        except OSError as e:
+            raise StateError(f"cannot read {self.contact_path}: {e}") from e
+
+    def save_contact(self, at: float) -> None:
+        """Keeps `at` as the contact file's modification time: one utime call, cheap enough
+        for the event loop at every acknowledged heartbeat. No fsync: a crash can only leave
+        an older time, and an older contact stops a self-fencing workload sooner, not later."""
+        try:
+            try:
+                os.utime(self.contact_path, (at, at))
+            except FileNotFoundError:
+                self.contact_path.parent.mkdir(parents=True, exist_ok=True)
+                self.contact_path.touch()
+                os.utime(self.contact_path, (at, at))
+        except OSError as e:
+            raise StateError(f"cannot write {self.contact_path}: {e}") from e
 
     async def save_if_changed(self, state: LocalState) -> None:
         """Save `state` unless the file already holds it; StateError if it cannot."""

@@ -20,7 +20,11 @@ revision the reconciler has acted on; the control plane acknowledges it once rec
 the sending time of the last heartbeat acknowledged (or of the Hello the control plane
 answered) is when it last recorded this host alive (`SyncTarget.heard`): never later than the
 host's last heartbeat in the database, so the agent stops a self-fencing instance no later than
-the control plane presumes it stopped (`controlplane.liveness.self_fence_due`).
+the control plane presumes it stopped (`controlplane.liveness.self_fence_due`). While no
+instance here self-fences (`SyncTarget.self_fencing`) the heartbeats say `ack_deferred`: the
+control plane then acknowledges the last one recorded only just before it next sends
+assignments, so an instance given on_disconnect counts from a contact one heartbeat old, as
+it would with every heartbeat acknowledged, without an ack per heartbeat per host meanwhile.
 
 It also answers the control plane's LogRequests on the same stream (no extra port on hosts):
 the last lines of the instance's stdout then stderr, across rotated files (`agent.logread`),
@@ -92,6 +96,11 @@ class SyncTarget(Protocol):
     def acted_revision(self) -> int: ...
 
     def heard(self, at: float) -> None: ...
+
+    @property
+    def self_fencing(self) -> bool:
+        """True while a desired instance has on_disconnect.stop_after: heartbeats need acks."""
+        ...
 
     def apply_assignments(
         self, *, full: bool, revision: int, assignments: Sequence[Assignment]
@@ -331,7 +340,11 @@ class SyncClient:
                 # latest; an acknowledgement of an older one no longer matters.
                 del self._unacked[min(self._unacked)]
             queue.put_nowait(
-                convert.heartbeat_to_pb(self._target.acted_revision, sequence=self._sequence)
+                convert.heartbeat_to_pb(
+                    self._target.acted_revision,
+                    sequence=self._sequence,
+                    ack_deferred=not self._target.self_fencing,
+                )
             )
             await asyncio.sleep(self._settings.heartbeat_interval_s)
 

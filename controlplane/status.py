@@ -25,7 +25,6 @@ from controlplane.fleet_index import Delta, InstanceRecord
 from controlplane.records import INSTANCE_COLUMNS, instance_record
 from controlplane.sql import (
     WORKLOAD_CHANNEL,
-    Conn,
     Database,
     Versions,
     bump_versions,
@@ -87,22 +86,19 @@ def _serving(phase: str, ready: bool) -> bool:
     return phase == Phase.RUNNING and ready
 
 
-async def _record_readiness(
-    conn: Conn, batch: Sequence[Report], before: dict[str, asyncpg.Record]
-) -> None:
-    """Each instance that starts or stops serving (RUNNING and ready) goes into the history,
-    in one statement: what served at every moment can be rebuilt from the events in order, and
-    a drain's or rollout's budget checked after the fact, not on its controller's word."""
+def _readiness_events(
+    batch: Sequence[Report], before: dict[str, asyncpg.Record]
+) -> tuple[list[str], list[str], list[str]]:
+    """Each instance that starts or stops serving (RUNNING and ready) goes into the history, in
+    the batch's own UPDATE statement (objects, kinds, messages): what served at every moment
+    can be rebuilt from the events in order, and a drain's or rollout's budget checked after
+    the fact, not on its controller's word."""
     turned = [
         r
         for r in batch
         if _serving(r.phase, r.ready) != _serving((b := before[r.instance_id])["phase"], b["ready"])
     ]
-    if not turned:
-        return
-    await conn.execute(
-        """INSERT INTO event (object, kind, message)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[])""",
+    return (
         [f"instance/{r.instance_id}" for r in turned],
         ["InstanceReady" if _serving(r.phase, r.ready) else "InstanceNotReady" for r in turned],
         [f"{r.phase} on {r.host}" + (f" (pid {r.pid})" if r.pid else "") for r in turned],
@@ -192,9 +188,14 @@ class StatusStore:
                 for r in batch
             ]
             # RETURNING what the cache holds of each row (`records`); the report's columns
-            # are named apart (u.r_*) so that those names are the instance's.
+            # are named apart (u.r_*) so that those names are the instance's. The readiness
+            # events go in with it (a CTE), not as a statement of their own: one round trip
+            # less in every batch's transaction, which holds the instances' row locks.
             updated = await conn.fetch(
-                f"""UPDATE instance i SET phase = u.r_phase, pid = u.r_pid,
+                f"""WITH readiness AS (
+                       INSERT INTO event (object, kind, message)
+                       SELECT * FROM unnest($13::text[], $14::text[], $15::text[]))
+                   UPDATE instance i SET phase = u.r_phase, pid = u.r_pid,
                           restart_count = u.r_restarts, last_exit = u.r_last_exit,
                           reason = u.r_reason, message = u.r_message, ports = u.r_ports::jsonb,
                           ready = u.r_ready, started_at = u.r_started_at, observed_at = now(),
@@ -222,8 +223,8 @@ class StatusStore:
                 [r.started_at for r in batch],
                 [r.agent_stuck for r in batch],
                 now_converged,
+                *_readiness_events(batch, before),
             )
-            await _record_readiness(conn, batch, before)
             workloads: set[str] = set()
             cached: set[str] = set()  # workloads whose cached instances changed
             done: list[tuple[str, float]] = []

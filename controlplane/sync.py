@@ -7,7 +7,9 @@ so a lost notification only delays a change (`check_streams` reads the revisions
 streaming here, one query per slice of streams spread over the period, so a look that finds
 nothing new costs no query of its own and the streams never all wake at once). Status reports go
 to the batching `ReportWriter`; heartbeats to the batching `HeartbeatWriter` (with this stream's
-id: a heartbeat of a replaced or ended stream changes nothing); log chunks to
+id: a heartbeat of a replaced or ended stream changes nothing), which acknowledges it on the
+stream once recorded: at once when its agent runs a self-fencing instance, otherwise just
+before the stream next sends assignments (`_acknowledge`); log chunks to
 `controlplane.logrelay`. A second stream for the same host replaces the first.
 
 While the database is away a stream stays open: the agent keeps running its last desired
@@ -63,6 +65,9 @@ class _Session:
         self.replaced = asyncio.Event()
         # Messages other than assignments (log requests) waiting to go out on this stream.
         self.outbox: asyncio.Queue[agent_pb2.ControlMessage] = asyncio.Queue()
+        # The last heartbeat recorded whose agent deferred its ack (0: none unacknowledged):
+        # acknowledged just before the next assignments (`_acknowledge`).
+        self.deferred_ack = 0
 
     def send(self, msg: agent_pb2.ControlMessage) -> None:
         self.outbox.put_nowait(msg)
@@ -253,6 +258,9 @@ class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[m
                     else:
                         outage.over()
                         sent = message.assignments.revision
+                        if session.deferred_ack and message.assignments.assignments:
+                            yield _ack(session.deferred_ack)
+                            session.deferred_ack = 0
                         yield message
                 event = await self._next(session, reader, outgoing)
         finally:
@@ -379,12 +387,13 @@ class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[m
         async for msg in request_iterator:
             which = msg.WhichOneof("msg")
             if which == "heartbeat":
+                beat = msg.heartbeat
                 self._heartbeats.submit(
                     host,
                     stream_id=session.stream_id,
                     dropped=dropped,
-                    revision=msg.heartbeat.revision,
-                    written=_acknowledge(session, msg.heartbeat.sequence),
+                    revision=beat.revision,
+                    written=_acknowledge(session, beat.sequence, deferred=beat.ack_deferred),
                 )
             elif which == "report":
                 self._reports.submit(
@@ -396,14 +405,32 @@ class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[m
                 outage.log.warning("ignoring a second Hello on an open stream")
 
 
-def _acknowledge(session: _Session, sequence: int) -> Callable[[], None]:
+def _ack(sequence: int) -> agent_pb2.ControlMessage:
+    return agent_pb2.ControlMessage(heartbeat_ack=agent_pb2.HeartbeatAck(sequence=sequence))
+
+
+def _nothing() -> None:
+    return None
+
+
+def _acknowledge(session: _Session, sequence: int, *, deferred: bool) -> Callable[[], None]:
     """Tells the agent its heartbeat `sequence` is recorded: its on_disconnect clock starts
-    over from the heartbeat's sending."""
+    over from the heartbeat's sending. Only an agent running a self-fencing instance needs
+    that at once; one that deferred it (`ack_deferred`: an ack per heartbeat per host was
+    most of an idle fleet's cost) gets the last one recorded just before its next
+    assignments, which may give it such an instance. Sequence 0: not to be acknowledged."""
+    if not sequence:
+        return _nothing
+    if deferred:
+
+        def remembered() -> None:
+            session.deferred_ack = sequence
+
+        return remembered
 
     def written() -> None:
-        session.send(
-            agent_pb2.ControlMessage(heartbeat_ack=agent_pb2.HeartbeatAck(sequence=sequence))
-        )
+        session.deferred_ack = 0
+        session.send(_ack(sequence))
 
     return written
 

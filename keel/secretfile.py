@@ -8,7 +8,6 @@ credential; keelctl (`--token-file`) and the agent (`--join-token-file`) read th
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -18,6 +17,8 @@ class SecretFileError(Exception):
 
 def write_secret(path: Path, text: str) -> None:
     """Writes text to path, mode 0600 from the first byte (mkstemp), replacing it atomically."""
+    import tempfile  # here: keelctl only reads its token, and tempfile's import is 5-10 ms
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from keel.v1 import types_pb2 as keel_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13keel/v1/agent.proto\x12\x07keel.v1\x1a\x13keel/v1/types.proto\"+\n\x0bJoinRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\"\n\x0cJoinResponse\x12\x12\n\ncredential\x18\x01 \x01(\t\"\xbf\x01\n\x05Hello\x12\x0c\n\x04host\x18\x01 \x01(\t\x12*\n\x06labels\x18\x02 \x03(\x0b\x32\x1a.keel.v1.Hello.LabelsEntry\x12$\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x12.keel.v1.Resources\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x0cStatusReport\x12*\n\tinstances\x18\x01 \x03(\x0b\x32\x17.keel.v1.InstanceStatus\"/\n\tHeartbeat\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x10\n\x08sequence\x18\x02 \x01(\x03\" \n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x03\"\xb0\x01\n\x0c\x41gentMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.keel.v1.HelloH\x00\x12\'\n\x06report\x18\x02 \x01(\x0b\x32\x15.keel.v1.StatusReportH\x00\x12\'\n\theartbeat\x18\x03 \x01(\x0b\x32\x12.keel.v1.HeartbeatH\x00\x12&\n\tlog_chunk\x18\x04 \x01(\x0b\x32\x11.keel.v1.LogChunkH\x00\x42\x05\n\x03msg\"\xbd\x01\n\nAssignment\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08workload\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12&\n\x07\x64\x65sired\x18\x04 \x01(\x0e\x32\x15.keel.v1.DesiredState\x12#\n\x04spec\x18\x05 \x01(\x0b\x32\x15.keel.v1.WorkloadSpec\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12\x15\n\rtrace_context\x18\x07 \x01(\t\"W\n\x0b\x41ssignments\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12(\n\x0b\x61ssignments\x18\x03 \x03(\x0b\x32\x13.keel.v1.Assignment\"i\n\nLogRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x12\n\ntail_lines\x18\x03 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x0e\n\x06\x63\x61ncel\x18\x05 \x01(\x08\"\xa0\x01\n\x0e\x43ontrolMessage\x12+\n\x0b\x61ssignments\x18\x01 \x01(\x0b\x32\x14.keel.v1.AssignmentsH\x00\x12*\n\x0blog_request\x18\x02 \x01(\x0b\x32\x13.keel.v1.LogRequestH\x00\x12.\n\rheartbeat_ack\x18\x03 \x01(\x0b\x32\x15.keel.v1.HeartbeatAckH\x00\x42\x05\n\x03msg2\x7f\n\x0c\x41gentService\x12:\n\x04Sync\x12\x15.keel.v1.AgentMessage\x1a\x17.keel.v1.ControlMessage(\x01\x30\x01\x12\x33\n\x04Join\x12\x14.keel.v1.JoinRequest\x1a\x15.keel.v1.JoinResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13keel/v1/agent.proto\x12\x07keel.v1\x1a\x13keel/v1/types.proto\"+\n\x0bJoinRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\"\n\x0cJoinResponse\x12\x12\n\ncredential\x18\x01 \x01(\t\"\xbf\x01\n\x05Hello\x12\x0c\n\x04host\x18\x01 \x01(\t\x12*\n\x06labels\x18\x02 \x03(\x0b\x32\x1a.keel.v1.Hello.LabelsEntry\x12$\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x12.keel.v1.Resources\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x0cStatusReport\x12*\n\tinstances\x18\x01 \x03(\x0b\x32\x17.keel.v1.InstanceStatus\"E\n\tHeartbeat\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x14\n\x0c\x61\x63k_deferred\x18\x03 \x01(\x08\" \n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x03\"\xb0\x01\n\x0c\x41gentMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.keel.v1.HelloH\x00\x12\'\n\x06report\x18\x02 \x01(\x0b\x32\x15.keel.v1.StatusReportH\x00\x12\'\n\theartbeat\x18\x03 \x01(\x0b\x32\x12.keel.v1.HeartbeatH\x00\x12&\n\tlog_chunk\x18\x04 \x01(\x0b\x32\x11.keel.v1.LogChunkH\x00\x42\x05\n\x03msg\"\xbd\x01\n\nAssignment\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08workload\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12&\n\x07\x64\x65sired\x18\x04 \x01(\x0e\x32\x15.keel.v1.DesiredState\x12#\n\x04spec\x18\x05 \x01(\x0b\x32\x15.keel.v1.WorkloadSpec\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12\x15\n\rtrace_context\x18\x07 \x01(\t\"W\n\x0b\x41ssignments\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12(\n\x0b\x61ssignments\x18\x03 \x03(\x0b\x32\x13.keel.v1.Assignment\"i\n\nLogRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x12\n\ntail_lines\x18\x03 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x0e\n\x06\x63\x61ncel\x18\x05 \x01(\x08\"\xa0\x01\n\x0e\x43ontrolMessage\x12+\n\x0b\x61ssignments\x18\x01 \x01(\x0b\x32\x14.keel.v1.AssignmentsH\x00\x12*\n\x0blog_request\x18\x02 \x01(\x0b\x32\x13.keel.v1.LogRequestH\x00\x12.\n\rheartbeat_ack\x18\x03 \x01(\x0b\x32\x15.keel.v1.HeartbeatAckH\x00\x42\x05\n\x03msg2\x7f\n\x0c\x41gentService\x12:\n\x04Sync\x12\x15.keel.v1.AgentMessage\x1a\x17.keel.v1.ControlMessage(\x01\x30\x01\x12\x33\n\x04Join\x12\x14.keel.v1.JoinRequest\x1a\x15.keel.v1.JoinResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,19 +45,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREPORT']._serialized_start=328
   _globals['_STATUSREPORT']._serialized_end=386
   _globals['_HEARTBEAT']._serialized_start=388
-  _globals['_HEARTBEAT']._serialized_end=435
-  _globals['_HEARTBEATACK']._serialized_start=437
-  _globals['_HEARTBEATACK']._serialized_end=469
-  _globals['_AGENTMESSAGE']._serialized_start=472
-  _globals['_AGENTMESSAGE']._serialized_end=648
-  _globals['_ASSIGNMENT']._serialized_start=651
-  _globals['_ASSIGNMENT']._serialized_end=840
-  _globals['_ASSIGNMENTS']._serialized_start=842
-  _globals['_ASSIGNMENTS']._serialized_end=929
-  _globals['_LOGREQUEST']._serialized_start=931
-  _globals['_LOGREQUEST']._serialized_end=1036
-  _globals['_CONTROLMESSAGE']._serialized_start=1039
-  _globals['_CONTROLMESSAGE']._serialized_end=1199
-  _globals['_AGENTSERVICE']._serialized_start=1201
-  _globals['_AGENTSERVICE']._serialized_end=1328
+  _globals['_HEARTBEAT']._serialized_end=457
+  _globals['_HEARTBEATACK']._serialized_start=459
+  _globals['_HEARTBEATACK']._serialized_end=491
+  _globals['_AGENTMESSAGE']._serialized_start=494
+  _globals['_AGENTMESSAGE']._serialized_end=670
+  _globals['_ASSIGNMENT']._serialized_start=673
+  _globals['_ASSIGNMENT']._serialized_end=862
+  _globals['_ASSIGNMENTS']._serialized_start=864
+  _globals['_ASSIGNMENTS']._serialized_end=951
+  _globals['_LOGREQUEST']._serialized_start=953
+  _globals['_LOGREQUEST']._serialized_end=1058
+  _globals['_CONTROLMESSAGE']._serialized_start=1061
+  _globals['_CONTROLMESSAGE']._serialized_end=1221
+  _globals['_AGENTSERVICE']._serialized_start=1223
+  _globals['_AGENTSERVICE']._serialized_end=1350
 # @@protoc_insertion_point(module_scope)

@@ -49,12 +49,14 @@ class StatusReport(_message.Message):
     def __init__(self, instances: _Optional[_Iterable[_Union[_types_pb2.InstanceStatus, _Mapping]]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("revision", "sequence")
+    __slots__ = ("revision", "sequence", "ack_deferred")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ACK_DEFERRED_FIELD_NUMBER: _ClassVar[int]
     revision: int
     sequence: int
-    def __init__(self, revision: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+    ack_deferred: bool
+    def __init__(self, revision: _Optional[int] = ..., sequence: _Optional[int] = ..., ack_deferred: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatAck(_message.Message):
     __slots__ = ("sequence",)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from keel.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 SPEC = WorkloadSpec(command=("sleep", "1000"), ports=("http",))
 
 
-def full_set(revision: int, *ids: str) -> agent_pb2.ControlMessage:
+def full_set(revision: int, *ids: str, spec: WorkloadSpec = SPEC) -> agent_pb2.ControlMessage:
     return agent_pb2.ControlMessage(
         assignments=agent_pb2.Assignments(
             full=True,
@@ -38,7 +39,7 @@ def full_set(revision: int, *ids: str) -> agent_pb2.ControlMessage:
                     workload="web",
                     generation=1,
                     desired=types_pb2.DESIRED_RUNNING,
-                    spec=spec_to_pb(SPEC),
+                    spec=spec_to_pb(spec),
                     revision=revision,
                 )
                 for i in ids
@@ -165,6 +166,30 @@ async def test_agent_says_hello_runs_full_set_and_reports_running(
                 m.HasField("heartbeat") and m.heartbeat.revision == 5 for m in servicer.messages
             )
         )
+
+
+async def test_heartbeats_defer_their_ack_unless_an_instance_self_fences(
+    tmp_path: Path, servers: list[Any]
+) -> None:
+    """Only an agent running an instance with on_disconnect.stop_after needs each heartbeat
+    acknowledged at once (its contact clock); the others say `ack_deferred`."""
+    guarded = replace(SPEC, stop_after_disconnect_ms=30_000)
+    for name, spec, deferred in (("plain", SPEC, True), ("guarded", guarded, False)):
+        servicer = Servicer(full_set(5, "web-1", spec=spec))
+        server, address = await serve(servicer)
+        servers.append(server)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "credential").write_text("test-credential\n")  # as after a join
+        async with Agent(tmp_path / name, (address,)):
+            await eventually(
+                lambda: any(
+                    m.HasField("heartbeat") and m.heartbeat.revision == 5
+                    for m in servicer.messages  # noqa: B023 - awaited within the iteration
+                )
+            )
+            beats = [m.heartbeat for m in servicer.messages if m.HasField("heartbeat")]
+            assert beats[-1].sequence > 0
+            assert beats[-1].ack_deferred is deferred, name
 
 
 async def test_reconnects_round_robin_keeping_workloads_and_revision(

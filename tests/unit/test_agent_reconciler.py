@@ -17,7 +17,7 @@ from agent.reconciler import Reconciler
 from agent.runtime.base import ExitInfo
 from agent.runtime.fake import FakeDriver
 from agent.settings import Settings
-from agent.state import Assignment, StateStore
+from agent.state import Assignment, LocalState, StateStore
 from agent.status import InstanceReport
 from agent.stuck import CRASH_LOOP, HEALTH_CHECK_FAILING, START_FAILED
 from keel.model import Desired, HealthCheck, Phase, WorkloadSpec
@@ -398,7 +398,7 @@ async def test_a_cut_off_host_stops_a_self_fencing_instance_and_remembers_contac
 ) -> None:
     """With on_disconnect.stop_after, the instance stops once the control plane has not recorded
     the host for that long, starts again once it is heard, and the contact time survives a
-    restart of the agent (state.json)."""
+    restart of the agent (the contact file's mtime, so state.json is not rewritten for it)."""
     clock, sink = Clock(), Sink()
     rec, driver = await make(tmp_path, clock, sink)
     guarded = replace(assignment(), spec=replace(SPEC, stop_after_disconnect_ms=30_000))
@@ -410,10 +410,43 @@ async def test_a_cut_off_host_stops_a_self_fencing_instance_and_remembers_contac
     assert "web-1" in driver.running()
     clock.now += 1
     await until(rec, lambda: "web-1" not in driver.running())
-    await until(rec, lambda: json.loads((tmp_path / "state.json").read_text())["contact_at"])
+    assert (tmp_path / "contact").stat().st_mtime == clock.now - 30
     again, _ = await make(tmp_path, clock, Sink())
     assert again.cut_off_s(clock.now) == 30
     await again.close()
     rec.heard(clock.now)
+    assert (tmp_path / "contact").stat().st_mtime == clock.now
     await until(rec, lambda: "web-1" in driver.running())
     await rec.close()
+
+
+async def test_contact_alone_does_not_rewrite_state_json(tmp_path: Path) -> None:
+    """Heartbeats acknowledged while the assignments stay put write the contact file only."""
+    clock = Clock()
+    rec, driver = await make(tmp_path, clock, Sink())
+    rec.apply_assignments(full=True, revision=1, assignments=[assignment()])
+    await until(rec, lambda: "web-1" in driver.running())
+    await rec.reconcile_once()
+    before = (tmp_path / "state.json").stat().st_mtime_ns
+    for _ in range(3):
+        clock.now += 5
+        rec.heard(clock.now)
+        await rec.reconcile_once()
+    assert (tmp_path / "state.json").stat().st_mtime_ns == before
+    assert (tmp_path / "contact").stat().st_mtime == clock.now
+    assert rec.cut_off_s(clock.now) == 0
+    await rec.close()
+
+
+async def test_an_older_agents_contact_time_in_state_json_is_still_read(tmp_path: Path) -> None:
+    """state.json written by an agent that kept the contact time there: it still counts."""
+    clock = Clock()
+    legacy = {**LocalState().to_json(), "contact_at": clock.now - 12}
+    (tmp_path / "state.json").write_text(json.dumps(legacy))
+    again, _ = await make(tmp_path, clock, Sink())
+    assert again.cut_off_s(clock.now) == 12
+    again.heard(clock.now - 2)
+    await again.close()
+    third, _ = await make(tmp_path, clock, Sink())
+    assert third.cut_off_s(clock.now) == 2  # the contact file wins once it has a time
+    await third.close()

@@ -709,7 +709,7 @@ def test_each_invocation_sends_its_own_request_id_or_the_one_given(
     assert run(addr, "apply", "-f", str(path), "--request-id", "release-42") == 0
     fresh_1, fresh_2, named_1, named_2 = servicer.request_ids[before:]
     assert fresh_1 != fresh_2
-    assert str(uuid.UUID(fresh_1)) == fresh_1
+    assert str(uuid.UUID(fresh_1)) == fresh_1 and uuid.UUID(fresh_1).version == 4
     assert named_1 == named_2 == "release-42"
 
 
