@@ -53,6 +53,7 @@ class CanaryApi:
             reply=fleet_pb2.RolloutStatus,
             write=lambda once: self._store.promote(name, actor=actor, reason=reason, once=once),
             respond=respond,
+            method="PromoteRollout",
         )
         log.info("rollout promoted", workload=name, revision=reply.revision, actor=actor)
         return reply
@@ -81,6 +82,7 @@ class CanaryApi:
             reply=fleet_pb2.RolloutStatus,
             write=lambda once: self._store.abort(name, actor=actor, reason=reason, once=once),
             respond=respond,
+            method="AbortRollout",
         )
         log.info("rollout aborted", workload=name, revision=reply.revision, actor=actor)
         return reply

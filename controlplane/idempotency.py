@@ -158,10 +158,13 @@ class Requests:
         reply: type[R],
         write: Callable[[Once[T]], Awaitable[T]],
         respond: Callable[[Conn, T], Awaitable[R]],
+        method: str = "",
     ) -> R:
         """The answer of `write` (built by `respond` in its transaction), or, when this
-        request id was recorded by an attempt that committed, that attempt's answer."""
-        method = type(request).DESCRIPTOR.name.removesuffix("Request")
+        request id was recorded by an attempt that committed, that attempt's answer.
+        `method` names the call where its request message is shared by several (a pause's id
+        must not answer a resume); by default the request message's name."""
+        method = method or type(request).DESCRIPTOR.name.removesuffix("Request")
         once: Once[T] = Once(
             method,
             request_id_of(context.invocation_metadata()),

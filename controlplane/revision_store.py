@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from controlplane import freeze
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.idempotency import Once, once_in
 from controlplane.sql import (
@@ -189,6 +190,17 @@ class RevisionStore(WorkloadStore):
             raise FailedPrecondition(
                 f'workload "{name}" has no canary awaiting promotion (revision {number}); '
                 f"see `keelctl rollout status {name}`"
+            )
+        # A promotion rolls the new spec to every instance: a deploy, held by a freeze (the
+        # canaries keep running; auto_promote waits for the freeze to lift).
+        freezes = await freeze.holding(conn)
+        if freezes:
+            raise FailedPrecondition(
+                f'workload "{name}": deploys are frozen '
+                f"({'; '.join(f.describe() for f in freezes)}); promoting revision {number} "
+                f"would roll it to every instance, so it waits: its canaries keep running. "
+                f"`keelctl rollout abort {name}` removes them, or lift the freeze (`keelctl "
+                f"freeze --status`)"
             )
         row = await conn.fetchrow(
             """UPDATE workload SET canary_pending = false, updated_at = now(),

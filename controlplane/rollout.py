@@ -256,8 +256,10 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     budget = service_budget(w, s.remaining, s.ready)
     old_may_go, wanted = _canary_split(s, target)
     if w.paused:
-        # Held where it is: nothing goes for being old, and waiting canaries stay.
-        old_may_go, wanted = 0, target + (w.canary if target else 0)
+        # Held where it is: nothing goes for being old, waiting canaries already running stay,
+        # and none starts (a scale-up still does).
+        running = sum(1 for i in s.remaining if s.counted(i))
+        old_may_go, wanted = 0, max(target, min(target + (w.canary if target else 0), running))
 
     # 1. Old instances that are not available cost nothing to remove (none while paused).
     remover = _Remover(s, [i for i in s.remaining if s.replaceable(i) and not s.available(i)])

@@ -153,7 +153,8 @@ def judge(f: Facts, track: Track | None) -> Judgement:
     if stuck:
         return Judgement(_stuck(f, stuck), t)
     if awaiting:
-        return _canary(f, t)
+        # A pause holds everything: no canary is promoted while it lasts.
+        return Judgement(None, t) if f.paused else _canary(f, t)
     if f.paused:
         return Judgement(None, t)
     due = t.progress_at + timedelta(milliseconds=f.policy.progress_deadline_ms)
@@ -231,6 +232,12 @@ def _canary(f: Facts, t: Track) -> Judgement:
 
 def _rolls_back(f: Facts) -> bool:
     return f.policy.auto_rollback and not f.keel_rollback
+
+
+def is_keel_rollback(actor: str, same_as: int | None) -> bool:
+    """Whether a revision is Keel's own rollback of a failed one (`auto_rollback`): while it is
+    current, the rollout the operator started counts as ROLLED_BACK (gauge and status)."""
+    return actor == ACTOR and same_as is not None
 
 
 def rollout_state(state: str, *, paused: bool, keel_rollback: bool) -> str | None:

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.idempotency import Once, once_in
+from controlplane.rollout_judge import ACTOR
 from controlplane.sql import WORKLOAD_CHANNEL, Conn, Database, record_event, workload_payload
 from controlplane.workload_store import WorkloadRow, workload_row
+
+# Who holds a failed rollout (`rollout_judge.ACTOR`: the rollout controller's pause).
+HOLDER = ACTOR
 
 
 async def set_paused(
@@ -43,7 +47,10 @@ async def _set_paused(
     current = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", name)
     if current is None:
         raise NotFound(f'workload "{name}" not found')
-    if current["paused"] == paused:
+    # An operator's pause over the rollout controller's hold of a failed rollout takes it over:
+    # the next revision lifts Keel's hold, never an operator's pause.
+    takes_over = paused and current["paused"] and current["paused_by"] == HOLDER != actor
+    if current["paused"] == paused and not takes_over:
         return workload_row(current)  # already so: nothing to change, nothing to record
     if current["deleting"] and paused:
         raise FailedPrecondition(
@@ -63,7 +70,9 @@ async def _set_paused(
     )
     assert row is not None  # locked above
     revision = row["generation"]
-    if paused:
+    if takes_over:
+        kind, what = "RolloutPaused", f"revision {revision}: Keel's hold taken over as a pause"
+    elif paused:
         kind, what = "RolloutPaused", f"revision {revision}: rollout paused, it holds where it is"
     else:
         kind, what = "RolloutResumed", f"revision {revision}: rollout resumed"

@@ -23,6 +23,7 @@ from typing import Any
 from controlplane.errors import NotFound
 from controlplane.listing import Tally, tallies_on
 from controlplane.revision_store import RevisionRow, revision_row
+from controlplane.rollout_judge import is_keel_rollback
 from controlplane.sql import Conn
 from controlplane.workload_store import WorkloadRow, workload_row
 from keel.model import Desired, Kind, converged
@@ -60,9 +61,13 @@ def rollout_status(
     tallies: Sequence[Tally],
     *,
     daemon_hosts: int,
+    rolled_back: RevisionRow | None = None,
 ) -> RolloutStatus:
     """The rollout of `row`'s current revision; `daemon_hosts` is the number of hosts a
-    daemon should run on (unused for a service)."""
+    daemon should run on (unused for a service). `rolled_back`: when the current revision is
+    Keel's own rollback (`rollout_judge.is_keel_rollback`), the failed revision it rolled back,
+    whose record the status shows: the rollout the operator started was ROLLED_BACK, as the
+    keel_rollouts gauge counts it (`rollout_judge.rollout_state`)."""
     w = row.workload
     name = w.name
     live = [t for t in tallies if t.desired is not Desired.REMOVED]
@@ -74,6 +79,9 @@ def rollout_status(
     canaries = updated if row.canary_pending else 0
     done = updated == desired and ready == desired and old == 0 and not row.canary_pending
     stored = revision.state if revision is not None else "PROGRESSING"
+    failure = revision.failure if revision is not None else None
+    if rolled_back is not None and stored not in ENDED:
+        stored, failure = "ROLLED_BACK", rolled_back.failure
     if stored in ENDED:
         state = stored
     elif done:
@@ -84,8 +92,14 @@ def rollout_status(
         state = stored
     number = row.generation
     counts = f"{updated} of {desired} updated, {ready} ready"
-    if state in ENDED:
-        failure = revision.failure if revision is not None else None
+    if rolled_back is not None and state == "ROLLED_BACK":
+        why = str((failure or {}).get("message") or "")
+        message = (
+            f"revision {rolled_back.number} failed and Keel rolled back to the spec of revision "
+            f"{revision.same_as if revision is not None else '?'} (now revision {number}: "
+            f"{counts})" + (f": {why}" if why else "")
+        )
+    elif state in ENDED:
         why = str((failure or {}).get("message") or "")
         message = f"revision {number} {state.lower().replace('_', ' ')}" + (
             f": {why}" if why else ""
@@ -120,7 +134,7 @@ def rollout_status(
         paused_at=row.paused_at,
         message=message,
         since=revision.created_at if revision is not None else row.updated_at,
-        failure=revision.failure if revision is not None else None,
+        failure=failure,
     )
 
 
@@ -157,6 +171,16 @@ async def read_status(conn: Conn, name: str) -> RolloutStatus:
         name,
         row.generation,
     )
+    rolled_back = None
+    if revision is not None and is_keel_rollback(revision["actor"], revision["same_as"]):
+        failed = await conn.fetchrow(
+            """SELECT * FROM workload_revision
+               WHERE workload = $1 AND revision < $2 AND state = 'ROLLED_BACK'
+               ORDER BY revision DESC LIMIT 1""",
+            name,
+            row.generation,
+        )
+        rolled_back = revision_row(failed) if failed is not None else None
     tallies = await tallies_on(conn, [row])
     hosts = 0
     if row.workload.kind is Kind.DAEMON:
@@ -166,4 +190,5 @@ async def read_status(conn: Conn, name: str) -> RolloutStatus:
         revision_row(revision) if revision is not None else None,
         tallies[name],
         daemon_hosts=hosts,
+        rolled_back=rolled_back,
     )

@@ -42,6 +42,7 @@ from controlplane.rollout_judge import (
     Promote,
     State,
     Track,
+    is_keel_rollback,
     judge,
     rollout_state,
 )
@@ -104,7 +105,7 @@ class RolloutController:
         revision = await self._store.revision_now(name, row.generation)
         if revision is None:
             return IDLE  # deleted meanwhile, or a revision not yet visible: the next change
-        keel_rollback = revision.actor == ACTOR and revision.same_as is not None
+        keel_rollback = is_keel_rollback(revision.actor, revision.same_as)
         if (
             row.paused
             and row.paused_by == ACTOR

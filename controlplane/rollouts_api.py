@@ -110,6 +110,7 @@ class RolloutsApi:
                 self._store.pool, name, paused=paused, actor=actor, reason=reason, once=once
             ),
             respond=respond,
+            method="PauseRollout" if paused else "ResumeRollout",
         )
         log.info("rollout paused" if paused else "rollout resumed", workload=name, actor=actor,
                  reason=reason, revision=reply.revision)  # fmt: skip

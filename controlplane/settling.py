@@ -12,6 +12,11 @@ the current revision that became ready less than `min_ready` ago is `settling`, 
 disruption budget (`controlplane.disruption.is_available`) counts as not available. So old
 instances go at most `max_unavailable` ahead of replacements that have stayed up.
 
+Once one instance of the revision has stayed ready for `min_ready`, the revision has shown it
+does not crash at start, and nothing settles any more: the rollout pays one `min_ready` wait,
+not one per wave, so a large rollout's instances still converge within the convergence SLO's
+threshold (`docs/slos.md`). A rollback's instances that already ran count as that proof.
+
 Pure: the workload controller (`controlplane.workload`) passes the clock and requeues the
 workload when the first settling instance will have settled. Only rollouts are concerned: with
 no old instance left, or for a drain's moves and fencing (their own views), nothing changes.
@@ -43,6 +48,17 @@ def settled_views(
     """The workload's instance views for a rollout pass, and the seconds until the first
     settling one settles (None: none settles). `now` is database time, the clock
     `converged_at` is stamped with."""
+    proven = [
+        r
+        for r in records
+        if r.view.ready
+        and r.view.live
+        and workload.is_current(r.view.generation)
+        and r.converged_at is not None
+        and (now - r.converged_at).total_seconds() >= min_ready_ms / 1000
+    ]
+    if proven:
+        return [r.view for r in records], None
     out: list[InstanceView] = []
     soonest: float | None = None
     for r in records:

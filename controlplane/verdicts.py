@@ -21,6 +21,7 @@ from typing import Protocol
 
 from controlplane.reconcile import ReconcileFailure
 from controlplane.rollout import WorkloadPlan
+from controlplane.rollout_judge import ACTOR as HOLDER
 from controlplane.store import WorkloadRow
 from controlplane.view import WorkloadView
 from keel.model import Desired, HostState, Kind, Phase
@@ -323,6 +324,16 @@ def _paused_verdict(row: WorkloadRow, old: int, *, now: datetime, after_s: float
     since = row.paused_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if row.paused_at else "?"
     held = f"{old} old instance(s) held" if old else "nothing to roll out now"
     setting = format_duration(round(after_s * 1000))
+    name = row.workload.name
+    if row.paused_by == HOLDER:
+        return Verdict(
+            Reason.ROLLOUT_PAUSED,
+            f"rollout of generation {row.generation} held by Keel since {since} after it failed "
+            f"(longer than --rollout-paused-after {setting}): {held}; `keelctl rollout status "
+            f"{name}` says why; `keelctl rollout undo {name}` returns to the last good revision, "
+            f"and applying a fixed spec lifts the hold (`keelctl rollout resume` would roll the "
+            f"failed revision on)",
+        )
     return Verdict(
         Reason.ROLLOUT_PAUSED,
         f"rollout of generation {row.generation} paused by {row.paused_by or 'unknown'} since "

@@ -249,7 +249,8 @@ class WorkloadStore:
                 return workload_row(old), "unchanged"
             desired_changed = spec_changed or any(old[k] != new_values[k] for k in _DESIRED_FIELDS)
             generations = list(old["spec_generations"])
-            canary = old["canary_pending"]
+            # A policy that no longer has canaries lets waiting ones go on as replicas.
+            canary = old["canary_pending"] and w.rollout.canary > 0
             if spec_changed:
                 same = await conn.fetch(
                     """SELECT revision FROM workload_revision
@@ -302,6 +303,15 @@ class WorkloadStore:
             )
             if spec_changed and row is not None:
                 await _record_revision(conn, row, actor=actor, reason=reason, same_as=same_as)
+            elif old["canary_pending"] and not canary:
+                await conn.execute(
+                    """UPDATE workload_revision SET state = 'PROGRESSING', state_since = now(),
+                              promoted_at = now(), promoted_by = $3
+                       WHERE workload = $1 AND revision = $2 AND state = 'AWAITING_PROMOTION'""",
+                    w.name,
+                    old["generation"],
+                    actor,
+                )
             result = "configured"
         assert row is not None
         message = f"{result}, generation {row['generation']}, replicas {w.replicas}"

@@ -124,3 +124,38 @@ async def test_promote_lets_a_waiting_canary_continue_once(store: Store) -> None
     assert (newest.state, newest.promoted_by) == ("PROGRESSING", "dave")
     with pytest.raises(FailedPrecondition):
         await store.promote("web", actor="dave")
+
+
+async def test_a_policy_without_canaries_lets_waiting_ones_go_on(store: Store) -> None:
+    await store.apply_workload(_workload("1", canary=1))
+    await store.pool.execute(
+        """INSERT INTO host (name, cpu_millis, memory_mib) VALUES ('h', 1000, 1000);
+           INSERT INTO instance (id, workload, generation, host, spec, cpu_millis, memory_mib,
+                                 desired, revision)
+           SELECT 'web-1-000001', 'web', 1, 'h', spec, 10, 16, 'RUNNING', 1 FROM workload"""
+    )
+    await store.apply_workload(_workload("2", canary=1))
+    row, result = await store.apply_workload(_workload("2", canary=0), actor="erin")
+    assert result == "configured" and not row.canary_pending
+    newest = (await store.revisions("web"))[0]
+    assert (newest.number, newest.state, newest.promoted_by) == (2, "PROGRESSING", "erin")
+
+
+async def test_a_freeze_holds_a_promotion_and_the_canaries_keep_running(store: Store) -> None:
+    await store.apply_workload(_workload("1", canary=1))
+    await store.pool.execute(
+        """INSERT INTO host (name, cpu_millis, memory_mib) VALUES ('h', 1000, 1000);
+           INSERT INTO instance (id, workload, generation, host, spec, cpu_millis, memory_mib,
+                                 desired, revision)
+           SELECT 'web-1-000001', 'web', 1, 'h', spec, 10, 16, 'RUNNING', 1 FROM workload"""
+    )
+    await store.apply_workload(_workload("2", canary=1))
+    await store.pool.execute(
+        "INSERT INTO deploy_freeze (source, reason, actor) VALUES ('operator', 'INC-9', 'ops')"
+    )
+    with pytest.raises(FailedPrecondition, match="deploys are frozen") as refused:
+        await store.promote("web", actor="dave")
+    assert "INC-9" in str(refused.value) and "rollout abort web" in str(refused.value)
+    assert (await store.get_workload("web")).canary_pending
+    await store.pool.execute("DELETE FROM deploy_freeze")
+    assert not (await store.promote("web", actor="dave")).canary_pending

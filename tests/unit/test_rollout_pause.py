@@ -384,3 +384,13 @@ def test_tombstones_stay_out_of_a_paused_plan() -> None:
     instances = [*OLD3, inst("z", "host-1", gen=1, desired=GONE, phase=Phase.STOPPING)]
     plan = plan_for(paused(web(generation=2)), instances, H3)
     assert plan.empty
+
+
+def test_a_paused_rollout_starts_no_canary_but_keeps_one_already_running() -> None:
+    """A canary revision applied while paused starts nothing; a canary that ran before the
+    pause stays beside the old instances."""
+    paused_canary = dataclasses.replace(web(generation=2), paused=True, canary=1)
+    assert not plan_for(paused_canary, OLD3, H3).create
+    with_canary = [*OLD3, inst("n1", "host-1", gen=2)]
+    plan = plan_for(paused_canary, with_canary, H3)
+    assert not plan.create and not plan.remove

@@ -107,3 +107,17 @@ def test_a_daemon_wants_its_hosts() -> None:
     s = rollout_status(daemon, REV, [t(3, 2)], daemon_hosts=4)
     assert (s.desired, s.state) == (4, "PROGRESSING")
     assert "2 more updated instances to start" in s.message
+
+
+def test_keels_own_rollback_reports_the_rollout_rolled_back_with_its_record() -> None:
+    """Revision 3 is Keel's rollback of a failed revision 2: the status (as the gauge) says
+    ROLLED_BACK, with revision 2's record, even once revision 3 is complete."""
+    failure = {"reason": "CRASH_LOOP", "message": "web-2-000001 crash loop: boom"}
+    failed = replace(REV, number=2, same_as=None, state="ROLLED_BACK", failure=failure)
+    mine = replace(REV, actor="keel/rollout")
+    status = rollout_status(ROW, mine, [t(1, 3)], daemon_hosts=0, rolled_back=failed)
+    assert status.state == "ROLLED_BACK"
+    assert status.failure == failure
+    assert "revision 2 failed" in status.message and "boom" in status.message
+    # An operator's undo is no automatic rollback: complete once it converges.
+    assert rollout_status(ROW, REV, [t(1, 3)], daemon_hosts=0).state == "COMPLETE"

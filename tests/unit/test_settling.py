@@ -43,13 +43,25 @@ def test_a_new_instance_ready_for_less_than_min_ready_is_settling() -> None:
     records = [
         *(record(o, ready_for_s=3600) for o in OLD3),
         record(inst("n1", "host-1", gen=2), ready_for_s=0.25),  # just started
-        record(inst("n2", "host-2", gen=2), ready_for_s=5),  # stayed up
+        record(inst("n2", "host-2", gen=2), ready_for_s=0.5),
         record(inst("n3", "host-3", gen=2, ready=False), ready_for_s=None),
     ]
     views, settle_in = settled_views(V2, records, min_ready_ms=1000, now=NOW)
     settling = {v.id for v in views if v.settling}
-    assert settling == {"n1"}
-    assert settle_in is not None and abs(settle_in - 0.75) < 1e-6
+    assert settling == {"n1", "n2"}
+    assert settle_in is not None and abs(settle_in - 0.5) < 1e-6
+
+
+def test_once_one_instance_of_the_revision_stayed_up_nothing_settles() -> None:
+    """The revision has shown it does not crash at start: one min_ready wait per rollout, not
+    one per wave (a large rollout stays within the convergence SLO)."""
+    records = [
+        *(record(o, ready_for_s=3600) for o in OLD3),
+        record(inst("n1", "host-1", gen=2), ready_for_s=0.25),
+        record(inst("n2", "host-2", gen=2), ready_for_s=5),  # stayed up
+    ]
+    views, settle_in = settled_views(V2, records, min_ready_ms=1000, now=NOW)
+    assert not any(v.settling for v in views) and settle_in is None
 
 
 def test_a_clock_behind_the_database_never_waits_longer_than_min_ready() -> None:
