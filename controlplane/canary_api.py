@@ -17,11 +17,10 @@ from controlplane import convert
 from controlplane.actor import actor_of
 from controlplane.canary_store import Aborted
 from controlplane.idempotency import Requests
-from controlplane.listing import tallies_on
+from controlplane.rollout_convert import status_pb
+from controlplane.rollout_status import read_status
 from controlplane.sql import Conn
 from controlplane.store import Store, WorkloadRow
-from keel.convert import ts
-from keel.model import Desired, converged
 from keel.v1 import fleet_pb2
 
 log = structlog.get_logger("keel.canary")
@@ -89,34 +88,8 @@ class CanaryApi:
 
 
 async def rollout_status(conn: Conn, row: WorkloadRow, *, message: str) -> fleet_pb2.RolloutStatus:
-    """The workload's rollout as `conn`'s transaction sees it: its instances counted by
-    whether they run the current spec (`WorkloadRow.is_current`) and are ready."""
-    name = row.workload.name
-    live = [t for t in (await tallies_on(conn, [row]))[name] if t.desired is not Desired.REMOVED]
-    updated = [t for t in live if row.is_current(t.generation)]
-    since = await conn.fetchval(
-        "SELECT created_at FROM workload_revision WHERE workload = $1 AND revision = $2",
-        name,
-        row.generation,
-    )
-    if row.canary_pending:
-        state = "AWAITING_PROMOTION"
-    elif row.paused:
-        state = "PAUSED"
-    else:
-        state = "PROGRESSING"
-    return fleet_pb2.RolloutStatus(
-        workload=name,
-        revision=row.generation,
-        state=state,
-        desired=row.workload.replicas,
-        updated=sum(t.count for t in updated),
-        ready=sum(t.count for t in updated if converged(Desired.RUNNING, t.phase, t.ready)),
-        old_remaining=sum(t.count for t in live) - sum(t.count for t in updated),
-        canaries=sum(t.count for t in updated) if row.canary_pending else 0,
-        paused=row.paused,
-        paused_by=row.paused_by,
-        paused_at=ts(row.paused_at),
-        message=message,
-        since=ts(since),
-    )
+    """The workload's rollout as `conn`'s transaction sees it (`rollout_status.read_status`,
+    GetRolloutStatus's own reading), with what was just done as its message."""
+    status = status_pb(await read_status(conn, row.workload.name))
+    status.message = message
+    return status
