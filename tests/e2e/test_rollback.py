@@ -93,13 +93,18 @@ def _ready(sample: list[InstanceView]) -> int:
     return sum(1 for i in sample if i.desired == "RUNNING" and i.serving)
 
 
+@pytest.mark.parametrize("health", [True, False], ids=["health-check", "no-health-check"])
 def test_a_crashing_revision_is_rolled_back_keeping_the_good_instances(
-    fleet: Fleet, sampled: TimedSampler
+    fleet: Fleet, sampled: TimedSampler, health: bool
 ) -> None:
     """Revision 2 crash-loops: Keel returns to revision 1's spec; the revision-1 instances still
     running keep their pids in every listing; at least 2 of 3 ready in every listing; the
-    record and the event name CRASH_LOOP with the stderr line."""
-    fleet.apply_ok(fleet.manifest("web", replicas=3, max_unavailable=1, max_surge=1))
+    record and the event name CRASH_LOOP with the stderr line. With a health check (a tcp
+    check on its port that never passes) or without one: then the agent counts each first
+    start ready at once, and only settling (a new instance lets an old one go once it has
+    stayed ready for min_ready) keeps the rollout from running through the fleet in the
+    moment before the first exit is reported."""
+    fleet.apply_ok(fleet.manifest("web", replicas=3, max_unavailable=1, max_surge=1, health=health))
     good = {i.id: i.pid for i in fleet.wait_running("web", 3, generation=1)}
     exits = fleet.root / "crash-exits"
     crashing = fleet.manifest(
@@ -107,9 +112,7 @@ def test_a_crashing_revision_is_rolled_back_keeping_the_good_instances(
         replicas=3,
         max_unavailable=1,
         max_surge=1,
-        # Its health check (tcp on its port) never passes: without one, a process counts as
-        # ready on its first start, and the budget would let the rollout run through the
-        # fleet in the milliseconds before its first exit is reported.
+        health=health,
         command=[sys.executable, "-c", CRASH, str(exits)],
         rollout={"auto_rollback": True},
     )
