@@ -82,8 +82,10 @@ class JsonView:
         return None
 
 
-class BarView:
-    """A rich progress bar: moved of total, the counts, the ETA, and the current blocker."""
+class RichBar:
+    """A rich progress bar of one task (a description, done of total, a detail column) and a
+    note printed beneath it when the note changes: the bar of `op watch` / `drain --wait`
+    (`BarView` here) and of `rollout status --wait` (`keel.ctl.rollout_progress`)."""
 
     def __init__(self, console: Any = None) -> None:
         from rich.console import Console
@@ -99,38 +101,45 @@ class BarView:
             transient=False,
         )
         self._task: Any = None
-        self._blocker = ""
+        self._note = ""
 
-    def __enter__(self) -> BarView:
+    def __enter__(self) -> Any:
         self._progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
-    def update(self, op: fleet_pb2.Operation, *, now: datetime | None) -> None:
-        p = op.progress
-        total = max(1, p.moved + p.remaining)
-        detail = f"{p.in_flight} under way, {p.blocked} blocked, eta {seconds_text(p.eta_s)}"
+    def show(self, description: str, *, total: int, done: int, detail: str) -> None:
         if self._task is None:
             self._task = self._progress.add_task(
-                f"{op.id} {op.state}", total=total, completed=p.moved, detail=detail
+                description, total=total, completed=done, detail=detail
             )
         else:
             self._progress.update(
-                self._task,
-                description=f"{op.id} {op.state}",
-                total=total,
-                completed=p.moved,
-                detail=detail,
+                self._task, description=description, total=total, completed=done, detail=detail
             )
+
+    def note(self, text: str, *, style: str) -> None:
+        if text and text != self._note:
+            self._progress.console.print(text, style=style, markup=False)
+        self._note = text
+
+
+class BarView(RichBar):
+    """A rich progress bar: moved of total, the counts, the ETA, and the current blocker."""
+
+    def update(self, op: fleet_pb2.Operation, *, now: datetime | None) -> None:
+        p = op.progress
+        detail = f"{p.in_flight} under way, {p.blocked} blocked, eta {seconds_text(p.eta_s)}"
+        self.show(
+            f"{op.id} {op.state}", total=max(1, p.moved + p.remaining), done=p.moved, detail=detail
+        )
         blocker = ""
         if p.blockers:
             b = p.blockers[0]
             blocker = f"blocked: {b.instance} {b.reason}: {b.message} (next: {b.next_command})"
-        if blocker and blocker != self._blocker:
-            self._progress.console.print(blocker, style="yellow", markup=False)
-        self._blocker = blocker
+        self.note(blocker, style="yellow")
 
     def finish(self, op: fleet_pb2.Operation) -> None:
         style = "green" if op.state == "SUCCEEDED" else "red"

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json as jsonlib
 import sys
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from google.protobuf.json_format import MessageToDict
 
+from keel.ctl.progress import RichBar
 from keel.ctl.rollout_output import counts, failure_text, progress_line
 from keel.v1 import fleet_pb2
 
@@ -103,46 +104,13 @@ class JsonView:
         return None
 
 
-class BarView:
+class BarView(RichBar):
     """A rich progress bar: ready of desired, the counts, and the message when it changes."""
 
-    def __init__(self, console: Any = None) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self._console = console if console is not None else Console()
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"),
-            console=self._console,
-            transient=False,
-        )
-        self._task: Any = None
-        self._message = ""
-
-    def __enter__(self) -> BarView:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
     def update(self, s: fleet_pb2.RolloutStatus) -> None:
-        description = f"{s.workload} r{s.revision} {s.state}"
         total, done = max(1, s.desired), min(s.ready, s.desired)
-        if self._task is None:
-            self._task = self._progress.add_task(
-                description, total=total, completed=done, detail=counts(s)
-            )
-        else:
-            self._progress.update(
-                self._task, description=description, total=total, completed=done, detail=counts(s)
-            )
-        if s.message and s.message != self._message:
-            self._progress.console.print(s.message, style="dim", markup=False)
-        self._message = s.message
+        self.show(f"{s.workload} r{s.revision} {s.state}", total=total, done=done, detail=counts(s))
+        self.note(s.message, style="dim")
 
     def say(self, text: str) -> None:
         self._progress.console.print(text, style="yellow", markup=False)
