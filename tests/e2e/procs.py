@@ -13,8 +13,9 @@ import os
 import shlex
 import signal
 import subprocess
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,15 +87,7 @@ class Proc:
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the group, SIGKILL it after grace; reaps the child."""
-        if self.popen is None:
-            return
-        if self.running():
-            self.signal_group(signal.SIGTERM)
-            if not self.wait(grace):
-                self.signal_group(signal.SIGKILL)
-                self.wait(10)
-        # The leader may be gone while others in its group live on.
-        self.signal_group(signal.SIGKILL)
+        stop_all([self], grace=grace)
 
     def tail(self, lines: int = 60) -> str:
         try:
@@ -102,6 +95,35 @@ class Proc:
         except FileNotFoundError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_all(procs: Iterable[Proc], *, grace: float = 5.0) -> None:
+    """Proc.stop for several at once: every group gets SIGTERM together, so they shut down side
+    by side instead of one after another; a group still running after grace gets SIGKILL."""
+    running = [p for p in procs if p.popen is not None]
+    for proc in running:
+        if proc.running():
+            proc.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in running:
+        if not proc.wait(max(0.0, deadline - time.monotonic())):
+            proc.signal_group(signal.SIGKILL)
+            proc.wait(10)
+    for proc in running:
+        # The leader may be gone while others in its group live on.
+        proc.signal_group(signal.SIGKILL)
+
+
+def _exited(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Waits until every process has exited, for at most timeout; returns those still running.
+    A zombie has exited: an orphan's is reaped by PID 1 only now and then (seconds, in some
+    containers), which psutil.wait_procs would wait for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in procs if process_alive(p.pid)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
 
 
 def kill_processes_mentioning(marker: str, *, grace: float = 3.0) -> list[int]:
@@ -128,10 +150,10 @@ def kill_processes_mentioning(marker: str, *, grace: float = 3.0) -> list[int]:
                 proc.send_signal(sig)
 
     signal_all(signal.SIGTERM)
-    _, alive = psutil.wait_procs(victims, timeout=grace)
+    alive = _exited(victims, grace)
     if alive:
         signal_all(signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=5)
+        _exited(alive, 5)
     return [p.pid for p in victims]
 
 

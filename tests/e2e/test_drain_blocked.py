@@ -91,7 +91,7 @@ def test_a_drain_blocked_by_the_budget_and_by_capacity_fails_then_force_stops_wh
     waited: list[subprocess.CompletedProcess[str]] = []
     waiter = threading.Thread(
         target=lambda: waited.append(
-            fleet.keelctl("drain", "host-1", "--deadline", "30s", "--wait", timeout=180)
+            fleet.keelctl("drain", "host-1", "--deadline", "20s", "--wait", timeout=180)
         ),
         name="drain-wait",
     )

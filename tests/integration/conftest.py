@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import asyncpg
@@ -12,13 +13,36 @@ from controlplane import migrate
 from controlplane.store import Store, create_pool
 
 
+@pytest.fixture(scope="session")
+async def migrated_template(
+    database_factory: Callable[[], AbstractContextManager[str]],
+) -> AsyncIterator[str]:
+    """A database migrated to the newest schema once per session, by the migrations as the
+    control plane runs them; what `migrated_database` copies (tests/integration/
+    test_migrations.py runs them on empty databases)."""
+    with database_factory() as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate.migrate(conn)
+        finally:
+            await conn.close()
+        yield url
+
+
 @pytest.fixture
-async def store(fresh_database: str) -> AsyncIterator[Store]:
-    """A Store over a fresh database migrated to the newest schema."""
-    conn = await asyncpg.connect(fresh_database)
-    await migrate.migrate(conn)
-    await conn.close()
-    pool = await create_pool(fresh_database, min_size=2, max_size=12)
+def migrated_database(
+    database_copier: Callable[[str], AbstractContextManager[str]], migrated_template: str
+) -> Iterator[str]:
+    """The URL of a database of this test's own at the newest schema: a copy of the session's
+    migrated template (a file copy, where migrating each test's database took longer)."""
+    with database_copier(migrated_template) as url:
+        yield url
+
+
+@pytest.fixture
+async def store(migrated_database: str) -> AsyncIterator[Store]:
+    """A Store over a fresh database migrated to the newest schema (migrated_database)."""
+    pool = await create_pool(migrated_database, min_size=2, max_size=12)
     try:
         yield Store(pool)
     finally:

@@ -128,7 +128,7 @@ async def _matches_the_database(store: Store, cache: FleetCache) -> bool:
 
 
 async def test_list_then_watch_sees_every_change_of_concurrent_writers(
-    store: Store, fresh_database: str
+    store: Store, migrated_database: str
 ) -> None:
     """Applies, plans, report batches, liveness and fencing from other writers, all at once:
     once they stop, the cache equals the database without a full resync."""
@@ -137,7 +137,7 @@ async def test_list_then_watch_sees_every_change_of_concurrent_writers(
         await store.apply_workload(_workload(f"w{n}"))
     metrics = Metrics()
     status = StatusStore(store.pool)
-    async with _watching(store, fresh_database, metrics=metrics) as cache:
+    async with _watching(store, migrated_database, metrics=metrics) as cache:
 
         async def operator(n: int) -> None:
             for replicas in range(2, 6):
@@ -182,7 +182,7 @@ async def test_list_then_watch_sees_every_change_of_concurrent_writers(
 
 
 async def test_a_lost_notification_is_repaired_by_the_periodic_resync(
-    store: Store, fresh_database: str
+    store: Store, migrated_database: str
 ) -> None:
     """A change whose NOTIFY never came stays unseen until the resync period passes; then the
     resync finds its workload's version moved and reads it."""
@@ -193,7 +193,7 @@ async def test_a_lost_notification_is_repaired_by_the_periodic_resync(
     now = [0.0]
     metrics = Metrics()
     async with _watching(
-        store, fresh_database, metrics=metrics, resync_period_s=30.0, clock=lambda: now[0]
+        store, migrated_database, metrics=metrics, resync_period_s=30.0, clock=lambda: now[0]
     ) as cache:
         # The agent's report as written by a replica whose NOTIFY was lost: version and row
         # change together, nobody is told.

@@ -80,7 +80,7 @@ async def test_many_hosts_heartbeating_together_are_written_in_one_statement(
 
 
 async def test_a_heartbeat_makes_a_silent_host_ready_with_its_event_and_notification(
-    store: Store, fresh_database: str
+    store: Store, migrated_database: str
 ) -> None:
     """A NOT_READY (or UNKNOWN) host that heartbeats is READY again, from now, with a HostReady
     event and the `*` notification that makes the controllers look at every workload again; a
@@ -92,7 +92,7 @@ async def test_a_heartbeat_makes_a_silent_host_ready_with_its_event_and_notifica
            WHERE name IN ('h1', 'h2')"""
     )
     ready_since = (await store.get_host("h3")).state_since
-    listener = await asyncpg.connect(fresh_database)
+    listener = await asyncpg.connect(migrated_database)
     heard: asyncio.Queue[str] = asyncio.Queue()
     await listener.add_listener(WORKLOAD_CHANNEL, lambda *args: heard.put_nowait(args[3]))
     try:
@@ -147,13 +147,13 @@ async def test_only_the_hosts_current_open_stream_heartbeats(store: Store) -> No
 
 
 async def test_heartbeats_are_dropped_and_counted_while_the_database_is_away(
-    store: Store, fresh_database: str
+    store: Store, migrated_database: str
 ) -> None:
     """With the database unreachable a batch is dropped, not retried: every heartbeat in it
     (those it coalesced included) is counted and each stream is told; the writer carries on
     with the next batch."""
     await _register(store, ["h1", "h2"])
-    away = await create_pool(fresh_database, min_size=0, max_size=1)
+    away = await create_pool(migrated_database, min_size=0, max_size=1)
     await away.close()  # every acquire now fails as with the database away
     metrics, told = Metrics(), []
 

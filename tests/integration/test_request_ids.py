@@ -208,14 +208,14 @@ async def test_concurrent_attempts_with_one_id_apply_once(store: Store, api: Api
 
 
 async def test_a_caller_cut_off_mid_write_finds_its_outcome_on_retry(
-    store: Store, api: Api, fresh_database: str
+    store: Store, api: Api, migrated_database: str
 ) -> None:
     """The write is held up in the database (a lock the test holds) past the caller's deadline:
     the caller sees DEADLINE_EXCEEDED, the write still commits once the lock goes, and the
     retry with the same id answers with it (configured, generation 2) instead of applying it
     again."""
     await api.stub.ApplyWorkload(_apply(), timeout=10)
-    blocker = await asyncpg.connect(fresh_database)
+    blocker = await asyncpg.connect(migrated_database)
     try:
         tx = blocker.transaction()
         await tx.start()

@@ -91,7 +91,7 @@ async def test_the_assignment_carries_values_opened_and_tombstones_need_no_key(
 
 
 async def test_reseal_moves_every_value_to_the_new_key_and_nothing_else(
-    store: Store, box: SecretBox, tmp_path: Path, fresh_database: str
+    store: Store, box: SecretBox, tmp_path: Path, migrated_database: str
 ) -> None:
     """Rotation: new key first, `keel-controlplane reseal-secrets`; every text is sealed with
     the new key, no generation, version or revision moves, and the old key can then go."""
@@ -110,7 +110,7 @@ async def test_reseal_moves_every_value_to_the_new_key_and_nothing_else(
         [
             str(BIN / "keel-controlplane"),
             "--database-url",
-            fresh_database,
+            migrated_database,
             "--state-dir",
             str(tmp_path),
             "reseal-secrets",
