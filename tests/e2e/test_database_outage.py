@@ -1,7 +1,5 @@
 """End-to-end: the control plane's own Postgres frozen (SIGSTOP) and thawed, or stopped and
-started again, with and without writes. A real fleet meets outages of 20 s against timeouts of
-seconds; here every timeout, probe and back-off the outage crosses is 2 s or less, so an outage
-of 8 s (12 s under writes) outlasts each of them several times over, as 20 s does the defaults.
+started again, for as long as the outage a real fleet meets (20 s), with and without writes.
 
 Health says so (keel.v1.FleetService NOT_SERVING while the overall service and AgentService
 stay SERVING), operator calls answer UNAVAILABLE at once instead of hanging, agent streams stay
@@ -49,21 +47,12 @@ SHORT_DB_TIMEOUTS = [
     "200ms",
     "--db-probe-timeout",
     "500ms",
-    # What the outage holds up (a token's re-check, a report batch retried with back-off)
-    # waits at most 2 s at a time: a short outage crosses them as 20 s does the defaults (5 s).
-    "--auth-cache",
-    "2s",
-    "--report-retry-max",
-    "2s",
     # Liveness must not judge hosts by heartbeats the outage kept from being written: its grace
     # outlasts the outage (the default, 40s, does too).
     "--liveness-grace",
     "30s",
 ]
-OUTAGE_S = 8.0
-# Under writes (one every WRITE_INTERVAL_S): long enough for many to fail.
-WRITES_OUTAGE_S = 12.0
-WRITE_INTERVAL_S = 0.5
+OUTAGE_S = 20.0
 ALL_READY = {"host-1": "READY", "host-2": "READY"}
 
 
@@ -216,7 +205,7 @@ def _ride_out(fleet: Fleet, outage: AbstractContextManager[None], *, gone: bool)
 def test_agent_streams_stay_open_while_postgres_is_frozen_and_changes_flow_after(
     embedded_fleet: Fleet,
 ) -> None:
-    """Every Postgres process frozen for OUTAGE_S: no Sync stream ends and no agent reconnects,
+    """Every Postgres process frozen for 20s: no Sync stream ends and no agent reconnects,
     heartbeats are dropped and counted, no host flaps, every log line is JSON; after SIGCONT a
     new change runs."""
     fleet = embedded_fleet
@@ -237,7 +226,7 @@ def _frozen_postgres(fleet: Fleet) -> Iterator[None]:
 def test_agent_streams_stay_open_while_postgres_is_stopped_and_changes_flow_after(
     embedded_fleet: Fleet,
 ) -> None:
-    """Postgres stopped for OUTAGE_S (every connection closed, connections refused, no server
+    """Postgres stopped for 20s (every connection closed, connections refused, no server
     process), then started again: the same as frozen, and the control plane finds the
     database again by itself (its pool, its LISTEN connection and its leadership)."""
     fleet = embedded_fleet
@@ -247,18 +236,18 @@ def test_agent_streams_stay_open_while_postgres_is_stopped_and_changes_flow_afte
 def test_writes_while_postgres_is_stopped_fail_unavailable_and_apply_once(
     embedded_fleet: Fleet,
 ) -> None:
-    """Postgres stopped for WRITES_OUTAGE_S under two applies a second (each a new workload, its
-    own request id): every failed write answered UNAVAILABLE naming Postgres; no workload
-    restarted (same pids, no restart counted), no stream ended, no agent reconnected; writes
-    succeed again by themselves; every failed write, retried with its id, is applied; every
-    write is present and none was applied twice (one WorkloadApplied event each)."""
+    """Postgres stopped for 20s under one apply a second (each a new workload, its own request
+    id): every failed write answered UNAVAILABLE naming Postgres; no workload restarted (same
+    pids, no restart counted), no stream ended, no agent reconnected; writes succeed again by
+    themselves; every failed write, retried with its id, is applied; every write is present and
+    none was applied twice (one WorkloadApplied event each)."""
     fleet = embedded_fleet
     fleet.apply_ok(fleet.manifest("web", replicas=2))
     before = fleet.wait_running("web", 2)
     ended_before = _ended_streams(fleet)
     connects_before = _connects(fleet)
 
-    with WriteLoad(fleet, interval=WRITE_INTERVAL_S) as load:
+    with WriteLoad(fleet, interval=1.0) as load:
         started = time.monotonic()
         wait_for(lambda: load.acknowledged_since(started) >= 3, timeout=30, message="3 writes")
         with stopped_postgres(fleet.embedded_pgdata):
@@ -268,7 +257,7 @@ def test_writes_while_postgres_is_stopped_fail_unavailable_and_apply_once(
                     fleet.metrics()["keel_sync_streams"] == 2
                     and all(fleet.metrics(agent=i)["keel_agent_connected"] == 1 for i in (1, 2))
                 ),
-                duration=WRITES_OUTAGE_S,
+                duration=OUTAGE_S,
                 interval=1.0,
                 message="both agent streams open",
             )
@@ -281,7 +270,7 @@ def test_writes_while_postgres_is_stopped_fail_unavailable_and_apply_once(
     writes = list(load.writes)
     failed = [w for w in writes if not w.acknowledged]
     during = [w for w in writes if stopped_at + 2 <= w.sent_at <= back_at - 1]
-    # Two a second when keelctl starts fast; fewer on a loaded machine, still many.
+    # One a second when keelctl starts fast; fewer on a loaded machine, still many.
     assert len(during) >= 8, f"only {len(during)} writes sent during the outage"
     assert all(not w.acknowledged for w in during), "a write succeeded with Postgres stopped"
     for w in failed:
@@ -309,7 +298,7 @@ def test_writes_while_postgres_is_stopped_fail_unavailable_and_apply_once(
     assert _ended_streams(fleet) == ended_before, "an agent stream ended during the outage"
     assert _connects(fleet) == connects_before, "an agent reconnected"
     faults.record(
-        f"Postgres stopped {WRITES_OUTAGE_S:.0f} s under {1 / WRITE_INTERVAL_S:.0f} applies/s",
+        f"Postgres stopped {OUTAGE_S:.0f} s under 1 apply/s",
         observed=f"{len(failed)} of {len(writes)} writes UNAVAILABLE (naming Postgres), all "
         "applied once on retry with their request ids; streams stayed open, pids unchanged",
         lost=f"nothing ({len(names)} of {len(names)} writes present, each applied once)",

@@ -1,4 +1,4 @@
-"""A steady write load through keelctl: one apply every interval, each a new workload `tick-NNN`
+"""A steady write load through keelctl: one apply a second, each a new workload `tick-NNN`
 (replicas 0: nothing to run) under a request id of its own, recorded with its outcome. The
 database outage tests run it across an outage, then retry every failed write with its own id.
 """
