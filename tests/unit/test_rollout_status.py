@@ -61,7 +61,8 @@ def t(gen: int, n: int, *, ready: bool = True, desired: Desired = RUN) -> Tally:
             id="paused-with-nothing-left-is-complete",
         ),
         pytest.param(
-            ROW, replace(REV, state="FAILED", failure={"message": "crash loop"}),
+            replace(ROW, paused=True, paused_by="keel/rollout"),
+            replace(REV, state="FAILED", failure={"message": "crash loop"}),
             [t(1, 1), t(2, 2, ready=False)], ("FAILED", 3, 1, 1, 2),
             "revision 3 failed: crash loop", id="failed-stays-failed",
         ),
@@ -121,3 +122,12 @@ def test_keels_own_rollback_reports_the_rollout_rolled_back_with_its_record() ->
     assert "revision 2 failed" in status.message and "boom" in status.message
     # An operator's undo is no automatic rollback: complete once it converges.
     assert rollout_status(ROW, REV, [t(1, 3)], daemon_hosts=0).state == "COMPLETE"
+
+
+def test_a_failed_rollout_resumed_by_an_operator_is_progressing_again() -> None:
+    failure = {"reason": "PROGRESS_DEADLINE", "message": "no progress for 10m"}
+    failed = replace(REV, state="FAILED", failure=failure)
+    held = replace(ROW, paused=True, paused_by="keel/rollout")
+    assert rollout_status(held, failed, [t(1, 2), t(2, 1)], daemon_hosts=0).state == "FAILED"
+    resumed = rollout_status(ROW, failed, [t(2, 2), t(3, 1)], daemon_hosts=0)
+    assert resumed.state == "PROGRESSING" and resumed.failure == failure
