@@ -48,6 +48,7 @@ def settled_views(
     """The workload's instance views for a rollout pass, and the seconds until the first
     settling one settles (None: none settles). `now` is database time, the clock
     `converged_at` is stamped with."""
+    records = list(records)
     proven = [
         r
         for r in records
