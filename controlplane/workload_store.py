@@ -105,6 +105,10 @@ def workload_row(r: asyncpg.Record) -> WorkloadRow:
     )
 
 
+# How many of a workload's newest revisions `keelctl rollout history` keeps (older ones stay
+# while instances of them remain, and the newest fully ready one stays for undo).
+REVISION_HISTORY = 10
+
 # Fields an apply changes in place (no new generation); kind is checked apart.
 _IN_PLACE_FIELDS = ("kind", "replicas", "max_unavailable", "max_surge", "selector", "deadline_ms")
 # The in-place fields that change which instances should run (with the spec): a change to
@@ -390,7 +394,7 @@ async def _record_revision(
     conn: Conn, row: asyncpg.Record, *, actor: str, reason: str, same_as: int | None
 ) -> None:
     """Keeps the workload's new spec as its revision `row.generation`; the revision it
-    replaces, if still rolling out, is superseded."""
+    replaces, if still rolling out, is superseded; revisions past the history are pruned."""
     await conn.execute(
         """UPDATE workload_revision SET state = 'SUPERSEDED', state_since = now()
            WHERE workload = $1 AND revision < $2
@@ -409,4 +413,20 @@ async def _record_revision(
         reason,
         same_as,
         "AWAITING_PROMOTION" if row["canary_pending"] else "PROGRESSING",
+    )
+    # Like a Deployment's revisionHistoryLimit: the newest REVISION_HISTORY revisions, and
+    # older ones only while instances of them remain (whose spec a rollback must still find:
+    # `spec_generations`) or when it is the newest that was fully ready (undo's default).
+    await conn.execute(
+        """DELETE FROM workload_revision r
+           WHERE r.workload = $1 AND r.revision <= $2::bigint - $3::int
+             AND NOT EXISTS (SELECT 1 FROM instance i
+                             WHERE i.workload = r.workload AND i.generation = r.revision)
+             AND r.revision <> COALESCE(
+                 (SELECT max(c.revision) FROM workload_revision c
+                  WHERE c.workload = $1 AND c.completed_at IS NOT NULL AND c.revision < $2::bigint),
+                 0)""",
+        row["name"],
+        row["generation"],
+        REVISION_HISTORY,
     )

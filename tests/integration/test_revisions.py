@@ -159,3 +159,23 @@ async def test_a_freeze_holds_a_promotion_and_the_canaries_keep_running(store: S
     assert (await store.get_workload("web")).canary_pending
     await store.pool.execute("DELETE FROM deploy_freeze")
     assert not (await store.promote("web", actor="dave")).canary_pending
+
+
+async def test_the_history_keeps_ten_revisions_and_those_still_running(store: Store) -> None:
+    """Like revisionHistoryLimit: the newest ten, an older one while its instances run, and
+    the newest fully ready one (undo's default target)."""
+    await store.apply_workload(_workload("1"))
+    await store.pool.execute(
+        """INSERT INTO host (name, cpu_millis, memory_mib) VALUES ('h', 1000, 1000);
+           INSERT INTO instance (id, workload, generation, host, spec, cpu_millis, memory_mib,
+                                 desired, revision)
+           SELECT 'web-1-000001', 'web', 1, 'h', spec, 10, 16, 'RUNNING', 1 FROM workload"""
+    )
+    await store.apply_workload(_workload("2"))
+    await store.pool.execute("UPDATE workload_revision SET completed_at = now() WHERE revision = 2")
+    for version in range(3, 21):
+        await store.apply_workload(_workload(str(version)))
+    kept = [r.number for r in await store.revisions("web")]
+    assert kept == [*range(20, 10, -1), 2, 1]
+    _, to = await store.roll_back("web", to_revision=None, actor="a")
+    assert to == 2
