@@ -90,14 +90,24 @@ def failure_text(f: fleet_pb2.RolloutFailure, *, now: datetime) -> str:
     return "\n".join(lines)
 
 
+# Who holds a failed rollout (the rollout controller's pause): the next revision lifts it.
+KEEL_HOLD = "keel/rollout"
+
+
 def undo_text(reply: fleet_pb2.UndoRolloutResponse) -> str:
     w = reply.workload
-    return (
+    text = (
         f"workload/{w.name} rolled back to revision {reply.to_revision} as revision "
         f"{reply.revision}: {w.status.updated} of {w.status.desired} instance(s) already run its "
         f"spec and are kept, the others are replaced\n"
-        f"follow it: keelctl rollout status {w.name} --wait"
     )
+    if w.paused and w.paused_by != KEEL_HOLD:
+        # An operator's pause holds the rollback too: say so, or it looks stuck.
+        text += (
+            f"the rollout is paused by {w.paused_by or NONE}: the others are replaced once it "
+            f"is resumed: keelctl rollout resume {w.name}\n"
+        )
+    return text + f"follow it: keelctl rollout status {w.name} --wait"
 
 
 def pause_text(s: fleet_pb2.RolloutStatus, *, now: datetime) -> str:

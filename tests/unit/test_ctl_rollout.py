@@ -297,6 +297,19 @@ def test_undo_says_what_it_applied_and_what_is_kept() -> None:
     assert text.startswith("workload/web rolled back to revision 2 as revision 4")
     assert "2 of 3 instance(s) already run its spec and are kept" in text
     assert "keelctl rollout status web --wait" in text
+    assert "paused" not in text
+
+
+def test_undo_under_an_operators_pause_says_it_waits_for_a_resume() -> None:
+    """An operator's pause holds the rollback too; Keel's own hold is lifted by it."""
+    workload = types_pb2.Workload(
+        name="web", status=types_pb2.WorkloadStatus(desired=3, updated=2), paused=True
+    )
+    for by, held in (("alice", True), ("keel/rollout", False)):
+        workload.paused_by = by
+        reply = fpb.UndoRolloutResponse(workload=workload, revision=4, to_revision=2)
+        text = rollout_output.undo_text(reply)
+        assert ("keelctl rollout resume web" in text) is held
 
 
 def test_the_progress_bar_shows_counts_messages_and_the_outcome_on_a_terminal() -> None:
