@@ -12,41 +12,21 @@ from typing import Any
 
 import grpc
 import pytest
+from fleetapi import serve_fleet
 
 from controlplane.errors import FailedPrecondition
-from controlplane.fleet import FleetApi
 from controlplane.idempotency import REQUEST_ID_KEY
-from controlplane.interceptors import ObservabilityInterceptor
-from controlplane.logrelay import LogRelay
 from controlplane.metrics import Metrics
 from controlplane.rowviews import workload_view
-from controlplane.secrets import load_or_create
-from controlplane.status import StatusStore
 from controlplane.store import Store
-from controlplane.sync import StreamRegistry
 from keel.model import Resources, RolloutPolicy, Workload, WorkloadSpec
-from keel.v1 import fleet_pb2, fleet_pb2_grpc
+from keel.v1 import fleet_pb2
 
 
 @pytest.fixture
 async def stub(store: Store, tmp_path: Path) -> AsyncIterator[Any]:
-    # The interceptor turns Keel's errors into their status codes, as in the real server.
-    server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics=Metrics())])
-    fleet = FleetApi(
-        store,
-        status=StatusStore(store.pool),
-        logs=LogRelay(StreamRegistry()),
-        log_wait_s=1.0,
-        secrets=load_or_create(tmp_path / "secret.key", on_open_failure=lambda: None),
-    )
-    fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield fleet_pb2_grpc.FleetServiceStub(channel)
-    finally:
-        await server.stop(None)
+    async with serve_fleet(store, tmp_path, Metrics()) as stub:
+        yield stub
 
 
 def _workload(version: str, *, canary: int = 1) -> Workload:

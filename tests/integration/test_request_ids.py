@@ -14,19 +14,14 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from fleetapi import serve_fleet
 
 from controlplane import idempotency
-from controlplane.fleet import FleetApi
-from controlplane.idempotency import REQUEST_ID_KEY, Requests
-from controlplane.interceptors import ObservabilityInterceptor
-from controlplane.logrelay import LogRelay
+from controlplane.idempotency import REQUEST_ID_KEY
 from controlplane.metrics import Metrics
-from controlplane.secrets import load_or_create
-from controlplane.status import StatusStore
 from controlplane.store import Store
-from controlplane.sync import StreamRegistry
 from keel.model import Resources
-from keel.v1 import fleet_pb2, fleet_pb2_grpc
+from keel.v1 import fleet_pb2
 
 
 class Api:
@@ -43,23 +38,8 @@ class Api:
 @pytest.fixture
 async def api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
     metrics = Metrics()
-    server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics=metrics)])
-    fleet = FleetApi(
-        store,
-        status=StatusStore(store.pool),
-        logs=LogRelay(StreamRegistry()),
-        log_wait_s=1.0,
-        requests=Requests(on_replay=metrics.count_replay),
-        secrets=load_or_create(tmp_path / "secret.key", on_open_failure=lambda: None),
-    )
-    fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield Api(fleet_pb2_grpc.FleetServiceStub(channel), metrics)
-    finally:
-        await server.stop(None)
+    async with serve_fleet(store, tmp_path, metrics) as stub:
+        yield Api(stub, metrics)
 
 
 def _apply(name: str = "web", *, replicas: int = 2, greeting: str = "hi") -> Any:

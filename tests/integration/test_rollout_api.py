@@ -13,42 +13,23 @@ from typing import Any
 
 import grpc
 import pytest
+from fleetapi import serve_fleet
 from plans import write_plan
 
-from controlplane.fleet import FleetApi
-from controlplane.idempotency import REQUEST_ID_KEY, Requests
-from controlplane.interceptors import ObservabilityInterceptor
-from controlplane.logrelay import LogRelay
+from controlplane.idempotency import REQUEST_ID_KEY
 from controlplane.metrics import Metrics
-from controlplane.secrets import load_or_create
 from controlplane.sql import WORKLOAD_CHANNEL
 from controlplane.status import StatusStore
 from controlplane.store import Report, Store
-from controlplane.sync import StreamRegistry
 from keel.model import Kind, Resources
-from keel.v1 import fleet_pb2, fleet_pb2_grpc
+from keel.v1 import fleet_pb2
 
 
 @pytest.fixture
 async def api(store: Store, tmp_path: Path) -> AsyncIterator[Any]:
     """FleetService over the store, served in this process through the real interceptor."""
-    server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics=Metrics())])
-    fleet = FleetApi(
-        store,
-        status=StatusStore(store.pool),
-        logs=LogRelay(StreamRegistry()),
-        log_wait_s=1.0,
-        requests=Requests(),
-        secrets=load_or_create(tmp_path / "secret.key", on_open_failure=lambda: None),
-    )
-    fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield fleet_pb2_grpc.FleetServiceStub(channel)
-    finally:
-        await server.stop(None)
+    async with serve_fleet(store, tmp_path, Metrics()) as stub:
+        yield stub
 
 
 def _doc(version: str, *, replicas: int = 3, kind: str = "service") -> dict[str, Any]:
