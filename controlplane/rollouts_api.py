@@ -16,14 +16,13 @@ import structlog
 
 from controlplane import convert
 from controlplane.actor import actor_of
-from controlplane.errors import InvalidArgument, NotFound
+from controlplane.errors import InvalidArgument
 from controlplane.idempotency import Requests
 from controlplane.listing import tallies_on
-from controlplane.revision_store import revision_row
 from controlplane.rollout_convert import revision_pb, status_pb
 from controlplane.rollout_pause import set_paused
 from controlplane.rollout_status import read_status
-from controlplane.sql import Conn, decode_each
+from controlplane.sql import Conn
 from controlplane.store import Store, WorkloadRow
 from keel.v1 import fleet_pb2
 
@@ -50,22 +49,11 @@ class RolloutsApi:
         self, request: fleet_pb2.GetRolloutHistoryRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.GetRolloutHistoryResponse:
         name = convert.workload_name(request.workload, "workload")
-        async with (
-            self._store.pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            generation = await conn.fetchval(
-                "SELECT generation FROM workload WHERE name = $1", name
-            )
-            if generation is None:
-                raise NotFound(f'workload "{name}" not found')
-            records = await conn.fetch(
-                "SELECT * FROM workload_revision WHERE workload = $1 ORDER BY revision DESC",
-                name,
-            )
-        revisions = decode_each(records, revision_row, what="revision")
+        revisions = await self._store.revisions(name)
+        # The newest revision is the current one: the generation moves only with a new spec,
+        # which is a new revision, and the history never prunes the newest.
         return fleet_pb2.GetRolloutHistoryResponse(
-            revisions=[revision_pb(r, current=r.number == generation) for r in revisions]
+            revisions=[revision_pb(r, current=i == 0) for i, r in enumerate(revisions)]
         )
 
     async def GetRolloutStatus(
