@@ -165,10 +165,33 @@ def _replica_metrics(replicas: int) -> str:
     return f"; replicas 2-{replicas}: 127.0.0.1:{REPLICA_METRICS_BASE_PORT}-{last}"
 
 
+_MOVE_LISTEN = "Stop it, or pass --listen with another port."
+
+
+def _port(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def _metrics_address(n: int) -> str:
+    """Replica n's metrics address (0 is the first)."""
+    return CONTROLPLANE_METRICS if n == 0 else f"127.0.0.1:{REPLICA_METRICS_BASE_PORT + n - 1}"
+
+
+def metrics_addresses(replicas: int) -> list[str]:
+    """The metrics addresses the fleet serves: each replica's, then each agent's."""
+    agents = [_agent_metrics_address(n) for n in range(len(HOSTS))]
+    return [*(_metrics_address(n) for n in range(replicas)), *agents]
+
+
+def _agent_metrics_address(n: int) -> str:
+    """Agent n's metrics address: 9465, 9466, 9467, each scraped on a port of its own."""
+    return f"127.0.0.1:{AGENT_METRICS_BASE_PORT + n}"
+
+
 def _controlplane(state_dir: Path, logs: Path, n: int, listen: str) -> Child:
     """Replica n (0 is the first). Every replica shares the state dir, so they share its
     embedded Postgres, which stays up while any of them runs (`controlplane.embedded`)."""
-    metrics = CONTROLPLANE_METRICS if n == 0 else f"127.0.0.1:{REPLICA_METRICS_BASE_PORT + n - 1}"
+    metrics = _metrics_address(n)
     name = "controlplane" if n == 0 else f"controlplane-{n + 1}"
     argv = [str(BIN / "keel-controlplane"), "--state-dir", str(state_dir / "controlplane"),
             "--listen", listen, "--metrics", metrics]  # fmt: skip
@@ -187,8 +210,15 @@ def run(
     logs = state_dir / "logs"
     host, _, port = listen.rpartition(":")
     listens = [f"{host}:{int(port) + n}" for n in range(replicas)]
+    # Every port the fleet will listen on, checked before anything starts: a port taken by
+    # another local fleet names its owner now, instead of a control plane exiting mid-start.
     for address in listens:
-        check_port_free(host, int(address.rpartition(":")[2]))
+        check_port_free(host, _port(address), hint=_MOVE_LISTEN)
+    for address in metrics_addresses(replicas):
+        check_port_free(
+            "127.0.0.1", _port(address),
+            hint="Stop it: the local fleet's metrics ports (9464 and up) cannot be moved.",
+        )  # fmt: skip
     if not workload.exists():
         raise LocalFleetError(f"no workload file at {workload}")
     name = _workload_name(workload)
@@ -221,9 +251,8 @@ def run(
                 # examples/web.yaml selects role=web hosts.
                 "--label",
                 "role=web",
-                # Each agent scrapes on a port of its own: 9465, 9466, 9467.
                 "--metrics",
-                f"127.0.0.1:{AGENT_METRICS_BASE_PORT + n}",
+                _agent_metrics_address(n),
                 *agent_args,
             ],
             logs / f"{h}.log",

@@ -116,8 +116,9 @@ def _port_owner(port: int) -> str:
     return "another process"
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raises LocalFleetError naming the owner if host:port is already taken."""
+def check_port_free(host: str, port: int, *, hint: str) -> None:
+    """Raises LocalFleetError naming the owner if host:port is already taken; hint (a sentence)
+    says what to do."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -127,7 +128,7 @@ def check_port_free(host: str, port: int) -> None:
                 raise LocalFleetError(f"cannot listen on {host}:{port}: {exc}") from exc
             raise LocalFleetError(
                 f"{host}:{port} is already in use by {_port_owner(port)}. Is another local "
-                f"fleet (`make run`) still running? Stop it, or pass --listen with another port."
+                f"fleet (`make run`) still running? {hint}"
             ) from exc
 
 

@@ -20,7 +20,13 @@ import pytest
 from harness import wait_for
 from procs import Proc, kill_processes_mentioning
 
-from keel.localfleet.launcher import CONTROLPLANE_METRICS, REPLICA_METRICS_BASE_PORT
+from keel.localfleet import LocalFleetError
+from keel.localfleet.launcher import (
+    CONTROLPLANE_METRICS,
+    REPLICA_METRICS_BASE_PORT,
+    metrics_addresses,
+)
+from keel.localfleet.processes import check_port_free
 
 pytestmark = pytest.mark.e2e
 
@@ -54,9 +60,16 @@ def _leader(metrics: str) -> float | None:
     return None
 
 
+@pytest.mark.timeout(300)  # a first start runs initdb; under load the banner may take minutes
 def test_make_run_with_two_replicas_prints_commands_that_reach_the_fleet(
     tmp_path: Path,
 ) -> None:
+    try:
+        # The local fleet's metrics ports are fixed: a `make run` left up here holds them.
+        for address in metrics_addresses(2):
+            check_port_free("127.0.0.1", int(address.rpartition(":")[2]), hint="")
+    except LocalFleetError as exc:
+        pytest.skip(f"a local fleet's port is taken on this machine: {exc}")
     state = tmp_path / "keel"
     port = _two_free_ports()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
@@ -65,13 +78,13 @@ def test_make_run_with_two_replicas_prints_commands_that_reach_the_fleet(
     fleet = Proc("localfleet", argv, tmp_path / "localfleet.log", env)
     fleet.start()
     try:
-        banner = wait_for(
-            lambda: "Ctrl-C stops the fleet" in (text := fleet.log.read_text()) and text,
-            timeout=240,
-            interval=0.5,
-            message=f"the local fleet's banner:\n{fleet.tail()}",
-        )
-        assert fleet.running()
+
+        def up_or_gone() -> str | None:
+            text = fleet.log.read_text()
+            return text if "Ctrl-C stops the fleet" in text or not fleet.running() else None
+
+        banner = wait_for(up_or_gone, timeout=240, interval=0.5, message="the local fleet's banner")
+        assert fleet.running(), f"the local fleet stopped before it was up:\n{fleet.tail()}"
         # The lines an operator copies: the exports, then a keelctl command.
         lines = [
             line.strip() for line in banner.split("The local Keel fleet is up")[1].splitlines()
