@@ -158,7 +158,12 @@ DURATION_FLAGS = (
         "events, ended operations and confirmed tombstones older than this are deleted",
     ),
     ("--prune-interval", "prune_interval_s", "how often the leader deletes what is past retention"),
-    ("--gone-after", "gone_after_s", "a host not READY this long is listed GONE"),
+    (
+        "--gone-after",
+        "gone_after_s",
+        "a host not READY this long is listed GONE (and left out of the mass-failure brake's "
+        "share)",
+    ),
     (
         "--rollout-paused-after",
         "rollout_paused_after_s",

@@ -20,7 +20,10 @@ heartbeat facts in database time it decides which hosts change state and which a
   READY, or none is, the fault is more likely on the control plane's side of the network than
   on that many hosts at once: nothing is fenced (and nothing marked self-fenced, so nothing is
   replaced) until the share recovers. The controller records the pause and the resume as
-  events and sets `keel_liveness_brake_engaged` (alert `KeelMassHostFailure`).
+  events and sets `keel_liveness_brake_engaged` (alert `KeelMassHostFailure`). Hosts GONE
+  (`gone`: not READY for longer than `--gone-after`) are left out of the share: long-dead
+  hosts nobody removed say nothing about the network now, and must not make the brake hold
+  for one more failure. When no host at all is READY, it holds whatever is gone.
 
 `LivenessController` is the leader's periodic pass, run by `reconcile.Runner`: it takes the
 facts from the leader's cache (`HostSource`: `cache.FleetCache`, no fleet-wide query) and
@@ -85,6 +88,8 @@ class Timings:
     # What the agent may take past `stop_after` to begin its stop (its reconcile pass, a late
     # event loop) on top of the stop grace.
     self_fence_margin_s: float = 5.0
+    # Not READY this long: GONE, and left out of the brake's share (`--gone-after`).
+    gone_after_s: float = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,8 @@ class Decision:
     fence: tuple[Fence, ...] = ()  # lost hosts whose service instances are fenced
     wait_s: float | None = None  # a new leader: judge nothing for this long yet
     brake: Brake | None = None  # engaged: nothing is fenced
-    down: int = 0  # hosts not READY after this decision
+    down: int = 0  # hosts not READY after this decision, GONE ones left out
+    gone: int = 0  # hosts GONE (left out of the brake's share)
 
 
 def brake_of(down: int, hosts: int, *, max_share: float) -> Brake | None:
@@ -174,7 +180,7 @@ def judge(
     hosts = list(hosts)
     transitions: list[Transition] = []
     fence: list[Fence] = []
-    down = 0
+    down = long_gone = 0
     for h in hosts:
         state, since = h.state, h.state_since
         if state is HostState.READY:
@@ -191,7 +197,10 @@ def judge(
             transitions.append(Transition(h.name, h.state, state, since, h.last_heartbeat))
         if state is HostState.READY:
             continue
-        down += 1
+        if gone(state, since, now=now, gone_after_s=timings.gone_after_s):
+            long_gone += 1
+        else:
+            down += 1
         if (now - since).total_seconds() <= timings.reschedule_after_s:
             continue
         heard = h.last_heartbeat or h.state_since
@@ -203,13 +212,22 @@ def judge(
         if h.has_service_instances or due:
             fence.append(Fence(h.name, since, h.last_heartbeat, due))
     size = len(hosts) if fleet_size is None else max(fleet_size, len(hosts))
-    brake = brake_of(down, size, max_share=timings.max_unready_share)
+    if long_gone and down + long_gone == size:
+        # Not one host READY: the brake's "none READY" holds, however long they are gone.
+        brake = brake_of(size, size, max_share=timings.max_unready_share)
+    else:
+        brake = brake_of(down, size - long_gone, max_share=timings.max_unready_share)
     return Decision(
         transitions=tuple(transitions),
         fence=() if brake is not None else tuple(fence),
         brake=brake,
         down=down,
+        gone=long_gone,
     )
+
+
+def _gone_left_out(n: int) -> str:
+    return f"; {n} GONE host(s) left out" if n else ""
 
 
 def gone(state: HostState, state_since: datetime, *, now: datetime, gone_after_s: float) -> bool:
@@ -360,12 +378,14 @@ class LivenessController:
     async def _brake(self, decision: Decision, *, epoch: int | None) -> None:
         """Sets the brake's gauges; records its engaging and its release once each."""
         brake = decision.brake
-        size = self._hosts.host_count()
-        self._metrics.set_liveness_brake(brake is not None, decision.down / size if size else 0.0)
+        size = self._hosts.host_count() - decision.gone
+        share = decision.down / size if size else float(brake is not None)
+        self._metrics.set_liveness_brake(brake is not None, share)
         max_share = self._timings.max_unready_share
         if brake is not None and not self._braked:
             message = (
-                f"{brake.describe(max_share)}: fencing and replacing paused; the fault is more "
+                f"{brake.describe(max_share)}{_gone_left_out(decision.gone)}: fencing and "
+                "replacing paused; the fault is more "
                 "likely on the control plane's side of the network "
                 "(runbooks/alerts/KeelMassHostFailure.md)"
             )
@@ -375,7 +395,7 @@ class LivenessController:
         elif brake is None and self._braked:
             message = (
                 f"{decision.down} of {size} hosts are not READY (at most {max_share:.0%} with "
-                "one READY): fencing resumed"
+                f"one READY{_gone_left_out(decision.gone)}): fencing resumed"
             )
             await self._store.record_brake(False, message, epoch=epoch)
             self._braked = False

@@ -213,6 +213,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         reschedule_after_s=settings.reschedule_after_s,
         max_unready_share=settings.max_unready_share,
         self_fence_margin_s=settings.self_fence_margin_s,
+        gone_after_s=settings.gone_after_s,
     )
     liveness = runner(
         LivenessController(

@@ -204,6 +204,42 @@ def test_brake_fences_nothing_while_most_hosts_are_silent() -> None:
     assert got.brake is None and [f.host for f in got.fence] == ["h0"]
 
 
+DAY_S = 24 * 3600.0
+
+
+def test_hosts_gone_for_days_do_not_make_the_brake_hold() -> None:
+    """Five of ten hosts GONE (not READY for longer than --gone-after) and never removed: one
+    more host lost is one of five, a host failure, so it is fenced. Counted with the gone
+    ones it would be six of ten, and the brake would hold its instances forever."""
+    long_dead = [host(UNKNOWN, since_s=3 * DAY_S, heartbeat_s=3 * DAY_S, name=f"dead{n}")
+                 for n in range(5)]  # fmt: skip
+    lost = host(UNKNOWN, since_s=301, heartbeat_s=341, name="lost")
+    got = judge([*long_dead, lost], now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS,
+                fleet_size=10)  # fmt: skip
+    assert (got.brake, got.down, got.gone) == (None, 1, 5)
+    assert "lost" in [f.host for f in got.fence]
+
+
+def test_a_partition_beside_gone_hosts_still_brakes() -> None:
+    """Three of the five hosts that are not GONE go silent at once: 60% of those that count,
+    past the share, so nothing is fenced."""
+    long_dead = [host(UNKNOWN, since_s=3 * DAY_S, heartbeat_s=3 * DAY_S, name=f"dead{n}")
+                 for n in range(5)]  # fmt: skip
+    silent = [host(UNKNOWN, since_s=301, heartbeat_s=341, name=f"cut{n}") for n in range(3)]
+    got = judge([*long_dead, *silent], now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS,
+                fleet_size=10)  # fmt: skip
+    assert (got.fence, got.brake, got.gone) == ((), Brake(3, 5), 5)
+
+
+def test_with_no_host_ready_the_brake_holds_however_long_they_are_gone() -> None:
+    """A partition longer than --gone-after leaves every host GONE: with not one READY, the
+    brake still holds (fencing everything would replace nothing and stop it all on return)."""
+    hosts = [host(UNKNOWN, since_s=2 * DAY_S, heartbeat_s=2 * DAY_S, name=f"h{n}")
+             for n in range(3)]  # fmt: skip
+    got = judge(hosts, now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS, fleet_size=3)
+    assert (got.fence, got.brake, got.gone) == ((), Brake(3, 3), 3)
+
+
 def test_a_new_leader_judges_no_one_for_one_grace() -> None:
     """Agents get one grace period to reconnect to a new leader: nothing changes until then."""
     decision = judge([SILENT, DOWN_PAST_RESCHEDULE], now=NOW, term_age_s=10, timings=TIMINGS)
