@@ -31,7 +31,7 @@ from controlplane.host_delete import HostDeleted, delete_host
 from controlplane.idempotency import Requests
 from controlplane.listing import tallies_on
 from controlplane.logbus import LogBus, NoHolder
-from controlplane.logrelay import LogRelay
+from controlplane.logrelay import LogRelay, disconnected
 from controlplane.operations_api import OperationsApi, OperationWatch
 from controlplane.rollouts_api import RolloutsApi
 from controlplane.secrets import SecretBox
@@ -340,14 +340,13 @@ class FleetApi(
                     yield chunk
                 return
             except NoHolder:
-                # No replica holds the stream: it just closed (the host is being marked
-                # disconnected) or the agent is reconnecting. Read the host again to say which.
+                # No replica holds the stream: the agent is disconnected now, whether the
+                # host is not yet marked so or its agent is reconnecting. Read the host again
+                # in case it has just reconnected here.
                 host = await self._store.get_host(inst.host)
-                if host.connected and not self._logs.holds(host.name):
+                if not self._logs.holds(host.name):
                     raise FailedPrecondition(
-                        f'no control-plane replica holds the stream of host "{host.name}" '
-                        "now; its agent may be reconnecting: try again in a few seconds "
-                        f"(keelctl describe host {host.name})"
+                        disconnected(host.name, inst.id, maybe_back=host.connected)
                     ) from None
         chunks = self._logs.fetch(
             host.name,

@@ -41,6 +41,16 @@ def _ago(at: datetime | None) -> str:
     return f"its last heartbeat was {seconds:.0f}s ago"
 
 
+def disconnected(host: str, instance_id: str, *, maybe_back: bool = False) -> str:
+    """Why the logs of an instance cannot be fetched: its agent holds no stream."""
+    back = "; it may be reconnecting: try again in a few seconds" if maybe_back else ""
+    return (
+        f'the agent of host "{host}" is disconnected{back}, so the logs of {instance_id} '
+        f"cannot be fetched; they stay on the host under <agent state dir>/logs/"
+        f"{instance_id}/ (keelctl describe host {host})"
+    )
+
+
 class LogRelay:
     def __init__(self, streams: Streams) -> None:
         self._streams = streams
@@ -64,11 +74,7 @@ class LogRelay:
         """
         session = self._streams.get(host)
         if session is None:
-            yield convert.log_error_pb(
-                f'the agent of host "{host}" is disconnected, so the logs of {instance_id} '
-                f"cannot be fetched; they stay on the host under <agent state dir>/logs/"
-                f"{instance_id}/ (keelctl describe host {host})"
-            )
+            yield convert.log_error_pb(disconnected(host, instance_id))
             return
         rid = uuid.uuid4().hex
         queue: asyncio.Queue[types_pb2.LogChunk | None] = asyncio.Queue()
