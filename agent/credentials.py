@@ -87,6 +87,11 @@ class Credentials:
             )
         return self._credential
 
+    @property
+    def can_join(self) -> bool:
+        """Whether a join token was given, to get a credential with."""
+        return self._join_token is not None
+
     def join_token(self) -> str:
         """The join token, to get a credential with; NoCredential when there is none."""
         if self._join_token is None:

@@ -47,7 +47,7 @@ import structlog
 from agent import convert, logread
 from agent.backoff import Reconnects
 from agent.convert import DesiredUpdate, HeartbeatAck, LogRequest, Outgoing
-from agent.credentials import Credentials, NoCredential
+from agent.credentials import JOIN_TOKEN_ENV, Credentials, NoCredential
 from agent.metrics import AgentMetrics
 from agent.outcome import Outbox
 from agent.settings import Settings
@@ -215,6 +215,10 @@ class SyncClient:
     async def _session(self, address: str, alog: Any) -> None:
         """One stream; returns (or raises) when it ends."""
         s = self._settings
+        if await self._credentials.load() is None:
+            # No credential and no join token to get one: NoCredential before any connection,
+            # so an agent whose credential was revoked does not knock with nothing to show.
+            self._credentials.join_token()
         async with _channel(address, s) as channel:
             async with asyncio.timeout(s.connect_timeout_s):
                 await connect(channel)
@@ -251,9 +255,7 @@ class SyncClient:
                 await self._pump(call, self._queue)
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.UNAUTHENTICATED:
-                    alog.warning("the control plane refused this host's credential; "
-                                 "joining again at the next attempt")  # fmt: skip
-                    self._credentials.refused()
+                    self._refused(alog, e.details() or "")
                 raise
             finally:
                 self._outbox.close()
@@ -264,6 +266,23 @@ class SyncClient:
                     task.cancel()
                 self._log_tasks.clear()
                 call.cancel()
+
+    def _refused(self, alog: Any, details: str) -> None:
+        """The control plane refused this host's credential (reset or revoked by an admin,
+        even while the stream was open): it is forgotten, and the agent joins again with the
+        join token, or, without one, stays disconnected (running the last desired state) and
+        says what it needs; it never retries the dead credential."""
+        self._credentials.refused()
+        if self._credentials.can_join:
+            alog.error("the control plane refused this host's credential; joining again with "
+                       "the join token", reason=details)  # fmt: skip
+            return
+        alog.error(
+            "the control plane refused this host's credential and there is no join token to "
+            "join again: this agent stays disconnected, running the last desired state, until "
+            f"it is restarted with --join-token-file (or {JOIN_TOKEN_ENV})",
+            reason=details,
+        )
 
     def _connection(self, *, up: bool) -> None:
         """The one place the connection state goes to the metrics."""

@@ -295,3 +295,44 @@ async def test_disconnected_seconds_is_zero_while_connected_and_grows_when_cut_o
         await eventually(lambda: disconnected() >= first + 0.2)
         assert metrics.get_sample_value("keel_agent_connected") == 0
         assert "web-1" in agent.driver.running()  # still on its last known desired state
+
+
+class Revoking(Servicer):
+    """Answers Hello, then ends the stream as a control plane does when the host's credential
+    is revoked while it is open."""
+
+    def __init__(self, answer: agent_pb2.ControlMessage) -> None:
+        super().__init__(answer)
+        self.calls = 0
+
+    async def Sync(self, request_iterator: Any, context: Any) -> None:
+        self.calls += 1
+        first = await context.read()
+        self.hellos.append(first.hello)
+        await context.write(self.answer)
+        context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+        context.set_details("the credential of host 'h1' (host/h1) was revoked or reset")
+
+
+async def test_a_revoked_credential_is_forgotten_and_never_retried_without_a_join_token(
+    tmp_path: Path, servers: list[Any]
+) -> None:
+    """The stream ends UNAUTHENTICATED: the agent logs an error with the control plane's reason
+    and what it needs, forgets the credential, keeps running its workloads, and never opens
+    another stream with it (nor connects for nothing) while it has no join token."""
+    servicer = Revoking(full_set(2, "web-1"))
+    server, address = await serve(servicer)
+    servers.append(server)
+    with structlog.testing.capture_logs() as logs:
+        async with Agent(tmp_path, (address,)) as agent:
+            await eventually(lambda: not (tmp_path / "credential").exists())
+            # Several reconnect attempts later (each says it is still disconnected, every
+            # degraded_log_interval_s) it has still opened no second stream.
+            await eventually(lambda: sum("degraded_for_s" in e for e in logs) >= 3, within=10)
+            assert servicer.calls == 1
+            assert "web-1" in agent.driver.running()
+    [refused] = [e for e in logs if "refused this host's credential" in e["event"]]
+    assert refused["log_level"] == "error"
+    assert "was revoked or reset" in refused["reason"]
+    assert "--join-token-file" in refused["event"]
+    assert "test-credential" not in str(logs)

@@ -1,0 +1,229 @@
+"""Open calls end when the credential that opened them is revoked.
+
+A call is authenticated once, when it opens (`controlplane.auth`), but a stream may stay open
+for days: an agent's Sync (which carries its host's assignments, env included), `keelctl logs
+--follow`, `keelctl op watch`. `OpenCalls` keeps, on each replica, the streaming calls open
+here by the id of the token that opened them; `check` reads which of those ids are still live
+(present and not revoked), and every call of one that is not ends with UNAUTHENTICATED and a
+message saying what was revoked and what to do. It checks:
+- at once when a token is revoked or replaced on any replica: `TokenStore.revoke` (keelctl
+  token revoke, host reset-credential) and `TokenStore.reset` (keel-controlplane reset-token)
+  NOTIFY `keel_token` in their transaction, and `controlplane.listener` calls `notified`; and
+  when the listener connects again (notifications sent meanwhile are lost);
+- and every `--auth-cache` anyway, the bound a revocation already has for new calls on the
+  other replicas: a lost notification, or a token revoked by hand in the database, ends the
+  call within it.
+With Postgres away a check fails and the calls stay open, as tokens already checked keep
+working (`TokenStore`).
+
+How a call ends (`until_revoked`): the handler runs each step (up to its next message) in a
+task of its own, so that it can be cancelled where it waits; its cleanup then runs as when the
+client goes away (`controlplane.sync` marks the host disconnected), and the call ends with the
+code set. A call whose client stopped reading cannot be ended that way (it waits in grpc's
+write, not in the handler): it gets nothing more, and the next check cancels it.
+
+Each call ended is counted in `keel_auth_denied_total{reason="revoked_open"}` and logged with the
+token's name, never the token. Neighbours: `auth` (wraps every streaming call it lets through),
+`tokens` (the NOTIFY), `listener`, `main` (runs `watch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+from collections.abc import AsyncGenerator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+
+from controlplane.cancelling import end_if_cancelled
+from controlplane.sql import Database
+from controlplane.tokens import HOST, Caller
+
+log = structlog.get_logger("keel.revocation")
+
+# The reason ended calls are counted under in keel_auth_denied_total.
+REASON = "revoked_open"
+# With --auth-cache 0 (every new call reads its token), checking every open call back to back
+# would be a busy loop on the database: at most this often, then.
+MIN_INTERVAL_S = 1.0
+
+_LIVE = "SELECT id FROM token WHERE id = ANY($1::text[]) AND revoked_at IS NULL"
+
+
+def revoked_message(who: Caller) -> str:
+    """What the caller of an ended call reads: what was revoked and what to do (no secret)."""
+    if who.role == HOST:
+        return (
+            f"the credential of host {who.host!r} ({who.name}) was revoked or reset; this stream "
+            "is closed. The agent must join again: with its join token (keel-agent "
+            "--join-token-file) it does so by itself; an admin issues one with keelctl token "
+            "create --role join --name NAME"
+        )
+    return (
+        f"the token {who.name!r} ({who.role}) was revoked; this call is closed. Ask an admin "
+        "for a new one (keelctl token create --role ROLE --name NAME) and set KEEL_TOKEN or "
+        "--token-file"
+    )
+
+
+@dataclass(eq=False)
+class _Open:
+    """One streaming call open here; `ended` gets its message when its credential is revoked."""
+
+    caller: Caller
+    task: asyncio.Task[Any] | None
+    ended: asyncio.Future[str] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class OpenCalls:
+    """The streaming calls open on this replica, by token id; ends those of revoked tokens."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        interval_s: float,
+        on_denied: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self._db = db
+        self._interval_s = max(interval_s, MIN_INTERVAL_S)
+        self._on_denied = on_denied
+        self._open: dict[str, set[_Open]] = {}
+        # Ended, but not finished yet: their client stopped reading (see the module docstring).
+        self._ending: set[_Open] = set()
+        self._wake = asyncio.Event()
+
+    @contextlib.contextmanager
+    def tracking(self, who: Caller) -> Iterator[asyncio.Future[str]]:
+        """The call is open for the block; the future gets a message if it must end."""
+        call = _Open(who, asyncio.current_task())
+        if not who.token_id:  # not a token verified by TokenStore: nothing to check it by
+            yield call.ended
+            return
+        self._open.setdefault(who.token_id, set()).add(call)
+        try:
+            yield call.ended
+        finally:
+            calls = self._open.get(who.token_id)
+            if calls is not None:
+                calls.discard(call)
+                if not calls:
+                    del self._open[who.token_id]
+            self._ending.discard(call)
+            call.task = None
+
+    def __len__(self) -> int:
+        return sum(len(calls) for calls in self._open.values())
+
+    def notified(self, name: str = "") -> None:
+        """A token was revoked or replaced somewhere (or notifications may have been lost)."""
+        self._wake.set()
+
+    async def check(self) -> int:
+        """Ends every call open here whose token is no longer live; how many it ended."""
+        for call in list(self._ending):
+            # Still there a whole check later: its client stopped reading.
+            if call.task is not None:
+                log.info("a closed call's client reads nothing; cancelling it",
+                         token_name=call.caller.name)  # fmt: skip
+                call.task.cancel()
+        ids = list(self._open)
+        if not ids:
+            return 0
+        live = {r["id"] for r in await self._db.fetch(_LIVE, ids)}
+        ended = 0
+        for token_id in ids:
+            if token_id in live:
+                continue
+            calls = self._open.pop(token_id, set())
+            for call in calls:
+                message = revoked_message(call.caller)
+                if not call.ended.done():
+                    call.ended.set_result(message)
+                self._ending.add(call)
+                self._on_denied(REASON)
+                ended += 1
+            if calls:
+                who = next(iter(calls)).caller
+                log.warning(
+                    "credential revoked; its open calls are closed",
+                    token_name=who.name,
+                    role=who.role,
+                    host=who.host,
+                    calls=len(calls),
+                )
+        return ended
+
+    async def watch(self) -> None:
+        """Checks when notified and every interval; runs until cancelled."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database may be away: the calls stay open
+                end_if_cancelled()
+                log.debug("open calls not checked; trying again", error=str(exc))
+
+
+_DONE = object()
+
+
+async def until_revoked(
+    responses: AsyncGenerator[Any, None],
+    ended: asyncio.Future[str],
+    context: grpc.aio.ServicerContext,
+) -> AsyncGenerator[Any, None]:
+    """The handler's responses until `ended` gets a message; then the handler is cancelled where
+    it waits (its cleanup runs) and the call ends UNAUTHENTICATED with that message.
+
+    Every step runs in one context, copied once, as if the handler ran in the call's own task:
+    what it binds (log context, its span) lasts from one message to the next."""
+    run_in = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+
+    async def next_response() -> Any:
+        try:
+            return await anext(responses)
+        except StopAsyncIteration:  # a task cannot end with this one
+            return _DONE
+
+    step: asyncio.Task[Any] | None = None
+    try:
+        while True:
+            step = loop.create_task(next_response(), context=run_in)
+            await asyncio.wait((step, ended), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                # Whatever its cleanup raised, the call ends for its credential.
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await step
+                step = None
+                context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+                context.set_details(ended.result())
+                return
+            try:
+                response = step.result()
+            finally:
+                # The handler's error holds this frame in its traceback: no cycle through it.
+                step = None
+            if response is _DONE:
+                return
+            yield response
+    finally:
+        if step is not None:  # the call itself was cancelled mid-step
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await step
+            step = None
+        await responses.aclose()
