@@ -225,11 +225,16 @@ class SyncClient:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             credential = await self._credentials.load()
             if credential is None:
-                reply = await stub.Join(
-                    convert.join_request_pb(s.host, await self._credentials.join_secret()),
-                    metadata=_bearer(self._credentials.join_token()),
-                    timeout=s.connect_timeout_s,
-                )
+                try:
+                    reply = await stub.Join(
+                        convert.join_request_pb(s.host, await self._credentials.join_secret()),
+                        metadata=_bearer(self._credentials.join_token()),
+                        timeout=s.connect_timeout_s,
+                    )
+                except grpc.aio.AioRpcError as e:
+                    if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        self._join_refused(alog, e.details() or "")
+                    raise
                 credential = convert.credential_from_pb(reply)
                 await self._credentials.store(credential)
                 alog.info("joined the fleet; the host's credential is kept in the state dir")
@@ -281,6 +286,17 @@ class SyncClient:
             "the control plane refused this host's credential and there is no join token to "
             "join again: this agent stays disconnected, running the last desired state, until "
             f"it is restarted with --join-token-file (or {JOIN_TOKEN_ENV})",
+            reason=details,
+        )
+
+    def _join_refused(self, alog: Any, details: str) -> None:
+        """The join token itself is refused (revoked or rotated): never tried again, since only
+        a restart with another one can change that."""
+        self._credentials.join_refused()
+        alog.error(
+            "the control plane refused the join token: this agent stays disconnected, running "
+            "the last desired state, until it is restarted with a valid --join-token-file (or "
+            f"{JOIN_TOKEN_ENV})",
             reason=details,
         )
 
