@@ -76,6 +76,9 @@ class _Open:
 
     caller: Caller
     task: asyncio.Task[Any] | None
+    # The call's log context (its rpc and peer, `controlplane.interceptors`), for the line
+    # that says it was closed.
+    log_vars: dict[str, Any]
     ended: asyncio.Future[str] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -102,7 +105,7 @@ class OpenCalls:
     @contextlib.contextmanager
     def tracking(self, who: Caller) -> Iterator[asyncio.Future[str]]:
         """The call is open for the block; the future gets a message if it must end."""
-        call = _Open(who, asyncio.current_task())
+        call = _Open(who, asyncio.current_task(), structlog.contextvars.get_contextvars())
         if not who.token_id:  # not a token verified by TokenStore: nothing to check it by
             yield call.ended
             return
@@ -131,7 +134,7 @@ class OpenCalls:
             # Still there a whole check later: its client stopped reading.
             if call.task is not None:
                 log.info("a closed call's client reads nothing; cancelling it",
-                         token_name=call.caller.name)  # fmt: skip
+                         **{**call.log_vars, "token_name": call.caller.name})  # fmt: skip
                 call.task.cancel()
         ids = list(self._open)
         if not ids:
@@ -141,22 +144,16 @@ class OpenCalls:
         for token_id in ids:
             if token_id in live:
                 continue
-            calls = self._open.pop(token_id, set())
-            for call in calls:
-                message = revoked_message(call.caller)
+            for call in self._open.pop(token_id, set()):
                 if not call.ended.done():
-                    call.ended.set_result(message)
+                    call.ended.set_result(revoked_message(call.caller))
                 self._ending.add(call)
                 self._on_denied(REASON)
                 ended += 1
-            if calls:
-                who = next(iter(calls)).caller
+                who = call.caller
                 log.warning(
-                    "credential revoked; its open calls are closed",
-                    token_name=who.name,
-                    role=who.role,
-                    host=who.host,
-                    calls=len(calls),
+                    "credential revoked; its open call is closed",
+                    **{**call.log_vars, "token_name": who.name, "role": who.role},
                 )
         return ended
 

@@ -264,10 +264,17 @@ async def test_a_revoked_operator_token_ends_its_open_watch(
             for call in (watch, kept):
                 assert (await asyncio.wait_for(call.read(), READ_S)).id == op.id
             started = time.monotonic()
-            await fleet.RevokeToken(
-                fleet_pb2.RevokeTokenRequest(name="night-shift"), metadata=bearer(admin)
-            )
-            error = await ended_with(watch, within=check_s + 1.0)
+            with structlog.testing.capture_logs() as logs:
+                await fleet.RevokeToken(
+                    fleet_pb2.RevokeTokenRequest(name="night-shift"), metadata=bearer(admin)
+                )
+                error = await ended_with(watch, within=check_s + 1.0)
+            [closed] = [
+                e for e in logs if e["event"] == "credential revoked; its open call is closed"
+            ]
+            assert closed["token_name"] == "night-shift"
+            assert closed["rpc"] == "keel.v1.FleetService/WatchOperation"
+            assert viewer.split(".")[1] not in str(logs)
             assert time.monotonic() - started < check_s + 1.0
             assert error.code() is grpc.StatusCode.UNAUTHENTICATED
             details = error.details() or ""
