@@ -267,8 +267,8 @@ def _as(handler: grpc.RpcMethodHandler, who: Caller, *, open_calls: OpenCalls | 
                 finally:
                     await responses.aclose()  # closed early: the handler cleans up now
                 return
-            with open_calls.tracking(who) as ended:
-                ending = until_revoked(responses, ended, context)
+            with open_calls.tracking(who) as call:
+                ending = until_revoked(responses, call, context)
                 try:
                     async for response in ending:
                         yield response

@@ -16,11 +16,12 @@ message saying what was revoked and what to do. It checks:
 With Postgres away a check fails and the calls stay open, as tokens already checked keep
 working (`TokenStore`).
 
-How a call ends (`until_revoked`): the handler runs each step (up to its next message) in a
-task of its own, so that it can be cancelled where it waits; its cleanup then runs as when the
-client goes away (`controlplane.sync` marks the host disconnected), and the call ends with the
-code set. A call whose client stopped reading cannot be ended that way (it waits in grpc's
-write, not in the handler): it gets nothing more, and the next check cancels it.
+How a call ends (`until_revoked`, `OpenCall.end`): if the call's task is in the handler, it is
+cancelled there, so the handler's cleanup runs as when the client goes away (`controlplane.sync`
+marks the host disconnected); that cancel is taken back and the call ends with the code set.
+If grpc is writing the last message instead, the call ends when grpc next asks for one, and
+that message is not sent. A call whose client stopped reading cannot end either way (grpc's
+write waits for it): it gets nothing more, and the next check cancels it in that write.
 
 Each call ended is counted in `keel_auth_denied_total{reason="revoked_open"}` and logged with the
 token's name, never the token. Neighbours: `auth` (wraps every streaming call it lets through),
@@ -31,9 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 from collections.abc import AsyncGenerator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -71,17 +71,33 @@ def revoked_message(who: Caller) -> str:
 
 
 @dataclass(eq=False)
-class _Open:
-    """One streaming call open here; `ended` gets its message when its credential is revoked."""
+class OpenCall:
+    """One streaming call open here (`OpenCalls.tracking`); `message` is set when its credential
+    is revoked."""
 
     caller: Caller
     task: asyncio.Task[Any] | None
     # The call's log context (its rpc and peer, `controlplane.interceptors`), for the line
     # that says it was closed.
     log_vars: dict[str, Any]
-    ended: asyncio.Future[str] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    message: str | None = None
+    # True while the call's task runs the handler (`until_revoked`), not grpc's write.
+    stepping: bool = False
+    # Cancels of the call's task this module made, and must take back when they land.
+    cancels: int = 0
+
+    def end(self, message: str) -> None:
+        """Ends the call: at once if its task is in the handler (it is cancelled where it waits,
+        so its cleanup runs), else when grpc next asks the handler for a message."""
+        if self.message is None:
+            self.message = message
+        if self.stepping:
+            self.cancel()
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.cancels += 1
+            self.task.cancel()
 
 
 class OpenCalls:
@@ -97,21 +113,21 @@ class OpenCalls:
         self._db = db
         self._interval_s = max(interval_s, MIN_INTERVAL_S)
         self._on_denied = on_denied
-        self._open: dict[str, set[_Open]] = {}
+        self._open: dict[str, set[OpenCall]] = {}
         # Ended, but not finished yet: their client stopped reading (see the module docstring).
-        self._ending: set[_Open] = set()
+        self._ending: set[OpenCall] = set()
         self._wake = asyncio.Event()
 
     @contextlib.contextmanager
-    def tracking(self, who: Caller) -> Iterator[asyncio.Future[str]]:
-        """The call is open for the block; the future gets a message if it must end."""
-        call = _Open(who, asyncio.current_task(), structlog.contextvars.get_contextvars())
+    def tracking(self, who: Caller) -> Iterator[OpenCall]:
+        """The call is open for the block (run it with `until_revoked`)."""
+        call = OpenCall(who, asyncio.current_task(), structlog.contextvars.get_contextvars())
         if not who.token_id:  # not a token verified by TokenStore: nothing to check it by
-            yield call.ended
+            yield call
             return
         self._open.setdefault(who.token_id, set()).add(call)
         try:
-            yield call.ended
+            yield call
         finally:
             calls = self._open.get(who.token_id)
             if calls is not None:
@@ -131,11 +147,11 @@ class OpenCalls:
     async def check(self) -> int:
         """Ends every call open here whose token is no longer live; how many it ended."""
         for call in list(self._ending):
-            # Still there a whole check later: its client stopped reading.
-            if call.task is not None:
-                log.info("a closed call's client reads nothing; cancelling it",
-                         **{**call.log_vars, "token_name": call.caller.name})  # fmt: skip
-                call.task.cancel()
+            # Still there a whole check later: its client stopped reading, so grpc's write
+            # waits (and it gets nothing more): cancelled there.
+            log.info("a closed call's client reads nothing; cancelling it",
+                     **{**call.log_vars, "token_name": call.caller.name})  # fmt: skip
+            call.cancel()
         ids = list(self._open)
         if not ids:
             return 0
@@ -145,8 +161,7 @@ class OpenCalls:
             if token_id in live:
                 continue
             for call in self._open.pop(token_id, set()):
-                if not call.ended.done():
-                    call.ended.set_result(revoked_message(call.caller))
+                call.end(revoked_message(call.caller))
                 self._ending.add(call)
                 self._on_denied(REASON)
                 ended += 1
@@ -173,54 +188,49 @@ class OpenCalls:
                 log.debug("open calls not checked; trying again", error=str(exc))
 
 
-_DONE = object()
+def _take_back(call: OpenCall) -> bool:
+    """Takes back the cancels of the call's task this module made; True if no other is pending
+    (the client leaving, the server stopping): the call may then end with its own code."""
+    task = asyncio.current_task()
+    if task is None:
+        return False
+    remaining = task.cancelling()
+    for _ in range(call.cancels):
+        remaining = task.uncancel()
+    call.cancels = 0
+    return remaining == 0
 
 
 async def until_revoked(
     responses: AsyncGenerator[Any, None],
-    ended: asyncio.Future[str],
+    call: OpenCall,
     context: grpc.aio.ServicerContext,
 ) -> AsyncGenerator[Any, None]:
-    """The handler's responses until `ended` gets a message; then the handler is cancelled where
-    it waits (its cleanup runs) and the call ends UNAUTHENTICATED with that message.
-
-    Every step runs in one context, copied once, as if the handler ran in the call's own task:
-    what it binds (log context, its span) lasts from one message to the next."""
-    run_in = contextvars.copy_context()
-    loop = asyncio.get_running_loop()
-
-    async def next_response() -> Any:
-        try:
-            return await anext(responses)
-        except StopAsyncIteration:  # a task cannot end with this one
-            return _DONE
-
-    step: asyncio.Task[Any] | None = None
+    """The handler's responses until the call's credential is revoked (`OpenCall.end`); then
+    the call ends UNAUTHENTICATED with the message. The handler runs in the call's own task, as
+    without this: `stepping` says when that task is in the handler, where a cancel ends it."""
     try:
-        while True:
-            step = loop.create_task(next_response(), context=run_in)
-            await asyncio.wait((step, ended), return_when=asyncio.FIRST_COMPLETED)
-            if not step.done():
-                step.cancel()
-                # Whatever its cleanup raised, the call ends for its credential.
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await step
-                step = None
-                context.set_code(grpc.StatusCode.UNAUTHENTICATED)
-                context.set_details(ended.result())
-                return
+        while call.message is None:
+            call.stepping = True
             try:
-                response = step.result()
-            finally:
-                # The handler's error holds this frame in its traceback: no cycle through it.
-                step = None
-            if response is _DONE:
+                response = await anext(responses)
+            except StopAsyncIteration:
                 return
+            except (asyncio.CancelledError, Exception):
+                # Ended: whatever the handler raised on the way out (its cancel, or what a
+                # cancel became), the call ends for its credential, unless someone else
+                # cancelled it too.
+                if call.message is None or not _take_back(call):
+                    raise
+                break
+            finally:
+                call.stepping = False
+            if call.message is not None:  # revoked as this message came: it is not sent
+                break
             yield response
+        if not _take_back(call):  # the handler swallowed a cancel that was not only ours
+            raise asyncio.CancelledError
+        context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+        context.set_details(call.message)
     finally:
-        if step is not None:  # the call itself was cancelled mid-step
-            step.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await step
-            step = None
         await responses.aclose()

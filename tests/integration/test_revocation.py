@@ -352,8 +352,12 @@ async def test_a_stream_whose_client_stopped_reading_is_cancelled_at_the_next_ch
             for _ in range(200):
                 session.send(log_request_pb("r" * 32, "i" * 2000, tail_lines=1, follow=True))
 
+            seen: list[int] = []
+
             async def stalled() -> bool:
-                return 0 < session.outbox.qsize() < 200
+                # Messages left, and none taken over the last half second (polled every 20 ms).
+                seen.append(session.outbox.qsize())
+                return seen[-1] > 0 and len(seen) > 25 and len(set(seen[-25:])) == 1
 
             await until(stalled, what="the server's write waiting for the client")
             with structlog.testing.capture_logs() as logs:

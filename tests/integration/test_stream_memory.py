@@ -228,9 +228,9 @@ async def test_calls_refused_for_their_credential_are_freed_when_they_end(
     async def refused(metadata: tuple[tuple[str, str], ...]) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Sync(metadata=metadata)
-            # The refusal may land before the hello is written: then the write raises it.
+            # Refused before anything is read, so nothing is written: a write racing the
+            # refusal fails on the client's side as INTERNAL ("Failed execute_batch").
             with pytest.raises(grpc.aio.AioRpcError) as denied:
-                await call.write(_hello("host-1"))
                 await call.read()
             assert denied.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
