@@ -370,3 +370,32 @@ async def test_a_stream_whose_client_stopped_reading_is_cancelled_at_the_next_ch
             assert any("reads nothing" in e["event"] for e in logs), logs
             assert not (await store.get_host("h1")).connected
             call.cancel()
+
+
+async def test_keel_controlplane_reset_token_ends_the_streams_of_the_token_it_replaces(
+    store: Store, migrated_database: str, tmp_path: Path
+) -> None:
+    """`keel-controlplane reset-token admin` (another process, straight to the database): the
+    running replica ends the watch the old admin token opened, by the NOTIFY."""
+    async with replicas(store, migrated_database, tmp_path, (60.0, True)) as [replica]:
+        await replica.tokens.bootstrap(tmp_path)
+        old_admin = (tmp_path / "admin.token").read_text().strip()
+        await store.register_host(
+            "h1", labels={}, capacity=Resources(1000, 1024), agent_version="t"
+        )
+        op, _ = await store.begin_drain(["h1"], {}, params=DrainParams(), reason="", actor="a")
+        async with grpc.aio.insecure_channel(replica.address) as channel:
+            fleet = fleet_pb2_grpc.FleetServiceStub(channel)
+            watch = fleet.WatchOperation(
+                fleet_pb2.WatchOperationRequest(id=op.id), metadata=bearer(old_admin)
+            )
+            assert (await asyncio.wait_for(watch.read(), READ_S)).id == op.id
+            # As `keel-controlplane reset-token` does it (controlplane.security): its own store.
+            await TokenStore(store.pool, cache_s=0).reset("admin", tmp_path)
+            error = await ended_with(watch, within=5.0)
+            assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert "the token 'admin' (admin) was revoked" in (error.details() or "")
+            new_admin = (tmp_path / "admin.token").read_text().strip()
+            assert new_admin != old_admin
+            hosts = await fleet.ListHosts(fleet_pb2.ListHostsRequest(), metadata=bearer(new_admin))
+            assert [h.name for h in hosts.hosts] == ["h1"]
