@@ -83,9 +83,8 @@ DEFAULT_ADDRESS = "127.0.0.1:9464"
 
 # revoked_open: a streaming call open when its token was revoked, ended then (revocation.py).
 AUTH_DENIED_REASONS = (
-    *("missing", "malformed", "unknown", "revoked", "role", "host", "unlisted"),
-    "revoked_open",
-)
+    "missing", "malformed", "unknown", "revoked", "role", "host", "unlisted", "revoked_open",
+)  # fmt: skip
 
 
 class MetricsError(KeelError):
