@@ -4,8 +4,10 @@ On its first connection an agent without a credential calls `AgentService.Join` 
 token (`--join-token-file`, or env KEEL_JOIN_TOKEN) and its host name; the credential it gets
 is for that host alone and is kept mode 0600 in `<state-dir>/credential`, then sent with every
 Sync. If the control plane no longer knows it (UNAUTHENTICATED: an admin ran `keelctl host
-reset-credential`, or the database was rebuilt), the agent forgets it and joins again at the
-next attempt. The credential and the join token never reach a log line.
+reset-credential` or revoked it, even while its stream was open, or the database was rebuilt),
+the agent forgets it and joins again at the next attempt; a join token refused is not sent
+again (only a restart with another can help), and with neither the agent connects no more.
+The credential and the join token never reach a log line.
 
 Channels use TLS when `--tls-ca` is given (`keel.tls`), with a client certificate for mutual
 TLS (`--tls-cert/--tls-key`). Neighbour: `agent.sync` (opens the channel, calls Join and sends
@@ -87,6 +89,11 @@ class Credentials:
             )
         return self._credential
 
+    @property
+    def can_join(self) -> bool:
+        """Whether a join token was given, to get a credential with."""
+        return self._join_token is not None
+
     def join_token(self) -> str:
         """The join token, to get a credential with; NoCredential when there is none."""
         if self._join_token is None:
@@ -115,6 +122,10 @@ class Credentials:
         await asyncio.to_thread(write_secret, self._path, credential)
         self._credential = credential
         self._joining.unlink(missing_ok=True)
+
+    def join_refused(self) -> None:
+        """The control plane refused the join token (UNAUTHENTICATED): it is not sent again."""
+        self._join_token = None
 
     def refused(self) -> None:
         """The control plane does not know this credential (any more): join again next time,

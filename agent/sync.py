@@ -47,7 +47,7 @@ import structlog
 from agent import convert, logread
 from agent.backoff import Reconnects
 from agent.convert import DesiredUpdate, HeartbeatAck, LogRequest, Outgoing
-from agent.credentials import Credentials, NoCredential
+from agent.credentials import JOIN_TOKEN_ENV, Credentials, NoCredential
 from agent.metrics import AgentMetrics
 from agent.outcome import Outbox
 from agent.settings import Settings
@@ -215,17 +215,26 @@ class SyncClient:
     async def _session(self, address: str, alog: Any) -> None:
         """One stream; returns (or raises) when it ends."""
         s = self._settings
+        if await self._credentials.load() is None:
+            # No credential and no join token to get one: NoCredential before any connection,
+            # so an agent whose credential was revoked does not knock with nothing to show.
+            self._credentials.join_token()
         async with _channel(address, s) as channel:
             async with asyncio.timeout(s.connect_timeout_s):
                 await connect(channel)
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             credential = await self._credentials.load()
             if credential is None:
-                reply = await stub.Join(
-                    convert.join_request_pb(s.host, await self._credentials.join_secret()),
-                    metadata=_bearer(self._credentials.join_token()),
-                    timeout=s.connect_timeout_s,
-                )
+                try:
+                    reply = await stub.Join(
+                        convert.join_request_pb(s.host, await self._credentials.join_secret()),
+                        metadata=_bearer(self._credentials.join_token()),
+                        timeout=s.connect_timeout_s,
+                    )
+                except grpc.aio.AioRpcError as e:
+                    if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        self._join_refused(alog, e.details() or "")
+                    raise
                 credential = convert.credential_from_pb(reply)
                 await self._credentials.store(credential)
                 alog.info("joined the fleet; the host's credential is kept in the state dir")
@@ -251,9 +260,7 @@ class SyncClient:
                 await self._pump(call, self._queue)
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.UNAUTHENTICATED:
-                    alog.warning("the control plane refused this host's credential; "
-                                 "joining again at the next attempt")  # fmt: skip
-                    self._credentials.refused()
+                    self._refused(alog, e.details() or "")
                 raise
             finally:
                 self._outbox.close()
@@ -264,6 +271,34 @@ class SyncClient:
                     task.cancel()
                 self._log_tasks.clear()
                 call.cancel()
+
+    def _refused(self, alog: Any, details: str) -> None:
+        """The control plane refused this host's credential (reset or revoked by an admin,
+        even while the stream was open): it is forgotten, and the agent joins again with the
+        join token, or, without one, stays disconnected (running the last desired state) and
+        says what it needs; it never retries the dead credential."""
+        self._credentials.refused()
+        if self._credentials.can_join:
+            alog.error("the control plane refused this host's credential; joining again with "
+                       "the join token", reason=details)  # fmt: skip
+            return
+        alog.error(
+            "the control plane refused this host's credential and there is no join token to "
+            "join again: this agent stays disconnected, running the last desired state, until "
+            f"it is restarted with --join-token-file (or {JOIN_TOKEN_ENV})",
+            reason=details,
+        )
+
+    def _join_refused(self, alog: Any, details: str) -> None:
+        """The join token itself is refused (revoked or rotated): never tried again, since only
+        a restart with another one can change that."""
+        self._credentials.join_refused()
+        alog.error(
+            "the control plane refused the join token: this agent stays disconnected, running "
+            "the last desired state, until it is restarted with a valid --join-token-file (or "
+            f"{JOIN_TOKEN_ENV})",
+            reason=details,
+        )
 
     def _connection(self, *, up: bool) -> None:
         """The one place the connection state goes to the metrics."""

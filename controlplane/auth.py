@@ -9,7 +9,8 @@ call needs. A method missing from `REQUIRED` is refused (fail closed): a new RPC
 The caller is kept for the handler in a context variable (`caller()`): `controlplane.actor`
 names it as the actor of every change, `controlplane.sync` checks that a host credential syncs
 its own host. Refusals are counted in `keel_auth_denied_total{reason}` and logged with the
-method, the peer and the reason, never the token.
+method, the peer and the reason, never the token. A streaming call stays open only while its
+token does: `controlplane.revocation` ends it when the token is revoked (`open_calls`).
 
 Placed after `controlplane.interceptors.ObservabilityInterceptor`, so refused calls get their
 span, log context and `keel_grpc_requests_total` code like any other.
@@ -27,6 +28,7 @@ import structlog
 
 from controlplane.errors import PermissionDenied, Unavailable
 from controlplane.metrics import Metrics
+from controlplane.revocation import OpenCalls, until_revoked
 from controlplane.tokens import (
     ADMIN,
     HOST,
@@ -129,9 +131,12 @@ Behaviour = Callable[..., Any]
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticates and authorizes every call by `REQUIRED`; see the module docstring."""
 
-    def __init__(self, *, tokens: TokenStore, metrics: Metrics) -> None:
+    def __init__(
+        self, *, tokens: TokenStore, metrics: Metrics, open_calls: OpenCalls | None = None
+    ) -> None:
         self._tokens = tokens
         self._metrics = metrics
+        self._open_calls = open_calls
 
     async def intercept_service(
         self,
@@ -181,7 +186,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 log.warning("call refused", reason=denied.reason, code=code.name)
 
             return _refusing(handler, code, denied.message, on_refused=refused)
-        return _as(handler, verdict)
+        return _as(handler, verdict, open_calls=self._open_calls)
 
 
 def _kind(handler: grpc.RpcMethodHandler) -> tuple[str, Behaviour]:
@@ -237,8 +242,9 @@ def _refusing(
     return _rebuilt(handler, kind, refuse)
 
 
-def _as(handler: grpc.RpcMethodHandler, who: Caller) -> Any:
-    """The handler, run with the caller known (`caller()`) and bound to its log lines.
+def _as(handler: grpc.RpcMethodHandler, who: Caller, *, open_calls: OpenCalls | None) -> Any:
+    """The handler, run with the caller known (`caller()`) and bound to its log lines; a
+    streaming one ends when its token is revoked (`open_calls`).
 
     Each RPC runs in a task of its own, so the context variable set here is that call's; it
     keeps the type of what it wraps (grpc.aio drives a coroutine and a generator differently).
@@ -254,11 +260,20 @@ def _as(handler: grpc.RpcMethodHandler, who: Caller) -> Any:
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
             enter()
             responses = behaviour(request, context)
-            try:
-                async for response in responses:
-                    yield response
-            finally:
-                await responses.aclose()  # closed early: the handler cleans up now
+            if open_calls is None:
+                try:
+                    async for response in responses:
+                        yield response
+                finally:
+                    await responses.aclose()  # closed early: the handler cleans up now
+                return
+            with open_calls.tracking(who) as call:
+                ending = until_revoked(responses, call, context)
+                try:
+                    async for response in ending:
+                        yield response
+                finally:
+                    await ending.aclose()  # closed early: the handler cleans up now
 
         return _rebuilt(handler, kind, streaming)
 

@@ -140,7 +140,8 @@ DURATION_FLAGS = (
     (
         "--auth-cache",
         "auth_cache_s",
-        "a checked token is trusted this long (a revocation elsewhere takes effect within it)",
+        "a checked token is trusted this long (a revocation elsewhere takes effect within it,"
+        " open streams included)",
     ),
     (
         "--request-retention",

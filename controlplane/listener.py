@@ -3,7 +3,8 @@
 `keel_host` notifications wake the Sync stream of that host; `keel_workload` ones go to the
 leader's cache (`controlplane.cache`), which reads what changed and wakes the controllers;
 `keel_operation` ones wake the operation's watchers and the drain controller; `keel_logs`
-ones carry log requests and chunks between replicas (`controlplane.logbus`). The
+ones carry log requests and chunks between replicas (`controlplane.logbus`); `keel_token`
+ones name a token revoked or replaced (`controlplane.revocation` ends its open calls). The
 connection is re-made with back-off if it drops, and everything is woken (and read) again
 then, since notifications sent meanwhile are lost.
 """
@@ -19,7 +20,7 @@ import asyncpg
 import structlog
 
 from controlplane.cancelling import end_if_cancelled
-from controlplane.sql import LOGS_CHANNEL
+from controlplane.sql import LOGS_CHANNEL, TOKEN_CHANNEL
 from controlplane.store import HOST_CHANNEL, OPERATION_CHANNEL, WORKLOAD_CHANNEL
 
 log = structlog.get_logger("keel.listener")
@@ -35,6 +36,7 @@ class Listener:
         on_reconnect: Callable[[], None],
         on_operation: Callable[[str], None] = lambda op: None,
         on_logs: Callable[[str], None] = lambda payload: None,
+        on_token: Callable[[str], None] = lambda name: None,
     ) -> None:
         self._url = database_url
         self._on_host = on_host
@@ -42,6 +44,7 @@ class Listener:
         self._on_reconnect = on_reconnect
         self._on_operation = on_operation
         self._on_logs = on_logs
+        self._on_token = on_token
 
     def _dispatch(self, conn: object, pid: int, channel: str, payload: object) -> None:
         assert isinstance(payload, str)
@@ -53,6 +56,8 @@ class Listener:
             self._on_operation(payload)
         elif channel == LOGS_CHANNEL:
             self._on_logs(payload)
+        elif channel == TOKEN_CHANNEL:
+            self._on_token(payload)
 
     async def run(self) -> None:
         delay = 0.2
@@ -67,6 +72,7 @@ class Listener:
                 await conn.add_listener(WORKLOAD_CHANNEL, self._dispatch)
                 await conn.add_listener(OPERATION_CHANNEL, self._dispatch)
                 await conn.add_listener(LOGS_CHANNEL, self._dispatch)
+                await conn.add_listener(TOKEN_CHANNEL, self._dispatch)
                 if not first:
                     log.info("listening again; waking every stream and controller")
                     self._on_reconnect()

@@ -48,6 +48,7 @@ from controlplane.reconcile import Controller, Runner
 from controlplane.reports import ReportWriter
 from controlplane.retention import Retention, RetentionController
 from controlplane.retention_store import RetentionStore
+from controlplane.revocation import OpenCalls
 from controlplane.rollouts import RolloutController
 from controlplane.security import port_credentials as _port_credentials
 from controlplane.security import run_reset_token
@@ -158,6 +159,15 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         pool, cache_s=settings.auth_cache_s, refresh_timeout_s=settings.db_probe_timeout_s
     )
     await tokens.bootstrap(settings.state_dir)
+    # Streaming calls end when their token is revoked, within --auth-cache on every replica.
+    open_calls = OpenCalls(
+        pool, interval_s=settings.auth_cache_s, on_denied=metrics.count_auth_denied
+    )
+
+    def token_revoked(name: str) -> None:
+        tokens.forget(name)
+        open_calls.notified(name)
+
     registry = StreamRegistry()
     secret_key = settings.secret_key_file or settings.state_dir / secrets.KEY_FILE
     secret_box = await asyncio.to_thread(
@@ -277,6 +287,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         drains.resync_now()
         rollouts.resync_now()
         watch.changed_all()
+        open_calls.notified()
 
     def operation_changed(op: str) -> None:
         watch.changed(op)
@@ -296,6 +307,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         on_reconnect=wake_everything,
         on_operation=operation_changed,
         on_logs=logs_elsewhere.received,
+        on_token=token_revoked,
     )
     leadership = Leadership(
         store,
@@ -310,7 +322,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
     server = grpc.aio.server(
         interceptors=[
             ObservabilityInterceptor(metrics=metrics),
-            AuthInterceptor(tokens=tokens, metrics=metrics),
+            AuthInterceptor(tokens=tokens, metrics=metrics, open_calls=open_calls),
         ],
         options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
     )
@@ -384,6 +396,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         asyncio.create_task(reports.run(), name="report-writer"),
         asyncio.create_task(heartbeats.run(), name="heartbeat-writer"),
         asyncio.create_task(agent_sync.check_streams(), name="stream-check"),
+        asyncio.create_task(open_calls.watch(), name="revocation-watch"),
         asyncio.create_task(leadership.run(), name="leadership"),
         asyncio.create_task(
             _probe_database(

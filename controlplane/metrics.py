@@ -81,7 +81,10 @@ CACHE_KINDS = ("workload", "instance", "host")
 DEFAULT_ADDRESS = "127.0.0.1:9464"
 
 
-AUTH_DENIED_REASONS = ("missing", "malformed", "unknown", "revoked", "role", "host", "unlisted")
+# revoked_open: a streaming call open when its token was revoked, ended then (revocation.py).
+AUTH_DENIED_REASONS = (
+    "missing", "malformed", "unknown", "revoked", "role", "host", "unlisted", "revoked_open",
+)  # fmt: skip
 
 
 class MetricsError(KeelError):
@@ -310,7 +313,8 @@ class Metrics:
             "Calls refused by authentication or authorization (controlplane.auth), by reason: "
             "missing (no token), malformed, unknown (no such token, or a wrong secret), "
             "revoked, role (too low for the call), host (a host credential naming another "
-            "host), unlisted (a method no role may call).",
+            "host), unlisted (a method no role may call), revoked_open (a streaming call "
+            "open when its token was revoked, closed then).",
             ["reason"],
             registry=r,
         )

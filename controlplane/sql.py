@@ -43,6 +43,9 @@ WORKLOAD_CHANNEL = "keel_workload"
 OPERATION_CHANNEL = "keel_operation"
 # Log requests and chunks between replicas (controlplane.logbus): JSON, one object each.
 LOGS_CHANNEL = "keel_logs"
+# A token was revoked or replaced (the payload is its name): every replica forgets what it
+# checked of it and ends the calls it opened (controlplane.revocation).
+TOKEN_CHANNEL = "keel_token"
 
 # A connection, whether held directly or borrowed from the pool.
 Conn = asyncpg.Connection | PoolConnectionProxy

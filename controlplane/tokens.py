@@ -13,7 +13,8 @@ sync that host) and `webhook` (may call no RPC: only the Alertmanager webhook,
 `controlplane.alert_hook`). Which call needs which role is the one table in `controlplane.auth`.
 
 Neighbours: `controlplane.auth` (the interceptor that checks every call with `verify`),
-`controlplane.tokens_api` (the admin calls and Join), `controlplane.main` (`bootstrap` on start).
+`controlplane.tokens_api` (the admin calls and Join), `controlplane.main` (`bootstrap` on start),
+`controlplane.revocation` (ends the open calls of a token revoked or replaced here).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from controlplane.errors import (
     PermissionDenied,
     Unavailable,
 )
-from controlplane.sql import Conn, Database, record_event
+from controlplane.sql import TOKEN_CHANNEL, Conn, Database, record_event
 from keel import fields
 from keel.secretfile import write_secret
 
@@ -72,6 +73,9 @@ class Caller:
     name: str
     role: str
     host: str | None = None
+    # The token's id (the part before the dot, not secret): what `controlplane.revocation`
+    # checks an open call's token by. Not compared: a caller is who, not which token.
+    token_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -159,9 +163,10 @@ class TokenStore:
     """Issues, checks and revokes tokens in Postgres, with a short-lived cache of checked ones.
 
     A checked token is kept for `cache_s` (a setting), so every call does not read the table;
-    a revocation made on another replica therefore takes up to `cache_s` to reach this one
-    (on this replica, at once). With Postgres away, a token checked before stays usable (its
-    re-check waits at most `refresh_timeout_s`): only a new one cannot be checked (UNAVAILABLE).
+    a revocation made on another replica reaches this one when its NOTIFY does (`forget`), and
+    within `cache_s` if that is lost (on this replica, at once). With Postgres away, a token
+    checked before stays usable (its re-check waits at most `refresh_timeout_s`): only a new
+    one cannot be checked (UNAVAILABLE).
     """
 
     def __init__(
@@ -201,7 +206,7 @@ class TokenStore:
                 if row is None:
                     self._checked.pop(token_id, None)
                     return Denied("unknown", "the token is not valid (unknown or revoked)")
-                caller = Caller(row["name"], row["role"], row["host"])
+                caller = Caller(row["name"], row["role"], row["host"], token_id=row["id"])
                 cached = (now, caller, bytes(row["hash"]), row["revoked_at"] is not None)
                 self._checked[token_id] = cached
         _, caller, stored, revoked = cached
@@ -211,7 +216,9 @@ class TokenStore:
             return Denied("revoked", "the token is not valid (unknown or revoked)")
         return caller
 
-    def _forget(self, name: str) -> None:
+    def forget(self, name: str) -> None:
+        """Drops what was checked of the tokens called name (revoked or replaced, maybe on
+        another replica: `controlplane.listener`): their next call reads the table."""
         for token_id, entry in list(self._checked.items()):
             if entry[1].name == name:
                 del self._checked[token_id]
@@ -314,7 +321,9 @@ class TokenStore:
                 else ("TokenRevoked", f"token/{name}")
             )
             await record_event(conn, what, kind, f"{row['role']} token revoked", actor=actor)
-        self._forget(name)
+            # Every replica forgets it and ends the calls it opened (controlplane.revocation).
+            await conn.execute("SELECT pg_notify($1, $2)", TOKEN_CHANNEL, name)
+        self.forget(name)
         log.info("token revoked", token_name=name, actor=actor)
         return _info(row)
 
@@ -368,5 +377,7 @@ class TokenStore:
                 conn, f"token/{name}", "TokenReset", f"{role} token replaced on the control "
                 "plane's host", actor="keel-controlplane reset-token",
             )  # fmt: skip
+            # The running replicas end what the old one opened (controlplane.revocation).
+            await conn.execute("SELECT pg_notify($1, $2)", TOKEN_CHANNEL, name)
             await asyncio.to_thread(write_secret, path, token)
         return path

@@ -84,8 +84,11 @@ async def serve(servicer: Servicer) -> tuple[Any, str]:
 
 
 class Agent:
-    def __init__(self, tmp_path: Path, addresses: tuple[str, ...]) -> None:
+    def __init__(
+        self, tmp_path: Path, addresses: tuple[str, ...], *, join_token: str | None = None
+    ) -> None:
         self.settings = Settings(
+            join_token=join_token,
             degraded_log_interval_s=0.3,
             host="h1",
             state_dir=tmp_path,
@@ -295,3 +298,68 @@ async def test_disconnected_seconds_is_zero_while_connected_and_grows_when_cut_o
         await eventually(lambda: disconnected() >= first + 0.2)
         assert metrics.get_sample_value("keel_agent_connected") == 0
         assert "web-1" in agent.driver.running()  # still on its last known desired state
+
+
+class Revoking(Servicer):
+    """Answers Hello, then ends the stream as a control plane does when the host's credential
+    is revoked while it is open."""
+
+    def __init__(self, answer: agent_pb2.ControlMessage) -> None:
+        super().__init__(answer)
+        self.calls = 0
+        self.joins = 0
+
+    async def Sync(self, request_iterator: Any, context: Any) -> None:
+        self.calls += 1
+        first = await context.read()
+        self.hellos.append(first.hello)
+        await context.write(self.answer)
+        context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+        context.set_details("the credential of host 'h1' (host/h1) was revoked or reset")
+
+    async def Join(self, request: agent_pb2.JoinRequest, context: Any) -> None:
+        self.joins += 1
+        context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+        context.set_details("the token is not valid (unknown or revoked)")
+
+
+async def test_a_revoked_credential_is_forgotten_and_never_retried_without_a_join_token(
+    tmp_path: Path, servers: list[Any]
+) -> None:
+    """The stream ends UNAUTHENTICATED: the agent logs an error with the control plane's reason
+    and what it needs, forgets the credential, keeps running its workloads, and never opens
+    another stream with it (nor connects for nothing) while it has no join token."""
+    servicer = Revoking(full_set(2, "web-1"))
+    server, address = await serve(servicer)
+    servers.append(server)
+    with structlog.testing.capture_logs() as logs:
+        async with Agent(tmp_path, (address,)) as agent:
+            await eventually(lambda: not (tmp_path / "credential").exists())
+            # Several reconnect attempts later (each says it is still disconnected, every
+            # degraded_log_interval_s) it has still opened no second stream.
+            await eventually(lambda: sum("degraded_for_s" in e for e in logs) >= 3, within=10)
+            assert servicer.calls == 1
+            assert "web-1" in agent.driver.running()
+    [refused] = [e for e in logs if "refused this host's credential" in e["event"]]
+    assert refused["log_level"] == "error"
+    assert "was revoked or reset" in refused["reason"]
+    assert "--join-token-file" in refused["event"]
+    assert "test-credential" not in str(logs)
+
+
+async def test_a_refused_join_token_is_not_sent_again(tmp_path: Path, servers: list[Any]) -> None:
+    """Its credential revoked, the agent joins again with its join token; that refused too
+    (rotated), it logs an error saying it needs another and never calls again."""
+    servicer = Revoking(full_set(2, "web-1"))
+    server, address = await serve(servicer)
+    servers.append(server)
+    with structlog.testing.capture_logs() as logs:
+        async with Agent(tmp_path, (address,), join_token="0123456789abcdef.join-secret") as agent:
+            await eventually(lambda: servicer.joins == 1)
+            await eventually(lambda: sum("degraded_for_s" in e for e in logs) >= 3, within=10)
+            assert (servicer.calls, servicer.joins) == (1, 1)
+            assert "web-1" in agent.driver.running()
+    [refused] = [e for e in logs if "refused the join token" in e["event"]]
+    assert refused["log_level"] == "error"
+    assert "--join-token-file" in refused["event"]
+    assert "join-secret" not in str(logs)

@@ -28,6 +28,7 @@ from controlplane.interceptors import ObservabilityInterceptor
 from controlplane.logrelay import LogRelay
 from controlplane.metrics import Metrics
 from controlplane.reports import ReportWriter
+from controlplane.revocation import OpenCalls
 from controlplane.secrets import load_or_create
 from controlplane.status import StatusStore
 from controlplane.store import Store
@@ -227,9 +228,9 @@ async def test_calls_refused_for_their_credential_are_freed_when_they_end(
     async def refused(metadata: tuple[tuple[str, str], ...]) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Sync(metadata=metadata)
-            # The refusal may land before the hello is written: then the write raises it.
+            # Refused before anything is read, so nothing is written: a write racing the
+            # refusal fails on the client's side as INTERNAL ("Failed execute_batch").
             with pytest.raises(grpc.aio.AioRpcError) as denied:
-                await call.write(_hello("host-1"))
                 await call.read()
             assert denied.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
@@ -249,6 +250,63 @@ async def test_calls_refused_for_their_credential_are_freed_when_they_end(
         finally:
             gc.enable()
         assert not garbage, garbage
+    finally:
+        registry.stop()
+        await server.stop(1)
+
+
+async def test_streams_ended_by_their_client_or_a_revocation_are_freed_when_they_end(
+    store: Store, tmp_path: Path
+) -> None:
+    """Streams tracked by `controlplane.revocation` (every authenticated stream) leave nothing
+    for the cyclic collector and no entry in the open calls, whether their agent closed them
+    or their credential was revoked."""
+    metrics = Metrics()
+    registry = StreamRegistry()
+    sync = _agent_sync(store, registry, metrics, tmp_path)
+    tokens = TokenStore(store.pool, cache_s=5.0)
+    open_calls = OpenCalls(store.pool, interval_s=60.0)
+    server = grpc.aio.server(
+        interceptors=[
+            ObservabilityInterceptor(metrics=metrics),
+            AuthInterceptor(tokens=tokens, metrics=metrics, open_calls=open_calls),
+        ]
+    )
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(sync, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+
+    async def stream(host: str, *, revoke: bool) -> None:
+        credential = await tokens.join(host, actor="join")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            metadata = (("authorization", f"Bearer {credential}"),)
+            call = agent_pb2_grpc.AgentServiceStub(channel).Sync(metadata=metadata)
+            await call.write(_hello(host))
+            await call.read()
+            if not revoke:
+                call.cancel()
+                return
+            await tokens.reset_host(host, actor="admin")
+            await open_calls.check()
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await call.read()
+            assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+    try:
+        for i in range(WARM_UP):
+            await stream(f"warm-{i}", revoke=i % 2 == 0)
+        await _all_ended(registry, metrics, WARM_UP)
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(REPLACED):
+                await stream(f"host-{i}", revoke=i % 2 == 0)
+            await _all_ended(registry, metrics, WARM_UP + REPLACED)
+            garbage = _server_garbage()
+        finally:
+            gc.enable()
+        assert not garbage, garbage
+        assert len(open_calls) == 0
     finally:
         registry.stop()
         await server.stop(1)
