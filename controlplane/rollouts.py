@@ -15,8 +15,12 @@ passes and read again (one indexed read) only when the workload's generation or 
 moves (every write to a revision by an RPC, on any replica, moves the latter in its
 transaction), after a write of the controller's own, at each resync and in a new term; the time
 it judges by is the database's, through `dbclock.DatabaseClock` (read once per resync, not per
-pass). A pass while a rollout is under way so costs one query, the workload's version
-(`cache.current`). A workload whose current revision is settled (COMPLETE, ROLLED_BACK,
+pass). A pass judges on the cache as it stands (kept current by the notifications, each of
+which wakes the key again), so one that only waits makes no query (but that row's, when it
+moved); one that would write (a
+completion, a failure, a promotion, a hold lifted) is made again on the workload as the database
+has it (`cache.current`: its version checked, the workload read again if it moved), and only
+then written. A workload whose current revision is settled (COMPLETE, ROLLED_BACK,
 SUPERSEDED, ABORTED, or FAILED and held) costs a lookup in memory, no query, until its
 generation or its pause moves. Woken like
 the workload controller (the cache's notifications and report batches, `main`), and requeued at
@@ -128,23 +132,37 @@ class RolloutController:
             if settled is not None and settled[:2] == (cached.row.generation, cached.row.paused):
                 self._state(name, settled[2], cached.row, keel_rollback=settled[3])
                 return IDLE
+        if cached is None or cached.row.deleting:
+            self._forget(name)
+            return IDLE
+        return await self._pass(name, cached, term=term, confirmed=False)
+
+    async def _confirm(self, name: str, *, term: Term) -> Result:
+        """A pass that would write is made again on the workload as the database has it now
+        (`cache.current`: its version checked, the workload read again if it moved)."""
         entry = await self._cache.current(name)
         if entry is None or entry.row.deleting:
             self._forget(name)
             return IDLE
+        return await self._pass(name, entry, term=term, confirmed=True)
+
+    async def _pass(
+        self, name: str, entry: WorkloadEntry[WorkloadRow], *, term: Term, confirmed: bool
+    ) -> Result:
+        """Judges the workload's current revision and writes what it decides. Unless
+        `confirmed`, `entry` is the cache's as it stands (kept current by the notifications,
+        each of which wakes this key again): enough to wait on, not to write on."""
         row = entry.row
         revision = await self._revision(name, row)
         if revision is None:
             return IDLE  # deleted meanwhile, or a revision not yet visible: the next change
         keel_rollback = is_keel_rollback(revision.actor, revision.same_as)
-        if (
-            row.paused
-            and row.paused_by == ACTOR
-            and revision.state != State.FAILED
-            and await self._wrote(name, self._store.lift_hold(name, epoch=term.epoch))
-        ):
-            log.info("rollout hold lifted", workload=name, revision=row.generation)
-            return requeue_after(0)  # judged on the row as it is now
+        if row.paused and row.paused_by == ACTOR and revision.state != State.FAILED:
+            if not confirmed:
+                return await self._confirm(name, term=term)
+            if await self._wrote(name, self._store.lift_hold(name, epoch=term.epoch)):
+                log.info("rollout hold lifted", workload=name, revision=row.generation)
+                return requeue_after(0)  # judged on the row as it is now
         if revision.state in SETTLED or (revision.state == State.FAILED and row.paused):
             # A held rollout too: only a resume (the pause) or a new revision moves it.
             self._settled[name] = (row.generation, row.paused, revision.state, keel_rollback)
@@ -155,9 +173,11 @@ class RolloutController:
         now = await self._clock.now()
         facts = self._facts(entry, revision, now=now, keel_rollback=keel_rollback)
         judgement = judge(facts, self._tracks.get(name))
+        action = judgement.action
+        if action is not None and not confirmed:
+            return await self._confirm(name, term=term)
         self._tracks[name] = judgement.track
         self._state(name, revision.state, row, keel_rollback=keel_rollback)
-        action = judgement.action
         bound = log.bind(workload=name, revision=row.generation)
         if isinstance(action, Complete):
             ready = sum(1 for m in facts.members if m.ready)
@@ -319,6 +339,7 @@ class RolloutController:
     def _forget(self, name: str) -> None:
         self._tracks.pop(name, None)
         self._settled.pop(name, None)
+        self._revisions.pop(name, None)
         before = self._states.pop(name, None)
         if before is not None:
             self._counts[before] -= 1

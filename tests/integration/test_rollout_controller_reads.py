@@ -7,6 +7,7 @@ is seen at the next pass."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,12 +22,18 @@ from keel.model import Resources, RolloutPolicy
 
 
 class Reads:
-    """Counts the controller's revision reads and database-time reads (the store is real)."""
+    """Counts the controller's workload-version, revision and database-time reads (the store
+    is real)."""
 
     def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.versions = 0
         self.revisions = 0
         self.clock = 0
-        revision, now = store.current_revision, store.now
+        version, revision, now = store.workload_version, store.current_revision, store.now
+
+        async def counted_version(*args: Any) -> Any:
+            self.versions += 1
+            return await version(*args)
 
         async def counted_revision(*args: Any) -> Any:
             self.revisions += 1
@@ -36,6 +43,7 @@ class Reads:
             self.clock += 1
             return await now()
 
+        monkeypatch.setattr(store, "workload_version", counted_version)
         monkeypatch.setattr(store, "current_revision", counted_revision)
         monkeypatch.setattr(store, "now", counted_now)
 
@@ -64,29 +72,65 @@ async def other_replica(migrated_database: str) -> AsyncIterator[Store]:
 async def test_a_rollout_under_way_reads_its_revision_again_only_when_the_workload_moves(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Reports (a new version, the same desired version) and timed passes cost no revision
-    read and no clock read; a plan written (a new desired version) costs one revision read."""
+    """Passes that only wait read nothing but the revision, once: reports (a new version, the
+    same desired version) and timed passes cost no query; a plan written (a new desired
+    version) one revision read; the pass that completes the revision checks the workload's
+    version first."""
     reads = Reads(store, monkeypatch)  # before the controller takes `store.now` as its clock
     leader = await _leader(store)
     await store.apply_workload(_web("1"))
     await leader.plan()
     ids = sorted(i.id for i in await leader.live())
     await leader.report(ids[0])
+    versions = reads.versions  # the workload controller's
     await leader.judge()
-    assert (reads.revisions, reads.clock) == (1, 1)
+    assert (reads.versions - versions, reads.revisions, reads.clock) == (0, 1, 1)
     await leader.judge()
     await leader.report(ids[1])
     await leader.judge()
-    assert (reads.revisions, reads.clock) == (1, 1)
+    assert (reads.versions - versions, reads.revisions, reads.clock) == (0, 1, 1)
     await store.apply_workload(_web("1", replicas=4))  # a scale-up: a new desired version
     await leader.plan()
+    versions = reads.versions
     await leader.judge()
-    assert (reads.revisions, reads.clock) == (2, 1)
-    assert (await _revisions(store))[1].state == "PROGRESSING"
+    assert (reads.versions - versions, reads.revisions, reads.clock) == (0, 2, 1)
     # The resync reads both again.
     await leader.rollouts.keys()
     await leader.judge()
-    assert (reads.revisions, reads.clock) == (3, 2)
+    assert (reads.versions - versions, reads.revisions, reads.clock) == (0, 3, 2)
+    assert (await _revisions(store))[1].state == "PROGRESSING"
+
+    await leader.plan()
+    for iid in sorted(i.id for i in await leader.live()):
+        await leader.report(iid)
+    versions = reads.versions
+    await leader.judge()
+    assert reads.versions - versions == 1  # confirmed against the database before it writes
+    assert (await _revisions(store))[1].state == "COMPLETE"
+
+
+async def test_a_pass_that_would_write_is_judged_again_on_the_database_s_workload(
+    leader: Leader, other_replica: Store
+) -> None:
+    """The cache has not yet read a pause made through another replica when the canary's
+    min_ready passes: auto_promote judges again on the workload as it is and does not
+    promote."""
+    policy = RolloutPolicy(canary=1, auto_promote=True)
+    await _good_revision_one(leader, policy)
+    await leader.store.apply_workload(_web("2", policy=policy, min_ready_ms=300))
+    await write_plan(leader.store, "web", create_on=["h4"])
+    await leader.cache.refresh(["web"])  # as the NOTIFY of those writes has the cache do
+    [canary] = [i for i in await leader.live() if i.generation == 2]
+    await leader.report(canary.id)
+    first = await leader.judge()
+    assert first.requeue_after_s is not None
+
+    await set_paused(other_replica.pool, "web", paused=True, actor="alice")
+    await asyncio.sleep(first.requeue_after_s + 0.05)  # the requeue the runner would wait
+    await leader.judge()
+    assert (await leader.store.get_workload("web")).canary_pending
+    assert not await _events(leader.store, "RolloutPromoted")
+    assert leader.cache.index.workload("web").row.paused  # type: ignore[union-attr]
 
 
 async def test_a_promotion_through_another_replica_is_seen_at_the_next_pass(
@@ -105,6 +149,7 @@ async def test_a_promotion_through_another_replica_is_seen_at_the_next_pass(
     assert leader.rollouts.counts() == {"AWAITING_PROMOTION": 1}
 
     await other_replica.promote("web", actor="alice")
+    await leader.cache.refresh(["web"])  # as the promotion's NOTIFY has the cache do
     await leader.judge()
     assert leader.rollouts.counts() == {"PROGRESSING": 1}
 
@@ -122,6 +167,7 @@ async def test_an_undo_through_another_replica_is_seen_at_the_next_pass(
     assert leader.rollouts.counts() == {"PROGRESSING": 1}
 
     await other_replica.roll_back("web", to_revision=None, actor="alice")
+    await leader.cache.refresh(["web"])  # as the undo's NOTIFY has the cache do
     await leader.report(new.id, crash=True)
     await leader.judge()
     revs = await _revisions(leader.store)
@@ -165,6 +211,7 @@ async def test_a_failure_the_controller_wrote_without_moving_the_workload_is_see
     await leader.plan()
     [new] = [i for i in await leader.live() if i.generation == 2]
     await set_paused(leader.store.pool, "web", paused=True, actor="alice")
+    await leader.cache.refresh(["web"])  # as the pause's NOTIFY has the cache do
     await leader.judge()
     assert leader.rollouts.counts() == {"PAUSED": 1}
     version = (await leader.store.get_workload("web")).desired_version
