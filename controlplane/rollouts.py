@@ -137,14 +137,19 @@ class RolloutController:
             return IDLE
         return await self._pass(name, cached, term=term, confirmed=False)
 
-    async def _confirm(self, name: str, *, term: Term) -> Result:
-        """A pass that would write is made again on the workload as the database has it now
-        (`cache.current`: its version checked, the workload read again if it moved)."""
-        entry = await self._cache.current(name)
-        if entry is None or entry.row.deleting:
+    async def _moved(
+        self, name: str, entry: WorkloadEntry[WorkloadRow], *, term: Term
+    ) -> Result | None:
+        """Before a write: None when the cache held the workload as the database has it now
+        (`cache.current`: its version checked), so what was judged on `entry` may be written;
+        else the outcome of the pass made again on the workload read again."""
+        fresh = await self._cache.current(name)
+        if fresh is entry:  # entries are never changed in place: the same one, the same data
+            return None
+        if fresh is None or fresh.row.deleting:
             self._forget(name)
             return IDLE
-        return await self._pass(name, entry, term=term, confirmed=True)
+        return await self._pass(name, fresh, term=term, confirmed=True)
 
     async def _pass(
         self, name: str, entry: WorkloadEntry[WorkloadRow], *, term: Term, confirmed: bool
@@ -159,7 +164,10 @@ class RolloutController:
         keel_rollback = is_keel_rollback(revision.actor, revision.same_as)
         if row.paused and row.paused_by == ACTOR and revision.state != State.FAILED:
             if not confirmed:
-                return await self._confirm(name, term=term)
+                again = await self._moved(name, entry, term=term)
+                if again is not None:
+                    return again
+                confirmed = True
             if await self._wrote(name, self._store.lift_hold(name, epoch=term.epoch)):
                 log.info("rollout hold lifted", workload=name, revision=row.generation)
                 return requeue_after(0)  # judged on the row as it is now
@@ -175,7 +183,9 @@ class RolloutController:
         judgement = judge(facts, self._tracks.get(name))
         action = judgement.action
         if action is not None and not confirmed:
-            return await self._confirm(name, term=term)
+            again = await self._moved(name, entry, term=term)
+            if again is not None:
+                return again
         self._tracks[name] = judgement.track
         self._state(name, revision.state, row, keel_rollback=keel_rollback)
         bound = log.bind(workload=name, revision=row.generation)
