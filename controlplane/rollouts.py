@@ -7,24 +7,22 @@ fully ready (`auto_rollback`) or held; a canary promoted once its canaries staye
 (`auto_promote`). The decisions are `rollout_judge`'s (pure); the writes `rollout_store`'s,
 fenced by the leader's epoch and by the revision still being current.
 
-What it reads: the leader's cache (`cache.FleetCache`: the workload, its instances with the
-agent's reason and message, the hosts), the stuck detector's own verdict rule
-(`verdicts.judge_instance`) and convergence rule (`verdicts.workload_converged`, over
-`rollout.plan_workload`'s plan), and the current revision's row. That row is kept between
-passes and read again (one indexed read) only when the workload's generation or desired version
-moves (every write to a revision by an RPC, on any replica, moves the latter in its
-transaction), after a write of the controller's own, at each resync and in a new term; the time
-it judges by is the database's, through `dbclock.DatabaseClock` (read once per resync, not per
-pass). A pass judges on the cache as it stands (kept current by the notifications, each of
-which wakes the key again), so one that only waits makes no query (but that row's, when it
-moved); one that would write (a
-completion, a failure, a promotion, a hold lifted) is made again on the workload as the database
-has it (`cache.current`: its version checked, the workload read again if it moved), and only
-then written. A workload whose current revision is settled (COMPLETE, ROLLED_BACK,
-SUPERSEDED, ABORTED, or FAILED and held) costs a lookup in memory, no query, until its
-generation or its pause moves. Woken like
-the workload controller (the cache's notifications and report batches, `main`), and requeued at
-the times it waits for: the progress deadline, a canary's min_ready, the deadline after which an
+What it reads: the leader's cache (`cache.FleetCache`: the workload, its instances with the agent's
+reason and message, the hosts), the stuck detector's own verdict rule (`verdicts.judge_instance`)
+and convergence rule (`verdicts.workload_converged`, over `rollout.plan_workload`'s plan), and the
+current revision's row. That row is kept between passes and read again (one indexed read) only when
+the workload's generation or desired version moves (every write to a revision by an RPC, on any
+replica, moves the latter in its transaction), after a write of the controller's own, at each
+resync and in a new term; the time it judges by is the database's, through `dbclock.DatabaseClock`
+(read once per resync, not per pass). A pass judges on the cache as it stands (kept current by the
+notifications, each of which wakes the key again), so one that only waits makes no query (but that
+row's, when it moved); one that would write (a completion, a failure, a promotion, a hold lifted)
+is checked first against the database (`cache.current`, the workload's version): written as judged
+when the cache held the workload as it is, else judged again on the workload read again. A workload
+whose current revision is settled (COMPLETE, ROLLED_BACK, SUPERSEDED, ABORTED, or FAILED and held)
+costs a lookup in memory, no query, until its generation or its pause moves. Woken like the
+workload controller (the cache's notifications and report batches, `main`), and requeued at the
+times it waits for: the progress deadline, a canary's min_ready, the deadline after which an
 instance's verdict can become HEALTH_CHECK_FAILING. It also keeps `keel_rollouts{state}`
 (`rollout_metrics`).
 """
