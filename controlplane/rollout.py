@@ -6,7 +6,9 @@ hold (`scheduler.HostUsage`, kept per host by the leader's cache), and returns a
 `WorkloadPlan`, so a pass costs what the workload has, not what the fleet has; the
 controller writes it (new instances, REMOVED tombstones) and, being level-triggered, calls
 it again when anything changes. Placement itself is
-`controlplane.scheduler`. Semantics follow a Kubernetes Deployment (DaemonSet for daemons):
+`controlplane.scheduler`; the pass's working state (which instances count as replicas, which
+the rollout replaces, the order removals are made in, usage once they are written) is
+`controlplane.rollout_pass`. Semantics follow a Kubernetes Deployment (DaemonSet for daemons):
 
 - live = desired is not REMOVED; `target` = replicas (service) or the number of READY hosts
   matching the selector (daemon).
@@ -52,19 +54,12 @@ surge room was counted with every removal written.
 from __future__ import annotations
 
 import dataclasses
-import heapq
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Set, ValuesView
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from controlplane.disruption import (
-    Budget,
-    daemon_budget,
-    is_available,
-    service_budget,
-)
+from controlplane.disruption import Budget, daemon_budget, service_budget
+from controlplane.rollout_pass import PHASE_RANK, PassState, Remover
 from controlplane.scheduler import (
-    NO_USAGE,
     HostUsage,
     Unschedulable,
     daemon_hosts,
@@ -73,19 +68,9 @@ from controlplane.scheduler import (
     place_on,
 )
 from controlplane.view import HostView, InstanceView, ReadyHosts, WorkloadView
-from keel.model import Desired, Kind, Phase
+from keel.model import Kind
 
 MAX_CHANGES_PER_PASS = 1000
-
-# Among instances otherwise equal, remove the one furthest from serving first.
-_PHASE_RANK = {
-    Phase.PENDING: 0,
-    Phase.FAILED: 1,
-    Phase.STOPPED: 1,
-    Phase.STOPPING: 1,
-    Phase.STARTING: 2,
-    Phase.RUNNING: 3,
-}
 
 
 @dataclass(frozen=True)
@@ -125,7 +110,7 @@ def plan_workload(
     if workload.deleting:
         plan = WorkloadPlan(remove=tuple(i.id for i in live))
     else:
-        state = _State(workload, usage, mine, ReadyHosts(hosts), max_changes)
+        state = PassState(workload, usage, mine, ReadyHosts(hosts), max_changes)
         if workload.kind is Kind.DAEMON:
             plan = _plan_daemon(state, hosts)
         else:
@@ -144,113 +129,25 @@ def plan_workload(
     return plan
 
 
-class _UsageAfter(Mapping[str, HostUsage]):
-    """Every host's usage with some hosts' replaced (those of the plan's removals)."""
-
-    def __init__(self, base: Mapping[str, HostUsage], changed: Mapping[str, HostUsage]) -> None:
-        self._base = base
-        self._changed = changed
-
-    def __getitem__(self, name: str) -> HostUsage:
-        return self._changed[name] if name in self._changed else self._base[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(set(self._base) | set(self._changed))
-
-    def __len__(self) -> int:
-        return len(set(self._base) | set(self._changed))
-
-
-class _State:
-    """The workload's instances as the plan removes them, with the counts rules read."""
-
-    def __init__(
-        self,
-        workload: WorkloadView,
-        usage: Mapping[str, HostUsage],
-        mine: Sequence[InstanceView],
-        ready: Set[str],
-        max_changes: int,
-    ) -> None:
-        self.workload = workload
-        self.max_changes = max_changes
-        self.usage = usage
-        self.ready = ready  # names of READY hosts
-        # By id, in id order: removals are O(1), so a scale-down of thousands stays linear.
-        self._remaining = {i.id: i for i in mine if i.live}
-        self.removed: list[InstanceView] = []  # by this plan
-        self.tombstones = [i for i in mine if not i.live]  # removed by an earlier plan
-        # Live instances a drain is replacing (make-before-break): each counts as one replica
-        # with its replacement, which is the one counted; the drain stops it.
-        self.leaving = {i.replaces for i in mine if i.live and i.replaces}
-        self.per_host = Counter(i.host for i in self._remaining.values())  # live, per host
-
-    @property
-    def remaining(self) -> ValuesView[InstanceView]:
-        """Live instances not removed by this plan."""
-        return self._remaining.values()
-
-    def host_ready(self, name: str) -> bool:
-        return name in self.ready
-
-    def available(self, inst: InstanceView) -> bool:
-        return is_available(inst, self.ready)
-
-    def current(self, inst: InstanceView) -> bool:
-        return self.workload.is_current(inst.generation)
-
-    def replaceable(self, inst: InstanceView) -> bool:
-        """An old instance the rollout replaces; while canaries await promotion, not one a
-        drain is replacing (the drain stops it once its replacement is ready)."""
-        return not self.current(inst) and not (self.workload.canary and inst.id in self.leaving)
-
-    def held(self, inst: InstanceView) -> bool:
-        """Kept for its spec: current, or any instance while the rollout is paused (it holds
-        where it is: nothing is removed or replaced for being old)."""
-        return self.workload.paused or self.current(inst)
-
-    def counted(self, inst: InstanceView) -> bool:
-        """Held (current, or any while paused) and not being replaced by a drain: a replica."""
-        return self.held(inst) and inst.id not in self.leaving
-
-    def remove(self, inst: InstanceView) -> None:
-        del self._remaining[inst.id]
-        self.per_host[inst.host] -= 1
-        self.removed.append(inst)
-
-    def after(self) -> list[InstanceView]:
-        """The workload's instances as the next pass will see them, removals written."""
-        gone = [dataclasses.replace(i, desired=Desired.REMOVED) for i in self.removed]
-        return [*self.remaining, *gone, *self.tombstones]
-
-    def usage_after(self) -> Mapping[str, HostUsage]:
-        """Every host's usage as the next pass will see it once the removals are written (a
-        removed instance already reported STOPPED holds nothing from then on)."""
-        changed: dict[str, HostUsage] = {}
-        for inst in self.removed:
-            before = changed.get(inst.host) or self.usage.get(inst.host, NO_USAGE)
-            gone = dataclasses.replace(inst, desired=Desired.REMOVED)
-            changed[inst.host] = before.minus(inst).plus(gone)
-        return _UsageAfter(self.usage, changed) if changed else self.usage
-
-    def plan(
-        self,
-        create: Sequence[str],
-        unschedulable: Unschedulable | None,
-        blocked: Sequence[str],
-        *,
-        more: bool,
-    ) -> WorkloadPlan:
-        return WorkloadPlan(
-            create=tuple(sorted(create)),
-            remove=tuple(sorted(i.id for i in self.removed)),
-            unschedulable=unschedulable,
-            blocked="; ".join(blocked) or None,
-            more=more,
-        )
+def _outcome(
+    s: PassState,
+    create: Sequence[str],
+    unschedulable: Unschedulable | None,
+    blocked: Sequence[str],
+    *,
+    more: bool,
+) -> WorkloadPlan:
+    """The pass's plan: what to create, and what `s` removed."""
+    return WorkloadPlan(
+        create=tuple(sorted(create)),
+        remove=tuple(sorted(i.id for i in s.removed)),
+        unschedulable=unschedulable,
+        blocked="; ".join(blocked) or None,
+        more=more,
+    )
 
 
-def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
+def _plan_service(s: PassState, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     w = s.workload
     target = w.replicas
     budget = service_budget(w, s.remaining, s.ready)
@@ -262,25 +159,25 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
         old_may_go, wanted = 0, max(target, min(target + (w.canary if target else 0), running))
 
     # 1. Old instances that are not available cost nothing to remove (none while paused).
-    remover = _Remover(s, [i for i in s.remaining if s.replaceable(i) and not s.available(i)])
+    remover = Remover(s, [i for i in s.remaining if s.replaceable(i) and not s.available(i)])
     while old_may_go > 0 and remover.remove_next():
         old_may_go -= 1
     # 2. Surplus instances (scale down), not available first (while paused the old ones
     # count too, and go last).
     surplus = sum(1 for i in s.remaining if s.counted(i)) - wanted
     for group in _newest_first(s, [i for i in s.remaining if s.counted(i)], available=False):
-        remover = _Remover(s, group)
+        remover = Remover(s, group)
         while surplus > 0 and remover.remove_next():
             surplus -= 1
     # 3. Available old instances, within the disruption budget (the old ones left are all
     # available: step 1 took the others; none while paused).
-    remover = _Remover(s, [i for i in s.remaining if s.replaceable(i)])
+    remover = Remover(s, [i for i in s.remaining if s.replaceable(i)])
     while old_may_go > 0 and budget.may_go_down and remover.remove_next():
         budget = budget.took_down()
         old_may_go -= 1
     # 4. Available surplus instances, within the budget.
     for group in _newest_first(s, [i for i in s.remaining if s.counted(i)], available=True):
-        remover = _Remover(s, group)
+        remover = Remover(s, group)
         while surplus > 0 and budget.may_go_down and remover.remove_next():
             budget = budget.took_down()
             surplus -= 1
@@ -304,13 +201,13 @@ def _plan_service(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
             blocked.append(f"{not_ready} new {_plural(not_ready, 'instance')} not ready yet")
     if missing > room and after.stopping:
         blocked.append(after.why_no_start())
-    return s.plan(
-        placement.hosts, placement.reason, blocked, more=_more(want, room, placement.unplaced)
+    return _outcome(
+        s, placement.hosts, placement.reason, blocked, more=_more(want, room, placement.unplaced)
     )
 
 
 def _newest_first(
-    s: _State, candidates: Sequence[InstanceView], *, available: bool
+    s: PassState, candidates: Sequence[InstanceView], *, available: bool
 ) -> list[list[InstanceView]]:
     """The surplus candidates that are (or are not) available, in the groups they are removed
     in: while paused the current ones before the old ones (see the module docstring)."""
@@ -320,7 +217,7 @@ def _newest_first(
     return [[i for i in chosen if s.current(i)], [i for i in chosen if not s.current(i)]]
 
 
-def _canary_split(s: _State, target: int) -> tuple[int, int]:
+def _canary_split(s: PassState, target: int) -> tuple[int, int]:
     """How many old instances the rollout may remove, and how many current ones it wants.
 
     Ordinarily every old instance goes and `target` current ones are wanted. While canaries
@@ -342,45 +239,7 @@ def _more(want: int, room: int, unplaced: int) -> bool:
     return want < room and unplaced == 0
 
 
-class _Remover:
-    """Removes candidates one at a time, best first: on a host that is not READY (its
-    instance frees surge room at once), then on the host with the most live instances of the
-    workload (keeps the spread), then the furthest from serving, then by id.
-
-    Only the host of the instance just removed changes rank, so a heap of hosts (each with its
-    candidates in order) gives each removal in O(log hosts), not a scan of every instance.
-    """
-
-    def __init__(self, s: _State, candidates: Iterable[InstanceView]) -> None:
-        self._s = s
-        self._by_host: dict[str, list[InstanceView]] = {}
-        # Worst first, so each host's best candidate is at the end of its list.
-        for inst in sorted(candidates, key=_candidate_order, reverse=True):
-            self._by_host.setdefault(inst.host, []).append(inst)
-        self._heap = [self._rank(host) for host in self._by_host]
-        heapq.heapify(self._heap)
-
-    def _rank(self, host: str) -> tuple[bool, int, int, str, str]:
-        rank, inst_id = _candidate_order(self._by_host[host][-1])
-        return (self._s.host_ready(host), -self._s.per_host[host], rank, inst_id, host)
-
-    def remove_next(self) -> InstanceView | None:
-        """Removes the best candidate left (from the plan's state) and returns it."""
-        if not self._heap:
-            return None
-        host = heapq.heappop(self._heap)[-1]
-        chosen = self._by_host[host].pop()
-        self._s.remove(chosen)
-        if self._by_host[host]:
-            heapq.heappush(self._heap, self._rank(host))
-        return chosen
-
-
-def _candidate_order(inst: InstanceView) -> tuple[int, str]:
-    return (_PHASE_RANK[inst.phase], inst.id)
-
-
-def _plan_daemon(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
+def _plan_daemon(s: PassState, hosts: Mapping[str, HostView]) -> WorkloadPlan:
     w = s.workload
     targets = daemon_hosts(w, hosts.values())
     target_set = set(targets)
@@ -436,15 +295,15 @@ def _plan_daemon(s: _State, hosts: Mapping[str, HostView]) -> WorkloadPlan:
             blocked.append(f"{not_ready} new {_plural(not_ready, 'instance')} not ready yet")
     if len(lacking) > room and after.stopping:
         blocked.append(after.why_no_start())
-    return s.plan(
-        placement.hosts, placement.reason, blocked, more=_more(want, room, placement.unplaced)
+    return _outcome(
+        s, placement.hosts, placement.reason, blocked, more=_more(want, room, placement.unplaced)
     )
 
 
-def _remove_duplicates(s: _State, host: str) -> None:
+def _remove_duplicates(s: PassState, host: str) -> None:
     """A daemon runs one current instance per host: keep the most advanced, drop the rest."""
     current = [i for i in s.remaining if i.host == host and s.current(i)]
-    current.sort(key=lambda i: (not s.available(i), -_PHASE_RANK[i.phase], i.id))
+    current.sort(key=lambda i: (not s.available(i), -PHASE_RANK[i.phase], i.id))
     for extra in current[1:]:
         s.remove(extra)
 

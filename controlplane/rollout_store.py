@@ -34,14 +34,15 @@ EVENT_DETAIL_LIMIT = 200
 
 
 @dataclass(frozen=True)
-class RevisionNow:
-    """The current revision's row as the controller judges it, with the database's time."""
+class CurrentRevision:
+    """The current revision's row as the controller judges it. The controller keeps it between
+    passes (`controlplane.rollouts`): what moves it is a write that also takes the workload a
+    new `desired_version` (an apply, undo, abort, promote), or one of the controller's own."""
 
     state: str
     since: datetime
     actor: str
     same_as: int | None
-    now: datetime
 
 
 @dataclass(frozen=True)
@@ -56,17 +57,16 @@ class Failed:
 class RolloutStore(RevisionStore):
     """The rollout controller's queries (a base of `store.Store`)."""
 
-    async def revision_now(self, name: str, revision: int) -> RevisionNow | None:
+    async def current_revision(self, name: str, revision: int) -> CurrentRevision | None:
         row = await self.pool.fetchrow(
-            """SELECT state, state_since, actor, same_as, now() AS now FROM workload_revision
+            """SELECT state, state_since, actor, same_as FROM workload_revision
                WHERE workload = $1 AND revision = $2""",
             name,
             revision,
         )
         if row is None:
             return None
-        return RevisionNow(row["state"], row["state_since"], row["actor"], row["same_as"],
-                           row["now"])  # fmt: skip
+        return CurrentRevision(row["state"], row["state_since"], row["actor"], row["same_as"])
 
     async def complete_revision(
         self, name: str, revision: int, *, ready: int, epoch: int | None

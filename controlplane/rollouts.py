@@ -7,14 +7,22 @@ fully ready (`auto_rollback`) or held; a canary promoted once its canaries staye
 (`auto_promote`). The decisions are `rollout_judge`'s (pure); the writes `rollout_store`'s,
 fenced by the leader's epoch and by the revision still being current.
 
-What it reads: the leader's cache (`cache.FleetCache`: the workload, its instances with the
-agent's reason and message, the hosts), the stuck detector's own verdict rule
-(`verdicts.judge_instance`) and convergence rule (`verdicts.workload_converged`, over
-`rollout.plan_workload`'s plan), and the current revision's row (one indexed read). A workload
-whose current revision is settled (COMPLETE, ROLLED_BACK, SUPERSEDED, ABORTED, or FAILED and
-held) costs a lookup in memory, no query, until its generation or its pause moves. Woken like
-the workload controller (the cache's notifications and report batches, `main`), and requeued at
-the times it waits for: the progress deadline, a canary's min_ready, the deadline after which an
+What it reads: the leader's cache (`cache.FleetCache`: the workload, its instances with the agent's
+reason and message, the hosts), the stuck detector's own verdict rule (`verdicts.judge_instance`)
+and convergence rule (`verdicts.workload_converged`, over `rollout.plan_workload`'s plan), and the
+current revision's row. That row is kept between passes and read again (one indexed read) only when
+the workload's generation or desired version moves (every write to a revision by an RPC, on any
+replica, moves the latter in its transaction), after a write of the controller's own, at each
+resync and in a new term; the time it judges by is the database's, through `dbclock.DatabaseClock`
+(read once per resync, not per pass). A pass judges on the cache as it stands (kept current by the
+notifications, each of which wakes the key again), so one that only waits makes no query (but that
+row's, when it moved); one that would write (a completion, a failure, a promotion, a hold lifted)
+is checked first against the database (`cache.current`, the workload's version): written as judged
+when the cache held the workload as it is, else judged again on the workload read again. A workload
+whose current revision is settled (COMPLETE, ROLLED_BACK, SUPERSEDED, ABORTED, or FAILED and held)
+costs a lookup in memory, no query, until its generation or its pause moves. Woken like the
+workload controller (the cache's notifications and report batches, `main`), and requeued at the
+times it waits for: the progress deadline, a canary's min_ready, the deadline after which an
 instance's verdict can become HEALTH_CHECK_FAILING. It also keeps `keel_rollouts{state}`
 (`rollout_metrics`).
 """
@@ -22,12 +30,14 @@ instance's verdict can become HEALTH_CHECK_FAILING. It also keeps `keel_rollouts
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from datetime import datetime
+from typing import TypeVar
 
 import structlog
 
 from controlplane.cache import FleetCache, NotLoaded
+from controlplane.dbclock import DatabaseClock
 from controlplane.errors import FailedPrecondition
 from controlplane.fleet_index import InstanceRecord, WorkloadEntry
 from controlplane.metrics import Metrics
@@ -46,7 +56,7 @@ from controlplane.rollout_judge import (
     judge,
     rollout_state,
 )
-from controlplane.rollout_store import RevisionNow
+from controlplane.rollout_store import CurrentRevision
 from controlplane.scheduler import daemon_hosts
 from controlplane.store import Store, WorkloadRow
 from controlplane.verdicts import judge_instance, surely_unconverged, workload_converged
@@ -54,19 +64,37 @@ from keel.model import Kind
 
 log = structlog.get_logger("keel.rollouts")
 
+T = TypeVar("T")
+
 # A current revision in one of these has nothing left to decide until the generation moves.
 SETTLED = frozenset({State.COMPLETE, State.ROLLED_BACK, State.SUPERSEDED, State.ABORTED})
+# The database's time is read again at least this often (and at each resync, `keys`).
+CLOCK_MAX_AGE_S = 30.0
 
 
 class RolloutController:
     name = "rollout"
     key_label = "workload"
 
-    def __init__(self, store: Store, *, cache: FleetCache, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        cache: FleetCache,
+        metrics: Metrics,
+        clock: DatabaseClock | None = None,
+    ) -> None:
         self._store = store
         self._cache = cache
         self._metrics = metrics
+        self._clock = clock or DatabaseClock(store.now, max_age_s=CLOCK_MAX_AGE_S)
         self._tracks: dict[str, Track] = {}
+        # name -> the current revision's row as last read, with the workload's (generation,
+        # desired_version) it was read at: read again once either moves (every write to the
+        # revision by an RPC, on any replica, takes the workload a new desired_version in the
+        # same transaction), after a write of the controller's own, at a resync and in a new
+        # term.
+        self._revisions: dict[str, tuple[tuple[int, int], CurrentRevision]] = {}
         # name -> (generation, paused, state, keel's rollback): a current revision with nothing
         # left to decide while the workload stays at that generation and pause.
         self._settled: dict[str, tuple[int, bool, str, bool]] = {}
@@ -82,6 +110,9 @@ class RolloutController:
         for name in [n for n in self._states if n not in present]:
             self._forget(name)
         self._tracks = {n: t for n, t in self._tracks.items() if n in present}
+        # The resync: whatever a write not foreseen above moved is read again, and the clock.
+        self._revisions.clear()
+        self._clock.forget()
         return names
 
     async def reconcile(self, name: str, *, term: Term) -> Result:
@@ -91,29 +122,53 @@ class RolloutController:
             self._term = term
             self._tracks.clear()
             self._settled.clear()
+            self._revisions.clear()  # another leader may have written them meanwhile
+            self._clock.forget()
         cached = self._cache.index.workload(name)
         if cached is not None and not cached.row.deleting:
             settled = self._settled.get(name)
             if settled is not None and settled[:2] == (cached.row.generation, cached.row.paused):
                 self._state(name, settled[2], cached.row, keel_rollback=settled[3])
                 return IDLE
-        entry = await self._cache.current(name)
-        if entry is None or entry.row.deleting:
+        if cached is None or cached.row.deleting:
             self._forget(name)
             return IDLE
+        return await self._pass(name, cached, term=term, confirmed=False)
+
+    async def _moved(
+        self, name: str, entry: WorkloadEntry[WorkloadRow], *, term: Term
+    ) -> Result | None:
+        """Before a write: None when the cache held the workload as the database has it now
+        (`cache.current`: its version checked), so what was judged on `entry` may be written;
+        else the outcome of the pass made again on the workload read again."""
+        fresh = await self._cache.current(name)
+        if fresh is entry:  # entries are never changed in place: the same one, the same data
+            return None
+        if fresh is None or fresh.row.deleting:
+            self._forget(name)
+            return IDLE
+        return await self._pass(name, fresh, term=term, confirmed=True)
+
+    async def _pass(
+        self, name: str, entry: WorkloadEntry[WorkloadRow], *, term: Term, confirmed: bool
+    ) -> Result:
+        """Judges the workload's current revision and writes what it decides. Unless
+        `confirmed`, `entry` is the cache's as it stands (kept current by the notifications,
+        each of which wakes this key again): enough to wait on, not to write on."""
         row = entry.row
-        revision = await self._store.revision_now(name, row.generation)
+        revision = await self._revision(name, row)
         if revision is None:
             return IDLE  # deleted meanwhile, or a revision not yet visible: the next change
         keel_rollback = is_keel_rollback(revision.actor, revision.same_as)
-        if (
-            row.paused
-            and row.paused_by == ACTOR
-            and revision.state != State.FAILED
-            and await self._store.lift_hold(name, epoch=term.epoch)
-        ):
-            log.info("rollout hold lifted", workload=name, revision=row.generation)
-            return requeue_after(0)  # judged on the row as it is now
+        if row.paused and row.paused_by == ACTOR and revision.state != State.FAILED:
+            if not confirmed:
+                again = await self._moved(name, entry, term=term)
+                if again is not None:
+                    return again
+                confirmed = True
+            if await self._wrote(name, self._store.lift_hold(name, epoch=term.epoch)):
+                log.info("rollout hold lifted", workload=name, revision=row.generation)
+                return requeue_after(0)  # judged on the row as it is now
         if revision.state in SETTLED or (revision.state == State.FAILED and row.paused):
             # A held rollout too: only a resume (the pause) or a new revision moves it.
             self._settled[name] = (row.generation, row.paused, revision.state, keel_rollback)
@@ -121,41 +176,74 @@ class RolloutController:
             self._state(name, revision.state, row, keel_rollback=keel_rollback)
             return IDLE
         self._settled.pop(name, None)
-        facts = self._facts(entry, revision, keel_rollback=keel_rollback)
+        now = await self._clock.now()
+        facts = self._facts(entry, revision, now=now, keel_rollback=keel_rollback)
         judgement = judge(facts, self._tracks.get(name))
+        action = judgement.action
+        if action is not None and not confirmed:
+            again = await self._moved(name, entry, term=term)
+            if again is not None:
+                return again
         self._tracks[name] = judgement.track
         self._state(name, revision.state, row, keel_rollback=keel_rollback)
-        action = judgement.action
         bound = log.bind(workload=name, revision=row.generation)
         if isinstance(action, Complete):
             ready = sum(1 for m in facts.members if m.ready)
-            if await self._store.complete_revision(
+            complete = self._store.complete_revision(
                 name, row.generation, ready=ready, epoch=term.epoch
-            ):
+            )
+            if await self._wrote(name, complete):
                 bound.info("rollout complete", ready=ready)
                 self._settled[name] = (row.generation, row.paused, State.COMPLETE, keel_rollback)
                 self._state(name, State.COMPLETE, row, keel_rollback=keel_rollback)
             return requeue_after(0)  # looked at again: settled, or judged on what moved
         if isinstance(action, Fail):
-            await self._fail(name, row, revision, action, epoch=term.epoch)
+            await self._wrote(name, self._fail(name, row, revision, action, epoch=term.epoch))
             return requeue_after(0)
         if isinstance(action, Promote):
             try:
-                await self._store.promote(
-                    name, actor=ACTOR, revision=row.generation, epoch=term.epoch
+                await self._wrote(
+                    name,
+                    self._store.promote(
+                        name, actor=ACTOR, revision=row.generation, epoch=term.epoch
+                    ),
                 )
             except FailedPrecondition:
                 # Promoted, aborted or replaced meanwhile: that write wakes the key again.
                 return IDLE
             bound.info("canaries promoted", canaries=len(facts.members))
             return requeue_after(0)
-        waits = [s for s in (judgement.recheck_s, self._verdict_due_s(entry, revision.now)) if s]
+        waits = [s for s in (judgement.recheck_s, self._verdict_due_s(entry, now)) if s]
         if waits:
             return requeue_after(min(waits), idle=True)
         return IDLE
 
+    async def _revision(self, name: str, row: WorkloadRow) -> CurrentRevision | None:
+        """The current revision's row: as kept, unless the workload moved since it was read."""
+        at = (row.generation, row.desired_version)
+        kept = self._revisions.get(name)
+        if kept is not None and kept[0] == at:
+            return kept[1]
+        revision = await self._store.current_revision(name, row.generation)
+        if revision is not None:
+            self._revisions[name] = (at, revision)
+        return revision
+
+    async def _wrote(self, name: str, write: Awaitable[T]) -> T:
+        """One of the controller's own writes: the revision is read again at the next pass,
+        whatever the write did (written, refused, or failed midway)."""
+        try:
+            return await write
+        finally:
+            self._revisions.pop(name, None)
+
     def _facts(
-        self, entry: WorkloadEntry[WorkloadRow], revision: RevisionNow, *, keel_rollback: bool
+        self,
+        entry: WorkloadEntry[WorkloadRow],
+        revision: CurrentRevision,
+        *,
+        now: datetime,
+        keel_rollback: bool,
     ) -> Facts:
         row = entry.row
         own = list(entry.instances.values())
@@ -165,9 +253,7 @@ class RolloutController:
         for i in live:
             if not row.is_current(i.generation):
                 continue
-            verdict = judge_instance(
-                i, self._cache.host(i.host), deadline_s=deadline_s, now=revision.now
-            )
+            verdict = judge_instance(i, self._cache.host(i.host), deadline_s=deadline_s, now=now)
             members.append(
                 Member(
                     id=i.id,
@@ -193,7 +279,7 @@ class RolloutController:
             revision=row.generation,
             state=revision.state,
             since=revision.since,
-            now=revision.now,
+            now=now,
             converged=converged,
             members=tuple(sorted(members, key=lambda m: m.id)),
             old_live=len(live) - len(members),
@@ -209,7 +295,7 @@ class RolloutController:
         self,
         name: str,
         row: WorkloadRow,
-        revision: RevisionNow,
+        revision: CurrentRevision,
         fail: Fail,
         *,
         epoch: int | None,
@@ -261,6 +347,7 @@ class RolloutController:
     def _forget(self, name: str) -> None:
         self._tracks.pop(name, None)
         self._settled.pop(name, None)
+        self._revisions.pop(name, None)
         before = self._states.pop(name, None)
         if before is not None:
             self._counts[before] -= 1

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -29,6 +29,8 @@ NOT_SUCCEEDED = 1
 # While waiting, a read that fails for these is tried again at the next interval: the
 # rollout goes on in the control plane whatever keelctl sees.
 _PASSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+T = TypeVar("T")
 
 
 def cmd_rollout(ctx: Any) -> str | int:
@@ -65,7 +67,9 @@ def wait(
     clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> int:
-    """Follows the rollout from `status` to its end (see the module docstring)."""
+    """Follows the rollout from `status` to its end (see the module docstring). Every read
+    goes through `_passing`: one that fails for a passing reason is tried again at the next
+    interval, and nothing is decided on what could not be read."""
     name = ctx.args.workload
     limit = ctx.args.wait_timeout
     started = clock()
@@ -76,11 +80,14 @@ def wait(
             while True:
                 view.update(status)
                 if status.revision != watched:
-                    rolled_back = _rolled_back(ctx, view, watched, status)
-                    if rolled_back:
-                        return NOT_SUCCEEDED
-                    watched = status.revision
-                if status.state in rollout_progress.ENDED:
+                    history = _passing(view, lambda: _history(ctx))
+                    if history is not None:
+                        if _rolled_back(ctx, view, watched, status, history):
+                            return NOT_SUCCEEDED
+                        watched = status.revision
+                # A newer revision whose history could not be read may be a rollback: its end
+                # is not the followed rollout's until the history says it is not.
+                if status.revision == watched and status.state in rollout_progress.ENDED:
                     view.finish(status, now=datetime.now(UTC))
                     ok = status.state in rollout_progress.SUCCEEDED
                     return SUCCEEDED if ok else NOT_SUCCEEDED
@@ -92,12 +99,8 @@ def wait(
                     )
                     return NOT_SUCCEEDED
                 sleep(ctx.args.interval)
-                try:
-                    status = _status(ctx)
-                except grpc.RpcError as e:
-                    if e.code() not in _PASSING:
-                        raise
-                    view.say(f"cannot read the rollout now ({e.code().name}); trying again")
+                read = _passing(view, lambda: _status(ctx))
+                status = status if read is None else read
     except KeyboardInterrupt:
         print(
             f"stopped waiting; the rollout goes on (keelctl rollout status {name} --wait)",
@@ -106,13 +109,32 @@ def wait(
         return NOT_SUCCEEDED
 
 
+def _passing(view: rollout_progress.View, read: Callable[[], T]) -> T | None:
+    """`read()`, or None (and says so) when it failed for a reason that passes: the caller
+    tries again at its next interval. Any other error is raised."""
+    try:
+        return read()
+    except grpc.RpcError as e:
+        if e.code() not in _PASSING:
+            raise
+        view.say(f"cannot read the rollout now ({e.code().name}); trying again")
+        return None
+
+
+def _history(ctx: Any) -> list[fleet_pb2.Revision]:
+    request = fleet_pb2.GetRolloutHistoryRequest(workload=ctx.args.workload)
+    return list(ctx.stub.GetRolloutHistory(request, timeout=ctx.timeout).revisions)
+
+
 def _rolled_back(
-    ctx: Any, view: rollout_progress.View, watched: int, status: fleet_pb2.RolloutStatus
+    ctx: Any,
+    view: rollout_progress.View,
+    watched: int,
+    status: fleet_pb2.RolloutStatus,
+    history: list[fleet_pb2.Revision],
 ) -> bool:
     """A newer revision replaced the one being followed: True (and says so) when it is a
     rollback, so the one followed will never complete; else it is followed instead."""
-    request = fleet_pb2.GetRolloutHistoryRequest(workload=ctx.args.workload)
-    history = ctx.stub.GetRolloutHistory(request, timeout=ctx.timeout).revisions
     newest = next((r for r in history if r.number == status.revision), None)
     old = next((r for r in history if r.number == watched), None)
     now = datetime.now(UTC)
