@@ -366,7 +366,7 @@ async def test_a_stream_whose_client_stopped_reading_is_cancelled_at_the_next_ch
                 async def closed() -> bool:
                     return replica.registry.get("h1") is None and len(replica.open_calls) == 0
 
-                await until(closed, within=3 * check_s + 2.0, what="the unread stream closed")
+                await until(closed, within=3 * check_s + 10.0, what="the unread stream closed")
             assert any("reads nothing" in e["event"] for e in logs), logs
             assert not (await store.get_host("h1")).connected
             call.cancel()
