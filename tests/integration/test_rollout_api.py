@@ -86,6 +86,7 @@ async def test_history_is_newest_first_with_the_current_marked_and_secrets_redac
     """Every revision with its actor, cause, rollback origin and state; the current one
     marked; secret values never in the answer; a failure record presented."""
     await _apply(api, "1", reason="first")
+    await store.pool.execute("UPDATE workload_revision SET completed_at = now()")
     await _apply(api, "2", reason="second")
     await _apply(api, "1", reason="back")
     failure = {
