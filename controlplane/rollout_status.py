@@ -82,10 +82,6 @@ def rollout_status(
     failure = revision.failure if revision is not None else None
     if rolled_back is not None and stored not in ENDED:
         stored, failure = "ROLLED_BACK", rolled_back.failure
-    if stored == "FAILED" and not row.paused and old > 0:
-        # Keel holds a failed rollout (a pause) while old instances remain: without the pause
-        # an operator resumed it, and it rolls on (its record stays attached).
-        stored = "PROGRESSING"
     if stored in ENDED:
         state = stored
     elif done:

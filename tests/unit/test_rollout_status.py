@@ -129,5 +129,7 @@ def test_a_failed_rollout_resumed_by_an_operator_is_progressing_again() -> None:
     failed = replace(REV, state="FAILED", failure=failure)
     held = replace(ROW, paused=True, paused_by="keel/rollout")
     assert rollout_status(held, failed, [t(1, 2), t(2, 1)], daemon_hosts=0).state == "FAILED"
-    resumed = rollout_status(ROW, failed, [t(2, 2), t(3, 1)], daemon_hosts=0)
+    # The resume set the revision back to PROGRESSING (`rollout_pause`): its record stays.
+    again = replace(failed, state="PROGRESSING")
+    resumed = rollout_status(ROW, again, [t(2, 2), t(3, 1)], daemon_hosts=0)
     assert resumed.state == "PROGRESSING" and resumed.failure == failure
