@@ -2,11 +2,12 @@
 
 A workload whose new revision has `rollout.canary` waits with `canary_pending` set
 (`workload_store` sets it at the apply; `revision_store.promote` clears it). `abort` returns to
-the revision whose instances the canaries ran beside, as `revision_store.roll_back` does (a new
-revision with that spec: those instances stay current and keep running, and the workload
-controller removes the canaries), and ends the canary revision ABORTED with a RolloutAborted
-event naming the actor and the reason. `waiting_since` is what the stuck detector reads to tell
-a canary forgotten past `--canary-waiting-after` (`verdicts.judge_workload`).
+the fully ready revision whose instances the canaries ran beside, as `revision_store.roll_back`
+does (a new revision with that spec: those instances stay current and keep running, and the
+workload controller removes the canaries), and ends the canary revision ABORTED with a
+RolloutAborted event naming the actor and the reason. `waiting_since` is what the stuck
+detector reads to tell a canary forgotten past `--canary-waiting-after`
+(`verdicts.judge_workload`).
 
 Neighbours: `store.Store` inherits these queries; `canary_api` (PromoteRollout, AbortRollout)
 and `stuck` call them.
@@ -57,13 +58,15 @@ class CanaryStore(RevisionStore):
                 f'workload "{name}" has no canary awaiting promotion (revision {number}); '
                 f"nothing to abort: see `keelctl rollout status {name}`"
             )
-        # The revision the canaries ran beside: that of the newest old instance still wanted
-        # (a revision row for it, with another spec). Without one (the old instances are all
-        # gone, or older than the revision history) roll_back's own choice: the newest
-        # revision that was fully ready with another spec.
+        # The revision the canaries ran beside: the newest fully ready one whose instances
+        # still run (a revision row for it, with another spec). Not merely the newest old
+        # instance's: that may be a canary this revision superseded, never promoted. Without
+        # one (the old instances are all gone, or older than the revision history)
+        # roll_back's own choice: the newest revision that was fully ready with another spec.
         beside = await conn.fetchval(
             """SELECT r.revision FROM workload_revision r
-               WHERE r.workload = $1 AND r.spec <> $2::jsonb AND r.revision IN (
+               WHERE r.workload = $1 AND r.spec <> $2::jsonb AND r.completed_at IS NOT NULL
+                 AND r.revision IN (
                      SELECT generation FROM instance
                      WHERE workload = $1 AND desired <> 'REMOVED'
                        AND NOT (generation = ANY($3::bigint[])))
@@ -74,7 +77,7 @@ class CanaryStore(RevisionStore):
         )
         why = reason or f"abort the canaries of revision {number}"
         row, to_revision = await self._roll_back(
-            conn, name, to_revision=beside, actor=actor, reason=why
+            conn, name, to_revision=beside, actor=actor, reason=why, always_rollback=True
         )
         await conn.execute(
             """UPDATE workload_revision SET state = 'ABORTED', state_since = now()

@@ -5,7 +5,10 @@ in the apply's transaction): its spec as stored (secrets sealed), who applied it
 (`--reason`), and how its rollout went (`state`, `completed_at`, `failure`). A rollback applies
 an earlier revision's spec again through the same apply (`roll_back`): that is a new revision
 whose `same_as` names the earlier one, and the instances already running that spec stay current
-(`WorkloadRow.spec_generations`), so only the others are replaced.
+(`WorkloadRow.spec_generations`), so only the others are replaced. Only a spec that was once
+fully ready (`completed_at`) is a rollback, which a freeze lets through and which runs no
+canary: an earlier spec that crashed or was never promoted, applied again, is a new rollout
+(its instances still running are kept all the same).
 
 Neighbours: `store.Store` inherits these queries; the rollout RPCs (`fleet`) and the rollout
 controller read and write through them.
@@ -110,8 +113,19 @@ class RevisionStore(WorkloadStore):
             )
 
     async def _roll_back(
-        self, conn: Conn, name: str, *, to_revision: int | None, actor: str, reason: str
+        self,
+        conn: Conn,
+        name: str,
+        *,
+        to_revision: int | None,
+        actor: str,
+        reason: str,
+        always_rollback: bool = False,
     ) -> tuple[WorkloadRow, int]:
+        """Applies the spec of `to_revision` (None: the newest fully ready revision with another
+        spec, else the newest with another spec) again. It is a rollback (not frozen, no
+        canary) if that spec was once fully ready, or `always_rollback` (an abort); otherwise
+        a new rollout of an old spec."""
         current = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", name)
         if current is None:
             raise NotFound(f'workload "{name}" not found')
@@ -149,7 +163,14 @@ class RevisionStore(WorkloadStore):
         row = workload_row(current)
         back = replace(row.workload, spec=WorkloadSpec.from_json(target["spec"]))
         why = reason or f"roll back to revision {target['revision']}"
-        applied, _ = await self._apply(conn, back, actor=actor, reason=why, trace_context="")
+        applied, _ = await self._apply(
+            conn,
+            back,
+            actor=actor,
+            reason=why,
+            trace_context="",
+            rollback_to=int(target["revision"]) if always_rollback else None,
+        )
         return applied, int(target["revision"])
 
     async def promote(

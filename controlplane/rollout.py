@@ -159,9 +159,10 @@ def _plan_service(s: PassState, hosts: Mapping[str, HostView]) -> WorkloadPlan:
         old_may_go, wanted = 0, max(target, min(target + (w.canary if target else 0), running))
 
     # 1. Old instances that are not available cost nothing to remove (none while paused).
-    remover = Remover(s, [i for i in s.remaining if s.replaceable(i) and not s.available(i)])
-    while old_may_go > 0 and remover.remove_next():
-        old_may_go -= 1
+    for group in _old_groups(s, available=False):
+        remover = Remover(s, group)
+        while old_may_go > 0 and remover.remove_next():
+            old_may_go -= 1
     # 2. Surplus instances (scale down), not available first (while paused the old ones
     # count too, and go last).
     surplus = sum(1 for i in s.remaining if s.counted(i)) - wanted
@@ -171,10 +172,11 @@ def _plan_service(s: PassState, hosts: Mapping[str, HostView]) -> WorkloadPlan:
             surplus -= 1
     # 3. Available old instances, within the disruption budget (the old ones left are all
     # available: step 1 took the others; none while paused).
-    remover = Remover(s, [i for i in s.remaining if s.replaceable(i)])
-    while old_may_go > 0 and budget.may_go_down and remover.remove_next():
-        budget = budget.took_down()
-        old_may_go -= 1
+    for group in _old_groups(s, available=True):
+        remover = Remover(s, group)
+        while old_may_go > 0 and budget.may_go_down and remover.remove_next():
+            budget = budget.took_down()
+            old_may_go -= 1
     # 4. Available surplus instances, within the budget.
     for group in _newest_first(s, [i for i in s.remaining if s.counted(i)], available=True):
         remover = Remover(s, group)
@@ -215,6 +217,18 @@ def _newest_first(
     if not s.workload.paused:
         return [chosen]
     return [[i for i in chosen if s.current(i)], [i for i in chosen if not s.current(i)]]
+
+
+def _old_groups(s: PassState, *, available: bool) -> list[list[InstanceView]]:
+    """The old instances that are (or are not) available, in the groups they go in. While
+    canaries wait, the old instances past the replicas go newest generation first: a canary
+    that this revision superseded before it was promoted goes before any instance of the spec
+    it ran beside."""
+    old = [i for i in s.remaining if s.replaceable(i) and s.available(i) == available]
+    if not s.workload.canary:
+        return [old]
+    generations = sorted({i.generation for i in old}, reverse=True)
+    return [[i for i in old if i.generation == g] for g in generations]
 
 
 def _canary_split(s: PassState, target: int) -> tuple[int, int]:

@@ -243,12 +243,13 @@ def is_keel_rollback(actor: str, same_as: int | None) -> bool:
 def rollout_state(state: str, *, paused: bool, keel_rollback: bool) -> str | None:
     """How keel_rollouts{state} counts a workload whose current revision is in `state`: FAILED
     (held), ROLLED_BACK (the current revision is Keel's rollback of a failed one), PAUSED (in
-    progress and paused), else the revision's state; None for a state it does not count."""
+    progress or with canaries waiting, and paused: as `keelctl rollout status` says), else the
+    revision's state; None for a state it does not count."""
     if state == State.FAILED:
         return "FAILED"
     if keel_rollback:
         return "ROLLED_BACK"
-    if state == State.PROGRESSING and paused:
+    if state in (State.PROGRESSING, State.AWAITING_PROMOTION) and paused:
         return "PAUSED"
     return str(state) if state in ROLLOUT_STATES else None
 

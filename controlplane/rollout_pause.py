@@ -7,6 +7,9 @@ write sets `paused`, `paused_by` (the caller's token name) and `paused_at` (data
 clears them, and records RolloutPaused / RolloutResumed on `workload/NAME` with the actor and
 the reason. Like `revision_store.RevisionStore.promote` it takes new workload versions and
 NOTIFYs, so the leader's cache reads the row again and the workload controller plans with it.
+Resuming a failed rollout (Keel's hold, or an operator's pause over it) sets its revision back
+to PROGRESSING in the same transaction: the rollout controller judges it afresh, and it fails
+again, with a new record, if it is still stuck.
 
 Safe to repeat: pausing a paused rollout (or resuming one not paused) changes nothing and
 records nothing. Neighbours: `rollouts_api` (the RPCs), `rollout_status` (their answer).
@@ -70,10 +73,33 @@ async def _set_paused(
     )
     assert row is not None  # locked above
     revision = row["generation"]
+    retried = ""
+    if not paused:
+        # A resume lets a failed (held) rollout go on: the revision is in progress again, and
+        # the rollout controller judges it afresh (its progress clock starts now). Still stuck,
+        # it fails again with a new record. Its state, the gauge and the status then agree.
+        retried = (
+            await conn.fetchval(
+                """UPDATE workload_revision SET state = 'PROGRESSING', state_since = now()
+               WHERE workload = $1 AND revision = $2 AND state = 'FAILED'
+               RETURNING coalesce(failure->>'reason', 'FAILED')""",
+                name,
+                revision,
+            )
+            or ""
+        )
     if takes_over:
         kind, what = "RolloutPaused", f"revision {revision}: Keel's hold taken over as a pause"
     elif paused:
         kind, what = "RolloutPaused", f"revision {revision}: rollout paused, it holds where it is"
+    elif retried:
+        kind, what = (
+            "RolloutResumed",
+            (
+                f"revision {revision}: failed rollout ({retried}) resumed; it is judged again and "
+                "fails again if still stuck"
+            ),
+        )
     else:
         kind, what = "RolloutResumed", f"revision {revision}: rollout resumed"
     await record_event(

@@ -82,10 +82,6 @@ def rollout_status(
     failure = revision.failure if revision is not None else None
     if rolled_back is not None and stored not in ENDED:
         stored, failure = "ROLLED_BACK", rolled_back.failure
-    if stored == "FAILED" and not row.paused and old > 0:
-        # Keel holds a failed rollout (a pause) while old instances remain: without the pause
-        # an operator resumed it, and it rolls on (its record stays attached).
-        stored = "PROGRESSING"
     if stored in ENDED:
         state = stored
     elif done:
@@ -98,10 +94,13 @@ def rollout_status(
     counts = f"{updated} of {desired} updated, {ready} ready"
     if rolled_back is not None and state == "ROLLED_BACK":
         why = str((failure or {}).get("message") or "")
+        # The revision the record names (the same spec may be that of several revisions).
+        to = (failure or {}).get("rolled_back_to") or (
+            revision.same_as if revision is not None else "?"
+        )
         message = (
             f"revision {rolled_back.number} failed and Keel rolled back to the spec of revision "
-            f"{revision.same_as if revision is not None else '?'} (now revision {number}: "
-            f"{counts})" + (f": {why}" if why else "")
+            f"{to} (now revision {number}: {counts})" + (f": {why}" if why else "")
         )
     elif state in ENDED:
         why = str((failure or {}).get("message") or "")

@@ -179,7 +179,10 @@ class WorkloadStore:
         reason: str,
         trace_context: str,
         override_freeze: bool = False,
+        rollback_to: int | None = None,
     ) -> tuple[WorkloadRow, str]:
+        """`rollback_to`: the revision an abort returns to, a rollback even if it was never
+        fully ready (removing canaries must never start new ones, nor wait for a freeze)."""
         spec = w.spec.to_json()
         old = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name)
         row = None
@@ -257,12 +260,16 @@ class WorkloadStore:
             canary = old["canary_pending"] and w.rollout.canary > 0
             if spec_changed:
                 same = await conn.fetch(
-                    """SELECT revision FROM workload_revision
+                    """SELECT revision, completed_at IS NOT NULL AS completed
+                       FROM workload_revision
                        WHERE workload = $1 AND spec = $2::jsonb ORDER BY revision""",
                     w.name,
                     spec,
                 )
-                same_as = same[0]["revision"] if same else None
+                # Instances of an earlier revision with this spec are current again whatever
+                # became of it; but only a spec that was once fully ready is a rollback (not
+                # frozen, no canary): one that crashed or was never promoted is a new rollout.
+                same_as = next((r["revision"] for r in same if r["completed"]), rollback_to)
                 if same_as is None:  # a rollback is never frozen
                     await freeze.gate(
                         conn, w.name, override=override_freeze, reason=reason, actor=actor

@@ -195,6 +195,7 @@ def parse_workload(doc: object) -> Workload:
             "max_surge",
             "max_unavailable and max_surge cannot both be 0 (a rollout could never progress)",
         )
+    _check_rollout(rollout, replicas=replicas, min_ready_ms=spec.min_ready_ms)
 
     return Workload(
         name=name,
@@ -207,6 +208,25 @@ def parse_workload(doc: object) -> Workload:
         deadline_ms=deadline_ms,
         rollout=rollout,
     )
+
+
+def _check_rollout(rollout: RolloutPolicy, *, replicas: int, min_ready_ms: int) -> None:
+    """The rollout policy against the rest of the workload. An instance counts as progress
+    only once ready for `min_ready`, so a deadline no longer than that fails every rollout,
+    healthy or not (Kubernetes asks progressDeadlineSeconds > minReadySeconds too). More
+    canaries than replicas is a typo that would start them all at once."""
+    if rollout.progress_deadline_ms <= min_ready_ms:
+        raise SpecError(
+            "rollout.progress_deadline",
+            f"must be longer than spec.min_ready ({format_duration(min_ready_ms)}), got "
+            f"{format_duration(rollout.progress_deadline_ms)}: an instance counts as progress "
+            f"only once it has been ready for min_ready",
+        )
+    if rollout.canary > max(replicas, 1):
+        raise SpecError(
+            "rollout.canary",
+            f"must be at most replicas ({replicas}), got {rollout.canary}",
+        )
 
 
 def _parse_rollout(value: object, kind: Kind) -> RolloutPolicy:

@@ -117,6 +117,38 @@ def test_an_aborted_canary_is_removed_and_the_old_processes_keep_running(fleet: 
     assert "revision 2" in event["message"] and "p99 up" in event["message"]
 
 
+def test_a_revision_applied_over_a_waiting_canary_replaces_only_the_canary(
+    fleet: Fleet,
+) -> None:
+    """Revision 3 applied while revision 2's canary waits, unpromoted: revision 2's canary goes
+    and one revision-3 canary starts beside the three revision-1 processes; aborting it returns
+    to revision 1, never to revision 2's spec. Revision 1's pids never change (sampled)."""
+    old, canary = _start_canary(fleet)
+    with InstanceSampler(fleet.address, "web", interval=0.1) as sampler:
+        sampler.start()
+        third = _manifest(fleet, "3", rollout={"canary": 1})
+        fleet.keelctl_ok("apply", "-f", str(fleet.write_manifest(third)))
+
+        def third_canary_alone() -> InstanceView | None:
+            live = _live(fleet)
+            new = [i for i in live if i.generation == 3]
+            gone = not any(i.generation == 2 for i in live)
+            return new[0] if len(live) == 4 and len(new) == 1 and new[0].serving and gone else None
+
+        wait_for(third_canary_alone, timeout=45, message="revision 2's canary replaced by 3's")
+        aborted = fleet.keelctl_ok("rollout", "abort", "web", "--reason", "not this either")
+        assert "the spec of revision 1 runs again as revision 4" in aborted.stdout
+        wait_for(lambda: pids_of(fleet.instances("web")) == old, timeout=45,
+                 message="only revision 1's three processes left")  # fmt: skip
+        samples = list(sampler.samples)
+    for sample in samples:
+        assert {i.id: i.pid for i in sample if i.generation == 1} == old, sample
+    wait_for(lambda: not psutil.pid_exists(canary.pid), timeout=20,
+             message="revision 2's canary to end")  # fmt: skip
+    described = fleet.keelctl_json("describe", "workload", "web")
+    assert (described["generation"], described["spec"]["env"]) == (4, {"VERSION": "1"})
+
+
 @pytest.fixture
 def soon_fleet(tmp_path: Path, database_factory: DatabaseFactory) -> Iterator[Fleet]:
     """A fleet whose control plane reports canaries waiting past 10 s."""

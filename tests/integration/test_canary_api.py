@@ -94,19 +94,45 @@ async def test_abort_returns_to_the_revision_beside_and_ends_the_canary_aborted(
     assert "no canary awaiting promotion" in str(refused.value.details())
 
 
-async def test_abort_goes_back_to_the_revision_the_canaries_ran_beside(store: Store) -> None:
-    """Not the newest complete revision: the one whose instances the canaries ran beside."""
+async def test_abort_goes_back_to_the_fully_ready_revision_the_canaries_ran_beside(
+    store: Store,
+) -> None:
+    """The newest fully ready revision whose instances still run: not the newest complete
+    revision, which no instance runs any more."""
     await store.apply_workload(_workload("1"))
     await store.pool.execute("UPDATE workload_revision SET completed_at = now()")
     await store.apply_workload(_workload("2"))  # no instance yet: no canary
     await _instance(store, "web-2-a", 2)
-    row, _ = await store.apply_workload(_workload("3"))
+    await store.pool.execute("UPDATE workload_revision SET completed_at = now()")
+    await store.apply_workload(_workload("3", canary=0))  # completes, its instances gone since
+    await store.pool.execute("UPDATE workload_revision SET completed_at = now()")
+    row, _ = await store.apply_workload(_workload("4"))
     assert row.canary_pending
     aborted = await store.abort("web", actor="carol", reason="errors")
-    assert (aborted.aborted, aborted.to_revision, aborted.row.generation) == (3, 2, 4)
+    assert (aborted.aborted, aborted.to_revision, aborted.row.generation) == (4, 2, 5)
     assert aborted.row.workload.spec.env == {"V": "2"}
     (event,) = await _events(store, "RolloutAborted")
     assert event["actor"] == "carol"
+
+
+async def test_abort_over_a_superseded_canary_returns_to_the_last_ready_revision(
+    store: Store,
+) -> None:
+    """Revision 2's canary was never promoted when revision 3 was applied over it: aborting
+    3 returns to revision 1 (fully ready, its instance running), never to 2's spec."""
+    await store.apply_workload(_workload("1"))
+    await store.pool.execute("UPDATE workload_revision SET completed_at = now()")
+    await _instance(store, "web-1-a", 1)
+    row, _ = await store.apply_workload(_workload("2"))
+    assert row.canary_pending
+    await _instance(store, "web-2-c", 2)
+    row, _ = await store.apply_workload(_workload("3"))
+    assert row.canary_pending
+    aborted = await store.abort("web", actor="carol", reason="errors")
+    assert (aborted.aborted, aborted.to_revision, aborted.row.generation) == (3, 1, 4)
+    assert aborted.row.workload.spec.env == {"V": "1"}
+    assert aborted.row.is_current(1) and not aborted.row.is_current(2)
+    assert not aborted.row.canary_pending
 
 
 async def test_promote_lets_the_rollout_continue_once_per_request(store: Store, stub: Any) -> None:

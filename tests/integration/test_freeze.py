@@ -59,9 +59,12 @@ async def test_a_new_workload_is_a_deploy_and_is_refused_while_frozen(store: Sto
 
 
 async def test_scale_delete_and_rollbacks_go_through_while_frozen(store: Store) -> None:
-    """Nothing new is deployed by a scale, a delete, an apply of an earlier spec, roll_back."""
+    """Nothing new is deployed by a scale, a delete, an apply of an earlier spec that was
+    fully ready once, roll_back to one."""
     await store.apply_workload(_workload("1"))
+    await store.pool.execute("UPDATE workload_revision SET completed_at = now()")
     await store.apply_workload(_workload("2"))
+    await store.pool.execute("UPDATE workload_revision SET completed_at = now()")
     await freeze.freeze(store.pool, reason="budget spent", until=None, actor="oncall")
     row, result = await store.apply_workload(_workload("2", replicas=5), actor="bob")
     assert (result, row.generation, row.workload.replicas) == ("configured", 2, 5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from controlplane import freeze
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.rowviews import workload_view
 from controlplane.store import Store
@@ -34,10 +35,18 @@ async def test_each_spec_change_is_a_revision_with_its_actor_and_cause(store: St
     assert revisions[0].spec.env == {"V": "2"}
 
 
+async def _completed(store: Store, revision: int) -> None:
+    """The revision was fully ready once (the rollout controller writes this)."""
+    await store.pool.execute(
+        "UPDATE workload_revision SET completed_at = now() WHERE revision = $1", revision
+    )
+
+
 async def test_a_spec_equal_to_an_earlier_revision_keeps_its_instances_current(
     store: Store,
 ) -> None:
     await store.apply_workload(_workload("1"))
+    await _completed(store, 1)
     await store.apply_workload(_workload("2"))
     row, _ = await store.apply_workload(_workload("1"), reason="back to v1")
     assert row.generation == 3
@@ -101,8 +110,39 @@ async def test_a_canary_waits_only_beside_instances_of_another_revision(store: S
     assert row.canary_pending
     assert workload_view(row).canary == 1
     assert (await store.revisions("web"))[0].state == "AWAITING_PROMOTION"
+    row, _ = await store.apply_workload(_workload("3", canary=1))
+    assert row.canary_pending  # revision 1 was never fully ready: 3 is a new rollout
+    await _completed(store, 1)
     row, _ = await store.apply_workload(_workload("1", canary=1))
     assert not row.canary_pending  # a rollback needs no canary
+
+
+async def test_an_earlier_spec_that_never_got_ready_is_a_new_rollout(store: Store) -> None:
+    """Revision 2 crashed (never fully ready): its spec applied again keeps its instances
+    current, but is no rollback: no `same_as`, a canary if the policy asks, and a freeze
+    refuses it like any new spec."""
+    await store.apply_workload(_workload("1", canary=1))
+    await _completed(store, 1)
+    await store.apply_workload(_workload("2", canary=1))
+    await store.pool.execute(
+        "UPDATE workload_revision SET state = 'ROLLED_BACK' WHERE revision = 2"
+    )
+    await store.apply_workload(_workload("1", canary=1), reason="back")  # a rollback to 1
+    await store.pool.execute(
+        """INSERT INTO host (name, cpu_millis, memory_mib) VALUES ('h', 1000, 1000);
+           INSERT INTO instance (id, workload, generation, host, spec, cpu_millis, memory_mib,
+                                 desired, revision)
+           SELECT 'web-3-000001', 'web', 3, 'h', spec, 10, 16, 'RUNNING', 1 FROM workload"""
+    )
+    await freeze.freeze(store.pool, reason="budget spent", until=None, actor="oncall")
+    with pytest.raises(FailedPrecondition, match="frozen"):
+        await store.apply_workload(_workload("2", canary=1), reason="try 2 again")
+    assert (await store.get_workload("web")).generation == 3
+    await freeze.unfreeze(store.pool, actor="oncall")
+    row, _ = await store.apply_workload(_workload("2", canary=1), reason="try 2 again")
+    assert row.generation == 4 and row.spec_generations == frozenset({2, 4})
+    assert row.canary_pending
+    assert (await store.revisions("web"))[0].same_as is None
 
 
 async def test_promote_lets_a_waiting_canary_continue_once(store: Store) -> None:

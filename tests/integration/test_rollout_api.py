@@ -86,6 +86,7 @@ async def test_history_is_newest_first_with_the_current_marked_and_secrets_redac
     """Every revision with its actor, cause, rollback origin and state; the current one
     marked; secret values never in the answer; a failure record presented."""
     await _apply(api, "1", reason="first")
+    await store.pool.execute("UPDATE workload_revision SET completed_at = now()")
     await _apply(api, "2", reason="second")
     await _apply(api, "1", reason="back")
     failure = {
@@ -200,6 +201,31 @@ async def test_pause_is_a_write_with_its_actor_reason_event_and_notify(
     assert "v2 looks fine" in event["message"]
     await api.ResumeRollout(_action(), timeout=10)
     assert len(await _events(store, "RolloutResumed")) == 1
+
+
+async def test_resuming_a_failed_held_rollout_judges_it_again(api: Any, store: Store) -> None:
+    """Keel held revision 2 FAILED: a resume sets it back to PROGRESSING (the rollout
+    controller judges it afresh), so the status, the history and the gauge agree; its record
+    stays attached, and the event says it is judged again."""
+    await _apply(api, "1")
+    await _apply(api, "2")
+    failure = {"reason": "CRASH_LOOP", "message": "1 instance of revision 2 crashes"}
+    await store.pool.execute(
+        "UPDATE workload_revision SET state = 'FAILED', failure = $1::jsonb WHERE revision = 2",
+        failure,
+    )
+    await store.pool.execute(
+        "UPDATE workload SET paused = true, paused_by = 'keel/rollout', paused_at = now()"
+    )
+    resumed = await api.ResumeRollout(_action("the database is back"), timeout=10)
+    assert (resumed.paused, resumed.state) == (False, "PROGRESSING")
+    assert resumed.failure.reason == "CRASH_LOOP"
+    history = await api.GetRolloutHistory(
+        fleet_pb2.GetRolloutHistoryRequest(workload="web"), timeout=10
+    )
+    assert history.revisions[0].state == "PROGRESSING"
+    [event] = await _events(store, "RolloutResumed")
+    assert "CRASH_LOOP" in event["message"] and "judged again" in event["message"]
 
 
 async def test_a_retried_pause_is_answered_not_applied_twice(api: Any, store: Store) -> None:

@@ -15,6 +15,7 @@ from controlplane.cache import FleetCache
 from controlplane.errors import NotLeader
 from controlplane.metrics import Metrics
 from controlplane.reconcile import Result, Term
+from controlplane.rollout_pause import set_paused
 from controlplane.rollouts import RolloutController
 from controlplane.status import StatusStore
 from controlplane.store import Report, Store
@@ -197,6 +198,31 @@ async def test_without_auto_rollback_a_failed_rollout_holds(leader: Leader) -> N
     assert not row.paused and row.generation == 3
     assert len(await _events(leader.store, "RolloutResumed")) == 1
     assert leader.rollouts.counts() == {"PROGRESSING": 1}
+
+
+async def test_a_resumed_failed_rollout_is_judged_again_and_fails_again(leader: Leader) -> None:
+    """An operator resumes a held FAILED rollout whose instance still crashes: the revision is
+    PROGRESSING (as the gauge counts it), then the controller fails and holds it again, with
+    a second RolloutFailed."""
+    await _good_revision_one(leader)
+    await leader.store.apply_workload(_web("2"))
+    await leader.plan()
+    [new] = [i for i in await leader.live() if i.generation == 2]
+    await leader.report(new.id, crash=True)
+    await leader.judge()
+    assert (await _revisions(leader.store))[2].state == "FAILED"
+
+    await set_paused(leader.store.pool, "web", paused=False, actor="alice", reason="retry")
+    await leader.cache.refresh(["web"])  # as the resume's NOTIFY has the cache do
+    assert (await _revisions(leader.store))[2].state == "PROGRESSING"
+    await leader.judge()
+    rev = (await _revisions(leader.store))[2]
+    assert rev.state == "FAILED" and rev.failure is not None
+    assert rev.failure["reason"] == "CRASH_LOOP"
+    assert len(await _events(leader.store, "RolloutFailed")) == 2
+    row = await leader.store.get_workload("web")
+    assert (row.paused, row.paused_by) == (True, "keel/rollout")
+    assert leader.rollouts.counts() == {"FAILED": 1}
 
 
 async def test_auto_rollback_with_no_fully_ready_revision_holds(leader: Leader) -> None:

@@ -132,6 +132,17 @@ STEPS: list[
         ("a", "b"),
         "1 old instance to replace; waiting for 2 removed instances to stop (max_surge=1)",
     ),
+    # generation 3 applied over generation 2's canary, never promoted: that canary goes, not
+    # one of the replicas it ran beside, and generation 3's canary starts
+    (canary(generation=3), H3, [*OLD3, new("n", "host-1")], ("host-2",), ("n",), None),
+    (
+        canary(generation=3),
+        H3,
+        [*OLD3, new("n", "host-2", phase=Phase.FAILED)],
+        ("host-1",),
+        ("n",),
+        None,
+    ),
     # rollbacks: generation 3 runs generation 1's spec again
     (rolled_back(3, 1), H3, OLD3, (), (), None),
     (
@@ -184,6 +195,8 @@ STEP_IDS = [
     "scale-to-zero-while-waiting-removes-the-canary-too",
     "drain-replacement-while-waiting-is-a-replica",
     "promoted-canary-counts-as-updated",
+    "superseded-canary-goes-before-the-replicas-it-ran-beside",
+    "superseded-failed-canary-goes-first",
     "rollback-keeps-instances-of-the-spec-it-returns-to",
     "rollback-replaces-failed-instance-of-other-spec-for-free",
     "rollback-removes-canary-within-budget",

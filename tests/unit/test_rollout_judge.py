@@ -336,7 +336,8 @@ def test_the_track_follows_the_revision() -> None:
     [
         ("PROGRESSING", False, False, "PROGRESSING"),
         ("PROGRESSING", True, False, "PAUSED"),
-        ("AWAITING_PROMOTION", True, False, "AWAITING_PROMOTION"),
+        ("AWAITING_PROMOTION", True, False, "PAUSED"),
+        ("AWAITING_PROMOTION", False, False, "AWAITING_PROMOTION"),
         ("COMPLETE", True, False, "COMPLETE"),
         ("FAILED", True, False, "FAILED"),
         ("PROGRESSING", False, True, "ROLLED_BACK"),

@@ -122,6 +122,10 @@ def test_keels_own_rollback_reports_the_rollout_rolled_back_with_its_record() ->
     assert "revision 2 failed" in status.message and "boom" in status.message
     # An operator's undo is no automatic rollback: complete once it converges.
     assert rollout_status(ROW, REV, [t(1, 3)], daemon_hosts=0).state == "COMPLETE"
+    # Returned to revision 3, itself a rollback to revision 1's spec: named as the record does.
+    again = replace(failed, failure={**failure, "rolled_back_to": 3})
+    status = rollout_status(ROW, mine, [t(1, 3)], daemon_hosts=0, rolled_back=again)
+    assert "rolled back to the spec of revision 3" in status.message
 
 
 def test_a_failed_rollout_resumed_by_an_operator_is_progressing_again() -> None:
@@ -129,5 +133,7 @@ def test_a_failed_rollout_resumed_by_an_operator_is_progressing_again() -> None:
     failed = replace(REV, state="FAILED", failure=failure)
     held = replace(ROW, paused=True, paused_by="keel/rollout")
     assert rollout_status(held, failed, [t(1, 2), t(2, 1)], daemon_hosts=0).state == "FAILED"
-    resumed = rollout_status(ROW, failed, [t(2, 2), t(3, 1)], daemon_hosts=0)
+    # The resume set the revision back to PROGRESSING (`rollout_pause`): its record stays.
+    again = replace(failed, state="PROGRESSING")
+    resumed = rollout_status(ROW, again, [t(2, 2), t(3, 1)], daemon_hosts=0)
     assert resumed.state == "PROGRESSING" and resumed.failure == failure

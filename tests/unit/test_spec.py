@@ -397,6 +397,19 @@ def test_max_unavailable_is_not_clamped_for_daemons() -> None:
         ),
         ("spec.stop_grace", 10, "spec.stop_grace: duration needs a unit (ms, s, m, h), got '10'"),
         ("spec.min_ready", "-1s", "spec.min_ready: must not be negative, got '-1s'"),
+        (
+            "rollout",
+            {"progress_deadline": "10s"},
+            "rollout.progress_deadline: must be longer than spec.min_ready (10s), got 10s",
+        ),
+        (
+            "spec.min_ready",
+            "15m",
+            "rollout.progress_deadline: must be longer than spec.min_ready (15m), got 10m",
+        ),
+        ("rollout", {"canary": 4}, "rollout.canary: must be at most replicas (3), got 4"),
+        ("rollout", {"canary": 1, "auto_promote": 1}, None),
+        ("rollout", {"auto_promote": True}, "rollout.auto_promote: needs rollout.canary > 0"),
     ],
 )
 def test_parse_workload_refuses_naming_field_and_rule(
