@@ -21,8 +21,8 @@ from collections.abc import Mapping
 MIN_LENGTH = 4
 
 
-def marker(names: list[str]) -> bytes:
-    return f"[redacted secret_env {', '.join(sorted(names))}]".encode()
+# Said instead of a value whose marker would show it (a value that is its own variable's name).
+PLAIN_MARKER = b"[redacted]"
 
 
 class Redactor:
@@ -77,7 +77,7 @@ class Redactor:
         """`data` with every value replaced by its marker."""
         if not self._patterns:
             return data
-        return _replace(data, self.spans(data))
+        return self._replace(data, self.spans(data))
 
     def text(self, text: str) -> str:
         if not self._patterns:
@@ -86,14 +86,17 @@ class Redactor:
             "utf-8", errors="replace"
         )
 
+    def marker(self, names: set[str]) -> bytes:
+        named = f"[redacted secret_env {', '.join(sorted(names))}]".encode()
+        return PLAIN_MARKER if any(p in named for p in self._patterns) else named
 
-def _replace(data: bytes, spans: list[tuple[int, int, set[str]]]) -> bytes:
-    out, at = [], 0
-    for start, end, names in spans:
-        out += [data[at:start], marker(sorted(names))]
-        at = end
-    out.append(data[at:])
-    return b"".join(out)
+    def _replace(self, data: bytes, spans: list[tuple[int, int, set[str]]]) -> bytes:
+        out, at = [], 0
+        for start, end, names in spans:
+            out += [data[at:start], self.marker(names)]
+            at = end
+        out.append(data[at:])
+        return b"".join(out)
 
 
 class Streaming:
@@ -115,7 +118,7 @@ class Streaming:
         spans = self._r.spans(data)
         keep = self._undecided(data, spans)
         self._held = data[keep:]
-        return _replace(data[:keep], [s for s in spans if s[1] <= keep])
+        return self._r._replace(data[:keep], [s for s in spans if s[1] <= keep])
 
     def flush(self) -> bytes:
         data, self._held = self._held, b""

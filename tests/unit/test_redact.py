@@ -33,8 +33,20 @@ from keel.redact import MIN_LENGTH, Redactor, Streaming
         # Shorter than MIN_LENGTH: would match ordinary text, so not redacted.
         ({"PIN": "123"}, "pid 123 exited", "pid 123 exited"),
         ({"A": "naïve-café"}, "value=naïve-café!", "value=[redacted secret_env A]!"),
+        # A value its marker would show (here: its variable's name) gets a marker without names.
+        ({"DB_PASS": "DB_PASS"}, "pass=DB_PASS", "pass=[redacted]"),
     ],
-    ids=["repeated", "absent", "overlapping", "nested", "self-overlap", "lines", "short", "utf8"],
+    ids=[
+        "repeated",
+        "absent",
+        "overlapping",
+        "nested",
+        "self-overlap",
+        "lines",
+        "short",
+        "utf8",
+        "named-like-its-variable",
+    ],
 )
 def test_every_occurrence_is_replaced_by_a_marker_naming_the_variable(
     values: dict[str, str], text: str, want: str
