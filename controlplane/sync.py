@@ -401,13 +401,13 @@ class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[m
                     written=_acknowledge(session, beat.sequence, deferred=beat.ack_deferred),
                 )
             elif which == "report":
+                reports = [convert.report_from_pb(host, s) for s in msg.report.instances]
+                if session.secrets.incomplete(reports):
+                    with contextlib.suppress(Unavailable):  # the agent has redacted them
+                        _, rows = await self._store.host_assignments(host, since=None)
+                        session.secrets.remember_all(rows)
                 self._reports.submit(
-                    [
-                        session.secrets.redacted(
-                            convert.report_from_pb(host, s), secrets=self._secrets
-                        )
-                        for s in msg.report.instances
-                    ]
+                    [session.secrets.redacted(r, secrets=self._secrets) for r in reports]
                 )
             elif which == "log_chunk":
                 self._logs.deliver(msg.log_chunk)

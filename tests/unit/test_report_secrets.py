@@ -86,3 +86,21 @@ def test_a_value_this_replica_cannot_open_leaves_the_message_as_the_agent_sent_i
     assigned.remember([replace(ROW, spec=other.seal("db", SPEC))], full=True)
     assert assigned.redacted(REPORT, secrets=box) is REPORT
     assert failures == [1]
+
+
+def test_a_resumed_stream_asks_for_the_whole_set_once_a_message_names_an_unseen_instance(
+    tmp_path: Path,
+) -> None:
+    """Sent only what changed since the agent's revision, a stream does not know an older
+    instance: its report with a message asks for the host's whole set; once that is
+    remembered, it never asks again."""
+    box = load_or_create(tmp_path / "secret.key", on_open_failure=lambda: None)
+    assigned = AssignedSecrets()
+    assigned.remember([replace(ROW, id="db-1-000009", spec=box.seal("db", SPEC))], full=False)
+    assert not assigned.incomplete([replace(REPORT, message="")])
+    assert assigned.incomplete([REPORT])
+    assigned.remember_all([replace(ROW, spec=box.seal("db", SPEC))])
+    assert not assigned.incomplete([REPORT, replace(REPORT, instance_id="unknown-1-000001")])
+    assert SECRET not in assigned.redacted(REPORT, secrets=box).message
+    older = replace(REPORT, instance_id="db-1-000009")  # remembered before: merged, not lost
+    assert SECRET not in assigned.redacted(older, secrets=box).message
