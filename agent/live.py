@@ -2,7 +2,8 @@
 
 `agent.reconciler` keeps one `Live` per instance: the driver's handle, an exit seen but not
 yet recorded, the start or stop under way and its task, the process watcher, since when a stop
-has been going on, and the end of stderr at the last exit. `actual_of` joins it with the
+has been going on, the end of stderr at the last exit, and the secret_env values the process
+started with (what is redacted from its output). `actual_of` joins it with the
 record and the last health result into the planner's `Actual` (`agent.planner`), and
 `probe_targets` says which of them the health monitor (`agent.health`) probes, and how.
 """
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.health import ProbeResult, Target
 from agent.planner import Actual, Transition
 from agent.runtime.base import ExitInfo, Handle, instance_env
 from agent.state import Assignment, InstanceRecord, LocalState
+from keel.redact import Redactor
 
 
 @dataclass
@@ -31,7 +33,8 @@ class Live:
     task: asyncio.Task[Any] | None = None
     watcher: asyncio.Task[Any] | None = None
     stopping_since: float | None = None  # the first stop of the current process began
-    stderr_tail: str = ""  # the end of stderr at the last exit (CRASH_LOOP's message)
+    stderr_tail: str = ""  # the end of stderr at the last exit (CRASH_LOOP's message), redacted
+    secrets: Redactor = field(default_factory=Redactor)  # the values the process started with
 
     @classmethod
     def adopted(cls, handle: Handle | None, *, now: float) -> Live:

@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from agent import logread, restart
+from agent import logread, restart, secretenv
 from agent.errors import StateError
 from agent.health import HealthMonitor, Prober, probe
 from agent.live import Live, actual_of, probe_targets
@@ -50,6 +50,7 @@ from agent.state import Assignment, InstanceRecord, LocalState, StateStore
 from agent.status import InstanceReport, removal_confirmed, status_of
 from agent.tasks import TaskGroup
 from keel.model import Desired
+from keel.redact import Redactor
 from keel.stuck import STDERR_TAIL_BYTES
 
 log = structlog.get_logger("agent.reconciler")
@@ -142,6 +143,17 @@ class Reconciler:
     def knows(self, instance_id: str) -> bool:
         """True if the instance is desired on this host or still has local state here."""
         return instance_id in self.state.desired or instance_id in self.state.instances
+
+    async def redactor(self, instance_id: str) -> tuple[Redactor, list[str]]:
+        """What to take out of the instance's output before it leaves the host, and the
+        secret_env variables whose value is not known (`agent.secretenv.redactor`)."""
+        live = self._live.get(instance_id)
+        assignment = self.state.desired.get(instance_id)
+        return await asyncio.to_thread(
+            secretenv.redactor,
+            assignment.spec if assignment is not None else None,
+            live.secrets if live is not None else Redactor(),
+        )
 
     def apply_assignments(
         self, *, full: bool, revision: int, assignments: Sequence[Assignment]
@@ -320,8 +332,12 @@ class Reconciler:
             )
             live.process_gone()
             if action.next_start_at is not None:
-                live.stderr_tail = await asyncio.to_thread(
+                tail = await asyncio.to_thread(
                     logread.stderr_tail, self._settings.log_dir, iid, STDERR_TAIL_BYTES
+                )
+                redactor, unknown = await self.redactor(iid)
+                live.stderr_tail = (
+                    redactor.text(tail) if not unknown else secretenv.withheld(unknown)
                 )
         elif isinstance(action, Start):
             if record is None:
@@ -397,6 +413,7 @@ class Reconciler:
                 )
                 live.process_gone()
                 live.handle = handle
+                live.secrets = result.secrets
                 self.metrics.started(restart=action.restart)
                 self._health.forget(iid)  # a new process: its health is not known yet
                 live.watcher = self._tasks.spawn(f"watch {iid}", self._watch(iid, handle))

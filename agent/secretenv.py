@@ -5,13 +5,15 @@ result to the environment it hands the driver; nothing else sees the values. A p
 in the assignment (the control plane opened it for this agent only); a `{file: PATH}` value is
 read here at every start, so it never leaves the host, and a changed file takes effect at the
 next start of the instance (a changed file does not roll the workload: Keel never sees it).
-Errors name the variable and the file, never a value.
+Errors name the variable and the file, never a value. `redactor` gives the values an
+instance's output may hold, for `keel.redact` to take out of what the agent reports.
 """
 
 from __future__ import annotations
 
 from agent.errors import StartFailed
-from keel.model import WorkloadSpec
+from keel.model import SecretValue, WorkloadSpec
+from keel.redact import Redactor
 
 # A secret is a password, a token or a key, not a data set; bounded like an env value.
 MAX_SECRET_FILE_BYTES = 64 * 1024
@@ -19,18 +21,42 @@ MAX_SECRET_FILE_BYTES = 64 * 1024
 
 def secret_values(spec: WorkloadSpec) -> dict[str, str]:
     """NAME -> value for every secret_env entry; raises StartFailed naming what is missing."""
-    values: dict[str, str] = {}
+    return {name: _value(name, secret) for name, secret in spec.secret_env.items()}
+
+
+def _value(name: str, secret: SecretValue) -> str:
+    if secret.value is not None:
+        return secret.value
+    if secret.file is not None:
+        return _read(name, secret.file)
+    raise StartFailed(
+        f"secret_env.{name} arrived without its value (the control plane sent it "
+        "sealed); see runbooks/secret-key.md"
+    )
+
+
+def redactor(spec: WorkloadSpec | None, started: Redactor) -> tuple[Redactor, list[str]]:
+    """What to redact from an instance's output: the values its process `started` with and
+    those `spec` resolves to now (a file changed since, or a process an earlier agent
+    started), and the names of the variables whose value is known neither way (blocking:
+    run in a thread)."""
+    if spec is None or not spec.secret_env:
+        return started, []
+    now: dict[str, str] = {}
+    unknown = []
     for name, secret in spec.secret_env.items():
-        if secret.value is not None:
-            values[name] = secret.value
-        elif secret.file is not None:
-            values[name] = _read(name, secret.file)
-        else:
-            raise StartFailed(
-                f"secret_env.{name} arrived without its value (the control plane sent it "
-                "sealed); see runbooks/secret-key.md"
-            )
-    return values
+        try:
+            now[name] = _value(name, secret)
+        except StartFailed:
+            if name not in started.names:
+                unknown.append(name)
+    return started.merged(Redactor(now)), unknown
+
+
+def withheld(unknown: list[str]) -> str:
+    """Said instead of output that could hold a value the agent cannot redact."""
+    names = ", ".join(f"secret_env.{n}" for n in unknown)
+    return f"(withheld: {names} cannot be read now to redact it from the output)"
 
 
 def _read(name: str, path: str) -> str:

@@ -7,7 +7,9 @@ exception: a driver's `StartFailed` carries the exec error, anything else is log
 exception as well. A first start whose assignment carries the operator's trace context is a
 span "agent.start_instance" in that trace, so one trace runs from `keelctl apply` to the
 process. The secret_env values join the environment here (`agent.secretenv`), at each start
-and nowhere else. A stop asks the process to go, then kills its group after the grace period.
+and nowhere else; the start keeps them (`Launched.secrets`) so that what the process prints
+can be redacted (`keel.redact`). A stop asks the process to go, then kills its group after
+the grace period.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.trace import Status, StatusCode
@@ -26,6 +28,7 @@ from agent.runtime.base import Driver, ExitInfo, Handle, instance_env
 from agent.secretenv import secret_values
 from agent.state import InstanceRecord
 from keel import tracing
+from keel.redact import Redactor
 
 _tracer = tracing.tracer("keel.agent")
 
@@ -37,6 +40,7 @@ class Launched:
     ports: dict[str, int]
     handle: Handle | None = None
     error: str = ""
+    secrets: Redactor = field(default_factory=Redactor)  # the secret_env values it was given
 
 
 async def launch(
@@ -54,12 +58,15 @@ async def launch(
     env = instance_env(
         a.spec, host=host, workload=a.workload, instance_id=a.instance_id, ports=ports
     )
+    secrets = Redactor()
     if a.spec.secret_env:
         try:
             # In a thread: a {file: PATH} value is read from disk at each start.
-            env.update(await asyncio.to_thread(secret_values, a.spec))
+            values = await asyncio.to_thread(secret_values, a.spec)
         except StartFailed as e:
             return Launched(ports, None, str(e))
+        env.update(values)
+        secrets = Redactor(values)
     span = None
     if a.trace_context and not action.restart:
         # The first start of an operator's change joins that operator's trace.
@@ -88,7 +95,7 @@ async def launch(
         else:
             span.set_attribute("keel.pid", handle.pid)
         span.end()
-    return Launched(ports, handle, error)
+    return Launched(ports, handle, error, secrets)
 
 
 async def halt(

@@ -28,7 +28,8 @@ it would with every heartbeat acknowledged, without an ack per heartbeat per hos
 
 It also answers the control plane's LogRequests on the same stream (no extra port on hosts):
 the last lines of the instance's stdout then stderr, across rotated files (`agent.logread`),
-then, when following, what is appended, until cancelled or the stream ends.
+then, when following, what is appended, until cancelled or the stream ends; the instance's
+secret_env values are taken out of every chunk on the way (`keel.redact.Streaming`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Any, Protocol
 import grpc
 import structlog
 
-from agent import convert, logread
+from agent import convert, logread, secretenv
 from agent.backoff import Reconnects
 from agent.convert import DesiredUpdate, HeartbeatAck, LogRequest, Outgoing
 from agent.credentials import JOIN_TOKEN_ENV, Credentials, NoCredential
@@ -54,6 +55,7 @@ from agent.settings import Settings
 from agent.state import Assignment
 from agent.status import InstanceReport
 from keel.grpctls import channel_credentials
+from keel.redact import Redactor, Streaming
 from keel.v1 import agent_pb2_grpc
 
 log = structlog.get_logger("agent.sync")
@@ -109,6 +111,8 @@ class SyncTarget(Protocol):
     def full_report(self) -> list[InstanceReport]: ...
 
     def knows(self, instance_id: str) -> bool: ...
+
+    async def redactor(self, instance_id: str) -> tuple[Redactor, list[str]]: ...
 
 
 class SyncClient:
@@ -416,29 +420,42 @@ class SyncClient:
             error = f'instance "{iid}" is not on host "{self._settings.host}"'
             queue.put_nowait(convert.log_chunk_to_pb(rid, eof=True, error=error))
             return
+        redactor, unknown = await self._target.redactor(iid)
+        if unknown:
+            error = secretenv.withheld(unknown)
+            queue.put_nowait(convert.log_chunk_to_pb(rid, eof=True, error=error))
+            return
         llog.info("sending logs", tail_lines=req.tail_lines, follow=req.follow)
         log_dir = self._settings.log_dir
-        followers: dict[str, logread.Follower] = {}
+        followers: dict[str, tuple[logread.Follower, Streaming]] = {}
         try:
             for stream in logread.STREAMS:
                 files = await asyncio.to_thread(logread.stream_files, log_dir, iid, stream)
                 segments = await asyncio.to_thread(logread.plan_tail, files, req.tail_lines)
                 live = logread.live_file(log_dir, iid, stream)
                 offset = next((seg.end for seg in segments if seg.path == live), 0)
-                followers[stream] = logread.Follower(live, offset)
+                redacting = Streaming(redactor)
+                followers[stream] = (logread.Follower(live, offset), redacting)
                 chunks = logread.read_segments(segments)
                 while (data := await asyncio.to_thread(next, chunks, None)) is not None:
-                    await _send(queue, convert.log_chunk_to_pb(rid, stream=stream, data=data))
+                    await _send_data(queue, rid, stream, redacting.feed(data))
+                if not req.follow:
+                    await _send_data(queue, rid, stream, redacting.flush())
             while req.follow:
                 await asyncio.sleep(self._settings.probe_interval_s)
-                for stream, follower in followers.items():
+                for stream, (follower, redacting) in followers.items():
                     for data in await asyncio.to_thread(follower.read_new):
-                        await _send(queue, convert.log_chunk_to_pb(rid, stream=stream, data=data))
+                        await _send_data(queue, rid, stream, redacting.feed(data))
         except OSError as e:
             llog.warning("cannot read logs", error=str(e))
             queue.put_nowait(convert.log_chunk_to_pb(rid, eof=True, error=f"cannot read logs: {e}"))
             return
         queue.put_nowait(convert.log_chunk_to_pb(rid, eof=True))
+
+
+async def _send_data(queue: asyncio.Queue[Outgoing], rid: str, stream: str, data: bytes) -> None:
+    if data:
+        await _send(queue, convert.log_chunk_to_pb(rid, stream=stream, data=data))
 
 
 async def _send(queue: asyncio.Queue[Outgoing], msg: Outgoing) -> None:

@@ -4,8 +4,9 @@
 it, so Postgres, its dumps and its backups hold only ciphertext, and every operator answer
 presents a sealed value as redacted (`keel.convert.secret_to_pb`). `sync.AgentSync` opens the
 values (`SecretBox.open`) only to build an agent's assignment, the one message that carries
-them. The key lives in a file under the state dir (`<state-dir>/secret.key`, created 0600 on
-first start; `--secret-key-file` names another), never in the database.
+them, and to take them out of an agent's report (`report_secrets`). The key lives in a file
+under the state dir (`<state-dir>/secret.key`, created 0600 on first start;
+`--secret-key-file` names another), never in the database.
 
 AES-SIV (RFC 5297, deterministic authenticated encryption, from `cryptography`): one value
 sealed twice for the same workload and variable gives the same text. So the store keeps telling

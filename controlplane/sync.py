@@ -36,6 +36,7 @@ from controlplane.auth import require_host
 from controlplane.errors import InvalidArgument, KeelError, Replaced, StreamFailed, Unavailable
 from controlplane.heartbeats import HeartbeatWriter
 from controlplane.logrelay import LogRelay
+from controlplane.report_secrets import AssignedSecrets
 from controlplane.reports import ReportWriter
 from controlplane.secrets import SecretBox
 from controlplane.store import Store
@@ -68,6 +69,8 @@ class _Session:
         # The last heartbeat recorded whose agent deferred its ack (0: none unacknowledged):
         # acknowledged just before the next assignments (`_acknowledge`).
         self.deferred_ack = 0
+        # The sealed secret_env of what this stream assigned: its reports are redacted.
+        self.secrets = AssignedSecrets()
 
     def send(self, msg: agent_pb2.ControlMessage) -> None:
         self.outbox.put_nowait(msg)
@@ -248,6 +251,7 @@ class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[m
                             message = convert.assignments_pb(False, sent, [], secrets=self._secrets)
                         else:
                             revision, rows = await self._store.host_assignments(host, since=sent)
+                            session.secrets.remember(rows, full=False)
                             # Sent even when empty (each resync period at least): the agent then
                             # knows its desired state is current.
                             message = convert.assignments_pb(
@@ -329,6 +333,7 @@ class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[m
         else:
             sent, rows = await self._store.host_assignments(host, since=None)
             full = True
+        session.secrets.remember(rows, full=full)
         bound.info(
             "agent connected",
             agent_revision=hello.revision,
@@ -396,8 +401,13 @@ class AgentSync(JoinApi, agent_pb2_grpc.AgentServiceServicer):  # type: ignore[m
                     written=_acknowledge(session, beat.sequence, deferred=beat.ack_deferred),
                 )
             elif which == "report":
+                reports = [convert.report_from_pb(host, s) for s in msg.report.instances]
+                if session.secrets.incomplete(reports):
+                    with contextlib.suppress(Unavailable):  # the agent has redacted them
+                        _, rows = await self._store.host_assignments(host, since=None)
+                        session.secrets.remember_all(rows)
                 self._reports.submit(
-                    [convert.report_from_pb(host, s) for s in msg.report.instances]
+                    [session.secrets.redacted(r, secrets=self._secrets) for r in reports]
                 )
             elif which == "log_chunk":
                 self._logs.deliver(msg.log_chunk)

@@ -10,8 +10,9 @@ import pytest
 
 from agent.errors import StartFailed
 from agent.runtime.identity import resolve
-from agent.secretenv import MAX_SECRET_FILE_BYTES, secret_values
+from agent.secretenv import MAX_SECRET_FILE_BYTES, redactor, secret_values, withheld
 from keel.model import SecretValue, WorkloadSpec
+from keel.redact import Redactor
 
 
 def spec(**secrets: SecretValue) -> WorkloadSpec:
@@ -71,3 +72,20 @@ def test_as_root_another_user_resolves_to_its_ids() -> None:
     assert run_as is not None
     assert (run_as.uid, run_as.gid) == (nobody.pw_uid, nobody.pw_gid)
     assert nobody.pw_gid in run_as.groups
+
+
+def test_redactor_knows_started_and_current_values_and_names_the_unknown(tmp_path: Path) -> None:
+    """What is redacted from an instance's output: the values its process started with and
+    those its spec resolves to now; a variable known neither way is named (output withheld)."""
+    f = tmp_path / "token"
+    f.write_text("token-now\n")
+    s = spec(A=SecretValue(value="plain-value"), B=SecretValue(file=str(f)))
+    r, unknown = redactor(s, Redactor({"B": "token-then"}))
+    assert unknown == []
+    assert r.text("plain-value token-now token-then") == (
+        "[redacted secret_env A] [redacted secret_env B] [redacted secret_env B]"
+    )
+    f.unlink()
+    assert redactor(s, Redactor({"B": "token-then"}))[1] == []
+    assert redactor(s, Redactor())[1] == ["B"]
+    assert "secret_env.B" in withheld(["B"])
