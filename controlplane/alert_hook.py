@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,9 +247,14 @@ class AlertHook:
         return [answer.body.encode()]
 
     def _answer(self, environ: dict[str, Any]) -> Answer:
-        """Runs on a server thread: reads the request, hands it to the event loop."""
+        """Runs on a server thread: checks the token, then reads the body (a caller without
+        the token gets its 401 before a byte of it is read), and hands it to the event loop."""
         if environ.get("REQUEST_METHOD") != "POST":
             return Answer(405, f"{PATH} takes POST (Alertmanager's webhook)\n", "bad_request")
+        peer = str(environ.get("REMOTE_ADDR", ""))
+        who = self._on_loop(self._check(environ.get("HTTP_AUTHORIZATION"), peer=peer), peer=peer)
+        if isinstance(who, Answer):
+            return who
         try:
             length = int(environ.get("CONTENT_LENGTH") or "")
         except ValueError:
@@ -260,13 +265,16 @@ class AlertHook:
             body = environ["wsgi.input"].read(length)
         except OSError:  # the client went away or stalled past the read timeout
             return Answer(400, "the body could not be read in full\n", "bad_request")
-        authorization = environ.get("HTTP_AUTHORIZATION")
-        peer = str(environ.get("REMOTE_ADDR", ""))
+        answer = self._on_loop(self.handle(who, body, peer=peer), peer=peer)
+        assert isinstance(answer, Answer)
+        return answer
+
+    def _on_loop(self, work: Coroutine[Any, Any, Answer | Caller], *, peer: str) -> Answer | Caller:
+        """`work` run on the event loop, waited for up to the timeout (then 503)."""
         try:
-            future = asyncio.run_coroutine_threadsafe(
-                self.handle(authorization, body, peer=peer), self._loop
-            )
+            future = asyncio.run_coroutine_threadsafe(work, self._loop)
         except RuntimeError:  # the loop has stopped: the control plane is stopping
+            work.close()
             return Answer(503, "the control plane is stopping; try again\n", "unavailable")
         try:
             return future.result(timeout=self._timeout_s)
@@ -279,14 +287,16 @@ class AlertHook:
             return Answer(503, "the control plane could not take this delivery; try again\n",
                           "unavailable")  # fmt: skip
 
-    async def handle(self, authorization: str | None, body: bytes, *, peer: str = "") -> Answer:
-        """Checks the token, reads the payload and writes its freezes (on the event loop)."""
+    async def _check(self, authorization: str | None, *, peer: str) -> Answer | Caller:
+        """The caller, if its token is the webhook's; else the 401 (or 503) to answer."""
         try:
             who = await self._caller(authorization, peer=peer)
         except Unavailable:
             return Answer(503, "the database is unavailable; try again\n", "unavailable")
-        if who is None:
-            return _DENIED
+        return _DENIED if who is None else who
+
+    async def handle(self, who: Caller, body: bytes, *, peer: str = "") -> Answer:
+        """Reads the payload and writes its freezes (on the event loop), for `who`."""
         try:
             delivery = parse(body)
         except BadPayload as exc:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +117,27 @@ async def test_only_the_webhook_token_gets_in_and_refusals_say_nothing(
         assert hook.sample("keel_auth_denied_total", reason=reason) == before + 1
     assert await freeze.status(store.pool) == []
     assert hook.sample("keel_alert_webhook_requests_total", result="denied") == len(cases)
+
+
+async def test_a_caller_without_the_token_gets_401_before_its_body_is_read(hook: Hook) -> None:
+    """The headers promise a 1 MiB body and none is sent: a missing or wrong token is answered
+    at once (the read timeout is 5 s), not after the server waited for the body."""
+
+    def send(authorization: str) -> tuple[bytes, float]:
+        host, port = hook.address.rsplit(":", 1)
+        started = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(
+                f"POST {PATH} HTTP/1.1\r\nHost: keel\r\nContent-Length: {MAX_BODY}\r\n"
+                f"{authorization}\r\n".encode()
+            )
+            first = conn.recv(64)
+        return first, time.monotonic() - started
+
+    for authorization in ("", "Authorization: Bearer wrong.token\r\n"):
+        first, took = await asyncio.to_thread(send, authorization)
+        assert first.split(b" ")[1] == b"401" and took < 2.5, (first, took)
+    assert hook.sample("keel_alert_webhook_requests_total", result="denied") == 2
 
 
 async def test_a_firing_alert_freezes_a_resend_changes_nothing_its_resolve_lifts(
