@@ -40,6 +40,10 @@ OBJECT = "fleet/freeze"
 RUNBOOK = "runbooks/deploy-freeze.md"
 OVERRIDE = "keelctl apply --override-freeze --reason TEXT"
 
+# How many freezes a message names before "+N more": each may carry a 1 KiB reason, and a
+# refusal travels in gRPC metadata (16 KiB at most).
+SHOWN = 3
+
 _HOLDING = "(until IS NULL OR until > now())"
 _COLUMNS = "source, fingerprint, reason, actor, since, until"
 
@@ -79,6 +83,14 @@ class HookOutcome:
     set: int
     lifted: int
     freezes: list[Freeze]
+
+
+def summary(freezes: Sequence[Freeze]) -> str:
+    """The freezes for a message or an event: the first `SHOWN` described, then how many more
+    (however many alerts fire, an error stays within gRPC's metadata limit)."""
+    text = "; ".join(f.describe() for f in freezes[:SHOWN])
+    more = len(freezes) - SHOWN
+    return text + (f"; +{more} more (keelctl freeze --status)" if more > 0 else "")
 
 
 def _when(t: datetime) -> str:
@@ -176,7 +188,7 @@ async def _unfreeze_operator(conn: Conn, *, actor: str) -> list[Freeze]:
         lifted = _freeze(row)
         message = f"lifted the {lifted.describe()}"
         if remaining:
-            message += "; still frozen by " + "; ".join(f.describe() for f in remaining)
+            message += "; still frozen by " + summary(remaining)
         await record_event(conn, OBJECT, "DeployUnfrozen", message, actor=actor)
         log.warning("operator freeze lifted", actor=actor, still_frozen=len(remaining))
     return remaining
@@ -251,7 +263,7 @@ async def gate(conn: Conn, workload: str, *, override: bool, reason: str, actor:
     freezes = await holding(conn)
     if not freezes:
         return
-    what = "; ".join(f.describe() for f in freezes)
+    what = summary(freezes)
     if override:
         await record_event(
             conn,

@@ -98,3 +98,22 @@ async def test_unfreeze_answers_the_alert_freezes_that_still_hold(store: Store, 
     ]
     status = await stub.GetFreeze(fleet_pb2.GetFreezeRequest(), timeout=10)
     assert status == left
+
+
+async def test_a_refusal_stays_small_however_many_long_freezes_hold(
+    store: Store, stub: Any
+) -> None:
+    """Thirty alert freezes with 1 KiB reasons: the caller gets FAILED_PRECONDITION naming the
+    first three and "+27 more", not RESOURCE_EXHAUSTED for metadata past gRPC's limit."""
+    await stub.ApplyWorkload(_apply("1"), timeout=10)
+    firing = [
+        freeze.AlertFreeze("KeelBurn", f"f{i:03d}", f"KeelBurn {i}: " + "x" * 1000)
+        for i in range(30)
+    ]
+    await freeze.alerts_changed(store.pool, firing=firing, resolved=[], actor="webhook")
+    err = await _refused(stub.ApplyWorkload(_apply("2"), timeout=10))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = err.details() or ""
+    assert "deploys are frozen" in details and "+27 more (keelctl freeze --status)" in details
+    assert "KeelBurn 0: " in details and "KeelBurn 3: " not in details
+    assert len(details) < 4 * 1024
