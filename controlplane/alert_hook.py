@@ -49,8 +49,7 @@ PATH = "/hooks/alertmanager"
 MAX_BODY = 1024 * 1024
 # Only alerts carrying this label and value freeze deploys.
 ACTION_LABEL, ACTION_FREEZE = "keel_action", "freeze"
-# Prometheus's rule for an alert name, bounded; Alertmanager's fingerprints are hex.
-_ALERTNAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")
+# Alertmanager's fingerprints are hex (an alert's name: `freeze.ALERTNAME`).
 _FINGERPRINT = re.compile(r"[0-9a-zA-Z]{1,64}")
 # The freeze's reason: one line, as long as an operator's reason may be.
 MAX_REASON = 1024
@@ -145,7 +144,7 @@ def _delivery(doc: Any) -> Delivery:
             ignored += 1
             continue
         name = labels.get("alertname")
-        if not isinstance(name, str) or not _ALERTNAME.fullmatch(name):
+        if not isinstance(name, str) or not freeze.ALERTNAME.fullmatch(name):
             raise BadPayload(
                 f"{where}labels.alertname: must be an alert name ([a-zA-Z_:][a-zA-Z0-9_:]*, at "
                 f"most 200 characters), got {_shown(name)}"

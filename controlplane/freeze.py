@@ -20,6 +20,7 @@ Neighbours: `workload_store` (calls the gate), `freeze_api` (Freeze, Unfreeze, G
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,11 +31,14 @@ import structlog
 from controlplane.errors import FailedPrecondition, InvalidArgument, Unavailable
 from controlplane.idempotency import Once, once_in
 from controlplane.sql import Conn, Database, record_event
+from keel import fields
 
 log = structlog.get_logger("keel.freeze")
 
 OPERATOR = "operator"
 ALERT_PREFIX = "alert:"
+# Prometheus's rule for an alert name, bounded (the webhook's and `keelctl unfreeze --alert`).
+ALERTNAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")
 # Where the freeze's events go (`keelctl events --for fleet/freeze`).
 OBJECT = "fleet/freeze"
 RUNBOOK = "runbooks/deploy-freeze.md"
@@ -168,30 +172,65 @@ async def _freeze_operator(
     return await holding(conn)
 
 
+@dataclass(frozen=True)
+class Unfrozen:
+    """What an unfreeze lifted, and the freezes that still hold after it."""
+
+    lifted: list[Freeze]
+    holding: list[Freeze]
+
+
 async def unfreeze(
-    db: Database, *, actor: str, once: Once[list[Freeze]] | None = None
-) -> list[Freeze]:
-    """Lifts the operator's freeze (none: nothing changes). Returns the freezes that still
-    hold: the alerts' lift only when they resolve."""
+    db: Database,
+    *,
+    actor: str,
+    alert: str = "",
+    every: bool = False,
+    once: Once[Unfrozen] | None = None,
+) -> Unfrozen:
+    """Lifts the operator's freeze; or, with `alert`, that alert's (every fingerprint: its
+    resolved notification may never come); or, with `every`, all of them. Nothing to lift:
+    nothing changes. An alert lifted by hand freezes again if Alertmanager sends it firing."""
+    if alert and every:
+        raise InvalidArgument("alert: give an alert's name or all, not both")
+    if alert and not ALERTNAME.fullmatch(alert):
+        raise InvalidArgument(
+            f"alert: must be an alert name ([a-zA-Z_:][a-zA-Z0-9_:]*, at most 200 characters; "
+            f"see `keelctl freeze --status`), got {fields.shown(alert)}"
+        )
     async with db.acquire() as conn, conn.transaction():
-        return await once_in(conn, once, lambda: _unfreeze_operator(conn, actor=actor))
+        return await once_in(
+            conn, once, lambda: _unfreeze(conn, actor=actor, alert=alert, every=every)
+        )
 
 
-async def _unfreeze_operator(conn: Conn, *, actor: str) -> list[Freeze]:
-    row = await conn.fetchrow(
-        f"""DELETE FROM deploy_freeze WHERE source = $1 AND fingerprint = ''
+async def _unfreeze(conn: Conn, *, actor: str, alert: str, every: bool) -> Unfrozen:
+    if every:
+        where, args = "true", []
+    elif alert:
+        where, args = "source = $1", [ALERT_PREFIX + alert]
+    else:
+        where, args = "source = $1 AND fingerprint = ''", [OPERATOR]
+    rows = await conn.fetch(
+        f"""DELETE FROM deploy_freeze WHERE {where}
             RETURNING {_COLUMNS}, {_HOLDING} AS held""",
-        OPERATOR,
+        *args,
+    )
+    lifted = sorted(
+        (_freeze(r) for r in rows if r["held"]), key=lambda f: (f.since, f.source, f.fingerprint)
     )
     remaining = await holding(conn)
-    if row is not None and row["held"]:
-        lifted = _freeze(row)
-        message = f"lifted the {lifted.describe()}"
+    if lifted:
+        message = f"lifted the {summary(lifted)}"
+        if any(f.source != OPERATOR for f in lifted):
+            message += " (by hand: an alert still firing freezes again when Alertmanager sends it)"
         if remaining:
             message += "; still frozen by " + summary(remaining)
         await record_event(conn, OBJECT, "DeployUnfrozen", message, actor=actor)
-        log.warning("operator freeze lifted", actor=actor, still_frozen=len(remaining))
-    return remaining
+        sources = sorted({f.source for f in lifted})
+        log.warning("deploy freeze lifted", actor=actor, sources=sources,
+                    still_frozen=len(remaining))  # fmt: skip
+    return Unfrozen(lifted=lifted, holding=remaining)
 
 
 async def alerts_changed(

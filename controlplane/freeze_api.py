@@ -4,7 +4,9 @@
 store queries, the events and the gate that applies consult). Freeze and Unfreeze run through
 `idempotency.Requests` like every mutating call, so a retried call is answered, not applied
 twice; both answer the freezes that hold afterwards, so Unfreeze says which alert freezes
-still hold. The alerts' freezes come from the webhook (`controlplane.alert_hook`).
+still hold, and Unfreeze what it lifted (the operator's freeze; with `alert` or `all`, alerts'
+freezes whose resolved notification was lost). The alerts' freezes come from the webhook
+(`controlplane.alert_hook`).
 """
 
 from __future__ import annotations
@@ -24,17 +26,24 @@ from keel.convert import set_ts
 from keel.v1 import fleet_pb2
 
 
-def status_pb(freezes: Sequence[freeze.Freeze]) -> fleet_pb2.FreezeStatus:
+def status_pb(
+    freezes: Sequence[freeze.Freeze], *, lifted: Sequence[freeze.Freeze] = ()
+) -> fleet_pb2.FreezeStatus:
     reply = fleet_pb2.FreezeStatus(frozen=bool(freezes))
-    for f in freezes:
-        item = reply.freezes.add(source=f.source, reason=f.reason, actor=f.actor)
-        set_ts(item.since, f.since)
-        set_ts(item.until, f.until)
+    for into, items in ((reply.freezes, freezes), (reply.lifted, lifted)):
+        for f in items:
+            item = into.add(source=f.source, reason=f.reason, actor=f.actor)
+            set_ts(item.since, f.since)
+            set_ts(item.until, f.until)
     return reply
 
 
 async def _status_pb(conn: Conn, freezes: list[freeze.Freeze]) -> fleet_pb2.FreezeStatus:
     return status_pb(freezes)
+
+
+async def _unfrozen_pb(conn: Conn, done: freeze.Unfrozen) -> fleet_pb2.FreezeStatus:
+    return status_pb(done.holding, lifted=done.lifted)
 
 
 def until_of(request: fleet_pb2.FreezeRequest) -> datetime | None:
@@ -80,8 +89,10 @@ class FreezeApi:
             context,
             request,
             reply=fleet_pb2.FreezeStatus,
-            write=lambda once: freeze.unfreeze(self._store.pool, actor=actor, once=once),
-            respond=_status_pb,
+            write=lambda once: freeze.unfreeze(
+                self._store.pool, actor=actor, alert=request.alert, every=request.all, once=once
+            ),
+            respond=_unfrozen_pb,
         )
 
     async def GetFreeze(

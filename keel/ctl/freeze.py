@@ -4,8 +4,9 @@
 While deploys are frozen the control plane refuses applies that change a workload's spec
 (scale changes, deletes, rollbacks and drains go through); `keelctl apply --override-freeze
 --reason TEXT` deploys anyway, recorded. A freeze comes from an operator (these verbs) or from
-a firing alert (the Alertmanager webhook); `unfreeze` lifts only the operator's and says which
-alerts still hold deploys. Argument parsing lives in `keel.ctl.args`, tables in
+a firing alert (the Alertmanager webhook); `unfreeze` lifts the operator's (`--alert NAME`: an
+alert's whose resolve was lost, `--all`: every one), says what it lifted and which freezes still
+hold deploys. Argument parsing lives in `keel.ctl.args`, tables in
 `keel.ctl.output`; the runbook is runbooks/deploy-freeze.md.
 """
 
@@ -65,15 +66,31 @@ def cmd_freeze(ctx: Any) -> str:
 
 
 def cmd_unfreeze(ctx: Any) -> str:
-    resp = ctx.stub.Unfreeze(fleet_pb2.UnfreezeRequest(), timeout=ctx.timeout)
-    if ctx.json:
-        return output.to_json(resp)
-    if not resp.frozen:
-        return "deploys are not frozen"
-    return (
-        "the operator's freeze is lifted, but deploys are still frozen by alerts (each lifts "
-        f"when its alert resolves; see {RUNBOOK}):\n" + _table(resp.freezes, now=ctx.now)
-    )
+    alert = ctx.args.alert.removeprefix("alert:")
+    request = fleet_pb2.UnfreezeRequest(alert=alert, all=ctx.args.all)
+    resp = ctx.stub.Unfreeze(request, timeout=ctx.timeout)
+    return output.to_json(resp) if ctx.json else unfreeze_text(resp, alert=alert, now=ctx.now)
+
+
+def unfreeze_text(resp: fleet_pb2.FreezeStatus, *, alert: str, now: datetime) -> str:
+    """What an unfreeze lifted (or that there was nothing to lift), then what still holds."""
+    if resp.lifted:
+        lines = ["lifted:", _table(resp.lifted, now=now)]
+        if any(f.source != "operator" for f in resp.lifted):
+            lines.append(_AGAIN)
+    elif alert:
+        lines = [f"no freeze of alert {alert} holds"]
+    else:
+        lines = ["there was no operator's freeze to lift" if resp.frozen else ""]
+    if resp.frozen:
+        lines += [
+            "deploys are still frozen by:",
+            _table(resp.freezes, now=now),
+            f"an alert's freeze lifts when it resolves; {_BY_HAND} ({RUNBOOK})",
+        ]
+    else:
+        lines.append("deploys are not frozen")
+    return "\n".join(line for line in lines if line)
 
 
 def status_text(resp: fleet_pb2.FreezeStatus, *, now: datetime) -> str:
@@ -84,8 +101,17 @@ def status_text(resp: fleet_pb2.FreezeStatus, *, now: datetime) -> str:
         "work)\n"
         + _table(resp.freezes, now=now)
         + "\ndeploy anyway: keelctl apply --override-freeze --reason TEXT -f FILE; lift the "
-        f"operator's freeze: keelctl unfreeze; an alert's lifts when it resolves ({RUNBOOK})"
+        f"operator's freeze: keelctl unfreeze; an alert's lifts when it resolves, or "
+        f"{_BY_HAND} ({RUNBOOK})"
     )
+
+
+# An alert's freeze lifted by hand comes back while the alert fires (Alertmanager re-sends it).
+_BY_HAND = "`keelctl unfreeze --alert NAME` lifts it by hand if its resolve was lost"
+_AGAIN = (
+    "an alert lifted by hand freezes deploys again if it still fires (Alertmanager sends it "
+    "again at its repeat interval)"
+)
 
 
 def _table(freezes: Iterable[fleet_pb2.DeployFreeze], *, now: datetime) -> str:

@@ -645,8 +645,12 @@ class FreezeRequest(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class UnfreezeRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("alert", "all")
+    ALERT_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    alert: str
+    all: bool
+    def __init__(self, alert: _Optional[str] = ..., all: _Optional[bool] = ...) -> None: ...
 
 class GetFreezeRequest(_message.Message):
     __slots__ = ()
@@ -667,9 +671,11 @@ class DeployFreeze(_message.Message):
     def __init__(self, source: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class FreezeStatus(_message.Message):
-    __slots__ = ("frozen", "freezes")
+    __slots__ = ("frozen", "freezes", "lifted")
     FROZEN_FIELD_NUMBER: _ClassVar[int]
     FREEZES_FIELD_NUMBER: _ClassVar[int]
+    LIFTED_FIELD_NUMBER: _ClassVar[int]
     frozen: bool
     freezes: _containers.RepeatedCompositeFieldContainer[DeployFreeze]
-    def __init__(self, frozen: _Optional[bool] = ..., freezes: _Optional[_Iterable[_Union[DeployFreeze, _Mapping]]] = ...) -> None: ...
+    lifted: _containers.RepeatedCompositeFieldContainer[DeployFreeze]
+    def __init__(self, frozen: _Optional[bool] = ..., freezes: _Optional[_Iterable[_Union[DeployFreeze, _Mapping]]] = ..., lifted: _Optional[_Iterable[_Union[DeployFreeze, _Mapping]]] = ...) -> None: ...

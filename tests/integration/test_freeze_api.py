@@ -96,8 +96,17 @@ async def test_unfreeze_answers_the_alert_freezes_that_still_hold(store: Store, 
     assert [(f.source, f.actor, f.reason) for f in left.freezes] == [
         ("alert:KeelBurn", "webhook", "KeelBurn: burning")
     ]
+    assert [(f.source, f.reason) for f in left.lifted] == [("operator", "ops")]
     status = await stub.GetFreeze(fleet_pb2.GetFreezeRequest(), timeout=10)
-    assert status == left
+    assert status.freezes == left.freezes and not status.lifted
+    # With only the alert's left, a plain unfreeze lifts nothing, and says so.
+    again = await stub.Unfreeze(fleet_pb2.UnfreezeRequest(), timeout=10)
+    assert not again.lifted and again.freezes == left.freezes
+    by_hand = await stub.Unfreeze(fleet_pb2.UnfreezeRequest(alert="KeelBurn"), timeout=10)
+    assert [f.source for f in by_hand.lifted] == ["alert:KeelBurn"] and not by_hand.frozen
+    err = await _refused(stub.Unfreeze(fleet_pb2.UnfreezeRequest(alert="x y"), timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.details() or "").startswith("alert: must be an alert name")
 
 
 async def test_a_refusal_stays_small_however_many_long_freezes_hold(

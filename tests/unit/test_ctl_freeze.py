@@ -9,7 +9,7 @@ import pytest
 
 from keel.convert import set_ts
 from keel.ctl.args import CtlError
-from keel.ctl.freeze import status_text, until_of
+from keel.ctl.freeze import status_text, unfreeze_text, until_of
 from keel.ctl.main import main
 from keel.v1 import fleet_pb2
 
@@ -66,3 +66,21 @@ def test_the_status_names_each_freeze_and_the_ways_through() -> None:
     ]  # fmt: skip
     assert "keelctl apply --override-freeze --reason TEXT" in text
     assert status_text(fleet_pb2.FreezeStatus(), now=NOW) == "deploys are not frozen"
+
+
+def test_unfreeze_says_what_it_lifted_and_never_an_operators_freeze_that_was_not() -> None:
+    """Only an alert's freeze holds: a plain unfreeze lifted nothing and says so; lifting the
+    alert by hand warns that it freezes again while it fires."""
+    alert = fleet_pb2.DeployFreeze(source="alert:KeelBurn", actor="webhook", reason="burn")
+    set_ts(alert.since, NOW - timedelta(minutes=1))
+    held = fleet_pb2.FreezeStatus(frozen=True, freezes=[alert])
+    text = unfreeze_text(held, alert="", now=NOW)
+    assert "lifted" not in text.splitlines()[0] and "operator's freeze is lifted" not in text
+    assert text.startswith("there was no operator's freeze to lift\ndeploys are still frozen by:")
+    assert "keelctl unfreeze --alert NAME" in text
+    by_hand = unfreeze_text(fleet_pb2.FreezeStatus(lifted=[alert]), alert="KeelBurn", now=NOW)
+    assert by_hand.startswith("lifted:\nSOURCE") and "freezes deploys again" in by_hand
+    assert by_hand.endswith("deploys are not frozen")
+    none = unfreeze_text(fleet_pb2.FreezeStatus(), alert="KeelSlow", now=NOW)
+    assert none == "no freeze of alert KeelSlow holds\ndeploys are not frozen"
+    assert unfreeze_text(fleet_pb2.FreezeStatus(), alert="", now=NOW) == "deploys are not frozen"
