@@ -23,7 +23,7 @@ import asyncio
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 import structlog
@@ -130,12 +130,14 @@ async def freeze(
     db: Database,
     *,
     reason: str,
-    until: datetime | None,
+    until: datetime | timedelta | None,
     actor: str,
     once: Once[list[Freeze]] | None = None,
 ) -> list[Freeze]:
     """The operator's freeze, set or changed (a second freeze is the same freeze with its new
-    reason and end: still frozen since the first). Returns the freezes that hold."""
+    reason and end: still frozen since the first). `until`: a time, or how long from now by
+    database time (computed once, in the write: a retried request answers the same end).
+    Returns the freezes that hold."""
     async with db.acquire() as conn, conn.transaction():
         return await once_in(
             conn, once, lambda: _freeze_operator(conn, reason=reason, until=until, actor=actor)
@@ -143,11 +145,16 @@ async def freeze(
 
 
 async def _freeze_operator(
-    conn: Conn, *, reason: str, until: datetime | None, actor: str
+    conn: Conn, *, reason: str, until: datetime | timedelta | None, actor: str
 ) -> list[Freeze]:
-    if until is not None and await conn.fetchval("SELECT $1::timestamptz <= now()", until):
+    end: datetime | None = (
+        await conn.fetchval("SELECT now() + $1::interval", until)
+        if isinstance(until, timedelta)
+        else until
+    )
+    if end is not None and await conn.fetchval("SELECT $1::timestamptz <= now()", end):
         raise InvalidArgument(
-            f"until: must be in the future, got {_when(until)} (a time like 2030-01-02T15:04:05Z "
+            f"until: must be in the future, got {_when(end)} (a time like 2030-01-02T15:04:05Z "
             "or a duration like 2h from now); leave it out to freeze until `keelctl unfreeze`"
         )
     row = await conn.fetchrow(
@@ -162,13 +169,13 @@ async def _freeze_operator(
         OPERATOR,
         reason,
         actor,
-        until,
+        end,
     )
     assert row is not None
     current = _freeze(row)
     await record_event(conn, OBJECT, "DeployFrozen", current.describe(), actor=actor)
     log.warning("deploys frozen", source=OPERATOR, actor=actor, reason=reason,
-                until=_when(until) if until else "")  # fmt: skip
+                until=_when(end) if end else "")  # fmt: skip
     return await holding(conn)
 
 

@@ -12,7 +12,7 @@ freezes whose resolved notification was lost). The alerts' freezes come from the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 
@@ -23,7 +23,11 @@ from controlplane.idempotency import Requests
 from controlplane.sql import Conn
 from controlplane.store import Store
 from keel.convert import set_ts
+from keel.quantities import MAX_DURATION_MS
 from keel.v1 import fleet_pb2
+
+# The longest `until_in`: keelctl's longest duration (`keel.quantities`).
+MAX_UNTIL_IN = timedelta(milliseconds=MAX_DURATION_MS)
 
 
 def status_pb(
@@ -46,9 +50,22 @@ async def _unfrozen_pb(conn: Conn, done: freeze.Unfrozen) -> fleet_pb2.FreezeSta
     return status_pb(done.holding, lifted=done.lifted)
 
 
-def until_of(request: fleet_pb2.FreezeRequest) -> datetime | None:
-    """The request's `until`, or None (until unfrozen); whether it is ahead is the store's
-    question (database time)."""
+def until_of(request: fleet_pb2.FreezeRequest) -> datetime | timedelta | None:
+    """The request's `until`, its `until_in` (from now, by database time when the freeze is
+    written), or None (until unfrozen); whether a time is ahead is the store's question."""
+    if request.HasField("until") and request.HasField("until_in"):
+        raise InvalidArgument("until_in: give until (a time) or until_in (a duration), not both")
+    if request.HasField("until_in"):
+        try:
+            ahead = request.until_in.ToTimedelta()
+        except (ValueError, OverflowError):
+            ahead = None
+        if ahead is None or not timedelta(0) < ahead <= MAX_UNTIL_IN:
+            raise InvalidArgument(
+                f"until_in: must be a duration from 1ms to {MAX_UNTIL_IN.days} days, got "
+                f"{request.until_in.seconds}s {request.until_in.nanos}ns"
+            )
+        return ahead
     if not request.HasField("until"):
         return None
     try:

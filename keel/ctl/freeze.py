@@ -26,11 +26,12 @@ from keel.v1 import fleet_pb2
 RUNBOOK = "runbooks/deploy-freeze.md"
 
 
-def until_of(text: str, *, now: datetime) -> datetime:
+def until_of(text: str) -> datetime | timedelta:
     """--until: an RFC 3339 time with its zone (2030-01-02T15:04:05Z) or a duration from now
-    (2h, 90m, 1h30m)."""
+    (2h, 90m, 1h30m), sent as it is: the control plane adds a duration to its clock once, so
+    `--request-id ID` run again sends the same request."""
     try:
-        return now + timedelta(milliseconds=parse_duration(text, "--until"))
+        return timedelta(milliseconds=parse_duration(text, "--until"))
     except SpecError:
         pass
     try:
@@ -53,7 +54,11 @@ def cmd_freeze(ctx: Any) -> str:
         return output.to_json(resp) if ctx.json else status_text(resp, now=ctx.now)
     request = fleet_pb2.FreezeRequest(reason=ctx.args.reason or "")
     if ctx.args.until:
-        set_ts(request.until, until_of(ctx.args.until, now=ctx.now))
+        until = until_of(ctx.args.until)
+        if isinstance(until, timedelta):
+            request.until_in.FromTimedelta(until)
+        else:
+            set_ts(request.until, until)
     resp = ctx.stub.Freeze(request, timeout=ctx.timeout)
     if ctx.json:
         return output.to_json(resp)

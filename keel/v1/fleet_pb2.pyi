@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from keel.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
@@ -637,12 +638,14 @@ class UndoRolloutResponse(_message.Message):
     def __init__(self, workload: _Optional[_Union[_types_pb2.Workload, _Mapping]] = ..., revision: _Optional[int] = ..., to_revision: _Optional[int] = ...) -> None: ...
 
 class FreezeRequest(_message.Message):
-    __slots__ = ("reason", "until")
+    __slots__ = ("reason", "until", "until_in")
     REASON_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_IN_FIELD_NUMBER: _ClassVar[int]
     reason: str
     until: _timestamp_pb2.Timestamp
-    def __init__(self, reason: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    until_in: _duration_pb2.Duration
+    def __init__(self, reason: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until_in: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class UnfreezeRequest(_message.Message):
     __slots__ = ("alert", "all")

@@ -120,6 +120,14 @@ def test_a_freeze_refuses_a_spec_change_and_lets_scale_rollback_and_drain_throug
         ("DeployUnfrozen", "admin"),
     ]
 
+    # `--until 2h` goes as a duration: the same request id run again is the same request,
+    # answered with the first run's freeze (not "already used for a different request").
+    args = ("--request-id", "freeze-2h-e2e", "freeze", "--until", "2h", "--reason", "window")
+    first = fleet.keelctl_ok(*args, "-o", "json").stdout
+    assert fleet.keelctl_ok(*args, "-o", "json").stdout == first
+    history = fleet.keelctl_json("events", "--for", "fleet/freeze")["events"]
+    assert [e["kind"] for e in history].count("DeployFrozen") == 2
+
 
 def test_freeze_refuses_an_until_in_the_past_naming_the_field(quiet_fleet: Fleet) -> None:
     result = quiet_fleet.keelctl("freeze", "--until", "2001-01-01T00:00:00Z")

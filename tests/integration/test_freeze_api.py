@@ -83,6 +83,23 @@ async def test_a_retried_freeze_is_answered_from_its_record_and_applied_once(
     assert [r["kind"] for r in kinds] == ["DeployFrozen"]
 
 
+async def test_a_retried_freeze_for_a_duration_answers_the_same_end(
+    store: Store, stub: Any
+) -> None:
+    """`keelctl --request-id ID freeze --until 2h` run again: the request carries the duration,
+    the control plane computed the end once, and the retry is answered with that freeze."""
+    metadata = [(REQUEST_ID_KEY, "freeze-2h")]
+    request = fleet_pb2.FreezeRequest(reason="window")
+    request.until_in.FromTimedelta(timedelta(hours=2))
+    first = await stub.Freeze(request, metadata=metadata, timeout=10)
+    [held] = first.freezes
+    ahead = held.until.ToDatetime(tzinfo=UTC) - datetime.now(UTC)
+    assert timedelta(hours=1, minutes=59) < ahead <= timedelta(hours=2)
+    again = await stub.Freeze(request, metadata=metadata, timeout=10)
+    assert again == first
+    assert await store.pool.fetchval("SELECT count(*) FROM event WHERE kind = 'DeployFrozen'") == 1
+
+
 async def test_unfreeze_answers_the_alert_freezes_that_still_hold(store: Store, stub: Any) -> None:
     await stub.Freeze(fleet_pb2.FreezeRequest(reason="ops"), timeout=10)
     await freeze.alerts_changed(
