@@ -218,7 +218,8 @@ class AlertHook:
     """The WSGI application for `PATH`; see the module docstring.
 
     `loop` is the event loop that owns `db` and `tokens`; `timeout_s` bounds how long a
-    delivery may wait for it (then 503, and Alertmanager sends it again)."""
+    delivery may wait for it (then 503, and Alertmanager sends it again); `on_changed` is
+    called (on the loop) after a delivery set or lifted a freeze."""
 
     def __init__(
         self,
@@ -229,8 +230,10 @@ class AlertHook:
         on_denied: Callable[[str], None],
         loop: asyncio.AbstractEventLoop,
         timeout_s: float,
+        on_changed: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
+        self._on_changed = on_changed
         self._tokens = tokens
         self._metrics = metrics
         self._on_denied = on_denied
@@ -307,6 +310,8 @@ class AlertHook:
             )
         except Unavailable:
             return Answer(503, "the database is unavailable; try again\n", "unavailable")
+        if outcome.set or outcome.lifted:
+            self._on_changed()
         log.info("webhook delivery", peer=peer, caller=who.name, set=outcome.set,
                  lifted=outcome.lifted, ignored=delivery.ignored)  # fmt: skip
         reply = {

@@ -13,22 +13,26 @@ nothing is changed) unless the apply overrides the freeze with a reason, which i
 deploy nothing new. An apply reads the rows as they stand when it reaches the gate, so a
 freeze committed while it runs takes effect from the next apply.
 
+A freeze with an `until` stops holding then (every read says so at once); `expire` deletes
+its row with a DeployUnfrozen event, once, whichever replica comes first (every write of
+the freezes, and `freeze_watch` on every replica at the end it knows of).
+
 Neighbours: `workload_store` (calls the gate), `freeze_api` (Freeze, Unfreeze, GetFreeze),
-`alert_hook` (the webhook), `freeze_metrics` (`keel_deploy_frozen`, fed by `watch`).
+`alert_hook` (the webhook), `freeze_watch` (ends, and `keel_deploy_frozen` in
+`freeze_metrics`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
 import structlog
 
-from controlplane.errors import FailedPrecondition, InvalidArgument, Unavailable
+from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.idempotency import Once, once_in
 from controlplane.sql import Conn, Database, record_event
 from keel import fields
@@ -43,6 +47,8 @@ ALERTNAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")
 OBJECT = "fleet/freeze"
 RUNBOOK = "runbooks/deploy-freeze.md"
 OVERRIDE = "keelctl apply --override-freeze --reason TEXT"
+# The actor of a freeze's end at its `until` (no person lifted it).
+ENDER = "keel/freeze"
 
 # How many freezes a message names before "+N more": each may carry a 1 KiB reason, and a
 # refusal travels in gRPC metadata (16 KiB at most).
@@ -147,6 +153,7 @@ async def freeze(
 async def _freeze_operator(
     conn: Conn, *, reason: str, until: datetime | timedelta | None, actor: str
 ) -> list[Freeze]:
+    await _expire(conn)
     end: datetime | None = (
         await conn.fetchval("SELECT now() + $1::interval", until)
         if isinstance(until, timedelta)
@@ -212,6 +219,7 @@ async def unfreeze(
 
 
 async def _unfreeze(conn: Conn, *, actor: str, alert: str, every: bool) -> Unfrozen:
+    await _expire(conn)
     if every:
         where, args = "true", []
     elif alert:
@@ -238,6 +246,46 @@ async def _unfreeze(conn: Conn, *, actor: str, alert: str, every: bool) -> Unfro
         log.warning("deploy freeze lifted", actor=actor, sources=sources,
                     still_frozen=len(remaining))  # fmt: skip
     return Unfrozen(lifted=lifted, holding=remaining)
+
+
+@dataclass(frozen=True)
+class Expired:
+    """What `expire` found: the freezes that hold, and when the next of them ends, in seconds
+    from now by database time (None: none has an end)."""
+
+    holding: list[Freeze]
+    next_end_s: float | None
+
+
+async def expire(db: Database) -> Expired:
+    """Ends the freezes whose `until` has passed, each with a DeployUnfrozen event by `ENDER`.
+    Once however many replicas run it: the DELETE is the claim (a second one waits for the
+    first's row lock, then finds the row gone)."""
+    async with db.acquire() as conn, conn.transaction():
+        await _expire(conn)
+        freezes = await holding(conn)
+        ends = [f.until for f in freezes if f.until is not None]
+        next_end_s = (
+            await conn.fetchval(
+                "SELECT extract(epoch FROM $1::timestamptz - now())::float8", min(ends)
+            )
+            if ends
+            else None
+        )
+    return Expired(freezes, next_end_s)
+
+
+async def _expire(conn: Conn) -> None:
+    """Every write of the freezes runs this first, so a freeze that ran out is recorded as ended
+    (once) before a write replaces or deletes its row."""
+    rows = await conn.fetch(f"DELETE FROM deploy_freeze WHERE until <= now() RETURNING {_COLUMNS}")
+    for r in rows:
+        ended = _freeze(r)
+        await record_event(
+            conn, OBJECT, "DeployUnfrozen", f"the {ended.describe()} ended at its until",
+            actor=ENDER,
+        )  # fmt: skip
+        log.warning("deploy freeze ended at its until", source=ended.source, actor=ENDER)
 
 
 async def alerts_changed(
@@ -331,17 +379,3 @@ async def gate(conn: Conn, workload: str, *, override: bool, reason: str, actor:
         f"recorded with your reason: `{OVERRIDE}`; or {lift} (see `keelctl freeze --status`, "
         f"{RUNBOOK})"
     )
-
-
-async def watch(
-    db: Database, *, interval_s: float, on_freezes: Callable[[list[Freeze]], None]
-) -> None:
-    """Reads the freezes that hold every `interval_s` for `keel_deploy_frozen` (every replica
-    exports it; a freeze with an `until` lifts by itself, with no write to notice)."""
-    while True:
-        try:
-            on_freezes(await status(db))
-        except Unavailable as exc:
-            # The database is away: the gauge keeps its last value; the probe reports it.
-            log.debug("freeze not read", error=str(exc))
-        await asyncio.sleep(interval_s)

@@ -11,7 +11,7 @@ freezes whose resolved notification was lost). The alerts' freezes come from the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -81,6 +81,9 @@ class FreezeApi:
 
     _store: Store
     _requests: Requests
+    # Called after a Freeze or Unfreeze commits (`freeze_watch.FreezeWatch.changed`: this
+    # replica's keel_deploy_frozen follows at once).
+    _on_freeze_changed: Callable[[], None]
 
     async def Freeze(
         self, request: fleet_pb2.FreezeRequest, context: grpc.aio.ServicerContext
@@ -88,7 +91,7 @@ class FreezeApi:
         reason = convert.reason(request.reason)
         until = until_of(request)
         actor = actor_of(context)
-        return await self._requests.run(
+        reply = await self._requests.run(
             context,
             request,
             reply=fleet_pb2.FreezeStatus,
@@ -97,12 +100,14 @@ class FreezeApi:
             ),
             respond=_status_pb,
         )
+        self._on_freeze_changed()
+        return reply
 
     async def Unfreeze(
         self, request: fleet_pb2.UnfreezeRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.FreezeStatus:
         actor = actor_of(context)
-        return await self._requests.run(
+        reply = await self._requests.run(
             context,
             request,
             reply=fleet_pb2.FreezeStatus,
@@ -111,6 +116,8 @@ class FreezeApi:
             ),
             respond=_unfrozen_pb,
         )
+        self._on_freeze_changed()
+        return reply
 
     async def GetFreeze(
         self, request: fleet_pb2.GetFreezeRequest, context: grpc.aio.ServicerContext

@@ -29,6 +29,7 @@ class Hook:
     metrics: Metrics
     webhook_token: str
     admin_token: str
+    changed: list[str]
 
     async def post(
         self,
@@ -66,6 +67,7 @@ async def hook(store: Store, tmp_path: Path) -> AsyncIterator[Hook]:
     tokens = TokenStore(store.pool, cache_s=5.0)
     await tokens.bootstrap(tmp_path)
     metrics = Metrics()
+    changed: list[str] = []
     app = AlertHook(
         db=store.pool,
         tokens=tokens,
@@ -73,6 +75,7 @@ async def hook(store: Store, tmp_path: Path) -> AsyncIterator[Hook]:
         on_denied=metrics.count_auth_denied,
         loop=asyncio.get_running_loop(),
         timeout_s=10.0,
+        on_changed=lambda: changed.append("changed"),
     )
     server = serve_metrics(metrics, "127.0.0.1:0", routes={PATH: app}, read_timeout_s=5.0)
     assert server is not None
@@ -82,6 +85,7 @@ async def hook(store: Store, tmp_path: Path) -> AsyncIterator[Hook]:
             metrics,
             (tmp_path / "hooks.token").read_text().strip(),
             (tmp_path / "admin.token").read_text().strip(),
+            changed,
         )
     finally:
         await asyncio.to_thread(server.close)
@@ -149,10 +153,12 @@ async def test_a_firing_alert_freezes_a_resend_changes_nothing_its_resolve_lifts
     [held] = await freeze.status(store.pool)
     assert (held.source, held.fingerprint, held.actor) == ("alert:KeelBurn", "c0ffee00", "webhook")
     assert held.reason == "KeelBurn: budget burning"
+    assert hook.changed == ["changed"]  # this replica's keel_deploy_frozen follows at once
     status, text = await hook.post(_payload("firing"), token=hook.webhook_token)
-    assert json.loads(text)["set"] == 0
+    assert json.loads(text)["set"] == 0 and hook.changed == ["changed"]
     status, text = await hook.post(_payload("resolved"), token=hook.webhook_token)
     assert json.loads(text) == {"set": 0, "lifted": 1, "ignored": 0, "frozen": False}
+    assert hook.changed == ["changed", "changed"]
     assert await freeze.status(store.pool) == []
     assert hook.sample("keel_alert_webhook_requests_total", result="ok") == 3
 

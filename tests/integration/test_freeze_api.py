@@ -143,3 +143,15 @@ async def test_a_refusal_stays_small_however_many_long_freezes_hold(
     assert "deploys are frozen" in details and "+27 more (keelctl freeze --status)" in details
     assert "KeelBurn 0: " in details and "KeelBurn 3: " not in details
     assert len(details) < 4 * 1024
+
+
+async def test_freeze_and_unfreeze_tell_this_replicas_watch(store: Store, tmp_path: Path) -> None:
+    """So keel_deploy_frozen on the replica that took the call changes at once."""
+    told: list[str] = []
+    async with serve_fleet(
+        store, tmp_path, Metrics(), on_freeze_changed=lambda: told.append("changed")
+    ) as stub:
+        await stub.Freeze(fleet_pb2.FreezeRequest(reason="x"), timeout=10)
+        assert told == ["changed"]
+        await stub.Unfreeze(fleet_pb2.UnfreezeRequest(), timeout=10)
+        assert told == ["changed", "changed"]
