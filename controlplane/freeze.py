@@ -11,7 +11,11 @@ that changes the spec and is not a rollback: while frozen it refuses (FailedPrec
 nothing is changed) unless the apply overrides the freeze with a reason, which is recorded
 (`FreezeOverridden`). Scale changes, deletes, rollbacks and drains never reach it: they
 deploy nothing new. An apply reads the rows as they stand when it reaches the gate, so a
-freeze committed while it runs takes effect from the next apply.
+freeze committed while it runs takes effect from the next apply. Two more actions deploy a
+new spec further and are refused the same way (no override: undo or unfreeze): promoting a
+canary (`revision_store.promote`) and resuming an operator's pause while old instances remain
+(`gate_resume`, from `rollout_pause`); resuming Keel's own hold of a failed rollout, or a
+rollout with nothing left to roll, goes through.
 
 A freeze with an `until` stops holding then (every read says so at once); `expire` deletes
 its row with a DeployUnfrozen event, once, whichever replica comes first (every write of
@@ -338,6 +342,23 @@ async def alerts_changed(
         log.warning("deploy freeze changed by alerts", set=added, lifted=lifted,
                     still_frozen=len(freezes))  # fmt: skip
     return HookOutcome(set=added, lifted=lifted, freezes=freezes)
+
+
+async def gate_resume(conn: Conn, workload: str, *, revision: int, old_instances: int) -> None:
+    """Refuses to resume an operator's pause while deploys are frozen if the rollout would roll
+    its new spec further (`old_instances` of other specs remain), as a promotion is refused:
+    the way through is a rollback or the freeze lifted. With nothing left to roll it changes
+    nothing new and goes through (so does a resume of Keel's own hold: the caller's rule)."""
+    freezes = await holding(conn) if old_instances else []
+    if not freezes:
+        return
+    raise FailedPrecondition(
+        f'workload "{workload}": deploys are frozen ({summary(freezes)}); resuming the rollout '
+        f"of revision {revision} would roll its new spec to the {old_instances} old "
+        f"instance{'s' if old_instances != 1 else ''} that remain, so it stays paused. Roll "
+        f"back with `keelctl rollout undo {workload}` (a rollback goes through), or lift the "
+        f"freeze (`keelctl freeze --status`, {RUNBOOK})"
+    )
 
 
 def check_override(override: bool, reason: str) -> None:

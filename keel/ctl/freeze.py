@@ -1,8 +1,9 @@
 """keelctl's deploy-freeze verbs: `freeze [--reason TEXT] [--until TIME]`, `freeze --status` and
 `unfreeze`.
 
-While deploys are frozen the control plane refuses applies that change a workload's spec
-(scale changes, deletes, rollbacks and drains go through); `keelctl apply --override-freeze
+While deploys are frozen the control plane refuses applies that change a workload's spec,
+canary promotions and resuming a paused rollout of a new spec (scale changes, deletes,
+rollbacks and drains go through); `keelctl apply --override-freeze
 --reason TEXT` deploys anyway, recorded. A freeze comes from an operator (these verbs) or from
 a firing alert (the Alertmanager webhook); `unfreeze` lifts the operator's (`--alert NAME`: an
 alert's whose resolve was lost, `--all`: every one), says what it lifted and which freezes still
@@ -24,6 +25,11 @@ from keel.quantities import parse_duration
 from keel.v1 import fleet_pb2
 
 RUNBOOK = "runbooks/deploy-freeze.md"
+# What a freeze refuses and what it lets through (the README's list).
+BLOCKS = (
+    "spec changes, canary promotions and resuming a paused rollout that still has old "
+    "instances are refused (scale, delete, rollback, undo and drain still work)"
+)
 
 
 def until_of(text: str) -> datetime | timedelta:
@@ -63,10 +69,8 @@ def cmd_freeze(ctx: Any) -> str:
     if ctx.json:
         return output.to_json(resp)
     return (
-        "deploys frozen: spec changes are refused (scale, delete, rollback and drain still "
-        "work; `keelctl apply --override-freeze --reason TEXT` deploys anyway)\n"
-        + _table(resp.freezes, now=ctx.now)
-        + "\nlift it: keelctl unfreeze"
+        f"deploys frozen: {BLOCKS}; `keelctl apply --override-freeze --reason TEXT` deploys "
+        "anyway\n" + _table(resp.freezes, now=ctx.now) + "\nlift it: keelctl unfreeze"
     )
 
 
@@ -102,8 +106,7 @@ def status_text(resp: fleet_pb2.FreezeStatus, *, now: datetime) -> str:
     if not resp.frozen:
         return "deploys are not frozen"
     return (
-        "deploys are frozen: spec changes are refused (scale, delete, rollback and drain still "
-        "work)\n"
+        f"deploys are frozen: {BLOCKS}\n"
         + _table(resp.freezes, now=now)
         + "\ndeploy anyway: keelctl apply --override-freeze --reason TEXT -f FILE; lift the "
         f"operator's freeze: keelctl unfreeze; an alert's lifts when it resolves, or "

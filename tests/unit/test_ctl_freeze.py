@@ -58,7 +58,9 @@ def test_the_status_names_each_freeze_and_the_ways_through() -> None:
     set_ts(alert.since, NOW - timedelta(minutes=1))
     set_ts(alert.until, NOW + timedelta(hours=1))
     text = status_text(resp, now=NOW)
-    assert text.startswith("deploys are frozen: spec changes are refused")
+    assert text.startswith(
+        "deploys are frozen: spec changes, canary promotions and resuming a paused rollout"
+    )
     rows = [line.split() for line in text.splitlines()[2:4]]
     assert rows[0] == [
         "operator", "oncall", "2026-12-02T00:55:00Z", "(5m", "ago)", "until", "lifted",
