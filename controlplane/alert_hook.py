@@ -110,8 +110,10 @@ def parse(body: bytes) -> Delivery:
         raise BadPayload(
             "the body is JSON nested too deeply to be an Alertmanager webhook payload"
         ) from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise BadPayload(f"the body is not JSON ({exc})") from None
+    except ValueError:  # Python's own limit on a number's digits; its message names Python's
+        raise BadPayload("the body holds a number of more than 4300 digits") from None
     try:
         return _delivery(doc)
     except RecursionError:  # a value nested too deeply to be shown in a message

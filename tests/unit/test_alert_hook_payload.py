@@ -125,6 +125,7 @@ def test_the_same_alert_twice_is_one_and_resolved_wins() -> None:
         (b"\xff\xfe", r"^the body is not UTF-8"),
         (b'{"version": "4", "alerts": ["\xc3\x28"]}', r"^the body is not UTF-8"),
         (b"[" * 100_000 + b"]" * 100_000, r"^the body is JSON nested too deeply"),
+        (b'{"version": ' + b"9" * 5000 + b"}", r"^the body holds a number of more than 4300"),
         (b'{"version": "4", "alerts": ' + b"[" * 100_000, r"^the body is JSON nested too deeply"),
         (b"[]", r"^the body must be a JSON object"),
         (_payload(_alert(), version="3"), r'^version: expected "4"'),
