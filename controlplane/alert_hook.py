@@ -112,7 +112,7 @@ def parse(body: bytes) -> Delivery:
         ) from None
     except json.JSONDecodeError as exc:
         raise BadPayload(f"the body is not JSON ({exc})") from None
-    except ValueError:  # Python's own limit on a number's digits; its message names Python's
+    except ValueError:  # Python's limit on a number's digits (its message names a function)
         raise BadPayload("the body holds a number of more than 4300 digits") from None
     try:
         return _delivery(doc)

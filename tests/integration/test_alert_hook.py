@@ -167,6 +167,13 @@ async def test_bad_requests_are_named_and_change_nothing(hook: Hook, store: Stor
     token = hook.webhook_token
     status, text = await hook.post(b"{oops", token=token)
     assert status == 400 and text.startswith("the body is not JSON (")
+    status, text = await hook.post(b"[" * 100_000, token=token)
+    assert (status, text) == (
+        400,
+        "the body is JSON nested too deeply to be an Alertmanager webhook payload\n",
+    )
+    status, text = await hook.post(b"\xff{}", token=token)
+    assert status == 400 and text.startswith("the body is not UTF-8")
     status, text = await hook.post(b'{"version": "2", "alerts": []}', token=token)
     assert status == 400 and text.startswith('version: expected "4"')
     status, text = await hook.post(b"", token=token, method="GET")
