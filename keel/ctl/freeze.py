@@ -20,7 +20,7 @@ from typing import Any
 from keel.convert import from_ts, set_ts
 from keel.ctl import output
 from keel.ctl.args import CtlError
-from keel.fields import SpecError
+from keel.fields import SpecError, one_line
 from keel.quantities import parse_duration
 from keel.v1 import fleet_pb2
 
@@ -132,7 +132,9 @@ def _table(freezes: Iterable[fleet_pb2.DeployFreeze], *, now: datetime) -> str:
                 f.actor or "-",
                 output.when(from_ts(f.since), now=now),
                 until.strftime("%Y-%m-%dT%H:%M:%SZ") if until else "until lifted",
-                f.reason or "-",
+                # Stored clean (`fields.one_line`), and cleaned again: a row written before
+                # that rule must not reach the terminal raw.
+                one_line(f.reason, 1024) or "-",
             ]
         )
     return output.table(["SOURCE", "BY", "SINCE", "UNTIL", "REASON"], rows)

@@ -89,3 +89,11 @@ def test_unfreeze_says_what_it_lifted_and_never_an_operators_freeze_that_was_not
     none = unfreeze_text(fleet_pb2.FreezeStatus(), alert="KeelSlow", now=NOW)
     assert none == "no freeze of alert KeelSlow holds\ndeploys are not frozen"
     assert unfreeze_text(fleet_pb2.FreezeStatus(), alert="", now=NOW) == "deploys are not frozen"
+
+
+def test_a_reason_with_control_characters_is_shown_as_one_clean_line() -> None:
+    resp = fleet_pb2.FreezeStatus(frozen=True)
+    item = resp.freezes.add(source="alert:X", actor="webhook", reason="\x1b[2Jfake\n\u202eevil")
+    set_ts(item.since, NOW)
+    text = status_text(resp, now=NOW)
+    assert "\x1b" not in text and "\u202e" not in text and "[2Jfake evil" in text
