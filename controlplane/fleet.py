@@ -15,7 +15,7 @@ caller's request id, in the write's own transaction.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
 import grpc
@@ -81,8 +81,10 @@ class FleetApi(
         tokens: TokenStore | None = None,
         requests: Requests | None = None,
         gone_after_s: float = 24 * 3600.0,
+        on_freeze_changed: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
+        self._on_freeze_changed = on_freeze_changed
         self._tokens = tokens
         self._requests = requests or Requests()
         self._status = status

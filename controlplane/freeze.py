@@ -11,34 +11,52 @@ that changes the spec and is not a rollback: while frozen it refuses (FailedPrec
 nothing is changed) unless the apply overrides the freeze with a reason, which is recorded
 (`FreezeOverridden`). Scale changes, deletes, rollbacks and drains never reach it: they
 deploy nothing new. An apply reads the rows as they stand when it reaches the gate, so a
-freeze committed while it runs takes effect from the next apply.
+freeze committed while it runs takes effect from the next apply. Two more actions deploy a
+new spec further and are refused the same way (no override: undo or unfreeze): promoting a
+canary (`revision_store.promote`) and resuming a paused rollout (an operator's pause, or
+Keel's hold of a failed one) while old instances remain (`gate_resume`, from `rollout_pause`);
+resuming a rollout with nothing left to roll goes through.
+
+A freeze with an `until` stops holding then (every read says so at once); `expire` deletes
+its row with a DeployUnfrozen event, once, whichever replica comes first (every write of
+the freezes, and `freeze_watch` on every replica at the end it knows of).
 
 Neighbours: `workload_store` (calls the gate), `freeze_api` (Freeze, Unfreeze, GetFreeze),
-`alert_hook` (the webhook), `freeze_metrics` (`keel_deploy_frozen`, fed by `watch`).
+`alert_hook` (the webhook), `freeze_watch` (ends, and `keel_deploy_frozen` in
+`freeze_metrics`).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 import structlog
 
-from controlplane.errors import FailedPrecondition, InvalidArgument, Unavailable
+from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.idempotency import Once, once_in
 from controlplane.sql import Conn, Database, record_event
+from keel import fields
 
 log = structlog.get_logger("keel.freeze")
 
 OPERATOR = "operator"
 ALERT_PREFIX = "alert:"
+# Prometheus's rule for an alert name, bounded (the webhook's and `keelctl unfreeze --alert`).
+ALERTNAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")
 # Where the freeze's events go (`keelctl events --for fleet/freeze`).
 OBJECT = "fleet/freeze"
 RUNBOOK = "runbooks/deploy-freeze.md"
 OVERRIDE = "keelctl apply --override-freeze --reason TEXT"
+# The actor of a freeze's end at its `until` (no person lifted it).
+ENDER = "keel/freeze"
+
+# How many freezes a message names before "+N more": each may carry a 1 KiB reason, and a
+# refusal travels in gRPC metadata (16 KiB at most).
+SHOWN = 3
 
 _HOLDING = "(until IS NULL OR until > now())"
 _COLUMNS = "source, fingerprint, reason, actor, since, until"
@@ -81,6 +99,14 @@ class HookOutcome:
     freezes: list[Freeze]
 
 
+def summary(freezes: Sequence[Freeze]) -> str:
+    """The freezes for a message or an event: the first `SHOWN` described, then how many more
+    (however many alerts fire, an error stays within gRPC's metadata limit)."""
+    text = "; ".join(f.describe() for f in freezes[:SHOWN])
+    more = len(freezes) - SHOWN
+    return text + (f"; +{more} more (keelctl freeze --status)" if more > 0 else "")
+
+
 def _when(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -114,12 +140,14 @@ async def freeze(
     db: Database,
     *,
     reason: str,
-    until: datetime | None,
+    until: datetime | timedelta | None,
     actor: str,
     once: Once[list[Freeze]] | None = None,
 ) -> list[Freeze]:
     """The operator's freeze, set or changed (a second freeze is the same freeze with its new
-    reason and end: still frozen since the first). Returns the freezes that hold."""
+    reason and end: still frozen since the first). `until`: a time, or how long from now by
+    database time (computed once, in the write: a retried request answers the same end).
+    Returns the freezes that hold."""
     async with db.acquire() as conn, conn.transaction():
         return await once_in(
             conn, once, lambda: _freeze_operator(conn, reason=reason, until=until, actor=actor)
@@ -127,11 +155,17 @@ async def freeze(
 
 
 async def _freeze_operator(
-    conn: Conn, *, reason: str, until: datetime | None, actor: str
+    conn: Conn, *, reason: str, until: datetime | timedelta | None, actor: str
 ) -> list[Freeze]:
-    if until is not None and await conn.fetchval("SELECT $1::timestamptz <= now()", until):
+    await _expire(conn)
+    end: datetime | None = (
+        await conn.fetchval("SELECT now() + $1::interval", until)
+        if isinstance(until, timedelta)
+        else until
+    )
+    if end is not None and await conn.fetchval("SELECT $1::timestamptz <= now()", end):
         raise InvalidArgument(
-            f"until: must be in the future, got {_when(until)} (a time like 2030-01-02T15:04:05Z "
+            f"until: must be in the future, got {_when(end)} (a time like 2030-01-02T15:04:05Z "
             "or a duration like 2h from now); leave it out to freeze until `keelctl unfreeze`"
         )
     row = await conn.fetchrow(
@@ -146,40 +180,116 @@ async def _freeze_operator(
         OPERATOR,
         reason,
         actor,
-        until,
+        end,
     )
     assert row is not None
     current = _freeze(row)
     await record_event(conn, OBJECT, "DeployFrozen", current.describe(), actor=actor)
     log.warning("deploys frozen", source=OPERATOR, actor=actor, reason=reason,
-                until=_when(until) if until else "")  # fmt: skip
+                until=_when(end) if end else "")  # fmt: skip
     return await holding(conn)
 
 
+@dataclass(frozen=True)
+class Unfrozen:
+    """What an unfreeze lifted, and the freezes that still hold after it."""
+
+    lifted: list[Freeze]
+    holding: list[Freeze]
+
+
 async def unfreeze(
-    db: Database, *, actor: str, once: Once[list[Freeze]] | None = None
-) -> list[Freeze]:
-    """Lifts the operator's freeze (none: nothing changes). Returns the freezes that still
-    hold: the alerts' lift only when they resolve."""
+    db: Database,
+    *,
+    actor: str,
+    alert: str = "",
+    every: bool = False,
+    once: Once[Unfrozen] | None = None,
+) -> Unfrozen:
+    """Lifts the operator's freeze; or, with `alert`, that alert's (every fingerprint: its
+    resolved notification may never come); or, with `every`, all of them. Nothing to lift:
+    nothing changes. An alert lifted by hand freezes again if Alertmanager sends it firing."""
+    if alert and every:
+        raise InvalidArgument("alert: give an alert's name or all, not both")
+    if alert and not ALERTNAME.fullmatch(alert):
+        raise InvalidArgument(
+            f"alert: must be an alert name ([a-zA-Z_:][a-zA-Z0-9_:]*, at most 200 characters; "
+            f"see `keelctl freeze --status`), got {fields.shown(alert)}"
+        )
     async with db.acquire() as conn, conn.transaction():
-        return await once_in(conn, once, lambda: _unfreeze_operator(conn, actor=actor))
+        return await once_in(
+            conn, once, lambda: _unfreeze(conn, actor=actor, alert=alert, every=every)
+        )
 
 
-async def _unfreeze_operator(conn: Conn, *, actor: str) -> list[Freeze]:
-    row = await conn.fetchrow(
-        f"""DELETE FROM deploy_freeze WHERE source = $1 AND fingerprint = ''
+async def _unfreeze(conn: Conn, *, actor: str, alert: str, every: bool) -> Unfrozen:
+    await _expire(conn)
+    if every:
+        where, args = "true", []
+    elif alert:
+        where, args = "source = $1", [ALERT_PREFIX + alert]
+    else:
+        where, args = "source = $1 AND fingerprint = ''", [OPERATOR]
+    rows = await conn.fetch(
+        f"""DELETE FROM deploy_freeze WHERE {where}
             RETURNING {_COLUMNS}, {_HOLDING} AS held""",
-        OPERATOR,
+        *args,
+    )
+    lifted = sorted(
+        (_freeze(r) for r in rows if r["held"]), key=lambda f: (f.since, f.source, f.fingerprint)
     )
     remaining = await holding(conn)
-    if row is not None and row["held"]:
-        lifted = _freeze(row)
-        message = f"lifted the {lifted.describe()}"
+    if lifted:
+        message = f"lifted the {summary(lifted)}"
+        if any(f.source != OPERATOR for f in lifted):
+            message += " (by hand: an alert still firing freezes again when Alertmanager sends it)"
         if remaining:
-            message += "; still frozen by " + "; ".join(f.describe() for f in remaining)
+            message += "; still frozen by " + summary(remaining)
         await record_event(conn, OBJECT, "DeployUnfrozen", message, actor=actor)
-        log.warning("operator freeze lifted", actor=actor, still_frozen=len(remaining))
-    return remaining
+        sources = sorted({f.source for f in lifted})
+        log.warning("deploy freeze lifted", actor=actor, sources=sources,
+                    still_frozen=len(remaining))  # fmt: skip
+    return Unfrozen(lifted=lifted, holding=remaining)
+
+
+@dataclass(frozen=True)
+class Expired:
+    """What `expire` found: the freezes that hold, and when the next of them ends, in seconds
+    from now by database time (None: none has an end)."""
+
+    holding: list[Freeze]
+    next_end_s: float | None
+
+
+async def expire(db: Database) -> Expired:
+    """Ends the freezes whose `until` has passed, each with a DeployUnfrozen event by `ENDER`.
+    Once however many replicas run it: the DELETE is the claim (a second one waits for the
+    first's row lock, then finds the row gone)."""
+    async with db.acquire() as conn, conn.transaction():
+        await _expire(conn)
+        freezes = await holding(conn)
+        ends = [f.until for f in freezes if f.until is not None]
+        next_end_s = (
+            await conn.fetchval(
+                "SELECT extract(epoch FROM $1::timestamptz - now())::float8", min(ends)
+            )
+            if ends
+            else None
+        )
+    return Expired(freezes, next_end_s)
+
+
+async def _expire(conn: Conn) -> None:
+    """Every write of the freezes runs this first, so a freeze that ran out is recorded as ended
+    (once) before a write replaces or deletes its row."""
+    rows = await conn.fetch(f"DELETE FROM deploy_freeze WHERE until <= now() RETURNING {_COLUMNS}")
+    for r in rows:
+        ended = _freeze(r)
+        await record_event(
+            conn, OBJECT, "DeployUnfrozen", f"the {ended.describe()} ended at its until",
+            actor=ENDER,
+        )  # fmt: skip
+        log.warning("deploy freeze ended at its until", source=ended.source, actor=ENDER)
 
 
 async def alerts_changed(
@@ -234,6 +344,23 @@ async def alerts_changed(
     return HookOutcome(set=added, lifted=lifted, freezes=freezes)
 
 
+async def gate_resume(conn: Conn, workload: str, *, revision: int, old_instances: int) -> None:
+    """Refuses to resume a paused rollout while deploys are frozen if it would roll its new
+    spec further (`old_instances` of other specs remain), as a promotion is refused: the way
+    through is a rollback or the freeze lifted. With nothing left to roll it changes nothing
+    new and goes through."""
+    freezes = await holding(conn) if old_instances else []
+    if not freezes:
+        return
+    raise FailedPrecondition(
+        f'workload "{workload}": deploys are frozen ({summary(freezes)}); resuming the rollout '
+        f"of revision {revision} would roll its new spec to the {old_instances} old "
+        f"instance{'s' if old_instances != 1 else ''} that remain, so it stays paused. Roll "
+        f"back with `keelctl rollout undo {workload}` (a rollback goes through), or lift the "
+        f"freeze (`keelctl freeze --status`, {RUNBOOK})"
+    )
+
+
 def check_override(override: bool, reason: str) -> None:
     """An override of the freeze must say why: it is recorded with its actor."""
     if override and not reason.strip():
@@ -251,7 +378,7 @@ async def gate(conn: Conn, workload: str, *, override: bool, reason: str, actor:
     freezes = await holding(conn)
     if not freezes:
         return
-    what = "; ".join(f.describe() for f in freezes)
+    what = summary(freezes)
     if override:
         await record_event(
             conn,
@@ -273,17 +400,3 @@ async def gate(conn: Conn, workload: str, *, override: bool, reason: str, actor:
         f"recorded with your reason: `{OVERRIDE}`; or {lift} (see `keelctl freeze --status`, "
         f"{RUNBOOK})"
     )
-
-
-async def watch(
-    db: Database, *, interval_s: float, on_freezes: Callable[[list[Freeze]], None]
-) -> None:
-    """Reads the freezes that hold every `interval_s` for `keel_deploy_frozen` (every replica
-    exports it; a freeze with an `until` lifts by itself, with no write to notice)."""
-    while True:
-        try:
-            on_freezes(await status(db))
-        except Unavailable as exc:
-            # The database is away: the gauge keeps its last value; the probe reports it.
-            log.debug("freeze not read", error=str(exc))
-        await asyncio.sleep(interval_s)

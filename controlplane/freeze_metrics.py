@@ -1,9 +1,9 @@
 """The deploy-freeze metrics: whether deploys are frozen, since when, by what; and the webhook.
 
 Registered on the control plane's registry by `metrics.Metrics` (its `freeze` attribute); fed
-by `freeze.watch` on every replica (`set_freezes`, from the database, so every replica exports
-the same) and by the Alertmanager webhook (`alert_hook`: `count_hook` per delivery). No label
-names an alert or an actor.
+by `freeze_watch.FreezeWatch` on every replica (`set_freezes`, from the database, so every
+replica exports the same) and by the Alertmanager webhook (`alert_hook`: `count_hook` per
+delivery). No label names an alert or an actor.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane import alert_hook, freeze, looplag, migrate, reseal, secrets
+from controlplane import alert_hook, looplag, migrate, reseal, secrets
 from controlplane.auth import AuthInterceptor
 from controlplane.cache import FleetCache
 from controlplane.db import redact, resolve_database_url
@@ -34,6 +34,7 @@ from controlplane.drainer import DrainController, DrainTimings
 from controlplane.errors import KeelError
 from controlplane.flags import build_parser, settings_from
 from controlplane.fleet import FleetApi
+from controlplane.freeze_watch import FreezeWatch
 from controlplane.heartbeats import HeartbeatWriter
 from controlplane.idempotency import Requests, prune_forever
 from controlplane.interceptors import ObservabilityInterceptor
@@ -327,6 +328,13 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
     )
     requests = Requests(on_replay=metrics.count_replay)
+    # Ends freezes at their until and feeds keel_deploy_frozen (at once after this replica's
+    # own changes: the Freeze/Unfreeze calls and the webhook).
+    freeze_watch = FreezeWatch(
+        pool,
+        interval_s=settings.freeze_poll_s,
+        on_freezes=lambda fs: metrics.freeze.set_freezes([(f.source, f.since) for f in fs]),
+    )
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(
         FleetApi(
             store,
@@ -342,6 +350,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             tokens=tokens,
             requests=requests,
             gone_after_s=settings.gone_after_s,
+            on_freeze_changed=freeze_watch.changed,
         ),
         server,
     )
@@ -380,6 +389,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
         on_denied=metrics.count_auth_denied,
         loop=asyncio.get_running_loop(),
         timeout_s=settings.hook_timeout_s,
+        on_changed=freeze_watch.changed,
     )
     metrics_server = serve_metrics(
         metrics,
@@ -423,14 +433,7 @@ async def serve(settings: Settings, *, metrics_address: str = "off") -> int:
             ),
             name="request-prune",
         ),
-        asyncio.create_task(
-            freeze.watch(
-                pool,
-                interval_s=settings.freeze_poll_s,
-                on_freezes=lambda fs: metrics.freeze.set_freezes([(f.source, f.since) for f in fs]),
-            ),
-            name="freeze-watch",
-        ),
+        asyncio.create_task(freeze_watch.run(), name="freeze-watch"),
     ]
     addresses = {"grpc": address}
     if metrics_server is not None:

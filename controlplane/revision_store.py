@@ -218,7 +218,7 @@ class RevisionStore(WorkloadStore):
         if freezes:
             raise FailedPrecondition(
                 f'workload "{name}": deploys are frozen '
-                f"({'; '.join(f.describe() for f in freezes)}); promoting revision {number} "
+                f"({freeze.summary(freezes)}); promoting revision {number} "
                 f"would roll it to every instance, so it waits: its canaries keep running. "
                 f"`keelctl rollout abort {name}` removes them, or lift the freeze (`keelctl "
                 f"freeze --status`)"

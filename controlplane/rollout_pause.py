@@ -17,9 +17,11 @@ records nothing. Neighbours: `rollouts_api` (the RPCs), `rollout_status` (their 
 
 from __future__ import annotations
 
+from controlplane import freeze
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.idempotency import Once, once_in
 from controlplane.rollout_judge import ACTOR
+from controlplane.rollout_status import read_status
 from controlplane.sql import WORKLOAD_CHANNEL, Conn, Database, record_event, workload_payload
 from controlplane.workload_store import WorkloadRow, workload_row
 
@@ -59,6 +61,11 @@ async def _set_paused(
         raise FailedPrecondition(
             f'workload "{name}" is being deleted; there is no rollout to pause'
         )
+    # Frozen: resuming a pause that rolls a new spec further is a deploy, whoever paused it
+    # (Keel's hold of a failed rollout too: the resume judges the revision again and rolls it).
+    if not paused and not current["deleting"]:
+        old = (await read_status(conn, name)).old_remaining
+        await freeze.gate_resume(conn, name, revision=current["generation"], old_instances=old)
     row = await conn.fetchrow(
         """UPDATE workload SET paused = $2,
                   paused_by = CASE WHEN $2 THEN $3 ELSE '' END,

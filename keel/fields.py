@@ -39,8 +39,14 @@ HOST_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?\Z")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]{0,251}[A-Za-z0-9])?\Z")
 # An object id as keel writes them (instances: workload-generation-suffix).
 ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?\Z")
-# Control characters (tab and newline too): not meant for a label or a version string.
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Characters not meant for one line a person reads (a label, a version string, a reason): the
+# C0 and C1 controls (tab and newline too, and NEL), DEL, the Unicode line and paragraph
+# separators, and the bidirectional marks, overrides and isolates that make a terminal show
+# text in another order than it is stored (U+202E "right-to-left override").
+_CONTROL_RE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def type_name(value: object) -> str:
@@ -79,8 +85,21 @@ def check_text(value: str, field: str, *, limit: int = MAX_TEXT, single_line: bo
     except UnicodeEncodeError:
         raise SpecError(field, "must be valid Unicode (it has an unpaired surrogate)") from None
     if single_line and _CONTROL_RE.search(value):
-        raise SpecError(field, "must not contain control characters (tab, newline, ...)")
+        raise SpecError(
+            field,
+            "must not contain control characters (tab, newline, line separators, "
+            "bidirectional overrides, ...)",
+        )
     return value
+
+
+def one_line(value: str, limit: int) -> str:
+    """Text from another system (an alert's summary) made to pass `check_text(value, limit=limit,
+    single_line=True)` rather than refused, since its sender cannot be asked to fix it: each
+    character that rule refuses becomes a space (an unpaired surrogate U+FFFD), runs of white
+    space one space, and past `limit` characters it is cut, ending in '...'."""
+    flat = " ".join(_CONTROL_RE.sub(" ", _SURROGATE_RE.sub("\ufffd", value)).split())
+    return flat if len(flat) <= limit else flat[: max(limit - 3, 0)] + "..."
 
 
 def key_name(key: object) -> str:

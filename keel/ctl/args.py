@@ -456,4 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
         "unfreeze", help="lift the operator's deploy freeze (alerts' freezes lift on resolve)"
     )
     _add_globals(unfreeze, on_subcommand=True)
+    lift = unfreeze.add_mutually_exclusive_group()
+    lift.add_argument(
+        "--alert",
+        default="",
+        metavar="NAME",
+        help="lift this alert's freeze instead (its resolve was lost; it freezes again if it "
+        "still fires)",
+    )
+    lift.add_argument(
+        "--all", action="store_true", help="lift every freeze: the operator's and every alert's"
+    )
     return parser

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from keel.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
@@ -637,16 +638,22 @@ class UndoRolloutResponse(_message.Message):
     def __init__(self, workload: _Optional[_Union[_types_pb2.Workload, _Mapping]] = ..., revision: _Optional[int] = ..., to_revision: _Optional[int] = ...) -> None: ...
 
 class FreezeRequest(_message.Message):
-    __slots__ = ("reason", "until")
+    __slots__ = ("reason", "until", "until_in")
     REASON_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_IN_FIELD_NUMBER: _ClassVar[int]
     reason: str
     until: _timestamp_pb2.Timestamp
-    def __init__(self, reason: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    until_in: _duration_pb2.Duration
+    def __init__(self, reason: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until_in: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class UnfreezeRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("alert", "all")
+    ALERT_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    alert: str
+    all: bool
+    def __init__(self, alert: _Optional[str] = ..., all: _Optional[bool] = ...) -> None: ...
 
 class GetFreezeRequest(_message.Message):
     __slots__ = ()
@@ -667,9 +674,11 @@ class DeployFreeze(_message.Message):
     def __init__(self, source: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class FreezeStatus(_message.Message):
-    __slots__ = ("frozen", "freezes")
+    __slots__ = ("frozen", "freezes", "lifted")
     FROZEN_FIELD_NUMBER: _ClassVar[int]
     FREEZES_FIELD_NUMBER: _ClassVar[int]
+    LIFTED_FIELD_NUMBER: _ClassVar[int]
     frozen: bool
     freezes: _containers.RepeatedCompositeFieldContainer[DeployFreeze]
-    def __init__(self, frozen: _Optional[bool] = ..., freezes: _Optional[_Iterable[_Union[DeployFreeze, _Mapping]]] = ...) -> None: ...
+    lifted: _containers.RepeatedCompositeFieldContainer[DeployFreeze]
+    def __init__(self, frozen: _Optional[bool] = ..., freezes: _Optional[_Iterable[_Union[DeployFreeze, _Mapping]]] = ..., lifted: _Optional[_Iterable[_Union[DeployFreeze, _Mapping]]] = ...) -> None: ...

@@ -101,8 +101,16 @@ def test_a_freeze_refuses_a_spec_change_and_lets_scale_rollback_and_drain_throug
     assert status.startswith("deploys are frozen") and "INC-7: budget burning" in status
 
     # Unfreeze: deploys go through again; the metric and the history follow.
-    assert fleet.keelctl_ok("unfreeze").stdout.strip() == "deploys are not frozen"
-    assert fleet.keelctl_json("freeze", "--status") == {"frozen": False, "freezes": []}
+    unfrozen = fleet.keelctl_ok("unfreeze").stdout
+    assert unfrozen.startswith("lifted:\nSOURCE") and "INC-7: budget burning" in unfrozen
+    assert unfrozen.strip().endswith("deploys are not frozen")
+    nothing = fleet.keelctl_ok("unfreeze", "--alert", "KeelBurn").stdout.strip()
+    assert nothing == "no freeze of alert KeelBurn holds\ndeploys are not frozen"
+    assert fleet.keelctl_json("freeze", "--status") == {
+        "frozen": False,
+        "freezes": [],
+        "lifted": [],
+    }
     fleet.apply_ok(_version(fleet, "5", replicas=3))
     assert fleet.workload("web").generation == 5
     wait_for(lambda: _frozen_metric(fleet) == 0, timeout=15, message="keel_deploy_frozen 0")
@@ -111,6 +119,14 @@ def test_a_freeze_refuses_a_spec_change_and_lets_scale_rollback_and_drain_throug
         ("DeployFrozen", "admin"),
         ("DeployUnfrozen", "admin"),
     ]
+
+    # `--until 2h` goes as a duration: the same request id run again is the same request,
+    # answered with the first run's freeze (not "already used for a different request").
+    args = ("--request-id", "freeze-2h-e2e", "freeze", "--until", "2h", "--reason", "window")
+    first = fleet.keelctl_ok(*args, "-o", "json").stdout
+    assert fleet.keelctl_ok(*args, "-o", "json").stdout == first
+    history = fleet.keelctl_json("events", "--for", "fleet/freeze")["events"]
+    assert [e["kind"] for e in history].count("DeployFrozen") == 2
 
 
 def test_freeze_refuses_an_until_in_the_past_naming_the_field(quiet_fleet: Fleet) -> None:

@@ -301,8 +301,8 @@ KINDS: dict[str, dict[str, str]] = {
     # Token names follow workload names' rules closely enough for their hostile variants.
     "RevokeToken": {"name": "workload"},
     "ResetHostCredential": {"host": "host"},
-    # With no operator freeze (the state has none), Unfreeze changes nothing.
-    "Unfreeze": {},
+    # With no freeze (the state has none), Unfreeze changes nothing, whatever it lifts.
+    "Unfreeze": {"alert": "alert", "all": "bool"},
     "GetFreeze": {},
     "GetRolloutHistory": {"workload": "workload"},
     "GetRolloutStatus": {"workload": "workload"},
@@ -342,6 +342,8 @@ BAD_TOKENS = [
 ]
 # Operation ids that break the id rule (the fleet has no operation to vary).
 HOSTILE_OPERATIONS = ["OP-1", "op 1", "op/1", "-op-1", "op-1-", "o" * 254, "op-1\n"]
+# Alert names that break Prometheus's rule (or its bound): `keelctl unfreeze --alert`.
+HOSTILE_ALERTS = ["1Keel", "Keel Burn", "Keel-Burn", "Keel/Burn", "K" * 201, "Keel\u202e"]
 
 
 def variants(name: str, kind: str) -> list[str]:
@@ -409,6 +411,8 @@ def hostile_value(s: State, kind: str) -> st.SearchStrategy[Any]:
         return st.one_of(with_nul, st.sampled_from(["Force", "kill", "fail ", "x" * 300]))
     if kind == "operation":
         return st.one_of(with_nul, st.sampled_from(HOSTILE_OPERATIONS))
+    if kind == "alert":
+        return st.one_of(with_nul, st.sampled_from(HOSTILE_ALERTS))
     if kind == "revision":  # a revision number, or 0 for the default: never negative
         return st.integers(-(2**63), -1)
     if kind in RANGES:
@@ -440,6 +444,8 @@ def valid_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
         return st.sampled_from(["", "fail", "force"])
     if kind == "operation":
         return st.just("op-999999")
+    if kind == "alert":
+        return st.sampled_from(["", "NoSuchAlert"])
     if kind == "revision":
         return st.integers(0, 1000)
     unknown = {"workload": "nope", "host": "nope", "instance": "web-1-000000"}
@@ -463,7 +469,7 @@ def any_value(s: State, method: str, kind: str) -> st.SearchStrategy[Any]:
         )
     if kind == "selector":
         return st.dictionaries(text, text, max_size=2)
-    if kind in ("reason", "on_deadline", "operation"):
+    if kind in ("reason", "on_deadline", "operation", "alert"):
         return text
     spare = set(_existing(s, kind)) if method in SPARING else set()
     return st.one_of(text, valid_value(s, method, kind)).filter(lambda v: v not in spare)

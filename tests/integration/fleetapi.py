@@ -24,8 +24,11 @@ from keel.v1 import fleet_pb2_grpc
 
 
 @asynccontextmanager
-async def serve_fleet(store: Store, tmp_path: Path, metrics: Metrics) -> AsyncIterator[Any]:
-    """A FleetService stub to a server over `store`; replays are counted in `metrics`."""
+async def serve_fleet(
+    store: Store, tmp_path: Path, metrics: Metrics, **options: Any
+) -> AsyncIterator[Any]:
+    """A FleetService stub to a server over `store`; replays are counted in `metrics`;
+    `options` are FleetApi's other keyword arguments."""
     server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics=metrics)])
     fleet = FleetApi(
         store,
@@ -34,6 +37,7 @@ async def serve_fleet(store: Store, tmp_path: Path, metrics: Metrics) -> AsyncIt
         log_wait_s=1.0,
         requests=Requests(on_replay=metrics.count_replay),
         secrets=load_or_create(tmp_path / "secret.key", on_open_failure=lambda: None),
+        **options,
     )
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ class Hook:
     metrics: Metrics
     webhook_token: str
     admin_token: str
+    changed: list[str]
 
     async def post(
         self,
@@ -64,6 +67,7 @@ async def hook(store: Store, tmp_path: Path) -> AsyncIterator[Hook]:
     tokens = TokenStore(store.pool, cache_s=5.0)
     await tokens.bootstrap(tmp_path)
     metrics = Metrics()
+    changed: list[str] = []
     app = AlertHook(
         db=store.pool,
         tokens=tokens,
@@ -71,6 +75,7 @@ async def hook(store: Store, tmp_path: Path) -> AsyncIterator[Hook]:
         on_denied=metrics.count_auth_denied,
         loop=asyncio.get_running_loop(),
         timeout_s=10.0,
+        on_changed=lambda: changed.append("changed"),
     )
     server = serve_metrics(metrics, "127.0.0.1:0", routes={PATH: app}, read_timeout_s=5.0)
     assert server is not None
@@ -80,6 +85,7 @@ async def hook(store: Store, tmp_path: Path) -> AsyncIterator[Hook]:
             metrics,
             (tmp_path / "hooks.token").read_text().strip(),
             (tmp_path / "admin.token").read_text().strip(),
+            changed,
         )
     finally:
         await asyncio.to_thread(server.close)
@@ -117,6 +123,27 @@ async def test_only_the_webhook_token_gets_in_and_refusals_say_nothing(
     assert hook.sample("keel_alert_webhook_requests_total", result="denied") == len(cases)
 
 
+async def test_a_caller_without_the_token_gets_401_before_its_body_is_read(hook: Hook) -> None:
+    """The headers promise a 1 MiB body and none is sent: a missing or wrong token is answered
+    at once (the read timeout is 5 s), not after the server waited for the body."""
+
+    def send(authorization: str) -> tuple[bytes, float]:
+        host, port = hook.address.rsplit(":", 1)
+        started = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(
+                f"POST {PATH} HTTP/1.1\r\nHost: keel\r\nContent-Length: {MAX_BODY}\r\n"
+                f"{authorization}\r\n".encode()
+            )
+            first = conn.recv(64)
+        return first, time.monotonic() - started
+
+    for authorization in ("", "Authorization: Bearer wrong.token\r\n"):
+        first, took = await asyncio.to_thread(send, authorization)
+        assert first.split(b" ")[1] == b"401" and took < 2.5, (first, took)
+    assert hook.sample("keel_alert_webhook_requests_total", result="denied") == 2
+
+
 async def test_a_firing_alert_freezes_a_resend_changes_nothing_its_resolve_lifts(
     hook: Hook, store: Store
 ) -> None:
@@ -126,10 +153,12 @@ async def test_a_firing_alert_freezes_a_resend_changes_nothing_its_resolve_lifts
     [held] = await freeze.status(store.pool)
     assert (held.source, held.fingerprint, held.actor) == ("alert:KeelBurn", "c0ffee00", "webhook")
     assert held.reason == "KeelBurn: budget burning"
+    assert hook.changed == ["changed"]  # this replica's keel_deploy_frozen follows at once
     status, text = await hook.post(_payload("firing"), token=hook.webhook_token)
-    assert json.loads(text)["set"] == 0
+    assert json.loads(text)["set"] == 0 and hook.changed == ["changed"]
     status, text = await hook.post(_payload("resolved"), token=hook.webhook_token)
     assert json.loads(text) == {"set": 0, "lifted": 1, "ignored": 0, "frozen": False}
+    assert hook.changed == ["changed", "changed"]
     assert await freeze.status(store.pool) == []
     assert hook.sample("keel_alert_webhook_requests_total", result="ok") == 3
 
@@ -138,6 +167,13 @@ async def test_bad_requests_are_named_and_change_nothing(hook: Hook, store: Stor
     token = hook.webhook_token
     status, text = await hook.post(b"{oops", token=token)
     assert status == 400 and text.startswith("the body is not JSON (")
+    status, text = await hook.post(b"[" * 100_000, token=token)
+    assert (status, text) == (
+        400,
+        "the body is JSON nested too deeply to be an Alertmanager webhook payload\n",
+    )
+    status, text = await hook.post(b"\xff{}", token=token)
+    assert status == 400 and text.startswith("the body is not UTF-8")
     status, text = await hook.post(b'{"version": "2", "alerts": []}', token=token)
     assert status == 400 and text.startswith('version: expected "4"')
     status, text = await hook.post(b"", token=token, method="GET")

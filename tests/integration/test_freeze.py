@@ -134,9 +134,12 @@ async def test_freeze_twice_is_one_freeze_and_unfreeze_names_what_still_holds(
         resolved=[],
         actor="webhook",
     )
-    remaining = await freeze.unfreeze(store.pool, actor="carol")
+    done = await freeze.unfreeze(store.pool, actor="carol")
+    assert [(f.source, f.reason) for f in done.lifted] == [("operator", "two")]
+    remaining = done.holding
     assert [(f.source, f.fingerprint) for f in remaining] == [("alert:KeelBurn", "abc123")]
-    assert await freeze.unfreeze(store.pool, actor="carol") == remaining  # safe to repeat
+    # Safe to repeat: nothing more is lifted.
+    assert await freeze.unfreeze(store.pool, actor="carol") == freeze.Unfrozen([], remaining)
     frozen = await _events(store, "DeployFrozen")
     assert [(o, a) for o, a, _ in frozen] == [
         ("fleet/freeze", "alice"),
@@ -175,3 +178,32 @@ async def test_alert_freezes_are_set_and_lifted_by_fingerprint_once_each(store: 
     assert row.generation == 2
     assert len(await _events(store, "DeployFrozen")) == 2
     assert len(await _events(store, "DeployUnfrozen")) == 2
+
+
+async def test_an_alerts_freeze_can_be_lifted_by_hand_and_freezes_again_if_it_fires(
+    store: Store,
+) -> None:
+    """Its resolved notification lost: `unfreeze --alert NAME` lifts every freeze of that alert
+    (not the operator's, not another alert's), recorded with its actor; a re-sent firing
+    freezes again; `--all` lifts every freeze; a name that holds nothing changes nothing."""
+    await freeze.freeze(store.pool, reason="ops", until=None, actor="alice")
+    burn = [freeze.AlertFreeze("KeelBurn", fp, "burning") for fp in ("aaa", "bbb")]
+    other = freeze.AlertFreeze("KeelSlow", "ccc", "slow")
+    await freeze.alerts_changed(store.pool, firing=[*burn, other], resolved=[], actor="webhook")
+    done = await freeze.unfreeze(store.pool, actor="carol", alert="KeelBurn")
+    assert sorted(f.fingerprint for f in done.lifted) == ["aaa", "bbb"]
+    assert sorted(f.source for f in done.holding) == ["alert:KeelSlow", "operator"]
+    [(obj, actor, message)] = await _events(store, "DeployUnfrozen")
+    assert (obj, actor) == ("fleet/freeze", "carol")
+    assert "alert:KeelBurn freeze" in message and "freezes again" in message
+    nothing = await freeze.unfreeze(store.pool, actor="carol", alert="KeelBurn")
+    assert nothing.lifted == [] and len(await _events(store, "DeployUnfrozen")) == 1
+    again = await freeze.alerts_changed(store.pool, firing=burn[:1], resolved=[], actor="webhook")
+    assert again.set == 1
+    every = await freeze.unfreeze(store.pool, actor="dave", every=True)
+    assert len(every.lifted) == 3 and every.holding == []
+    assert await freeze.status(store.pool) == []
+    with pytest.raises(InvalidArgument, match=r"^alert: must be an alert name"):
+        await freeze.unfreeze(store.pool, actor="dave", alert="Keel Burn")
+    with pytest.raises(InvalidArgument, match=r"^alert: give an alert's name or all"):
+        await freeze.unfreeze(store.pool, actor="dave", alert="KeelBurn", every=True)

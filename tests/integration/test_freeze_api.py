@@ -83,6 +83,23 @@ async def test_a_retried_freeze_is_answered_from_its_record_and_applied_once(
     assert [r["kind"] for r in kinds] == ["DeployFrozen"]
 
 
+async def test_a_retried_freeze_for_a_duration_answers_the_same_end(
+    store: Store, stub: Any
+) -> None:
+    """`keelctl --request-id ID freeze --until 2h` run again: the request carries the duration,
+    the control plane computed the end once, and the retry is answered with that freeze."""
+    metadata = [(REQUEST_ID_KEY, "freeze-2h")]
+    request = fleet_pb2.FreezeRequest(reason="window")
+    request.until_in.FromTimedelta(timedelta(hours=2))
+    first = await stub.Freeze(request, metadata=metadata, timeout=10)
+    [held] = first.freezes
+    ahead = held.until.ToDatetime(tzinfo=UTC) - datetime.now(UTC)
+    assert timedelta(hours=1, minutes=59) < ahead <= timedelta(hours=2)
+    again = await stub.Freeze(request, metadata=metadata, timeout=10)
+    assert again == first
+    assert await store.pool.fetchval("SELECT count(*) FROM event WHERE kind = 'DeployFrozen'") == 1
+
+
 async def test_unfreeze_answers_the_alert_freezes_that_still_hold(store: Store, stub: Any) -> None:
     await stub.Freeze(fleet_pb2.FreezeRequest(reason="ops"), timeout=10)
     await freeze.alerts_changed(
@@ -96,5 +113,45 @@ async def test_unfreeze_answers_the_alert_freezes_that_still_hold(store: Store, 
     assert [(f.source, f.actor, f.reason) for f in left.freezes] == [
         ("alert:KeelBurn", "webhook", "KeelBurn: burning")
     ]
+    assert [(f.source, f.reason) for f in left.lifted] == [("operator", "ops")]
     status = await stub.GetFreeze(fleet_pb2.GetFreezeRequest(), timeout=10)
-    assert status == left
+    assert status.freezes == left.freezes and not status.lifted
+    # With only the alert's left, a plain unfreeze lifts nothing, and says so.
+    again = await stub.Unfreeze(fleet_pb2.UnfreezeRequest(), timeout=10)
+    assert not again.lifted and again.freezes == left.freezes
+    by_hand = await stub.Unfreeze(fleet_pb2.UnfreezeRequest(alert="KeelBurn"), timeout=10)
+    assert [f.source for f in by_hand.lifted] == ["alert:KeelBurn"] and not by_hand.frozen
+    err = await _refused(stub.Unfreeze(fleet_pb2.UnfreezeRequest(alert="x y"), timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.details() or "").startswith("alert: must be an alert name")
+
+
+async def test_a_refusal_stays_small_however_many_long_freezes_hold(
+    store: Store, stub: Any
+) -> None:
+    """Thirty alert freezes with 1 KiB reasons: the caller gets FAILED_PRECONDITION naming the
+    first three and "+27 more", not RESOURCE_EXHAUSTED for metadata past gRPC's limit."""
+    await stub.ApplyWorkload(_apply("1"), timeout=10)
+    firing = [
+        freeze.AlertFreeze("KeelBurn", f"f{i:03d}", f"KeelBurn {i}: " + "x" * 1000)
+        for i in range(30)
+    ]
+    await freeze.alerts_changed(store.pool, firing=firing, resolved=[], actor="webhook")
+    err = await _refused(stub.ApplyWorkload(_apply("2"), timeout=10))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = err.details() or ""
+    assert "deploys are frozen" in details and "+27 more (keelctl freeze --status)" in details
+    assert "KeelBurn 0: " in details and "KeelBurn 3: " not in details
+    assert len(details) < 4 * 1024
+
+
+async def test_freeze_and_unfreeze_tell_this_replicas_watch(store: Store, tmp_path: Path) -> None:
+    """So keel_deploy_frozen on the replica that took the call changes at once."""
+    told: list[str] = []
+    async with serve_fleet(
+        store, tmp_path, Metrics(), on_freeze_changed=lambda: told.append("changed")
+    ) as stub:
+        await stub.Freeze(fleet_pb2.FreezeRequest(reason="x"), timeout=10)
+        assert told == ["changed"]
+        await stub.Unfreeze(fleet_pb2.UnfreezeRequest(), timeout=10)
+        assert told == ["changed", "changed"]

@@ -228,6 +228,44 @@ async def test_resuming_a_failed_held_rollout_judges_it_again(api: Any, store: S
     assert "CRASH_LOOP" in event["message"] and "judged again" in event["message"]
 
 
+async def test_a_freeze_refuses_resuming_a_new_spec_over_old_instances_but_not_the_rest(
+    api: Any, store: Store
+) -> None:
+    """Frozen: resuming a paused rollout that still has old instances to replace would deploy
+    the new spec further, so it is refused like a promotion, naming the freeze and the ways
+    through (Keel's hold too); a paused workload with nothing left to roll resumes."""
+    hosts = await _hosts(store)
+    await _apply(api, "1")
+    first = (await write_plan(store, "web", create_on=hosts)).created
+    await _ready(store, first, hosts)
+    await _apply(api, "2", reason="v2")
+    await api.PauseRollout(_action("looking at v2"), timeout=10)
+    await api.Freeze(fleet_pb2.FreezeRequest(reason="INC-9"), timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await api.ResumeRollout(_action("go on"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = refused.value.details() or ""
+    assert details.startswith('workload "web": deploys are frozen (operator freeze by ')
+    assert "resuming the rollout of revision 2 would roll its new spec to the 3 old" in details
+    assert "keelctl rollout undo web" in details and "keelctl freeze --status" in details
+    assert (await store.get_workload("web")).paused
+    assert await _events(store, "RolloutResumed") == []
+
+    # Keel's own hold of a failed rollout: resuming it would roll the new spec further too.
+    await store.pool.execute("UPDATE workload SET paused_by = 'keel/rollout' WHERE name = 'web'")
+    with pytest.raises(grpc.aio.AioRpcError) as held:
+        await api.ResumeRollout(_action("take it"), timeout=10)
+    assert held.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (await store.get_workload("web")).paused
+
+    # Nothing left to roll: every instance runs revision 2's spec, so resuming deploys nothing.
+    second = (await write_plan(store, "web", create_on=hosts, remove=first)).created
+    await _ready(store, second, hosts)
+    await api.PauseRollout(_action(), timeout=10)
+    await api.ResumeRollout(_action(), timeout=10)
+    assert not (await store.get_workload("web")).paused
+
+
 async def test_a_retried_pause_is_answered_not_applied_twice(api: Any, store: Store) -> None:
     """The same request id after a resume gets the first answer: the rollout stays resumed."""
     await _apply(api, "1")

@@ -10,6 +10,7 @@ import pytest
 
 from controlplane.alert_hook import BadPayload, bearer, parse
 from controlplane.freeze import AlertFreeze
+from keel.fields import check_text
 
 
 def _alert(
@@ -90,6 +91,27 @@ def test_a_long_multiline_summary_becomes_one_bounded_line() -> None:
     assert len(firing.reason) == 1024 and firing.reason.endswith("...")
 
 
+def test_control_characters_in_a_summary_never_reach_the_reason() -> None:
+    """Escape sequences, bells, C1 controls, line separators and bidi overrides are replaced:
+    the reason is what `check_text(single_line=True)` would accept from an operator."""
+    alert = _alert()
+    alert["annotations"] = {"summary": "\x1b[2J\x1b[31mFAKE\x07 \u202eevil\u2028\x85x\ud800\x00"}
+    [firing] = parse(_payload(alert)).firing
+    assert firing.reason == "KeelConvergenceBudgetBurnFast: [2J [31mFAKE evil x\ufffd"
+    check_text(firing.reason, "reason", limit=1024, single_line=True)
+
+
+def test_without_a_summary_the_reason_names_only_the_chosen_labels() -> None:
+    """Any other label may hold a secret: only alertname, severity, instance and job."""
+    alert = _alert(annotations={"description": " "})
+    alert["labels"] |= {"password": "hunter2", "job": "keel\x1b[0m", "instance": "cp-1:9100"}
+    [firing] = parse(_payload(alert)).firing
+    assert firing.reason == (
+        "KeelConvergenceBudgetBurnFast firing (severity=page,instance=cp-1:9100,job=keel [0m)"
+    )
+    assert "hunter2" not in firing.reason
+
+
 def test_the_same_alert_twice_is_one_and_resolved_wins() -> None:
     delivery = parse(_payload(_alert(), _alert(), _alert("resolved")))
     assert delivery.firing == []
@@ -100,13 +122,32 @@ def test_the_same_alert_twice_is_one_and_resolved_wins() -> None:
     ("body", "message"),
     [
         (b"{not json", r"^the body is not JSON \("),
-        (b"\xff\xfe", r"^the body is not JSON \("),
+        (b"\xff\xfe", r"^the body is not UTF-8"),
+        (b'{"version": "4", "alerts": ["\xc3\x28"]}', r"^the body is not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, r"^the body is JSON nested too deeply"),
+        (b'{"version": ' + b"9" * 5000 + b"}", r"^the body holds a number of more than 4300"),
+        (b'{"version": "4", "alerts": ' + b"[" * 100_000, r"^the body is JSON nested too deeply"),
         (b"[]", r"^the body must be a JSON object"),
         (_payload(_alert(), version="3"), r'^version: expected "4"'),
         (_payload(_alert(), version=None), r'^version: expected "4" .*got nothing'),
-        (json.dumps({"version": "4"}).encode(), r"^alerts: must be a list, got nothing"),
+        (json.dumps({"version": "4"}).encode(), r"^alerts: must be an array, got nothing"),
         (_payload("x"), r"^alerts\[0\]: must be an object"),  # type: ignore[arg-type]
-        (_payload({"status": "firing", "labels": []}), r"^alerts\[0\]\.labels: must be a dict"),
+        (
+            _payload({"status": "firing", "labels": []}),
+            r"^alerts\[0\]\.labels: must be an object, got \[\]$",
+        ),
+        (
+            _payload(_alert(labels={"alertname": "A", "x": {"nested": [1, 2]}})),
+            r'^alerts\[0\]\.labels\.x: must be a string, got \{"nested": \[1, 2\]\}$',
+        ),
+        (
+            _payload(_alert(annotations={"summary": 3})),
+            r"^alerts\[0\]\.annotations\.summary: must be a string, got 3$",
+        ),
+        (
+            _payload(_alert(annotations="text")),
+            r'^alerts\[0\]\.annotations: must be an object, got "text"$',
+        ),
         (_payload(_alert(name="bad name!")), r"^alerts\[0\]\.labels\.alertname: must be"),
         (_payload(_alert(fingerprint="")), r"^alerts\[0\]\.fingerprint: must be"),
         (_payload(_alert(fingerprint="../x")), r"^alerts\[0\]\.fingerprint: must be"),

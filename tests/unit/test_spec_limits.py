@@ -62,6 +62,9 @@ def doc(**changes: Any) -> dict[str, Any]:
         ({"spec__env": {"A\x00B": "x"}}, "spec.env.", "NUL"),
         ({"selector": {"role": "w\x00b"}}, "selector.role", "NUL"),
         ({"selector": {"role": "two\nlines"}}, "selector.role", "control characters"),
+        ({"selector": {"role": "two\u2028lines"}}, "selector.role", "control characters"),
+        ({"selector": {"role": "a\x85b"}}, "selector.role", "control characters"),
+        ({"selector": {"role": "\u202eevil"}}, "selector.role", "control characters"),
         ({"selector": {"k" * 300: "v"}}, "selector.", "at most 253"),
         ({"selector": {"role": "v" * 300}}, "selector.role", "at most 253"),
         ({"selector": {"ro le": "web"}}, "selector.ro le", "not a valid name"),
@@ -131,3 +134,15 @@ def test_keelctl_refuses_duplicate_keys_in_yaml_and_json() -> None:
         "a": {"b": 1},
         "c": [1, 2],
     }
+
+
+def test_an_operators_reason_is_refused_with_what_an_alerts_reason_has_replaced() -> None:
+    """One rule for a line a person reads: `convert.reason` refuses it from an operator, and
+    `fields.one_line` (text from Alertmanager) replaces it."""
+    from controlplane.convert import reason
+    from keel.fields import one_line
+
+    for bad in ("a\u2028b", "a\x85b", "a\u202eb", "a\u2066b", "a\x9bb", "a\x7fb", "a\tb"):
+        with pytest.raises(SpecError, match=r"^reason: must not contain control characters"):
+            reason(bad)
+        assert reason(one_line(bad, 1024)) == "a b"
