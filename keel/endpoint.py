@@ -8,6 +8,7 @@ delays a scrape; the control plane adds its webhook beside it: `routes`) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -28,6 +29,19 @@ from prometheus_client import CollectorRegistry
 # threshold (60 s) is a bucket boundary, so the SLI is exact.
 CONVERGENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
                        300.0, 600.0)  # fmt: skip
+
+
+# Connections served at once on an endpoint with routes (the control plane's /metrics and
+# webhook): Prometheus and Alertmanager need a few; past this a connection is answered 503 at
+# once, so clients that connect and stall (each held up to the read timeout) cannot start a
+# thread apiece without end.
+MAX_CONNECTIONS = 64
+
+_BUSY_BODY = b"too many connections open; try again later\n"
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
 
 
 class EndpointError(ValueError):
@@ -73,15 +87,19 @@ def serve_metrics(
     flag: str = "--metrics",
     routes: Mapping[str, WSGIApplication] | None = None,
     read_timeout_s: float | None = None,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> MetricsServer:
     """Serves the registry on host:port; EndpointError if it cannot be bound.
 
     `routes`: other applications by exact path (every other path is the metrics, as
     prometheus-client serves them); `read_timeout_s` bounds each wait for a client's bytes, so
-    a stalled client does not hold a thread."""
+    a stalled client does not hold a thread, and at most `max_connections` are served at once
+    (the rest get 503 at once)."""
     try:
         if routes:
-            httpd, thread = _serve_routes(registry, host, port, routes, read_timeout_s)
+            httpd, thread = _serve_routes(
+                registry, host, port, routes, read_timeout_s, max_connections
+            )
         else:
             httpd, thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
@@ -92,6 +110,29 @@ def serve_metrics(
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # as prometheus-client's: a stuck request never blocks the exit
+    max_connections = MAX_CONNECTIONS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -105,6 +146,7 @@ def _serve_routes(
     port: int,
     routes: Mapping[str, WSGIApplication],
     read_timeout_s: float | None,
+    max_connections: int,
 ) -> tuple[WSGIServer, threading.Thread]:
     metrics: WSGIApplication = prometheus_client.make_wsgi_app(registry)
 
@@ -114,6 +156,8 @@ def _serve_routes(
 
     class Server(_ThreadingServer):
         address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    Server.max_connections = max_connections
 
     class Handler(_QuietHandler):
         timeout = read_timeout_s
