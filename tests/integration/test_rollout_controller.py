@@ -91,6 +91,17 @@ async def _good_revision_one(leader: Leader, policy: RolloutPolicy | None = None
     return ids
 
 
+async def _revision_two_crashing(leader: Leader) -> None:
+    """Revision 1 ready, then revision 2 (no auto_rollback): its first instance crash-loops,
+    and the controller judges it."""
+    await _good_revision_one(leader)
+    await leader.store.apply_workload(_web("2"))
+    await leader.plan()
+    [new] = [i for i in await leader.live() if i.generation == 2]
+    await leader.report(new.id, crash=True)
+    await leader.judge()
+
+
 async def _revisions(store: Store) -> dict[int, Any]:
     return {r.number: r for r in await store.revisions("web")}
 
@@ -170,12 +181,7 @@ async def test_a_crash_looping_revision_is_rolled_back_keeping_the_good_instance
 
 async def test_without_auto_rollback_a_failed_rollout_holds(leader: Leader) -> None:
     """FAILED, paused as keel/rollout (nothing more replaced); the next apply lifts the hold."""
-    await _good_revision_one(leader)
-    await leader.store.apply_workload(_web("2"))
-    await leader.plan()
-    [new] = [i for i in await leader.live() if i.generation == 2]
-    await leader.report(new.id, crash=True)
-    await leader.judge()
+    await _revision_two_crashing(leader)
     rev = (await _revisions(leader.store))[2]
     assert rev.state == "FAILED" and rev.failure is not None
     assert rev.failure["rolled_back_to"] == 0
@@ -204,12 +210,7 @@ async def test_a_resumed_failed_rollout_is_judged_again_and_fails_again(leader: 
     """An operator resumes a held FAILED rollout whose instance still crashes: the revision is
     PROGRESSING (as the gauge counts it), then the controller fails and holds it again, with
     a second RolloutFailed."""
-    await _good_revision_one(leader)
-    await leader.store.apply_workload(_web("2"))
-    await leader.plan()
-    [new] = [i for i in await leader.live() if i.generation == 2]
-    await leader.report(new.id, crash=True)
-    await leader.judge()
+    await _revision_two_crashing(leader)
     assert (await _revisions(leader.store))[2].state == "FAILED"
 
     await set_paused(leader.store.pool, "web", paused=False, actor="alice", reason="retry")

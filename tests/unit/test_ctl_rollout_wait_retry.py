@@ -8,8 +8,6 @@ test_ctl_watch_failover.py); keelctl runs through `main`, so the errors are gRPC
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -73,23 +71,6 @@ class ControlPlane(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
         if self.history_reads <= self.history_fails:
             context.abort(self.code, "the database is away; try again")
         return fleet_pb2.GetRolloutHistoryResponse(revisions=self.history)
-
-
-@pytest.fixture
-def serve() -> Iterator[Any]:
-    servers: list[grpc.Server] = []
-
-    def start(servicer: ControlPlane) -> str:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        fleet_pb2_grpc.add_FleetServiceServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        servers.append(server)
-        return f"127.0.0.1:{port}"
-
-    yield start
-    for server in servers:
-        server.stop(None)
 
 
 def _wait(address: str) -> int:

@@ -8,7 +8,6 @@ of the watch."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -48,23 +47,6 @@ class Replica(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
             yield _op(state, moved)
         if self.watches <= self.drops:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the control plane is stopping")
-
-
-@pytest.fixture
-def serve() -> Iterator[Any]:
-    servers: list[grpc.Server] = []
-
-    def start(replica: Replica) -> str:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        fleet_pb2_grpc.add_FleetServiceServicer_to_server(replica, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        servers.append(server)
-        return f"127.0.0.1:{port}"
-
-    yield start
-    for server in servers:
-        server.stop(None)
 
 
 def test_a_drain_whose_watch_is_cut_off_is_watched_to_the_end_on_the_other_replica(
