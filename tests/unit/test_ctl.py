@@ -612,6 +612,34 @@ def test_console_entry_exits_with_the_status(fleet: tuple[FakeFleet, str]) -> No
         assert proc.returncode == code, proc.stderr
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["get", "instances"], ["describe", "workload", "web"], ["--help"]],
+    ids=["get", "describe", "help"],
+)
+def test_a_reader_gone_away_ends_keelctl_quietly(
+    fleet: tuple[FakeFleet, str], argv: list[str]
+) -> None:
+    """`keelctl ... | head` where head has already exited: no BrokenPipeError traceback and no
+    "Exception ignored" on stderr, and no exit status beyond the documented ones."""
+    _, addr = fleet
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before keelctl writes a byte
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "keel.ctl.main", "--controlplane", addr, *argv],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode in (0, 1)  # argparse's --help already ignores a closed stdout
+
+
 # What `keelctl get hosts` has no use for: tracing (OpenTelemetry, and structlog behind it),
 # YAML, protobuf's JSON printer, and anything of the server side or the agent. Each is a
 # measurable share of start-up, which is most of a short command's time.
