@@ -357,17 +357,20 @@ def describe_workload(w: pb.Workload, instances: Iterable[pb.Instance], *, now: 
         pairs.append(
             ("Rollout", f"paused by {_or_none(w.paused_by)} {when(from_ts(w.paused_at), now=now)}")
         )
-    import yaml  # only describe workload shows YAML (see to_json)
-
-    spec_yaml = yaml.safe_dump(
-        spec_document(w)["spec"], sort_keys=False, default_flow_style=None, width=1000
-    )
     stuck = "\n" + stuck_section(w.stuck, now=now) if w.HasField("stuck") else ""
     return (
         block(pairs)
         + stuck
         + "\nSpec:\n"
-        + _indent(spec_yaml.rstrip("\n"))
+        + _indent(spec_yaml(spec_document(w)["spec"]))
         + "\n"
         + _instances_section(instances, now=now)
     )
+
+
+def spec_yaml(doc: dict[str, Any]) -> str:
+    """A manifest's `spec:` as YAML (describe workload, rollout history --revision)."""
+    import yaml  # only these show YAML (see to_json)
+
+    text: str = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=1000)
+    return text.rstrip("\n")

@@ -35,12 +35,31 @@ def cmd_rollout(ctx: Any) -> str | int:
     return VERBS[ctx.args.rollout_command](ctx)
 
 
-def cmd_history(ctx: Any) -> str:
+def cmd_history(ctx: Any) -> str | int:
     request = fleet_pb2.GetRolloutHistoryRequest(workload=ctx.args.workload)
     reply = ctx.stub.GetRolloutHistory(request, timeout=ctx.timeout)
+    if ctx.args.revision:
+        return _one_revision(ctx, reply.revisions)
     if ctx.json:
         return output.to_json(reply)
     return rollout_output.history_table(reply.revisions, now=ctx.now)
+
+
+def _one_revision(ctx: Any, revisions: Any) -> str | int:
+    """`history --revision N`: that revision in full, or exit 1 naming what is kept."""
+    name, number = ctx.args.workload, ctx.args.revision
+    rev = next((r for r in revisions if r.number == number), None)
+    if rev is None:
+        kept = ", ".join(str(r.number) for r in revisions) or "none"
+        print(
+            f"error: workload {name} has no revision {number} in its history (kept: {kept}); "
+            f"see keelctl rollout history {name}",
+            file=sys.stderr,
+        )
+        return NOT_SUCCEEDED
+    if ctx.json:
+        return output.to_json(rev)
+    return rollout_output.revision_text(name, rev, now=ctx.now)
 
 
 def _status(ctx: Any) -> fleet_pb2.RolloutStatus:

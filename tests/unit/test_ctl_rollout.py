@@ -28,6 +28,7 @@ NOW = datetime(2026, 12, 2, 1, 0, 0, tzinfo=UTC)
     ("argv", "expected"),
     [
         (["rollout", "history", "web"], {"rollout_command": "history", "workload": "web"}),
+        (["rollout", "history", "web", "--revision", "3"], {"revision": 3}),
         (
             ["rollout", "status", "web"],
             {"wait": False, "wait_timeout": 0.0, "interval": 2.0},
@@ -156,6 +157,55 @@ def test_status_shows_counts_pause_and_the_failure_record() -> None:
     assert "rolled back to revision 2" in text
     assert "runbook:  runbooks/rollout-failed.md" in text
     assert "next:     keelctl rollout undo web" in text
+
+
+def _history(stub: Stub, argv: list[str]) -> str | int:
+    return rollout.cmd_history(Context(stub, build_parser().parse_args(argv), now=NOW))
+
+
+def test_history_of_one_revision_prints_its_record_and_spec_in_full() -> None:
+    """`history --revision N`: its state, who applied it, the whole cause, the failure record
+    with the evidence (the stderr tail), and its spec as YAML; -o json is that revision."""
+    spec = types_pb2.WorkloadSpec(command=["web", "--port", "8080"], env={"V": "3"})
+    revs = [
+        _rev(4, state="PROGRESSING", current=True, same_as=2),
+        _rev(
+            3,
+            state="ROLLED_BACK",
+            actor="bob",
+            reason="v3: " + "x" * 100,
+            failure=FAILURE,
+            spec=spec,
+        ),
+        _rev(2, state="COMPLETE", completed_at=ts(NOW - timedelta(minutes=9))),
+    ]
+    text = _history(Stub([], revs), ["rollout", "history", "web", "--revision", "3"])
+    assert isinstance(text, str)
+    assert text.splitlines()[0] == "workload/web revision 3: ROLLED_BACK"
+    assert "applied:  2026-12-02T00:53:00Z (7m ago) by bob" in text
+    assert "cause:    v3: " + "x" * 100 in text  # the table cuts it; this does not
+    assert "failure:  CRASH_LOOP" in text and "      Traceback: boom" in text
+    assert "next:     keelctl rollout undo web" in text
+    assert "  spec:\n    command: [web, --port, '8080']" in text
+    assert "    env: {V: '3'}" in text
+    current = _history(Stub([], revs), ["rollout", "history", "web", "--revision", "4"])
+    assert isinstance(current, str) and current.startswith("workload/web revision 4 (current)")
+    data = json.loads(
+        str(
+            _history(Stub([], revs), ["rollout", "history", "web", "--revision", "3", "-o", "json"])
+        )
+    )
+    assert data["number"] == 3
+    assert data["failure"]["evidence"][0]["message"] == "exited 1\nTraceback: boom"
+
+
+def test_history_of_a_revision_not_kept_exits_1_naming_those_kept(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A revision pruned or never made: exit 1, saying which revisions are kept."""
+    stub = Stub([], [_rev(2, current=True), _rev(1)])
+    assert _history(stub, ["rollout", "history", "web", "--revision", "7"]) == 1
+    assert "workload web has no revision 7 in its history (kept: 2, 1)" in capsys.readouterr().err
 
 
 class Stub:
