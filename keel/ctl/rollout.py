@@ -104,11 +104,7 @@ def wait(
                     ok = status.state in rollout_progress.SUCCEEDED
                     return SUCCEEDED if ok else NOT_SUCCEEDED
                 if limit and clock() - started >= limit:
-                    print(
-                        f"error: revision {status.revision} of {name} is still {status.state} "
-                        f"after --wait-timeout; it goes on: keelctl rollout status {name} --wait",
-                        file=sys.stderr,
-                    )
+                    print(_timed_out(name, status), file=sys.stderr)
                     return NOT_SUCCEEDED
                 sleep(ctx.args.interval)
                 try:
@@ -123,6 +119,23 @@ def wait(
             file=sys.stderr,
         )
         return NOT_SUCCEEDED
+
+
+def _timed_out(name: str, status: fleet_pb2.RolloutStatus) -> str:
+    """What --wait-timeout leaves behind: a rollout that goes on by itself, or one that waits
+    for an operator (canaries awaiting promotion, a pause) and says for what."""
+    head = (
+        f"error: revision {status.revision} of {name} is still {status.state} after --wait-timeout"
+    )
+    if status.state == "AWAITING_PROMOTION":
+        return (
+            f"{head}; its canaries wait to be promoted: `keelctl rollout promote {name}` "
+            f"goes on (rollout.auto_promote does it once they have stayed ready for min_ready), "
+            f"`keelctl rollout abort {name}` removes them"
+        )
+    if status.state == "PAUSED":
+        return f"{head}; it holds until `keelctl rollout resume {name}`"
+    return f"{head}; it goes on: keelctl rollout status {name} --wait"
 
 
 def _rolled_back(

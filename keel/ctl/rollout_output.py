@@ -64,8 +64,10 @@ def revision_text(workload: str, r: fleet_pb2.Revision, *, now: datetime) -> str
 
 
 def counts(s: fleet_pb2.RolloutStatus) -> str:
+    """Updated and ready count the current revision's instances only (ready 0/3 while every
+    old instance serves is no outage): the label says so."""
     text = (
-        f"updated {s.updated}/{s.desired}, ready {s.ready}/{s.desired}, "
+        f"updated {s.updated}/{s.desired}, ready {s.ready}/{s.desired} (of the new revision), "
         f"old remaining {s.old_remaining}"
     )
     if s.canaries:
