@@ -39,8 +39,12 @@ HOST_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?\Z")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]{0,251}[A-Za-z0-9])?\Z")
 # An object id as keel writes them (instances: workload-generation-suffix).
 ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?\Z")
-# Control characters (tab and newline too): not meant for a label or a version string.
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters (tab and newline too): not meant for a label, a version string or a
+# reason, all printed on one line of someone's terminal. Beyond C0 and DEL: the C1 controls
+# (U+0085 is a newline to some terminals, U+009B starts an escape sequence), the line and
+# paragraph separators, and the bidirectional overrides and isolates, which make a line read
+# other than it is (U+202E turns the rest of it around).
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def type_name(value: object) -> str:
@@ -78,8 +82,13 @@ def check_text(value: str, field: str, *, limit: int = MAX_TEXT, single_line: bo
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise SpecError(field, "must be valid Unicode (it has an unpaired surrogate)") from None
-    if single_line and _CONTROL_RE.search(value):
-        raise SpecError(field, "must not contain control characters (tab, newline, ...)")
+    found = _CONTROL_RE.search(value) if single_line else None
+    if found:
+        raise SpecError(
+            field,
+            "must not contain control characters (tab, newline, C1 controls, line or paragraph "
+            f"separators, bidirectional overrides): found U+{ord(found.group()):04X}",
+        )
     return value
 
 
