@@ -351,7 +351,7 @@ def _failed(row: WorkloadRow, old: int, record: Mapping[str, Any] | None) -> Ver
     once, so the verdict does not change from pass to pass), what the hold keeps, what to run."""
     since = row.paused_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if row.paused_at else "?"
     name = row.workload.name
-    held = f"{old} old instance(s) kept serving" if old else "no old instance left"
+    held = f"{old} old instance(s) kept" if old else "no old instance left"
     why = ""
     if record is not None and record.get("reason"):
         why = f" ({record['reason']})"
