@@ -80,6 +80,7 @@ def actual_of(
         exited=live.exited,
         exited_at=live.exited_at,
         healthy=probed.ok if checked and probed is not None else not checked,
+        health_known=not checked or probed is not None,
         health_message=message,
         unhealthy_since=failing_since if checked else None,
         transition=live.transition,

@@ -46,6 +46,9 @@ class Actual:
     exited: ExitInfo | None = None  # an exit observed but not yet recorded
     exited_at: float | None = None
     healthy: bool = True  # the last probe passed (True when there is no health check)
+    # A probe of the current process has answered (True when there is no health check):
+    # until then it is not ready, but nothing says its health check fails.
+    health_known: bool = True
     health_message: str = ""
     unhealthy_since: float | None = None  # when the probes started failing
     transition: Transition | None = None

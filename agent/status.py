@@ -93,6 +93,9 @@ def status_of(
             message += _retry_note(r)  # the verdict stays put; the report says when next
         return replace(report, reason=verdict.reason, message=message, stuck=verdict)
     if report.phase is Phase.RUNNING:
+        if not x.health_known:
+            # A process just started, not probed yet: not ready, and no failure to name.
+            return replace(report, message="waiting for its first health check")
         if not x.healthy:
             return replace(
                 report, reason=stuck.HEALTH_CHECK_FAILING, message=stuck.health_message(x)

@@ -87,6 +87,19 @@ class RevisionStore(WorkloadStore):
             )
         return decode_each(rows, revision_row, what="revision")
 
+    async def held_failures(self, holder: str) -> dict[str, dict[str, Any]]:
+        """Each workload held by `holder` (the rollout controller's hold of a failed rollout),
+        with its current revision's failure record. Read by the stuck detector only while the
+        leader's cache shows a workload so held."""
+        rows = await self.pool.fetch(
+            """SELECT w.name, r.failure FROM workload w
+               JOIN workload_revision r ON r.workload = w.name AND r.revision = w.generation
+               WHERE w.paused AND w.paused_by = $1 AND r.state = 'FAILED'
+                 AND r.failure IS NOT NULL""",
+            holder,
+        )
+        return {r["name"]: dict(r["failure"]) for r in rows}
+
     async def roll_back(
         self,
         name: str,

@@ -15,6 +15,7 @@ An object is stuck once it has been unconverged past its workload's deadline; te
 the agent sees for itself (START_FAILED, CRASH_LOOP) are stuck at once. A workload whose
 reconcile keeps failing (the workload runner's `failures`) is RECONCILE_FAILING past its
 deadline, or at once for a permanent error; this is the one place that verdict is recorded.
+A failed rollout that Keel holds is ROLLOUT_FAILED at once, with its revision's failure record.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from controlplane.fleet_index import FleetIndex, InstanceRecord, WorkloadEntry
 from controlplane.metrics import Metrics
 from controlplane.reconcile import ReconcileFailure, Result, Term, requeue_after
 from controlplane.rollout import WorkloadPlan, plan_workload
+from controlplane.rollout_judge import ACTOR as HOLDER
 from controlplane.status import StatusStore, StuckMark
 from controlplane.store import Store, StuckState, WorkloadRow
 from controlplane.verdicts import (
     PAUSED_AFTER_S,
     Verdict,
+    held_by_keel,
     judge_instance,
     judge_workload,
     may_be_stuck,
@@ -128,6 +131,12 @@ class StuckDetector:
         workloads_unconverged = 0
         # When each waiting canary's revision was applied: read only while any waits.
         canaries = await self._store.waiting_since() if any(e.view.canary for e in entries) else {}
+        # The failure records of the rollouts Keel holds: read only while one is held.
+        held = (
+            await self._store.held_failures(HOLDER)
+            if any(held_by_keel(e.row) for e in entries)
+            else {}
+        )
         for entry in entries:
             w = entry.row
             own = list(entry.instances.values())
@@ -153,6 +162,7 @@ class StuckDetector:
                     canary_since=canaries.get(w.workload.name) if entry.view.canary else None,
                     canary_waiting_after_s=self._canary_waiting_after_s,
                     paused_after_s=after_s,
+                    rollout_failure=held.get(w.workload.name),
                 )
             marks += _mark("workload", w.workload.name, w.stuck, verdict)
             if verdict is not None:

@@ -9,15 +9,17 @@ let the detector skip planning a workload whose plan could not change the answer
 
 A paused rollout (`keelctl rollout pause`) holds on purpose: it is never ROLLOUT_BLOCKED for
 that. Paused for longer than `--rollout-paused-after` it is ROLLOUT_PAUSED, converged or not,
-naming who paused it and since when, so a forgotten pause is seen.
+naming who paused it and since when, so a forgotten pause is seen. A rollout that failed and
+that Keel holds (paused as `keel/rollout` by the rollout controller) waits for an operator from
+the start: it is ROLLOUT_FAILED at once, with the failure's reason and message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from controlplane.reconcile import ReconcileFailure
 from controlplane.rollout import WorkloadPlan
@@ -210,6 +212,7 @@ def may_be_stuck(
     if (
         failure is not None
         or row.canary_pending
+        or held_by_keel(row)
         or _paused_too_long(row, now=now, after_s=paused_after_s)
     ):
         return True
@@ -229,6 +232,7 @@ def judge_workload(
     canary_since: datetime | None = None,
     canary_waiting_after_s: float = 3600.0,
     paused_after_s: float = PAUSED_AFTER_S,
+    rollout_failure: Mapping[str, Any] | None = None,
 ) -> Verdict | None:
     """Why this workload is stuck (its reconcile, placement or rollout), or None.
 
@@ -239,6 +243,8 @@ def judge_workload(
     wait) hold the rollout by design: that is no ROLLOUT_BLOCKED, but past
     `canary_waiting_after_s` it is CANARY_AWAITING_PROMOTION, so that a canary is not forgotten.
     A pause holds everything, canaries included: a paused workload is judged as paused.
+    Keel's own hold of a failed rollout is ROLLOUT_FAILED at once (`rollout_failure`: the
+    current revision's failure record, given while Keel holds it).
     """
     deadline_s = row.workload.deadline_ms / 1000
     if failure is not None and failure.permanent:
@@ -256,6 +262,8 @@ def judge_workload(
     age_s = (now - row.unconverged_since).total_seconds() if row.unconverged_since else 0.0
     live = [i for i in own if i.desired is not Desired.REMOVED]
     old = [i for i in live if not row.is_current(i.generation)]
+    if held_by_keel(row):
+        return _failed(row, len(old), rollout_failure)
     paused = _paused_verdict(row, len(old), now=now, after_s=paused_after_s)
     awaiting = row.canary_pending and row.workload.rollout.canary > 0 and not row.paused
     # Waiting is by design: only canaries that cannot be placed are stuck otherwise.
@@ -324,19 +332,35 @@ def _paused_verdict(row: WorkloadRow, old: int, *, now: datetime, after_s: float
     since = row.paused_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if row.paused_at else "?"
     held = f"{old} old instance(s) held" if old else "nothing to roll out now"
     setting = format_duration(round(after_s * 1000))
-    name = row.workload.name
-    if row.paused_by == HOLDER:
-        return Verdict(
-            Reason.ROLLOUT_PAUSED,
-            f"rollout of generation {row.generation} held by Keel since {since} after it failed "
-            f"(longer than --rollout-paused-after {setting}): {held}; `keelctl rollout status "
-            f"{name}` says why; `keelctl rollout undo {name}` returns to the last good revision, "
-            f"and applying a fixed spec lifts the hold (`keelctl rollout resume` would roll the "
-            f"failed revision on)",
-        )
     return Verdict(
         Reason.ROLLOUT_PAUSED,
-        f"rollout of generation {row.generation} paused by {row.paused_by or 'unknown'} since "
+        f"rollout of revision {row.generation} paused by {row.paused_by or 'unknown'} since "
         f"{since} (longer than --rollout-paused-after {setting}): {held}; a spec change "
         f"waits until it is resumed",
+    )
+
+
+def held_by_keel(row: WorkloadRow) -> bool:
+    """Whether the rollout controller holds the workload's failed rollout (paused as
+    `keel/rollout`, until the next revision or a resume)."""
+    return row.paused and row.paused_by == HOLDER
+
+
+def _failed(row: WorkloadRow, old: int, record: Mapping[str, Any] | None) -> Verdict:
+    """ROLLOUT_FAILED: the failure's reason and message from the revision's record (written
+    once, so the verdict does not change from pass to pass), what the hold keeps, what to run."""
+    since = row.paused_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if row.paused_at else "?"
+    name = row.workload.name
+    held = f"{old} old instance(s) kept" if old else "no old instance left"
+    why = ""
+    if record is not None and record.get("reason"):
+        why = f" ({record['reason']})"
+    what = f": {record['message']}" if record is not None and record.get("message") else ""
+    return Verdict(
+        Reason.ROLLOUT_FAILED,
+        f"rollout of revision {row.generation} failed{why} and Keel holds it since {since}, "
+        f"{held}{what}; `keelctl rollout status {name}` prints the record with the evidence; "
+        f"`keelctl rollout undo {name}` returns to the last fully ready revision, and applying "
+        f"a fixed spec lifts the hold (`keelctl rollout resume` would roll the failed revision "
+        f"on)",
     )

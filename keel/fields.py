@@ -84,11 +84,12 @@ def check_text(value: str, field: str, *, limit: int = MAX_TEXT, single_line: bo
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise SpecError(field, "must be valid Unicode (it has an unpaired surrogate)") from None
-    if single_line and _CONTROL_RE.search(value):
+    found = _CONTROL_RE.search(value) if single_line else None
+    if found:
         raise SpecError(
             field,
-            "must not contain control characters (tab, newline, line separators, "
-            "bidirectional overrides, ...)",
+            "must not contain control characters (tab, newline, C1 controls, line or paragraph "
+            f"separators, bidirectional overrides): found U+{ord(found.group()):04X}",
         )
     return value
 

@@ -24,6 +24,7 @@ class Reason(enum.StrEnum):
     DRAIN_BLOCKED = "DRAIN_BLOCKED"
     CANARY_AWAITING_PROMOTION = "CANARY_AWAITING_PROMOTION"
     ROLLOUT_PAUSED = "ROLLOUT_PAUSED"
+    ROLLOUT_FAILED = "ROLLOUT_FAILED"
 
 
 # Reasons the agent sees for itself and that are stuck at once, without waiting for the deadline.
@@ -106,6 +107,12 @@ GUIDES: dict[Reason, Guide] = {
         "the workload's rollout has been paused for longer than --rollout-paused-after",
         "runbooks/stuck/rollout-paused.md",
         "keelctl rollout resume {workload}",
+    ),
+    Reason.ROLLOUT_FAILED: Guide(
+        "the workload's rollout failed and Keel holds it (no auto_rollback, or nothing to "
+        "return to)",
+        "runbooks/stuck/rollout-failed.md",
+        "keelctl rollout undo {workload}",
     ),
 }
 

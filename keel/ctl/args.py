@@ -183,7 +183,15 @@ def _add_rollout(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     _add_globals(rollout, on_subcommand=True)
     verbs = rollout.add_subparsers(dest="rollout_command", required=True, metavar="VERB")
-    rollout_verb(verbs, "history", "every revision: state, when, who applied it and why")
+    history = rollout_verb(verbs, "history", "every revision: state, when, who applied it and why")
+    history.add_argument(
+        "--revision",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="print this revision in full: its cause, its failure record with the evidence, "
+        "its spec",
+    )
     status = rollout_verb(
         verbs, "status", "how far the rollout is: updated, ready and old instances left"
     )

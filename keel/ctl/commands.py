@@ -108,7 +108,9 @@ def cmd_describe(ctx: Context) -> str:
         if ctx.json:
             return output.to_json(w)
         insts = _instances(ctx, workload=name)
-        return output.describe_workload(w, insts, now=ctx.now)
+        request = fleet_pb2.GetRolloutStatusRequest(workload=name)
+        rollout = ctx.stub.GetRolloutStatus(request, timeout=ctx.timeout)
+        return output.describe_workload(w, insts, now=ctx.now, rollout=rollout)
     if kind == "host":
         h = ctx.stub.GetHost(fleet_pb2.GetHostRequest(name=name), timeout=ctx.timeout)
         if ctx.json:

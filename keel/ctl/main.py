@@ -82,6 +82,22 @@ def rpc_error_line(err: grpc.RpcError, *, address: str, timeout: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one keelctl command; returns the exit status (the console script exits with it)."""
+    try:
+        status = _main(argv)
+        # Flushed here, not at interpreter exit, so that a reader gone away is caught below.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of stdout went away (`keelctl get instances | head`): stop quietly, as
+        # shell tools do. Python ignores SIGPIPE, so the write raises instead; stdout is
+        # pointed at /dev/null so that the interpreter's own flush at exit does not raise again
+        # (the Python documentation's recipe, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    return status
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -7,6 +7,8 @@ stdout/stderr relayed from its agent. Argument parsing lives in `keel.ctl.args`.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from keel.convert import from_ts
@@ -46,16 +48,23 @@ def cmd_events(ctx: Any) -> str:
     if not resp.events:
         print("No events found.", file=sys.stderr)
         return ""
+    return events_table(resp.events, now=ctx.now)
+
+
+def events_table(events: Iterable[fleet_pb2.Event], *, now: datetime) -> str:
+    """WHEN, OBJECT, EVENT, ACTOR (who made the change: a token's name, or Keel's own
+    controller such as keel/rollout; `-` for what nobody asked for), MESSAGE."""
     rows = [
         (
-            output.when(from_ts(e.at), now=ctx.now),
+            output.when(from_ts(e.at), now=now),
             e.object,
             e.kind,
+            e.actor or output.NONE,
             output.first_line(e.message, 140),
         )
-        for e in resp.events
+        for e in events
     ]
-    return output.table(("WHEN", "OBJECT", "EVENT", "MESSAGE"), rows)
+    return output.table(("WHEN", "OBJECT", "EVENT", "ACTOR", "MESSAGE"), rows)
 
 
 def cmd_logs(ctx: Any) -> str:

@@ -332,7 +332,14 @@ def spec_document(w: pb.Workload) -> dict[str, Any]:
     return workload_to_doc(model)
 
 
-def describe_workload(w: pb.Workload, instances: Iterable[pb.Instance], *, now: datetime) -> str:
+def describe_workload(
+    w: pb.Workload,
+    instances: Iterable[pb.Instance],
+    *,
+    now: datetime,
+    rollout: Any = None,
+) -> str:
+    """`rollout`: the workload's RolloutStatus (keel.v1.fleet_pb2), or None when not read."""
     st = w.status
     pairs = [
         ("Name", w.name),
@@ -352,22 +359,40 @@ def describe_workload(w: pb.Workload, instances: Iterable[pb.Instance], *, now: 
             f"ready {st.ready}, updated {st.updated}",
         ),
     ]
-    if w.paused:
-        # The rollout holds until `keelctl rollout resume`.
-        pairs.append(
-            ("Rollout", f"paused by {_or_none(w.paused_by)} {when(from_ts(w.paused_at), now=now)}")
-        )
-    import yaml  # only describe workload shows YAML (see to_json)
-
-    spec_yaml = yaml.safe_dump(
-        spec_document(w)["spec"], sort_keys=False, default_flow_style=None, width=1000
-    )
+    pairs.append(("Rollout policy", rollout_policy_text(w.rollout)))
+    paused = f"paused by {_or_none(w.paused_by)} {when(from_ts(w.paused_at), now=now)}"
+    if rollout is not None:
+        state = f"revision {rollout.revision} {rollout.state}"
+        if rollout.HasField("failure") and rollout.failure.reason:
+            state += f" ({rollout.failure.reason})"
+        # Paused: the rollout holds until `keelctl rollout resume` (or, held by keel/rollout
+        # after a failure, until the next revision).
+        pairs.append(("Rollout", state + (f", {paused}" if w.paused else "")))
+    elif w.paused:
+        pairs.append(("Rollout", paused))
     stuck = "\n" + stuck_section(w.stuck, now=now) if w.HasField("stuck") else ""
     return (
         block(pairs)
         + stuck
         + "\nSpec:\n"
-        + _indent(spec_yaml.rstrip("\n"))
+        + _indent(spec_yaml(spec_document(w)["spec"]))
         + "\n"
         + _instances_section(instances, now=now)
     )
+
+
+def rollout_policy_text(m: pb.RolloutPolicy) -> str:
+    """The manifest's `rollout:` as one line (the defaults when the answer leaves it unset)."""
+    p = rollout_from_pb(m)
+    return (
+        f"progress_deadline {format_duration(p.progress_deadline_ms)}, auto_rollback "
+        f"{yes_no(p.auto_rollback)}, canary {p.canary}, auto_promote {yes_no(p.auto_promote)}"
+    )
+
+
+def spec_yaml(doc: dict[str, Any]) -> str:
+    """A manifest's `spec:` as YAML (describe workload, rollout history --revision)."""
+    import yaml  # only these show YAML (see to_json)
+
+    text: str = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=1000)
+    return text.rstrip("\n")

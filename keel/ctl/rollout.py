@@ -37,12 +37,31 @@ def cmd_rollout(ctx: Any) -> str | int:
     return VERBS[ctx.args.rollout_command](ctx)
 
 
-def cmd_history(ctx: Any) -> str:
+def cmd_history(ctx: Any) -> str | int:
     request = fleet_pb2.GetRolloutHistoryRequest(workload=ctx.args.workload)
     reply = ctx.stub.GetRolloutHistory(request, timeout=ctx.timeout)
+    if ctx.args.revision:
+        return _one_revision(ctx, reply.revisions)
     if ctx.json:
         return output.to_json(reply)
     return rollout_output.history_table(reply.revisions, now=ctx.now)
+
+
+def _one_revision(ctx: Any, revisions: Any) -> str | int:
+    """`history --revision N`: that revision in full, or exit 1 naming what is kept."""
+    name, number = ctx.args.workload, ctx.args.revision
+    rev = next((r for r in revisions if r.number == number), None)
+    if rev is None:
+        kept = ", ".join(str(r.number) for r in revisions) or "none"
+        print(
+            f"error: workload {name} has no revision {number} in its history (kept: {kept}); "
+            f"see keelctl rollout history {name}",
+            file=sys.stderr,
+        )
+        return NOT_SUCCEEDED
+    if ctx.json:
+        return output.to_json(rev)
+    return rollout_output.revision_text(name, rev, now=ctx.now)
 
 
 def _status(ctx: Any) -> fleet_pb2.RolloutStatus:
@@ -52,9 +71,10 @@ def _status(ctx: Any) -> fleet_pb2.RolloutStatus:
 
 
 def cmd_status(ctx: Any) -> str | int:
-    status = _status(ctx)
     if ctx.args.wait:
-        return wait(ctx, status, clock=time.monotonic, sleep=time.sleep)
+        # Its first read is retried too: run just after a control plane restarts, it waits.
+        return wait(ctx, None, clock=time.monotonic, sleep=time.sleep)
+    status = _status(ctx)
     print(output.to_json(status) if ctx.json else rollout_output.status_text(status, now=ctx.now))
     ok = status.state not in rollout_progress.ENDED or status.state in rollout_progress.SUCCEEDED
     return SUCCEEDED if ok else NOT_SUCCEEDED
@@ -62,21 +82,34 @@ def cmd_status(ctx: Any) -> str | int:
 
 def wait(
     ctx: Any,
-    status: fleet_pb2.RolloutStatus,
+    status: fleet_pb2.RolloutStatus | None,
     *,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> int:
-    """Follows the rollout from `status` to its end (see the module docstring). Every read
-    goes through `_passing`: one that fails for a passing reason is tried again at the next
-    interval, and nothing is decided on what could not be read."""
+    """Follows the rollout from `status` (None: read it first) to its end (see the module
+    docstring). Every read goes through `_passing`: one that fails for a passing reason is
+    tried again at the next interval, and nothing is decided on what could not be read."""
     name = ctx.args.workload
     limit = ctx.args.wait_timeout
     started = clock()
-    watched = status.revision
     view = rollout_progress.view(json=ctx.json)
     try:
         with view:
+            while status is None:
+                status = _passing(view, lambda: _status(ctx))
+                if status is not None:
+                    break
+                if limit and clock() - started >= limit:
+                    print(
+                        f"error: could not read the rollout of {name} before --wait-timeout "
+                        f"(the control plane did not answer); it goes on regardless: "
+                        f"keelctl rollout status {name} --wait",
+                        file=sys.stderr,
+                    )
+                    return NOT_SUCCEEDED
+                sleep(ctx.args.interval)
+            watched = status.revision
             while True:
                 view.update(status)
                 if status.revision != watched:
@@ -92,11 +125,7 @@ def wait(
                     ok = status.state in rollout_progress.SUCCEEDED
                     return SUCCEEDED if ok else NOT_SUCCEEDED
                 if limit and clock() - started >= limit:
-                    print(
-                        f"error: revision {status.revision} of {name} is still {status.state} "
-                        f"after --wait-timeout; it goes on: keelctl rollout status {name} --wait",
-                        file=sys.stderr,
-                    )
+                    print(_timed_out(name, status), file=sys.stderr)
                     return NOT_SUCCEEDED
                 sleep(ctx.args.interval)
                 read = _passing(view, lambda: _status(ctx))
@@ -124,6 +153,23 @@ def _passing(view: rollout_progress.View, read: Callable[[], T]) -> T | None:
 def _history(ctx: Any) -> list[fleet_pb2.Revision]:
     request = fleet_pb2.GetRolloutHistoryRequest(workload=ctx.args.workload)
     return list(ctx.stub.GetRolloutHistory(request, timeout=ctx.timeout).revisions)
+
+
+def _timed_out(name: str, status: fleet_pb2.RolloutStatus) -> str:
+    """What --wait-timeout leaves behind: a rollout that goes on by itself, or one that waits
+    for an operator (canaries awaiting promotion, a pause) and says for what."""
+    head = (
+        f"error: revision {status.revision} of {name} is still {status.state} after --wait-timeout"
+    )
+    if status.state == "AWAITING_PROMOTION":
+        return (
+            f"{head}; its canaries wait to be promoted: `keelctl rollout promote {name}` "
+            f"goes on (rollout.auto_promote does it once they have stayed ready for min_ready), "
+            f"`keelctl rollout abort {name}` removes them"
+        )
+    if status.state == "PAUSED":
+        return f"{head}; it holds until `keelctl rollout resume {name}`"
+    return f"{head}; it goes on: keelctl rollout status {name} --wait"
 
 
 def _rolled_back(

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from keel.convert import from_ts
-from keel.ctl.output import NONE, age, first_line, table, when
+from keel.convert import from_ts, spec_from_pb
+from keel.ctl.output import NONE, age, first_line, spec_yaml, table, when
+from keel.model import Workload
+from keel.spec import workload_to_doc
 from keel.v1 import fleet_pb2
 
 # What roll_back writes as the cause when the operator gave none ("roll back to revision N").
@@ -43,9 +45,29 @@ def history_table(revisions: Iterable[fleet_pb2.Revision], *, now: datetime) -> 
     return table(("REVISION", "STATE", "CREATED", "ACTOR", "CAUSE"), rows)
 
 
+def revision_text(workload: str, r: fleet_pb2.Revision, *, now: datetime) -> str:
+    """One revision in full (`rollout history --revision N`): its state, who applied it, when
+    and why, its failure record with the evidence, and its spec (secret values redacted)."""
+    lines = [
+        f"workload/{workload} revision {r.number}{' (current)' if r.current else ''}: {r.state}",
+        f"  since:    {when(from_ts(r.state_since), now=now)}",
+        f"  applied:  {when(from_ts(r.created_at), now=now)} by {r.actor or NONE}",
+        f"  cause:    {cause(r)}",
+        f"  complete: {when(from_ts(r.completed_at), now=now)}",
+    ]
+    if r.HasField("failure"):
+        lines.append(failure_text(r.failure, now=now))
+    doc = workload_to_doc(Workload(name=workload, spec=spec_from_pb(r.spec)))["spec"]
+    lines.append("  spec:")
+    lines.extend(f"    {line}" for line in spec_yaml(doc).splitlines())
+    return "\n".join(lines)
+
+
 def counts(s: fleet_pb2.RolloutStatus) -> str:
+    """Updated and ready count the current revision's instances only (ready 0/3 while every
+    old instance serves is no outage): the label says so."""
     text = (
-        f"updated {s.updated}/{s.desired}, ready {s.ready}/{s.desired}, "
+        f"updated {s.updated}/{s.desired}, ready {s.ready}/{s.desired} (of the new revision), "
         f"old remaining {s.old_remaining}"
     )
     if s.canaries:

@@ -1,9 +1,10 @@
 """The local fleet's start-up sequence and command line (`python -m keel.localfleet`).
 
 Checks the port, starts the control plane and waits until it answers, starts the agents and
-waits until every host is READY, applies the example workload and waits until it runs, prints
-how to reach the fleet, then watches it until Ctrl-C and stops it in order. It learns
-everything through `keelctl`, as an operator would; the processes themselves are handled by
+waits until every host is READY, applies the example workload (unless it exists from an
+earlier run: then it is left as the operator left it) and waits until it runs, prints how to
+reach the fleet, then watches it until Ctrl-C and stops it in order. It learns everything
+through `keelctl`, as an operator would; the processes themselves are handled by
 `keel.localfleet.processes`.
 """
 
@@ -52,8 +53,10 @@ def _wait(
     what: str,
     stop: StopRequest,
     children: Sequence[Child],
+    required: bool = True,
 ) -> bool:
-    """Polls check until true; False if a stop was requested; raises on a dead child or timeout."""
+    """Polls check until true; False if a stop was requested; raises on a dead child, and on
+    the timeout when `required` (else returns True then: the caller says what it found)."""
     deadline = time.monotonic() + timeout
     while not stop.requested:
         for child in children:
@@ -66,6 +69,8 @@ def _wait(
             if check():
                 return True
         if time.monotonic() > deadline:
+            if not required:
+                return True
             raise LocalFleetError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.25)
     return False
@@ -121,13 +126,41 @@ def _workload_name(path: Path) -> str:
     return str(doc["name"])
 
 
-def _banner(address: str, state_dir: Path, logs: Path, workload: str, replicas: int = 1) -> str:
+def _existing(address: str, name: str) -> dict[str, Any] | None:
+    """The workload as the control plane has it (keelctl's JSON), or None when there is none."""
+    reply = _keelctl_json(address, "get", "workloads")
+    if reply is None:
+        raise LocalFleetError("keelctl get workloads failed: the control plane did not answer")
+    found = next((w for w in reply.get("workloads", []) if w.get("name") == name), None)
+    return found if isinstance(found, dict) else None
+
+
+def kept_note(name: str, workload: Path, existing: dict[str, Any]) -> str:
+    """What the banner says of a workload found from an earlier run and left as it is: an
+    apply of the example over it would roll back what was applied since (and go through a
+    freeze as a rollback)."""
+    return (
+        f"{name} exists (generation {existing.get('generation', '?')}) from an earlier run: "
+        f"left as it is, {workload} not applied again (keelctl apply -f {workload} does it)"
+    )
+
+
+def _banner(
+    address: str,
+    state_dir: Path,
+    logs: Path,
+    workload: str,
+    replicas: int = 1,
+    *,
+    kept: str = "",
+) -> str:
     keelctl = BIN / "keelctl"
     rel = os.path.relpath(keelctl) if keelctl.is_relative_to(Path.cwd()) else str(keelctl)
     agent_ports = f"{AGENT_METRICS_BASE_PORT}-{AGENT_METRICS_BASE_PORT + len(HOSTS) - 1}"
+    kept_line = f"\n{kept}.\n" if kept else ""
     return f"""
 The local Keel fleet is up: {_planes(address, replicas)} and agents {", ".join(HOSTS)}.
-
+{kept_line}
   export KEEL_CONTROLPLANE={address}
   export KEEL_TOKEN=$(cat {_shown(state_dir / "controlplane" / "admin.token")})
   {rel} get hosts
@@ -161,6 +194,8 @@ def _planes(address: str, replicas: int) -> str:
 def _replica_metrics(replicas: int) -> str:
     if replicas == 1:
         return ""
+    if replicas == 2:
+        return f"; replica 2: 127.0.0.1:{REPLICA_METRICS_BASE_PORT}"
     last = REPLICA_METRICS_BASE_PORT + replicas - 2
     return f"; replicas 2-{replicas}: 127.0.0.1:{REPLICA_METRICS_BASE_PORT}-{last}"
 
@@ -293,14 +328,24 @@ def run(
             return 0
 
         applied_at = time.monotonic()
-        result = _keelctl(every, "apply", "-f", str(workload))
-        if result.returncode != 0:
-            raise LocalFleetError(f"keelctl apply -f {workload} failed: {result.stderr.strip()}")
-        print(result.stdout.strip(), flush=True)
+        existing = _existing(every, name)
+        kept = ""
+        if existing is None:
+            result = _keelctl(every, "apply", "-f", str(workload))
+            if result.returncode != 0:
+                raise LocalFleetError(
+                    f"keelctl apply -f {workload} failed: {result.stderr.strip()}"
+                )
+            print(result.stdout.strip(), flush=True)
+        else:
+            # Whatever was applied, scaled, paused or rolled back since is the operator's:
+            # applying the example again would quietly undo it.
+            kept = kept_note(name, workload, existing)
+            print(kept, flush=True)
 
         def all_running() -> bool:
             running, desired = _running(every, name)
-            return desired > 0 and running >= desired
+            return running >= desired and (desired > 0 or existing is not None)
 
         if _wait(
             all_running,
@@ -308,11 +353,16 @@ def run(
             what=f"{name}'s replicas to run",
             stop=stop,
             children=[*planes, *agents],
+            required=existing is None,
         ):
-            running, _ = _running(every, name)
+            running, desired = _running(every, name)
             elapsed = time.monotonic() - applied_at
-            print(f"{name}: {running} replicas RUNNING {elapsed:.1f}s after apply", flush=True)
-        print(_banner(every, state_dir, logs, name, replicas), flush=True)
+            since = "after apply" if existing is None else "after start"
+            print(
+                f"{name}: {running} of {desired} replicas RUNNING {elapsed:.1f}s {since}",
+                flush=True,
+            )
+        print(_banner(every, state_dir, logs, name, replicas, kept=kept), flush=True)
 
         reported: set[str] = set()
         while not stop.requested:

@@ -406,7 +406,13 @@ def hostile_value(s: State, kind: str) -> st.SearchStrategy[Any]:
             st.sampled_from([{"a b": "v"}, {"role": "two\nlines"}, {"role": "v" * 300}]),
         )
     if kind == "reason":
-        return st.one_of(with_nul, st.just("x" * 1025), st.just("two\nlines"))
+        # One line of text: no newline, nor what a terminal takes for one (U+0085, U+2028)
+        # or what turns the line around (U+202E, U+2066).
+        return st.one_of(
+            with_nul,
+            st.just("x" * 1025),
+            st.sampled_from(["two\nlines", "a\u2028b", "a\u0085b", "evil\u202e", "x\u2066y"]),
+        )
     if kind == "on_deadline":
         return st.one_of(with_nul, st.sampled_from(["Force", "kill", "fail ", "x" * 300]))
     if kind == "operation":

@@ -2,7 +2,8 @@
 
 The local fleet starts two control-plane replicas on one embedded Postgres and three agents,
 applies the example workload, and prints how to reach it; the commands it prints, run as
-printed, list the three hosts READY; exactly one replica leads; Ctrl-C stops everything.
+printed, list the three hosts READY; exactly one replica leads; Ctrl-C stops everything. Run
+again over the same state, it leaves the workload as the operator changed it, and says so.
 """
 
 from __future__ import annotations
@@ -107,9 +108,38 @@ def test_make_run_with_two_replicas_prints_commands_that_reach_the_fleet(
             message="exactly one of the two replicas leading (keel_leader)",
         )
 
+        # The operator changes the example workload (generation 2)...
+        changed = tmp_path / "web.yaml"
+        changed.write_text(
+            (REPO / "examples" / "web.yaml").read_text().replace("GREETING: hello", "GREETING: hi")
+        )
+        apply = f"{get_hosts.rpartition(' get hosts')[0]} apply -f {changed}"
+        result = subprocess.run(
+            ["sh", "-c", "\n".join([*setup, apply])], cwd=REPO, capture_output=True, text=True,
+            timeout=60, env=env, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0 and "generation 2" in result.stdout, result
+
         fleet.signal_group(signal.SIGINT)
         assert fleet.wait(90), fleet.tail()
         assert "the local fleet has stopped" in fleet.log.read_text()
+
+        # ... and `make run` again leaves it as it is, and says so.
+        fleet = Proc("localfleet", argv, tmp_path / "localfleet-again.log", env)
+        fleet.start()
+        banner = wait_for(up_or_gone, timeout=240, interval=0.5, message="the second banner")
+        assert fleet.running(), f"the local fleet stopped before it was up:\n{fleet.tail()}"
+        assert "web exists (generation 2) from an earlier run: left as it is" in banner, banner
+        result = subprocess.run(
+            ["sh", "-c", "\n".join([*setup, f"{get_hosts.rpartition(' get hosts')[0]} "
+                                              "-o json describe workload web"])],
+            cwd=REPO, capture_output=True, text=True, timeout=60, env=env, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        web = json.loads(result.stdout)
+        assert (web["generation"], web["spec"]["env"]) == (2, {"GREETING": "hi"})
+        fleet.signal_group(signal.SIGINT)
+        assert fleet.wait(90), fleet.tail()
     finally:
         fleet.stop()
         kill_processes_mentioning(str(state))

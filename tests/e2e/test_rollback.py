@@ -53,6 +53,14 @@ def _db(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
     return asyncio.run(read())
 
 
+def _workload_stuck(fleet: Fleet) -> dict[str, Any] | None:
+    objects = fleet.keelctl_json("stuck").get("objects", [])
+    found: dict[str, Any] | None = next(
+        (o["stuck"] for o in objects if o["object"] == "workload/web"), None
+    )
+    return found
+
+
 def _revisions(fleet: Fleet) -> dict[int, asyncpg.Record]:
     assert fleet.database_url
     rows = _db(fleet.database_url, "SELECT * FROM workload_revision WHERE workload = 'web'")
@@ -232,6 +240,12 @@ def test_a_revision_that_never_gets_ready_fails_its_progress_deadline_and_holds(
     assert (workload["paused"], workload["paused_by"]) == (True, "keel/rollout")
     events = fleet.keelctl_json("events", "--for", "workload/web")["events"]
     assert any(e["kind"] == "RolloutFailed" and "PROGRESS_DEADLINE" in e["message"] for e in events)
+    # `keelctl stuck` shows the hold at once as the workload's own line, with the reason and
+    # the next command (not ROLLOUT_PAUSED an hour later).
+    held = wait_for(lambda: _workload_stuck(fleet), timeout=15, message="workload/web stuck")
+    assert held["reason"] == "ROLLOUT_FAILED", held
+    assert "failed (PROGRESS_DEADLINE)" in held["message"], held
+    assert held["next_command"] == "keelctl rollout undo web"
 
     # It holds: the good instances left stay as they are for a while.
     left = {i.id: i.pid for i in fleet.instances("web") if i.id in good and i.desired == "RUNNING"}

@@ -3,14 +3,18 @@ reason, message."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from agent.health import ProbeResult
+from agent.live import Live, actual_of
 from agent.planner import Actual, Transition
 from agent.runtime.base import ExitInfo
 from agent.state import Assignment, InstanceRecord
 from agent.status import removal_confirmed, status_of
 from agent.stuck import CRASH_LOOP, HEALTH_CHECK_FAILING, START_FAILED
-from keel.model import Desired, Phase, WorkloadSpec
+from keel.model import Desired, HealthCheck, Phase, WorkloadSpec
 
 SPEC = WorkloadSpec(command=("sleep", "1000"), stop_grace_ms=3000, min_ready_ms=10_000)
 ID = "web-1-abc"
@@ -96,6 +100,24 @@ STATUS_CASES: list[tuple[str, Assignment, Actual | None, float, dict[str, object
             "message": "tcp probe: refused",
         },
     ),
+    (
+        "just started and not probed yet is not ready, and not failing",
+        want(),
+        Actual(
+            record=rec(pid=42, starts=1, started_at=100.0),
+            running=True,
+            healthy=False,
+            health_known=False,
+            health_message="no health result yet",
+        ),
+        100.0,
+        {
+            "phase": Phase.RUNNING,
+            "ready": False,
+            "reason": "",
+            "message": "waiting for its first health check",
+        },
+    ),
     ("an exit not yet recorded is not ready", want(), exited(105.0), 105.0, {"ready": False}),
     (
         "crash back-off is FAILED with the last exit",
@@ -171,3 +193,18 @@ def test_removal_confirmation_is_stopped_and_removed() -> None:
         2,
         "signal 15 (SIGTERM)",
     )
+
+
+def test_a_process_not_probed_yet_has_no_health_result_and_one_probed_has() -> None:
+    """actual_of: with a health check and no probe of the current process yet, its health is
+    unknown (not ready, not failing); once a probe answers it is that probe's; with no health
+    check it is known and healthy."""
+    checked = Assignment(ID, "web", 1, Desired.RUNNING,
+                         replace(SPEC, health=HealthCheck(exec=("true",))))  # fmt: skip
+    record, live = rec(pid=42, starts=1, started_at=100.0), Live(handle=None)
+    unknown = actual_of(record, live, checked, probed=None, failing_since=None)
+    assert (unknown.healthy, unknown.health_known) == (False, False)
+    failing = actual_of(record, live, checked, probed=ProbeResult(False, "x"), failing_since=1.0)
+    assert (failing.healthy, failing.health_known) == (False, True)
+    plain = actual_of(record, live, want(), probed=None, failing_since=None)
+    assert (plain.healthy, plain.health_known) == (True, True)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from keel.convert import spec_to_pb, ts
-from keel.ctl import output
+from keel.ctl import observe, output
 from keel.ctl.main import build_parser, main
 from keel.spec import SpecError, parse_workload
 from keel.traceconfig import OTLP_ENDPOINT_ENV, TRACE_FILE_ENV
@@ -228,6 +228,23 @@ def test_workloads_table_shows_status_counts() -> None:
     )
 
 
+def test_events_table_names_who_made_each_change() -> None:
+    """An ACTOR column: the token's name, Keel's own controller, `-` for what nobody asked."""
+    events = [
+        fleet_pb2.Event(at=ts(NOW - timedelta(minutes=3)), object="workload/web",
+                        kind="WorkloadApplied", actor="alice", message="configured"),
+        fleet_pb2.Event(at=ts(NOW - timedelta(minutes=2)), object="workload/web",
+                        kind="RolloutFailed", actor="keel/rollout", message="CRASH_LOOP: x"),
+        fleet_pb2.Event(at=ts(NOW - timedelta(minutes=1)), object="instance/web-2-1",
+                        kind="StuckDetected", message="CRASH_LOOP"),
+    ]  # fmt: skip
+    lines = observe.events_table(events, now=NOW).splitlines()
+    assert lines[0].split() == ["WHEN", "OBJECT", "EVENT", "ACTOR", "MESSAGE"]
+    assert lines[1].split()[4:] == ["WorkloadApplied", "alice", "configured"]
+    assert lines[2].split()[4:6] == ["RolloutFailed", "keel/rollout"]
+    assert lines[3].split()[4:] == ["StuckDetected", "-", "CRASH_LOOP"]
+
+
 def test_describe_instance_shows_everything_an_operator_needs() -> None:
     """describe instance shows restarts, last exit, reason, message, ports, pid and times."""
     inst = an_instance(
@@ -319,6 +336,11 @@ class FakeFleet(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
 
     def ListWorkloads(self, request: Any, context: Any) -> fleet_pb2.ListWorkloadsResponse:
         return fleet_pb2.ListWorkloadsResponse(workloads=[a_workload()])
+
+    def GetRolloutStatus(self, request: Any, context: Any) -> fleet_pb2.RolloutStatus:
+        if request.workload != "web":
+            context.abort(grpc.StatusCode.NOT_FOUND, f'workload "{request.workload}" not found')
+        return fleet_pb2.RolloutStatus(workload="web", revision=2, state="COMPLETE", desired=3)
 
     def DeleteWorkload(self, request: Any, context: Any) -> fleet_pb2.DeleteWorkloadResponse:
         if request.name != "web":
@@ -610,6 +632,34 @@ def test_console_entry_exits_with_the_status(fleet: tuple[FakeFleet, str]) -> No
     ]:
         proc = subprocess.run([*base, *argv], capture_output=True, text=True, timeout=60)
         assert proc.returncode == code, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["get", "instances"], ["describe", "workload", "web"], ["--help"]],
+    ids=["get", "describe", "help"],
+)
+def test_a_reader_gone_away_ends_keelctl_quietly(
+    fleet: tuple[FakeFleet, str], argv: list[str]
+) -> None:
+    """`keelctl ... | head` where head has already exited: no BrokenPipeError traceback and no
+    "Exception ignored" on stderr, and no exit status beyond the documented ones."""
+    _, addr = fleet
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before keelctl writes a byte
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "keel.ctl.main", "--controlplane", addr, *argv],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode in (0, 1)  # argparse's --help already ignores a closed stdout
 
 
 # What `keelctl get hosts` has no use for: tracing (OpenTelemetry, and structlog behind it),

@@ -28,6 +28,7 @@ NOW = datetime(2026, 12, 2, 1, 0, 0, tzinfo=UTC)
     ("argv", "expected"),
     [
         (["rollout", "history", "web"], {"rollout_command": "history", "workload": "web"}),
+        (["rollout", "history", "web", "--revision", "3"], {"revision": 3}),
         (
             ["rollout", "status", "web"],
             {"wait": False, "wait_timeout": 0.0, "interval": 2.0},
@@ -148,7 +149,7 @@ def test_status_shows_counts_pause_and_the_failure_record() -> None:
         now=NOW,
     )
     assert "workload/web revision 3: FAILED" in text
-    assert "updated 1/3, ready 1/3, old remaining 2" in text
+    assert "updated 1/3, ready 1/3 (of the new revision), old remaining 2" in text
     assert "paused:   by alice 2026-12-02T00:55:00Z (5m ago)" in text
     assert "failure:  CRASH_LOOP" in text
     assert "web-3-abc on host-1: CRASH_LOOP, exit 1" in text
@@ -156,6 +157,55 @@ def test_status_shows_counts_pause_and_the_failure_record() -> None:
     assert "rolled back to revision 2" in text
     assert "runbook:  runbooks/rollout-failed.md" in text
     assert "next:     keelctl rollout undo web" in text
+
+
+def _history(stub: Stub, argv: list[str]) -> str | int:
+    return rollout.cmd_history(Context(stub, build_parser().parse_args(argv), now=NOW))
+
+
+def test_history_of_one_revision_prints_its_record_and_spec_in_full() -> None:
+    """`history --revision N`: its state, who applied it, the whole cause, the failure record
+    with the evidence (the stderr tail), and its spec as YAML; -o json is that revision."""
+    spec = types_pb2.WorkloadSpec(command=["web", "--port", "8080"], env={"V": "3"})
+    revs = [
+        _rev(4, state="PROGRESSING", current=True, same_as=2),
+        _rev(
+            3,
+            state="ROLLED_BACK",
+            actor="bob",
+            reason="v3: " + "x" * 100,
+            failure=FAILURE,
+            spec=spec,
+        ),
+        _rev(2, state="COMPLETE", completed_at=ts(NOW - timedelta(minutes=9))),
+    ]
+    text = _history(Stub([], revs), ["rollout", "history", "web", "--revision", "3"])
+    assert isinstance(text, str)
+    assert text.splitlines()[0] == "workload/web revision 3: ROLLED_BACK"
+    assert "applied:  2026-12-02T00:53:00Z (7m ago) by bob" in text
+    assert "cause:    v3: " + "x" * 100 in text  # the table cuts it; this does not
+    assert "failure:  CRASH_LOOP" in text and "      Traceback: boom" in text
+    assert "next:     keelctl rollout undo web" in text
+    assert "  spec:\n    command: [web, --port, '8080']" in text
+    assert "    env: {V: '3'}" in text
+    current = _history(Stub([], revs), ["rollout", "history", "web", "--revision", "4"])
+    assert isinstance(current, str) and current.startswith("workload/web revision 4 (current)")
+    data = json.loads(
+        str(
+            _history(Stub([], revs), ["rollout", "history", "web", "--revision", "3", "-o", "json"])
+        )
+    )
+    assert data["number"] == 3
+    assert data["failure"]["evidence"][0]["message"] == "exited 1\nTraceback: boom"
+
+
+def test_history_of_a_revision_not_kept_exits_1_naming_those_kept(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A revision pruned or never made: exit 1, saying which revisions are kept."""
+    stub = Stub([], [_rev(2, current=True), _rev(1)])
+    assert _history(stub, ["rollout", "history", "web", "--revision", "7"]) == 1
+    assert "workload web has no revision 7 in its history (kept: 2, 1)" in capsys.readouterr().err
 
 
 class Stub:
@@ -210,10 +260,13 @@ def test_wait_prints_each_change_and_exits_0_when_complete(
     )
     assert _run(stub, WAIT) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "workload/web revision 3 PROGRESSING: updated 1/3, ready 1/3, old remaining 2"
+    assert out[0] == (
+        "workload/web revision 3 PROGRESSING: updated 1/3, ready 1/3 (of the new revision), "
+        "old remaining 2"
+    )
     assert out[1].startswith("cannot read the rollout now (UNAVAILABLE)")
-    assert out[2].endswith("updated 2/3, ready 2/3, old remaining 1")
-    assert out[3].endswith("updated 3/3, ready 3/3, old remaining 0")
+    assert out[2].endswith("updated 2/3, ready 2/3 (of the new revision), old remaining 1")
+    assert out[3].endswith("updated 3/3, ready 3/3 (of the new revision), old remaining 0")
     assert out[4] == "workload/web revision 3 COMPLETE: complete"
 
 
@@ -264,6 +317,25 @@ def test_wait_gives_up_at_the_wait_timeout(capsys: pytest.CaptureFixture[str]) -
     assert "still PROGRESSING after --wait-timeout" in err
     assert "keelctl rollout status web --wait" in err
     assert stub.reads == 3  # the first read, then one after each check before 5 s (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("state", "says"),
+    [
+        ("AWAITING_PROMOTION", "its canaries wait to be promoted: `keelctl rollout promote web`"),
+        ("PAUSED", "it holds until `keelctl rollout resume web`"),
+    ],
+)
+def test_wait_timeout_on_a_rollout_waiting_for_an_operator_says_what_it_waits_for(
+    state: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A canary awaiting promotion or a paused rollout does not "go on" by itself: the
+    --wait-timeout message names the command it waits for."""
+    stub = Stub([_status(state)] * 10)
+    assert _run(stub, [*WAIT, "--wait-timeout", "5s"]) == 1
+    err = capsys.readouterr().err
+    assert f"still {state} after --wait-timeout; {says}" in err
+    assert "it goes on" not in err
 
 
 def test_wait_with_json_prints_one_object_per_change(capsys: pytest.CaptureFixture[str]) -> None:
@@ -328,7 +400,7 @@ def test_the_progress_bar_shows_counts_messages_and_the_outcome_on_a_terminal() 
     view.finish(failed, now=NOW)
     text = out.getvalue()
     assert "waiting for [bold] things" in text
-    assert "updated 1/3, ready 1/3, old remaining 2" in text
+    assert "updated 1/3, ready 1/3 (of the new revision), old remaining 2" in text
     assert "workload/web revision 3 FAILED: revision 3 failed" in text
     assert "runbook:  runbooks/rollout-failed.md" in text
 
@@ -344,3 +416,29 @@ def test_describe_workload_says_who_paused_its_rollout_and_when() -> None:
     w.paused_at.CopyFrom(ts(NOW - timedelta(minutes=3)))
     lines = output.describe_workload(w, [], now=NOW).splitlines()
     assert "Rollout:          paused by alice 2026-12-02T00:57:00Z (3m ago)" in lines
+
+
+def test_describe_workload_shows_the_rollout_policy_and_the_rollouts_state() -> None:
+    """The manifest's `rollout:` (defaults when unset), and the current revision's rollout:
+    its state, a failure's reason, and who holds it (Keel's hold of a failed rollout)."""
+    from keel.ctl import output
+
+    spec = types_pb2.WorkloadSpec(command=["sleep", "1"])
+    w = types_pb2.Workload(name="web", generation=3, spec=spec)
+    lines = output.describe_workload(w, [], now=NOW, rollout=_status("COMPLETE")).splitlines()
+    policy = "progress_deadline 10m, auto_rollback no, canary 0, auto_promote no"
+    assert f"Rollout policy:   {policy}" in lines
+    assert "Rollout:          revision 3 COMPLETE" in lines
+    w.rollout.CopyFrom(
+        types_pb2.RolloutPolicy(progress_deadline_ms=90_000, canary=1, auto_promote=True)
+    )
+    w.paused, w.paused_by = True, "keel/rollout"
+    w.paused_at.CopyFrom(ts(NOW - timedelta(minutes=3)))
+    failed = _status("FAILED", failure=FAILURE, paused=True, paused_by="keel/rollout")
+    lines = output.describe_workload(w, [], now=NOW, rollout=failed).splitlines()
+    policy = "progress_deadline 1m30s, auto_rollback no, canary 1, auto_promote yes"
+    assert f"Rollout policy:   {policy}" in lines
+    assert (
+        "Rollout:          revision 3 FAILED (CRASH_LOOP), paused by keel/rollout "
+        "2026-12-02T00:57:00Z (3m ago)"
+    ) in lines

@@ -42,12 +42,14 @@ class ControlPlane(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
         *,
         status_fails: int = 0,
         history_fails: int = 0,
+        first_fails: int = 0,
         code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
     ) -> None:
         self.statuses = statuses
         self.history = history
         self.status_fails = status_fails
         self.history_fails = history_fails
+        self.first_fails = first_fails
         self.code = code
         self.status_reads = 0
         self.history_reads = 0
@@ -57,8 +59,11 @@ class ControlPlane(fleet_pb2_grpc.FleetServiceServicer):  # type: ignore[misc]
         self, request: Any, context: grpc.ServicerContext
     ) -> fleet_pb2.RolloutStatus:
         self.status_reads += 1
-        # The first read is the command's own (before it waits); the failures come after it.
-        if self.status_reads > 1 and self.status_reads <= 1 + self.status_fails:
+        if self.status_reads <= self.first_fails:  # the control plane is still starting
+            context.abort(self.code, "the database is away; try again")
+        # The first read answered is the wait's first; `status_fails` come after it.
+        after = self.status_reads - self.first_fails
+        if after > 1 and after <= 1 + self.status_fails:
             context.abort(self.code, "the database is away; try again")
         status = self.statuses[min(self._answered, len(self.statuses) - 1)]
         self._answered += 1
@@ -127,6 +132,30 @@ def test_status_and_history_reads_that_fail_in_turn_are_all_retried(
     out, _ = capsys.readouterr()
     assert out.count("cannot read the rollout now (UNAVAILABLE)") == 4
     assert "revision 3 was rolled back" in out
+
+
+def test_a_first_read_that_fails_is_retried_too(
+    serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run just as the control plane restarts: the wait's very first read fails for a while,
+    and keelctl waits for it instead of giving up, then follows the rollout to its end."""
+    cp = ControlPlane([_status(3), _status(3, "COMPLETE")], [], first_fails=3)
+    assert _wait(serve(cp)) == 0
+    out, err = capsys.readouterr()
+    assert out.count("cannot read the rollout now (UNAVAILABLE); trying again") == 3
+    assert "revision 3 COMPLETE" in out and "error:" not in err
+
+
+def test_a_first_read_that_never_answers_gives_up_at_the_wait_timeout(
+    serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cp = ControlPlane([_status(3)], [], first_fails=10**6)
+    address = serve(cp)
+    code = main(["--controlplane", address, "rollout", "status", "web", "--wait",
+                 "--interval", "10ms", "--wait-timeout", "200ms"])  # fmt: skip
+    assert code == 1
+    _, err = capsys.readouterr()
+    assert "could not read the rollout of web before --wait-timeout" in err
 
 
 def test_a_history_read_refused_for_another_reason_ends_the_wait_with_the_error(

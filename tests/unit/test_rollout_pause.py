@@ -371,6 +371,56 @@ def test_the_paused_verdict_names_who_and_since_when_and_stays_the_same() -> Non
     assert verdict.message == later.message
 
 
+RECORD = {
+    "reason": "CRASH_LOOP",
+    "message": "revision 2: 1 of its 1 instance CRASH_LOOP; web-2-1 on host-1: exit 1",
+    "next_command": "keelctl rollout undo web",
+}
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        pytest.param(replace(ROLLING, paused_at=ago(60)), id="rolling"),
+        pytest.param(replace(WORKLOAD, generation=2, paused_at=ago(60)), id="converged"),
+    ],
+)
+def test_a_failed_rollout_keel_holds_is_rollout_failed_at_once(row: WorkloadRow) -> None:
+    """Held by keel/rollout a minute ago, long before --rollout-paused-after and the deadline:
+    ROLLOUT_FAILED (never ROLLOUT_PAUSED), with the failure's reason and message, what the hold
+    keeps and the commands to run; judged later, the same message (recorded once)."""
+    held = replace(row, paused=True, paused_by="keel/rollout")
+    assert may_be_stuck(held, now=NOW, failure=None, paused_after_s=3600)
+    verdict = judge_workload(
+        held, HELD, [INSTANCE], set(), now=NOW, paused_after_s=3600, rollout_failure=RECORD
+    )
+    assert verdict is not None and verdict.reason is Reason.ROLLOUT_FAILED
+    assert verdict.message.startswith("rollout of revision 2 failed (CRASH_LOOP) and Keel ")
+    assert RECORD["message"] in verdict.message
+    assert "`keelctl rollout status web` prints the record" in verdict.message
+    assert "`keelctl rollout undo web`" in verdict.message
+    later = judge_workload(
+        held, HELD, [INSTANCE], set(), now=NOW + (NOW - ago(7200)), rollout_failure=RECORD
+    )
+    assert later == verdict
+
+
+def test_a_held_rollout_without_its_record_yet_is_still_rollout_failed() -> None:
+    """The hold seen before its record is read (one pass later): ROLLOUT_FAILED all the same."""
+    held = replace(ROLLING, paused=True, paused_by="keel/rollout", paused_at=ago(60))
+    verdict = judge_workload(held, HELD, [INSTANCE], set(), now=NOW)
+    assert verdict is not None and verdict.reason is Reason.ROLLOUT_FAILED
+    assert "rollout of revision 2 failed and Keel holds it" in verdict.message
+
+
+def test_an_operators_pause_says_revision_not_generation() -> None:
+    """ROLLOUT_PAUSED names the revision, as every other rollout message does."""
+    row = replace(ROLLING, paused=True, paused_by="alice", paused_at=ago(3700))
+    verdict = judge_workload(row, HELD, [INSTANCE], set(), now=NOW, paused_after_s=3600)
+    assert verdict is not None and "rollout of revision 2 paused by alice" in verdict.message
+    assert "generation" not in verdict.message
+
+
 def test_a_paused_workload_that_cannot_be_placed_is_still_unschedulable() -> None:
     """A pause hides only the rollout: a scale-up that fits nowhere is reported as ever."""
     row = replace(ROLLING, paused=True, paused_by="alice", paused_at=ago(60))
