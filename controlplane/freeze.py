@@ -344,20 +344,26 @@ async def alerts_changed(
     return HookOutcome(set=added, lifted=lifted, freezes=freezes)
 
 
-async def gate_resume(conn: Conn, workload: str, *, revision: int, old_instances: int) -> None:
-    """Refuses to resume a paused rollout while deploys are frozen if it would roll its new
-    spec further (`old_instances` of other specs remain), as a promotion is refused: the way
+def gate_resume(
+    freezes: Sequence[Freeze], workload: str, *, revision: int, old_instances: int
+) -> None:
+    """Refuses to resume a paused rollout while `freezes` hold if it would roll its new spec
+    further (`old_instances` of other specs remain), as a promotion is refused: the way
     through is a rollback or the freeze lifted. With nothing left to roll it changes nothing
-    new and goes through."""
-    freezes = await holding(conn) if old_instances else []
-    if not freezes:
+    new and goes through; the caller lets a rollback and waiting canaries resume too."""
+    if not freezes or not old_instances:
         return
+    those = (
+        "the old instance that remains"
+        if old_instances == 1
+        else (f"the {old_instances} old instances that remain")
+    )
     raise FailedPrecondition(
         f'workload "{workload}": deploys are frozen ({summary(freezes)}); resuming the rollout '
-        f"of revision {revision} would roll its new spec to the {old_instances} old "
-        f"instance{'s' if old_instances != 1 else ''} that remain, so it stays paused. Roll "
-        f"back with `keelctl rollout undo {workload}` (a rollback goes through), or lift the "
-        f"freeze (`keelctl freeze --status`, {RUNBOOK})"
+        f"of revision {revision} would roll its new spec to {those}, so it stays paused. Roll "
+        f"back with `keelctl rollout undo {workload}` (a rollback to the last fully ready "
+        f"revision goes through, and resumes), or {_lift(freezes)} (`keelctl freeze --status`, "
+        f"{RUNBOOK})"
     )
 
 
@@ -389,14 +395,19 @@ async def gate(conn: Conn, workload: str, *, override: bool, reason: str, actor:
         )
         log.warning("deploy freeze overridden", workload=workload, actor=actor, reason=reason)
         return
-    lift = (
-        "lift it with `keelctl unfreeze`"
-        if any(f.source == OPERATOR for f in freezes)
-        else "an alert's freeze lifts when the alert resolves"
-    )
     raise FailedPrecondition(
         f'workload "{workload}": deploys are frozen ({what}); a spec change is refused while '
-        f"frozen (scale changes, deletes, rollbacks and drains still work). Deploy anyway, "
-        f"recorded with your reason: `{OVERRIDE}`; or {lift} (see `keelctl freeze --status`, "
-        f"{RUNBOOK})"
+        f"frozen (scale changes, deletes, drains and rollbacks to a spec that was fully ready "
+        f"still work). Deploy anyway, recorded with your reason: `{OVERRIDE}`; or "
+        f"{_lift(freezes)} (see `keelctl freeze --status`, {RUNBOOK})"
+    )
+
+
+def _lift(freezes: Sequence[Freeze]) -> str:
+    """How the freezes that hold are lifted, in words."""
+    if any(f.source == OPERATOR for f in freezes):
+        return "lift it with `keelctl unfreeze`"
+    return (
+        "an alert's freeze lifts when the alert resolves (`keelctl unfreeze --alert NAME` if "
+        "its resolve was lost)"
     )

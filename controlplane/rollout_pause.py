@@ -17,6 +17,8 @@ records nothing. Neighbours: `rollouts_api` (the RPCs), `rollout_status` (their 
 
 from __future__ import annotations
 
+import asyncpg
+
 from controlplane import freeze
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.idempotency import Once, once_in
@@ -46,6 +48,18 @@ async def set_paused(
         )
 
 
+async def _is_rollback(conn: Conn, workload: asyncpg.Record) -> bool:
+    """Whether the workload's current revision returns to a spec that was fully ready."""
+    return bool(
+        await conn.fetchval(
+            """SELECT same_as IS NOT NULL FROM workload_revision
+               WHERE workload = $1 AND revision = $2""",
+            workload["name"],
+            workload["generation"],
+        )
+    )
+
+
 async def _set_paused(
     conn: Conn, name: str, *, paused: bool, actor: str, reason: str
 ) -> WorkloadRow:
@@ -63,9 +77,12 @@ async def _set_paused(
         )
     # Frozen: resuming a pause that rolls a new spec further is a deploy, whoever paused it
     # (Keel's hold of a failed rollout too: the resume judges the revision again and rolls it).
-    if not paused and not current["deleting"]:
+    # Not so a rollback (an undo under the freeze must be able to finish) nor waiting canaries
+    # (the resume rolls nothing; their promotion is gated on its own).
+    freezes = [] if paused or current["deleting"] else await freeze.holding(conn)
+    if freezes and not current["canary_pending"] and not await _is_rollback(conn, current):
         old = (await read_status(conn, name)).old_remaining
-        await freeze.gate_resume(conn, name, revision=current["generation"], old_instances=old)
+        freeze.gate_resume(freezes, name, revision=current["generation"], old_instances=old)
     row = await conn.fetchrow(
         """UPDATE workload SET paused = $2,
                   paused_by = CASE WHEN $2 THEN $3 ELSE '' END,

@@ -244,7 +244,7 @@ def judge_workload(
     `canary_waiting_after_s` it is CANARY_AWAITING_PROMOTION, so that a canary is not forgotten.
     A pause holds everything, canaries included: a paused workload is judged as paused.
     Keel's own hold of a failed rollout is ROLLOUT_FAILED at once (`rollout_failure`: the
-    current revision's failure record, given while Keel holds it).
+    current revision's failure record, given while Keel holds it and that revision is FAILED).
     """
     deadline_s = row.workload.deadline_ms / 1000
     if failure is not None and failure.permanent:
@@ -262,7 +262,9 @@ def judge_workload(
     age_s = (now - row.unconverged_since).total_seconds() if row.unconverged_since else 0.0
     live = [i for i in own if i.desired is not Desired.REMOVED]
     old = [i for i in live if not row.is_current(i.generation)]
-    if held_by_keel(row):
+    if held_by_keel(row) and rollout_failure is not None:
+        # Held with the current revision FAILED (a fix applied since is held only until the
+        # rollout controller lifts the hold: that revision has not failed).
         return _failed(row, len(old), rollout_failure)
     paused = _paused_verdict(row, len(old), now=now, after_s=paused_after_s)
     awaiting = row.canary_pending and row.workload.rollout.canary > 0 and not row.paused

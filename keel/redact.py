@@ -21,7 +21,8 @@ from collections.abc import Mapping
 MIN_LENGTH = 4
 
 
-# Said instead of a value whose marker would show it (a value that is its own variable's name).
+# Said instead of the named marker whenever that marker's text would hold a value (a value that
+# is its variable's name, or a piece of the marker's words).
 PLAIN_MARKER = b"[redacted]"
 
 
@@ -63,15 +64,7 @@ class Redactor:
             while at >= 0:
                 found.append((at, at + len(pattern), names))
                 at = data.find(pattern, at + 1)
-        found.sort(key=lambda s: s[0])
-        merged: list[tuple[int, int, set[str]]] = []
-        for start, end, names in found:
-            if merged and start < merged[-1][1]:
-                last = merged[-1]
-                merged[-1] = (last[0], max(last[1], end), last[2] | names)
-            else:
-                merged.append((start, end, set(names)))
-        return merged
+        return _merged(found)
 
     def scrub(self, data: bytes) -> bytes:
         """`data` with every value replaced by its marker."""
@@ -99,38 +92,69 @@ class Redactor:
         return b"".join(out)
 
 
+def _merged(found: list[tuple[int, int, set[str]]]) -> list[tuple[int, int, set[str]]]:
+    """Spans in order, those that overlap merged into one."""
+    found.sort(key=lambda s: s[0])
+    merged: list[tuple[int, int, set[str]]] = []
+    for start, end, names in found:
+        if merged and start < merged[-1][1]:
+            last = merged[-1]
+            merged[-1] = (last[0], max(last[1], end), last[2] | names)
+        else:
+            merged.append((start, end, set(names)))
+    return merged
+
+
 class Streaming:
     """Redacts a byte stream that arrives in chunks, a value split across chunks included.
 
     `feed` returns what can be sent now; it holds back the end of the data while that end
-    could be the start of a value (never more than the longest value), and `flush` returns
-    what is held at the end of the stream.
+    could be the start of a value, or the end of a run of overlapping values that may go on
+    (never more than the longest value), and `flush` returns what is held at the end.
     """
 
     def __init__(self, redactor: Redactor) -> None:
         self._r = redactor
         self._held = b""
+        # The names of the values the held bytes are part of, when they are the end of a run
+        # of values already matched (then they are redacted whatever follows).
+        self._secret_tail: set[str] = set()
 
     def feed(self, chunk: bytes) -> bytes:
         if not self._r:
             return chunk
         data = self._held + chunk
         spans = self._r.spans(data)
-        keep = self._undecided(data, spans)
+        if self._secret_tail:
+            spans = _merged([(0, len(self._held), self._secret_tail), *spans])
+        keep, self._secret_tail = self._undecided(data, spans)
         self._held = data[keep:]
         return self._r._replace(data[:keep], [s for s in spans if s[1] <= keep])
 
     def flush(self) -> bytes:
         data, self._held = self._held, b""
+        if self._secret_tail and data:
+            names, self._secret_tail = self._secret_tail, set()
+            return self._r.marker(names)
         return self._r.scrub(data)
 
-    def _undecided(self, data: bytes, spans: list[tuple[int, int, set[str]]]) -> int:
-        """Where the part that may still grow into a value begins (len(data): none)."""
+    def _undecided(
+        self, data: bytes, spans: list[tuple[int, int, set[str]]]
+    ) -> tuple[int, set[str]]:
+        """Where the part that may still grow into a value begins (len(data): none), and the
+        names of the values it is part of when it is the end of a run already matched."""
         last_end = spans[-1][1] if spans else 0
         # A span that reaches the end may extend into the next chunk (an overlapping value).
         if spans and last_end == len(data):
-            return spans[-1][0]
+            start, _, names = spans[-1]
+            keep = max(start, len(data) - self._r.longest)
+            if keep > start:
+                # A run longer than any value (a value that overlaps itself, repeated): its
+                # marker goes now, and only its last bytes are held, so the hold stays bounded.
+                spans[-1] = (start, keep, names)
+                return keep, names
+            return start, set()
         for start in range(max(last_end, len(data) - self._r.longest + 1), len(data)):
             if self._r.starts_with(data[start:]):
-                return start
-        return len(data)
+                return start, set()
+        return len(data), set()

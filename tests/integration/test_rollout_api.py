@@ -266,6 +266,36 @@ async def test_a_freeze_refuses_resuming_a_new_spec_over_old_instances_but_not_t
     assert not (await store.get_workload("web")).paused
 
 
+async def test_under_a_freeze_an_undo_of_a_paused_rollout_and_paused_canaries_resume(
+    api: Any, store: Store
+) -> None:
+    """Paused, then frozen: the operator undoes (a rollback goes through) and the rollback,
+    paused still, resumes: it returns to what ran. Paused canaries resume too: that rolls
+    nothing (their promotion is what a freeze holds)."""
+    hosts = await _hosts(store)
+    await _apply(api, "1")
+    first = (await write_plan(store, "web", create_on=hosts)).created
+    await _ready(store, first, hosts)
+    await store.pool.execute("UPDATE workload_revision SET completed_at = now()")
+    await _apply(api, "2", reason="v2")
+    await write_plan(store, "web", create_on=hosts[:1], remove=first[:1])
+    await api.PauseRollout(_action("looking at v2"), timeout=10)
+    await api.Freeze(fleet_pb2.FreezeRequest(reason="INC-9"), timeout=10)
+    undone = await api.UndoRollout(fleet_pb2.UndoRolloutRequest(workload="web"), timeout=10)
+    assert (undone.revision, undone.to_revision) == (3, 1)
+    resumed = await api.ResumeRollout(_action("back to v1"), timeout=10)
+    assert not resumed.paused
+
+    await api.Unfreeze(fleet_pb2.UnfreezeRequest(), timeout=10)
+    canaried = {**_doc("4"), "rollout": {"canary": 1}}
+    request = fleet_pb2.ApplyWorkloadRequest(manifest_json=json.dumps(canaried))
+    await api.ApplyWorkload(request, timeout=10)
+    assert (await store.get_workload("web")).canary_pending
+    await api.PauseRollout(_action(), timeout=10)
+    await api.Freeze(fleet_pb2.FreezeRequest(reason="INC-10"), timeout=10)
+    assert not (await api.ResumeRollout(_action(), timeout=10)).paused
+
+
 async def test_a_retried_pause_is_answered_not_applied_twice(api: Any, store: Store) -> None:
     """The same request id after a resume gets the first answer: the rollout stays resumed."""
     await _apply(api, "1")

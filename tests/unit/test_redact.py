@@ -101,3 +101,23 @@ def test_a_stream_holds_back_only_what_may_start_a_value() -> None:
 def test_a_value_cut_by_the_edge_of_a_tail_is_not_recognised() -> None:
     """The documented limit: a tail that begins inside a value shows the rest of it."""
     assert Redactor(VALUES).text("nter22 failed") == "nter22 failed"
+
+
+@pytest.mark.parametrize("size", [1, 3, 64, 4096])
+def test_a_value_repeated_over_itself_is_sent_on_and_never_held_past_the_longest(
+    size: int,
+) -> None:
+    """A value that overlaps itself, printed over and over ("aaaa" in a run of a's): the run
+    is one secret, so markers go out as it grows, at most the longest value is held, and
+    nothing of it is ever sent in clear."""
+    r = Redactor({"PIN": "aaaa"})
+    stream = Streaming(r)
+    run = b"x" + b"a" * 10_000 + b"y"
+    sent = b""
+    for i in range(0, len(run), size):
+        sent += stream.feed(run[i : i + size])
+        assert len(stream._held) <= r.longest
+    sent += stream.flush()
+    assert sent.startswith(b"x[redacted secret_env PIN]") and sent.endswith(b"]y")
+    assert b"aaaa" not in sent.replace(b"[redacted secret_env PIN]", b"")
+    assert b"a" not in sent.replace(b"[redacted secret_env PIN]", b"").replace(b"x", b"")
