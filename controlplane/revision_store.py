@@ -182,7 +182,8 @@ class RevisionStore(WorkloadStore):
             actor=actor,
             reason=why,
             trace_context="",
-            rollback_to=int(target["revision"]) if always_rollback else None,
+            rollback_to=int(target["revision"]),
+            always_rollback=always_rollback,
         )
         return applied, int(target["revision"])
 

@@ -180,9 +180,12 @@ class WorkloadStore:
         trace_context: str,
         override_freeze: bool = False,
         rollback_to: int | None = None,
+        always_rollback: bool = False,
     ) -> tuple[WorkloadRow, str]:
-        """`rollback_to`: the revision an abort returns to, a rollback even if it was never
-        fully ready (removing canaries must never start new ones, nor wait for a freeze)."""
+        """`rollback_to`: the revision an undo or an abort returns to, which `same_as` names
+        if it was fully ready (the record and the history then agree on the number).
+        `always_rollback`: an abort's, a rollback even if that revision was never fully ready
+        (removing canaries must never start new ones, nor wait for a freeze)."""
         spec = w.spec.to_json()
         old = await conn.fetchrow("SELECT * FROM workload WHERE name = $1 FOR UPDATE", w.name)
         row = None
@@ -269,7 +272,11 @@ class WorkloadStore:
                 # Instances of an earlier revision with this spec are current again whatever
                 # became of it; but only a spec that was once fully ready is a rollback (not
                 # frozen, no canary): one that crashed or was never promoted is a new rollout.
-                same_as = next((r["revision"] for r in same if r["completed"]), rollback_to)
+                completed = [r["revision"] for r in same if r["completed"]]
+                if rollback_to in completed or (always_rollback and rollback_to is not None):
+                    same_as = rollback_to
+                else:
+                    same_as = completed[0] if completed else None
                 if same_as is None:  # a rollback is never frozen
                     await freeze.gate(
                         conn, w.name, override=override_freeze, reason=reason, actor=actor

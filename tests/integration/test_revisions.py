@@ -76,6 +76,20 @@ async def test_roll_back_returns_to_the_last_complete_revision(store: Store) -> 
     assert (newest.actor, newest.same_as, newest.reason) == ("carol", 1, "roll back to revision 1")
 
 
+async def test_a_roll_back_names_the_revision_it_returns_to(store: Store) -> None:
+    """Revision 3 ran revision 1's spec again and was fully ready: undoing revision 4 returns
+    to revision 3, and its `same_as` says 3 (as the undo's answer does), not 1."""
+    await store.apply_workload(_workload("1"))
+    await _completed(store, 1)
+    await store.apply_workload(_workload("2"))
+    await store.roll_back("web", to_revision=1, actor="carol")
+    await _completed(store, 3)
+    await store.apply_workload(_workload("4"))
+    row, to = await store.roll_back("web", to_revision=None, actor="carol")
+    assert (to, row.generation) == (3, 5)
+    assert (await store.revisions("web"))[0].same_as == 3
+
+
 async def test_roll_back_without_a_complete_revision_takes_the_one_before(store: Store) -> None:
     await store.apply_workload(_workload("1"))
     await store.apply_workload(_workload("2"))
