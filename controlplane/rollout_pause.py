@@ -105,8 +105,8 @@ async def _set_paused(
         retried = (
             await conn.fetchval(
                 """UPDATE workload_revision SET state = 'PROGRESSING', state_since = now()
-               WHERE workload = $1 AND revision = $2 AND state = 'FAILED'
-               RETURNING coalesce(failure->>'reason', 'FAILED')""",
+                   WHERE workload = $1 AND revision = $2 AND state = 'FAILED'
+                   RETURNING coalesce(failure->>'reason', 'FAILED')""",
                 name,
                 revision,
             )
