@@ -1,29 +1,29 @@
-"""The deploy freeze in Postgres: who froze deploys, why, since and until when; and the gate.
+"""The deploy freeze in Postgres: who froze deploys, why, since and until when.
 
-Deploys are frozen while any `deploy_freeze` row holds (no `until`, or `until` still ahead,
-by database time). There is one row per reason to be frozen: the operator's (`keelctl
-freeze`, source `operator`) and one per firing alert the Alertmanager webhook received with
+Deploys are frozen while any `deploy_freeze` row holds (no `until`, or `until` still ahead, by
+database time). There is one row per reason to be frozen: the operator's (`keelctl freeze`,
+source `operator`) and one per firing alert the Alertmanager webhook received with
 `keel_action=freeze` (source `alert:<alertname>`, keyed by the alert's fingerprint, so its
 resolve lifts exactly the row its firing set). Every change is an event on `fleet/freeze`.
 
-The gate (`gate`) runs inside `WorkloadStore._apply`, in the apply's transaction, for an apply
-that changes the spec and is not a rollback: while frozen it refuses (FailedPrecondition:
-nothing is changed) unless the apply overrides the freeze with a reason, which is recorded
-(`FreezeOverridden`). Scale changes, deletes, rollbacks and drains never reach it: they
-deploy nothing new. An apply reads the rows as they stand when it reaches the gate, so a
-freeze committed while it runs takes effect from the next apply. Two more actions deploy a
-new spec further and are refused the same way (no override: undo or unfreeze): promoting a
-canary (`revision_store.promote`) and resuming a paused rollout (an operator's pause, or
-Keel's hold of a failed one) while old instances remain (`gate_resume`, from `rollout_pause`);
-resuming a rollout with nothing left to roll goes through.
+The gate (`freeze_gate.gate`) runs inside `WorkloadStore._apply`, in the apply's transaction,
+for an apply that changes the spec and is not a rollback: while frozen it refuses
+(FailedPrecondition: nothing is changed) unless the apply overrides the freeze with a reason,
+which is recorded (`FreezeOverridden`). Scale changes, deletes, rollbacks and drains never reach
+it: they deploy nothing new. An apply reads the rows as they stand when it reaches the gate, so
+a freeze committed while it runs takes effect from the next apply. Two more actions deploy a new
+spec further and are refused the same way (no override: undo or unfreeze): promoting a canary
+(`revision_store.promote`) and resuming a paused rollout (an operator's pause, or Keel's hold of
+a failed one) while old instances remain (`freeze_gate.gate_resume`); resuming a rollout with
+nothing left to roll goes through.
 
-A freeze with an `until` stops holding then (every read says so at once); `expire` deletes
-its row with a DeployUnfrozen event, once, whichever replica comes first (every write of
-the freezes, and `freeze_watch` on every replica at the end it knows of).
+A freeze with an `until` stops holding then (every read says so at once); `expire` deletes its
+row with a DeployUnfrozen event, once, whichever replica comes first (every write of the
+freezes, and `freeze_watch` on every replica at the end it knows of).
 
-Neighbours: `workload_store` (calls the gate), `freeze_api` (Freeze, Unfreeze, GetFreeze),
-`alert_hook` (the webhook), `freeze_watch` (ends, and `keel_deploy_frozen` in
-`freeze_metrics`).
+Neighbours: `freeze_gate` (the gates, which `workload_store` and `rollout_pause` call),
+`freeze_api` (Freeze, Unfreeze, GetFreeze), `alert_hook` (the webhook), `freeze_watch` (ends,
+and `keel_deploy_frozen` in `freeze_metrics`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
-from controlplane.errors import FailedPrecondition, InvalidArgument
+from controlplane.errors import InvalidArgument
 from controlplane.idempotency import Once, once_in
 from controlplane.sql import Conn, Database, record_event
 from keel import fields
@@ -342,72 +342,3 @@ async def alerts_changed(
         log.warning("deploy freeze changed by alerts", set=added, lifted=lifted,
                     still_frozen=len(freezes))  # fmt: skip
     return HookOutcome(set=added, lifted=lifted, freezes=freezes)
-
-
-def gate_resume(
-    freezes: Sequence[Freeze], workload: str, *, revision: int, old_instances: int
-) -> None:
-    """Refuses to resume a paused rollout while `freezes` hold if it would roll its new spec
-    further (`old_instances` of other specs remain), as a promotion is refused: the way
-    through is a rollback or the freeze lifted. With nothing left to roll it changes nothing
-    new and goes through; the caller lets a rollback and waiting canaries resume too."""
-    if not freezes or not old_instances:
-        return
-    those = (
-        "the old instance that remains"
-        if old_instances == 1
-        else (f"the {old_instances} old instances that remain")
-    )
-    raise FailedPrecondition(
-        f'workload "{workload}": deploys are frozen ({summary(freezes)}); resuming the rollout '
-        f"of revision {revision} would roll its new spec to {those}, so it stays paused. Roll "
-        f"back with `keelctl rollout undo {workload}` (a rollback to the last fully ready "
-        f"revision goes through, and resumes), or {_lift(freezes)} (`keelctl freeze --status`, "
-        f"{RUNBOOK})"
-    )
-
-
-def check_override(override: bool, reason: str) -> None:
-    """An override of the freeze must say why: it is recorded with its actor."""
-    if override and not reason.strip():
-        raise InvalidArgument(
-            "reason: --override-freeze needs a reason (--reason TEXT): an apply through a "
-            "deploy freeze is recorded with who made it and why; nothing was changed"
-        )
-
-
-async def gate(conn: Conn, workload: str, *, override: bool, reason: str, actor: str) -> None:
-    """Refuses a spec change while deploys are frozen, unless `override` (then records it).
-
-    Called in the apply's transaction, before anything is written or after it is written
-    (the refusal rolls the transaction back): either way the apply changes nothing."""
-    freezes = await holding(conn)
-    if not freezes:
-        return
-    what = summary(freezes)
-    if override:
-        await record_event(
-            conn,
-            f"workload/{workload}",
-            "FreezeOverridden",
-            f"spec change applied through the deploy freeze ({what}): {reason}",
-            actor=actor,
-        )
-        log.warning("deploy freeze overridden", workload=workload, actor=actor, reason=reason)
-        return
-    raise FailedPrecondition(
-        f'workload "{workload}": deploys are frozen ({what}); a spec change is refused while '
-        f"frozen (scale changes, deletes, drains and rollbacks to a spec that was fully ready "
-        f"still work). Deploy anyway, recorded with your reason: `{OVERRIDE}`; or "
-        f"{_lift(freezes)} (see `keelctl freeze --status`, {RUNBOOK})"
-    )
-
-
-def _lift(freezes: Sequence[Freeze]) -> str:
-    """How the freezes that hold are lifted, in words."""
-    if any(f.source == OPERATOR for f in freezes):
-        return "lift it with `keelctl unfreeze`"
-    return (
-        "an alert's freeze lifts when the alert resolves (`keelctl unfreeze --alert NAME` if "
-        "its resolve was lost)"
-    )

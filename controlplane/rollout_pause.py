@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from controlplane import freeze
+from controlplane import freeze, freeze_gate
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.idempotency import Once, once_in
 from controlplane.rollout_judge import ACTOR
@@ -82,7 +82,7 @@ async def _set_paused(
     freezes = [] if paused or current["deleting"] else await freeze.holding(conn)
     if freezes and not current["canary_pending"] and not await _is_rollback(conn, current):
         old = (await read_status(conn, name)).old_remaining
-        freeze.gate_resume(freezes, name, revision=current["generation"], old_instances=old)
+        freeze_gate.gate_resume(freezes, name, revision=current["generation"], old_instances=old)
     row = await conn.fetchrow(
         """UPDATE workload SET paused = $2,
                   paused_by = CASE WHEN $2 THEN $3 ELSE '' END,

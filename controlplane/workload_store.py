@@ -14,7 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
-from controlplane import freeze
+from controlplane import freeze_gate
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.idempotency import Once, once_in
 from controlplane.sql import (
@@ -150,9 +150,9 @@ class WorkloadStore:
         Deployment's pod template. A spec equal to an earlier revision's is a rollback to it:
         the instances already running that spec stay current (`spec_generations`). `once`:
         the request id's record, in the same transaction (`idempotency`). While deploys are
-        frozen, a new spec (not a rollback) is refused unless `override_freeze` (`freeze`).
+        frozen, a new spec (not a rollback) is refused unless `override_freeze` (`freeze_gate`).
         """
-        freeze.check_override(override_freeze, reason)
+        freeze_gate.check_override(override_freeze, reason)
         if w.spec.plain_secrets():
             # A guard, not a path: FleetApi seals before it calls. Never store one in clear.
             raise ValueError("a secret_env value reached the store unsealed")
@@ -222,7 +222,7 @@ class WorkloadStore:
             else:
                 # A new workload deploys a new spec: frozen like a change (refused after the
                 # INSERT, whose row the refusal rolls back).
-                await freeze.gate(
+                await freeze_gate.gate(
                     conn, w.name, override=override_freeze, reason=reason, actor=actor
                 )
                 await _record_revision(conn, row, actor=actor, reason=reason, same_as=None)
@@ -278,7 +278,7 @@ class WorkloadStore:
                 else:
                     same_as = completed[0] if completed else None
                 if same_as is None:  # a rollback is never frozen
-                    await freeze.gate(
+                    await freeze_gate.gate(
                         conn, w.name, override=override_freeze, reason=reason, actor=actor
                     )
                 generations = [r["revision"] for r in same] + [old["generation"] + 1]
