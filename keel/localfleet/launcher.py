@@ -26,6 +26,17 @@ from typing import Any
 import psutil
 
 from keel.localfleet import LocalFleetError
+from keel.localfleet.layout import (
+    BIN,
+    HOSTS,
+    MOVE_LISTEN,
+    agent_metrics_address,
+    banner,
+    kept_note,
+    metrics_address,
+    metrics_addresses,
+    port_of,
+)
 from keel.localfleet.processes import (
     Child,
     StopRequest,
@@ -35,12 +46,6 @@ from keel.localfleet.processes import (
     stop_children,
 )
 
-BIN = Path(sys.executable).parent
-CONTROLPLANE_METRICS = "127.0.0.1:9464"
-AGENT_METRICS_BASE_PORT = 9465
-# Replicas past the first: metrics on 9468, 9469, ... (after the agents').
-REPLICA_METRICS_BASE_PORT = 9468
-HOSTS = ("host-1", "host-2", "host-3")
 START_TIMEOUT_S = 120.0  # the first start runs initdb for the embedded Postgres
 AGENT_STOP_S = 30.0  # agents stop their workloads first: each gets its stop_grace
 CONTROLPLANE_STOP_S = 30.0
@@ -135,98 +140,10 @@ def _existing(address: str, name: str) -> dict[str, Any] | None:
     return found if isinstance(found, dict) else None
 
 
-def kept_note(name: str, workload: Path, existing: dict[str, Any]) -> str:
-    """What the banner says of a workload found from an earlier run and left as it is: an
-    apply of the example over it would roll back what was applied since (and go through a
-    freeze as a rollback)."""
-    return (
-        f"{name} exists (generation {existing.get('generation', '?')}) from an earlier run: "
-        f"left as it is, {workload} not applied again (keelctl apply -f {workload} does it)"
-    )
-
-
-def _banner(
-    address: str,
-    state_dir: Path,
-    logs: Path,
-    workload: str,
-    replicas: int = 1,
-    *,
-    kept: str = "",
-) -> str:
-    keelctl = BIN / "keelctl"
-    rel = os.path.relpath(keelctl) if keelctl.is_relative_to(Path.cwd()) else str(keelctl)
-    agent_ports = f"{AGENT_METRICS_BASE_PORT}-{AGENT_METRICS_BASE_PORT + len(HOSTS) - 1}"
-    kept_line = f"\n{kept}.\n" if kept else ""
-    return f"""
-The local Keel fleet is up: {_planes(address, replicas)} and agents {", ".join(HOSTS)}.
-{kept_line}
-  export KEEL_CONTROLPLANE={address}
-  export KEEL_TOKEN=$(cat {_shown(state_dir / "controlplane" / "admin.token")})
-  {rel} get hosts
-  {rel} get workloads
-  {rel} get instances
-  {rel} describe workload {workload}
-  {rel} apply -f examples/web.yaml
-  {rel} stuck
-  {rel} events --for workload/{workload}
-
-Metrics: http://{CONTROLPLANE_METRICS}/metrics (control plane{_replica_metrics(replicas)}), \
-http://127.0.0.1:{agent_ports}/metrics (agents)
-State: {state_dir}    Logs: {logs}/{{controlplane,{",".join(HOSTS)}}}.log
-The gRPC port is on loopback without TLS (fine on this machine; off it, the control plane
-needs --tls-cert/--tls-key). KEEL_TOKEN is the admin token; `keelctl token create` issues others.
-Ctrl-C stops the fleet and its workloads; `make run` again picks up the same state.
-"""
-
-
-def _shown(path: Path) -> str:
-    """path relative to the working directory when it is under it (shorter to copy)."""
-    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
-
-
-def _planes(address: str, replicas: int) -> str:
-    if replicas == 1:
-        return f"a control plane on {address}"
-    return f"{replicas} control-plane replicas on {address} (one leads; keel_leader says which)"
-
-
-def _replica_metrics(replicas: int) -> str:
-    if replicas == 1:
-        return ""
-    if replicas == 2:
-        return f"; replica 2: 127.0.0.1:{REPLICA_METRICS_BASE_PORT}"
-    last = REPLICA_METRICS_BASE_PORT + replicas - 2
-    return f"; replicas 2-{replicas}: 127.0.0.1:{REPLICA_METRICS_BASE_PORT}-{last}"
-
-
-_MOVE_LISTEN = "Stop it, or pass --listen with another port."
-
-
-def _port(address: str) -> int:
-    return int(address.rpartition(":")[2])
-
-
-def _metrics_address(n: int) -> str:
-    """Replica n's metrics address (0 is the first)."""
-    return CONTROLPLANE_METRICS if n == 0 else f"127.0.0.1:{REPLICA_METRICS_BASE_PORT + n - 1}"
-
-
-def metrics_addresses(replicas: int) -> list[str]:
-    """The metrics addresses the fleet serves: each replica's, then each agent's."""
-    agents = [_agent_metrics_address(n) for n in range(len(HOSTS))]
-    return [*(_metrics_address(n) for n in range(replicas)), *agents]
-
-
-def _agent_metrics_address(n: int) -> str:
-    """Agent n's metrics address: 9465, 9466, 9467, each scraped on a port of its own."""
-    return f"127.0.0.1:{AGENT_METRICS_BASE_PORT + n}"
-
-
 def _controlplane(state_dir: Path, logs: Path, n: int, listen: str) -> Child:
     """Replica n (0 is the first). Every replica shares the state dir, so they share its
     embedded Postgres, which stays up while any of them runs (`controlplane.embedded`)."""
-    metrics = _metrics_address(n)
+    metrics = metrics_address(n)
     name = "controlplane" if n == 0 else f"controlplane-{n + 1}"
     argv = [str(BIN / "keel-controlplane"), "--state-dir", str(state_dir / "controlplane"),
             "--listen", listen, "--metrics", metrics]  # fmt: skip
@@ -248,10 +165,10 @@ def run(
     # Every port the fleet will listen on, checked before anything starts: a port taken by
     # another local fleet names its owner now, instead of a control plane exiting mid-start.
     for address in listens:
-        check_port_free(host, _port(address), hint=_MOVE_LISTEN)
+        check_port_free(host, port_of(address), hint=MOVE_LISTEN)
     for address in metrics_addresses(replicas):
         check_port_free(
-            "127.0.0.1", _port(address),
+            "127.0.0.1", port_of(address),
             hint="Stop it: the local fleet's metrics ports (9464 and up) cannot be moved.",
         )  # fmt: skip
     if not workload.exists():
@@ -287,7 +204,7 @@ def run(
                 "--label",
                 "role=web",
                 "--metrics",
-                _agent_metrics_address(n),
+                agent_metrics_address(n),
                 *agent_args,
             ],
             logs / f"{h}.log",
@@ -362,7 +279,7 @@ def run(
                 f"{name}: {running} of {desired} replicas RUNNING {elapsed:.1f}s {since}",
                 flush=True,
             )
-        print(_banner(every, state_dir, logs, name, replicas, kept=kept), flush=True)
+        print(banner(every, state_dir, logs, name, replicas, kept=kept), flush=True)
 
         reported: set[str] = set()
         while not stop.requested:

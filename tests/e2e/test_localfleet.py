@@ -22,7 +22,7 @@ from harness import wait_for
 from procs import Proc, kill_processes_mentioning
 
 from keel.localfleet import LocalFleetError
-from keel.localfleet.launcher import (
+from keel.localfleet.layout import (
     CONTROLPLANE_METRICS,
     REPLICA_METRICS_BASE_PORT,
     metrics_addresses,

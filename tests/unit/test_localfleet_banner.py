@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from keel.localfleet import launcher
+from keel.localfleet import layout
 
 
 @pytest.mark.parametrize(
@@ -22,19 +22,19 @@ def test_the_banner_names_the_replicas_metrics_without_a_range_of_one(
     replicas: int, says: str, never: str
 ) -> None:
     """One extra replica is "replica 2: ADDRESS", not "replicas 2-2: ...:9468-9468"."""
-    text = launcher._banner("127.0.0.1:7443", Path("/s"), Path("/s/logs"), "web", replicas)
-    assert f"http://{launcher.CONTROLPLANE_METRICS}/metrics {says}" in text
+    text = layout.banner("127.0.0.1:7443", Path("/s"), Path("/s/logs"), "web", replicas)
+    assert f"http://{layout.CONTROLPLANE_METRICS}/metrics {says}" in text
     assert never not in text.split("Metrics:")[1].splitlines()[0]
 
 
 def test_a_workload_kept_from_an_earlier_run_is_named_in_the_banner() -> None:
     """The note says it was left as it is and how to apply the example on purpose."""
-    note = launcher.kept_note("web", Path("examples/web.yaml"), {"generation": 5})
+    note = layout.kept_note("web", Path("examples/web.yaml"), {"generation": 5})
     assert note == (
         "web exists (generation 5) from an earlier run: left as it is, examples/web.yaml not "
         "applied again (keelctl apply -f examples/web.yaml does it)"
     )
-    text = launcher._banner("127.0.0.1:7443", Path("/s"), Path("/s/logs"), "web", kept=note)
+    text = layout.banner("127.0.0.1:7443", Path("/s"), Path("/s/logs"), "web", kept=note)
     assert f"\n{note}.\n" in text
-    fresh = launcher._banner("127.0.0.1:7443", Path("/s"), Path("/s/logs"), "web")
+    fresh = layout.banner("127.0.0.1:7443", Path("/s"), Path("/s/logs"), "web")
     assert "earlier run" not in fresh

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from keel.localfleet import LocalFleetError, launcher
+from keel.localfleet import LocalFleetError, launcher, layout
 from keel.localfleet.processes import check_port_free
 
 
@@ -47,7 +47,7 @@ def test_a_taken_metrics_port_stops_the_fleet_before_it_starts(
 ) -> None:
     """The control plane's metrics port taken (another `make run`, say): refused up front,
     with nothing started and no state dir written."""
-    monkeypatch.setattr(launcher, "CONTROLPLANE_METRICS", f"127.0.0.1:{held}")
+    monkeypatch.setattr(layout, "CONTROLPLANE_METRICS", f"127.0.0.1:{held}")
     state = tmp_path / "keel"
     with pytest.raises(LocalFleetError) as caught:
         launcher.run(
