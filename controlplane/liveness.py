@@ -16,14 +16,15 @@ heartbeat facts in database time it decides which hosts change state and which a
   has passed since the host's last heartbeat (`self_fence_due`): its agent has stopped it by
   itself by then, and the fence marks it so. The agent stops fenced instances if it comes back
   before it may report READY (`hosts.HostStore.write_heartbeats`).
-- The mass-failure brake (`brake_of`): when more than `max_unready_share` of the hosts are not
-  READY, or none is, the fault is more likely on the control plane's side of the network than
-  on that many hosts at once: nothing is fenced (and nothing marked self-fenced, so nothing is
-  replaced) until the share recovers. The controller records the pause and the resume as
+- The mass-failure brake (`controlplane.brake`): when more than `max_unready_share` of the hosts
+  are not READY, or none is, the fault is more likely on the control plane's side of the network
+  than on that many hosts at once: nothing is fenced (and nothing marked self-fenced, so nothing
+  is replaced) until the share recovers. The controller records the pause and the resume as
   events and sets `keel_liveness_brake_engaged` (alert `KeelMassHostFailure`). Hosts GONE
-  (`gone`: not READY for longer than `--gone-after`) are left out of the share: long-dead
-  hosts nobody removed say nothing about the network now, and must not make the brake hold
-  for one more failure. When no host at all is READY, it holds whatever is gone.
+  (`gone`: not READY for longer than `--gone-after`) are left out of the share: long-dead hosts
+  nobody removed say nothing about the network now, and must not make the brake hold for one
+  more failure. When no host at all is READY, it holds whatever is gone. When it lets go, the
+  hosts still down get `reschedule_after` again from then.
 
 `LivenessController` is the leader's periodic pass, run by `reconcile.Runner`: it takes the
 facts from the leader's cache (`HostSource`: `cache.FleetCache`, no fleet-wide query) and
@@ -45,6 +46,7 @@ from typing import Protocol
 
 import structlog
 
+from controlplane.brake import Brake, after_release, brake_beside_gone
 from controlplane.errors import Unavailable
 from controlplane.metrics import Metrics
 from controlplane.reconcile import Result, Term, requeue_after
@@ -117,24 +119,6 @@ class Fence:
 
 
 @dataclass(frozen=True)
-class Brake:
-    """The mass-failure brake: `down` of `hosts` are not READY."""
-
-    down: int
-    hosts: int
-
-    @property
-    def share(self) -> float:
-        return self.down / self.hosts if self.hosts else 0.0
-
-    def describe(self, max_share: float) -> str:
-        return (
-            f"{self.down} of {self.hosts} hosts are not READY ({self.share:.0%}; the brake "
-            f"holds above {max_share:.0%} or when none is READY)"
-        )
-
-
-@dataclass(frozen=True)
 class Decision:
     transitions: tuple[Transition, ...] = ()
     fence: tuple[Fence, ...] = ()  # lost hosts whose service instances are fenced
@@ -142,15 +126,6 @@ class Decision:
     brake: Brake | None = None  # engaged: nothing is fenced
     down: int = 0  # hosts not READY after this decision, GONE ones left out
     gone: int = 0  # hosts GONE (left out of the brake's share)
-
-
-def brake_of(down: int, hosts: int, *, max_share: float) -> Brake | None:
-    """The brake, engaged when more than `max_share` of `hosts` are not READY or none is."""
-    if hosts == 0 or down == 0:
-        return None
-    if down == hosts or down / hosts > max_share:
-        return Brake(down, hosts)
-    return None
 
 
 def self_fence_due(
@@ -171,10 +146,15 @@ def judge(
     term_age_s: float,
     timings: Timings,
     fleet_size: int | None = None,
+    braked: bool = False,
+    released_at: datetime | None = None,
 ) -> Decision:
     """Which hosts change state and which are fenced now. `hosts` may leave out READY hosts
     that heartbeated within the grace (they keep their state); `fleet_size` counts every host
-    (None: `hosts` is the whole fleet)."""
+    (None: `hosts` is the whole fleet). `braked`: the brake held at the last pass;
+    `released_at`: when it last let go. Hosts silent while it held are fenced only
+    `reschedule_after` past its release: after a partition heals its hosts come back one by
+    one, and the last ones are not fenced the moment the first ones make the share fall."""
     if term_age_s < timings.grace_s:
         return Decision(wait_s=timings.grace_s - term_age_s)
     hosts = list(hosts)
@@ -212,11 +192,15 @@ def judge(
         if h.has_service_instances or due:
             fence.append(Fence(h.name, since, h.last_heartbeat, due))
     size = len(hosts) if fleet_size is None else max(fleet_size, len(hosts))
-    if long_gone and down + long_gone == size:
-        # Not one host READY: the brake's "none READY" holds, however long they are gone.
-        brake = brake_of(size, size, max_share=timings.max_unready_share)
-    else:
-        brake = brake_of(down, size - long_gone, max_share=timings.max_unready_share)
+    brake = brake_beside_gone(down, long_gone, size, max_share=timings.max_unready_share)
+    if brake is None and braked:
+        released_at = now  # it lets go in this pass
+    if released_at is not None:
+        fence = [
+            f
+            for f in fence
+            if after_release(f.down_since, released_at, now=now, wait_s=timings.reschedule_after_s)
+        ]
     return Decision(
         transitions=tuple(transitions),
         fence=() if brake is not None else tuple(fence),
@@ -310,6 +294,9 @@ class LivenessController:
         # Whether the brake was engaged at the last pass whose event was recorded (a new
         # leader starts released: an engaged brake is recorded again by whoever leads).
         self._braked = False
+        # When it last let go (database time): hosts silent while it held get a fresh
+        # reschedule-after from then (`judge`).
+        self._released_at: datetime | None = None
 
     async def keys(self) -> list[str]:
         return [KEY]
@@ -337,6 +324,8 @@ class LivenessController:
             term_age_s=watched_s,
             timings=self._timings,
             fleet_size=self._hosts.host_count(),
+            braked=self._braked,
+            released_at=self._released_at,
         )
         if decision.wait_s is not None:
             return requeue_after(decision.wait_s, idle=True)
@@ -346,7 +335,7 @@ class LivenessController:
         for _ in range(len(decision.transitions) - len(written)):
             # Judged on a heartbeat the cache had not read yet: the host spoke since.
             self._metrics.count_stale_write(self.name)
-        await self._brake(decision, epoch=term.epoch)
+        await self._brake(decision, now=now, epoch=term.epoch)
         fenced = 0
         for f in decision.fence:
             n = await self._store.fence_host(
@@ -375,7 +364,7 @@ class LivenessController:
             await self._hosts.refresh_hosts(judged)
         return requeue_after(self._interval_s, idle=not written and not fenced)
 
-    async def _brake(self, decision: Decision, *, epoch: int | None) -> None:
+    async def _brake(self, decision: Decision, *, now: datetime, epoch: int | None) -> None:
         """Sets the brake's gauges; records its engaging and its release once each."""
         brake = decision.brake
         size = self._hosts.host_count() - decision.gone
@@ -395,8 +384,11 @@ class LivenessController:
         elif brake is None and self._braked:
             message = (
                 f"{decision.down} of {size} hosts are not READY (at most {max_share:.0%} with "
-                f"one READY{_gone_left_out(decision.gone)}): fencing resumed"
+                f"one READY{_gone_left_out(decision.gone)}): fencing resumed; a host still not "
+                f"READY is fenced {self._timings.reschedule_after_s:g}s (--reschedule-after) "
+                "from now"
             )
             await self._store.record_brake(False, message, epoch=epoch)
             self._braked = False
+            self._released_at = now
             log.warning("mass host failure over: fencing resumed", down=decision.down, hosts=size)

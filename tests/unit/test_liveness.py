@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from controlplane.brake import Brake, brake_of
 from controlplane.errors import Unavailable
 from controlplane.liveness import (
     KEY,
-    Brake,
     Decision,
     Fence,
     HostFacts,
@@ -18,7 +18,6 @@ from controlplane.liveness import (
     SelfFencing,
     Timings,
     Transition,
-    brake_of,
     judge,
     self_fence_due,
 )
@@ -238,6 +237,28 @@ def test_with_no_host_ready_the_brake_holds_however_long_they_are_gone() -> None
              for n in range(3)]  # fmt: skip
     got = judge(hosts, now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS, fleet_size=3)
     assert (got.fence, got.brake, got.gone) == ((), Brake(3, 3), 3)
+
+
+def test_hosts_silent_while_the_brake_held_get_a_fresh_reschedule_after_its_release() -> None:
+    """A partition heals host by host: the moment two of three are back the share falls and
+    the brake lets go, but the third (silent past --reschedule-after, all of it under the
+    brake) is not fenced then: it gets --reschedule-after from the release. A host that went
+    down after the release counts from its own start."""
+    straggler = host(UNKNOWN, since_s=400, heartbeat_s=440, name="h0")
+    back = [host(READY, name=f"h{n}") for n in (1, 2)]
+    released = judge([straggler, *back], now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS,
+                     braked=True)  # fmt: skip
+    assert (released.brake, released.fence) == (None, ())
+    later = judge([straggler, *back], now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS,
+                  released_at=ago(100))  # fmt: skip
+    assert later.fence == ()
+    due = judge([straggler, *back], now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS,
+                released_at=ago(301))  # fmt: skip
+    assert [f.host for f in due.fence] == ["h0"]
+    fresh = host(UNKNOWN, since_s=301, heartbeat_s=341, name="h0")
+    own = judge([fresh, *back], now=NOW, term_age_s=LEADING_FOR_S, timings=TIMINGS,
+                released_at=ago(400))  # fmt: skip
+    assert [f.host for f in own.fence] == ["h0"]
 
 
 def test_a_new_leader_judges_no_one_for_one_grace() -> None:
