@@ -9,61 +9,19 @@ import asyncio
 from typing import Any
 
 import pytest
-from plans import loaded_cache, write_plan
+from plans import write_plan
+from rollout_leader import Leader, leader_on
 
-from controlplane.cache import FleetCache
 from controlplane.errors import NotLeader
-from controlplane.metrics import Metrics
-from controlplane.reconcile import Result, Term
+from controlplane.reconcile import Term
 from controlplane.rollout_pause import set_paused
-from controlplane.rollouts import RolloutController
-from controlplane.status import StatusStore
-from controlplane.store import Report, Store
-from controlplane.workload import WorkloadController
-from keel.model import Phase, Resources, RolloutPolicy, Workload, WorkloadSpec
-
-TERM = Term(epoch=None, started_at=0.0)
-STDERR = "stderr (last lines):\nboom: config.yaml not found"
-
-
-class Leader:
-    """The workload and rollout controllers on one loaded cache, as a leader runs them."""
-
-    def __init__(self, store: Store, cache: FleetCache) -> None:
-        self.store = store
-        self.cache = cache
-        self.metrics = Metrics()
-        self.workloads = WorkloadController(store, cache=cache, metrics=self.metrics)
-        self.rollouts = RolloutController(store, cache=cache, metrics=self.metrics)
-
-    async def plan(self, name: str = "web") -> None:
-        await self.workloads.reconcile(name, term=TERM)
-
-    async def judge(self, name: str = "web", *, term: Term = TERM) -> Result:
-        return await self.rollouts.reconcile(name, term=term)
-
-    async def report(self, iid: str, *, ready: bool = True, crash: bool = False) -> None:
-        """The agent's word on an instance: running and ready, running and not ready, or in a
-        crash loop (the agent's own verdict, with the stderr tail)."""
-        [inst] = [i for i in await self.store.list_instances() if i.id == iid]
-        if crash:
-            report = Report(inst.host, iid, Phase.FAILED, 0, 2, "exit 1", "CRASH_LOOP",
-                            f"last exit: exit 1; restarts: 2\n{STDERR}", {}, False, False, None,
-                            agent_stuck=True)  # fmt: skip
-        else:
-            report = Report(inst.host, iid, Phase.RUNNING, 7, 0, "", "", "", {}, ready, False,
-                            None)  # fmt: skip
-        self.cache.reported(await StatusStore(self.store.pool).write_reports([report]))
-
-    async def live(self, name: str = "web") -> list[Any]:
-        return [i for i in await self.store.list_instances() if i.desired.value != "REMOVED"]
+from controlplane.store import Store
+from keel.model import Resources, RolloutPolicy, Workload, WorkloadSpec
 
 
 @pytest.fixture
 async def leader(store: Store) -> Leader:
-    for h in ("h1", "h2", "h3", "h4"):
-        await store.register_host(h, labels={}, capacity=Resources(4000, 8192), agent_version="t")
-    return Leader(store, await loaded_cache(store))
+    return await leader_on(store)
 
 
 def _web(

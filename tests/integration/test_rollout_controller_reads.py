@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 from plans import loaded_cache, write_plan
-from test_rollout_controller import Leader, _events, _good_revision_one, _revisions, _web
+from rollout_leader import Leader
+from test_rollout_controller import _events, _good_revision_one, _revisions, _web
 
 from controlplane.reconcile import Term
 from controlplane.rollout_pause import set_paused

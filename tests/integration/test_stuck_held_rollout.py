@@ -4,22 +4,11 @@ once, carrying the revision's failure record, and clears when the next revision 
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from plans import loaded_cache
+from rollout_leader import TERM, Leader, leader_on
 
-from controlplane.cache import FleetCache
-from controlplane.metrics import Metrics
-from controlplane.reconcile import Term
-from controlplane.rollouts import RolloutController
-from controlplane.status import StatusStore
-from controlplane.store import Report, Store
-from controlplane.stuck import StuckDetector
-from controlplane.workload import WorkloadController
-from keel.model import Phase, Resources, Workload, WorkloadSpec
-
-TERM = Term(epoch=None, started_at=0.0)
+from controlplane.store import Store
+from keel.model import Resources, Workload, WorkloadSpec
 
 
 def _web(version: str) -> Workload:
@@ -27,39 +16,9 @@ def _web(version: str) -> Workload:
     return Workload(name="web", replicas=3, spec=spec, deadline_ms=300_000)
 
 
-class Leader:
-    """The workload and rollout controllers and the stuck detector on one loaded cache."""
-
-    def __init__(self, store: Store, cache: FleetCache) -> None:
-        self.store = store
-        self.cache = cache
-        metrics = Metrics()
-        self.workloads = WorkloadController(store, cache=cache, metrics=metrics)
-        self.rollouts = RolloutController(store, cache=cache, metrics=metrics)
-        self.stuck = StuckDetector(
-            store, StatusStore(store.pool), cache=cache, metrics=metrics, interval_s=1.0
-        )
-
-    async def report(self, iid: str, *, crash: bool = False) -> None:
-        [inst] = [i for i in await self.store.list_instances() if i.id == iid]
-        if crash:
-            report = Report(inst.host, iid, Phase.FAILED, 0, 2, "exit 1", "CRASH_LOOP",
-                            "last exit: exit 1; restarts: 2\nstderr (last lines):\nboom",
-                            {}, False, False, None, agent_stuck=True)  # fmt: skip
-        else:
-            report = Report(inst.host, iid, Phase.RUNNING, 7, 0, "", "", "", {}, True, False,
-                            None)  # fmt: skip
-        self.cache.reported(await StatusStore(self.store.pool).write_reports([report]))
-
-    async def live(self) -> list[Any]:
-        return [i for i in await self.store.list_instances() if i.desired.value != "REMOVED"]
-
-
 @pytest.fixture
 async def leader(store: Store) -> Leader:
-    for h in ("h1", "h2", "h3", "h4"):
-        await store.register_host(h, labels={}, capacity=Resources(4000, 8192), agent_version="t")
-    return Leader(store, await loaded_cache(store))
+    return await leader_on(store)
 
 
 async def test_a_held_failed_rollout_is_rollout_failed_at_once_and_clears_with_the_fix(
