@@ -26,10 +26,8 @@ control plane then acknowledges the last one recorded only just before it next s
 assignments, so an instance given on_disconnect counts from a contact one heartbeat old, as
 it would with every heartbeat acknowledged, without an ack per heartbeat per host meanwhile.
 
-It also answers the control plane's LogRequests on the same stream (no extra port on hosts):
-the last lines of the instance's stdout then stderr, across rotated files (`agent.logread`),
-then, when following, what is appended, until cancelled or the stream ends; the instance's
-secret_env values are taken out of every chunk on the way (`keel.redact.Streaming`).
+It also hands the control plane's LogRequests on the same stream to `agent.log_serving` (no
+extra port on hosts), whose tasks end with the stream.
 """
 
 from __future__ import annotations
@@ -45,26 +43,23 @@ from typing import Any, Protocol
 import grpc
 import structlog
 
-from agent import convert, logread, secretenv
+from agent import convert
 from agent.backoff import Reconnects
 from agent.convert import DesiredUpdate, HeartbeatAck, LogRequest, Outgoing
 from agent.credentials import JOIN_TOKEN_ENV, Credentials, NoCredential
+from agent.log_serving import LogServer
 from agent.metrics import AgentMetrics
 from agent.outcome import Outbox
 from agent.settings import Settings
 from agent.state import Assignment
 from agent.status import InstanceReport
 from keel.grpctls import channel_credentials
-from keel.redact import Redactor, Streaming
+from keel.redact import Redactor
 from keel.v1 import agent_pb2_grpc
 
 log = structlog.get_logger("agent.sync")
 
 _ESTABLISHED_EXCEPTIONS = (grpc.aio.AioRpcError, TimeoutError, OSError, ConnectionError)
-# Log chunks wait while this many messages are queued for the stream, so a big log is read
-# only as fast as the stream takes it.
-_LOG_QUEUE_HIGH = 16
-_LOG_QUEUE_POLL_S = 0.01
 # Unacknowledged heartbeats remembered per stream.
 _UNACKED_KEPT = 64
 
@@ -129,7 +124,6 @@ class SyncClient:
     ) -> None:
         self._settings = settings
         self._metrics = metrics or AgentMetrics()
-        self._log_tasks: dict[str, asyncio.Task[None]] = {}
         self._target = target
         self._outbox = outbox
         self._agent_version = agent_version
@@ -147,6 +141,13 @@ class SyncClient:
         self._sequence = 0
         self._hello_at: float | None = None  # set until the Hello is answered
         self._log = log.bind(host=settings.host)
+        self._logs = LogServer(
+            source=target,
+            host=settings.host,
+            log_dir=settings.log_dir,
+            follow_interval_s=settings.probe_interval_s,
+            log=self._log,
+        )
         self._credentials = Credentials(
             host=settings.host, state_dir=settings.state_dir, join_token=settings.join_token
         )
@@ -271,9 +272,7 @@ class SyncClient:
                 if self._queue is not None:
                     self._connection(up=False)
                 self._queue = None
-                for task in self._log_tasks.values():
-                    task.cancel()
-                self._log_tasks.clear()
+                self._logs.cancel_all()
                 call.cancel()
 
     def _refused(self, alog: Any, details: str) -> None:
@@ -341,8 +340,8 @@ class SyncClient:
                     self._hello_at = None
             elif isinstance(asked, HeartbeatAck):
                 self._acknowledged(asked.sequence)
-            elif isinstance(asked, LogRequest):
-                self._on_log_request(asked)
+            elif isinstance(asked, LogRequest) and self._queue is not None:
+                self._logs.on_request(asked, self._queue)
 
     def _acknowledged(self, sequence: int) -> None:
         sent_at = self._unacked.get(sequence)
@@ -386,84 +385,6 @@ class SyncClient:
                 )
             )
             await asyncio.sleep(self._settings.heartbeat_interval_s)
-
-    # Logs --------------------------------------------------------------------------------
-
-    def _on_log_request(self, req: LogRequest) -> None:
-        queue = self._queue
-        if queue is None:
-            return
-        rid = req.request_id
-        if req.cancel:
-            task = self._log_tasks.pop(rid, None)
-            if task is not None:
-                task.cancel()
-                queue.put_nowait(convert.log_chunk_to_pb(rid, eof=True))
-            return
-        if rid in self._log_tasks:
-            return  # a duplicate of a request being served
-        task = asyncio.create_task(self._serve_logs(req, queue), name=f"logs {rid}")
-        self._log_tasks[rid] = task
-
-        def done(t: asyncio.Task[None]) -> None:
-            if self._log_tasks.get(rid) is t:
-                del self._log_tasks[rid]
-            if not t.cancelled() and t.exception() is not None:
-                self._log.error("log request failed", request_id=rid, exc_info=t.exception())
-
-        task.add_done_callback(done)
-
-    async def _serve_logs(self, req: LogRequest, queue: asyncio.Queue[Outgoing]) -> None:
-        rid, iid = req.request_id, req.instance_id
-        llog = self._log.bind(instance=iid, request_id=rid)
-        if not iid or not self._target.knows(iid):
-            error = f'instance "{iid}" is not on host "{self._settings.host}"'
-            queue.put_nowait(convert.log_chunk_to_pb(rid, eof=True, error=error))
-            return
-        redactor, unknown = await self._target.redactor(iid)
-        if unknown:
-            error = secretenv.withheld(unknown)
-            queue.put_nowait(convert.log_chunk_to_pb(rid, eof=True, error=error))
-            return
-        llog.info("sending logs", tail_lines=req.tail_lines, follow=req.follow)
-        log_dir = self._settings.log_dir
-        followers: dict[str, tuple[logread.Follower, Streaming]] = {}
-        try:
-            for stream in logread.STREAMS:
-                files = await asyncio.to_thread(logread.stream_files, log_dir, iid, stream)
-                segments = await asyncio.to_thread(logread.plan_tail, files, req.tail_lines)
-                live = logread.live_file(log_dir, iid, stream)
-                offset = next((seg.end for seg in segments if seg.path == live), 0)
-                redacting = Streaming(redactor)
-                followers[stream] = (logread.Follower(live, offset), redacting)
-                chunks = logread.read_segments(segments)
-                while (data := await asyncio.to_thread(next, chunks, None)) is not None:
-                    await _send_data(queue, rid, stream, redacting.feed(data))
-                if not req.follow:
-                    await _send_data(queue, rid, stream, redacting.flush())
-            while req.follow:
-                await asyncio.sleep(self._settings.probe_interval_s)
-                for stream, (follower, redacting) in followers.items():
-                    for data in await asyncio.to_thread(follower.read_new):
-                        await _send_data(queue, rid, stream, redacting.feed(data))
-        except OSError as e:
-            llog.warning("cannot read logs", error=str(e))
-            queue.put_nowait(convert.log_chunk_to_pb(rid, eof=True, error=f"cannot read logs: {e}"))
-            return
-        queue.put_nowait(convert.log_chunk_to_pb(rid, eof=True))
-
-
-async def _send_data(queue: asyncio.Queue[Outgoing], rid: str, stream: str, data: bytes) -> None:
-    if data:
-        await _send(queue, convert.log_chunk_to_pb(rid, stream=stream, data=data))
-
-
-async def _send(queue: asyncio.Queue[Outgoing], msg: Outgoing) -> None:
-    # The writer drains the queue as the stream accepts messages: waiting for it to get short
-    # keeps a large log from being read into memory all at once.
-    while queue.qsize() >= _LOG_QUEUE_HIGH:  # noqa: ASYNC110
-        await asyncio.sleep(_LOG_QUEUE_POLL_S)
-    queue.put_nowait(msg)
 
 
 async def connect(channel: Any) -> None:
