@@ -23,8 +23,9 @@ from keel.v1 import types_pb2 as pb
 NONE = "-"
 
 
-def to_json(message: Message) -> str:
-    """The message as JSON with proto field names, zero values included, int64 as numbers."""
+def to_json(message: Message, *, indent: int | None = 2) -> str:
+    """The message as JSON with proto field names, zero values included, int64 as numbers;
+    `indent` None: on one line (a progress view's line per change)."""
     # Imported here, as YAML is in describe_workload: a table needs neither, and keelctl's
     # start-up is most of a short command's time.
     from google.protobuf.json_format import MessageToDict
@@ -36,7 +37,7 @@ def to_json(message: Message) -> str:
         always_print_fields_with_no_presence=True,
         unquote_int64_if_possible=True,
     )
-    return json.dumps(data, indent=2, sort_keys=False)
+    return json.dumps(data, indent=indent, sort_keys=False)
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

@@ -9,15 +9,13 @@ before. `keel.ctl.operations` feeds every version of the record to the view.
 
 from __future__ import annotations
 
-import json as jsonlib
 import sys
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol
 
-from google.protobuf.json_format import MessageToDict
-
 from keel.ctl.operation_output import progress_line, result_text, seconds_text
+from keel.ctl.output import to_json
 from keel.v1 import fleet_pb2
 
 
@@ -38,23 +36,30 @@ def view(*, json: bool) -> View:
     return LineView()
 
 
-class LineView:
-    """A line each time what it says changes."""
+class Lines:
+    """Off a terminal, a line each time what it says changes: the base of the line views here
+    and in `keel.ctl.rollout_progress`."""
 
     def __init__(self) -> None:
         self._last = ""
 
-    def __enter__(self) -> LineView:
+    def __enter__(self) -> Any:
         return self
 
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def update(self, op: fleet_pb2.Operation, *, now: datetime | None) -> None:
-        line = progress_line(op)
+    def show(self, line: str) -> None:
         if line != self._last:
             print(line, flush=True)
             self._last = line
+
+
+class LineView(Lines):
+    """A line each time what it says changes."""
+
+    def update(self, op: fleet_pb2.Operation, *, now: datetime | None) -> None:
+        self.show(progress_line(op))
 
     def finish(self, op: fleet_pb2.Operation) -> None:
         print(result_text(op), flush=True)
@@ -70,13 +75,7 @@ class JsonView:
         return None
 
     def update(self, op: fleet_pb2.Operation, *, now: datetime | None) -> None:
-        data = MessageToDict(
-            op,
-            preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
-            unquote_int64_if_possible=True,
-        )
-        print(jsonlib.dumps(data, sort_keys=False), flush=True)
+        print(to_json(op, indent=None), flush=True)
 
     def finish(self, op: fleet_pb2.Operation) -> None:
         return None

@@ -9,14 +9,12 @@ feeds every status it reads to the view.
 
 from __future__ import annotations
 
-import json as jsonlib
 import sys
 from datetime import datetime
 from typing import Protocol
 
-from google.protobuf.json_format import MessageToDict
-
-from keel.ctl.progress import RichBar
+from keel.ctl.output import to_json
+from keel.ctl.progress import Lines, RichBar
 from keel.ctl.rollout_output import counts, failure_text, progress_line
 from keel.v1 import fleet_pb2
 
@@ -48,23 +46,11 @@ def _outcome(s: fleet_pb2.RolloutStatus, *, now: datetime) -> str:
     return text
 
 
-class LineView:
+class LineView(Lines):
     """A line each time what it says changes."""
 
-    def __init__(self) -> None:
-        self._last = ""
-
-    def __enter__(self) -> LineView:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
     def update(self, s: fleet_pb2.RolloutStatus) -> None:
-        line = progress_line(s)
-        if line != self._last:
-            print(line, flush=True)
-            self._last = line
+        self.show(progress_line(s))
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -89,13 +75,7 @@ class JsonView:
         if s == self._last:
             return
         self._last = s
-        data = MessageToDict(
-            s,
-            preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
-            unquote_int64_if_possible=True,
-        )
-        print(jsonlib.dumps(data), flush=True)
+        print(to_json(s, indent=None), flush=True)
 
     def say(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
