@@ -130,10 +130,7 @@ class RolloutController:
             if settled is not None and settled[:2] == (cached.row.generation, cached.row.paused):
                 self._state(name, settled[2], cached.row, keel_rollback=settled[3])
                 return IDLE
-        if cached is None or cached.row.deleting:
-            self._forget(name)
-            return IDLE
-        return await self._pass(name, cached, term=term, confirmed=False)
+        return await self._judge(name, cached, term=term, confirmed=False)
 
     async def _moved(
         self, name: str, entry: WorkloadEntry[WorkloadRow], *, term: Term
@@ -144,10 +141,22 @@ class RolloutController:
         fresh = await self._cache.current(name)
         if fresh is entry:  # entries are never changed in place: the same one, the same data
             return None
-        if fresh is None or fresh.row.deleting:
+        return await self._judge(name, fresh, term=term, confirmed=True)
+
+    async def _judge(
+        self,
+        name: str,
+        entry: WorkloadEntry[WorkloadRow] | None,
+        *,
+        term: Term,
+        confirmed: bool,
+    ) -> Result:
+        """`_pass` on the workload, or nothing to judge (and it is forgotten) when it is gone
+        or being deleted."""
+        if entry is None or entry.row.deleting:
             self._forget(name)
             return IDLE
-        return await self._pass(name, fresh, term=term, confirmed=True)
+        return await self._pass(name, entry, term=term, confirmed=confirmed)
 
     async def _pass(
         self, name: str, entry: WorkloadEntry[WorkloadRow], *, term: Term, confirmed: bool
