@@ -331,7 +331,7 @@ def _paused_verdict(row: WorkloadRow, old: int, *, now: datetime, after_s: float
     since when (a time, not an age: an age would change the record at every pass)."""
     if not _paused_too_long(row, now=now, after_s=after_s):
         return None
-    since = row.paused_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if row.paused_at else "?"
+    since = _paused_at(row)
     held = f"{old} old instance(s) held" if old else "nothing to roll out now"
     setting = format_duration(round(after_s * 1000))
     return Verdict(
@@ -340,6 +340,11 @@ def _paused_verdict(row: WorkloadRow, old: int, *, now: datetime, after_s: float
         f"{since} (longer than --rollout-paused-after {setting}): {held}; a spec change "
         f"waits until it is resumed",
     )
+
+
+def _paused_at(row: WorkloadRow) -> str:
+    """When the workload was paused, as a time (an age would change the verdict each pass)."""
+    return row.paused_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if row.paused_at else "?"
 
 
 def held_by_keel(row: WorkloadRow) -> bool:
@@ -351,7 +356,7 @@ def held_by_keel(row: WorkloadRow) -> bool:
 def _failed(row: WorkloadRow, old: int, record: Mapping[str, Any] | None) -> Verdict:
     """ROLLOUT_FAILED: the failure's reason and message from the revision's record (written
     once, so the verdict does not change from pass to pass), what the hold keeps, what to run."""
-    since = row.paused_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if row.paused_at else "?"
+    since = _paused_at(row)
     name = row.workload.name
     held = f"{old} old instance(s) kept" if old else "no old instance left"
     why = ""
