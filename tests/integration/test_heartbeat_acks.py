@@ -13,17 +13,13 @@ from typing import Any
 
 import grpc
 import pytest
+from agentapi import serve_agents
 from plans import until, write_plan
 
 from agent import convert
-from controlplane.heartbeats import HeartbeatWriter
-from controlplane.logrelay import LogRelay
-from controlplane.metrics import Metrics
-from controlplane.reports import ReportWriter
 from controlplane.secrets import load_or_create
-from controlplane.status import StatusStore
 from controlplane.store import Store
-from controlplane.sync import AgentSync, StreamRegistry
+from controlplane.sync import StreamRegistry
 from keel.model import Resources, Workload, WorkloadSpec
 from keel.v1 import agent_pb2_grpc
 
@@ -33,29 +29,10 @@ READ_S = 10.0
 
 @pytest.fixture
 async def served(store: Store, tmp_path: Path) -> AsyncIterator[tuple[str, StreamRegistry]]:
-    """The real AgentService with its heartbeat writer running, on loopback."""
-    registry, metrics = StreamRegistry(), Metrics()
-    heartbeats = HeartbeatWriter(store, metrics=metrics, on_written=lambda _: None)
-    sync = AgentSync(
-        store,
-        registry=registry,
-        reports=ReportWriter(StatusStore(store.pool), on_written=lambda _: None),
-        heartbeats=heartbeats,
-        logs=LogRelay(registry),
-        resync_period_s=30.0,
-        secrets=load_or_create(tmp_path / "secret.key", on_open_failure=lambda: None),
-    )
-    server = grpc.aio.server()
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(sync, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    writer = asyncio.create_task(heartbeats.run())
-    try:
-        yield f"127.0.0.1:{port}", registry
-    finally:
-        writer.cancel()
-        registry.stop()
-        await server.stop(1)
+    """The real AgentService with its writers running, on loopback."""
+    box = load_or_create(tmp_path / "secret.key", on_open_failure=lambda: None)
+    async with serve_agents(store, box) as served:
+        yield served
 
 
 async def _open(channel: grpc.aio.Channel) -> Any:

@@ -14,18 +14,14 @@ from typing import Any
 
 import grpc
 import pytest
+from agentapi import serve_agents
 from plans import until, write_plan
 
 from agent import convert
 from agent.status import InstanceReport
-from controlplane.heartbeats import HeartbeatWriter
-from controlplane.logrelay import LogRelay
-from controlplane.metrics import Metrics
-from controlplane.reports import ReportWriter
 from controlplane.secrets import SecretBox, load_or_create
-from controlplane.status import StatusStore
 from controlplane.store import Store
-from controlplane.sync import AgentSync, StreamRegistry
+from controlplane.sync import StreamRegistry
 from keel.model import Phase, Resources, SecretValue, Workload, WorkloadSpec
 from keel.v1 import agent_pb2_grpc
 
@@ -42,29 +38,9 @@ def box(tmp_path: Path) -> SecretBox:
 
 @pytest.fixture
 async def served(store: Store, box: SecretBox) -> AsyncIterator[tuple[str, StreamRegistry]]:
-    """The real AgentService with its report writer running, on loopback."""
-    registry, metrics = StreamRegistry(), Metrics()
-    reports = ReportWriter(StatusStore(store.pool), on_written=lambda _: None)
-    sync = AgentSync(
-        store,
-        registry=registry,
-        reports=reports,
-        heartbeats=HeartbeatWriter(store, metrics=metrics, on_written=lambda _: None),
-        logs=LogRelay(registry),
-        resync_period_s=30.0,
-        secrets=box,
-    )
-    server = grpc.aio.server()
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(sync, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    writer = asyncio.create_task(reports.run())
-    try:
-        yield f"127.0.0.1:{port}", registry
-    finally:
-        writer.cancel()
-        registry.stop()
-        await server.stop(1)
+    """The real AgentService with its writers running, on loopback."""
+    async with serve_agents(store, box) as served:
+        yield served
 
 
 async def _open(channel: grpc.aio.Channel, *, revision: int) -> tuple[Any, Any]:
