@@ -1,5 +1,6 @@
 """Helpers the store's integration tests share: a plan written over the workload as it is now,
-a loaded cache of the fleet, and a wait for a condition with a deadline."""
+a live instance inserted as a plan would have placed it, a loaded cache of the fleet, and a
+wait for a condition with a deadline."""
 
 from __future__ import annotations
 
@@ -10,6 +11,24 @@ from collections.abc import Awaitable, Callable, Sequence
 from controlplane.cache import FleetCache
 from controlplane.metrics import Metrics
 from controlplane.store import HostRow, PlanResult, Store
+
+
+async def live_instance(store: Store, id: str, generation: int, workload: str = "web") -> None:
+    """A live instance of `generation` on host `h` (created if need be), as the workload
+    controller would have placed it, with the workload's spec as it is now."""
+    await store.pool.execute(
+        """INSERT INTO host (name, cpu_millis, memory_mib) VALUES ('h', 1000, 1000)
+           ON CONFLICT DO NOTHING"""
+    )
+    await store.pool.execute(
+        """INSERT INTO instance (id, workload, generation, host, spec, cpu_millis, memory_mib,
+                                 desired, revision)
+           SELECT $1, name, $2, 'h', spec, 10, 16, 'RUNNING', 1 FROM workload
+           WHERE name = $3""",
+        id,
+        generation,
+        workload,
+    )
 
 
 async def write_plan(

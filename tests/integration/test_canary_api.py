@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from fleetapi import serve_fleet
+from plans import live_instance
 
 from controlplane.errors import FailedPrecondition
 from controlplane.idempotency import REQUEST_ID_KEY
@@ -34,28 +35,13 @@ def _workload(version: str, *, canary: int = 1) -> Workload:
     return Workload(name="web", replicas=2, spec=spec, rollout=RolloutPolicy(canary=canary))
 
 
-async def _instance(store: Store, id: str, generation: int) -> None:
-    """A live instance of `generation` (as the workload controller would have placed it)."""
-    await store.pool.execute(
-        """INSERT INTO host (name, cpu_millis, memory_mib) VALUES ('h', 1000, 1000)
-           ON CONFLICT DO NOTHING"""
-    )
-    await store.pool.execute(
-        """INSERT INTO instance (id, workload, generation, host, spec, cpu_millis, memory_mib,
-                                 desired, revision)
-           SELECT $1, 'web', $2, 'h', spec, 10, 16, 'RUNNING', 1 FROM workload""",
-        id,
-        generation,
-    )
-
-
 async def _canary_waiting(store: Store) -> None:
     """Revision 1 running (one instance), revision 2 applied with a canary placed beside it."""
     await store.apply_workload(_workload("1"))
-    await _instance(store, "web-1-a", 1)
+    await live_instance(store, "web-1-a", 1)
     row, _ = await store.apply_workload(_workload("2"), actor="alice", reason="v2")
     assert row.canary_pending
-    await _instance(store, "web-2-c", 2)
+    await live_instance(store, "web-2-c", 2)
 
 
 def _id(value: str) -> list[tuple[str, str]]:
@@ -102,7 +88,7 @@ async def test_abort_goes_back_to_the_fully_ready_revision_the_canaries_ran_besi
     await store.apply_workload(_workload("1"))
     await store.pool.execute("UPDATE workload_revision SET completed_at = now()")
     await store.apply_workload(_workload("2"))  # no instance yet: no canary
-    await _instance(store, "web-2-a", 2)
+    await live_instance(store, "web-2-a", 2)
     await store.pool.execute("UPDATE workload_revision SET completed_at = now()")
     await store.apply_workload(_workload("3", canary=0))  # completes, its instances gone since
     await store.pool.execute("UPDATE workload_revision SET completed_at = now()")
@@ -122,10 +108,10 @@ async def test_abort_over_a_superseded_canary_returns_to_the_last_ready_revision
     3 returns to revision 1 (fully ready, its instance running), never to 2's spec."""
     await store.apply_workload(_workload("1"))
     await store.pool.execute("UPDATE workload_revision SET completed_at = now()")
-    await _instance(store, "web-1-a", 1)
+    await live_instance(store, "web-1-a", 1)
     row, _ = await store.apply_workload(_workload("2"))
     assert row.canary_pending
-    await _instance(store, "web-2-c", 2)
+    await live_instance(store, "web-2-c", 2)
     row, _ = await store.apply_workload(_workload("3"))
     assert row.canary_pending
     aborted = await store.abort("web", actor="carol", reason="errors")

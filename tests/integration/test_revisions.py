@@ -5,6 +5,7 @@ equal to an earlier revision's is a rollback to it (its instances stay current),
 from __future__ import annotations
 
 import pytest
+from plans import live_instance
 
 from controlplane import freeze
 from controlplane.errors import FailedPrecondition, NotFound
@@ -114,12 +115,7 @@ async def test_roll_back_refuses_what_it_cannot_do_and_changes_nothing(store: St
 async def test_a_canary_waits_only_beside_instances_of_another_revision(store: Store) -> None:
     row, _ = await store.apply_workload(_workload("1", canary=1))
     assert not row.canary_pending  # a first rollout has nothing to run beside
-    await store.pool.execute(
-        """INSERT INTO host (name, cpu_millis, memory_mib) VALUES ('h', 1000, 1000);
-           INSERT INTO instance (id, workload, generation, host, spec, cpu_millis, memory_mib,
-                                 desired, revision)
-           SELECT 'web-1-000001', 'web', 1, 'h', spec, 10, 16, 'RUNNING', 1 FROM workload"""
-    )
+    await live_instance(store, "web-1-000001", 1)
     row, _ = await store.apply_workload(_workload("2", canary=1))
     assert row.canary_pending
     assert workload_view(row).canary == 1
@@ -142,12 +138,7 @@ async def test_an_earlier_spec_that_never_got_ready_is_a_new_rollout(store: Stor
         "UPDATE workload_revision SET state = 'ROLLED_BACK' WHERE revision = 2"
     )
     await store.apply_workload(_workload("1", canary=1), reason="back")  # a rollback to 1
-    await store.pool.execute(
-        """INSERT INTO host (name, cpu_millis, memory_mib) VALUES ('h', 1000, 1000);
-           INSERT INTO instance (id, workload, generation, host, spec, cpu_millis, memory_mib,
-                                 desired, revision)
-           SELECT 'web-3-000001', 'web', 3, 'h', spec, 10, 16, 'RUNNING', 1 FROM workload"""
-    )
+    await live_instance(store, "web-3-000001", 3)
     await freeze.freeze(store.pool, reason="budget spent", until=None, actor="oncall")
     with pytest.raises(FailedPrecondition, match="frozen"):
         await store.apply_workload(_workload("2", canary=1), reason="try 2 again")
@@ -163,12 +154,7 @@ async def test_promote_lets_a_waiting_canary_continue_once(store: Store) -> None
     await store.apply_workload(_workload("1", canary=1))
     with pytest.raises(FailedPrecondition, match="no canary awaiting promotion"):
         await store.promote("web", actor="a")
-    await store.pool.execute(
-        """INSERT INTO host (name, cpu_millis, memory_mib) VALUES ('h', 1000, 1000);
-           INSERT INTO instance (id, workload, generation, host, spec, cpu_millis, memory_mib,
-                                 desired, revision)
-           SELECT 'web-1-000001', 'web', 1, 'h', spec, 10, 16, 'RUNNING', 1 FROM workload"""
-    )
+    await live_instance(store, "web-1-000001", 1)
     before, _ = await store.apply_workload(_workload("2", canary=1))
     with pytest.raises(FailedPrecondition):
         await store.promote("web", actor="a", revision=1)  # judged an older revision
@@ -182,12 +168,7 @@ async def test_promote_lets_a_waiting_canary_continue_once(store: Store) -> None
 
 async def test_a_policy_without_canaries_lets_waiting_ones_go_on(store: Store) -> None:
     await store.apply_workload(_workload("1", canary=1))
-    await store.pool.execute(
-        """INSERT INTO host (name, cpu_millis, memory_mib) VALUES ('h', 1000, 1000);
-           INSERT INTO instance (id, workload, generation, host, spec, cpu_millis, memory_mib,
-                                 desired, revision)
-           SELECT 'web-1-000001', 'web', 1, 'h', spec, 10, 16, 'RUNNING', 1 FROM workload"""
-    )
+    await live_instance(store, "web-1-000001", 1)
     await store.apply_workload(_workload("2", canary=1))
     row, result = await store.apply_workload(_workload("2", canary=0), actor="erin")
     assert result == "configured" and not row.canary_pending
@@ -197,12 +178,7 @@ async def test_a_policy_without_canaries_lets_waiting_ones_go_on(store: Store) -
 
 async def test_a_freeze_holds_a_promotion_and_the_canaries_keep_running(store: Store) -> None:
     await store.apply_workload(_workload("1", canary=1))
-    await store.pool.execute(
-        """INSERT INTO host (name, cpu_millis, memory_mib) VALUES ('h', 1000, 1000);
-           INSERT INTO instance (id, workload, generation, host, spec, cpu_millis, memory_mib,
-                                 desired, revision)
-           SELECT 'web-1-000001', 'web', 1, 'h', spec, 10, 16, 'RUNNING', 1 FROM workload"""
-    )
+    await live_instance(store, "web-1-000001", 1)
     await store.apply_workload(_workload("2", canary=1))
     await store.pool.execute(
         "INSERT INTO deploy_freeze (source, reason, actor) VALUES ('operator', 'INC-9', 'ops')"
@@ -219,12 +195,7 @@ async def test_the_history_keeps_ten_revisions_and_those_still_running(store: St
     """Like revisionHistoryLimit: the newest ten, an older one while its instances run, and
     the newest fully ready one (undo's default target)."""
     await store.apply_workload(_workload("1"))
-    await store.pool.execute(
-        """INSERT INTO host (name, cpu_millis, memory_mib) VALUES ('h', 1000, 1000);
-           INSERT INTO instance (id, workload, generation, host, spec, cpu_millis, memory_mib,
-                                 desired, revision)
-           SELECT 'web-1-000001', 'web', 1, 'h', spec, 10, 16, 'RUNNING', 1 FROM workload"""
-    )
+    await live_instance(store, "web-1-000001", 1)
     await store.apply_workload(_workload("2"))
     await store.pool.execute("UPDATE workload_revision SET completed_at = now() WHERE revision = 2")
     for version in range(3, 21):
